@@ -1,0 +1,75 @@
+"""The `tbd` command line: `tbd list | run | results | export | demo` (and later commands).
+
+Each command lives in `tbd/commands/<name>.py` with `register(subparsers)`; this file holds the
+parser that turns bad input into one line naming the fix (exit code 2, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tbd.errors import TbdError, closest
+
+COMMAND_MODULES = ("listing", "run", "results")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that suggest the nearest valid option."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            words = message.split(":", 1)[1].split()
+            flags = [w for w in words if w.startswith("-")]
+            bad = (flags or words)[0].split("=")[0]
+            prog, options = self._command_options()
+            message = f"unknown option '{bad}'{closest(bad, options)}; see '{prog} --help'"
+        else:
+            message = f"{message}; see '{self.prog} --help'"
+        sys.stderr.write(f"tbd: error: {message}\n")
+        sys.exit(2)
+
+    def _command_options(self) -> tuple[str, list[str]]:
+        """(prog, option strings) of the subcommand named on the command line, else of this parser."""
+        options = [o for action in self._actions for o in action.option_strings]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for word in sys.argv[1:]:
+                    if word in action.choices:
+                        sub = action.choices[word]
+                        return sub.prog, [o for a in sub._actions for o in a.option_strings]
+        return self.prog, options
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="tbd",
+        description="Benchmark and analyze neural-network training: throughput, utilization, memory.",
+        epilog="examples:\n  tbd list\n  tbd run resnet50 --flavor tiny\n  tbd run resnet50 --device cuda --flavor paper --batch-size 256 --precision bf16 --channels-last --compile\n  tbd results\n  tbd export --format csv --output runs.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"tbd.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TbdError as exc:
+        sys.stderr.write(f"tbd: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("tbd: interrupted; runs that finished are stored, the one in flight was dropped\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""`tbd list`: workloads, flavors, frameworks, and what is installed."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tbd import registry
+from tbd.commands import EXAMPLES
+from tbd.report.tables import make_console
+
+
+def register(sub) -> None:
+    p = sub.add_parser("list", help="list workloads, flavors and frameworks", formatter_class=EXAMPLES,
+                       description="List workloads with their flavors and implementations, and which frameworks are installed.",
+                       epilog="examples:\n  tbd list")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    console = make_console()
+    table = Table(title="workloads", header_style="bold")
+    for col in ("workload", "domain", "unit", "flavors (batch)", "frameworks"):
+        table.add_column(col)
+    for name in registry.workload_names():
+        spec = registry.get_spec(name)
+        flavors = ", ".join(f"{f.name} ({f.batch_size})" for f in spec.flavors.values())
+        fws = ", ".join(f if registry.is_installed(f) else f"{f} [dim](not installed)[/]" for f in registry.implementations(name))
+        table.add_row(name, spec.domain, spec.unit, flavors, fws)
+    console.print(table)
+    fw = Table(title="frameworks", header_style="bold")
+    for col in ("framework", "installed", "needs"):
+        fw.add_column(col)
+    for name, info in registry.FRAMEWORKS.items():
+        missing = registry.missing_modules(name)
+        fw.add_row(name, "[green]yes[/]" if not missing else f"[red]no[/] (missing {', '.join(missing)})", escape(info.install))
+    console.print(fw)
+    from tbd.metrics.devices import best_device, gpu_info
+
+    gpu = gpu_info(0)
+    console.print(f"best device here: [bold]{best_device()}[/]" + (f" ({gpu.get('name')}, driver {gpu.get('driver')})" if gpu else ""))
+    return 0

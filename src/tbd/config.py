@@ -1,0 +1,85 @@
+"""Typed run configuration and its validation.
+
+`RunConfig` is what one measured run needs; everything that reaches it from flags or TOML goes
+through `RunConfig.validated()`, which turns bad input into one-line `UsageError`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from tbd import registry
+from tbd.errors import UsageError, unknown
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class RunConfig:
+    workload: str
+    framework: str = "torch"
+    flavor: str = "tiny"
+    device: str = "cpu"
+    batch_size: int | None = None  # None: the flavor's batch size
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile for PyTorch; JAX steps are always jit-compiled
+    channels_last: bool = False
+    seed: int = 0
+    # Measurement budget: stop when the throughput CI is tight enough or a budget runs out.
+    max_steps: int = 300
+    max_time_s: float = 60.0
+    min_timed_steps: int = 10
+    target_ci_pct: float = 1.0  # half-width of the 95% CI of median throughput, in percent
+    data_pool: int = 2  # synthetic batches kept on the device and rotated (1 = one fixed batch)
+    isolate: bool = True  # run in a child process so a crash or OOM becomes a failed run
+    hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the flavor's hparams
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = [k for k in data if k not in names]
+        if bad:
+            raise unknown("run option", bad[0], names)
+        return cls(**data)
+
+    def validated(self) -> "RunConfig":
+        spec = registry.get_spec(self.workload)
+        registry.framework(self.framework)
+        flavor = spec.flavor(self.flavor)
+        if self.batch_size is None:
+            self.batch_size = flavor.batch_size
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UsageError(f"batch size must be a positive integer, got {self.batch_size}; try --batch-size {flavor.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise unknown("precision", self.precision, PRECISIONS)
+        if self.device not in DEVICES:
+            raise unknown("device", self.device, DEVICES)
+        if self.device == "cpu" and self.precision in ("tf32", "fp16"):
+            raise UsageError(f"precision {self.precision} needs a GPU; on the CPU use fp32 or bf16")
+        if self.channels_last and not spec.supports_channels_last:
+            raise UsageError(f"--channels-last applies to convolutional workloads, not {self.workload}; drop the flag")
+        for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1)):
+            if getattr(self, name) < low:
+                raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+        if self.max_time_s <= 0:
+            raise UsageError(f"max-time must be positive, got {self.max_time_s}")
+        unknown_hp = [k for k in self.hparams if k not in flavor.hparams]
+        if unknown_hp:
+            raise unknown(f"hyperparameter of {self.workload}", unknown_hp[0], flavor.hparams)
+        registry.check_runnable(self.workload, self.framework)
+        if self.device == "cuda":
+            from tbd.metrics.devices import cuda_available
+
+            if not cuda_available():
+                raise UsageError("device cuda was asked for but no NVIDIA GPU is visible here; use --device cpu")
+        return self
+
+    def resolved_hparams(self) -> dict[str, Any]:
+        flavor = registry.get_spec(self.workload).flavor(self.flavor)
+        return {**flavor.hparams, **self.hparams}

@@ -1,0 +1,194 @@
+"""PyTorch adapter: device placement, precision, channels_last, torch.compile, timed steps.
+
+A workload's `torch_impl.build(ctx)` returns a `TorchTask`; `open_session` turns it into a
+`TorchSession`. On CUDA each step is bracketed by CUDA events and the host synchronizes once per
+`run_steps` call, so timing adds no per-step host stall; on the CPU, ops are synchronous and a
+host clock per step is exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+
+Batch = Sequence[Any]
+
+
+@dataclass
+class TorchTask:
+    model: nn.Module
+    # Called once the model is on its device, so fused/foreach kernels match the device.
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    # One synthetic batch on `device`, reproducible from `generator`.
+    make_batch: Callable[[torch.Generator, torch.device], Batch]
+    # Forward pass and loss of one batch (runs under autocast for bf16/fp16).
+    loss: Callable[[nn.Module, Batch], torch.Tensor]
+    # Throughput units and samples in a batch; default: batch size x units per sample.
+    units: Callable[[Batch], float] | None = None
+    samples: Callable[[Batch], float] | None = None
+    # Workloads with their own update rule (several optimizers, rollouts) replace the whole
+    # step: called with (session, batch), returns the loss tensor to report.
+    train_step: Callable[["TorchSession", Batch], torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _set_precision_flags(precision: str, device: torch.device) -> dict[str, Any]:
+    """fp32 means true fp32 (no TF32); tf32 enables it for matmul and cuDNN; under autocast the
+    library defaults stay, as in the public references."""
+    if device.type == "cuda":
+        if precision == "fp32":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        elif precision == "tf32":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return {
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+
+
+def _to_memory_format(batch: Batch, fmt: torch.memory_format) -> Batch:
+    return type(batch)(t.contiguous(memory_format=fmt) if isinstance(t, torch.Tensor) and t.dim() == 4 else t for t in batch)
+
+
+class TorchSession:
+    def __init__(self, config, spec, task: TorchTask, ctx: BuildContext):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.task = task
+        flags = _set_precision_flags(config.precision, self.device)
+        self.model = task.model.to(self.device)
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = task.make_optimizer(self.model)
+        self.train_model = torch.compile(self.model) if config.compile else self.model
+        dtype = PRECISION_DTYPES.get(config.precision)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
+
+        generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.batches = [_to_memory_format(task.make_batch(generator, self.device), memory_format) for _ in range(config.data_pool)]
+        self._units = [float(task.units(b)) if task.units else ctx.batch_size * spec.units_per_sample(spec.flavor(config.flavor)) for b in self.batches]
+        self._samples = [float(task.samples(b)) if task.samples else float(ctx.batch_size) for b in self.batches]
+        self._next = 0
+        self._loss: torch.Tensor | None = None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.info = SessionInfo(
+            device_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else _cpu_name(),
+            framework_version=torch.__version__,
+            num_parameters=self.num_parameters,
+            method={
+                "timing": "CUDA events around each step, one host sync per chunk" if self.device.type == "cuda" else "host clock per step (CPU ops are synchronous)",
+                "data": f"synthetic, {config.data_pool} batch(es) resident on the device, rotated",
+                "compile": "torch.compile (default mode)" if config.compile else "eager",
+                "autocast": str(dtype).replace("torch.", "") if dtype else None,
+                "grad_scaler": self.scaler is not None,
+                "memory_format": "channels_last" if config.channels_last else "contiguous",
+                "precision_flags": flags,
+                "optimizer": type(self.optimizer).__name__,
+            },
+        )
+
+    # One training step on the next batch of the pool.
+    def _step(self) -> None:
+        batch = self.batches[self._next]
+        if self.task.train_step is not None:
+            self._loss = self.task.train_step(self, batch).detach()
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = self.task.loss(self.train_model, batch)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self._loss = loss.detach()
+
+    def run_steps(self, n: int) -> StepTimes:
+        units, samples = [], []
+        if self.device.type == "cuda":
+            events = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)]
+            events[0].record()
+            for i in range(n):
+                units.append(self._units[self._next])
+                samples.append(self._samples[self._next])
+                self._step()
+                self._next = (self._next + 1) % len(self.batches)
+                events[i + 1].record()
+            events[-1].synchronize()
+            seconds = [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(n)]
+        else:
+            seconds = []
+            for _ in range(n):
+                units.append(self._units[self._next])
+                samples.append(self._samples[self._next])
+                t0 = time.perf_counter()
+                self._step()
+                seconds.append(time.perf_counter() - t0)
+                self._next = (self._next + 1) % len(self.batches)
+        return StepTimes(seconds, units, samples)
+
+    def last_loss(self) -> float:
+        return float(self._loss) if self._loss is not None else float("nan")
+
+    def memory(self) -> dict[str, int | None]:
+        if self.device.type != "cuda":
+            return {}
+        stats = torch.cuda.memory_stats(self.device)
+        return {
+            "peak_allocated_bytes": int(torch.cuda.max_memory_allocated(self.device)),
+            "peak_reserved_bytes": int(torch.cuda.max_memory_reserved(self.device)),
+            "allocated_bytes": int(torch.cuda.memory_allocated(self.device)),
+            "reserved_bytes": int(torch.cuda.memory_reserved(self.device)),
+            "alloc_retries": int(stats.get("num_alloc_retries", 0)),
+            "ooms": int(stats.get("num_ooms", 0)),
+        }
+
+    def close(self) -> None:
+        self.batches.clear()
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def open_session(config, spec, impl) -> TorchSession:
+    torch.manual_seed(config.seed)
+    ctx = BuildContext(
+        hparams=config.resolved_hparams(),
+        batch_size=config.batch_size,
+        device=config.device,
+        precision=config.precision,
+        seed=config.seed,
+        flavor=config.flavor,
+    )
+    return TorchSession(config, spec, impl.build(ctx), ctx)

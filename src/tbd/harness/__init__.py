@@ -1,0 +1,1 @@
+"""Harness: the measurement loop, steady-state detection, statistics and launchers."""

@@ -1,0 +1,91 @@
+"""Launchers: run a config in this process, or in a child process (the default) so that a
+crash, an abort or an OOM that poisons the framework becomes a failed run with its reason.
+
+The child is started with 'spawn' (no inherited framework state) and sends progress messages
+and, last, its record through a queue.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from tbd.config import RunConfig
+from tbd.results.record import new_record, new_run_id
+
+
+def _child(config_dict: dict, run_id: str, out: "mp.Queue") -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    from tbd.harness.runner import execute
+
+    config = RunConfig(**config_dict)
+    record = execute(config, progress=lambda p: out.put(("progress", p)), run_id=run_id)
+    out.put(("record", record))
+
+
+def run_in_process(config: RunConfig, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    from tbd.harness.runner import execute
+
+    return execute(config, progress)
+
+
+def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    run_id = new_run_id(config.workload, config.framework)
+    child = ctx.Process(target=_child, args=(config.to_dict(), run_id, out), name=f"tbd-{run_id}")
+    child.start()
+    # Compilation can be slow; allow generous time beyond the measurement budget.
+    deadline = timeout_s if timeout_s is not None else config.max_time_s * 3 + 600
+    waited = 0.0
+    try:
+        while True:
+            try:
+                kind, payload = out.get(timeout=0.5)
+            except queue.Empty:
+                waited += 0.5
+                if not child.is_alive():
+                    return _died(config, run_id, child.exitcode)
+                if waited > deadline:
+                    child.kill()
+                    return _failed(config, run_id, "timeout", f"run did not finish within {deadline:.0f} s; raise --max-time or check for a hang")
+                continue
+            if kind == "progress":
+                waited = 0.0
+                if progress:
+                    progress(payload)
+            else:
+                child.join(timeout=60)
+                return payload
+    except KeyboardInterrupt:
+        child.terminate()
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+        raise
+    finally:
+        out.close()
+
+
+def _died(config: RunConfig, run_id: str, exitcode: int | None) -> dict[str, Any]:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else str(-exitcode)
+        reason = f"the run's process was killed by {name}"
+        if name == "SIGKILL":
+            reason += " (often the host running out of memory; try a smaller --batch-size)"
+    else:
+        reason = f"the run's process exited with code {exitcode} before reporting a result"
+    return _failed(config, run_id, "crash", reason)
+
+
+def _failed(config: RunConfig, run_id: str, kind: str, message: str) -> dict[str, Any]:
+    record = new_record(run_id, config.to_dict())
+    record["error"] = {"kind": kind, "message": message}
+    return record
+
+
+def launch(config: RunConfig, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    return run_isolated(config, progress) if config.isolate else run_in_process(config, progress)

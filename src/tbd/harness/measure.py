@@ -1,0 +1,149 @@
+"""The measurement loop: run chunks of steps until the steady-state throughput is known to the
+target precision or a budget runs out, then derive every metric from the raw samples.
+
+Method (recorded with each run): steps run in chunks sized to about half a second, with one
+device sync per chunk; warm-up is detected from the step times (`stats.detect_steady_state`)
+and excluded; the loop stops once at least `min_timed_steps` steady steps give a 95% CI of the
+median throughput within +-`target_ci_pct`, or at `max_steps` / `max_time_s`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tbd.errors import RunFailure
+from tbd.harness import stats
+from tbd.metrics.peaks import peak_flops
+from tbd.metrics.sampling import Probe, Reading
+
+CHUNK_TARGET_S = 0.5
+MAX_CHUNK = 50
+
+
+@dataclass
+class Measurement:
+    step_s: list[float] = field(default_factory=list)
+    units: list[float] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)
+    chunk_ends: list[int] = field(default_factory=list)  # step index after each chunk
+    readings: list[Reading] = field(default_factory=list)  # one before the first chunk, one per chunk
+    stop_reason: str = ""
+
+
+def measure(session, config, progress: Callable[[dict], None] | None = None, probe: Probe | None = None) -> Measurement:
+    m = Measurement()
+    started = time.perf_counter()
+    m.readings.append(probe.read()) if probe else None
+    chunk = 1
+    while True:
+        times = session.run_steps(chunk)
+        m.step_s += times.seconds
+        m.units += times.units
+        m.samples += times.samples
+        m.chunk_ends.append(len(m.step_s))
+        if probe:
+            m.readings.append(probe.read())
+        loss = session.last_loss()
+        if not math.isfinite(loss):
+            raise RunFailure(f"loss became {loss} at step {len(m.step_s)}; try a lower learning rate or another precision", kind="nan")
+        steady = stats.detect_steady_state(m.step_s)
+        timed = m.step_s[steady.start :]
+        rel = stats.relative_half_width([u / t for u, t in zip(m.units[steady.start :], timed)]) if len(timed) >= 3 else math.inf
+        elapsed = time.perf_counter() - started
+        if progress:
+            progress({"steps": len(m.step_s), "max_steps": config.max_steps, "elapsed_s": elapsed, "ci_pct": rel * 100, "loss": loss})
+        if len(timed) >= config.min_timed_steps and rel * 100 <= config.target_ci_pct:
+            m.stop_reason = f"95% CI of median throughput within +-{config.target_ci_pct}% ({rel * 100:.2f}%)"
+            break
+        if len(m.step_s) >= config.max_steps:
+            m.stop_reason = f"step budget reached ({config.max_steps} steps; CI +-{rel * 100:.2f}%)"
+            break
+        if elapsed >= config.max_time_s:
+            m.stop_reason = f"time budget reached ({config.max_time_s:g} s; CI +-{rel * 100:.2f}%)"
+            break
+        recent = sorted(m.step_s[-5:])[len(m.step_s[-5:]) // 2]
+        chunk = max(1, min(MAX_CHUNK, int(CHUNK_TARGET_S / max(recent, 1e-6)), config.max_steps - len(m.step_s)))
+        chunk = min(chunk, max(1, int((config.max_time_s - elapsed) / max(recent, 1e-6))))
+    return m
+
+
+def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, method) of the steady window; metric names carry their units."""
+    steady = stats.detect_steady_state(m.step_s)
+    timed_s = m.step_s[steady.start :]
+    timed_units = m.units[steady.start :]
+    timed_samples = m.samples[steady.start :]
+    if not timed_s:  # too few steps: report what there is rather than nothing
+        steady = stats.SteadyState(0, "no step left after warm-up; all steps used")
+        timed_s, timed_units, timed_samples = m.step_s, m.units, m.samples
+    summary = stats.summarize_steps(timed_s, timed_units)
+    samples_med, samples_lo, samples_hi = stats.median_ci([s / t for s, t in zip(timed_samples, timed_s)])
+    unit = spec.unit
+    metrics: dict[str, Any] = {
+        "samples_per_s": samples_med,
+        "samples_per_s_ci95_low": samples_lo,
+        "samples_per_s_ci95_high": samples_hi,
+        f"{unit}_per_s": summary["units_per_s_median"],
+        f"{unit}_per_s_ci95_low": summary["units_per_s_ci95_low"],
+        f"{unit}_per_s_ci95_high": summary["units_per_s_ci95_high"],
+        f"{unit}_per_s_window_mean": summary["units_per_s_mean"],
+        "throughput_ci95_half_width_pct": summary["units_per_s_ci95_half_width_pct"],
+        **{k: v for k, v in summary.items() if k.startswith("step_time") or k == "timed_steps"},
+        "warmup_steps": steady.start,
+        "total_steps": len(m.step_s),
+    }
+    # FLOPs and MFU: analytic model FLOPs per sample x samples per second / peak.
+    flavor = spec.flavor(config.flavor)
+    flops_per_sample = float(spec.train_flops_per_sample(flavor))
+    achieved = flops_per_sample * samples_med
+    metrics["model_flops_per_sample"] = flops_per_sample
+    metrics["model_tflops_per_s"] = achieved / 1e12
+    peak, peak_source = peak_flops(device_name if config.device == "cuda" else None, config.precision)
+    metrics["mfu_pct"] = achieved / peak * 100.0 if peak else None
+    metrics.update(_window_readings(m, steady.start, cores, sum(timed_samples)))
+    method = {
+        "warmup": {"excluded_steps": list(range(steady.start)), "reason": steady.reason, "detector": "MSER-5 on step times, step 0 always excluded"},
+        "stop_reason": m.stop_reason,
+        "target_ci_pct": config.target_ci_pct,
+        "confidence_interval": "95% CI of the median from order statistics (distribution-free)",
+        "throughput": f"median over steady steps of {unit} per step / step time",
+        "flops": spec.flops_note,
+        "peak_flops": {"tflops": peak / 1e12 if peak else None, "source": peak_source, "precision": config.precision},
+        "utilization_window": "whole chunks after warm-up (chunk edges are host sync points)",
+    }
+    return metrics, method
+
+
+def _window_readings(m: Measurement, steady_start: int, cores: int, timed_samples: float) -> dict[str, Any]:
+    """CPU and GPU utilization and energy over the chunks that lie wholly in the steady window."""
+    if len(m.readings) < 2:
+        return {}
+    # Chunk i covers steps [starts[i], chunk_ends[i]), between readings i and i + 1.
+    starts = [0] + m.chunk_ends[:-1]
+    first = next((i for i, s in enumerate(starts) if s >= steady_start), len(starts) - 1)
+    begin, end = m.readings[first], m.readings[-1]
+    window_s = end.host_s - begin.host_s
+    if window_s <= 0:
+        return {}
+    samples_in_window = sum(m.samples[starts[first] :])
+    out: dict[str, Any] = {
+        "cpu_util_pct": (end.cpu_s - begin.cpu_s) / (window_s * cores) * 100.0,
+        "cpu_cores_busy": (end.cpu_s - begin.cpu_s) / window_s,
+        "utilization_window_s": window_s,
+    }
+    util = [u for r in m.readings[first + 1 :] for u in r.gpu_util_samples]
+    mem = [u for r in m.readings[first + 1 :] for u in r.gpu_mem_util_samples]
+    out["gpu_util_nvml_pct"] = sum(util) / len(util) if util else None
+    out["gpu_mem_bw_util_nvml_pct"] = sum(mem) / len(mem) if mem else None
+    if begin.energy_mj is not None and end.energy_mj is not None and samples_in_window:
+        joules = (end.energy_mj - begin.energy_mj) / 1e3
+        out["energy_j"] = joules
+        out["energy_j_per_sample"] = joules / samples_in_window
+        out["gpu_power_w_mean"] = joules / window_s
+    else:
+        out["energy_j_per_sample"] = None
+    return out

@@ -1,0 +1,113 @@
+"""Statistics from raw per-step samples: steady-state detection, median with a distribution-free
+95% confidence interval, percentiles. Pure numpy; every figure can be recomputed from the
+samples stored with a run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+@dataclass
+class SteadyState:
+    start: int  # index of the first steady step
+    reason: str
+
+
+def detect_steady_state(step_s: list[float] | np.ndarray, min_warmup: int = 1, batch: int = 5) -> SteadyState:
+    """Where warm-up ends, by MSER-5 (White 1997; the Marginal Standard Error Rule used to delete
+    initialisation bias in simulation output): cut the prefix d (in batches of `batch` steps)
+    that minimises the squared standard error of the mean of what is left, searching only the
+    first half so the rule cannot throw most of the data away. Step 0 (compilation, allocator
+    growth, autotuning) is always excluded."""
+    x = np.asarray(step_s, dtype=float)
+    n = len(x)
+    if n <= min_warmup:
+        return SteadyState(min(min_warmup, n), "too few steps to detect a steady state")
+    # Batch means of the steps after the mandatory warm-up.
+    body = x[min_warmup:]
+    nb = len(body) // batch
+    if nb < 4:
+        return SteadyState(min_warmup, f"first {min_warmup} step(s) excluded (compilation and allocation); too few steps for MSER")
+    means = body[: nb * batch].reshape(nb, batch).mean(axis=1)
+    best_d, best_se = 0, math.inf
+    for d in range(0, nb // 2 + 1):
+        rest = means[d:]
+        se = rest.var() / len(rest)
+        if se < best_se - 1e-18:
+            best_d, best_se = d, se
+    start = min_warmup + best_d * batch
+    # MSER may cut a prefix that only looks different by noise; refine to the first step that
+    # is within 3 robust deviations of the steady median.
+    steady = x[start:]
+    med = float(np.median(steady))
+    mad = float(np.median(np.abs(steady - med))) * 1.4826 or med * 0.01
+    refined = start
+    while refined > min_warmup and abs(x[refined - 1] - med) <= 3 * mad:
+        refined -= 1
+    if refined == min_warmup:
+        reason = f"first {min_warmup} step(s) excluded (compilation and allocation); the rest is steady (MSER-5)"
+    else:
+        warm = x[min_warmup:refined]
+        reason = (
+            f"steps 0-{refined - 1} excluded: step 0 compiles and allocates, then MSER-5 found warm-up "
+            f"(mean {np.mean(warm) * 1e3:.3g} ms vs steady median {med * 1e3:.3g} ms)"
+        )
+    return SteadyState(refined, reason)
+
+
+def median_ci(values: list[float] | np.ndarray, z: float = Z95) -> tuple[float, float, float]:
+    """Median and its distribution-free CI from order statistics (normal approximation to the
+    binomial ranks); needs no assumption about the shape of the distribution."""
+    v = np.sort(np.asarray(values, dtype=float))
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    med = float(np.median(v))
+    if n < 3:
+        return med, float(v[0]), float(v[-1])
+    half = z * math.sqrt(n) / 2.0
+    # 1-based ranks j, k of the interval's ends; the arrays are 0-based.
+    lo = max(0, int(math.floor(n / 2.0 - half)) - 1)
+    hi = min(n - 1, int(math.ceil(n / 2.0 + half)) - 1)
+    return med, float(v[lo]), float(v[hi])
+
+
+def relative_half_width(values) -> float:
+    med, lo, hi = median_ci(values)
+    if not med or math.isnan(med):
+        return math.inf
+    return (hi - lo) / 2.0 / med
+
+
+def percentiles(values, qs=(50, 90, 99)) -> dict[int, float]:
+    v = np.asarray(values, dtype=float)
+    return {q: float(np.percentile(v, q)) for q in qs} if len(v) else {q: math.nan for q in qs}
+
+
+def summarize_steps(step_s, units_per_step) -> dict[str, float]:
+    """Throughput and step-time statistics of the steady window, with units in the names."""
+    t = np.asarray(step_s, dtype=float)
+    u = np.asarray(units_per_step, dtype=float)
+    rate = u / t
+    med, lo, hi = median_ci(rate)
+    p = percentiles(t * 1e3, (10, 25, 50, 75, 90, 99))
+    return {
+        "units_per_s_median": med,
+        "units_per_s_ci95_low": lo,
+        "units_per_s_ci95_high": hi,
+        "units_per_s_ci95_half_width_pct": (hi - lo) / 2.0 / med * 100.0 if med else math.nan,
+        "units_per_s_mean": float(u.sum() / t.sum()),
+        "step_time_ms_mean": float(t.mean() * 1e3),
+        "step_time_ms_p50": p[50],
+        "step_time_ms_p90": p[90],
+        "step_time_ms_p99": p[99],
+        "step_time_ms_iqr": p[75] - p[25],
+        "step_time_cv_pct": float(t.std() / t.mean() * 100.0) if len(t) > 1 else 0.0,
+        "timed_steps": int(len(t)),
+    }

@@ -1,0 +1,1 @@
+"""Device facts, peak-FLOP table, NVML sampling and host utilization; no framework imports."""

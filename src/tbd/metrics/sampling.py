@@ -1,0 +1,117 @@
+"""Background NVML sampling and per-window host readings.
+
+The harness reads a `Probe` at each chunk boundary (a host sync point): process CPU time, the
+GPU energy counter and the NVML utilization samples taken since the last boundary. Metrics over
+the steady window are then sums over whole chunks inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from tbd.metrics.devices import nvml
+
+
+@dataclass
+class Reading:
+    host_s: float  # time.perf_counter()
+    cpu_s: float  # process user + system CPU seconds (threads included)
+    energy_mj: float | None  # GPU energy counter, millijoules since driver load
+    gpu_util_samples: list[float]  # NVML utilization.gpu samples (percent) since the last reading
+    gpu_mem_util_samples: list[float]
+
+
+class NvmlSampler(threading.Thread):
+    """Samples NVML's utilization counters every `period_s` in a daemon thread."""
+
+    def __init__(self, index: int = 0, period_s: float = 0.1):
+        super().__init__(daemon=True, name="tbd-nvml")
+        self.lib = nvml()
+        self.handle = self.lib.nvmlDeviceGetHandleByIndex(index)
+        self.period_s = period_s
+        self._lock = threading.Lock()
+        self._util: list[float] = []
+        self._mem: list[float] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                rates = self.lib.nvmlDeviceGetUtilizationRates(self.handle)
+            except Exception:
+                continue
+            with self._lock:
+                self._util.append(float(rates.gpu))
+                self._mem.append(float(rates.memory))
+
+    def drain(self) -> tuple[list[float], list[float]]:
+        with self._lock:
+            util, mem = self._util, self._mem
+            self._util, self._mem = [], []
+        return util, mem
+
+    def energy_mj(self) -> float | None:
+        try:
+            return float(self.lib.nvmlDeviceGetTotalEnergyConsumption(self.handle))
+        except Exception:
+            return None
+
+    def process_memory_bytes(self) -> int | None:
+        """Device memory NVML attributes to this process (None where the driver hides PIDs)."""
+        try:
+            procs = self.lib.nvmlDeviceGetComputeRunningProcesses(self.handle)
+        except Exception:
+            return None
+        mine = [p.usedGpuMemory for p in procs if p.pid == os.getpid() and p.usedGpuMemory is not None]
+        return int(sum(mine)) if mine else None
+
+    def device_used_bytes(self) -> int | None:
+        try:
+            return int(self.lib.nvmlDeviceGetMemoryInfo(self.handle).used)
+        except Exception:
+            return None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Probe:
+    """Readings at chunk boundaries; GPU parts are present only when `gpu_index` is given."""
+
+    def __init__(self, gpu_index: int | None):
+        self.process = psutil.Process()
+        self.sampler: NvmlSampler | None = None
+        if gpu_index is not None and nvml() is not None:
+            self.sampler = NvmlSampler(gpu_index)
+            self.sampler.start()
+
+    def read(self) -> Reading:
+        times = self.process.cpu_times()
+        util, mem = self.sampler.drain() if self.sampler else ([], [])
+        return Reading(
+            host_s=time.perf_counter(),
+            cpu_s=times.user + times.system,
+            energy_mj=self.sampler.energy_mj() if self.sampler else None,
+            gpu_util_samples=util,
+            gpu_mem_util_samples=mem,
+        )
+
+    def close(self) -> dict:
+        """Final memory readings of the process (host RSS peak, NVML device memory)."""
+        out = {"host_rss_bytes": int(self.process.memory_info().rss)}
+        try:
+            import resource
+
+            out["host_peak_rss_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        except Exception:
+            pass
+        if self.sampler:
+            out["nvml_process_bytes"] = self.sampler.process_memory_bytes()
+            out["nvml_device_used_bytes"] = self.sampler.device_used_bytes()
+            self.sampler.stop()
+        return out

@@ -1,0 +1,1 @@
+"""Human-readable output: terminal tables now; HTML reports and plots build on the same records."""

@@ -1,0 +1,60 @@
+"""Terminal tables of run records (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tbd.results.record import headline
+
+
+def make_console() -> Console:
+    """A console that keeps wide tables readable when output goes to a file or pipe."""
+    console = Console()
+    return console if console.is_terminal else Console(width=180)
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def results_table(records: list[dict[str, Any]], title: str = "tbd results") -> Table:
+    table = Table(title=title, header_style="bold")
+    for col, justify in (("id", "left"), ("workload", "left"), ("framework", "left"), ("flavor", "left"), ("device", "left"),
+                         ("batch", "right"), ("precision", "left"), ("throughput (median ±95% CI)", "right"),
+                         ("step p50 ms", "right"), ("MFU %", "right"), ("peak mem", "right"), ("status", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for record in records:
+        h = headline(record)
+        if h["status"] == "ok":
+            thr = f"{fmt_num(h['throughput'])} {h['unit']}/s ±{h['ci_pct']:.1f}%" if h["throughput"] else "-"
+            status = "[green]ok[/]"
+        else:
+            thr = "-"
+            status = f"[red]failed[/]: {h['error'] or ''}"
+        table.add_row(
+            h["id"], h["workload"], h["framework"] + (" +compile" if h["compile"] else ""), h["flavor"], h["device"],
+            str(h["batch_size"]), h["precision"], thr, fmt_num(h["step_time_ms_p50"]),
+            fmt_num(h["mfu_pct"]) if h["mfu_pct"] is not None else "-", fmt_bytes(h["peak_bytes"]), status,
+        )
+    return table
+
+
+def print_records(records: list[dict[str, Any]], title: str = "tbd results", console: Console | None = None) -> None:
+    (console or make_console()).print(results_table(records, title))

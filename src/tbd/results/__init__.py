@@ -1,0 +1,1 @@
+"""Run records, environment capture, the results store and exports."""

@@ -1,0 +1,67 @@
+"""The environment a run ran in: library versions, device and driver, source revision."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tbd import __version__
+from tbd.metrics.devices import gpu_info
+
+LIBRARIES = ("torch", "torchvision", "jax", "jaxlib", "flax", "optax", "tensorflow", "numpy", "nvidia-ml-py", "triton")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def source_revision() -> dict[str, Any]:
+    """Git commit of the tbd source tree and whether it had uncommitted changes."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None, "note": "not a git checkout"}
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "note": "git not available"}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def capture(device: str) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "tbd_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "libraries": library_versions(),
+        "source": source_revision(),
+        "device": device,
+    }
+    if device == "cuda":
+        env["gpu"] = gpu_info(0)
+    return env

@@ -1,0 +1,64 @@
+"""The framework-neutral description of a training workload.
+
+A `WorkloadSpec` says what is trained (domain, dataset the synthetic data imitate, flavors with
+their hyperparameters), in which unit throughput is counted, and how many FLOPs one training step
+costs (an analytic count, so MFU needs no profiler). Framework files build the model from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tbd.errors import unknown
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """One size of a workload: `tiny` for smoke tests on a CPU, `paper` for the paper's setting."""
+
+    name: str
+    batch_size: int
+    description: str
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.hparams[key]
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    name: str
+    domain: str
+    dataset: str  # the real dataset whose shapes the synthetic data imitate
+    description: str
+    flavors: Mapping[str, Flavor]
+    # Throughput unit: what one sample is ("images") and what users count ("images", "tokens").
+    sample_unit: str
+    unit: str
+    # Units in one sample of a flavor (1 for images; sequence length for language models).
+    units_per_sample: Callable[[Flavor], float]
+    # Model FLOPs of one training step per sample (forward + backward), analytic.
+    train_flops_per_sample: Callable[[Flavor], float]
+    flops_note: str = ""
+    # Which run options apply: channels_last only means something for convolutional models.
+    supports_channels_last: bool = False
+
+    def flavor(self, name: str) -> Flavor:
+        if name not in self.flavors:
+            raise unknown(f"flavor of {self.name}", name, self.flavors)
+        return self.flavors[name]
+
+
+def conv2d_flops(c_in: int, c_out: int, kernel: int, h_out: int, w_out: int, groups: int = 1) -> float:
+    """Forward FLOPs of a 2-D convolution: one multiply and one add per weight per output pixel."""
+    return 2.0 * (c_in // groups) * c_out * kernel * kernel * h_out * w_out
+
+
+def linear_flops(n_in: int, n_out: int) -> float:
+    return 2.0 * n_in * n_out
+
+
+# Backward costs about twice the forward (gradients w.r.t. inputs and weights): 3x in all.
+TRAIN_FLOPS_PER_FORWARD = 3.0

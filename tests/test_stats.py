@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from tbd.harness import stats
+
+
+def test_steady_state_finds_a_warmup_prefix():
+    rng = np.random.default_rng(0)
+    warm = [5.0] + list(np.linspace(2.0, 1.1, 14))  # compile step, then slowly settling
+    steady = list(1.0 + 0.01 * rng.standard_normal(80))
+    found = stats.detect_steady_state(warm + steady)
+    assert 10 <= found.start <= 20
+    assert "MSER" in found.reason
+
+
+def test_steady_run_loses_only_the_first_step():
+    rng = np.random.default_rng(1)
+    x = [3.0] + list(1.0 + 0.01 * rng.standard_normal(60))
+    assert stats.detect_steady_state(x).start == 1
+
+
+def test_median_ci_covers_the_median_and_shrinks_with_n():
+    rng = np.random.default_rng(2)
+    small = rng.normal(100, 5, 30)
+    large = rng.normal(100, 5, 3000)
+    for v in (small, large):
+        med, lo, hi = stats.median_ci(v)
+        assert lo <= med <= hi
+    assert stats.relative_half_width(large) < stats.relative_half_width(small) / 5
+
+
+def test_median_ci_coverage_is_about_95_percent():
+    rng = np.random.default_rng(3)
+    hits = 0
+    for _ in range(400):
+        v = rng.exponential(1.0, 101)  # skewed: true median ln 2
+        _, lo, hi = stats.median_ci(v)
+        hits += lo <= np.log(2) <= hi
+    assert 0.91 <= hits / 400 <= 0.99
+
+
+def test_summary_has_units_in_names():
+    s = stats.summarize_steps([0.1, 0.1, 0.2], [10, 10, 10])
+    assert s["units_per_s_median"] == pytest.approx(100.0)
+    assert s["step_time_ms_p50"] == pytest.approx(100.0)
+    assert s["timed_steps"] == 3

@@ -1,0 +1,43 @@
+"""Generated from the registry: every workload x framework gets a smoke test of its tiny flavor
+through the whole harness, and a check that training on one fixed batch lowers the loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tbd import registry
+from tbd.config import RunConfig
+from tbd.harness.runner import execute, losses_on_fixed_batch
+
+PAIRS = [
+    pytest.param(w, f, id=f"{w}-{f}", marks=pytest.mark.skipif(not registry.is_installed(f), reason=f"{f} not installed"))
+    for w in registry.workload_names()
+    for f in registry.implementations(w)
+]
+
+
+@pytest.mark.parametrize("workload,framework", PAIRS)
+def test_tiny_flavor_runs_through_the_harness(workload, framework):
+    config = RunConfig(workload=workload, framework=framework, flavor="tiny", max_steps=6, max_time_s=60, isolate=False).validated()
+    record = execute(config)
+    assert record["status"] == "ok", record["error"]
+    m = record["metrics"]
+    unit = registry.get_spec(workload).unit
+    assert m[f"{unit}_per_s"] > 0 and math.isfinite(m[f"{unit}_per_s"])
+    assert m["total_steps"] == len(record["samples"]["step_s"]) <= 6
+    assert m["model_flops_per_sample"] > 0
+    assert record["method"]["warmup"]["excluded_steps"][0] == 0
+    assert m["cpu_util_pct"] is not None and m["cpu_util_pct"] > 0
+
+
+@pytest.mark.parametrize("workload,framework", PAIRS)
+def test_training_on_a_fixed_batch_lowers_the_loss(workload, framework):
+    spec = registry.get_spec(workload)
+    steps = spec.flavor("tiny").hparams.get("test_steps", 30)
+    config = RunConfig(workload=workload, framework=framework, flavor="tiny", isolate=False).validated()
+    losses = losses_on_fixed_batch(config, steps)
+    assert all(math.isfinite(x) for x in losses)
+    first, last = losses[0], sum(losses[-3:]) / 3
+    assert last < 0.7 * first, f"loss did not fall enough: {losses[0]:.4g} -> {losses[-3:]}"
