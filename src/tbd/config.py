@@ -35,6 +35,15 @@ class RunConfig:
     target_ci_pct: float = 1.0  # half-width of the 95% CI of median throughput, in percent
     data_pool: int = 2  # synthetic batches kept on the device and rotated (1 = one fixed batch)
     isolate: bool = True  # run in a child process so a crash or OOM becomes a failed run
+    # Analysis (tbd.analysis): a kernel trace of a few steady steps after the timed ones.
+    profile: bool = False
+    ncu: bool = False
+    # Scale-out (tbd.harness.distributed): processes per node, nodes, this node's rank, rendezvous.
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+    parallel: str = "ddp"  # ddp or fsdp2 (PyTorch)
     hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the flavor's hparams
 
     def to_dict(self) -> dict[str, Any]:
