@@ -1,10 +1,11 @@
 """The measurement loop: run chunks of steps until the steady-state throughput is known to the
-target precision or a budget runs out, then derive every metric from the raw samples.
+target precision or a budget runs out (the time budget starts after the first, compiling,
+step), then derive every metric from the raw samples.
 
 Method (recorded with each run): steps run in chunks sized to about half a second, with one
 device sync per chunk; warm-up is detected from the step times (`stats.detect_steady_state`)
 and excluded; the loop stops once at least `min_timed_steps` steady steps give a 95% CI of the
-median throughput within +-`target_ci_pct`, or at `max_steps` / `max_time_s`.
+median throughput within +-`target_ci_pct` over at least `min_window_s` seconds, or at `max_steps` / `max_time_s`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ class Measurement:
 
 def measure(session, config, progress: Callable[[dict], None] | None = None, probe: Probe | None = None) -> Measurement:
     m = Measurement()
-    started = time.perf_counter()
     m.readings.append(probe.read()) if probe else None
     chunk = 1
+    started = None
     while True:
         times = session.run_steps(chunk)
+        # The time budget starts after the first step, so a slow compilation cannot eat it.
+        started = started or time.perf_counter()
         m.step_s += times.seconds
         m.units += times.units
         m.samples += times.samples
@@ -56,7 +59,8 @@ def measure(session, config, progress: Callable[[dict], None] | None = None, pro
         elapsed = time.perf_counter() - started
         if progress:
             progress({"steps": len(m.step_s), "max_steps": config.max_steps, "elapsed_s": elapsed, "ci_pct": rel * 100, "loss": loss})
-        if len(timed) >= config.min_timed_steps and rel * 100 <= config.target_ci_pct:
+        enough = len(timed) >= config.min_timed_steps and sum(timed) >= config.min_window_s
+        if enough and rel * 100 <= config.target_ci_pct:
             m.stop_reason = f"95% CI of median throughput within +-{config.target_ci_pct}% ({rel * 100:.2f}%)"
             break
         if len(m.step_s) >= config.max_steps:

@@ -36,6 +36,7 @@ def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, r
         adapter = registry.load_adapter(config.framework)
         probe = Probe(0 if config.device == "cuda" else None)
         session = adapter.open_session(config, spec, impl)
+        _inject_fault()
         m = measure(session, config, progress, probe)
         metrics, method = derive_metrics(m, config, spec, session.info.device_name, os.cpu_count() or 1)
         record["metrics"] = metrics
@@ -54,6 +55,18 @@ def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, r
         if session is not None:
             session.close()
     return record
+
+
+def _inject_fault() -> None:
+    """Test hook: TBD_INJECT_FAULT=crash|oom|error makes the run fail that way, so the tests can
+    check that failures become stored records without needing a real crash or a full GPU."""
+    fault = os.environ.get("TBD_INJECT_FAULT")
+    if fault == "crash":
+        os._exit(3)
+    if fault == "oom":
+        raise MemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+    if fault == "error":
+        raise RuntimeError("injected failure")
 
 
 def classify(exc: BaseException, config: RunConfig) -> dict[str, str]:

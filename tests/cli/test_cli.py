@@ -1,0 +1,124 @@
+"""The command line as users meet it: help, bad input, run -> results -> export, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tbd import cli, registry
+from tbd.results.store import Store
+from tests.conftest import run_cli
+
+QUICK = ("--max-steps", "4", "--max-time", "20")
+
+
+@pytest.mark.parametrize("command", ["", "run", "list", "results", "export", "demo"])
+def test_help_everywhere_with_examples(command):
+    out = run_cli(*([command] if command else []), "--help")
+    assert out.returncode == 0
+    assert "examples:" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (("run", "resnt50"), "did you mean: resnet50"),
+        (("run", "resnet50", "--framework", "pytorch"), "unknown framework 'pytorch'"),
+        (("run", "resnet50", "--flavor", "huge"), "unknown flavor"),
+        (("run", "resnet50", "--bach-size", "4"), "did you mean: --batch-size"),
+        (("run", "resnet50", "--batch-size", "0"), "positive integer"),
+        (("run", "resnet50", "--batch-size", "-3"), "positive integer"),
+        (("run", "resnet50", "--device", "tpu"), "unknown device 'tpu'"),
+        (("run", "resnet50", "--device", "cuda"), "no NVIDIA GPU"),
+        (("run", "resnet50", "--precision", "fp8"), "invalid choice"),
+        (("run", "resnet50", "--precision", "fp16", "--device", "cpu"), "needs a GPU"),
+        (("results", "show", "nope"), "no runs stored"),
+        (("frobnicate",), "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, expected, tbd_home):
+    out = run_cli(*args)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tbd: error:"), out.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in out.stderr
+    assert not tbd_home.exists()
+
+
+def test_missing_framework_names_the_install_command(monkeypatch, capsys, tbd_home):
+    monkeypatch.setattr(registry, "missing_modules", lambda name: ["jax"] if name == "jax" else [])
+    code = cli.main(["run", "resnet50", "--framework", "jax", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "not installed" in err and "pip install 'tbd[jax]'" in err
+    assert not tbd_home.exists()
+
+
+def test_run_results_show_export(tbd_home, tmp_path):
+    out = run_cli("run", "resnet50", "--device", "cpu", *QUICK)
+    assert out.returncode == 0, out.stderr
+    assert "images/s" in out.stdout and "stored as" in out.stdout
+    [record] = Store().list()
+    assert record["status"] == "ok"
+    assert record["schema_version"] == 1
+    assert record["environment"]["libraries"]["torch"]
+    assert "dirty" in record["environment"]["source"]
+    assert len(record["samples"]["step_s"]) == record["metrics"]["total_steps"]
+    assert (tbd_home / "runs" / f"{record['id']}.json").exists()
+
+    shown = run_cli("results", "show", record["id"][:17], "--json")
+    assert json.loads(shown.stdout)["id"] == record["id"]
+    listed = run_cli("results")
+    assert record["id"] in listed.stdout
+
+    csv_text = run_cli("export", "--format", "csv").stdout
+    header, row = csv_text.strip().splitlines()
+    assert "images_per_s" in header.split(",") and record["id"] in row
+    target = tmp_path / "runs.json"
+    assert run_cli("export", "--format", "json", "--output", str(target)).returncode == 0
+    assert json.loads(target.read_text())[0]["id"] == record["id"]
+
+
+@pytest.mark.parametrize("fault,kind", [("crash", "crash"), ("oom", "oom"), ("error", "error")])
+def test_failures_become_stored_failed_runs(fault, kind, tbd_home):
+    out = run_cli("run", "resnet50", "--device", "cpu", *QUICK, env={"TBD_INJECT_FAULT": fault})
+    assert out.returncode == 1
+    [record] = Store().list()
+    assert record["status"] == "failed" and record["error"]["kind"] == kind
+    if kind == "oom":
+        assert "batch size 4" in record["error"]["message"]
+
+
+def test_interrupt_keeps_the_store_consistent(tbd_home):
+    assert run_cli("run", "resnet50", "--device", "cpu", *QUICK).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tbd.cli", "run", "resnet50", "--device", "cpu", "--max-time", "60", "--max-steps", "100000", "--target-ci", "0.001"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
+    )
+    time.sleep(8)  # child started and measuring
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    records = Store().list()
+    assert len(records) == 1 and records[0]["status"] == "ok"
+    with sqlite3.connect(tbd_home / "tbd.sqlite") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert not list((tbd_home / "runs").glob("*.tmp"))
+
+
+def test_broken_store_file_is_a_clear_error(tbd_home):
+    tbd_home.mkdir(parents=True)
+    (tbd_home / "tbd.sqlite").write_text("this is not a database")
+    out = run_cli("results")
+    assert out.returncode == 2
+    assert "not a readable database" in out.stderr and "TBD_HOME" in out.stderr
+    assert (tbd_home / "tbd.sqlite").read_text() == "this is not a database"
