@@ -12,7 +12,7 @@ import sys
 
 from tbd.errors import TbdError, closest
 
-COMMAND_MODULES = ("listing", "run", "results")
+COMMAND_MODULES = ("listing", "run", "results", "sweep", "compare", "report", "memory", "analyze", "scale")
 
 
 class Parser(argparse.ArgumentParser):

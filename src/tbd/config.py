@@ -31,7 +31,8 @@ class RunConfig:
     # Measurement budget: stop when the throughput CI is tight enough or a budget runs out.
     max_steps: int = 300
     max_time_s: float = 60.0
-    min_timed_steps: int = 10
+    min_timed_steps: int = 20
+    min_window_s: float = 3.0  # at least this long steady, so NVML and energy readings mean something
     target_ci_pct: float = 1.0  # half-width of the 95% CI of median throughput, in percent
     data_pool: int = 2  # synthetic batches kept on the device and rotated (1 = one fixed batch)
     isolate: bool = True  # run in a child process so a crash or OOM becomes a failed run
@@ -69,10 +70,14 @@ class RunConfig:
             raise unknown("precision", self.precision, PRECISIONS)
         if self.device not in DEVICES:
             raise unknown("device", self.device, DEVICES)
+        if self.framework == "jax" and self.precision == "fp16":
+            raise UsageError("precision fp16 is not supported for JAX (no loss scaling); use --precision bf16")
         if self.device == "cpu" and self.precision in ("tf32", "fp16"):
             raise UsageError(f"precision {self.precision} needs a GPU; on the CPU use fp32 or bf16")
         if self.channels_last and not spec.supports_channels_last:
             raise UsageError(f"--channels-last applies to convolutional workloads, not {self.workload}; drop the flag")
+        if spec.precisions is not None and self.precision not in spec.precisions:
+            raise UsageError(f"{self.workload} runs in {' or '.join(spec.precisions)} only ({spec.precisions_note}); drop --precision {self.precision}")
         for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1)):
             if getattr(self, name) < low:
                 raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
@@ -87,6 +92,9 @@ class RunConfig:
 
             if not cuda_available():
                 raise UsageError("device cuda was asked for but no NVIDIA GPU is visible here; use --device cpu")
+        from tbd.harness.distributed import validate_topology  # scale-out fields; no framework import
+
+        validate_topology(self)
         return self
 
     def resolved_hparams(self) -> dict[str, Any]:

@@ -18,6 +18,14 @@ from tbd.workloads.base import WorkloadSpec
 # Order is the order `tbd list` and the demo use.
 WORKLOADS: dict[str, str] = {
     "resnet50": "tbd.workloads.resnet50",
+    "inception_v3": "tbd.workloads.inception_v3",
+    "seq2seq": "tbd.workloads.seq2seq",
+    "transformer": "tbd.workloads.transformer",
+    "faster_rcnn": "tbd.workloads.faster_rcnn",
+    "deepspeech2": "tbd.workloads.deepspeech2",
+    "wgan": "tbd.workloads.wgan",
+    "a3c": "tbd.workloads.a3c",
+    "gpt": "tbd.workloads.gpt",
 }
 
 
@@ -79,6 +87,10 @@ def check_runnable(workload: str, framework_name: str) -> None:
     missing = missing_modules(framework_name)
     if missing:
         raise UsageError(f"framework '{framework_name}' is not installed (missing {', '.join(missing)}); install it with: {info.install}")
+    spec = get_spec(workload)
+    absent = [m for m in spec.requires if importlib.util.find_spec(m) is None]
+    if absent:
+        raise UsageError(f"workload '{workload}' needs {', '.join(absent)}, not installed here; install with: {spec.install}")
 
 
 def load_implementation(workload: str, framework_name: str) -> ModuleType:

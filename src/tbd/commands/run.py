@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tbd import registry
@@ -17,6 +18,7 @@ from tbd.commands import EXAMPLES, add_home
 from tbd.config import PRECISIONS, RunConfig
 from tbd.errors import UsageError
 from tbd.harness.launcher import launch
+from tbd.harness.distributed import topology_from_args
 from tbd.metrics.devices import best_device
 from tbd.report.tables import make_console, print_records
 from tbd.results.store import Store
@@ -55,6 +57,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-time", type=positive_float, default=60.0, help="time budget in seconds (default: 60)")
     p.add_argument("--target-ci", type=positive_float, default=1.0, help="stop once the 95%% CI of throughput is within +-this %% (default: 1)")
     p.add_argument("--in-process", action="store_true", help="run in this process instead of a child process (for debugging)")
+    p.add_argument("--profile", action="store_true", help="trace a few steady steps after the timed ones for 'tbd analyze' (docs/analysis.md)")
+    p.add_argument("--ncu", action="store_true", help="with --profile: also read tensor/FMA pipe utilization with Nsight Compute (needs ncu)")
+    # Scale-out (docs/distributed.md): torchrun starts nproc-per-node x nnodes ranks; SLURM's environment fills these when absent.
+    p.add_argument("--nproc-per-node", type=positive_int, help="processes (ranks) on this machine, one per GPU (default: 1)")
+    p.add_argument("--nnodes", type=positive_int, help="machines taking part (default: 1)")
+    p.add_argument("--node-rank", type=int, help="this machine's rank, 0..nnodes-1 (node 0 hosts the rendezvous)")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, for --nnodes > 1")
+    p.add_argument("--parallel", choices=("ddp", "fsdp2"), help="ddp (default) or fsdp2 (PyTorch: shards parameters, for large models)")
     add_home(p)
 
 
@@ -63,7 +73,8 @@ def register(sub) -> None:
         "run", help="measure one training workload", formatter_class=EXAMPLES,
         description="Train WORKLOAD on synthetic data, detect warm-up, time steady steps until the throughput is known to +-1%, store the run.",
         epilog="examples:\n  tbd run resnet50\n  tbd run resnet50 --framework jax --flavor tiny --max-time 20\n"
-               "  tbd run resnet50 --device cuda --flavor paper -b 256 --precision bf16 --channels-last --compile",
+               "  tbd run resnet50 --device cuda --flavor paper -b 256 --precision bf16 --channels-last --compile\n"
+               "  tbd run resnet50 --device cuda --flavor paper -b 512 --nproc-per-node 8   (docs/distributed.md)",
     )
     p.add_argument("workload", help="workload name (see 'tbd list')")
     add_run_options(p)
@@ -86,6 +97,8 @@ def config_from_args(args, workload: str) -> RunConfig:
         workload=workload, framework=args.framework, flavor=args.flavor, device=device, batch_size=args.batch_size,
         precision=args.precision, compile=args.compile, channels_last=args.channels_last, seed=args.seed,
         max_steps=args.max_steps, max_time_s=args.max_time, target_ci_pct=args.target_ci, isolate=not args.in_process,
+        profile=getattr(args, "profile", False) or getattr(args, "ncu", False), ncu=getattr(args, "ncu", False),
+        **topology_from_args(args, device),
     ).validated()
 
 
@@ -101,6 +114,10 @@ def measure_and_store(config: RunConfig, store: Store, console: Console) -> dict
             bar.update(task, completed=p["steps"], status=f"{ci}  loss {p['loss']:.3g}")
 
         record = launch(config, progress)
+    if config.profile:  # move the trace into this store, run the ncu pass (tbd.analysis.capture)
+        from tbd.analysis.capture import after_launch
+
+        after_launch(record, config, store)
     store.save(record)
     return record
 
@@ -108,12 +125,20 @@ def measure_and_store(config: RunConfig, store: Store, console: Console) -> dict
 def run(args) -> int:
     store = Store(args.home)
     config = config_from_args(args, args.workload)
+    if config.ncu:  # fail before running when Nsight Compute is missing
+        from tbd.analysis.ncu import require_ncu
+
+        require_ncu(config.device)
     console = make_console()
     record = measure_and_store(config, store, console)
     print_records([record], title=f"tbd run {config.workload}", console=console)
     console.print(f"stored as [bold]{record['id']}[/] in {store.home} ('tbd results show {record['id']}')")
+    if config.profile and record["status"] == "ok":
+        from tbd.analysis.capture import describe
+
+        console.print(escape(describe(record, store.home)))
     if record["status"] != "ok":
-        console.print(f"[red]run failed ({record['error']['kind']}): {record['error']['message']}[/]")
+        console.print(f"[red]run failed ({record['error']['kind']}): {escape(record['error']['message'])}[/]")
         return 1
     return 0
 
@@ -142,4 +167,13 @@ def demo(args) -> int:
             print_records(records[-1:], title=None, console=console)
     print_records(records, title=f"tbd demo ({device})", console=console)
     console.print(f"results stored in {store.home} (tbd results; tbd export --format csv)")
+    if records:  # the demo ends with the report of what it ran (tbd.report.html)
+        try:
+            from tbd.report.html import write_report
+
+            report = write_report(records, store.home / "reports" / "demo" / "report.html", f"tbd demo ({device})",
+                                  subtitle=f"every installed workload x framework, {flavor} flavor on {device}.")
+            console.print(f"report: {report.resolve()}")
+        except ImportError as exc:
+            console.print(f"no report written ({exc}); install matplotlib: pip install 'tbd[plot]'")
     return 0 if all(r["status"] == "ok" for r in records) else 1

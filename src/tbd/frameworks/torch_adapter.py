@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tbd.frameworks import torch_distributed
 from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
 
 Batch = Sequence[Any]
@@ -38,12 +39,16 @@ class TorchTask:
     # step: called with (session, batch), returns the loss tensor to report.
     train_step: Callable[["TorchSession", Batch], torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Keyword arguments of torch.compile under --compile (mode, fullgraph), where a workload wants them.
+    compile_options: dict[str, Any] = field(default_factory=dict)
+    # Releases what build() started beyond tensors (a pool of actor processes); called once.
+    close: Callable[[], None] | None = None
 
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _set_precision_flags(precision: str, device: torch.device) -> dict[str, Any]:
+def _set_precision_flags(precision: str, device: torch.device, autotune: bool = True) -> dict[str, Any]:
     """fp32 means true fp32 (no TF32); tf32 enables it for matmul and cuDNN; under autocast the
     library defaults stay, as in the public references."""
     if device.type == "cuda":
@@ -53,7 +58,7 @@ def _set_precision_flags(precision: str, device: torch.device) -> dict[str, Any]
         elif precision == "tf32":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = autotune
     return {
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
@@ -70,19 +75,21 @@ class TorchSession:
         self.config = config
         self.device = torch.device(config.device)
         self.task = task
-        flags = _set_precision_flags(config.precision, self.device)
+        flags = _set_precision_flags(config.precision, self.device, autotune=not spec.variable_shapes)
         self.model = task.model.to(self.device)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Under torchrun: DDP or FSDP2 (a no-op in a single process); before the optimizer.
+        self.model = torch_distributed.wrap_model(self.model, config)
         self.optimizer = task.make_optimizer(self.model)
-        self.train_model = torch.compile(self.model) if config.compile else self.model
+        self.train_model = torch.compile(self.model, **task.compile_options) if config.compile else self.model
         dtype = PRECISION_DTYPES.get(config.precision)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
 
-        generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        generator = torch.Generator(device=self.device).manual_seed(torch_distributed.data_seed(config))
         self.batches = [_to_memory_format(task.make_batch(generator, self.device), memory_format) for _ in range(config.data_pool)]
         self._units = [float(task.units(b)) if task.units else ctx.batch_size * spec.units_per_sample(spec.flavor(config.flavor)) for b in self.batches]
         self._samples = [float(task.samples(b)) if task.samples else float(ctx.batch_size) for b in self.batches]
@@ -97,7 +104,7 @@ class TorchSession:
             method={
                 "timing": "CUDA events around each step, one host sync per chunk" if self.device.type == "cuda" else "host clock per step (CPU ops are synchronous)",
                 "data": f"synthetic, {config.data_pool} batch(es) resident on the device, rotated",
-                "compile": "torch.compile (default mode)" if config.compile else "eager",
+                "compile": f"torch.compile ({task.compile_options or 'default mode'})" if config.compile else "eager",
                 "autocast": str(dtype).replace("torch.", "") if dtype else None,
                 "grad_scaler": self.scaler is not None,
                 "memory_format": "channels_last" if config.channels_last else "contiguous",
@@ -166,6 +173,9 @@ class TorchSession:
 
     def close(self) -> None:
         self.batches.clear()
+        if self.task.close is not None:
+            close, self.task.close = self.task.close, None
+            close()
 
 
 def _cpu_name() -> str:
@@ -185,7 +195,7 @@ def open_session(config, spec, impl) -> TorchSession:
     torch.manual_seed(config.seed)
     ctx = BuildContext(
         hparams=config.resolved_hparams(),
-        batch_size=config.batch_size,
+        batch_size=torch_distributed.local_batch_size(config),  # the global batch over the ranks
         device=config.device,
         precision=config.precision,
         seed=config.seed,

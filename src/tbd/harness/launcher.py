@@ -88,4 +88,8 @@ def _failed(config: RunConfig, run_id: str, kind: str, message: str) -> dict[str
 
 
 def launch(config: RunConfig, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    if config.nproc_per_node * config.nnodes > 1:  # several ranks: torchrun (tbd.harness.distributed)
+        from tbd.harness.distributed import launch_distributed
+
+        return launch_distributed(config, progress)
     return run_isolated(config, progress) if config.isolate else run_in_process(config, progress)

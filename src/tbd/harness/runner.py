@@ -45,6 +45,10 @@ def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, r
         record["environment"]["framework_version"] = session.info.framework_version
         record["workload"]["num_parameters"] = session.info.num_parameters
         record["samples"] = {"step_s": m.step_s, "units": m.units, "samples": m.samples, "chunk_ends": m.chunk_ends}
+        if config.profile:  # a kernel trace of a few more steady steps, outside the timed ones (tbd.analysis)
+            from tbd.analysis.capture import profile_run
+
+            record["analysis"] = profile_run(session, config, record)
         record["status"] = "ok"
     except RunFailure as exc:
         record["error"] = {"kind": exc.kind, "message": str(exc)}

@@ -20,7 +20,7 @@ from tbd.metrics.devices import nvml
 @dataclass
 class Reading:
     host_s: float  # time.perf_counter()
-    cpu_s: float  # process user + system CPU seconds (threads included)
+    cpu_s: float  # user + system CPU seconds of the process and its live descendants (threads included)
     energy_mj: float | None  # GPU energy counter, millijoules since driver load
     gpu_util_samples: list[float]  # NVML utilization.gpu samples (percent) since the last reading
     gpu_mem_util_samples: list[float]
@@ -90,12 +90,28 @@ class Probe:
             self.sampler = NvmlSampler(gpu_index)
             self.sampler.start()
 
+    def cpu_seconds(self) -> float:
+        """This process and its live descendants: workloads that train in several processes
+        (A3C's actors, started from a forkserver child) burn their CPU there, not here."""
+        procs = [self.process]
+        try:
+            procs += self.process.children(recursive=True)
+        except psutil.Error:
+            pass
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:  # exited between the listing and the reading
+                continue
+            total += times.user + times.system
+        return total
+
     def read(self) -> Reading:
-        times = self.process.cpu_times()
         util, mem = self.sampler.drain() if self.sampler else ([], [])
         return Reading(
             host_s=time.perf_counter(),
-            cpu_s=times.user + times.system,
+            cpu_s=self.cpu_seconds(),
             energy_mj=self.sampler.energy_mj() if self.sampler else None,
             gpu_util_samples=util,
             gpu_mem_util_samples=mem,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from tbd.report.fmt import fmt_bytes, fmt_num  # noqa: F401  (re-exported: callers import them from here)
 from tbd.results.record import headline
 
 
@@ -14,24 +16,6 @@ def make_console() -> Console:
     """A console that keeps wide tables readable when output goes to a file or pipe."""
     console = Console()
     return console if console.is_terminal else Console(width=180)
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def fmt_num(x: float | None, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.{digits}g}"
 
 
 def results_table(records: list[dict[str, Any]], title: str = "tbd results") -> Table:
@@ -47,7 +31,8 @@ def results_table(records: list[dict[str, Any]], title: str = "tbd results") -> 
             status = "[green]ok[/]"
         else:
             thr = "-"
-            status = f"[red]failed[/]: {h['error'] or ''}"
+            color = "yellow" if h["status"] == "skipped" else "red"  # skipped: a sweep point not run after an OOM
+            status = f"[{color}]{h['status']}[/]: {escape(h['error'] or '')}"
         table.add_row(
             h["id"], h["workload"], h["framework"] + (" +compile" if h["compile"] else ""), h["flavor"], h["device"],
             str(h["batch_size"]), h["precision"], thr, fmt_num(h["step_time_ms_p50"]),

@@ -40,3 +40,25 @@ def to_csv(records: list[dict[str, Any]]) -> str:
 
 def to_json(records: list[dict[str, Any]]) -> str:
     return json.dumps(records, indent=1)
+
+
+def to_parquet(records: list[dict[str, Any]], path) -> None:
+    """The CSV's rows as a Parquet file (needs pyarrow; imported only here)."""
+    from tbd.errors import UsageError
+
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError("--format parquet needs pyarrow: pip install pyarrow (or use --format csv)") from None
+    rows = [flat_row(r) for r in records]
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    # Mixed types in one column (a metric that is None in one run) become strings only where needed.
+    data = {c: [row.get(c) for row in rows] for c in columns}
+    for c, values in data.items():
+        kinds = {type(v) for v in values if v is not None}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            data[c] = [None if v is None else str(v) for v in values]
+    pq.write_table(pa.table(data), str(path))

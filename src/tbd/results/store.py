@@ -46,6 +46,12 @@ class Store:
                 "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, created_at TEXT, workload TEXT, framework TEXT,"
                 " flavor TEXT, device TEXT, batch_size INTEGER, precision TEXT, status TEXT, record TEXT NOT NULL)"
             )
+            # Sweeps (tbd.sweep): a `sweep` column on runs (added to stores made before it) and a
+            # table of sweep definitions, so `tbd report NAME` and resume can find a sweep's runs.
+            if "sweep" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}:
+                with conn:
+                    conn.execute("ALTER TABLE runs ADD COLUMN sweep TEXT")
+            conn.execute("CREATE TABLE IF NOT EXISTS sweeps (id TEXT PRIMARY KEY, name TEXT, created_at TEXT, spec TEXT, summary TEXT)")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 with conn:
@@ -68,8 +74,9 @@ class Store:
         cfg = record["config"]
         with conn:
             conn.execute(
-                f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}, record) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})",
-                (record["id"], record["created_at"], cfg["workload"], cfg["framework"], cfg["flavor"], cfg["device"], cfg["batch_size"], cfg["precision"], record["status"], text),
+                f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}, sweep, record) VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})",
+                (record["id"], record["created_at"], cfg["workload"], cfg["framework"], cfg["flavor"], cfg["device"], cfg["batch_size"], cfg["precision"], record["status"],
+                 (record.get("sweep") or {}).get("id"), text),
             )
         conn.close()
         return path
@@ -91,6 +98,32 @@ class Store:
             conn.close()
         return [json.loads(r[0]) for r in rows]
 
+    def save_sweep(self, sweep_id: str, name: str, spec: dict[str, Any], summary: dict[str, Any] | None = None) -> None:
+        """Record (or update) a sweep's definition; its runs carry `sweep_id` in the `sweep` column."""
+        conn = self._connect(create=True)
+        with conn:
+            old = conn.execute("SELECT created_at FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+            created = old[0] if old else _now()
+            conn.execute("INSERT OR REPLACE INTO sweeps VALUES (?, ?, ?, ?, ?)",
+                         (sweep_id, name, created, json.dumps(spec, default=_jsonable), json.dumps(summary or {}, default=_jsonable)))
+        conn.close()
+
+    def sweeps(self, name_or_id: str | None = None) -> list[dict[str, Any]]:
+        """Sweeps, newest first; with `name_or_id`, those whose name or id (or id prefix) matches."""
+        conn = self._connect(create=False)
+        if conn is None:
+            return []
+        try:
+            sql = "SELECT id, name, created_at, spec, summary FROM sweeps"
+            args: tuple = ()
+            if name_or_id:
+                sql += " WHERE name = ? OR id LIKE ?"
+                args = (name_or_id, name_or_id.replace("%", "") + "%")
+            rows = conn.execute(sql + " ORDER BY created_at DESC, id DESC", args).fetchall()
+        finally:
+            conn.close()
+        return [{"id": r[0], "name": r[1], "created_at": r[2], "spec": json.loads(r[3] or "{}"), "summary": json.loads(r[4] or "{}")} for r in rows]
+
     def get(self, run_id: str) -> dict[str, Any]:
         """A run by id or unique id prefix; 'latest' is the newest run."""
         conn = self._connect(create=False)
@@ -110,6 +143,12 @@ class Store:
         if len(rows) > 1:
             raise UsageError(f"run id '{run_id}' is ambiguous ({len(rows)} runs start with it); give more characters")
         return json.loads(rows[0][1])
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _jsonable(value: Any) -> Any:

@@ -44,6 +44,19 @@ class WorkloadSpec:
     flops_note: str = ""
     # Which run options apply: channels_last only means something for convolutional models.
     supports_channels_last: bool = False
+    # Input shapes change from batch to batch (detection images, bucketed sequences): cuDNN's
+    # autotuner would re-benchmark every new shape, so the PyTorch adapter leaves it off.
+    variable_shapes: bool = False
+    # Importable modules the workload needs beyond its framework (an environment, a tokenizer),
+    # and the pip command that brings them; `registry.check_runnable` checks them without importing.
+    requires: tuple[str, ...] = ()
+    install: str = ""
+    # False where "steps on one fixed batch lower the loss" means nothing (reinforcement learning:
+    # the data come from the policy itself); such a workload tests its learning its own way.
+    loss_check: bool = True
+    # Precisions the workload can honour (None: all), and why where it is limited.
+    precisions: tuple[str, ...] | None = None
+    precisions_note: str = ""
 
     def flavor(self, name: str) -> Flavor:
         if name not in self.flavors:

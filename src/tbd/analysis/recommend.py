@@ -1,0 +1,145 @@
+"""Ranked recommendations, each with an expected gain and, where a run option expresses it, the
+config change `tbd analyze RUN --verify` applies.
+
+`pytest tests/analysis/test_diagnose.py` checks them on synthetic facts. The gains come from a
+simple time model of one step, normalized to 1: the device is busy a fraction u (kernel
+utilization) and idle 1 - u; a change that speeds up kernel time by a factor f (per class
+share s_c, f = sum s_c / k_c) gives T' = (1 - u) + u f, never below the host's own busy
+fraction; removing idle host time shrinks (1 - u). Gain = 1 / T' - 1. The speed-ups per class
+(k) are round figures from public measurements (REFERENCE_NUMBERS.md: ResNet-50 on an H100,
+fp32 NCHW 1,861 img/s vs bf16 channels_last 3,999, eager vs compiled 3,999 vs 5,659) and are
+stated with each recommendation: they are estimates to rank by, which --verify then measures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tbd.analysis.kernels import BANDWIDTH_CLASSES
+
+# Assumed kernel speed-ups (k) per change.
+K_MATMUL = {("fp32", "bf16"): 3.0, ("tf32", "bf16"): 1.6, ("fp32", "tf32"): 2.5}
+K_BANDWIDTH_BF16 = 1.5  # half the bytes, but not everything is cast under autocast
+K_CONV_CHANNELS_LAST = 1.15
+FUSION_CUT = 0.4  # share of elementwise/normalization time torch.compile removes by fusing
+LAUNCH_CUT = 0.6  # share of launch-bound idle time compile (fewer kernels) / CUDA graphs remove
+OPTIMIZER_FACTOR = {"per-parameter": 0.3, "foreach": 0.6}
+CPU_OP_OVERHEAD_US = 10.0  # eager dispatch + Python per op on a CPU, a rough figure
+MAX_BATCH_FACTOR = 4
+MIN_GAIN_PCT = 1.0  # below this a recommendation is noise in the time model, not advice
+
+
+def _gain(t_new: float, host_floor: float = 0.0) -> float:
+    t_new = max(t_new, host_floor, 1e-3)
+    return (1.0 / t_new - 1.0) * 100.0
+
+
+def recommend(facts: dict[str, Any]) -> list[dict[str, Any]]:
+    g = facts.get
+    recs = _cpu(facts) if g("device") == "cpu" else _gpu(facts)
+    if (g("input_wait_pct") or 0) >= 5:
+        i = g("input_wait_pct") / 100.0
+        recs.append(_rec("more data-loader workers / prefetching", _gain(1 - 0.9 * i), f"input wait {i * 100:.0f}% of the window, 90% of it hidden",
+                         None, "raise num_workers, pin_memory=True, prefetch to the device"))
+    stall = g("stall_share_pct") or 0
+    if g("period_steps") and stall >= 1:
+        recs.append(_rec(f"remove the periodic stall every {g('period_steps')} steps", stall / max(100 - stall, 1) * 100,
+                         f"stalled steps cost {stall:.1f}% of the time", None, "look for garbage collection (gc.freeze()), logging or checkpointing on that period"))
+    recs = sorted((r for r in recs if r["expected_gain_pct"] >= MIN_GAIN_PCT), key=lambda r: -r["expected_gain_pct"])
+    for rank, r in enumerate(recs, 1):
+        r["rank"] = rank
+    return recs
+
+
+def _rec(action: str, gain: float, basis: str, apply: dict[str, Any] | None, how: str) -> dict[str, Any]:
+    return {"action": action, "expected_gain_pct": round(max(gain, 0.0), 1), "basis": basis, "apply": apply, "how": how}
+
+
+def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
+    g = facts.get
+    recs: list[dict[str, Any]] = []
+    shares = {k: v / 100.0 for k, v in (g("class_share") or {}).items()}
+    util = g("gpu_util_trace_pct") if g("gpu_util_trace_pct") is not None else g("gpu_util_nvml_pct")
+    u = min(max(util / 100.0, 0.0), 1.0) if util is not None else None
+    floor = (g("host_busy_pct") or 0) / 100.0
+    s_mm = shares.get("matmul/conv", 0.0) + shares.get("attention", 0.0)
+    s_bw = sum(shares.get(c, 0.0) for c in BANDWIDTH_CLASSES)
+    torch = g("framework") == "torch"
+    precision = g("precision")
+    if u is not None and shares:
+        for target in ("bf16", "tf32"):
+            k = K_MATMUL.get((precision, target))
+            if not k:
+                continue
+            k_bw = K_BANDWIDTH_BF16 if target == "bf16" else 1.0
+            f = (1 - s_mm - s_bw) + s_mm / k + s_bw / k_bw
+            how = "autocast to bfloat16 (weights and optimizer stay fp32)" if target == "bf16" else "TF32 tensor cores for fp32 matmuls and convolutions"
+            recs.append(_rec(f"precision {target}", _gain((1 - u) + u * f, floor),
+                             f"matmul/conv {s_mm * 100:.0f}% of kernel time x1/{k:g}, bandwidth-bound kernels {s_bw * 100:.0f}% x1/{k_bw:g}, GPU busy {u * 100:.0f}%",
+                             {"precision": target}, how))
+        if g("supports_channels_last") and not g("channels_last") and torch:
+            s_tr = (g("layout_transpose_share_pct") or 0) / 100.0
+            f = 1 - s_tr - shares.get("matmul/conv", 0.0) * (1 - 1 / K_CONV_CHANNELS_LAST)
+            recs.append(_rec("channels_last memory format", _gain((1 - u) + u * f, floor),
+                             f"layout transposes {s_tr * 100:.1f}% of kernel time removed, convolutions x1/{K_CONV_CHANNELS_LAST:g}",
+                             {"channels_last": True}, "model and inputs in NHWC (torch.channels_last)"))
+    if torch and not g("compile") and u is not None:
+        idle_host = (g("gpu_idle_not_waiting_pct") or 0) / 100.0
+        s_fuse = shares.get("elementwise", 0.0) + shares.get("normalization", 0.0)
+        t_new = (1 - u) - LAUNCH_CUT * idle_host + u * (1 - FUSION_CUT * s_fuse)
+        recs.append(_rec("torch.compile (mode='reduce-overhead' adds CUDA graphs)", _gain(t_new),
+                         f"elementwise+normalization {s_fuse * 100:.0f}% of kernel time x(1-{FUSION_CUT}), launch-bound idle {idle_host * 100:.0f}% x(1-{LAUNCH_CUT})",
+                         {"compile": True}, "torch.compile(model); CUDA graphs when the GPU waits on launches"))
+    peak, total, batch = g("peak_reserved_bytes"), g("device_total_bytes"), g("batch_size")
+    if peak and total and batch and u is not None:
+        factor = min(MAX_BATCH_FACTOR, int(0.85 * total / peak))
+        if factor >= 2:
+            recs.append(_rec(f"larger batch ({batch} -> {batch * factor})", (1 / (u + (1 - u) / factor) - 1) * 100,
+                             f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; idle {(1 - u) * 100:.0f}% per step amortized over {factor}x the samples (kernel time assumed linear in batch)",
+                             {"batch_size": batch * factor}, "raise --batch-size (retune the learning rate for training to the same accuracy)"))
+    kind = g("optimizer_kind")
+    s_opt = shares.get("optimizer", 0.0)
+    if torch and u is not None and kind in OPTIMIZER_FACTOR and s_opt >= 0.01:
+        factor = OPTIMIZER_FACTOR[kind]
+        recs.append(_rec(f"fused optimizer (now {kind})", _gain((1 - u) + u * (1 - s_opt * (1 - factor)), floor),
+                         f"optimizer {s_opt * 100:.1f}% of kernel time x{factor}", None, "pass fused=True to the optimizer in the workload's torch_impl"))
+    if (g("alloc_retries") or 0) > 0 and torch:
+        recs.append(_rec("expandable allocator segments", 5.0, "allocator retries flush the cache and synchronize the device (rough 5%)", None,
+                         "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"))
+    return recs
+
+
+def _cpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
+    g = facts.get
+    recs: list[dict[str, Any]] = []
+    shares = {k: v / 100.0 for k, v in (g("host_class_share") or {}).items()}
+    torch = g("framework") == "torch"
+    step_us = (g("step_ms") or 0) * 1e3
+    overhead = min(0.9, (g("ops_per_step") or 0) * CPU_OP_OVERHEAD_US / step_us) if step_us and g("ops_per_step") else None
+    if overhead is not None and g("batch_size") and g("host_peak_rss_bytes") and g("host_total_bytes"):
+        factor = min(MAX_BATCH_FACTOR, int(0.5 * g("host_total_bytes") / g("host_peak_rss_bytes")))
+        if factor >= 2:
+            batch = g("batch_size")
+            recs.append(_rec(f"larger batch ({batch} -> {batch * factor})", (1 / ((1 - overhead) + overhead / factor) - 1) * 100,
+                             f"{g('ops_per_step'):.0f} ops per step x ~{CPU_OP_OVERHEAD_US:g} us dispatch = {overhead * 100:.0f}% of the step, amortized over {factor}x the samples",
+                             {"batch_size": batch * factor}, "raise --batch-size"))
+    if torch and g("supports_channels_last") and not g("channels_last"):
+        s_conv = shares.get("matmul/conv", 0.0)
+        recs.append(_rec("channels_last memory format", _gain(1 - s_conv * (1 - 1 / K_CONV_CHANNELS_LAST)),
+                         f"convolutions {s_conv * 100:.0f}% of CPU op time x1/{K_CONV_CHANNELS_LAST:g} (oneDNN prefers NHWC)",
+                         {"channels_last": True}, "model and inputs in NHWC (torch.channels_last)"))
+    if torch and not g("compile"):
+        s_fuse = shares.get("elementwise", 0.0) + shares.get("normalization", 0.0)
+        recs.append(_rec("torch.compile", _gain(1 - FUSION_CUT * s_fuse - 0.5 * (overhead or 0)),
+                         f"elementwise+normalization {s_fuse * 100:.0f}% of CPU op time x(1-{FUSION_CUT}), dispatch overhead halved",
+                         {"compile": True}, "torch.compile(model) (Inductor generates fused C++ for the CPU)"))
+    kind, s_opt = g("host_optimizer_kind"), shares.get("optimizer", 0.0)
+    if torch and kind in OPTIMIZER_FACTOR and s_opt >= 0.03:
+        factor = OPTIMIZER_FACTOR[kind]
+        recs.append(_rec(f"fused optimizer (now {kind})", _gain(1 - s_opt * (1 - factor)), f"optimizer {s_opt * 100:.0f}% of CPU op time x{factor}",
+                         None, "pass fused=True to the optimizer in the workload's torch_impl"))
+    if g("cpu_amx_bf16") and g("precision") == "fp32":
+        s_mm = shares.get("matmul/conv", 0.0)
+        recs.append(_rec("precision bf16 (AMX)", _gain(1 - s_mm + s_mm / 3.0), f"matmul/conv {s_mm * 100:.0f}% of CPU op time x1/3 on AMX tiles",
+                         {"precision": "bf16"}, "autocast to bfloat16 on a CPU with AMX"))
+    return recs

@@ -1,0 +1,156 @@
+"""The whole analysis of one stored run: `analyze(record, home)` -> a JSON-able dict.
+
+`tbd analyze latest` calls it and stores the result in the record (`analysis.report`). It reads
+the run's trace again (so a damaged trace is an error, not a silent gap), summarizes it, adds
+step-time stability from the raw samples, builds the facts the diagnosis and recommendations
+use, and says which figures are missing and why. A run without a trace is analyzed from its
+samples and metrics alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from tbd.analysis.capture import trace_path
+from tbd.analysis.diagnose import diagnose
+from tbd.analysis.recommend import recommend
+from tbd.analysis.stability import analyze_steps
+from tbd.errors import UsageError
+
+NO_TRACE = "run again with --profile for kernel-level analysis"
+REPORT_VERSION = 1
+
+
+def analyze(record: dict[str, Any], home: str | Path) -> dict[str, Any]:
+    if record.get("status") != "ok":
+        msg = (record.get("error") or {}).get("message", "no result")
+        raise UsageError(f"run {record['id']} failed ({msg[:120]}); there is nothing to analyze, see 'tbd results show {record['id']}'")
+    from tbd.analysis.summary import summarize
+    from tbd.analysis.trace import load_trace
+
+    stored = record.get("analysis") or {}
+    path = trace_path(record, home)
+    summary, trace_info, notes = None, stored.get("trace"), []
+    if path is not None:
+        summary = summarize(load_trace(path), (trace_info or {}).get("steps"))
+    else:
+        notes.append(f"no trace stored with this run ({stored['error']}); {NO_TRACE}" if stored.get("error") else f"no trace stored with this run; {NO_TRACE}")
+    samples = record.get("samples") or {}
+    stability = analyze_steps(samples.get("step_s") or [], samples.get("chunk_ends"))
+    ncu = stored.get("ncu")
+    f = facts(record, summary, stability, ncu)
+    out = {
+        "version": REPORT_VERSION,
+        "analyzed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "trace": {**(trace_info or {}), "file": str(path)} if path else None,
+        "utilization": _utilization(record, summary, ncu, f),
+        "kernels": summary["device"] if summary else None,
+        "host": summary["host"] if summary else None,
+        "stability": stability,
+        "diagnosis": diagnose(f),
+        "recommendations": recommend(f),
+        "ncu": ncu,
+        "notes": notes,
+        "facts": f,
+    }
+    if summary and summary["device"] is None and record["config"]["device"] == "cuda":
+        notes.append("the trace has no device kernels (was CUDA activity recorded?)")
+    return out
+
+
+def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: dict | None) -> dict[str, Any]:
+    """The flat facts the diagnosis and recommendations read (None where unknown)."""
+    from tbd import registry
+
+    cfg, met, mem = record["config"], record.get("metrics") or {}, record.get("memory") or {}
+    env = record.get("environment") or {}
+    try:
+        supports_cl = registry.get_spec(cfg["workload"]).supports_channels_last
+    except UsageError:
+        supports_cl = False
+    f: dict[str, Any] = {
+        "device": cfg["device"], "framework": cfg["framework"], "precision": cfg["precision"], "compile": cfg.get("compile"),
+        "channels_last": cfg.get("channels_last"), "batch_size": cfg.get("batch_size"), "supports_channels_last": supports_cl,
+        "has_trace": summary is not None,
+        "gpu_util_nvml_pct": met.get("gpu_util_nvml_pct"), "gpu_mem_bw_util_nvml_pct": met.get("gpu_mem_bw_util_nvml_pct"),
+        "mfu_pct": met.get("mfu_pct"), "cpu_util_pct": met.get("cpu_util_pct"), "cpu_cores_busy": met.get("cpu_cores_busy"),
+        "cores": env.get("cpu_cores"), "step_ms": met.get("step_time_ms_p50"),
+        "peak_reserved_bytes": mem.get("peak_reserved_bytes"), "device_total_bytes": (env.get("gpu") or {}).get("memory_total_bytes"),
+        "alloc_retries": mem.get("alloc_retries"), "ooms": mem.get("ooms"), "host_peak_rss_bytes": mem.get("host_peak_rss_bytes"),
+        "host_total_bytes": _host_total(env), "cpu_amx_bf16": _amx(env),
+        "data_synthetic": "synthetic" in str((record.get("method") or {}).get("data", "")),
+        "stall_share_pct": stability.get("stall_time_share_pct"), "period_steps": stability.get("period_steps"), "cv_pct": stability.get("cv_pct"),
+    }
+    if summary:
+        host, dev = summary["host"], summary["device"]
+        f.update({"host_busy_pct": host["busy_pct"], "input_wait_pct": host["input_wait_pct"], "ops_per_step": host.get("ops_per_step"),
+                  "host_optimizer_kind": host.get("optimizer_kind"),
+                  "host_class_share": {k: v["share_pct"] for k, v in host["op_classes"].items()}})
+        top = next(iter(host["op_classes"].items()), None)
+        f["host_top_class"] = (top[0], top[1]["share_pct"]) if top else None
+        if dev:
+            f.update({"gpu_util_trace_pct": dev["gpu_util_trace_pct"], "class_share": {k: v["share_pct"] for k, v in dev["classes"].items()},
+                      "tensor_core_share_pct": dev["tensor_core_share_pct"], "layout_transpose_share_pct": dev["layout_transpose_share_pct"],
+                      "exposed_comm_pct": dev["exposed_comm_pct"], "optimizer_kind": dev["optimizer_kind"],
+                      "gpu_idle_not_waiting_pct": host.get("gpu_idle_not_waiting_pct"), "gpu_idle_host_busy_pct": host.get("gpu_idle_host_busy_pct")})
+    if ncu and not ncu.get("error"):
+        f.update({"ncu_tensor_pipe_pct": ncu.get("tensor_pipe_pct"), "ncu_fma_pipe_pct": ncu.get("fma_pipe_pct"), "ncu_dram_pct": ncu.get("dram_throughput_pct")})
+    return f
+
+
+def _host_total(env: dict[str, Any]) -> int | None:
+    """Host memory, read here only when the analysis runs on the machine that ran the run."""
+    import socket
+
+    if env.get("hostname") != socket.gethostname():
+        return None
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def _amx(env: dict[str, Any]) -> bool:
+    import socket
+
+    if env.get("hostname") != socket.gethostname():
+        return False
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def _utilization(record: dict[str, Any], summary: dict | None, ncu: dict | None, f: dict[str, Any]) -> dict[str, Any]:
+    """GPU (trace and NVML), FLOP and CPU utilization side by side, with where each comes from."""
+    from tbd.metrics.peaks import lookup
+
+    met = record.get("metrics") or {}
+    trace = (record.get("analysis") or {}).get("trace") or {}
+    dev = (summary or {}).get("device") or {}
+    util = dev.get("gpu_util_trace_pct")
+    mfu = met.get("mfu_pct")
+    achieved = (met.get("model_tflops_per_s") or 0.0) * 1e12
+    device_name = (record.get("environment") or {}).get("device_name")
+    peak = lookup(device_name) if record["config"]["device"] == "cuda" else None
+    by_precision = {p: achieved / (t * 1e12) * 100.0 for p, t in peak.tflops.items()} if peak and achieved else {}
+    return {
+        "gpu_util_trace_pct": util,
+        "gpu_util_nvml_pct": met.get("gpu_util_nvml_pct"),
+        "gpu_util_nvml_trace_window_pct": trace.get("window_nvml_util_pct"),
+        "device_busy_incl_copies_pct": dev.get("device_busy_pct"),
+        "mfu_pct": mfu,
+        "mfu_of_busy_time_pct": mfu / util * 100.0 if mfu is not None and util else None,
+        "model_tflops_per_s": met.get("model_tflops_per_s"),
+        "peak_precision": record["config"]["precision"],
+        "flop_util_by_precision_pct": by_precision,
+        "peak_source": peak.source if peak else None,
+        "tensor_core_share_pct": dev.get("tensor_core_share_pct"),
+        "ncu_tensor_pipe_pct": (ncu or {}).get("tensor_pipe_pct"),
+        "ncu_fma_pipe_pct": (ncu or {}).get("fma_pipe_pct"),
+        "cpu_util_pct": met.get("cpu_util_pct"),
+        "cpu_cores_busy": met.get("cpu_cores_busy"),
+        "cpu_util_trace_window_pct": trace.get("window_cpu_util_pct"),
+        "host_busy_trace_pct": (summary or {}).get("host", {}).get("busy_pct"),
+    }

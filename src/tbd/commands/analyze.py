@@ -1,0 +1,170 @@
+"""`tbd analyze RUN [--verify] [--ncu] [--json]`: what limits a run and what to do about it.
+
+RUN is a run id, a unique prefix of one, or 'latest'. The analysis is printed and stored with
+the run (the record's `analysis.report`). Bad input (no such run, a trace that cannot be read,
+--ncu without Nsight Compute) is one line on stderr, exit code 2, and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tbd.analysis.report import analyze
+from tbd.commands import EXAMPLES, add_home
+from tbd.report.tables import fmt_num, make_console
+from tbd.results.store import Store
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "analyze", help="utilization, kernel breakdown, diagnosis and recommendations for a run", formatter_class=EXAMPLES,
+        description="Analyze a stored run: GPU utilization (trace and NVML), FLOP and CPU utilization, kernel classes, host side, "
+                    "step-time stability, the class of bottleneck and ranked recommendations. Runs recorded with --profile get "
+                    "kernel-level analysis.",
+        epilog="examples:\n  tbd run resnet50 --profile && tbd analyze latest\n  tbd analyze 20261125-1701 --verify\n"
+               "  tbd analyze latest --ncu      # needs Nsight Compute on PATH and a GPU\n  tbd analyze latest --json",
+    )
+    p.add_argument("run_id", metavar="RUN", help="a run id, a unique prefix of one, or 'latest'")
+    p.add_argument("--verify", action="store_true", help="rerun with the top applicable recommendation and report the measured gain")
+    p.add_argument("--ncu", action="store_true", help="add Nsight Compute tensor/FMA pipe utilization (reruns a few steps under ncu)")
+    p.add_argument("--json", action="store_true", help="print the analysis as JSON instead of tables")
+    add_home(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    store = Store(args.home)
+    if args.ncu:
+        from tbd.analysis.ncu import require_ncu
+
+        require_ncu(None)
+    record = store.get(args.run_id)
+    config = None
+    if args.ncu or args.verify:
+        from tbd.config import RunConfig
+
+        config = RunConfig.from_dict(dict(record["config"]))
+    if args.ncu:
+        from tbd.analysis.ncu import require_ncu, run_ncu
+
+        require_ncu(config.device)
+        config.validated()
+    analysis = analyze(record, store.home)  # raises before anything is written
+    console = make_console()
+    if args.ncu:
+        record.setdefault("analysis", {})["ncu"] = run_ncu(config)
+        analysis = analyze(record, store.home)
+    if args.verify:
+        from tbd.analysis.verify import verify
+
+        console.print("verifying: rerunning with the top recommendation ...")
+        analysis["verify"] = verify(record, analysis, store)
+    record.setdefault("analysis", {})["report"] = analysis
+    store.save(record)
+    if args.json:
+        print(json.dumps(analysis, indent=1, default=str))
+        return 0
+    print_analysis(record, analysis, console, store.home)
+    return 0
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}%"
+
+
+def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, home) -> None:
+    cfg = record["config"]
+    console.print(f"[bold]analysis of run {record['id']}[/]: {cfg['workload']}/{cfg['framework']}/{cfg['flavor']} on {cfg['device']}"
+                  f" ({escape(str((record.get('environment') or {}).get('device_name', '')))}), batch {cfg['batch_size']}, {cfg['precision']}")
+    for note in a["notes"]:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    u = a["utilization"]
+    t = Table(title="utilization", header_style="bold")
+    for col in ("measure", "value", "how it is measured"):
+        t.add_column(col)
+    t.add_row("GPU compute utilization (trace)", _pct(u["gpu_util_trace_pct"]), "union of kernel intervals / profiled window")
+    t.add_row("GPU utilization (NVML)", _pct(u["gpu_util_nvml_pct"]), "NVML counter, mean over the steady window")
+    if u.get("gpu_util_nvml_trace_window_pct") is not None:
+        t.add_row("GPU utilization (NVML, profiled window)", _pct(u["gpu_util_nvml_trace_window_pct"]), "NVML counter during the traced steps")
+    t.add_row(f"FLOP utilization ({u['peak_precision']} peak)", _pct(u["mfu_pct"]), "model FLOPs / step time / peak" + (f" ({u['peak_source']})" if u["peak_source"] else ""))
+    if u.get("mfu_of_busy_time_pct") is not None:
+        t.add_row("FLOP utilization while kernels run", _pct(u["mfu_of_busy_time_pct"]), "MFU / trace utilization")
+    for prec, val in (u.get("flop_util_by_precision_pct") or {}).items():
+        if prec != u["peak_precision"]:
+            t.add_row(f"  vs {prec} peak", _pct(val), "same model FLOP/s against another precision's peak")
+    t.add_row("tensor-core share of kernel time", _pct(u["tensor_core_share_pct"]), "kernel-name heuristics")
+    if u.get("ncu_tensor_pipe_pct") is not None or u.get("ncu_fma_pipe_pct") is not None:
+        t.add_row("tensor / FMA pipe (ncu)", f"{_pct(u['ncu_tensor_pipe_pct'])} / {_pct(u['ncu_fma_pipe_pct'])}", "hardware counters, weighted by kernel time")
+    t.add_row("CPU utilization (process)", _pct(u["cpu_util_pct"]), f"CPU time / (cores x steady window); {fmt_num(u['cpu_cores_busy'])} cores busy")
+    if u.get("cpu_util_trace_window_pct") is not None:
+        t.add_row("CPU utilization (profiled window)", _pct(u["cpu_util_trace_window_pct"]), "same, over the traced steps (profiler overhead included)")
+    console.print(t)
+    k = a.get("kernels")
+    if k:
+        kt = Table(title=f"kernel time by class ({k['kernels']} kernels, {fmt_num(k['kernel_time_ms'])} ms)", header_style="bold")
+        for col, j in (("class", "left"), ("time ms", "right"), ("share", "right"), ("count", "right")):
+            kt.add_column(col, justify=j)
+        for cls, row in k["classes"].items():
+            kt.add_row(cls, fmt_num(row["time_ms"]), _pct(row["share_pct"]), str(row["count"]))
+        console.print(kt)
+        top = Table(title="top kernels", header_style="bold")
+        for col, j in (("kernel", "left"), ("class", "left"), ("TC", "center"), ("time ms", "right"), ("share", "right"), ("count", "right"), ("mean us", "right")):
+            top.add_column(col, justify=j, overflow="fold")
+        for r in k["top_kernels"]:
+            top.add_row(escape(r["short"]), r["class"], "yes" if r["tensor_cores"] else "", fmt_num(r["time_ms"]), _pct(r["share_pct"]), str(r["count"]), fmt_num(r["mean_us"]))
+        console.print(top)
+    h = a.get("host")
+    if h:
+        ht = Table(title="host side (profiled window)", header_style="bold")
+        ht.add_column("measure")
+        ht.add_column("value", justify="right")
+        ht.add_row("host busy (ops, launches; syncs excluded)", _pct(h["busy_pct"]))
+        ht.add_row("host waiting for the device", _pct(h["sync_wait_pct"]))
+        if "gpu_idle_not_waiting_pct" in h:
+            ht.add_row("GPU idle while the host is not waiting (launch-bound)", _pct(h["gpu_idle_not_waiting_pct"]))
+            ht.add_row("GPU idle while the host runs ops", _pct(h["gpu_idle_host_busy_pct"]))
+        ht.add_row("waiting for input", _pct(h["input_wait_pct"]) + ("" if h["input_spans"] else " (no data-loading spans)"))
+        ht.add_row("host ops per step", fmt_num(h.get("ops_per_step")))
+        console.print(ht)
+        if cfg["device"] == "cpu" and h["op_classes"]:
+            ot = Table(title="CPU op self time by class", header_style="bold")
+            for col, j in (("class", "left"), ("time ms", "right"), ("share", "right")):
+                ot.add_column(col, justify=j)
+            for cls, row in h["op_classes"].items():
+                ot.add_row(cls, fmt_num(row["time_ms"]), _pct(row["share_pct"]))
+            console.print(ot)
+    s = a["stability"]
+    if s.get("steps"):
+        console.print(f"[bold]step-time stability[/] ({s['steps']} steady steps, median {fmt_num(s['median_ms'])} ms): {escape(s['verdict'])}")
+    d = a["diagnosis"]
+    console.print(f"[bold]diagnosis: [magenta]{d['label']}[/][/] — {escape(d['evidence'])}")
+    for sec in d["secondary"]:
+        console.print(f"  also {sec['label']}: {escape(sec['evidence'])}")
+    for note in d["notes"]:
+        console.print(f"  [dim]{escape(note)}[/]")
+    recs = a["recommendations"]
+    if recs:
+        rt = Table(title="recommendations (expected gains are estimates; --verify measures the top one)", header_style="bold")
+        for col, j in (("#", "right"), ("action", "left"), ("expected gain", "right"), ("basis", "left"), ("how", "left")):
+            rt.add_column(col, justify=j, overflow="fold")
+        for r in recs:
+            how = r["how"] + (f" [dim](verify applies {r['apply']})[/]" if r["apply"] else "")
+            rt.add_row(str(r["rank"]), escape(r["action"]), f"+{r['expected_gain_pct']:.0f}%", escape(r["basis"]), how)
+        console.print(rt)
+    else:
+        console.print("no recommendation applies")
+    v = a.get("verify")
+    if v:
+        if v.get("measured_gain_pct") is not None:
+            console.print(f"[bold]verify[/]: {escape(v['action'])}: expected +{v['expected_gain_pct']:.0f}%, measured {v['measured_gain_pct']:+.1f}% "
+                          f"({fmt_num(v['samples_per_s_before'])} -> {fmt_num(v['samples_per_s_after'])} samples/s, run {v['run_id']})")
+        else:
+            console.print(f"[bold]verify[/]: {escape(v['action'])}: rerun {v['run_id']} failed: {escape(str(v.get('error')))}")
+    if a.get("trace"):
+        console.print(f"trace: {escape(a['trace']['file'])} (open in https://ui.perfetto.dev or chrome://tracing)")
+    console.print(f"analysis stored with run {record['id']} ('tbd results show {record['id']} --json')")

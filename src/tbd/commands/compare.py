@@ -1,0 +1,94 @@
+"""`tbd compare A B`: side-by-side throughput with ratios, their 95% CIs, and regression checks.
+
+    tbd compare 20261125-1701 20261125-1702
+    tbd compare nightly-old nightly-new --fail-if-slower 5
+    tbd compare --save-baseline base.json my-sweep      # later: tbd compare base.json my-sweep
+
+Exit status: 0, or 1 when `--fail-if-slower PCT` finds a point of B slower than A by more than
+PCT percent (the median ratio B/A below 1 - PCT/100), or 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.markup import escape
+from rich.table import Table
+
+from tbd.commands import EXAMPLES, add_home
+from tbd.commands.run import positive_float
+from tbd.errors import UsageError
+from tbd.report import compare as cmp
+from tbd.report.tables import fmt_num, make_console
+from tbd.results.record import headline
+from tbd.results.store import Store
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="compare two runs, sweeps or a saved baseline", formatter_class=EXAMPLES,
+        description="Pair the runs of A and B on their configuration and show B/A throughput ratios with 95% bootstrap CIs "
+                    "from the raw per-step samples; warn where machines or versions differ. "
+                    "Exit 1 when --fail-if-slower finds a regression.",
+        epilog="examples:\n  tbd compare RUN_A RUN_B\n  tbd compare sweep-old sweep-new --fail-if-slower 5\n"
+               "  tbd compare --save-baseline base.json my-sweep\n  tbd compare base.json my-sweep --fail-if-slower 3",
+    )
+    p.add_argument("a", metavar="A", help="baseline: run id or prefix, sweep name or id, or a baseline file")
+    p.add_argument("b", metavar="B", nargs="?", help="candidate: same kinds as A")
+    p.add_argument("--fail-if-slower", type=positive_float, metavar="PCT",
+                   help="exit 1 if any point of B is more than PCT%% slower than A")
+    p.add_argument("--save-baseline", metavar="FILE", help="write A's records to FILE (JSON) for later comparisons, and exit")
+    add_home(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    store = Store(args.home)
+    console = make_console()
+    desc_a, recs_a = cmp.resolve(store, args.a)
+    if args.save_baseline:
+        path = cmp.save_baseline(args.save_baseline, desc_a, recs_a)
+        console.print(f"saved {len(recs_a)} run(s) of {escape(desc_a)} as baseline {path}; compare with 'tbd compare {path} NEW'")
+        return 0
+    if not args.b:
+        raise UsageError("tbd compare needs two things to compare: tbd compare A B (or --save-baseline FILE A)")
+    desc_b, recs_b = cmp.resolve(store, args.b)
+    pairs, across, lonely = cmp.pair_up(recs_a, recs_b)
+    console.print(f"A = {escape(desc_a)}\nB = {escape(desc_b)}" + (f"\ncompared across: {', '.join(across)}" if across else ""))
+    if not pairs:
+        raise UsageError("A and B have no successful runs of the same configuration to compare; check both with 'tbd results'")
+    table = Table(title="throughput, B / A", header_style="bold")
+    for col, justify in (("point", "left"), ("A", "right"), ("B", "right"), ("B/A", "right"), ("95% CI", "right"), ("", "left")):
+        table.add_column(col, justify=justify)
+    limit = 1.0 - args.fail_if_slower / 100.0 if args.fail_if_slower else None
+    for p in pairs:
+        ha, hb = headline(p.a), headline(p.b)
+        ci = f"{p.ci_low:.3f}-{p.ci_high:.3f}" if not math.isnan(p.ci_low) else "n/a (too few samples)"
+        verdict = _verdict(p, limit)
+        table.add_row(escape(p.label), f"{fmt_num(ha['throughput'])} {ha['unit']}/s", f"{fmt_num(hb['throughput'])} {hb['unit']}/s",
+                      f"{p.ratio:.3f}", ci, verdict)
+    console.print(table)
+    for line in lonely:
+        console.print(f"[yellow]unpaired:[/] {escape(line)}")
+    for warning in cmp.environment_warnings(recs_a, recs_b):
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    if args.fail_if_slower:
+        bad = cmp.regressions(pairs, args.fail_if_slower)
+        if bad:
+            console.print(f"[red]regression: {len(bad)} point(s) of B are more than {args.fail_if_slower:g}% slower than A[/]: "
+                          + ", ".join(f"{escape(p.label)} ({(1 - p.ratio) * 100:.1f}% slower)" for p in bad))
+            return 1
+        console.print(f"[green]no point of B is more than {args.fail_if_slower:g}% slower than A[/]")
+    return 0
+
+
+def _verdict(p: cmp.Pair, limit: float | None) -> str:
+    if math.isnan(p.ratio):
+        return ""
+    if limit is not None and p.ratio < limit:
+        return "[red]REGRESSION[/]"
+    if not math.isnan(p.ci_low) and p.ci_high < 1.0:
+        return "slower (CI excludes 1)"
+    if not math.isnan(p.ci_low) and p.ci_low > 1.0:
+        return "faster (CI excludes 1)"
+    return "within noise" if not math.isnan(p.ci_low) else ""

@@ -1,0 +1,145 @@
+"""`tbd memory WORKLOAD`: where the memory of one training step goes, by category, by layer and
+over the step; `--max-batch` predicts the largest batch that fits.
+
+The profile is printed, saved as JSON and a PNG plot in `<store>/memory/`, and stored as a run
+(`kind: memory`, with the profile under `memory_profile`) so `tbd results show ID` finds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from tbd.commands import EXAMPLES, add_home
+from tbd.config import PRECISIONS, RunConfig
+from tbd.errors import UsageError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "memory", help="memory breakdown of a training step; largest batch that fits", formatter_class=EXAMPLES,
+        description="Profile one training step of WORKLOAD and break its peak memory into weights, gradients, optimizer "
+                    "state, input batch, feature maps, workspace, allocator cache and framework overhead; a table of "
+                    "feature-map bytes per layer; a timeline over the step. Saved as JSON and PNG and stored as a run.",
+        epilog="examples:\n  tbd memory resnet50\n  tbd memory resnet50 --framework jax --batch-size 8\n"
+               "  tbd memory resnet50 --device cuda --flavor paper --batch-size 64 --precision bf16\n"
+               "  tbd memory resnet50 --max-batch --memory 16GiB\n"
+               "  tbd memory resnet50 --device cuda --flavor paper --max-batch --fit-batches 16,32,64",
+    )
+    p.add_argument("workload", help="workload name (see 'tbd list')")
+    p.add_argument("--framework", "-f", default="torch", help="torch or jax (default: torch)")
+    p.add_argument("--flavor", default="tiny", help="workload size: tiny or paper (default: tiny)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto, the best device present)")
+    p.add_argument("--batch-size", "-b", type=_positive_int, help="batch size (default: the flavor's)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, tf32, bf16 or fp16 (default: fp32)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for convolutional models (PyTorch)")
+    p.add_argument("--warmup", type=_positive_int, default=1, help="untracked steps before the profiled one (default: 1)")
+    p.add_argument("--max-batch", action="store_true", help="fit memory = fixed + per-sample x batch on a few batches and predict the largest that fits")
+    p.add_argument("--memory", help="with --max-batch: memory to fit into, like 80GiB, 512MiB or 16GB (default: the device's)")
+    p.add_argument("--fit-batches", help="with --max-batch: batch sizes to fit on, like 4,8,16 (default: b/4, b/2, b)")
+    p.add_argument("--layers", type=_positive_int, default=15, help="rows of the per-layer table to print (default: 15)")
+    add_home(p)
+    p.set_defaults(func=memory)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def memory(args) -> int:
+    from tbd.memory.batch_model import default_fit_batches, parse_batches
+    from tbd.memory.categories import parse_size
+    from tbd.metrics.devices import best_device
+
+    # Every input is checked before anything runs or is written.
+    if (args.memory or args.fit_batches) and not args.max_batch:
+        raise UsageError("--memory and --fit-batches go with --max-batch; add --max-batch")
+    memory_bytes = parse_size(args.memory) if args.memory else None
+    if args.framework not in ("torch", "jax"):
+        from tbd.errors import unknown
+
+        raise unknown("framework for tbd memory", args.framework, ("torch", "jax"))
+    device = best_device() if args.device == "auto" else args.device
+    config = RunConfig(workload=args.workload, framework=args.framework, flavor=args.flavor, device=device,
+                       batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
+                       data_pool=1, isolate=False).validated()
+    fit_batches = parse_batches(args.fit_batches) if args.fit_batches else default_fit_batches(config.batch_size)
+
+    from tbd.memory import profiler, report
+    from tbd.report.tables import make_console
+    from tbd.results.store import Store
+
+    store = Store(args.home)
+    console = make_console()
+    console.print(f"profiling one training step of {config.workload} ({config.framework}, {config.flavor}, {device}, batch {config.batch_size}) ...")
+    prof = _guarded(profiler.profile, config, args.warmup)
+    report.print_profile(prof, console, args.layers)
+    profiles = [prof]
+    if args.max_batch:
+        console.print(f"fitting the batch-size model on batches {', '.join(map(str, fit_batches))} ...")
+        model, fitted = _guarded(profiler.fit_batch_model, config, fit_batches, args.warmup, known={config.batch_size: prof})
+        profiles += [p for p in fitted if p is not prof]
+        if model is None:
+            prof["batch_model"] = {"error": "fewer than two of the fit batches ran; give smaller --fit-batches"}
+            console.print(f"[red]{prof['batch_model']['error']}[/]")
+        else:
+            limit, note = profiler.budget(prof, memory_bytes)
+            prof["batch_model"] = {**model.to_dict(), "budget_bytes": limit, "budget_note": note, "max_batch": model.max_batch(limit),
+                                   "measured": [{"batch_size": p["batch_size"], "status": p["status"], "model_bytes": profiler.model_bytes(p)} for p in fitted]}
+            report.print_batch_model(prof["batch_model"], console)
+    record = _store(store, config, prof, profiles)
+    files = prof["files"]
+    console.print(f"stored as [bold]{record['id']}[/] in {store.home}; profile {files['json']}" + (f", plot {files['png']}" if files["png"] else ""))
+    return 0 if prof["status"] == "ok" else 1
+
+
+def _guarded(fn, *args, **kwargs):
+    """Out of memory is a result (status 'oom'); any other failure of the workload is one line."""
+    from tbd.errors import RunFailure, TbdError
+
+    try:
+        return fn(*args, **kwargs)
+    except TbdError:
+        raise
+    except Exception as exc:
+        first = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+        raise RunFailure(f"the training step failed ({first}); nothing was stored") from None
+
+
+def _store(store, config: RunConfig, prof: dict[str, Any], profiles: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record per `tbd memory` call, in the same store and schema as measured runs."""
+    from tbd import registry
+    from tbd.memory import report
+    from tbd.results import environment
+    from tbd.results.record import new_record, new_run_id
+
+    spec = registry.get_spec(config.workload)
+    record = new_record(new_run_id(config.workload, config.framework), dataclasses.replace(config, batch_size=prof["batch_size"]).to_dict())
+    record["kind"] = "memory"  # a memory profile, not a throughput run: its metrics are empty
+    record["workload"] = {"name": spec.name, "domain": spec.domain, "unit": spec.unit, "flavor": config.flavor, "hparams": config.resolved_hparams()}
+    record["environment"] = environment.capture(config.device)
+    record["method"] = {"memory_profile": prof["method"]}
+    record["status"] = "ok" if prof["status"] == "ok" else "failed"
+    if prof["status"] != "ok":
+        record["error"] = {"kind": "oom", "message": prof["error"]}
+    alloc = prof.get("allocator") or {}
+    record["memory"] = {"peak_allocated_bytes": prof["peak"]["allocated_bytes"],
+                        **{k: v for k, v in alloc.items() if isinstance(v, (int, float)) and k != "peak_allocated_bytes"}}
+    folder = store.home / "memory"
+    prof["files"] = {"json": str(folder / f"{record['id']}.json"), "png": str(folder / f"{record['id']}.png")}
+    try:
+        report.save_plot(profiles, folder / f"{record['id']}.png")
+    except ImportError:  # matplotlib is the optional 'plot' extra
+        prof["files"]["png"] = None
+        prof["method"].setdefault("estimated", []).append("no plot: matplotlib is not installed (pip install 'tbd[plot]')")
+    report.save_json({**prof, "other_batches": [p for p in profiles if p is not prof]}, folder / f"{record['id']}.json")
+    record["memory_profile"] = prof
+    store.save(record)
+    return record

@@ -1,0 +1,76 @@
+"""`tbd report [SWEEP or RUNS...] [--output report.html]`: one self-contained HTML report.
+
+    tbd report                      # the newest sweep (or the newest runs when there is no sweep)
+    tbd report quick --output quick.html
+    tbd report 20261125-1701 20261125-1702 baseline.json
+
+The page embeds its figures (no network, no script); PNG and SVG copies go beside it, in
+`<stem>-plots/`. Default output: $TBD_HOME/reports/<name>/report.html.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tbd.commands import EXAMPLES, add_home
+from tbd.errors import UsageError
+from tbd.report.compare import resolve
+from tbd.report.tables import make_console
+from tbd.results.store import Store
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "report", help="write one self-contained HTML report of a sweep or runs", formatter_class=EXAMPLES,
+        description="Write an HTML report (throughput vs batch size, utilization, memory, step times, environment, "
+                    "diagnoses) that opens offline; figures also saved as PNG and SVG beside it.",
+        epilog="examples:\n  tbd report\n  tbd report quick --output quick.html\n  tbd report RUN_A RUN_B",
+    )
+    p.add_argument("targets", nargs="*", metavar="SWEEP_OR_RUN", help="sweep names or ids, run ids or prefixes, baseline files (default: the newest sweep)")
+    p.add_argument("--output", "-o", help="the HTML file to write (default: $TBD_HOME/reports/<name>/report.html)")
+    p.add_argument("--title", help="the report's title")
+    p.add_argument("--limit", type=int, default=50, help="without targets and sweeps: the newest this many runs (default: 50)")
+    add_home(p)
+    p.set_defaults(func=run)
+
+
+def gather(store: Store, targets: list[str], limit: int = 50) -> tuple[str, str, list[dict]]:
+    """(name, description, records) for the targets, or the newest sweep, or the newest runs."""
+    if not targets:
+        sweeps = store.sweeps()
+        if sweeps:
+            targets = [sweeps[0]["name"]]
+        else:
+            records = store.list(limit=limit)
+            if not records:
+                raise UsageError(f"no runs stored in {store.home} yet; run 'tbd sweep --preset quick' or 'tbd run resnet50' first")
+            return "latest-runs", f"the newest {len(records)} runs", records
+    records, descs = [], []
+    for t in targets:
+        desc, recs = resolve(store, t)
+        descs.append(desc)
+        records += recs
+    seen, unique = set(), []
+    for r in records:  # a run named twice (by id and through its sweep) appears once
+        if r["id"] not in seen:
+            seen.add(r["id"])
+            unique.append(r)
+    name = targets[0] if len(targets) == 1 else f"{targets[0]}-and-{len(targets) - 1}-more"
+    return name, "; ".join(descs), unique
+
+
+def run(args) -> int:
+    from tbd.report.html import write_report
+
+    store = Store(args.home)
+    name, desc, records = gather(store, args.targets, args.limit)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).stem if Path(name).is_file() else name).strip("-") or "report"
+    output = Path(args.output) if args.output else store.home / "reports" / slug / "report.html"
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--output should name an .html file, got '{output}'; e.g. --output report.html")
+    if args.output and not output.parent.exists():
+        raise UsageError(f"folder {output.parent} does not exist; create it or choose another --output")
+    path = write_report(records, output, args.title or f"tbd report: {name}", subtitle=f"{desc}.")
+    make_console().print(f"report of {len(records)} runs: {path.resolve()}")
+    return 0

@@ -1,0 +1,164 @@
+"""`tbd scale WORKLOAD --nproc 1,2,4,8`: one run per process count on this machine, throughput
+against processes, efficiency against linear scaling, a table and a figure.
+
+`tbd scale resnet50 --nproc 1,2 --device cpu --max-steps 6` exercises it on a CPU.
+
+Definitions (docs/distributed.md): T_n is the global throughput with n processes (units of all
+ranks per step / the slowest rank's step time, median over steady steps); speedup S_n = T_n / T_1;
+efficiency E_n = T_n / (n x T_1), 100% being linear scaling. Weak scaling (default) keeps the
+batch per process fixed, so the global batch grows with n, as the paper's multi-GPU runs did;
+strong scaling keeps the global batch fixed and splits it.
+
+Each run is stored as soon as it ends (a failure does not stop the others); afterwards every run
+of the series gets a `scale` entry (series id, n, speedup, efficiency, figure) and the series a
+summary `scales/<id>.json` next to the store, with the figure in `figures/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tbd.commands import EXAMPLES
+from tbd.errors import UsageError
+
+
+def register(sub) -> None:
+    from tbd.commands.run import add_run_options
+
+    p = sub.add_parser(
+        "scale", help="throughput and scaling efficiency over process counts", formatter_class=EXAMPLES,
+        description="Run WORKLOAD once per process count (torchrun on this machine; one process per GPU on GPUs), "
+                    "then show throughput, speedup and efficiency against linear scaling, and save a figure.",
+        epilog="examples:\n  tbd scale resnet50 --nproc 1,2 --device cpu --max-steps 10\n"
+               "  tbd scale resnet50 --nproc 1,2,4,8 --device cuda --flavor paper -b 64 --precision bf16\n"
+               "  tbd scale resnet50 --nproc 1,2,4,8 --scaling strong -b 256",
+    )
+    p.add_argument("workload", help="workload name (see 'tbd list')")
+    p.add_argument("--nproc", default="1,2", help="comma-separated process counts (default: 1,2)")
+    p.add_argument("--scaling", choices=("weak", "strong"), default="weak",
+                   help="weak (default): --batch-size is per process, the global batch grows with n; strong: --batch-size is the global batch, split n ways")
+    add_run_options(p)
+    p.set_defaults(func=scale)
+
+
+def parse_counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--nproc takes comma-separated integers such as 1,2,4,8, got '{text}'") from None
+    if not counts or any(n < 1 for n in counts):
+        raise UsageError(f"--nproc needs positive process counts such as 1,2,4,8, got '{text}'")
+    return sorted(set(counts))
+
+
+def scaling_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per record (sorted by processes): throughput, speedup and efficiency vs n = 1."""
+    rows = []
+    for r in records:
+        cfg, met = r["config"], r.get("metrics") or {}
+        unit = (r.get("workload") or {}).get("unit", "samples")
+        n = cfg.get("nproc_per_node", 1) * cfg.get("nnodes", 1)
+        rows.append({"id": r["id"], "nproc": n, "global_batch": cfg["batch_size"], "unit": unit, "status": r["status"],
+                     "throughput": met.get(f"{unit}_per_s") if r["status"] == "ok" else None,
+                     "step_time_ms_p50": met.get("step_time_ms_p50"),
+                     "stragglers": (r.get("distributed") or {}).get("stragglers", []),
+                     "error": (r.get("error") or {}).get("message")})
+    rows.sort(key=lambda row: row["nproc"])
+    base = next((row for row in rows if row["nproc"] == 1 and row["throughput"]), None)
+    for row in rows:
+        ok = base is not None and row["throughput"] is not None
+        row["speedup"] = row["throughput"] / base["throughput"] if ok else None
+        row["efficiency_pct"] = row["speedup"] / row["nproc"] * 100.0 if ok else None
+    return rows
+
+
+def plot_scaling(rows: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """Throughput vs processes (with the linear ideal from n = 1) and efficiency; None without
+    matplotlib or without any successful run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ok = [r for r in rows if r["throughput"] is not None]
+    if not ok:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    ns = [r["nproc"] for r in ok]
+    left.plot(ns, [r["throughput"] for r in ok], "o-", label="measured")
+    base = next((r for r in ok if r["nproc"] == 1), None)
+    if base:
+        left.plot(ns, [base["throughput"] * n for n in ns], "--", color="gray", label="linear (n x T1)")
+    left.set_xlabel("processes")
+    left.set_ylabel(f"{ok[0]['unit']}/s (global)")
+    left.set_xticks(ns)
+    left.legend()
+    left.grid(alpha=0.3)
+    eff = [r for r in ok if r["efficiency_pct"] is not None]
+    right.bar([str(r["nproc"]) for r in eff], [r["efficiency_pct"] for r in eff], color="tab:blue")
+    right.axhline(100, color="gray", linestyle="--")
+    right.set_xlabel("processes")
+    right.set_ylabel("efficiency vs linear (%)")
+    right.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def scale(args) -> int:
+    from rich.table import Table
+
+    from tbd.commands.run import config_from_args, measure_and_store
+    from tbd.report.tables import fmt_num, make_console
+    from tbd.results.store import Store
+
+    if any(getattr(args, k, None) is not None for k in ("nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint")):
+        raise UsageError("tbd scale sets the process count itself from --nproc; drop --nproc-per-node/--nnodes/--node-rank/--rdzv-endpoint")
+    counts = parse_counts(args.nproc)
+    store = Store(args.home)
+    console = make_console()
+    base = config_from_args(args, args.workload)  # validates everything but the process counts
+    configs = []
+    for n in counts:
+        batch = base.batch_size * n if args.scaling == "weak" else base.batch_size
+        configs.append(dataclasses.replace(base, nproc_per_node=n, nnodes=1, node_rank=0, rdzv_endpoint=None, batch_size=batch).validated())
+    series = time.strftime("%Y%m%d-%H%M%S") + f"-{args.workload}"
+    records = []
+    for config in configs:
+        console.print(f"[bold]{config.nproc_per_node} process(es)[/], global batch {config.batch_size}")
+        records.append(measure_and_store(config, store, console))
+    rows = scaling_rows(records)
+    title = f"{args.workload}/{base.framework}/{base.flavor} on {base.device}, {args.scaling} scaling"
+    figure = plot_scaling(rows, store.home / "figures" / f"scale-{series}.png", title)
+    summary = {"series": series, "workload": args.workload, "scaling": args.scaling, "device": base.device,
+               "figure": str(figure) if figure else None, "rows": rows,
+               "definitions": {"throughput": "global: units of all ranks per step / slowest rank's step time",
+                               "speedup": "T_n / T_1", "efficiency_pct": "100 x T_n / (n x T_1)"}}
+    for record, row in zip(sorted(records, key=lambda r: r["config"]["nproc_per_node"]), rows):
+        record["scale"] = {"series": series, "scaling": args.scaling, "nproc": row["nproc"], "speedup": row["speedup"],
+                           "efficiency_pct": row["efficiency_pct"], "figure": summary["figure"]}
+        store.save(record)
+    (store.home / "scales").mkdir(parents=True, exist_ok=True)
+    (store.home / "scales" / f"{series}.json").write_text(json.dumps(summary, indent=1, default=str))
+
+    table = Table(title=f"tbd scale {title}", header_style="bold")
+    for col in ("processes", "global batch", f"{rows[0]['unit']}/s", "speedup", "efficiency", "step p50 ms", "stragglers", "status"):
+        table.add_column(col, justify="left" if col in ("status", "stragglers") else "right")
+    for row in rows:
+        status = "ok" if row["status"] == "ok" else f"[red]{row['status']}[/]: {(row['error'] or '').replace('[', '(')}"
+        table.add_row(str(row["nproc"]), str(row["global_batch"]), fmt_num(row["throughput"]),
+                      f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-",
+                      f"{row['efficiency_pct']:.0f}%" if row["efficiency_pct"] is not None else "-",
+                      fmt_num(row["step_time_ms_p50"]), ",".join(map(str, row["stragglers"])) or "-", status)
+    console.print(table)
+    console.print(f"figure: {figure or 'not drawn (matplotlib missing or no run succeeded)'}; series summary: {store.home / 'scales' / (series + '.json')}")
+    return 0 if all(r["status"] == "ok" for r in records) else 1

@@ -1,0 +1,173 @@
+"""`tbd sweep`: many isolated runs from flags, a TOML file or a preset, resumable.
+
+    tbd sweep --preset quick
+    tbd sweep --workloads resnet50 --frameworks torch,jax --batch-sizes 4,8,16 --precisions fp32,bf16 --devices cpu
+    tbd sweep --file sweep.toml --max-time 20
+    tbd sweep --workloads resnet50 --flavors paper --devices cuda --max-batch 4096
+
+Flags override what the file or preset sets. The progress bar shows the point in flight, its
+steps, and an ETA from the mean time of the points run so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tbd.commands import EXAMPLES, add_home
+from tbd.commands.run import positive_float, positive_int
+from tbd.errors import UsageError
+from tbd.report.tables import fmt_num, make_console, print_records
+from tbd.results.record import headline
+from tbd.results.store import Store
+from tbd.sweep import spec as sweep_spec
+from tbd.sweep.engine import SweepRunner
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="run many configurations (batch sizes, frameworks, precisions, ...)", formatter_class=EXAMPLES,
+        description="Run every point of workloads x frameworks x flavors x devices x precisions x compile x batch sizes, "
+                    "each isolated and stored as it finishes. Running the same sweep again resumes it. "
+                    "After an out-of-memory, larger batches of that line are skipped.",
+        epilog="examples:\n  tbd sweep --preset quick\n"
+               "  tbd sweep --workloads resnet50 --frameworks torch,jax --batch-sizes 4,8,16 --precisions fp32,bf16 --devices cpu\n"
+               "  tbd sweep --file sweep.toml --max-time 20\n"
+               "  tbd sweep --workloads resnet50 --flavors paper --devices cuda --max-batch 4096\n"
+               "sweep files: see docs/sweeps.md",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--file", help="a sweep file (TOML; format in docs/sweeps.md)")
+    src.add_argument("--preset", help="quick (tiny flavors, minutes) or paper (the paper's batch-size sweeps)")
+    p.add_argument("--name", help="the sweep's name (default: the preset's, the file's stem, or sweep-<id>)")
+    p.add_argument("--workloads", help="comma-separated workloads, or * for all (default: all)")
+    p.add_argument("--frameworks", help="comma-separated frameworks, or * for every installed one (default: *)")
+    p.add_argument("--flavors", help="comma-separated flavors (default: tiny)")
+    p.add_argument("--devices", help="comma-separated devices: cpu, cuda, auto (default: auto)")
+    p.add_argument("--precisions", help="comma-separated precisions: fp32, tf32, bf16, fp16 (default: fp32)")
+    p.add_argument("--batch-sizes", help="comma-separated batch sizes (default: each flavor's)")
+    p.add_argument("--compile", help="off, on or off,on: torch.compile as an axis (default: off)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format where the workload supports it")
+    p.add_argument("--max-batch", nargs="?", type=positive_int, const=65536, metavar="BOUND",
+                   help="find the largest batch that fits by bisection (short runs), up to BOUND (default 65536)")
+    p.add_argument("--max-steps", type=positive_int, help="step budget per point including warm-up")
+    p.add_argument("--max-time", type=positive_float, help="time budget per point in seconds")
+    p.add_argument("--target-ci", type=positive_float, help="stop a point once its 95%% CI is within +-this %%")
+    p.add_argument("--min-timed-steps", type=positive_int, help="at least this many steady steps per point")
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--in-process", action="store_true", help="run points in this process (faster start; a crash ends the sweep)")
+    p.add_argument("--retry-failed", action="store_true", help="on resume, run again the points that failed (other than OOM)")
+    p.add_argument("--dry-run", action="store_true", help="list the points and exit")
+    add_home(p)
+    p.set_defaults(func=run)
+
+
+def spec_from_args(args) -> sweep_spec.SweepSpec:
+    if args.file:
+        spec = sweep_spec.load_file(args.file)
+    elif args.preset:
+        spec = sweep_spec.load_preset(args.preset)
+    else:
+        spec = sweep_spec.SweepSpec()
+    names = sweep_spec.split_names
+    for key in ("workloads", "frameworks", "flavors", "devices", "precisions"):
+        value = getattr(args, key)
+        if value is not None:
+            items = names(value)
+            if not items:
+                raise UsageError(f"--{key} needs at least one name, e.g. --{key} {getattr(sweep_spec.SweepSpec(), key)[0]}")
+            setattr(spec, key, items)
+    if args.batch_sizes is not None:
+        spec.batch_sizes, spec.batch_sizes_per_workload, spec.batch_scale = sweep_spec.parse_int_list(args.batch_sizes, "--batch-sizes"), {}, None
+    if args.compile is not None:
+        spec.compile = sweep_spec.parse_bool_list(args.compile, "--compile")
+    if args.channels_last:
+        spec.channels_last = True
+    if args.max_batch is not None:
+        spec.max_batch = args.max_batch
+    for flag, key in (("max_steps", "max_steps"), ("max_time", "max_time"), ("target_ci", "target_ci"),
+                      ("min_timed_steps", "min_timed_steps"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            spec.budget[key] = getattr(args, flag)
+    if args.in_process:
+        spec.isolate = False
+    if args.name:
+        spec.name = args.name
+    return spec
+
+
+def run(args) -> int:
+    store = Store(args.home)
+    console = make_console()
+    plan = sweep_spec.plan(spec_from_args(args))
+    for note in plan.notes:
+        console.print(f"[dim]not run: {note}[/]")
+    if not plan.lines:
+        raise UsageError("this sweep has no point that can run here (see 'not run' above); check the workloads, frameworks and devices")
+    what = "max-batch search on" if plan.spec.max_batch else f"{plan.num_points} points in"
+    console.print(f"sweep [bold]{plan.name}[/] (id {plan.sweep_id}): {what} {len(plan.lines)} line(s); results in {store.home}")
+    if args.dry_run:
+        for line in plan.lines:
+            console.print(f"  {line.label}: batch {', '.join(map(str, line.batches))}")
+        return 0
+    result = execute(plan, store, console, retry_failed=args.retry_failed)
+    ok = [r for r in result.records if r["status"] == "ok"]
+    console.print(f"sweep [bold]{plan.name}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
+                  f"{result.failed} failed; {len(ok)} points with results")
+    for label, batch in result.max_batch.items():
+        console.print(f"largest batch that fits, {label}: [bold]{batch if batch else 'none (even the smallest failed)'}[/]")
+    console.print(f"next: tbd report {plan.name}   |   tbd compare {plan.name} OTHER")
+    # Out-of-memory is an outcome a sweep expects; other failures make the exit status 1.
+    broken = [r for r in result.records if r["status"] == "failed" and (r.get("error") or {}).get("kind") not in ("oom",)]
+    return 1 if broken else 0
+
+
+def execute(plan, store: Store, console, retry_failed: bool = False, launch=None):
+    """Run the plan under a progress bar (points done / total, ETA); print one line per point."""
+    total = None if plan.spec.max_batch else plan.num_points
+    columns = (TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA {task.fields[eta]}"),
+               TimeElapsedColumn(), TextColumn("{task.fields[current]}"))
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("sweep", total=total, eta="-", current="")
+
+        def on_step(p: dict) -> None:
+            bar.update(task, current=f"{state['label']}: step {p['steps']}/{p['max_steps']}")
+
+        state: dict[str, Any] = {"label": ""}
+
+        def on_point(event: str, record: dict | None, info: dict) -> None:
+            state["label"] = info["label"]
+            eta = _fmt_eta(info.get("eta_s"))
+            if event == "start":
+                bar.update(task, current=f"{info['label']}: starting", eta=eta)
+                return
+            bar.update(task, advance=1, eta=eta)
+            console.print(_point_line(event, record, info))
+
+        runner = SweepRunner(plan, store, launch=launch, retry_failed=retry_failed, on_point=on_point, on_step=on_step)
+        result = runner.run()
+    if result.records:
+        print_records([r for r in result.records if r["status"] != "skipped"][-40:], title=f"sweep {plan.name}", console=console)
+    return result
+
+
+def _point_line(event: str, record: dict, info: dict) -> str:
+    h = headline(record)
+    tag = {"resumed": "[dim]done before[/]", "skipped": "[yellow]skipped[/]"}.get(event, "")
+    if record["status"] == "ok":
+        body = f"[green]{fmt_num(h['throughput'])} {h['unit']}/s[/]"
+    elif record["status"] == "skipped":
+        body = (record.get("error") or {}).get("message", "")
+    else:
+        err = record.get("error") or {}
+        body = f"[red]{err.get('kind')}[/]: {err.get('message', '')}"
+    return f"  [{info['index']}] {info['label']}: {body} {tag}".rstrip()
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

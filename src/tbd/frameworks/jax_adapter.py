@@ -1,0 +1,221 @@
+"""JAX adapter: device placement, precision, one jitted train step, timed steps.
+
+`tbd run resnet50 --framework jax` exercises it. A workload's `jax_impl.build(ctx)` returns a
+`JaxTask`; `open_session` turns it into a `JaxSession`. The whole step (forward, backward,
+optimizer update) is one XLA executable whose state arguments are donated, so parameters and
+optimizer state are updated in place. JAX dispatches asynchronously, so each step is timed with
+the host clock up to `block_until_ready` on the step's outputs: the one host sync per step.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tbd.errors import RunFailure
+from tbd.frameworks import jax_distributed
+from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+
+Batch = Any  # a pytree of arrays on the run's device
+
+# jax.default_matmul_precision governs dots and convolutions alike. fp32 means true fp32 (XLA
+# would otherwise use TF32 on Ampere and later); bf16 runs its matmuls in bf16 anyway.
+MATMUL_PRECISION = {"fp32": "highest", "tf32": "tensorfloat32", "bf16": "default"}
+
+
+def compute_dtype(precision: str):
+    """The dtype a workload computes in: bf16 activations/matmuls for bf16, fp32 otherwise.
+    Parameters and optimizer state stay fp32 in every case."""
+    return jnp.bfloat16 if precision == "bf16" else jnp.float32
+
+
+class TrainState(NamedTuple):
+    """Everything a step updates; donated to the step so XLA reuses its buffers."""
+
+    params: Any
+    opt_state: Any
+    model_state: Any  # non-trained variables, e.g. BatchNorm running statistics
+    rng: jax.Array
+
+
+@dataclass
+class JaxTask:
+    # (rng) -> (params, model_state): fp32 parameters and e.g. BatchNorm statistics ({} if none).
+    init: Callable[[jax.Array], tuple[Any, Any]]
+    # (params, model_state, batch, rng, train) -> (scalar loss, new model_state). Traced once
+    # inside the jitted step; a bf16 workload casts to bf16 in here (see `compute_dtype`).
+    loss: Callable[..., tuple[jax.Array, Any]]
+    optimizer: optax.GradientTransformation
+    # (key, device) -> one synthetic batch on `device`, reproducible from `key`.
+    make_batch: Callable[[jax.Array, Any], Batch]
+    # Throughput units and samples in a batch; default: batch size x units per sample.
+    units: Callable[[Batch], float] | None = None
+    samples: Callable[[Batch], float] | None = None
+    # Workloads with their own update rule replace the whole step: a pure function
+    # (TrainState, batch) -> (TrainState, loss), jitted by the adapter with the state donated.
+    # `opt_state` starts as `optimizer.init(params)` (one transformation may hold several states).
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, jax.Array]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_step(task: JaxTask) -> Callable[[TrainState, Batch], tuple[TrainState, jax.Array]]:
+    def step(state: TrainState, batch: Batch):
+        rng, step_rng = jax.random.split(state.rng)
+
+        def loss_of(params):
+            return task.loss(params, state.model_state, batch, step_rng, True)
+
+        (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, model_state, rng), loss
+
+    return step
+
+
+def _device(kind: str):
+    platform = "gpu" if kind == "cuda" else "cpu"
+    try:
+        return jax.local_devices(backend=platform)[0]  # this process's (one per process under torchrun)
+    except RuntimeError:
+        raise RunFailure(
+            f"JAX sees no {platform.upper()} backend here (jax {jax.__version__}); "
+            "install a CUDA build with: pip install 'jax[cuda12]', or use --device cpu"
+        ) from None
+
+
+class JaxSession:
+    def __init__(self, config, spec, task: JaxTask, ctx: BuildContext):
+        self.config = config
+        self.device = _device(config.device)
+        self.precision = MATMUL_PRECISION[config.precision]
+        key = jax.random.PRNGKey(config.seed)
+        init_key, data_key, step_key = jax.random.split(key, 3)
+        with jax.default_device(self.device), jax.default_matmul_precision(self.precision):
+            params, model_state = jax.device_put(task.init(init_key), self.device)
+            # Jitted: one small program instead of an eagerly compiled op per parameter shape.
+            # Committed to the device like the rest: the step's outputs are, and an uncommitted
+            # input on the first call would make XLA compile the step a second time.
+            opt_state = jax.device_put(jax.jit(task.optimizer.init)(params), self.device)
+            self.state: TrainState | None = TrainState(params, opt_state, model_state, jax.device_put(step_key, self.device))
+            del params, model_state, opt_state
+            keys = jax.random.split(jax_distributed.data_key(data_key), config.data_pool)
+            self.batches = [jax.device_put(task.make_batch(k, self.device), self.device) for k in keys]
+        self.num_parameters = int(sum(x.size for x in jax.tree_util.tree_leaves(self.state.params)))
+        per_sample = spec.units_per_sample(spec.flavor(config.flavor))
+        self._units = [float(task.units(b)) if task.units else ctx.batch_size * per_sample for b in self.batches]
+        self._samples = [float(task.samples(b)) if task.samples else float(ctx.batch_size) for b in self.batches]
+        # Several processes: replicated state, batches as shards of a global batch (no-op in one).
+        self.state, self.batches = jax_distributed.globalize(self.state, self.batches)
+        self._next = 0
+        self._loss: jax.Array | None = None
+        # One executable for the whole step; the state is donated so it is updated in place.
+        self._step = jax.jit(task.train_step or _default_step(task), donate_argnums=0)
+        self.info = SessionInfo(
+            device_name=self.device.device_kind if self.device.platform != "cpu" else _cpu_name(),
+            framework_version=jax.__version__,
+            num_parameters=self.num_parameters,
+            method={
+                "timing": "host clock per step up to jax.block_until_ready on the step's outputs (one host sync per step)",
+                "data": f"synthetic, {config.data_pool} batch(es) resident on the device, rotated",
+                "compile": "XLA jit of the whole train step (always; --compile changes nothing)",
+                "compile_flag": bool(config.compile),
+                "donation": "train state (params, optimizer state, model state) donated to the step",
+                "precision": _precision_note(config.precision),
+                "matmul_precision": self.precision,
+                "memory_format": "native NHWC (Flax convolutions)",
+                "channels_last_flag": bool(config.channels_last),
+                "custom_train_step": task.train_step is not None,
+                "xla_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "default (true)"),
+                "xla_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "default"),
+            },
+        )
+        del task  # the jitted step holds what it needs; keep no other reference to the build
+
+    def run_steps(self, n: int) -> StepTimes:
+        seconds, units, samples = [], [], []
+        step, batches = self._step, self.batches
+        with jax.default_matmul_precision(self.precision):  # part of the jit cache key: traced once
+            for _ in range(n):
+                i = self._next
+                units.append(self._units[i])
+                samples.append(self._samples[i])
+                t0 = time.perf_counter()
+                out = step(self.state, batches[i])
+                jax.block_until_ready(out)
+                seconds.append(time.perf_counter() - t0)
+                self.state, self._loss = out
+                self._next = (i + 1) % len(batches)
+        return StepTimes(seconds, units, samples)
+
+    def last_loss(self) -> float:
+        return float(self._loss) if self._loss is not None else float("nan")
+
+    def memory(self) -> dict[str, int | None]:
+        try:
+            stats = self.device.memory_stats()
+        except Exception:  # some backends raise instead of returning None
+            stats = None
+        if not stats:
+            return {}
+        names = {
+            "peak_bytes_in_use": "peak_allocated_bytes",
+            "bytes_in_use": "allocated_bytes",
+            "pool_bytes": "reserved_bytes",
+            "peak_pool_bytes": "peak_reserved_bytes",
+            "bytes_reserved": "bytes_reserved",
+            "bytes_limit": "bytes_limit",
+            "largest_alloc_size": "largest_alloc_bytes",
+            "num_allocs": "num_allocs",
+        }
+        return {ours: int(stats[theirs]) for theirs, ours in names.items() if stats.get(theirs) is not None}
+
+    def close(self) -> None:
+        # Drop every device buffer and the compiled step so the memory really goes back.
+        self.state = None
+        self._loss = None
+        self.batches = []
+        self._step = None
+        jax.clear_caches()
+
+
+def _precision_note(precision: str) -> str:
+    return {
+        "fp32": "fp32 compute and parameters (matmul/conv precision 'highest', no TF32)",
+        "tf32": "fp32 parameters, TF32 matmuls and convolutions ('tensorfloat32')",
+        "bf16": "bf16 compute, fp32 parameters and optimizer state, no loss scaling",
+    }[precision]
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def open_session(config, spec, impl) -> JaxSession:
+    if config.precision not in MATMUL_PRECISION:  # RunConfig.validated() rejects this first
+        raise RunFailure(f"precision {config.precision} is not supported for JAX; use --precision bf16")
+    ctx = BuildContext(
+        hparams=config.resolved_hparams(),
+        batch_size=jax_distributed.local_batch_size(config),  # the global batch over the processes
+        device=config.device,
+        precision=config.precision,
+        seed=config.seed,
+        flavor=config.flavor,
+    )
+    return JaxSession(config, spec, impl.build(ctx), ctx)

@@ -1,0 +1,165 @@
+"""PyTorch side of multi-process runs: process group set-up, DDP / FSDP2 wrapping, per-rank
+batch and seed, and a communication trace of a few steps.
+
+`tbd run resnet50 --nproc-per-node 2 --device cpu` exercises it: torchrun starts each rank with
+RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR in its environment, `tbd.harness.distributed_worker`
+calls `setup(config)` here, and the PyTorch adapter calls `local_batch_size`, `data_seed` and
+`wrap_model` while it builds the session (each is a no-op in a single-process run).
+
+Two process groups: the default one carries training traffic (NCCL on GPUs, gloo on CPUs); a
+separate gloo group carries the harness's control messages (chunk sizes, stop decisions, the
+final gather of per-rank measurements), so that those never queue behind, or show up among, the
+GPU streams that are being timed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tbd.errors import UsageError
+
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def timeout_s(config) -> float:
+    """A collective that waits longer ends the rank with an error (a peer died on another
+    machine, or hangs); the launcher's watchdog uses the same figure."""
+    from tbd.harness.distributed import collective_timeout_s
+
+    return collective_timeout_s(config)
+
+
+def local_batch_size(config) -> int:
+    """--batch-size is the global batch: each of the world's ranks trains on an equal share."""
+    world = world_size()
+    if config.batch_size % world:
+        raise UsageError(f"global batch size {config.batch_size} does not split over {world} processes; use a multiple of {world}")
+    return config.batch_size // world
+
+
+def data_seed(config) -> int:
+    """Each rank draws different synthetic data (as a sharded data loader would); weights use
+    the shared seed so every rank starts from the same model (FSDP2 does not broadcast them)."""
+    return config.seed + rank()
+
+
+class TorchComm:
+    """The harness's control channel over a gloo group: small Python objects, in lock-step."""
+
+    def __init__(self, group, backend: str, local_rank: int, node_rank: int):
+        self.group = group
+        self.backend = backend
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.local_rank = local_rank
+        self.node_rank = node_rank
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src, group=self.group)
+        return box[0]
+
+    def close(self) -> None:
+        if is_distributed():
+            dist.destroy_process_group()
+
+
+def setup(config) -> TorchComm:
+    """Join the process group torchrun prepared; bind this rank to cuda:LOCAL_RANK on GPUs."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    node_rank = int(os.environ.get("GROUP_RANK", 0))
+    timeout = datetime.timedelta(seconds=timeout_s(config))
+    if config.device == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); use --nproc-per-node {torch.cuda.device_count()} or fewer")
+        torch.cuda.set_device(local_rank)  # so that device "cuda" means this rank's GPU everywhere
+        dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", local_rank))
+        control = dist.new_group(backend="gloo", timeout=timeout)
+        return TorchComm(control, "nccl", local_rank, node_rank)
+    dist.init_process_group("gloo", timeout=timeout)
+    control = dist.new_group(backend="gloo", timeout=timeout)
+    return TorchComm(control, "gloo", local_rank, node_rank)
+
+
+def wrap_model(model: nn.Module, config) -> nn.Module:
+    """DDP (default) or FSDP2 around a model already on its device; unchanged outside a
+    process group. Called before the optimizer is built, so that it sees the sharded
+    parameters under FSDP2."""
+    if not is_distributed():
+        return model
+    if config.parallel == "fsdp2":
+        return _fully_shard(model)
+    from torch.nn.parallel import DistributedDataParallel
+
+    on_cuda = next(model.parameters()).is_cuda
+    return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if on_cuda else None)
+
+
+def _fully_shard(model: nn.Module) -> nn.Module:
+    """FSDP2: shard each repeated block (the layers of an nn.ModuleList, e.g. transformer
+    blocks) as its own unit, so only one block's full parameters exist at a time, then the
+    rest of the model as the root unit."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in repeated_blocks(model):
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """Members (with parameters) of the outermost nn.ModuleLists of the model."""
+    blocks: list[nn.Module] = []
+    inside: list[str] = []  # name prefixes of lists already taken: nested lists stay inside
+    for name, module in model.named_modules():  # parents come before their children
+        if any(name.startswith(prefix) for prefix in inside) or not isinstance(module, nn.ModuleList):
+            continue
+        members = [m for m in module if any(True for _ in m.parameters())]
+        if len(members) >= 2:
+            blocks += members
+            inside.append(name + ".")
+    return blocks
+
+
+def profile_comm(session, steps: int) -> dict[str, Any]:
+    """Trace `steps` steps with torch.profiler and measure communication time and its overlap
+    with computation (see `distributed_worker.comm_stats`). Every rank runs the same steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tbd.harness.distributed_worker import comm_stats
+
+    activities = [ProfilerActivity.CPU]
+    if session.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        session.run_steps(steps)
+    with tempfile.TemporaryDirectory(prefix="tbd-trace-") as tmp:
+        path = os.path.join(tmp, f"rank{rank()}.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            trace = json.load(f)
+    return comm_stats(trace, steps)

@@ -1,0 +1,330 @@
+"""One rank of a multi-process run, and how the ranks' measurements become one record.
+
+Started by torchrun for each rank (see `tbd.harness.distributed`), as
+`python -m tbd.harness.distributed_worker CONFIG.json RESULT.json RUN_ID`; `tbd run resnet50
+--nproc-per-node 2 --device cpu` exercises it.
+
+Each rank runs the normal measurement loop (`tbd.harness.measure.measure`) on its own session,
+wrapped in `SyncedSession`, which keeps the ranks in lock-step: after every chunk the ranks
+all-gather their step times, and every rank hands the loop the same numbers (each step's time is
+the slowest rank's, its units the sum over ranks). The loop's decisions (chunk size, warm-up,
+when to stop) are then identical on every rank without any further message, so all ranks run the
+same number of steps. The time budget is applied here, from rank 0's clock, for the same reason.
+
+Any failure in a rank prints one `TBD-ERROR {json}` line and ends the process at once: torchrun
+(run with --max-restarts 0) then stops the other ranks, and the launcher records the failure.
+Waiting in a collective for a rank that is gone would only turn a clear error into a timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import re
+import socket
+import sys
+import time
+from typing import Any
+
+from tbd import registry
+from tbd.config import RunConfig
+from tbd.errors import RunFailure
+from tbd.frameworks.base import StepTimes
+from tbd.harness import stats
+from tbd.harness.measure import derive_metrics, measure
+from tbd.metrics.sampling import Probe
+from tbd.results import environment
+from tbd.results.record import new_record
+
+PROGRESS = "TBD-PROGRESS "
+ERROR = "TBD-ERROR "
+STRAGGLER_RATIO = 1.1  # a rank whose median step time exceeds the fastest rank's by 10%
+PROFILE_STEPS = 3
+# What a rank sees when another rank died: the dead rank is the culprit, not this one.
+PEER_LOST = re.compile(r"closed by peer|connection reset|remote (worker|process)|broken pipe|timed out|timeout|watchdog", re.I)
+FRAMEWORK_MODULES = {"torch": "tbd.frameworks.torch_distributed", "jax": "tbd.frameworks.jax_distributed"}
+
+
+class SyncedSession:
+    """A rank's session as the measurement loop sees it in a multi-process run."""
+
+    def __init__(self, session, comm, config: RunConfig):
+        self.session, self.comm, self.info = session, comm, session.info
+        self.budget_s = config.max_time_s
+        # The loop gets no time budget of its own (its clock differs per rank); this one is
+        # mutated to end the loop when rank 0's clock says the budget is spent.
+        self.loop_config = dataclasses.replace(config, max_time_s=1e9)
+        self.local_step_s: list[float] = []
+        self.rank_step_s: list[list[float]] = [[] for _ in range(comm.world_size)]
+        self.started: float | None = None
+        self.time_stopped = False
+        self._loss = math.nan
+        self._rank0_elapsed = 0.0
+        self._kill_after = _test_kill_hook(comm.rank)
+
+    def run_steps(self, n: int) -> StepTimes:
+        if self._kill_after is not None and len(self.local_step_s) >= self._kill_after:
+            if os.environ.get("TBD_TEST_KILL_MODE") == "raise":  # a failure the rank reports itself
+                raise RuntimeError(f"injected failure on rank {self.comm.rank} (TBD_TEST_KILL_MODE)")
+            if os.environ.get("TBD_TEST_KILL_MODE") == "hang":  # the others must time out, not wait forever
+                time.sleep(3600)
+            print(f"rank {self.comm.rank}: exiting on purpose (TBD_TEST_KILL_RANK)", file=sys.stderr, flush=True)
+            os._exit(17)
+        if self.started is not None:  # the first chunk (compilation) does not count, as in measure
+            remaining = self.budget_s - self._rank0_elapsed  # rank 0's clock: the same n on every rank
+            recent = sorted(self.rank_step_s[0][-5:])[len(self.rank_step_s[0][-5:]) // 2]
+            n = max(1, min(n, int(remaining / max(recent, 1e-6))))
+        times = self.session.run_steps(n)
+        loss = self.session.last_loss()
+        self.started = self.started or time.perf_counter()
+        elapsed = time.perf_counter() - self.started
+        gathered = self.comm.all_gather((times.seconds, times.units, times.samples, loss, elapsed))
+        if len({len(g[0]) for g in gathered}) != 1:
+            raise RunFailure("ranks ran different numbers of steps; the lock-step of the harness broke", kind="error")
+        self.local_step_s += times.seconds
+        for r, g in enumerate(gathered):
+            self.rank_step_s[r] += g[0]
+        self._loss = sum(g[3] for g in gathered) / len(gathered)  # mean over ranks = loss of the global batch
+        steps = len(self.local_step_s)
+        self._rank0_elapsed = gathered[0][4]
+        if self._rank0_elapsed >= self.budget_s and steps < self.loop_config.max_steps:
+            self.time_stopped = True
+            self.loop_config.max_steps = steps
+        return StepTimes(
+            seconds=[max(g[0][i] for g in gathered) for i in range(len(times.seconds))],
+            units=[sum(g[1][i] for g in gathered) for i in range(len(times.units))],
+            samples=[sum(g[2][i] for g in gathered) for i in range(len(times.samples))],
+        )
+
+    def last_loss(self) -> float:
+        return self._loss
+
+    def memory(self):
+        return self.session.memory()
+
+
+def _test_kill_hook(rank: int) -> int | None:
+    """Test-only: TBD_TEST_KILL_RANK=R TBD_TEST_KILL_AFTER_STEPS=N makes rank R exit after N steps
+    (os._exit(17), no word), raise an exception (TBD_TEST_KILL_MODE=raise) or hang (=hang)."""
+    if os.environ.get("TBD_TEST_KILL_RANK") == str(rank):
+        return int(os.environ.get("TBD_TEST_KILL_AFTER_STEPS", "2"))
+    return None
+
+
+def run_rank(config: RunConfig, comm, framework, run_id: str) -> tuple[dict, dict | None]:
+    """Measure on this rank; return (its summary, the record skeleton on rank 0 else None)."""
+    spec = registry.get_spec(config.workload)
+    impl = registry.load_implementation(config.workload, config.framework)
+    adapter = registry.load_adapter(config.framework)
+    probe = Probe(comm.local_rank if config.device == "cuda" else None)
+    session = adapter.open_session(config, spec, impl)
+    try:
+        synced = SyncedSession(session, comm, config)
+        progress = _print_progress if comm.rank == 0 else None
+        m = measure(synced, synced.loop_config, progress, probe)
+        metrics, method = derive_metrics(m, config, spec, session.info.device_name, os.cpu_count() or 1)
+        if synced.time_stopped and m.stop_reason.startswith("step budget"):
+            m.stop_reason = method["stop_reason"] = f"time budget reached ({config.max_time_s:g} s, rank 0's clock)"
+        comm_stats_ = framework.profile_comm(session, PROFILE_STEPS) if config.profile else None
+        memory = {**session.memory(), **probe.close()}
+    finally:
+        session.close()
+    summary = {
+        "rank": comm.rank, "local_rank": comm.local_rank, "node_rank": comm.node_rank,
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "device": f"cuda:{comm.local_rank}" if config.device == "cuda" else "cpu",
+        "device_name": session.info.device_name,
+        "step_s": synced.local_step_s, "memory": memory, "comm": comm_stats_,
+        "utilization": {k: metrics.get(k) for k in ("cpu_util_pct", "cpu_cores_busy", "gpu_util_nvml_pct", "energy_j", "gpu_power_w_mean")},
+        "environment": _rank_environment(config, comm.local_rank),
+    }
+    if comm.rank != 0:
+        return summary, None
+    record = new_record(run_id, config.to_dict())
+    flavor = spec.flavor(config.flavor)
+    record["workload"] = {
+        "name": spec.name, "domain": spec.domain, "dataset": spec.dataset, "unit": spec.unit,
+        "sample_unit": spec.sample_unit, "flavor": flavor.name, "hparams": config.resolved_hparams(),
+        "num_parameters": session.info.num_parameters,
+    }
+    record["environment"] = environment.capture(config.device)
+    record["environment"].update(device_name=session.info.device_name, framework_version=session.info.framework_version)
+    record["metrics"] = metrics
+    record["method"] = {**method, **session.info.method}
+    record["samples"] = {"step_s": m.step_s, "units": m.units, "samples": m.samples, "chunk_ends": m.chunk_ends}
+    if config.profile:  # tbd.analysis traces single-process runs; here each rank's comm is measured
+        record["analysis"] = {"error": "distributed run: per-rank communication time and overlap are in metrics and distributed.ranks[].comm"}
+    record["status"] = "ok"
+    return summary, record
+
+
+def _rank_environment(config: RunConfig, local_rank: int) -> dict[str, Any]:
+    env: dict[str, Any] = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MASTER_ADDR", "MASTER_PORT") if os.environ.get(k)}
+    if config.device == "cuda":
+        from tbd.metrics.devices import gpu_info
+
+        env["gpu"] = gpu_info(local_rank)
+    return env
+
+
+def _say(prefix: str, payload: dict) -> None:
+    # One write per line: ranks share the pipe, and print() may split text and newline.
+    sys.stdout.write(prefix + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def _print_progress(p: dict) -> None:
+    _say(PROGRESS, p)
+
+
+def merge(record: dict[str, Any], summaries: list[dict[str, Any]], world: dict[str, Any]) -> dict[str, Any]:
+    """Fold the per-rank summaries into rank 0's record (its metrics are already global: the
+    loop saw the slowest rank's time and the sum of units of every step)."""
+    steady = stats.detect_steady_state(record["samples"]["step_s"]).start
+    medians = [_median(s["step_s"][steady:] or s["step_s"]) for s in summaries]
+    fastest = min(medians)
+    stragglers = [s["rank"] for s, med in zip(summaries, medians) if med > STRAGGLER_RATIO * fastest]
+    metrics = record["metrics"]
+    n = len(summaries)
+    # Model FLOPs are summed over ranks; MFU divides by the peak of all n devices.
+    if metrics.get("mfu_pct") is not None:
+        metrics["mfu_pct"] /= n
+    energies = [s["utilization"].get("energy_j") for s in summaries]
+    if all(e is not None for e in energies) and metrics.get("energy_j"):
+        scale = sum(energies) / metrics["energy_j"]  # rank 0's energy over the global samples, scaled up
+        metrics["energy_j"] = sum(energies)
+        metrics["energy_j_per_sample"] *= scale
+        metrics["gpu_power_w_mean"] = sum(s["utilization"].get("gpu_power_w_mean") or 0 for s in summaries)
+    metrics["world_size"] = n
+    metrics["straggler_count"] = len(stragglers)
+    comm = [s.get("comm") for s in summaries]
+    if all(comm):  # the worst rank: most communication, least of it hidden behind computation
+        metrics["comm_ms_per_step"] = max(c["comm_ms_per_step"] for c in comm)
+        metrics["exposed_comm_ms_per_step"] = max(c["exposed_comm_ms_per_step"] for c in comm)
+        overlaps = [c["comm_overlap_pct"] for c in comm if c["comm_overlap_pct"] is not None]
+        metrics["comm_overlap_pct"] = min(overlaps) if overlaps else None
+    per_rank_memory = [s["memory"] for s in summaries]
+    memory: dict[str, Any] = {"per_rank": per_rank_memory, "note": "each figure outside per_rank is the largest rank's, never a sum over ranks"}
+    for key in {k for mem in per_rank_memory for k, v in mem.items() if isinstance(v, (int, float))}:
+        values = [mem[key] for mem in per_rank_memory if isinstance(mem.get(key), (int, float))]
+        memory[key] = max(values)
+    record["memory"] = memory
+    record["samples"]["per_rank_step_s"] = [s["step_s"] for s in summaries]
+    record["distributed"] = {
+        **world,
+        "world_size": n,
+        "ranks": [{k: v for k, v in s.items() if k != "step_s"} | {"step_time_ms_median": med * 1e3} for s, med in zip(summaries, medians)],
+        "stragglers": stragglers,
+        "straggler_rule": f"median steady step time over {STRAGGLER_RATIO:g}x the fastest rank's",
+    }
+    record["method"]["distributed"] = {
+        "throughput": "sum over ranks of units per step / the slowest rank's time of that step, median over steady steps",
+        "step_time": "per step, the slowest rank's time",
+        "lock_step": "ranks all-gather step times after every chunk; the measurement loop sees the same numbers on every rank",
+        "mfu": "model FLOPs of all ranks / (world size x one device's peak)",
+        "memory": "per rank, never summed",
+        "comm": "from a torch.profiler trace of a few steps per rank (--profile): comm kernels/ops by name, overlap = comm time concurrent with compute / comm time" if all(comm) else "not measured (run with --profile)",
+    }
+    return record
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def comm_stats(trace: dict | list, steps: int) -> dict[str, Any]:
+    """Communication time per step and its overlap with computation, from a Chrome trace as
+    torch.profiler writes it. With GPU kernels in the trace: NCCL kernels are communication,
+    every other kernel computation. Without (CPU runs): the spans the process group records
+    on its worker threads ("gloo:all_reduce", ...) are communication, CPU ops computation (the
+    "c10d::" calls that only enqueue a collective are neither).
+    overlap = time in which communication and computation both run / communication time."""
+    events = trace.get("traceEvents", []) if isinstance(trace, dict) else trace
+    spans = [e for e in events if e.get("ph") == "X" and isinstance(e.get("dur"), (int, float))]
+    kernels = [e for e in spans if e.get("cat") == "kernel"]
+    if kernels:
+        comm_events = [e for e in kernels if "nccl" in e.get("name", "").lower()]
+        compute_events = [e for e in kernels if "nccl" not in e.get("name", "").lower()]
+    else:
+        comm_events = [e for e in spans if e.get("cat") in ("cpu_op", "user_annotation") and e.get("name", "").lower().startswith(("gloo:", "nccl:", "mpi:"))]
+        compute_events = [e for e in spans if e.get("cat") == "cpu_op" and not e.get("name", "").startswith("c10d::")]
+    comm = _union([(e["ts"], e["ts"] + e["dur"]) for e in comm_events])
+    compute = _union([(e["ts"], e["ts"] + e["dur"]) for e in compute_events])
+    comm_us = sum(b - a for a, b in comm)
+    both_us = _overlap(comm, compute)
+    return {
+        "source": "gpu kernels" if kernels else "cpu ops",
+        "steps": steps,
+        "comm_ms_per_step": comm_us / 1e3 / steps,
+        "compute_ms_per_step": sum(b - a for a, b in compute) / 1e3 / steps,
+        "comm_overlap_pct": both_us / comm_us * 100.0 if comm_us else None,
+        "exposed_comm_ms_per_step": (comm_us - both_us) / 1e3 / steps,
+    }
+
+
+def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Total length of the intersection of two sorted, disjoint interval lists (one sweep)."""
+    i = j = 0
+    total = 0.0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    config_path, result_path, run_id = argv
+    with open(config_path) as f:
+        payload = json.load(f)
+    config = RunConfig.from_dict(payload["config"])
+    framework = importlib.import_module(FRAMEWORK_MODULES[config.framework])
+    rank = int(os.environ.get("RANK", 0))
+    try:
+        comm = framework.setup(config)
+        summary, record = run_rank(config, comm, framework, run_id)
+        summaries = comm.all_gather(summary)
+    except BaseException as exc:  # noqa: BLE001 - every failure ends this rank with one line
+        from tbd.harness.runner import classify
+
+        error = {"kind": exc.kind, "message": str(exc)} if isinstance(exc, RunFailure) else classify(exc, config)
+        error.pop("traceback", None)
+        # Drop gloo's "[/path/pair.cc:561] " source prefix; flag errors that only say a peer left.
+        error["message"] = re.sub(r"\[/[^\]]*\]\s*", "", error["message"])
+        error["peer_lost"] = bool(PEER_LOST.search(error["message"]))
+        _say(ERROR, {"rank": rank, **error})
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    # Every machine's `tbd` stores the same record (rank 0's), so each store has the run.
+    merged = comm.broadcast(merge(record, summaries, payload.get("world", {})) if record is not None else None)
+    if comm.local_rank == 0:
+        tmp = result_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(merged, f, default=str)
+        os.replace(tmp, result_path)
+    comm.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

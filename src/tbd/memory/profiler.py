@@ -1,0 +1,73 @@
+"""Framework dispatch and the batch-size sweep behind `tbd memory WORKLOAD [--max-batch]`.
+
+`profile(config)` returns one memory profile (see categories.new_profile) from the framework's
+profiler; `fit_batch_model(config, batches)` profiles a few small batches and fits
+fixed + per-sample memory; `budget(...)` says how much memory a batch may use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tbd.errors import UsageError
+from tbd.memory.batch_model import BatchModel, fit
+from tbd.memory.categories import fmt_bytes
+
+FRAMEWORKS = ("torch", "jax")
+
+
+def profile(config, warmup: int = 1, **kwargs: Any) -> dict[str, Any]:
+    """One profiled training step after `warmup` steps, with a single resident batch."""
+    config = dataclasses.replace(config, data_pool=1, isolate=False)
+    if config.framework == "torch":
+        from tbd.memory import torch_profile as impl
+    elif config.framework == "jax":
+        from tbd.memory import jax_profile as impl
+    else:
+        raise UsageError(f"tbd memory supports the frameworks {', '.join(FRAMEWORKS)}, not '{config.framework}'")
+    return impl.profile(config, warmup, **kwargs)
+
+
+def model_bytes(prof: dict[str, Any]) -> int:
+    """What must fit on the device for this step: PyTorch's allocator needs its reserved peak
+    (allocated plus the cache it keeps, which fragmentation makes necessary); JAX's pool is
+    preallocated, so its allocated peak is what counts."""
+    peak = prof["peak"]
+    extra = peak["categories"]["allocator_cache"] if prof["framework"] == "torch" else 0
+    return int(peak["allocated_bytes"] + extra)
+
+
+def fit_batch_model(config, batches: list[int], warmup: int = 1, known: dict[int, dict] | None = None, **kwargs: Any) -> tuple[BatchModel | None, list[dict[str, Any]]]:
+    """Profile each batch size (reusing `known` profiles by batch size) and fit the model; a
+    batch that runs out of memory ends the sweep (larger ones would too)."""
+    profiles, points = [], []
+    for b in batches:
+        prof = (known or {}).get(b) or profile(dataclasses.replace(config, batch_size=b), warmup, **kwargs)
+        profiles.append(prof)
+        if prof["status"] != "ok":
+            break
+        points.append((b, model_bytes(prof)))
+    if len(points) < 2:
+        return None, profiles
+    return fit(points), profiles
+
+
+def budget(prof: dict[str, Any], memory_bytes: int | None) -> tuple[int, str]:
+    """Bytes a training step may use, and a sentence saying where the figure comes from."""
+    overhead = prof["peak"]["categories"].get("framework_overhead", 0)
+    alloc = prof.get("allocator") or {}
+    if memory_bytes is not None:
+        if prof["device"] == "cuda" and overhead:
+            return memory_bytes - overhead, f"--memory {fmt_bytes(memory_bytes)} minus the {fmt_bytes(overhead)} of CUDA context and libraries measured here"
+        return memory_bytes, f"--memory {fmt_bytes(memory_bytes)}"
+    if prof["device"] == "cuda":
+        if prof["framework"] == "jax" and alloc.get("jax_bytes_limit"):
+            return int(alloc["jax_bytes_limit"]), f"JAX's allocator limit on this GPU ({fmt_bytes(alloc['jax_bytes_limit'])})"
+        total = alloc.get("device_total_bytes")
+        if total:
+            return total - overhead, f"this GPU's {fmt_bytes(total)} minus the {fmt_bytes(overhead)} of CUDA context and libraries measured here"
+    host = alloc.get("host_total_bytes")
+    if host:
+        return int(host), f"host RAM ({fmt_bytes(host)}): no --memory was given and a CPU has no device memory; pass --memory 80GiB to size a GPU"
+    raise UsageError("cannot tell how much memory this device has; give it with --memory, e.g. --memory 80GiB")

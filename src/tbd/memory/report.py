@@ -1,0 +1,138 @@
+"""Tables, JSON and plots of memory profiles, written by `tbd memory resnet50`.
+
+Tables use rich where it is installed and plain text otherwise (the GPU bench machine may lack
+rich); plots use matplotlib's Agg backend, so no display is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tbd.memory.categories import ALLOCATED_KEYS, COLORS, KEYS, LABELS, MEANINGS, fmt_bytes
+
+
+def breakdown_rows(prof: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    peak = prof["peak"]
+    cats, total = peak["categories"], peak["allocated_bytes"] or 1
+    rows = []
+    for k in KEYS:
+        share = f"{100.0 * cats[k] / total:.1f}%" if k in ALLOCATED_KEYS else f"+{100.0 * cats[k] / total:.1f}%"
+        rows.append((LABELS[k], fmt_bytes(cats[k]), share, MEANINGS[k]))
+    rows.append(("allocated at the peak", fmt_bytes(peak["allocated_bytes"]), "100.0%", "sum of the categories above the line"))
+    rows.append(("device total", fmt_bytes(peak["device_bytes"]), "", "allocated + allocator cache + framework/context"))
+    return rows
+
+
+def title(prof: dict[str, Any]) -> str:
+    where = f" at the peak ({prof['peak']['phase']}, {prof['peak']['op']})" if prof["peak"].get("phase") else ""
+    return f"memory of {prof.get('workload')} ({prof['framework']}, {prof['device']}, batch {prof['batch_size']}, {prof['precision']}){where}"
+
+
+def print_profile(prof: dict[str, Any], console=None, layers: int = 15) -> None:
+    try:
+        from rich.table import Table
+    except ImportError:
+        print(plain_text(prof, layers))
+        return
+    from tbd.report.tables import make_console
+
+    console = console or make_console()
+    if prof["status"] != "ok":
+        console.print(f"[red]{prof['error']}[/]")
+    t = Table(title=title(prof), header_style="bold")
+    for col, justify in (("category", "left"), ("bytes", "right"), ("share", "right"), ("what it is", "left")):
+        t.add_column(col, justify=justify)
+    for i, row in enumerate(breakdown_rows(prof)):
+        t.add_row(*row, end_section=i in (len(ALLOCATED_KEYS) - 1, len(KEYS) - 1))
+    console.print(t)
+    if prof["layers"]:
+        lt = Table(title=f"feature maps by layer (largest first; {len(prof['layers'])} layers)", header_style="bold")
+        for col, justify in (("layer", "left"), ("type", "left"), ("bytes", "right"), ("share of feature maps", "right")):
+            lt.add_column(col, justify=justify)
+        fm = sum(r["bytes"] for r in prof["layers"]) or 1
+        for r in prof["layers"][:layers]:
+            lt.add_row(r["layer"], r["type"], fmt_bytes(r["bytes"]), f"{100.0 * r['bytes'] / fm:.1f}%")
+        if len(prof["layers"]) > layers:
+            lt.add_row(f"... {len(prof['layers']) - layers} more", "", fmt_bytes(sum(r["bytes"] for r in prof["layers"][layers:])), "")
+        console.print(lt)
+    for note in prof["method"].get("estimated", []):
+        console.print(f"[dim]estimated: {note}[/]")
+
+
+def plain_text(prof: dict[str, Any], layers: int = 15) -> str:
+    lines = [title(prof)] + ([f"ERROR: {prof['error']}"] if prof.get("error") else [])
+    lines += [f"  {name:<24} {size:>12} {share:>8}" for name, size, share, _ in breakdown_rows(prof)]
+    lines += [f"  layer {r['layer']:<40} {fmt_bytes(r['bytes']):>12}" for r in prof["layers"][:layers]]
+    return "\n".join(lines)
+
+
+def save_json(prof: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(prof, indent=1, default=str))
+    return path
+
+
+def save_plot(profiles: list[dict[str, Any]], path: Path) -> Path:
+    """Left: stacked bars of the peak by category (one bar per profile, e.g. per batch size).
+    Right: memory by category over the step of the first profile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gib = 2.0**30
+    fig, (bars, line) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 2.2]})
+    several = len({p["framework"] for p in profiles}) > 1
+    labels = [f"b={p['batch_size']}" + (f" {p['framework']}" if several else "") + ("" if p["status"] == "ok" else " (OOM)") for p in profiles]
+    bottom = [0.0] * len(profiles)
+    for k in KEYS:
+        values = [max(0, p["peak"]["categories"][k]) / gib for p in profiles]
+        if any(values):
+            bars.bar(range(len(profiles)), values, bottom=bottom, color=COLORS[k], label=LABELS[k])
+            bottom = [b + v for b, v in zip(bottom, values)]
+    bars.set_xticks(range(len(profiles)), labels)  # positions, so equal labels stay separate bars
+    bars.set_ylabel("GiB at the step's peak")
+    bars.set_title("peak by category")
+    fig.legend(*bars.get_legend_handles_labels(), loc="lower center", ncol=9, fontsize=8, frameon=False)
+
+    first = profiles[0]
+    tl = first["timeline"]
+    xs = list(range(len(tl["phase"])))
+    series = [(k, [max(0, v) / gib for v in tl["categories"][k]]) for k in ALLOCATED_KEYS if any(tl["categories"].get(k, []))]
+    if series:
+        line.stackplot(xs, *[s for _, s in series], colors=[COLORS[k] for k, _ in series], labels=[LABELS[k] for k, _ in series])
+        # Mark where each phase (forward, backward, optimizer) begins.
+        starts = [i for i, phase in enumerate(tl["phase"]) if i == 0 or phase != tl["phase"][i - 1]]
+        for n, i in enumerate(starts):
+            line.axvline(i, color="black", lw=0.6, ls=":")
+            if (starts[n + 1] if n + 1 < len(starts) else len(xs)) - i > 0.04 * len(xs):  # label only wide phases
+                line.text(i, line.get_ylim()[1] * 0.97, f" {tl['phase'][i]}", fontsize=8, va="top")
+        peak_x = tl["index"].index(first["peak"]["index"]) if first["peak"].get("index") in tl["index"] else None
+        if peak_x is not None:
+            line.axvline(peak_x, color="red", lw=1.0)
+    line.set_xlabel("sample (after each op)" if first["framework"] == "torch" else "point of the step (from XLA's analysis)")
+    line.set_ylabel("GiB allocated")
+    line.set_title(f"one training step, batch {first['batch_size']} ({first['framework']}, {first['device']})")
+    fig.suptitle(f"tbd memory {first.get('workload')}")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def print_batch_model(result: dict[str, Any], console=None) -> None:
+    lines = [
+        f"batch-size model from batches {', '.join(str(b) for b, _ in result['points'])}: "
+        f"{fmt_bytes(result['fixed_bytes'])} fixed + {fmt_bytes(result['per_sample_bytes'])} per sample "
+        f"(fit within {result['max_residual_pct']:.1f}% of the measured peaks)",
+        f"memory budget: {fmt_bytes(result['budget_bytes'])} ({result['budget_note']})",
+        f"predicted largest batch that fits: {result['max_batch']}",
+    ]
+    if console is not None:
+        for line in lines:
+            console.print(line)
+    else:
+        print("\n".join(lines))

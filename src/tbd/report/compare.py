@@ -1,0 +1,204 @@
+"""Comparing two sets of runs: `tbd compare A B` exercises it.
+
+A and B are each a run (id or unique prefix), a sweep (name or id) or a baseline file saved
+with `tbd compare --save-baseline FILE A`. Runs are paired on their configuration; a field that
+is one value on each side but differs between the sides (device cpu vs cuda, framework torch vs
+jax) is what is being compared, so it is left out of the pairing key.
+
+The ratio is B / A of median throughput. Its 95% CI comes from a percentile bootstrap over the
+raw steady-state per-step rates stored with each run (record["samples"]): both sides resampled
+with replacement, the ratio of medians taken each time. No distribution is assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tbd.errors import UsageError
+from tbd.results.record import headline
+from tbd.results.store import Store
+
+BASELINE_FORMAT = "tbd-baseline/1"
+KEY_FIELDS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last")
+BOOTSTRAP_ROUNDS = 2000
+
+
+@dataclass
+class Pair:
+    label: str
+    a: dict[str, Any]
+    b: dict[str, Any]
+    ratio: float
+    ci_low: float
+    ci_high: float
+
+
+# ---- what A and B name ------------------------------------------------------------------
+
+
+def resolve(store: Store, target: str) -> tuple[str, list[dict[str, Any]]]:
+    """(description, records) for a baseline file, a sweep name or id, or a run id."""
+    path = Path(target)
+    if path.is_file():
+        return f"baseline {path}", load_baseline(path)
+    from tbd.sweep.engine import sweep_records
+
+    found = sweep_records(store, target)
+    if found:
+        sweep, records = found
+        if records:
+            return f"sweep {sweep['name']} ({sweep['id']})", records
+    try:
+        record = store.get(target)
+    except UsageError as exc:
+        if "ambiguous" in str(exc):  # a prefix of several runs: that message names the fix
+            raise
+        raise UsageError(f"'{target}' is neither a file, a sweep nor a run in {store.home}; 'tbd results' lists runs") from None
+    return f"run {record['id']}", [record]
+
+
+def save_baseline(path: str | Path, source: str, records: list[dict[str, Any]]) -> Path:
+    p = Path(path)
+    if not p.parent.exists():
+        raise UsageError(f"folder {p.parent} does not exist; create it or choose another baseline path")
+    p.write_text(json.dumps({"format": BASELINE_FORMAT, "source": source, "records": records}, indent=1, default=str))
+    return p
+
+
+def load_baseline(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable baseline ({exc}); save one with 'tbd compare --save-baseline {path} RUN_OR_SWEEP'") from None
+    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT or not isinstance(data.get("records"), list):
+        raise UsageError(f"{path} is not a tbd baseline file; save one with 'tbd compare --save-baseline {path} RUN_OR_SWEEP'")
+    return data["records"]
+
+
+# ---- statistics -------------------------------------------------------------------------
+
+
+def steady_rates(record: dict[str, Any]) -> np.ndarray:
+    """Per-step throughput (units / s) of the steady window, from the raw samples."""
+    s = record.get("samples") or {}
+    t = np.asarray(s.get("step_s") or [], dtype=float)
+    u = np.asarray(s.get("units") or [], dtype=float)
+    if len(t) == 0 or len(t) != len(u):
+        return np.asarray([], dtype=float)
+    start = int((record.get("metrics") or {}).get("warmup_steps") or 0)
+    if start >= len(t):
+        start = 0
+    return u[start:] / t[start:]
+
+
+def ratio_ci(a: np.ndarray, b: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> tuple[float, float, float]:
+    """Ratio of medians b/a and its 95% percentile-bootstrap interval (nan bounds if too few samples)."""
+    if len(a) == 0 or len(b) == 0:
+        return math.nan, math.nan, math.nan
+    ratio = float(np.median(b) / np.median(a))
+    if len(a) < 2 or len(b) < 2:
+        return ratio, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    ma = np.median(rng.choice(a, size=(rounds, len(a))), axis=1)
+    mb = np.median(rng.choice(b, size=(rounds, len(b))), axis=1)
+    boots = mb / ma
+    return ratio, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+# ---- pairing ------------------------------------------------------------------------------
+
+
+def varying_fields(a: list[dict], b: list[dict]) -> list[str]:
+    """Fields with one value on each side that differ: those are what is being compared."""
+    out = []
+    for f in KEY_FIELDS:
+        va = {r["config"].get(f) for r in a}
+        vb = {r["config"].get(f) for r in b}
+        if len(va) == 1 and len(vb) == 1 and va != vb:
+            out.append(f)
+    return out
+
+
+def pair_up(a: list[dict], b: list[dict]) -> tuple[list[Pair], list[str], list[str]]:
+    """(pairs, fields compared across, labels of points found on one side only)."""
+    a = [r for r in a if r["status"] == "ok"]
+    b = [r for r in b if r["status"] == "ok"]
+    across = varying_fields(a, b)
+    keep = [f for f in KEY_FIELDS if f not in across]
+
+    def key(r):
+        return tuple(r["config"].get(f) for f in keep)
+
+    if len(a) == 1 and len(b) == 1:  # two runs: compare them whatever they are
+        index_a, index_b = {key(a[0]): a[0]}, {key(a[0]): b[0]}
+    else:
+        index_a = {key(r): r for r in sorted(a, key=lambda r: r["created_at"])}
+        index_b = {key(r): r for r in sorted(b, key=lambda r: r["created_at"])}
+    pairs, lonely = [], []
+    for k in list(index_a) + [k for k in index_b if k not in index_a]:
+        ra, rb = index_a.get(k), index_b.get(k)
+        label = point_label(ra or rb, keep)
+        if ra is None or rb is None:
+            lonely.append(f"{label} (only in {'A' if rb is None else 'B'})")
+            continue
+        ratio, lo, hi = ratio_ci(steady_rates(ra), steady_rates(rb))
+        if math.isnan(ratio):  # no raw samples (old records): fall back to the stored medians
+            ta, tb = headline(ra)["throughput"], headline(rb)["throughput"]
+            ratio = tb / ta if ta and tb else math.nan
+        pairs.append(Pair(label, ra, rb, ratio, lo, hi))
+    return pairs, across, lonely
+
+
+def point_label(r: dict, fields: list[str]) -> str:
+    c = r["config"]
+    parts = []
+    for f in fields:
+        v = c.get(f)
+        if f == "batch_size":
+            parts.append(f"bs{v}")
+        elif f in ("compile", "channels_last"):
+            if v:
+                parts.append(f.replace("_", "-"))
+        else:
+            parts.append(str(v))
+    return "/".join(parts) or c["workload"]
+
+
+# ---- environments ---------------------------------------------------------------------------
+
+
+def environment_facts(record: dict[str, Any]) -> dict[str, str]:
+    env = record.get("environment") or {}
+    gpu = env.get("gpu") or {}
+    facts = {"host": env.get("hostname"), "cpu": env.get("cpu"), "gpu": gpu.get("name"), "driver": gpu.get("driver"),
+             "python": env.get("python"), "tbd": env.get("tbd_version"), "commit": (env.get("source") or {}).get("commit")}
+    facts.update({f"library {k}": v for k, v in (env.get("libraries") or {}).items()})
+    return {k: str(v) for k, v in facts.items() if v is not None}
+
+
+def environment_warnings(a: list[dict], b: list[dict]) -> list[str]:
+    """One line per fact (machine, driver, library version, ...) whose values differ between A and B."""
+    side_a: dict[str, set] = {}
+    side_b: dict[str, set] = {}
+    for records, side in ((a, side_a), (b, side_b)):
+        for r in records:
+            for k, v in environment_facts(r).items():
+                side.setdefault(k, set()).add(v)
+    out = []
+    for k in sorted(set(side_a) | set(side_b)):
+        va, vb = side_a.get(k, {"-"}), side_b.get(k, {"-"})
+        if va != vb:
+            out.append(f"{k} differs: A {', '.join(sorted(va))} vs B {', '.join(sorted(vb))}")
+    return out
+
+
+def regressions(pairs: list[Pair], fail_if_slower_pct: float) -> list[Pair]:
+    """Pairs whose B is slower than A by more than the threshold (on the median ratio)."""
+    limit = 1.0 - fail_if_slower_pct / 100.0
+    return [p for p in pairs if not math.isnan(p.ratio) and p.ratio < limit]

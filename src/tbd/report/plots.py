@@ -1,0 +1,241 @@
+"""The report's figures from run records: `tbd report SWEEP` exercises it.
+
+Each function takes records and returns a matplotlib Figure (or None when the records hold
+nothing to plot); `save` writes it as PNG and SVG and returns the PNG bytes for embedding.
+matplotlib is imported lazily with the Agg backend: no display, no network.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tbd.results.record import headline
+
+# Memory categories in stacking order (bottom first); names as MEASUREMENT.md defines them.
+CATEGORY_ORDER = ("weights", "parameters", "gradients", "optimizer_state", "feature_maps", "activations", "workspace",
+                  "temporaries", "input", "input_batch", "allocator_cache", "framework_overhead", "other", "unattributed")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9, "svg.hashsalt": "tbd"})
+    return plt
+
+
+def series_label(r: dict[str, Any]) -> str:
+    c = r["config"]
+    extra = (" +compile" if c.get("compile") else "") + (" NHWC" if c.get("channels_last") else "")
+    return f"{c['framework']} {c['precision']} {c['device']}{extra}" + ("" if c.get("flavor") in (None, "tiny", "paper") else f" {c['flavor']}")
+
+
+def run_label(r: dict[str, Any]) -> str:
+    c = r["config"]
+    return f"{c['workload']}/{c['framework']} bs{c['batch_size']} {c['precision']}"
+
+
+def throughput_vs_batch(records: list[dict[str, Any]]):
+    """One panel per workload: median throughput (with its 95% CI) against batch size, a line
+    per framework/precision/device; an x where a batch size ran out of memory."""
+    by_workload: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_workload[r["config"]["workload"]].append(r)
+    if not any(r["status"] == "ok" for r in records):
+        return None
+    plt = _plt()
+    names = [w for w in by_workload if any(r["status"] == "ok" for r in by_workload[w])]
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, w in zip(axes.flat, names):
+        lines: dict[str, list[dict]] = defaultdict(list)
+        for r in by_workload[w]:
+            lines[series_label(r)].append(r)
+        unit = next((headline(r)["unit"] for r in by_workload[w] if r["status"] == "ok"), "samples")
+        for label, rs in sorted(lines.items()):
+            ok = sorted((r for r in rs if r["status"] == "ok"), key=lambda r: r["config"]["batch_size"])
+            if ok:
+                x = [r["config"]["batch_size"] for r in ok]
+                y = [headline(r)["throughput"] for r in ok]
+                m = [r.get("metrics") or {} for r in ok]
+                lo = [max(0.0, yi - (mi.get(f"{unit}_per_s_ci95_low") or yi)) for yi, mi in zip(y, m)]
+                hi = [max(0.0, (mi.get(f"{unit}_per_s_ci95_high") or yi) - yi) for yi, mi in zip(y, m)]
+                line = ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label)
+                color = line[0].get_color()
+            else:
+                color = "gray"
+            ooms = [r["config"]["batch_size"] for r in rs if (r.get("error") or {}).get("kind") == "oom"]
+            if ooms and ok:
+                ax.scatter(ooms, [max(y)] * len(ooms), marker="x", s=60, color=color, label=f"{label}: OOM")
+        ax.set_xscale("log", base=2)
+        sizes = sorted({r["config"]["batch_size"] for r in by_workload[w]})
+        ax.set_xticks(sizes, [str(b) for b in sizes])  # the batch sizes run, not powers of two
+        ax.minorticks_off()
+        ax.set_title(w)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(f"{unit}/s (median, 95% CI)")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def find_number(data: Any, must: tuple[str, ...], avoid: tuple[str, ...] = ()) -> float | None:
+    """First number in a nested dict whose key path contains every word of `must` and none of
+    `avoid` (tolerant reading of analysis records whose exact shape may grow)."""
+    stack = [("", data)]
+    while stack:
+        path, value = stack.pop(0)
+        if isinstance(value, dict):
+            stack += [(f"{path}.{k}", v) for k, v in value.items()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            p = path.lower()
+            if all(w in p for w in must) and not any(w in p for w in avoid) and math.isfinite(value):
+                return float(value)
+    return None
+
+
+def utilization_rows(records: list[dict[str, Any]]) -> list[tuple[str, dict[str, float | None]]]:
+    """Per workload x framework x precision x device: the utilizations of its fastest run."""
+    best: dict[str, dict] = {}
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        c = r["config"]
+        key = f"{c['workload']}/{c['framework']} {c['precision']} {c['device']}"
+        if key not in best or (headline(r)["throughput"] or 0) > (headline(best[key])["throughput"] or 0):
+            best[key] = r
+    rows = []
+    for key, r in best.items():
+        m, a = r.get("metrics") or {}, r.get("analysis") or {}
+        rows.append((f"{key} bs{r['config']['batch_size']}", {
+            "GPU util, trace %": find_number(a, ("gpu", "util"), ("nvml",)),
+            "GPU util, NVML %": m.get("gpu_util_nvml_pct"),
+            "FLOP util (MFU) %": m.get("mfu_pct"),
+            "CPU util %": m.get("cpu_util_pct"),
+        }))
+    return rows
+
+
+def utilization(records: list[dict[str, Any]]):
+    rows = utilization_rows(records)
+    if not rows:
+        return None
+    plt = _plt()
+    metrics = list(rows[0][1])
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 3), 3.6))
+    width = 0.8 / len(metrics)
+    x = np.arange(len(rows))
+    for i, name in enumerate(metrics):
+        vals = [row[name] for _, row in rows]
+        heights = [v if v is not None else 0.0 for v in vals]
+        bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, heights, width, label=name)
+        for bar, v in zip(bars, vals):
+            if v is None:  # say "not measured" rather than draw a misleading zero
+                ax.text(bar.get_x() + bar.get_width() / 2, 1, "n/a", ha="center", va="bottom", fontsize=6, rotation=90, color="gray")
+    ax.set_xticks(x, [label for label, _ in rows], rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel("percent")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, ncol=len(metrics))
+    ax.set_title("utilization (fastest run of each configuration)")
+    fig.tight_layout()
+    return fig
+
+
+def memory_categories(record: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """(source, category -> bytes at the peak): the memory profiler's breakdown where the run has
+    one (record["memory_profile"]), else layers of the allocator and process readings."""
+    prof = record.get("memory_profile")
+    if isinstance(prof, dict):
+        for key in ("categories", "at_peak", "peak_breakdown", "breakdown", "by_category", "peak"):
+            cats = prof.get(key)
+            if isinstance(cats, dict):
+                out = {k: float(v.get("bytes", 0) if isinstance(v, dict) else v) for k, v in cats.items()
+                       if isinstance(v, (int, float)) or (isinstance(v, dict) and isinstance(v.get("bytes"), (int, float)))}
+                if out:
+                    return "memory profiler", out
+    mem = record.get("memory") or {}
+    alloc, reserved, process = mem.get("peak_allocated_bytes"), mem.get("peak_reserved_bytes"), mem.get("nvml_process_bytes")
+    if alloc:
+        out = {"allocated (tensors)": float(alloc)}
+        if reserved and reserved > alloc:
+            out["allocator_cache"] = float(reserved - alloc)
+        if process and reserved and process > reserved:
+            out["framework_overhead"] = float(process - reserved)
+        return "device allocator", out
+    if mem.get("host_peak_rss_bytes"):
+        return "host process", {"host peak RSS": float(mem["host_peak_rss_bytes"])}
+    return "none", {}
+
+
+def memory_breakdown(records: list[dict[str, Any]], limit: int = 24):
+    rows = [(run_label(r), *memory_categories(r)) for r in records if r["status"] == "ok"][:limit]
+    rows = [row for row in rows if row[2]]
+    if not rows:
+        return None
+    plt = _plt()
+    cats = sorted({c for _, _, cs in rows for c in cs}, key=lambda c: (CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else 99, c))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(rows) + 3), 3.8))
+    bottom = np.zeros(len(rows))
+    for c in cats:
+        vals = np.array([cs.get(c, 0.0) for _, _, cs in rows]) / 2**20
+        ax.bar(range(len(rows)), vals, bottom=bottom, label=c)
+        bottom += vals
+    ax.set_xticks(range(len(rows)), [label for label, _, _ in rows], rotation=25, ha="right", fontsize=7)
+    ax.set_ylabel("MiB at the peak")
+    sources = sorted({s for _, s, _ in rows})
+    ax.set_title(f"memory breakdown ({', '.join(sources)})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def step_times(records: list[dict[str, Any]], limit: int = 24):
+    """Box plots of the steady-state step times of each run (raw samples, warm-up excluded)."""
+    data, labels = [], []
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        t = (r.get("samples") or {}).get("step_s") or []
+        start = int((r.get("metrics") or {}).get("warmup_steps") or 0)
+        steady = t[start:] if start < len(t) else t
+        if steady:
+            data.append(np.asarray(steady) * 1e3)
+            labels.append(run_label(r))
+    if not data:
+        return None
+    data, labels = data[:limit], labels[:limit]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(data) + 3), 3.8))
+    ax.boxplot(data, showfliers=True)
+    for i, d in enumerate(data, 1):  # every raw sample, jittered, so short runs are honest
+        ax.scatter(np.full(len(d), i) + np.linspace(-0.15, 0.15, len(d)), d, s=6, alpha=0.5, color="tab:blue")
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=25, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("step time, ms (steady steps)")
+    ax.set_title("step-time distributions")
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, folder: Path, name: str) -> bytes:
+    """Write `name`.png and `name`.svg into folder; return the PNG bytes."""
+    plt = _plt()
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    png = buf.getvalue()
+    (folder / f"{name}.png").write_bytes(png)
+    fig.savefig(folder / f"{name}.svg", format="svg")
+    plt.close(fig)
+    return png

@@ -1,0 +1,196 @@
+"""Running a sweep: `tbd sweep --workloads resnet50 --batch-sizes 4,8 --devices cpu` exercises it.
+
+Every point is an isolated run (`tbd.harness.launcher.launch`, a child process unless the sweep
+says otherwise) saved with `Store.save` as soon as it finishes, so an interrupt or a kill loses
+at most the point in flight. Each record carries `sweep = {id, name, point, line, probe}`; the
+id is a hash of the expanded plan, so running the same sweep again finds the points it already
+has (matched on their configuration) and runs only the rest.
+
+Within a line, batch sizes run smallest first: after an out-of-memory the larger ones are stored
+as `skipped`, without running. With `max_batch`, a line instead searches for the largest batch
+that fits: doubling from its smallest batch until an OOM (or the bound), then bisecting between
+the last fit and the first OOM, each probe a short run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tbd.config import RunConfig
+from tbd.harness import launcher
+from tbd.results.record import new_record, new_run_id
+from tbd.results.store import Store
+from tbd.sweep.spec import Line, Plan
+
+PROBE_STEPS = 3  # steps of a max-batch probe: enough to allocate a full step's memory
+POINT_KEYS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last")
+
+
+def point_key(config: dict[str, Any], probe: bool = False) -> tuple:
+    return tuple(config.get(k) for k in POINT_KEYS) + (bool(probe),)
+
+
+def is_oom(record: dict[str, Any]) -> bool:
+    """Out of device memory, or the host's OOM killer took the run's process."""
+    err = record.get("error") or {}
+    return err.get("kind") == "oom" or (err.get("kind") == "crash" and "SIGKILL" in (err.get("message") or ""))
+
+
+@dataclass
+class SweepResult:
+    plan: Plan
+    records: list[dict[str, Any]] = field(default_factory=list)  # every point of the sweep, old and new
+    ran: int = 0
+    resumed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    max_batch: dict[str, int | None] = field(default_factory=dict)  # line label -> largest batch that fits
+
+
+class SweepRunner:
+    """Runs a plan; `launch` and `on_point` are seams for tests and the CLI's progress bar."""
+
+    def __init__(self, plan: Plan, store: Store, launch: Callable[..., dict] | None = None, retry_failed: bool = False,
+                 on_point: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None,
+                 on_step: Callable[[dict], None] | None = None):
+        self.plan, self.store = plan, store
+        self.launch = launch or launcher.launch
+        self.retry_failed = retry_failed
+        self.on_point = on_point or (lambda event, record, info: None)
+        self.on_step = on_step
+        self.result = SweepResult(plan)
+        self.done: dict[tuple, dict[str, Any]] = {}
+        self.durations: list[float] = []
+        self.index = 0
+
+    # -- the sweep --------------------------------------------------------------------------
+    def run(self) -> SweepResult:
+        self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(), {"notes": self.plan.notes})
+        for record in reversed(self.store.list(sweep=self.plan.sweep_id)):  # oldest first: newer wins
+            probe = (record.get("sweep") or {}).get("probe", False)
+            if self.retry_failed and record["status"] == "failed" and not is_oom(record):
+                continue
+            self.done[point_key(record["config"], probe)] = record
+        for line in self.plan.lines:
+            if self.plan.spec.max_batch:
+                self._bisect(line)
+            else:
+                self._line(line)
+        self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(),
+                              {"notes": self.plan.notes, "max_batch": self.result.max_batch,
+                               "points": len(self.result.records), "ran": self.result.ran})
+        return self.result
+
+    def _line(self, line: Line) -> None:
+        oom_at: int | None = None
+        for batch in line.batches:
+            if oom_at is not None:
+                self._skip(line, batch, f"skipped: batch {oom_at} of this line ran out of memory")
+                continue
+            record = self._point(line, line.config(batch))
+            if is_oom(record):
+                oom_at = batch
+
+    def _bisect(self, line: Line) -> None:
+        """Largest batch that fits: grow by doubling to the first OOM, then bisect."""
+        bound = self.plan.spec.max_batch
+        short = dict(max_steps=min(PROBE_STEPS, line.base["max_steps"]), min_timed_steps=1)
+        fits, fails = 0, None
+        batch = min(line.batches[0], bound)
+        while True:
+            record = self._point(line, line.config(batch, **short), probe=True)
+            if record["status"] == "ok":
+                fits = batch
+                if batch >= bound:
+                    break
+                batch = min(bound, batch * 2)
+            elif is_oom(record):
+                fails = batch
+                break
+            else:  # another failure says nothing about memory: stop this line
+                self.result.max_batch[line.label] = None
+                return
+        while fails is not None and fails - fits > 1:
+            batch = (fits + fails) // 2
+            record = self._point(line, line.config(batch, **short), probe=True)
+            if record["status"] == "ok":
+                fits = batch
+            elif is_oom(record):
+                fails = batch
+            else:
+                break
+        self.result.max_batch[line.label] = fits or None
+
+    # -- one point ------------------------------------------------------------------------
+    def _point(self, line: Line, config: RunConfig, probe: bool = False) -> dict[str, Any]:
+        key = point_key(config.to_dict(), probe)
+        self.index += 1
+        info = {"index": self.index, "label": f"{line.label} batch {config.batch_size}" + (" (max-batch probe)" if probe else ""),
+                "eta_s": self.eta_s()}
+        if key in self.done:
+            record = self.done[key]
+            self.result.resumed += 1
+            self.result.records.append(record)
+            self.on_point("resumed", record, info)
+            return record
+        self.on_point("start", None, info)
+        started = time.perf_counter()
+        record = self.launch(config, self.on_step) if self.on_step else self.launch(config)
+        record["sweep"] = {"id": self.plan.sweep_id, "name": self.plan.name, "point": self.index, "line": line.label, "probe": probe}
+        self.store.save(record)  # stored as it finishes: an interrupt after this loses nothing
+        self.durations.append(time.perf_counter() - started)
+        self.done[key] = record
+        self.result.records.append(record)
+        self.result.ran += 1
+        self.result.failed += record["status"] != "ok"
+        self.on_point("done", record, {**info, "eta_s": self.eta_s()})
+        return record
+
+    def _skip(self, line: Line, batch: int, reason: str) -> None:
+        config = line.config(batch)
+        key = point_key(config.to_dict())
+        self.index += 1
+        record = self.done.get(key)
+        if record is None:
+            record = new_record(new_run_id(config.workload, config.framework), config.to_dict())
+            record["status"] = "skipped"
+            record["error"] = {"kind": "skipped", "message": reason}
+            record["sweep"] = {"id": self.plan.sweep_id, "name": self.plan.name, "point": self.index, "line": line.label, "probe": False}
+            self.store.save(record)
+            self.done[key] = record
+        self.result.skipped += 1
+        self.result.records.append(record)
+        self.on_point("skipped", record, {"index": self.index, "label": f"{line.label} batch {batch}", "eta_s": self.eta_s()})
+
+    def eta_s(self) -> float | None:
+        """Mean time of the points run so far x the points left (None before the first)."""
+        if not self.durations:
+            return None
+        left = max(0, self.plan.num_points - self.index) if not self.plan.spec.max_batch else None
+        return None if left is None else left * sum(self.durations) / len(self.durations)
+
+
+def sweep_records(store: Store, target: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """(sweep, its records) for a sweep name or id (the newest sweep of that name), or None."""
+    found = store.sweeps(target)
+    if not found:
+        return None
+    sweep = found[0]
+    by_name = [s for s in found if s["name"] == target]
+    ids = [s["id"] for s in by_name] if by_name else [sweep["id"]]
+    records = [r for i in ids for r in store.list(sweep=i)]
+    # A max-batch sweep has only probes: show those rather than nothing.
+    return sweep, latest_per_point(records) or latest_per_point(records, probes=True)
+
+
+def latest_per_point(records: list[dict[str, Any]], probes: bool = False) -> list[dict[str, Any]]:
+    """One record per configuration (the newest); max-batch probes left out unless asked for."""
+    newest: dict[tuple, dict[str, Any]] = {}
+    for r in sorted(records, key=lambda r: (r["created_at"], r["id"])):
+        if (r.get("sweep") or {}).get("probe") and not probes:
+            continue
+        newest[point_key(r["config"])] = r
+    return list(newest.values())

@@ -1,0 +1,308 @@
+"""What a sweep runs: `tbd sweep --file sweep.toml` (or flags, or `--preset quick|paper`).
+
+A `SweepSpec` holds the axes (workloads, frameworks, flavors, devices, precisions, compile) and
+the batch sizes; `plan()` expands it against the registry into `Line`s, one per configuration,
+each with its batch sizes in increasing order (so an OOM can skip the larger ones). "*" in
+workloads means every registered workload and in frameworks every installed framework that
+implements the workload, so workloads added later join presets without edits.
+
+Sweep files are TOML; an unknown key or a bad value is an error that names the file, the line
+and the key (tomllib gives the line of syntax errors; for keys we find it in the text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tbd import registry
+from tbd.config import RunConfig
+from tbd.errors import UsageError, closest
+
+PRESETS = ("quick", "paper")
+BUDGET_KEYS = {"max_steps": int, "max_time": float, "target_ci": float, "min_timed_steps": int, "seed": int}
+TOP_KEYS = ("name", "workloads", "frameworks", "flavors", "devices", "precisions", "batch_sizes", "batch_scale",
+            "compile", "channels_last", "max_batch", "budget")
+DEFAULT_BUDGET = {"max_steps": 300, "max_time": 60.0, "target_ci": 1.0, "min_timed_steps": 10, "seed": 0}
+
+
+@dataclass
+class SweepSpec:
+    name: str | None = None
+    workloads: list[str] = field(default_factory=lambda: ["*"])
+    frameworks: list[str] = field(default_factory=lambda: ["*"])
+    flavors: list[str] = field(default_factory=lambda: ["tiny"])
+    devices: list[str] = field(default_factory=lambda: ["auto"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    batch_sizes: list[int] | None = None  # None: the flavor's own batch size (or batch_scale x it)
+    batch_sizes_per_workload: dict[str, list[int]] = field(default_factory=dict)
+    batch_scale: list[float] | None = None  # multiples of the flavor's batch size
+    compile: list[bool] = field(default_factory=lambda: [False])
+    channels_last: bool = False  # applied where the workload supports it
+    max_batch: int | None = None  # bisect the largest batch that fits, up to this bound
+    budget: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_BUDGET))
+    isolate: bool = True
+    source: str = "flags"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Line:
+    """One configuration swept over batch sizes."""
+
+    base: dict[str, Any]  # RunConfig fields except batch_size
+    batches: list[int]
+
+    @property
+    def label(self) -> str:
+        b = self.base
+        extra = (" +compile" if b["compile"] else "") + (" channels_last" if b["channels_last"] else "")
+        return f"{b['workload']}/{b['framework']}/{b['flavor']} {b['device']} {b['precision']}{extra}"
+
+    def config(self, batch: int, **overrides: Any) -> RunConfig:
+        return RunConfig(**{**self.base, "batch_size": batch, **overrides})
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    lines: list[Line]
+    notes: list[str]  # combinations not run, and why
+    sweep_id: str
+    name: str
+
+    @property
+    def num_points(self) -> int:
+        return sum(len(line.batches) for line in self.lines)
+
+
+# ---- expansion ---------------------------------------------------------------------------
+
+
+def plan(spec: SweepSpec) -> Plan:
+    from tbd.metrics.devices import best_device
+
+    lines: list[Line] = []
+    notes: list[str] = []
+    workloads = registry.workload_names() if "*" in spec.workloads else spec.workloads
+    devices = [best_device() if d == "auto" else d for d in spec.devices]
+    for w in workloads:
+        ws = registry.get_spec(w)  # unknown names are a UsageError naming the valid ones
+        for fw in _frameworks_for(w, spec.frameworks, notes):
+            for flavor in spec.flavors:
+                if flavor not in ws.flavors:
+                    notes.append(f"{w} has no flavor '{flavor}'{closest(flavor, ws.flavors)}")
+                    continue
+                for device in dict.fromkeys(devices):
+                    for precision in spec.precisions:
+                        for comp in spec.compile:
+                            base = dict(workload=w, framework=fw, flavor=flavor, device=device, precision=precision, compile=comp,
+                                        channels_last=spec.channels_last and ws.supports_channels_last,
+                                        max_steps=spec.budget["max_steps"], max_time_s=float(spec.budget["max_time"]),
+                                        target_ci_pct=float(spec.budget["target_ci"]), min_timed_steps=spec.budget["min_timed_steps"],
+                                        seed=spec.budget["seed"], isolate=spec.isolate)
+                            batches = _batches(spec, w, ws.flavor(flavor).batch_size)
+                            try:  # one check per line: validity does not depend on the batch size
+                                RunConfig(**base, batch_size=batches[0]).validated()
+                            except UsageError as exc:
+                                notes.append(f"{w}/{fw}/{flavor} {device} {precision}: {exc}")
+                                continue
+                            lines.append(Line(base, batches))
+    # The id names what is measured: how points are launched (isolate) does not change it.
+    what = [[{k: v for k, v in l.base.items() if k != "isolate"}, l.batches] for l in lines]
+    ident = hashlib.sha1(json.dumps(what + [spec.max_batch], sort_keys=True).encode()).hexdigest()[:10]
+    return Plan(spec, lines, notes, ident, spec.name or f"sweep-{ident}")
+
+
+def _frameworks_for(workload: str, wanted: list[str], notes: list[str]) -> list[str]:
+    if "*" in wanted:
+        out = [f for f in registry.implementations(workload) if registry.is_installed(f)]
+        notes += [f"{workload}/{f}: {f} is not installed ({registry.framework(f).install})"
+                  for f in registry.implementations(workload) if not registry.is_installed(f)]
+        return out
+    out = []
+    for f in wanted:
+        registry.framework(f)  # unknown framework: UsageError
+        if not registry.has_implementation(workload, f):
+            notes.append(f"{workload}/{f}: no {f} implementation yet")
+        elif not registry.is_installed(f):
+            notes.append(f"{workload}/{f}: {f} is not installed ({registry.framework(f).install})")
+        else:
+            out.append(f)
+    return out
+
+
+def _batches(spec: SweepSpec, workload: str, flavor_batch: int) -> list[int]:
+    if workload in spec.batch_sizes_per_workload:
+        sizes = spec.batch_sizes_per_workload[workload]
+    elif spec.batch_sizes:
+        sizes = spec.batch_sizes
+    elif spec.batch_scale:
+        sizes = [max(1, round(flavor_batch * s)) for s in spec.batch_scale]
+    else:
+        sizes = [flavor_batch]
+    return sorted(set(int(b) for b in sizes))
+
+
+# ---- sources: presets, files, flags ------------------------------------------------------
+
+
+def load_preset(name: str) -> SweepSpec:
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset '{name}'{closest(name, PRESETS)}; valid: {', '.join(PRESETS)}")
+    text = resources.files("tbd.sweep.presets").joinpath(f"{name}.toml").read_text()
+    spec = parse_text(text, f"preset {name}", lenient_workloads=True)
+    spec.name = spec.name or name
+    return spec
+
+
+def load_file(path: str | Path) -> SweepSpec:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read sweep file {p} ({exc.strerror}); check the path given to --file") from None
+    spec = parse_text(text, str(p))
+    spec.name = spec.name or p.stem
+    return spec
+
+
+def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepSpec:
+    """A SweepSpec from TOML text; `where` names the file in errors. Presets are lenient about
+    per-workload batch sizes of workloads not registered (yet)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{where}: not valid TOML ({exc}); fix the syntax at that line") from None
+    spec = SweepSpec(source=where)
+
+    def fail(table: str | None, key: str, problem: str) -> UsageError:
+        line = find_line(text, table, key)
+        name = f"{table}.{key}" if table else key
+        return UsageError(f"{where}:{line or '?'}: key '{name}' {problem}")
+
+    for key, value in data.items():
+        if key not in TOP_KEYS:
+            raise fail(None, key, f"is unknown{closest(key, TOP_KEYS)}; valid keys: {', '.join(TOP_KEYS)}")
+        if key == "name":
+            if not isinstance(value, str) or not value.strip():
+                raise fail(None, key, "must be a non-empty string")
+            spec.name = value.strip()
+        elif key in ("workloads", "frameworks", "flavors", "devices", "precisions"):
+            items = _str_list(value)
+            if items is None:
+                raise fail(None, key, f'must be a list of names, e.g. {key} = ["a", "b"] (or "*")')
+            setattr(spec, key, items)
+        elif key == "batch_sizes":
+            if isinstance(value, dict):
+                for w, sizes in value.items():
+                    if w not in registry.WORKLOADS:
+                        if lenient_workloads:
+                            continue
+                        raise fail("batch_sizes", w, f"is not a registered workload{closest(w, registry.WORKLOADS)}")
+                    if _int_list(sizes) is None:
+                        raise fail("batch_sizes", w, "must be a list of positive integers")
+                    spec.batch_sizes_per_workload[w] = _int_list(sizes)
+            elif _int_list(value) is not None:
+                spec.batch_sizes = _int_list(value)
+            else:
+                raise fail(None, key, "must be a list of positive integers (or a table of them per workload)")
+        elif key == "batch_scale":
+            if not isinstance(value, list) or not value or not all(isinstance(x, (int, float)) and x > 0 for x in value):
+                raise fail(None, key, "must be a list of positive numbers (multiples of the flavor's batch size)")
+            spec.batch_scale = [float(x) for x in value]
+        elif key == "compile":
+            vals = value if isinstance(value, list) else [value]
+            if not vals or not all(isinstance(v, bool) for v in vals):
+                raise fail(None, key, "must be true, false or a list of them")
+            spec.compile = list(dict.fromkeys(vals))
+        elif key == "channels_last":
+            if not isinstance(value, bool):
+                raise fail(None, key, "must be true or false")
+            spec.channels_last = value
+        elif key == "max_batch":
+            if value is True:
+                spec.max_batch = 65536
+            elif value is False:
+                spec.max_batch = None
+            elif isinstance(value, int) and value >= 1:
+                spec.max_batch = value
+            else:
+                raise fail(None, key, "must be true, false or the largest batch size to try")
+        elif key == "budget":
+            if not isinstance(value, dict):
+                raise fail(None, key, "must be a table, e.g. [budget] max_time = 30")
+            for bk, bv in value.items():
+                if bk not in BUDGET_KEYS:
+                    raise fail("budget", bk, f"is unknown{closest(bk, BUDGET_KEYS)}; valid keys: {', '.join(BUDGET_KEYS)}")
+                typ = BUDGET_KEYS[bk]
+                ok = isinstance(bv, (int, float)) and not isinstance(bv, bool) and (typ is float or isinstance(bv, int))
+                if not ok or (bk != "seed" and bv <= 0):
+                    raise fail("budget", bk, f"must be a positive {'integer' if typ is int else 'number'}, got {bv!r}")
+                spec.budget[bk] = typ(bv)
+    return spec
+
+
+def find_line(text: str, table: str | None, key: str) -> int | None:
+    """1-based line where `key` is set inside `[table]` (or at the top level), by scanning text."""
+    current: str | None = None
+    pattern = re.compile(rf"""^\s*("{re.escape(key)}"|'{re.escape(key)}'|{re.escape(key)})\s*=""")
+    for number, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"^\s*\[\s*([^\]]+?)\s*\]", line)
+        if header:
+            current = header.group(1)
+            continue
+        if current == table and pattern.match(line):
+            return number
+    # Inline tables or dotted keys: fall back to the first line mentioning the key.
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.search(rf"\b{re.escape(key)}\b", line):
+            return number
+    return None
+
+
+def _str_list(value: Any) -> list[str] | None:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+        return [v.strip() for v in value]
+    return None
+
+
+def _int_list(value: Any) -> list[int] | None:
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        return list(value)
+    return None
+
+
+def split_names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(t) for t in split_names(text)]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated positive integers, e.g. {flag} 4,8,16; got '{text}'") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"{flag} takes comma-separated positive integers, e.g. {flag} 4,8,16; got '{text}'")
+    return values
+
+
+def parse_bool_list(text: str, flag: str) -> list[bool]:
+    words = {"on": True, "yes": True, "true": True, "1": True, "off": False, "no": False, "false": False, "0": False}
+    out = []
+    for t in split_names(text):
+        if t.lower() not in words:
+            raise UsageError(f"{flag} takes off, on or off,on; got '{t}'")
+        out.append(words[t.lower()])
+    return list(dict.fromkeys(out)) or [False]

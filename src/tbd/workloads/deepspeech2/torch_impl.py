@@ -1,0 +1,103 @@
+"""Deep Speech 2 in PyTorch: conv front end, cuDNN bidirectional GRUs over packed sequences, CTC.
+
+`tbd run deepspeech2 --flavor tiny` exercises it; the architecture and data are described in
+`spec.py`. Padded frames never reach the GRUs (the batch is packed by length) and CTC sees each
+utterance's true output length, so bucketed batches of unequal lengths train correctly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from tbd.frameworks.base import BuildContext
+from tbd.frameworks.torch_adapter import TorchTask
+from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out, feature_sizes
+
+BUCKET_POOL = 256  # a batch is `batch` neighbours among BUCKET_POOL x batch sorted draws
+
+
+class DeepSpeech2(nn.Module):
+    def __init__(self, freq_bins: int, conv_channels: int, hidden: int, gru_layers: int):
+        super().__init__()
+        layers, c_in, c = [], 1, conv_channels
+        for kernel, stride, pad in CONVS:
+            layers += [nn.Conv2d(c_in, c, kernel, stride, pad, bias=False), nn.BatchNorm2d(c), nn.Hardtanh(0, 20, inplace=True)]
+            c_in = c
+        self.conv = nn.Sequential(*layers)
+        f, _ = feature_sizes(freq_bins, 1)[-1]
+        self.rnn = nn.GRU(c * f, hidden, num_layers=gru_layers, bidirectional=True)
+        self.fc = nn.Linear(2 * hidden, NUM_CHARS)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for (_, kt), (_, st), (_, pt) in CONVS:
+            lengths = conv_out(lengths, kt, st, pt)  # integer arithmetic works on tensors too
+        return lengths
+
+    def forward(self, spec: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """spec (B, 1, F, T), lengths (B,) frames on the host -> log-probs (T', B, chars), lengths (B,).
+
+        Lengths stay on the host: packing needs them there, and a device copy would cost a sync."""
+        x = self.conv(spec)  # (B, C, F', T')
+        b, c, f, t = x.shape
+        x = x.reshape(b, c * f, t).permute(2, 0, 1)  # (T', B, C*F')
+        out_lengths = self.output_lengths(lengths)
+        packed = pack_padded_sequence(x, out_lengths, enforce_sorted=False)
+        y, _ = self.rnn(packed)
+        y, _ = pad_packed_sequence(y, total_length=t)  # (T', B, 2H), zeros past each length
+        return F.log_softmax(self.fc(y).float(), dim=-1), out_lengths
+
+
+def sample_durations(rng: np.random.Generator, n: int, hp) -> np.ndarray:
+    """Seconds of audio: max_s minus a gamma(1.5) draw, clipped -- most mass just under max_s and
+    a tail of short utterances, like LibriSpeech's segmentation into utterances of up to ~17 s."""
+    scale = (hp["max_s"] - hp["mean_s"]) / 1.5
+    return np.clip(hp["max_s"] - rng.gamma(1.5, scale, size=n), hp["min_s"], hp["max_s"])
+
+
+def bucketed_batch(rng: np.random.Generator, n: int, hp) -> np.ndarray:
+    """Durations of one length bucket: n neighbours in the sorted order of many draws."""
+    pool = np.sort(sample_durations(rng, BUCKET_POOL * n, hp))
+    start = rng.integers(0, len(pool) - n + 1)
+    return pool[start : start + n]
+
+
+def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device):
+    # The generator lives on the batch's device; its first draw seeds the host-side sampler.
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
+    rng = np.random.default_rng(seed)
+    seconds = bucketed_batch(rng, n, hp)
+    frames = np.maximum(np.round(seconds * FRAMES_PER_S).astype(np.int64), 1)
+    t_max = int(frames.max())
+    spec = torch.randn(n, 1, hp["freq_bins"], t_max, generator=gen, device=device)
+    mask = torch.arange(t_max, device=device)[None, :] < torch.as_tensor(frames, device=device)[:, None]
+    spec = spec * mask[:, None, None, :]  # silence (zeros after normalization) past each end
+    # ~chars_per_s characters per second, capped so CTC stays feasible (repeats need blanks).
+    out_frames = np.array([feature_sizes(hp["freq_bins"], int(t))[-1][1] for t in frames])
+    n_chars = np.minimum(np.maximum(np.round(seconds * hp["chars_per_s"]), 1), out_frames // 2).astype(np.int64)
+    targets = torch.randint(1, NUM_CHARS, (int(n_chars.sum()),), generator=gen, device=device)
+    # (spec, targets on the device; frame and character counts on the host)
+    return (spec, targets, torch.as_tensor(frames), torch.as_tensor(n_chars))
+
+
+def build(ctx: BuildContext) -> TorchTask:
+    hp = ctx.hparams
+    model = DeepSpeech2(hp["freq_bins"], hp["conv_channels"], hp["hidden"], hp["gru_layers"])
+
+    def loss(model, batch):
+        spec, targets, lengths, target_lengths = batch
+        log_probs, out_lengths = model(spec, lengths)
+        # 'mean' divides each utterance's loss by its transcript length, then averages.
+        return F.ctc_loss(log_probs, targets, out_lengths, target_lengths, blank=0, zero_infinity=True)
+
+    return TorchTask(
+        model=model,
+        make_optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=hp["lr"], betas=tuple(hp["betas"])),
+        make_batch=lambda gen, device: make_batch_for(hp, ctx.batch_size, gen, device),
+        loss=loss,
+        units=lambda batch: float(batch[2].sum()) / FRAMES_PER_S,  # seconds of audio
+        samples=lambda batch: float(batch[2].numel()),  # utterances
+    )

@@ -1,0 +1,1 @@
+"""inception_v3: framework-neutral spec (spec.py) and the PyTorch implementation (torch_impl.py)."""

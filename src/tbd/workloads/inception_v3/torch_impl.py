@@ -1,0 +1,48 @@
+"""Inception-v3 in PyTorch: torchvision's `inception_v3` without the auxiliary head, SGD.
+
+`tbd run inception_v3 --flavor tiny` exercises it. The model is torchvision's own, built exactly
+as bench/reference_inception.py builds it, so the two measure the same network; the step is
+the adapter's plain one (forward, cross-entropy, backward, SGD), with nothing added.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from tbd.errors import UsageError
+from tbd.frameworks.base import BuildContext
+from tbd.frameworks.torch_adapter import TorchTask
+
+
+def make_model(num_classes: int) -> torch.nn.Module:
+    # aux_logits=False: the reference benchmarks train without the auxiliary classifier, and the
+    # forward then returns plain logits. init_weights=False keeps PyTorch's default layer init:
+    # torchvision's truncated-normal init takes seconds on a CPU for 24M weights and changes
+    # nothing about step time. Nothing is downloaded.
+    return torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=num_classes)
+
+
+def build(ctx: BuildContext) -> TorchTask:
+    hp = ctx.hparams
+    size, classes, n = hp["image_size"], hp["num_classes"], ctx.batch_size
+    if size < 75:
+        raise UsageError(f"inception_v3 needs images of at least 75 px, got image_size={size}; use 75 or more")
+
+    def make_batch(gen: torch.Generator, device: torch.device):
+        images = torch.randn(n, 3, size, size, generator=gen, device=device)  # (B, 3, H, W)
+        labels = torch.randint(0, classes, (n,), generator=gen, device=device)
+        return (images, labels)
+
+    def make_optimizer(model):
+        return torch.optim.SGD(
+            model.parameters(), lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
+            foreach=True,
+        )
+
+    def loss(model, batch):
+        images, labels = batch
+        return F.cross_entropy(model(images), labels)
+
+    return TorchTask(model=make_model(classes), make_optimizer=make_optimizer, make_batch=make_batch, loss=loss)

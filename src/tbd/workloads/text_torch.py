@@ -1,0 +1,46 @@
+"""PyTorch helpers for synthetic text: Zipf-distributed token ids and padded batches.
+
+Used by the torch implementations of seq2seq, transformer and gpt (`tbd run gpt` exercises it).
+Token frequencies in real text follow Zipf's law; drawing ids that way (rather than uniformly)
+gives embedding gradients and the softmax the skew they have on real data.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+FIRST_WORD = 4  # ids below are special tokens
+
+
+def zipf_tokens(shape: tuple[int, ...], vocab: int, gen: torch.Generator, device: torch.device, first: int = FIRST_WORD) -> torch.Tensor:
+    """Ids in [first, vocab) with P(rank r) proportional to 1/r, drawn on `device` from `gen`."""
+    ranks = torch.arange(1, vocab - first + 1, device=device, dtype=torch.float32)
+    probs = 1.0 / ranks
+    n = 1
+    for s in shape:
+        n *= s
+    ids = torch.multinomial(probs, n, replacement=True, generator=gen)
+    return (ids + first).view(shape)
+
+
+def host_rng(gen: torch.Generator) -> random.Random:
+    """A Python RNG seeded from the torch generator: lengths are drawn on the host (they decide
+    shapes) and stay reproducible from the run's seed."""
+    seed = torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)
+    return random.Random(int(seed))
+
+
+def padded(lengths: list[int], vocab: int, gen: torch.Generator, device: torch.device, bos: bool = False, eos: bool = False) -> torch.Tensor:
+    """(B, max length) ids, right-padded with PAD; optional BOS first / EOS last in each row."""
+    longest = max(lengths)
+    ids = zipf_tokens((len(lengths), longest), vocab, gen, device)
+    lens = torch.tensor(lengths, device=device)
+    pos = torch.arange(longest, device=device)
+    if bos:
+        ids[:, 0] = BOS
+    if eos:
+        ids[torch.arange(len(lengths), device=device), lens - 1] = EOS
+    return ids.masked_fill(pos[None, :] >= lens[:, None], PAD)

@@ -1,0 +1,1 @@
+"""wgan: framework-neutral spec (spec.py) and the PyTorch implementation (torch_impl.py)."""

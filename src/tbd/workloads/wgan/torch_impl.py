@@ -1,0 +1,187 @@
+"""WGAN-GP in PyTorch: residual generator and critic for 64x64 images, two Adam optimizers.
+
+`tbd run wgan --flavor tiny` exercises it. One harness step is one generator iteration with
+its `n_critic` critic iterations before it (Gulrajani et al., "Improved Training of Wasserstein
+GANs", 2017, Algorithm 1); each critic iteration takes its own real batch, so a step consumes
+n_critic x batch real images (the step's units and samples). The loss reported is the critic's,
+averaged over the step's critic iterations: E[D(fake)] - E[D(real)] + lambda * GP.
+
+The networks follow the paper's "ResNet 64x64" design: the generator goes from a 4x4 map up by
+residual blocks with nearest-neighbour upsampling and BatchNorm; the critic comes down by residual
+blocks with mean pooling and layer normalization (no BatchNorm: the gradient penalty is per
+sample). GroupNorm with one group is that layer norm (statistics over C, H, W, a scale and shift
+per channel). Where a 1x1 convolution commutes with the resampling (the shortcuts), it runs at
+the lower resolution: the same function for a quarter of the work.
+
+The gradient penalty differentiates the critic's gradient (double backward): it runs eagerly
+under autocast and channels_last; with --compile only the generator is compiled, because
+compiled graphs do not support double backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tbd.errors import UsageError
+from tbd.frameworks.base import BuildContext
+from tbd.frameworks.torch_adapter import TorchTask
+from tbd.workloads.wgan.spec import check_sizes
+
+
+class UpBlock(nn.Module):
+    """BN-ReLU-upsample-conv3x3-BN-ReLU-conv3x3, plus a 1x1-conv-then-upsample shortcut."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x):
+        h = F.interpolate(F.relu(self.bn1(x)), scale_factor=2.0, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h))))
+        return h + F.interpolate(self.shortcut(x), scale_factor=2.0, mode="nearest")
+
+
+class DownBlock(nn.Module):
+    """LN-ReLU-conv3x3-LN-ReLU-conv3x3-meanpool, plus a meanpool-then-1x1-conv shortcut."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.ln1, self.conv1 = nn.GroupNorm(1, c_in), nn.Conv2d(c_in, c_in, 3, padding=1)
+        self.ln2, self.conv2 = nn.GroupNorm(1, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x):
+        h = self.conv1(F.relu(self.ln1(x)))
+        h = F.avg_pool2d(self.conv2(F.relu(self.ln2(h))), 2)
+        return h + self.shortcut(F.avg_pool2d(x, 2))
+
+
+class Generator(nn.Module):
+    def __init__(self, noise_dim: int, dim: int, mults: tuple[int, ...]):
+        super().__init__()
+        self.c0 = mults[0] * dim
+        self.fc = nn.Linear(noise_dim, 4 * 4 * self.c0)
+        self.blocks = nn.Sequential(*(UpBlock(a * dim, b * dim) for a, b in zip(mults, mults[1:])))
+        self.bn, self.out = nn.BatchNorm2d(mults[-1] * dim), nn.Conv2d(mults[-1] * dim, 3, 3, padding=1)
+
+    def forward(self, z):  # (B, noise_dim) -> (B, 3, S, S) in [-1, 1]
+        h = self.fc(z).view(z.shape[0], self.c0, 4, 4)
+        if self.out.weight.is_contiguous(memory_format=torch.channels_last):
+            h = h.contiguous(memory_format=torch.channels_last)
+        return torch.tanh(self.out(F.relu(self.bn(self.blocks(h)))))
+
+
+class Critic(nn.Module):
+    def __init__(self, dim: int, mults: tuple[int, ...]):
+        super().__init__()
+        self.inp = nn.Conv2d(3, mults[0] * dim, 3, padding=1)
+        self.blocks = nn.Sequential(*(DownBlock(a * dim, b * dim) for a, b in zip(mults, mults[1:])))
+        self.fc = nn.Linear(4 * 4 * mults[-1] * dim, 1)
+
+    def forward(self, x):  # (B, 3, S, S) -> (B,)
+        return self.fc(self.blocks(self.inp(x)).flatten(1)).squeeze(1)
+
+
+class WGAN(nn.Module):
+    """Holds both networks so the adapter moves, casts and counts them together."""
+
+    def __init__(self, hp: dict):
+        super().__init__()
+        self.generator = Generator(hp["noise_dim"], hp["dim"], tuple(hp["g_mults"]))
+        self.critic = Critic(hp["dim"], tuple(hp["d_mults"]))
+
+
+def build(ctx: BuildContext) -> TorchTask:
+    hp = ctx.hparams
+    check_sizes(hp)
+    n, size, n_critic, noise_dim, lam = ctx.batch_size, hp["image_size"], hp["n_critic"], hp["noise_dim"], hp["gp_weight"]
+    model = WGAN(hp)
+    state: dict = {}
+
+    def make_batch(gen: torch.Generator, device: torch.device):
+        # n_critic real batches (B, 3, S, S) in [-1, 1], as ImageNet 64x64 pixels scaled for tanh.
+        return tuple(torch.rand(n, 3, size, size, generator=gen, device=device) * 2 - 1 for _ in range(n_critic))
+
+    def make_optimizer(m: WGAN):
+        # Adam lr 1e-4, betas (0, 0.9) for both networks (the WGAN-GP paper's); the adapter
+        # reports the generator's, the critic's lives here.
+        if not isinstance(m, WGAN):  # wrapped by DistributedDataParallel: its gradient sync needs its forward
+            raise UsageError("wgan's two-network step runs in one process; data-parallel WGAN-GP is not implemented, "
+                             "run it without --nproc-per-node/--nnodes")
+        adam = dict(lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), foreach=True)
+        state["opt_d"] = torch.optim.Adam(m.critic.parameters(), **adam)
+        state["g_params"] = list(m.generator.parameters())
+        state["d_params"] = list(m.critic.parameters())
+        return torch.optim.Adam(m.generator.parameters(), **adam)
+
+    def generator_for(session) -> nn.Module:
+        if "G" not in state:
+            g = session.model.generator
+            if session.config.compile:
+                g = torch.compile(g)
+                session.info.method["compile"] = "torch.compile of the generator; critic eager (gradient penalty needs double backward)"
+            state["G"] = g
+        return state["G"]
+
+    def backward(session, loss, inputs, opt) -> None:
+        # backward(inputs=...) computes only that network's gradients (no weight gradients of
+        # the critic in the generator step, no gradient w.r.t. the interpolated images).
+        if session.scaler is not None:
+            session.scaler.scale(loss).backward(inputs=inputs)
+            session.scaler.step(opt)
+            session.scaler.update()
+        else:
+            loss.backward(inputs=inputs)
+            opt.step()
+
+    def critic_loss(G, D, real, autocast=contextlib.nullcontext, scaler=None):
+        with torch.no_grad(), autocast():
+            fake = G(torch.randn(n, noise_dim, device=real.device)).to(real.dtype)
+        eps = torch.rand(n, 1, 1, 1, device=real.device)
+        x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+        with autocast():
+            d_real, d_fake = D(torch.cat([real, fake])).float().chunk(2)  # one pass: per-sample norms
+            d_hat = D(x_hat).float()
+        # The penalty's gradient w.r.t. the inputs, kept in the graph (create_graph) so the
+        # critic's update differentiates through it. Taken outside autocast, scaled under fp16,
+        # as in PyTorch's AMP recipe for gradient penalties.
+        if scaler is None:
+            (grad,) = torch.autograd.grad(d_hat.sum(), x_hat, create_graph=True)
+        else:
+            (grad,) = torch.autograd.grad(scaler.scale(d_hat.sum()), x_hat, create_graph=True)
+            grad = grad / scaler.get_scale()
+        gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        return d_fake.mean() - d_real.mean() + lam * gp
+
+    def loss(m: WGAN, batch):
+        """The critic's loss on the first real batch (for tools that want one forward + loss)."""
+        return critic_loss(m.generator, m.critic, batch[0])
+
+    def train_step(session, batch):
+        G, D = generator_for(session), session.model.critic
+        opt_d, opt_g = state["opt_d"], session.optimizer
+        losses = []
+        for real in batch:  # n_critic critic iterations, a fresh real batch each
+            opt_d.zero_grad(set_to_none=True)
+            loss_d = critic_loss(G, D, real, session.autocast, session.scaler)
+            backward(session, loss_d, state["d_params"], opt_d)
+            losses.append(loss_d.detach())
+        opt_g.zero_grad(set_to_none=True)
+        with session.autocast():
+            loss_g = -D(G(torch.randn(n, noise_dim, device=batch[0].device))).float().mean()
+        backward(session, loss_g, state["g_params"], opt_g)
+        return torch.stack(losses).mean()
+
+    def images(batch) -> float:
+        return float(sum(real.shape[0] for real in batch))
+
+    return TorchTask(
+        model=model, make_optimizer=make_optimizer, make_batch=make_batch, loss=loss, units=images, samples=images,
+        train_step=train_step, extra={"state": state},
+    )

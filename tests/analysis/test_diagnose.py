@@ -1,0 +1,121 @@
+"""Diagnosis rules and recommendations on synthetic facts: every class is reachable, and the
+recommendations rank the way the time model says."""
+
+import pytest
+
+from tbd.analysis.diagnose import diagnose
+from tbd.analysis.recommend import recommend
+
+GIB = 2**30
+
+
+def gpu(**over):
+    """A profiled GPU run, busy 95% of the window on matmul-heavy kernels, with memory to spare."""
+    f = {
+        "device": "cuda", "framework": "torch", "precision": "bf16", "compile": False, "channels_last": True,
+        "batch_size": 64, "supports_channels_last": True, "has_trace": True,
+        "gpu_util_trace_pct": 95.0, "gpu_util_nvml_pct": 97.0, "mfu_pct": 40.0,
+        "class_share": {"matmul/conv": 70.0, "elementwise": 15.0, "normalization": 10.0, "optimizer": 5.0},
+        "tensor_core_share_pct": 65.0, "layout_transpose_share_pct": 0.0, "exposed_comm_pct": 0.0,
+        "gpu_idle_not_waiting_pct": 3.0, "host_busy_pct": 40.0, "input_wait_pct": 0.0,
+        "peak_reserved_bytes": 70 * GIB, "device_total_bytes": 80 * GIB, "alloc_retries": 0, "ooms": 0,
+        "optimizer_kind": "fused", "cpu_cores_busy": 1.0, "cores": 16,
+    }
+    f.update(over)
+    return f
+
+
+@pytest.mark.parametrize("facts,expected", [
+    (gpu(), "compute-bound"),
+    (gpu(class_share={"matmul/conv": 20.0, "elementwise": 50.0, "normalization": 20.0, "reduction": 10.0}), "memory-bandwidth-bound"),
+    (gpu(ncu_tensor_pipe_pct=10.0, ncu_fma_pipe_pct=5.0, ncu_dram_pct=75.0), "memory-bandwidth-bound"),
+    (gpu(gpu_util_trace_pct=45.0, gpu_idle_not_waiting_pct=50.0), "host-bound"),
+    (gpu(input_wait_pct=30.0), "input-bound"),
+    (gpu(exposed_comm_pct=25.0, class_share={"matmul/conv": 60.0, "communication": 40.0}), "communication-bound"),
+    (gpu(alloc_retries=12), "memory-capacity-limited"),
+    ({"device": "cpu", "framework": "torch", "cpu_cores_busy": 1.9, "cores": 2, "cpu_util_pct": 95.0, "has_trace": True}, "host-bound"),
+    # without a trace: NVML says idle while a core is saturated
+    ({"device": "cuda", "framework": "torch", "gpu_util_nvml_pct": 30.0, "cpu_cores_busy": 1.0, "has_trace": False}, "host-bound"),
+    ({"device": "cuda", "framework": "torch", "has_trace": False}, "undetermined"),
+])
+def test_each_class_is_reachable(facts, expected):
+    d = diagnose(facts)
+    assert d["class"] == expected, d
+    assert d["evidence"]
+
+
+def test_secondary_classes_and_notes():
+    d = diagnose(gpu(gpu_idle_not_waiting_pct=15.0, peak_reserved_bytes=78 * GIB, data_synthetic=True, period_steps=10, stall_share_pct=4.0))
+    assert d["class"] == "compute-bound"
+    assert {s["class"] for s in d["secondary"]} == {"host-bound", "memory-capacity-limited"}
+    assert any("synthetic" in n for n in d["notes"]) and any("every 10 steps" in n for n in d["notes"])
+    assert "run again with --profile" in diagnose({"device": "cuda", "has_trace": False})["evidence"]
+    assert diagnose({"device": "cpu", "cores": 2})["label"] == "host-bound (CPU training)"
+
+
+def test_fp32_compute_bound_recommends_bf16_first():
+    recs = recommend(gpu(precision="fp32", channels_last=False, peak_reserved_bytes=20 * GIB))
+    assert recs[0]["action"] == "precision bf16" and recs[0]["apply"] == {"precision": "bf16"}
+    actions = [r["action"] for r in recs]
+    assert "precision tf32" in actions and "channels_last memory format" in actions
+    assert "larger batch (64 -> 192)" in actions  # 0.85 x 80 GiB / 20 GiB -> 3x
+    assert [r["rank"] for r in recs] == list(range(1, len(recs) + 1))
+    assert all(recs[i]["expected_gain_pct"] >= recs[i + 1]["expected_gain_pct"] for i in range(len(recs) - 1))
+    # bf16 on a 95%-busy GPU with 70% matmul time: T' = 0.05 + 0.95 * (0.3/1.5 + 0.7/3) -> about +120%
+    assert 100 < recs[0]["expected_gain_pct"] < 140
+
+
+def test_launch_bound_recommends_compile_and_batch_not_precision_gains():
+    facts = gpu(gpu_util_trace_pct=40.0, gpu_idle_not_waiting_pct=55.0, host_busy_pct=90.0, peak_reserved_bytes=10 * GIB)
+    recs = recommend(facts)
+    top = recs[0]["action"]
+    assert top.startswith("larger batch") or top.startswith("torch.compile")
+    # a fully-busy GPU gains little from a larger batch (the paper's finding)
+    busy = [r for r in recommend(gpu(gpu_util_trace_pct=99.0, peak_reserved_bytes=10 * GIB)) if r["action"].startswith("larger batch")]
+    assert not busy or busy[0]["expected_gain_pct"] < 2
+
+
+def test_fused_optimizer_input_and_stall_recommendations():
+    recs = {r["action"]: r for r in recommend(gpu(optimizer_kind="foreach", class_share={"matmul/conv": 60.0, "optimizer": 20.0, "elementwise": 20.0},
+                                                  input_wait_pct=20.0, period_steps=50, stall_share_pct=5.0))}
+    assert recs["fused optimizer (now foreach)"]["apply"] is None
+    assert recs["more data-loader workers / prefetching"]["expected_gain_pct"] > 10
+    assert "remove the periodic stall every 50 steps" in recs
+
+
+def test_cpu_run_recommendations():
+    facts = {"device": "cpu", "framework": "torch", "precision": "fp32", "compile": False, "channels_last": False, "supports_channels_last": True,
+             "batch_size": 4, "step_ms": 20.0, "ops_per_step": 600, "host_peak_rss_bytes": 1 * GIB, "host_total_bytes": 16 * GIB,
+             "host_class_share": {"matmul/conv": 60.0, "normalization": 20.0, "optimizer": 15.0, "elementwise": 5.0}, "host_optimizer_kind": "foreach"}
+    recs = recommend(facts)
+    actions = [r["action"] for r in recs]
+    by = {r["action"]: r for r in recs}
+    # 600 ops x 10 us = 30% of a 20 ms step, amortized over 4x: 1 / (0.7 + 0.3 / 4) - 1
+    assert by["larger batch (4 -> 16)"]["expected_gain_pct"] == pytest.approx(29.0, abs=0.1)
+    assert set(actions[:2]) == {"larger batch (4 -> 16)", "torch.compile"}
+    assert "channels_last memory format" in actions and "torch.compile" in actions and "fused optimizer (now foreach)" in actions
+    assert not any(r["action"].startswith("precision") for r in recs)  # no AMX here
+
+
+def test_verify_reruns_with_the_top_applicable_recommendation(monkeypatch, tmp_path):
+    from tbd.analysis import verify as verify_mod
+    from tbd.results.store import Store
+
+    seen = {}
+
+    def fake_launch(config, progress=None):
+        seen["config"] = config
+        return {"id": "new-run", "created_at": "2026-01-01T00:00:00+00:00", "status": "ok", "config": config.to_dict(),
+                "metrics": {"samples_per_s": 150.0}, "error": None}
+
+    monkeypatch.setattr(verify_mod, "launch", fake_launch)
+    record = {"id": "old", "config": {"workload": "resnet50", "framework": "torch", "flavor": "tiny", "device": "cpu", "batch_size": 4,
+                                      "precision": "fp32", "profile": True}, "metrics": {"samples_per_s": 100.0}}
+    analysis = {"recommendations": [{"action": "fused optimizer", "expected_gain_pct": 30.0, "apply": None},
+                                    {"action": "channels_last memory format", "expected_gain_pct": 12.0, "apply": {"channels_last": True}}]}
+    store = Store(tmp_path / "home")
+    out = verify_mod.verify(record, analysis, store)
+    assert seen["config"].channels_last is True and seen["config"].profile is False and seen["config"].batch_size == 4
+    assert out["action"] == "channels_last memory format" and out["expected_gain_pct"] == 12.0
+    assert out["measured_gain_pct"] == pytest.approx(50.0)
+    assert store.get("new-run")["metrics"]["samples_per_s"] == 150.0

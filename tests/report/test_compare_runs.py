@@ -1,0 +1,71 @@
+"""`tbd compare`: ratios with bootstrap CIs, pairing, environment warnings, regression exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from sweep_fakes import fake_record
+
+from tbd.cli import main
+from tbd.config import RunConfig
+from tbd.report import compare as cmp
+from tbd.results.store import Store
+
+
+def test_ratio_ci_covers_the_true_ratio():
+    rng = np.random.default_rng(1)
+    a = 100 * (1 + 0.03 * rng.standard_normal(40))
+    b = 150 * (1 + 0.03 * rng.standard_normal(40))
+    ratio, lo, hi = cmp.ratio_ci(a, b)
+    assert lo < 1.5 < hi and abs(ratio - 1.5) < 0.03 and hi - lo < 0.1
+    assert np.isnan(cmp.ratio_ci(a, b[:1])[1])  # one sample: no interval, not a made-up one
+
+
+def _save_sweep(store, name, rate, device="cpu", hostname="host-a", torch_version="2.14.1"):
+    records = []
+    for b in (4, 8):
+        r = fake_record(RunConfig("resnet50", device=device, batch_size=b), rate=rate, hostname=hostname, torch_version=torch_version)
+        r["sweep"] = {"id": f"id-{name}", "name": name, "point": b}
+        store.save(r)
+        records.append(r)
+    store.save_sweep(f"id-{name}", name, {})
+    return records
+
+
+def test_pairs_across_the_field_that_differs_and_warns_on_environment():
+    a = [fake_record(RunConfig("resnet50", batch_size=b), hostname="h1") for b in (4, 8)]
+    b = [fake_record(RunConfig("resnet50", batch_size=b, precision="bf16"), hostname="h2", torch_version="2.15.0") for b in (4, 8, 16)]
+    pairs, across, lonely = cmp.pair_up(a, b)
+    assert across == ["precision"] and [p.label for p in pairs] == ["resnet50/torch/tiny/cpu/bs4", "resnet50/torch/tiny/cpu/bs8"]
+    assert lonely == ["resnet50/torch/tiny/cpu/bs16 (only in B)"]
+    warnings = cmp.environment_warnings(a, b)
+    assert any(w.startswith("host differs") for w in warnings) and any("library torch differs" in w for w in warnings)
+
+
+def test_fail_if_slower_exits_1_on_regression_and_0_otherwise(tbd_home, capsys):
+    store = Store()
+    _save_sweep(store, "old", rate=100)
+    _save_sweep(store, "new", rate=80, torch_version="2.15.0")  # 20% slower
+    assert main(["compare", "old", "new"]) == 0
+    out = capsys.readouterr().out
+    assert "0.80" in out and "library torch differs" in out
+    assert main(["compare", "old", "new", "--fail-if-slower", "10"]) == 1
+    assert "regression: 2 point(s)" in capsys.readouterr().out
+    assert main(["compare", "old", "new", "--fail-if-slower", "30"]) == 0
+
+
+def test_saved_baseline_compares_like_the_sweep(tbd_home, tmp_path, capsys):
+    store = Store()
+    _save_sweep(store, "base", rate=100)
+    _save_sweep(store, "cand", rate=101)
+    path = tmp_path / "base.json"
+    assert main(["compare", "--save-baseline", str(path), "base"]) == 0
+    assert json.loads(path.read_text())["format"] == cmp.BASELINE_FORMAT
+    assert main(["compare", str(path), "cand", "--fail-if-slower", "5"]) == 0
+    assert "no point of B is more than 5% slower" in capsys.readouterr().out
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text("{}")
+    assert main(["compare", str(bogus), "cand"]) == 2
+    assert "not a tbd baseline" in capsys.readouterr().err
+    assert main(["compare", "nothing-like-this", "cand"]) == 2

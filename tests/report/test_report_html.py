@@ -1,0 +1,74 @@
+"""`tbd report`: one self-contained HTML file with every section, figures beside it."""
+
+from __future__ import annotations
+
+import re
+
+from sweep_fakes import fake_record
+
+from tbd.cli import main
+from tbd.config import RunConfig
+from tbd.report.html import SECTIONS, write_report
+from tbd.results.record import new_record
+from tbd.results.store import Store
+
+
+def report_records() -> list[dict]:
+    """A sweep's worth of records: two lines over batch sizes, an OOM, a skip, GPU runs with
+    the optional parts (memory profile, analysis) and one without them."""
+    records = []
+    for precision in ("fp32", "bf16"):
+        for b in (4, 8, 16, 32):
+            records.append(fake_record(RunConfig("resnet50", precision=precision, batch_size=b), oom_above=16 if precision == "fp32" else None))
+    skipped = new_record("skip-1", RunConfig("resnet50", batch_size=64).to_dict())
+    skipped.update(status="skipped", error={"kind": "skipped", "message": "skipped: batch 32 of this line ran out of memory"})
+    records.append(skipped)
+    profile = {"categories": {"weights": 100 * 2**20, "gradients": 100 * 2**20, "optimizer_state": 100 * 2**20,
+                              "feature_maps": 2000 * 2**20, "workspace": 50 * 2**20, "unattributed": 3 * 2**20}}
+    analysis = {"diagnosis": "host/launch-bound", "gpu_util_trace_pct": 61.5,
+                "recommendations": [{"title": "use CUDA graphs or torch.compile", "expected_gain_pct": 30}]}
+    records.append(fake_record(RunConfig("inception_v3", device="cuda", precision="bf16", batch_size=64), rate=2000,
+                               extras={"memory_profile": profile, "analysis": analysis}))
+    records.append(fake_record(RunConfig("inception_v3", device="cuda", precision="bf16", batch_size=128), rate=2500))
+    return records
+
+
+def test_report_has_every_section_and_needs_nothing_else(tmp_path):
+    path = write_report(report_records(), tmp_path / "out" / "report.html", "test report", "fake runs.")
+    text = path.read_text()
+    for sid, name in SECTIONS:
+        assert f"<section id='{sid}'>" in text and name in text
+    # Self-contained: no script, nothing fetched from a network, every image inline.
+    assert "<script" not in text.lower()
+    assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", text)
+    images = re.findall(r"<img [^>]*src='([^']*)'", text)
+    assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
+    for name in ("throughput_vs_batch", "utilization", "memory", "step_times"):
+        assert (tmp_path / "out" / "report-plots" / f"{name}.png").stat().st_size > 1000
+        assert (tmp_path / "out" / "report-plots" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    assert "host/launch-bound" in text and "use CUDA graphs" in text  # the diagnosis
+    assert "batch 32 of this line ran out of memory" in text and "oom: out of memory" in text
+    assert "Fake CPU" in text and "2.14.1" in text  # the environment table
+
+
+def test_report_without_optional_parts_says_what_is_missing(tmp_path):
+    records = [fake_record(RunConfig("resnet50", batch_size=4))]
+    text = write_report(records, tmp_path / "r.html", "t").read_text()
+    assert "No analysis ran for these runs" in text
+    failed_only = [new_record("x", RunConfig("resnet50", batch_size=4).to_dict())]
+    failed_only[0]["error"] = {"kind": "crash", "message": "boom"}
+    text = write_report(failed_only, tmp_path / "f.html", "t").read_text()
+    assert "nothing to plot" in text and "boom" in text
+
+
+def test_report_command_defaults_to_the_newest_sweep(tbd_home, capsys):
+    store = Store()
+    for r in report_records()[:4]:
+        r["sweep"] = {"id": "sid", "name": "mine", "point": 1}
+        store.save(r)
+    store.save_sweep("sid", "mine", {})
+    assert main(["report"]) == 0
+    out = capsys.readouterr().out
+    path = tbd_home / "reports" / "mine" / "report.html"
+    assert str(path) in out and path.exists()
+    assert main(["report", "--output", "r.txt"]) == 2

@@ -1,0 +1,94 @@
+"""`tbd sweep` end to end: a real tiny sweep, bad files, and a sweep killed mid-point that resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tbd.cli import main
+from tbd.results.store import Store
+
+HERE = Path(__file__).parent
+
+
+def test_real_tiny_sweep_then_report_export_and_compare(tbd_home, tmp_path, capsys):
+    argv = ["sweep", "--workloads", "resnet50", "--frameworks", "torch", "--devices", "cpu", "--batch-sizes", "2",
+            "--max-steps", "2", "--in-process", "--name", "e2e"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "sweep e2e" in out and "1 run, 0 already done" in out
+    [record] = Store().list()
+    assert record["status"] == "ok" and record["sweep"]["name"] == "e2e" and record["config"]["batch_size"] == 2
+    assert main(argv) == 0 and "0 run, 1 already done" in capsys.readouterr().out  # resumed, nothing reran
+    html = tmp_path / "r.html"
+    assert main(["report", "e2e", "--output", str(html)]) == 0
+    assert str(html.resolve()) in capsys.readouterr().out and "throughput_vs_batch" in html.read_text()
+    csv = tmp_path / "e2e.csv"
+    assert main(["export", "--sweep", "e2e", "--output", str(csv)]) == 0
+    assert csv.read_text().count("\n") == 2  # header + the one run
+    assert main(["compare", "e2e", record["id"], "--fail-if-slower", "5"]) == 0  # a run against itself: ratio 1
+    assert "1.000" in capsys.readouterr().out
+
+
+def test_bad_sweep_file_is_one_line_exit_2(tbd_home, tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('workloads = ["resnet50"]\nbatch_size = [4]\n')
+    assert main(["sweep", "--file", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tbd: error: {bad}:2: key 'batch_size' is unknown (did you mean: batch_sizes") and "valid keys: name" in err
+    assert "\n" not in err
+    assert main(["sweep", "--file", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read sweep file" in capsys.readouterr().err
+
+
+# A sweep in a child interpreter whose launcher is a slow fake, so it can be killed mid-point.
+CHILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {here!r})
+    from sweep_fakes import FakeLauncher
+    import tbd.harness.launcher as launcher
+
+    class Slow(FakeLauncher):
+        def __call__(self, config, progress=None):
+            time.sleep({delay})
+            return super().__call__(config, progress)
+
+    launcher.launch = Slow()
+    from tbd.cli import main
+    sys.exit(main(["sweep", "--workloads", "resnet50", "--frameworks", "torch", "--devices", "cpu",
+                   "--batch-sizes", "1,2,3,4", "--name", "killme"]))
+""")
+
+
+def _child(delay: float) -> subprocess.Popen:
+    code = CHILD.format(here=str(HERE), delay=delay)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+
+
+def test_killed_sweep_keeps_finished_points_and_resumes(tbd_home):
+    child = _child(delay=1.5)
+    deadline = time.monotonic() + 60
+    try:
+        while not Store().list() and time.monotonic() < deadline:
+            assert child.poll() is None, child.stdout.read()
+            time.sleep(0.1)
+    finally:
+        child.send_signal(signal.SIGKILL)  # mid-point: the next point is in flight
+        child.wait(timeout=30)
+    before = {r["id"]: r for r in Store().list()}
+    assert 1 <= len(before) < 4 and all(r["status"] == "ok" for r in before.values())
+    rerun = _child(delay=0)
+    out, _ = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, out
+    assert f"{4 - len(before)} run, {len(before)} already done" in out
+    after = Store().list()
+    assert sorted(r["config"]["batch_size"] for r in after) == [1, 2, 3, 4]
+    assert all(r["id"] in {a["id"] for a in after} for r in before.values())  # finished points kept as they were

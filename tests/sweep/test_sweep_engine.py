@@ -1,0 +1,89 @@
+"""The sweep engine with a fake launcher: OOM skipping, max-batch bisection, resume, the store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from sweep_fakes import FakeLauncher, fake_record
+
+from tbd.config import RunConfig
+from tbd.results.store import Store
+from tbd.sweep import spec as sweep_spec
+from tbd.sweep.engine import SweepRunner, sweep_records
+
+
+def make_plan(**kw):
+    spec = sweep_spec.SweepSpec(name=kw.pop("name", "t"), workloads=["resnet50"], frameworks=["torch"], devices=["cpu"], **kw)
+    return sweep_spec.plan(spec)
+
+
+def test_oom_skips_larger_batches_and_everything_is_stored(tbd_home):
+    store = Store()
+    plan = make_plan(batch_sizes=[4, 8, 16, 32], precisions=["fp32", "bf16"])
+    fake = FakeLauncher(oom_above=8)
+    result = SweepRunner(plan, store, launch=fake).run()
+    # Per line: 4 and 8 run, 16 runs out of memory, 32 is skipped without running.
+    assert sorted(c.batch_size for c in fake.calls) == [4, 4, 8, 8, 16, 16]
+    assert result.ran == 6 and result.skipped == 2
+    stored = store.list(sweep=plan.sweep_id)
+    assert len(stored) == 8
+    by_status = {(r["config"]["precision"], r["config"]["batch_size"]): r["status"] for r in stored}
+    assert by_status[("fp32", 16)] == "failed" and by_status[("fp32", 32)] == "skipped"
+    skipped = next(r for r in stored if r["status"] == "skipped")
+    assert "batch 16" in skipped["error"]["message"]
+    assert all(r["sweep"]["id"] == plan.sweep_id and r["sweep"]["name"] == "t" for r in stored)
+    sweep, recs = sweep_records(store, "t")
+    assert sweep["id"] == plan.sweep_id and len(recs) == 8
+
+
+def test_running_the_same_sweep_again_resumes(tbd_home):
+    store = Store()
+    plan = make_plan(batch_sizes=[4, 8, 16])
+    first = FakeLauncher(fail_at={8})
+    SweepRunner(plan, store, launch=first).run()
+    again = FakeLauncher()
+    result = SweepRunner(make_plan(batch_sizes=[4, 8, 16]), store, launch=again).run()
+    assert again.calls == [] and result.resumed == 3  # nothing reran
+    retry = FakeLauncher()
+    result = SweepRunner(make_plan(batch_sizes=[4, 8, 16]), store, launch=retry, retry_failed=True).run()
+    assert [c.batch_size for c in retry.calls] == [8] and result.failed == 0
+    # A bigger sweep of the same name runs only its new points... under a new id (the plan changed).
+    bigger = FakeLauncher()
+    SweepRunner(make_plan(batch_sizes=[4, 8, 16, 32]), store, launch=bigger).run()
+    assert len(bigger.calls) == 4
+
+
+def test_max_batch_bisects_to_the_largest_batch_that_fits(tbd_home):
+    store = Store()
+    plan = make_plan(batch_sizes=[4], max_batch=1000)
+    fake = FakeLauncher(oom_above=37)
+    result = SweepRunner(plan, store, launch=fake).run()
+    assert list(result.max_batch.values()) == [37]
+    tried = [c.batch_size for c in fake.calls]
+    assert tried[:5] == [4, 8, 16, 32, 64] and len(tried) <= 12  # doubling, then a bisection
+    assert all(c.max_steps <= 3 for c in fake.calls)  # probes are short runs
+    assert all(r["sweep"]["probe"] for r in store.list(sweep=plan.sweep_id))
+    # The bound is respected when nothing runs out of memory.
+    result = SweepRunner(make_plan(batch_sizes=[4], max_batch=20), store, launch=FakeLauncher()).run()
+    assert list(result.max_batch.values()) == [20]
+    summary = store.sweeps(plan.sweep_id)[0]["summary"]
+    assert list(summary["max_batch"].values()) == [37]
+
+
+def test_store_made_before_sweeps_gains_the_column(tmp_path):
+    home = tmp_path / "old"
+    home.mkdir()
+    conn = sqlite3.connect(home / "tbd.sqlite")
+    conn.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, created_at TEXT, workload TEXT, framework TEXT, flavor TEXT,"
+                 " device TEXT, batch_size INTEGER, precision TEXT, status TEXT, record TEXT NOT NULL)")
+    old = fake_record(RunConfig("resnet50", batch_size=4))
+    conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)", (old["id"], old["created_at"], "resnet50", "torch", "tiny", "cpu", 4, "fp32", "ok", json.dumps(old)))
+    conn.commit()
+    conn.close()
+    store = Store(home)
+    new = fake_record(RunConfig("resnet50", batch_size=8))
+    new["sweep"] = {"id": "abc", "name": "n", "point": 1}
+    store.save(new)
+    assert {r["id"] for r in store.list()} == {old["id"], new["id"]}
+    assert [r["id"] for r in store.list(sweep="abc")] == [new["id"]]

@@ -1,0 +1,100 @@
+"""Sweep specs: TOML files, flags, presets, and errors that name the file, line and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from tbd import registry
+from tbd.errors import UsageError
+from tbd.sweep import spec as sweep_spec
+
+GOOD = """\
+name = "resnet-batches"
+workloads = ["resnet50"]
+frameworks = ["torch"]
+devices = ["cpu"]
+precisions = ["fp32", "bf16", "tf32"]
+batch_sizes = [16, 4, 8]
+
+[budget]
+max_steps = 4
+max_time = 5
+"""
+
+
+def test_file_expands_into_lines_with_sorted_batches_and_notes(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD)
+    plan = sweep_spec.plan(sweep_spec.load_file(path))
+    assert plan.name == "resnet-batches"
+    assert [l.base["precision"] for l in plan.lines] == ["fp32", "bf16"]
+    assert all(l.batches == [4, 8, 16] for l in plan.lines)
+    assert plan.lines[0].base["max_steps"] == 4 and plan.lines[0].base["max_time_s"] == 5.0
+    assert plan.num_points == 6
+    assert any("tf32 needs a GPU" in n for n in plan.notes)  # tf32 on a CPU is listed as not run
+    # The same sweep gets the same id (that is what resume relies on); another sweep another id.
+    assert sweep_spec.plan(sweep_spec.load_file(path)).sweep_id == plan.sweep_id
+    in_process = sweep_spec.load_file(path)
+    in_process.isolate = False  # how points are launched is not part of what is measured
+    assert sweep_spec.plan(in_process).sweep_id == plan.sweep_id
+    path.write_text(GOOD.replace("[16, 4, 8]", "[4]"))
+    assert sweep_spec.plan(sweep_spec.load_file(path)).sweep_id != plan.sweep_id
+
+
+@pytest.mark.parametrize("text,line,key", [
+    (GOOD.replace('precisions = ', 'precison = '), 5, "precison"),
+    (GOOD.replace("max_time = 5", "max_tme = 5"), 10, "budget.max_tme"),
+    (GOOD.replace("batch_sizes = [16, 4, 8]", "batch_sizes = [16, 0]"), 6, "batch_sizes"),
+    (GOOD + "\n[batch_sizes]\n", None, None),  # duplicate key: a TOML syntax error
+    (GOOD.replace("batch_sizes = [16, 4, 8]", "[batch_sizes]\nresnet5 = [4]").replace("[budget]\nmax_steps = 4\nmax_time = 5\n", ""), 7, "batch_sizes.resnet5"),
+])
+def test_bad_files_name_file_line_and_key(tmp_path, text, line, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as err:
+        sweep_spec.load_file(path)
+    msg = str(err.value)
+    assert str(path) in msg and "\n" not in msg
+    if key:
+        assert f"{path}:{line}: key '{key}'" in msg, msg
+    else:
+        assert "not valid TOML" in msg and "line" in msg
+
+
+def test_unknown_key_suggests_the_nearest():
+    with pytest.raises(UsageError, match=r"did you mean: precisions"):
+        sweep_spec.parse_text('precison = ["fp32"]\n', "x.toml")
+
+
+def test_unknown_workload_and_framework_are_usage_errors():
+    with pytest.raises(UsageError, match="unknown workload 'resnet5'"):
+        sweep_spec.plan(sweep_spec.SweepSpec(workloads=["resnet5"], devices=["cpu"]))
+    with pytest.raises(UsageError, match="unknown framework"):
+        sweep_spec.plan(sweep_spec.SweepSpec(workloads=["resnet50"], frameworks=["pytorch"], devices=["cpu"]))
+
+
+def test_quick_preset_covers_the_registry():
+    plan = sweep_spec.plan(sweep_spec.load_preset("quick"))
+    expected = {(w, f) for w in registry.workload_names() for f in registry.implementations(w)
+                if registry.is_installed(f) and "tiny" in registry.get_spec(w).flavors}
+    runnable = {(l.base["workload"], l.base["framework"]) for l in plan.lines}
+    not_run = {tuple(n.split(" ", 1)[0].split("/")[:2]) for n in plan.notes}
+    assert runnable and runnable | (expected & not_run) == expected  # every pair runs or says why not
+    assert all(l.base["flavor"] == "tiny" and l.base["max_time_s"] <= 10 for l in plan.lines)
+
+
+def test_paper_preset_sweeps_batch_sizes_and_precisions():
+    spec = sweep_spec.load_preset("paper")
+    assert spec.batch_sizes_per_workload["resnet50"][0] == 4 and spec.batch_sizes_per_workload["resnet50"][-1] >= 64
+    assert {"fp32", "bf16"} <= set(spec.precisions)
+    plan = sweep_spec.plan(spec)
+    assert any(l.base["workload"] == "resnet50" and len(l.batches) >= 5 for l in plan.lines)
+    with pytest.raises(UsageError, match="unknown preset 'quik'.*quick"):
+        sweep_spec.load_preset("quik")
+
+
+def test_flag_lists_are_validated():
+    assert sweep_spec.parse_int_list("4, 8,16", "--batch-sizes") == [4, 8, 16]
+    assert sweep_spec.parse_bool_list("off,on", "--compile") == [False, True]
+    with pytest.raises(UsageError, match="--batch-sizes"):
+        sweep_spec.parse_int_list("4,x", "--batch-sizes")
