@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import statistics
 
 import pytest
 
@@ -48,5 +49,8 @@ def test_training_on_a_fixed_batch_lowers_the_loss(workload, framework):
     config = RunConfig(workload=workload, framework=framework, flavor="tiny", isolate=False).validated()
     losses = losses_on_fixed_batch(config, steps)
     assert all(math.isfinite(x) for x in losses)
-    first, last = losses[0], sum(losses[-3:]) / 3
-    assert last < 0.7 * first, f"loss did not fall enough: {losses[0]:.4g} -> {losses[-3:]}"
+    # The median of the last third of the steps, not their mean: with BatchNorm on a batch of 4,
+    # a model that has memorized its batch still spikes now and then (seen in torch and JAX alike).
+    tail = losses[-max(3, len(losses) // 3) :]
+    first, last = losses[0], statistics.median(tail)
+    assert last < 0.7 * first, f"loss did not fall enough: {losses[0]:.4g} -> {tail}"
