@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from tbd.commands import EXAMPLES, add_home
+from tbd.commands.run import positive_int
 from tbd.config import PRECISIONS, RunConfig
 from tbd.errors import UsageError
 
@@ -31,26 +32,16 @@ def register(sub) -> None:
     p.add_argument("--framework", "-f", default="torch", help="torch or jax (default: torch)")
     p.add_argument("--flavor", default="tiny", help="workload size: tiny or paper (default: tiny)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto, the best device present)")
-    p.add_argument("--batch-size", "-b", type=_positive_int, help="batch size (default: the flavor's)")
+    p.add_argument("--batch-size", "-b", type=positive_int, help="batch size (default: the flavor's)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, tf32, bf16 or fp16 (default: fp32)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for convolutional models (PyTorch)")
-    p.add_argument("--warmup", type=_positive_int, default=1, help="untracked steps before the profiled one (default: 1)")
+    p.add_argument("--warmup", type=positive_int, default=1, help="untracked steps before the profiled one (default: 1)")
     p.add_argument("--max-batch", action="store_true", help="fit memory = fixed + per-sample x batch on a few batches and predict the largest that fits")
     p.add_argument("--memory", help="with --max-batch: memory to fit into, like 80GiB, 512MiB or 16GB (default: the device's)")
     p.add_argument("--fit-batches", help="with --max-batch: batch sizes to fit on, like 4,8,16 (default: b/4, b/2, b)")
-    p.add_argument("--layers", type=_positive_int, default=15, help="rows of the per-layer table to print (default: 15)")
+    p.add_argument("--layers", type=positive_int, default=15, help="rows of the per-layer table to print (default: 15)")
     add_home(p)
     p.set_defaults(func=memory)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def memory(args) -> int:

@@ -22,6 +22,7 @@ import optax
 from tbd.errors import RunFailure
 from tbd.frameworks import jax_distributed
 from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+from tbd.results.environment import cpu_model
 
 Batch = Any  # a pytree of arrays on the run's device
 
@@ -119,7 +120,7 @@ class JaxSession:
         # One executable for the whole step; the state is donated so it is updated in place.
         self._step = jax.jit(task.train_step or _default_step(task), donate_argnums=0)
         self.info = SessionInfo(
-            device_name=self.device.device_kind if self.device.platform != "cpu" else _cpu_name(),
+            device_name=self.device.device_kind if self.device.platform != "cpu" else cpu_model(),
             framework_version=jax.__version__,
             num_parameters=self.num_parameters,
             method={
@@ -192,19 +193,6 @@ def _precision_note(precision: str) -> str:
         "tf32": "fp32 parameters, TF32 matmuls and convolutions ('tensorfloat32')",
         "bf16": "bf16 compute, fp32 parameters and optimizer state, no loss scaling",
     }[precision]
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def open_session(config, spec, impl) -> JaxSession:

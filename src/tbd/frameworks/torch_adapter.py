@@ -19,6 +19,7 @@ from torch import nn
 
 from tbd.frameworks import torch_distributed
 from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+from tbd.results.environment import cpu_model
 
 Batch = Sequence[Any]
 
@@ -98,7 +99,7 @@ class TorchSession:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.info = SessionInfo(
-            device_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else _cpu_name(),
+            device_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_model(),
             framework_version=torch.__version__,
             num_parameters=self.num_parameters,
             method={
@@ -176,19 +177,6 @@ class TorchSession:
         if self.task.close is not None:
             close, self.task.close = self.task.close, None
             close()
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def open_session(config, spec, impl) -> TorchSession:
