@@ -276,6 +276,9 @@ def print_summary(results: dict) -> None:
         cells = [f"b={r['batch_size']}: {r['feature_maps_largest_pct_of_peak']:.0f}% ({r['peak_phase']})" if r["status"] == "ok"
                  else f"b={r['batch_size']}: {r['status']}" for r in rows]
         print(f"  {w:<14} " + "   ".join(cells))
+        for r in rows:  # say why, so a failure on the GPU can be fixed from the log alone
+            if r["status"] == "error":
+                print(f"    b={r['batch_size']} error: {r.get('error', '')[:200]}")
     for s in results["skipped"]:
         print(f"skipped: {s}")
 
