@@ -98,3 +98,16 @@ def expected(model: LengthModel, fn, draws: int = 4000, seed: int = 1234) -> flo
     the FLOPs per sample of a flavor are one deterministic number)."""
     rng = random.Random(seed)
     return sum(fn(*model.draw(rng)) for _ in range(draws)) / draws
+
+
+def expected_train_flops(hparams, forward_flops) -> float:
+    """Training FLOPs per sentence pair averaged over the flavor's length distribution, from
+    `forward_flops(hparams, src_len, tgt_len)` (backward = 2x forward)."""
+    from tbd.workloads.base import TRAIN_FLOPS_PER_FORWARD
+
+    return TRAIN_FLOPS_PER_FORWARD * expected(LengthModel.from_hparams(hparams), lambda s, t: forward_flops(hparams, s, t))
+
+
+def expected_tokens_per_pair(hparams) -> float:
+    """Source plus target tokens of an average sentence pair."""
+    return expected(LengthModel.from_hparams(hparams), lambda s, t: s + t)

@@ -8,12 +8,12 @@ the adapter's plain one (forward, cross-entropy, backward, SGD), with nothing ad
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import torchvision
 
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch_adapter import TorchTask
+from tbd.workloads.image_torch import classification_task
 
 
 def make_model(num_classes: int) -> torch.nn.Module:
@@ -25,24 +25,7 @@ def make_model(num_classes: int) -> torch.nn.Module:
 
 
 def build(ctx: BuildContext) -> TorchTask:
-    hp = ctx.hparams
-    size, classes, n = hp["image_size"], hp["num_classes"], ctx.batch_size
+    size = ctx.hparams["image_size"]
     if size < 75:
         raise UsageError(f"inception_v3 needs images of at least 75 px, got image_size={size}; use 75 or more")
-
-    def make_batch(gen: torch.Generator, device: torch.device):
-        images = torch.randn(n, 3, size, size, generator=gen, device=device)  # (B, 3, H, W)
-        labels = torch.randint(0, classes, (n,), generator=gen, device=device)
-        return (images, labels)
-
-    def make_optimizer(model):
-        return torch.optim.SGD(
-            model.parameters(), lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
-            foreach=True,
-        )
-
-    def loss(model, batch):
-        images, labels = batch
-        return F.cross_entropy(model(images), labels)
-
-    return TorchTask(model=make_model(classes), make_optimizer=make_optimizer, make_batch=make_batch, loss=loss)
+    return classification_task(make_model(ctx.hparams["num_classes"]), ctx)

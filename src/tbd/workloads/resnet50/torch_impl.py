@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 import torchvision
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch_adapter import TorchTask
+from tbd.workloads.image_torch import classification_task
 
 
 def build(ctx: BuildContext) -> TorchTask:
-    hp = ctx.hparams
-    size, classes, n = hp["image_size"], hp["num_classes"], ctx.batch_size
-
-    def make_batch(gen: torch.Generator, device: torch.device):
-        images = torch.randn(n, 3, size, size, generator=gen, device=device)  # (B, 3, H, W)
-        labels = torch.randint(0, classes, (n,), generator=gen, device=device)
-        return (images, labels)
-
-    def make_optimizer(model):
-        return torch.optim.SGD(
-            model.parameters(), lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
-            foreach=True,
-        )
-
-    def loss(model, batch):
-        images, labels = batch
-        return F.cross_entropy(model(images), labels)
-
-    return TorchTask(
-        model=torchvision.models.resnet50(num_classes=classes),
-        make_optimizer=make_optimizer,
-        make_batch=make_batch,
-        loss=loss,
-    )
+    return classification_task(torchvision.models.resnet50(num_classes=ctx.hparams["num_classes"]), ctx)

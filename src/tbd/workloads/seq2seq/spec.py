@@ -23,8 +23,8 @@ off on the CPU: the counter has no formula for fused RNN kernels (oneDNN's on th
 
 from __future__ import annotations
 
-from tbd.workloads.base import TRAIN_FLOPS_PER_FORWARD, Flavor, WorkloadSpec
-from tbd.workloads.text_data import LengthModel, expected
+from tbd.workloads.base import Flavor, WorkloadSpec
+from tbd.workloads.text_data import expected_tokens_per_pair, expected_train_flops
 
 # IWSLT15 English-Vietnamese as prepared by the TF NMT tutorial: vocabularies of 17,191 English
 # and 7,709 Vietnamese words; training pairs cut at 50 tokens; about 20 English and 25
@@ -64,12 +64,11 @@ def forward_flops(hp, src_len: int, tgt_len: int) -> float:
 
 
 def train_flops_per_sample(flavor: Flavor) -> float:
-    model = LengthModel.from_hparams(flavor.hparams)
-    return TRAIN_FLOPS_PER_FORWARD * expected(model, lambda s, t: forward_flops(flavor.hparams, s, t))
+    return expected_train_flops(flavor.hparams, forward_flops)
 
 
 def tokens_per_pair(flavor: Flavor) -> float:
-    return expected(LengthModel.from_hparams(flavor.hparams), lambda s, t: s + t)
+    return expected_tokens_per_pair(flavor.hparams)
 
 
 SPEC = WorkloadSpec(

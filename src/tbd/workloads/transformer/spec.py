@@ -21,8 +21,8 @@ Embedding lookups, softmax, layer norms and the element-wise rest are left out.
 
 from __future__ import annotations
 
-from tbd.workloads.base import TRAIN_FLOPS_PER_FORWARD, Flavor, WorkloadSpec
-from tbd.workloads.text_data import LengthModel, expected
+from tbd.workloads.base import Flavor, WorkloadSpec
+from tbd.workloads.text_data import expected_tokens_per_pair, expected_train_flops
 
 # WMT16 En-De with a shared 32k BPE vocabulary: about 28 subword tokens per English sentence,
 # German slightly longer, a long tail cut at 256 tokens (tensor2tensor's max_length).
@@ -64,12 +64,11 @@ def forward_flops(hp, src_len: int, tgt_len: int) -> float:
 
 
 def train_flops_per_sample(flavor: Flavor) -> float:
-    model = LengthModel.from_hparams(flavor.hparams)
-    return TRAIN_FLOPS_PER_FORWARD * expected(model, lambda s, t: forward_flops(flavor.hparams, s, t))
+    return expected_train_flops(flavor.hparams, forward_flops)
 
 
 def tokens_per_pair(flavor: Flavor) -> float:
-    return expected(LengthModel.from_hparams(flavor.hparams), lambda s, t: s + t)
+    return expected_tokens_per_pair(flavor.hparams)
 
 
 SPEC = WorkloadSpec(
