@@ -51,3 +51,9 @@ class BuildContext:
     precision: str
     seed: int
     flavor: str
+
+    @classmethod
+    def for_run(cls, config, batch_size: int) -> "BuildContext":
+        """The context of a run; `batch_size` is this process's share of the global batch."""
+        return cls(hparams=config.resolved_hparams(), batch_size=batch_size, device=config.device,
+                   precision=config.precision, seed=config.seed, flavor=config.flavor)

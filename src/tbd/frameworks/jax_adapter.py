@@ -198,12 +198,5 @@ def _precision_note(precision: str) -> str:
 def open_session(config, spec, impl) -> JaxSession:
     if config.precision not in MATMUL_PRECISION:  # RunConfig.validated() rejects this first
         raise RunFailure(f"precision {config.precision} is not supported for JAX; use --precision bf16")
-    ctx = BuildContext(
-        hparams=config.resolved_hparams(),
-        batch_size=jax_distributed.local_batch_size(config),  # the global batch over the processes
-        device=config.device,
-        precision=config.precision,
-        seed=config.seed,
-        flavor=config.flavor,
-    )
+    ctx = BuildContext.for_run(config, jax_distributed.local_batch_size(config))  # the global batch over the processes
     return JaxSession(config, spec, impl.build(ctx), ctx)

@@ -181,12 +181,5 @@ class TorchSession:
 
 def open_session(config, spec, impl) -> TorchSession:
     torch.manual_seed(config.seed)
-    ctx = BuildContext(
-        hparams=config.resolved_hparams(),
-        batch_size=torch_distributed.local_batch_size(config),  # the global batch over the ranks
-        device=config.device,
-        precision=config.precision,
-        seed=config.seed,
-        flavor=config.flavor,
-    )
+    ctx = BuildContext.for_run(config, torch_distributed.local_batch_size(config))  # the global batch over the ranks
     return TorchSession(config, spec, impl.build(ctx), ctx)
