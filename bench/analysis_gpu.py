@@ -25,6 +25,7 @@ from pathlib import Path
 RNN = ("seq2seq", "deepspeech2")
 IMAGE = ("resnet50", "inception_v3", "faster_rcnn", "wgan")
 BUDGET_S = 270  # stop starting suite runs after this, to keep the whole bench under ~7 minutes
+RUN_TIMEOUT_S = 150  # a run that reports nothing for this long is stopped, with the stack where it stalled
 
 
 def main() -> None:
@@ -58,6 +59,7 @@ def main() -> None:
         suite.append(profiled_run(store, name, dict(flavor=flavor, device=device, precision=args.precision if device == "cuda" else "fp32",
                                                      max_time_s=max_time, max_steps=400)))
         print(f"[{time.time() - started:5.0f} s] {name}: {suite[-1].get('status')} {suite[-1].get('reason', '')}", flush=True)
+        (out / "analysis_gpu.json").write_text(json.dumps({"device": device, "suite": suite, "partial": True}, indent=1, default=str))
     long_batch = 8 if args.smoke else 128
     long_cfg = dict(flavor=flavor, device=device, batch_size=long_batch, precision="bf16" if device == "cuda" else "fp32",
                     channels_last=device == "cuda", max_time_s=5.0 if args.smoke else args.long_time, max_steps=100000, target_ci_pct=0.01)
@@ -76,18 +78,19 @@ def profiled_run(store, workload: str, point: dict) -> dict:
     from tbd.analysis.report import analyze
     from tbd.config import RunConfig
     from tbd.errors import UsageError
-    from tbd.harness.launcher import launch
+    from tbd.harness.launcher import run_isolated
 
     try:
         config = RunConfig(workload=workload, framework="torch", profile=True, **point).validated()
     except UsageError as exc:  # no torch implementation here, a dependency missing: skip, say why
         return {"workload": workload, "status": "skipped", "reason": str(exc)}
-    record = launch(config)
+    record = run_isolated(config, timeout_s=RUN_TIMEOUT_S)
     store.save(record)
     row = {"workload": workload, "run_id": record["id"], "status": record["status"], "batch_size": config.batch_size,
            "precision": config.precision, "domain": registry.get_spec(workload).domain}
     if record["status"] != "ok":
-        row["reason"] = (record.get("error") or {}).get("message", "")[:200]
+        row["reason"] = (record.get("error") or {}).get("message", "")[:300]
+        row["stacks"] = (record.get("error") or {}).get("stacks", "")[:4000]
         return row
     try:
         a = analyze(record, store.home)

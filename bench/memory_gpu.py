@@ -168,6 +168,10 @@ def main() -> int:
         results["gpu_total_bytes"] = torch.cuda.get_device_properties(0).total_memory
     names = registry.workload_names()
 
+    def save() -> None:  # after every part, so a bench cut short keeps what it measured
+        results["seconds"] = time.time() - t_start
+        (out / "memory_gpu.json").write_text(json.dumps(results, indent=1, default=str))
+
     # 1. agreement with PyTorch's memory profiler
     for w in ("resnet50", "gpt"):
         if w not in names or not registry.has_implementation(w, "torch"):
@@ -185,6 +189,8 @@ def main() -> int:
         except Exception as exc:
             results["agreement"][w] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         free(device)
+
+    save()
 
     # 2. max batch: prediction against the real boundary (resnet50)
     try:
@@ -209,6 +215,8 @@ def main() -> int:
     except Exception as exc:
         results["max_batch"]["resnet50"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     free(device)
+
+    save()
 
     # 3. feature-map share: every workload at its paper batch first, then at half and twice it
     torch_names = [w for w in names if registry.has_implementation(w, "torch")]
@@ -239,11 +247,11 @@ def main() -> int:
             except Exception as exc:
                 rows.append({"batch_size": b, "status": "error", "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
             free(device)
+            save()
     for rows in results["feature_map_share"].values():
         rows.sort(key=lambda r: r["batch_size"])
 
-    results["seconds"] = time.time() - t_start
-    (out / "memory_gpu.json").write_text(json.dumps(results, indent=1, default=str))
+    save()
     print_summary(results)
     return 0
 

@@ -60,7 +60,7 @@ def jobs(smoke: bool, n_gpus: int) -> list[tuple[str, dict, int, list[int]]]:
 def run_one(fields: dict, per_proc: int | None, n: int) -> dict:
     base = RunConfig(**fields).validated()  # fills the flavor's batch size
     batch = (per_proc or base.batch_size) * n
-    config = dataclasses.replace(base, nproc_per_node=n, batch_size=batch).validated()
+    config = dataclasses.replace(base, nproc_per_node=n, batch_size=batch, profile=n > 1).validated()  # profile: comm share
     started = time.perf_counter()
     record = launch(config)
     record.setdefault("bench", {})["wall_s"] = time.perf_counter() - started
@@ -102,14 +102,13 @@ def main() -> int:
         # Written after every job, so a run cut short still leaves what it measured.
         (out / "scale_gpu.json").write_text(json.dumps({"n_gpus": n_gpus, "smoke": args.smoke, "results": results}, indent=1, default=str))
     print(f"\nscaling on {n_gpus} {'CPU processes (smoke)' if args.smoke else 'GPUs'}; full results in {out / 'scale_gpu.json'}")
-    print(f"{'job':<16}{'n':>3} {'global batch':>12} {'throughput/s':>18} {'speedup':>8} {'effic.':>7} {'step ms':>9} {'MFU %':>6} {'peak mem/rank':>14}  status")
+    print(f"{'job':<16}{'n':>3} {'global batch':>12} {'throughput/s':>18} {'speedup':>8} {'effic.':>7} {'step ms':>9} {'MFU %':>6} {'peak mem/rank':>14} {'comm %':>7} {'overlap':>8}  status")
     for label, res in results.items():
         by_id = {r["id"]: r for r in res["records"]}
         for row in res["rows"]:
             rec = by_id[row["id"]]
             mfu = (rec.get("metrics") or {}).get("mfu_pct")
-            memory = rec.get("memory") or {}
-            peak = memory.get("peak_allocated_bytes") or memory.get("host_peak_rss_bytes")
+            peak = row["peak_memory_per_rank_bytes"]
             cells = [
                 f"{row['throughput']:,.0f} {row['unit']}" if row["throughput"] else "-",
                 f"{row['speedup']:.2f}x" if row["speedup"] else "-",
@@ -117,9 +116,11 @@ def main() -> int:
                 f"{row['step_time_ms_p50']:.1f}" if row["step_time_ms_p50"] else "-",
                 f"{mfu:.1f}" if mfu else "-",
                 f"{peak / 2**30:.1f} GiB" if peak else "-",
+                f"{row['comm_share_pct']:.0f}%" if row["comm_share_pct"] is not None else "-",
+                f"{row['comm_overlap_pct']:.0f}%" if row["comm_overlap_pct"] is not None else "-",
                 row["status"] if row["status"] == "ok" else (row["error"] or "")[:60],
             ]
-            print(f"{label:<16}{row['nproc']:>3} {row['global_batch']:>12} {cells[0]:>18} {cells[1]:>8} {cells[2]:>7} {cells[3]:>9} {cells[4]:>6} {cells[5]:>14}  {cells[6]}")
+            print(f"{label:<16}{row['nproc']:>3} {row['global_batch']:>12} {cells[0]:>18} {cells[1]:>8} {cells[2]:>7} {cells[3]:>9} {cells[4]:>6} {cells[5]:>14} {cells[6]:>7} {cells[7]:>8}  {cells[8]}")
     return 0
 
 

@@ -122,3 +122,15 @@ def test_broken_store_file_is_a_clear_error(tbd_home):
     assert out.returncode == 2
     assert "not a readable database" in out.stderr and "TBD_HOME" in out.stderr
     assert (tbd_home / "tbd.sqlite").read_text() == "this is not a database"
+
+
+def test_a_stalled_run_fails_with_where_it_stalled(monkeypatch):
+    from tbd.config import RunConfig
+    from tbd.harness.launcher import run_isolated
+
+    monkeypatch.setenv("TBD_INJECT_FAULT", "hang")
+    config = RunConfig(workload="resnet50", framework="torch", flavor="tiny", device="cpu").validated()
+    record = run_isolated(config, timeout_s=3)
+    assert record["status"] == "failed" and record["error"]["kind"] == "timeout"
+    assert "stalled in" in record["error"]["message"] and "launcher.py" in record["error"]["message"]
+    assert "_child" in record["error"]["stacks"]

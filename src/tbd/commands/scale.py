@@ -62,9 +62,15 @@ def scaling_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cfg, met = r["config"], r.get("metrics") or {}
         unit = (r.get("workload") or {}).get("unit", "samples")
         n = cfg.get("nproc_per_node", 1) * cfg.get("nnodes", 1)
+        memory = r.get("memory") or {}
+        step_ms, comm_ms = met.get("step_time_ms_p50"), met.get("comm_ms_per_step")
         rows.append({"id": r["id"], "nproc": n, "global_batch": cfg["batch_size"], "unit": unit, "status": r["status"],
                      "throughput": met.get(f"{unit}_per_s") if r["status"] == "ok" else None,
-                     "step_time_ms_p50": met.get("step_time_ms_p50"),
+                     "step_time_ms_p50": step_ms,
+                     # communication (measured from a short per-rank trace; None for one process or unprofiled runs)
+                     "comm_ms_per_step": comm_ms, "comm_share_pct": 100.0 * comm_ms / step_ms if comm_ms is not None and step_ms else None,
+                     "comm_overlap_pct": met.get("comm_overlap_pct"), "exposed_comm_ms_per_step": met.get("exposed_comm_ms_per_step"),
+                     "peak_memory_per_rank_bytes": memory.get("peak_allocated_bytes") or memory.get("host_peak_rss_bytes"),
                      "stragglers": (r.get("distributed") or {}).get("stragglers", []),
                      "error": (r.get("error") or {}).get("message")})
     rows.sort(key=lambda row: row["nproc"])
@@ -74,6 +80,10 @@ def scaling_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["speedup"] = row["throughput"] / base["throughput"] if ok else None
         row["efficiency_pct"] = row["speedup"] / row["nproc"] * 100.0 if ok else None
     return rows
+
+
+def _pct(value: float | None) -> str:
+    return f"{value:.0f}%" if value is not None else "-"
 
 
 def plot_scaling(rows: list[dict[str, Any]], path: Path, title: str) -> Path | None:
@@ -130,7 +140,10 @@ def scale(args) -> int:
     configs = []
     for n in counts:
         batch = base.batch_size * n if args.scaling == "weak" else base.batch_size
-        configs.append(dataclasses.replace(base, nproc_per_node=n, nnodes=1, node_rank=0, rdzv_endpoint=None, batch_size=batch).validated())
+        # Multi-process runs are profiled for a few steps after timing: that is where communication
+        # share and overlap come from.
+        configs.append(dataclasses.replace(base, nproc_per_node=n, nnodes=1, node_rank=0, rdzv_endpoint=None, batch_size=batch,
+                                           profile=base.profile or n > 1).validated())
     series = time.strftime("%Y%m%d-%H%M%S") + f"-{args.workload}"
     records = []
     for config in configs:
@@ -142,7 +155,9 @@ def scale(args) -> int:
     summary = {"series": series, "workload": args.workload, "scaling": args.scaling, "device": base.device,
                "figure": str(figure) if figure else None, "rows": rows,
                "definitions": {"throughput": "global: units of all ranks per step / slowest rank's step time",
-                               "speedup": "T_n / T_1", "efficiency_pct": "100 x T_n / (n x T_1)"}}
+                               "speedup": "T_n / T_1", "efficiency_pct": "100 x T_n / (n x T_1)",
+                               "comm_share_pct": "communication kernel time per step (worst rank) / step time",
+                               "comm_overlap_pct": "share of communication time concurrent with computation (worst rank)"}}
     for record, row in zip(sorted(records, key=lambda r: r["config"]["nproc_per_node"]), rows):
         record["scale"] = {"series": series, "scaling": args.scaling, "nproc": row["nproc"], "speedup": row["speedup"],
                            "efficiency_pct": row["efficiency_pct"], "figure": summary["figure"]}
@@ -151,14 +166,17 @@ def scale(args) -> int:
     (store.home / "scales" / f"{series}.json").write_text(json.dumps(summary, indent=1, default=str))
 
     table = Table(title=f"tbd scale {title}", header_style="bold")
-    for col in ("processes", "global batch", f"{rows[0]['unit']}/s", "speedup", "efficiency", "step p50 ms", "stragglers", "status"):
+    for col in ("processes", "global batch", f"{rows[0]['unit']}/s", "speedup", "efficiency", "step p50 ms", "comm % of step",
+                "comm overlap", "peak mem/rank", "stragglers", "status"):
         table.add_column(col, justify="left" if col in ("status", "stragglers") else "right")
     for row in rows:
         status = "ok" if row["status"] == "ok" else f"[red]{row['status']}[/]: {(row['error'] or '').replace('[', '(')}"
         table.add_row(str(row["nproc"]), str(row["global_batch"]), fmt_num(row["throughput"]),
                       f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-",
                       f"{row['efficiency_pct']:.0f}%" if row["efficiency_pct"] is not None else "-",
-                      fmt_num(row["step_time_ms_p50"]), ",".join(map(str, row["stragglers"])) or "-", status)
+                      fmt_num(row["step_time_ms_p50"]), _pct(row["comm_share_pct"]), _pct(row["comm_overlap_pct"]),
+                      f"{row['peak_memory_per_rank_bytes'] / 2**30:.2f} GiB" if row["peak_memory_per_rank_bytes"] else "-",
+                      ",".join(map(str, row["stragglers"])) or "-", status)
     console.print(table)
     console.print(f"figure: {figure or 'not drawn (matplotlib missing or no run succeeded)'}; series summary: {store.home / 'scales' / (series + '.json')}")
     return 0 if all(r["status"] == "ok" for r in records) else 1

@@ -2,14 +2,20 @@
 crash, an abort or an OOM that poisons the framework becomes a failed run with its reason.
 
 The child is started with 'spawn' (no inherited framework state) and sends progress messages
-and, last, its record through a queue.
+and, last, its record through a queue. A child that sends nothing for too long is asked for its
+Python stacks (faulthandler, SIGUSR1) before it is killed, so a hang says where it hung.
 """
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import multiprocessing as mp
+import os
 import queue
 import signal
+import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +23,12 @@ from tbd.config import RunConfig
 from tbd.results.record import new_record, new_run_id
 
 
-def _child(config_dict: dict, run_id: str, out: "mp.Queue") -> None:
+def _child(config_dict: dict, run_id: str, out: "mp.Queue", stack_path: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    if stack_path and hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=open(stack_path, "w"), all_threads=True)
+    if os.environ.get("TBD_INJECT_FAULT") == "hang":  # test hook: a run that never reports
+        time.sleep(3600)
     from tbd.harness.runner import execute
 
     config = RunConfig(**config_dict)
@@ -36,7 +46,9 @@ def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = No
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     run_id = new_run_id(config.workload, config.framework)
-    child = ctx.Process(target=_child, args=(config.to_dict(), run_id, out), name=f"tbd-{run_id}")
+    stacks = tempfile.NamedTemporaryFile(prefix="tbd-stacks-", suffix=".txt", delete=False)
+    stacks.close()
+    child = ctx.Process(target=_child, args=(config.to_dict(), run_id, out, stacks.name), name=f"tbd-{run_id}")
     child.start()
     # Compilation can be slow; allow generous time beyond the measurement budget.
     deadline = timeout_s if timeout_s is not None else config.max_time_s * 3 + 600
@@ -50,8 +62,13 @@ def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = No
                 if not child.is_alive():
                     return _died(config, run_id, child.exitcode)
                 if waited > deadline:
+                    stack = _stacks_of(child, stacks.name)
                     child.kill()
-                    return _failed(config, run_id, "timeout", f"run did not finish within {deadline:.0f} s; raise --max-time or check for a hang")
+                    where = f" (stalled in {_innermost(stack)})" if stack else ""
+                    record = _failed(config, run_id, "timeout", f"run sent nothing for {deadline:.0f} s{where}; raise --max-time or check for a hang")
+                    if stack:
+                        record["error"]["stacks"] = stack
+                    return record
                 continue
             if kind == "progress":
                 waited = 0.0
@@ -68,6 +85,33 @@ def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = No
         raise
     finally:
         out.close()
+        with contextlib.suppress(OSError):
+            os.unlink(stacks.name)
+
+
+def _stacks_of(child, path: str) -> str:
+    """Ask a stalled child for the Python stacks of all its threads (faulthandler writes them)."""
+    if not hasattr(signal, "SIGUSR1") or child.pid is None:
+        return ""
+    with contextlib.suppress(OSError):
+        os.kill(child.pid, signal.SIGUSR1)
+        for _ in range(20):
+            time.sleep(0.1)
+            text = open(path).read()
+            if text.strip():
+                time.sleep(0.2)  # let the dump finish
+                return open(path).read()
+    return ""
+
+
+def _innermost(stacks: str) -> str:
+    """`file:line in function` of the innermost frame of the thread that was running tbd's step
+    (faulthandler lists the current thread first, innermost frame first)."""
+    for line in stacks.splitlines():
+        line = line.strip()
+        if line.startswith("File "):
+            return line.replace("File ", "", 1).replace('", line ', ":").replace('"', "")
+    return "unknown"
 
 
 def _died(config: RunConfig, run_id: str, exitcode: int | None) -> dict[str, Any]:

@@ -129,13 +129,13 @@ def finish_peak(profile: dict[str, Any], categories: dict[str, int]) -> None:
 def nvml_process_bytes(index: int) -> int | None:
     """Device memory NVML charges to this process (None where NVML cannot see it, e.g. in some
     containers whose process ids differ from the host's)."""
-    from tbd.metrics.devices import nvml
+    from tbd.metrics.devices import device_handle, nvml
 
     lib = nvml()
     if lib is None:
         return None
     try:
-        handle = lib.nvmlDeviceGetHandleByIndex(index)
+        handle = device_handle(lib, index)
         for proc in lib.nvmlDeviceGetComputeRunningProcesses(handle):
             if proc.pid == os.getpid() and proc.usedGpuMemory:
                 return int(proc.usedGpuMemory)

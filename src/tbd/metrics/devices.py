@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 
@@ -34,18 +35,48 @@ def best_device() -> str:
     return "cuda" if cuda_available() else "cpu"
 
 
+def visible_nvml_index(cuda_index: int) -> int | str:
+    """The NVML device behind CUDA device `cuda_index`: NVML numbers every GPU of the machine,
+    CUDA only those CUDA_VISIBLE_DEVICES lists (by index or UUID), so the two differ whenever it
+    is set. Returns an NVML index, or a UUID (prefix) string."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if not visible or cuda_index >= len(visible):
+        return cuda_index
+    entry = visible[cuda_index]
+    return int(entry) if entry.isdigit() else entry
+
+
+def device_handle(lib, cuda_index: int = 0):
+    """NVML handle of CUDA device `cuda_index` (see visible_nvml_index)."""
+    target = visible_nvml_index(cuda_index)
+    if isinstance(target, int):
+        return lib.nvmlDeviceGetHandleByIndex(target)
+    for i in range(lib.nvmlDeviceGetCount()):  # UUIDs may be given by unique prefix
+        handle = lib.nvmlDeviceGetHandleByIndex(i)
+        if _text(lib.nvmlDeviceGetUUID(handle)).startswith(target):
+            return handle
+    raise LookupError(f"no GPU with UUID {target}")
+
+
+def visible_count(lib) -> int:
+    """How many GPUs CUDA will see here (CUDA_VISIBLE_DEVICES narrows NVML's count)."""
+    total = int(lib.nvmlDeviceGetCount())
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return min(total, len(visible)) if "CUDA_VISIBLE_DEVICES" in os.environ else total
+
+
 def gpu_info(index: int = 0) -> dict[str, Any]:
     lib = _nvml()
     if lib is None:
         return {}
     try:
-        handle = lib.nvmlDeviceGetHandleByIndex(index)
+        handle = device_handle(lib, index)
         name = lib.nvmlDeviceGetName(handle)
         info: dict[str, Any] = {
             "name": name.decode() if isinstance(name, bytes) else name,
             "driver": _text(lib.nvmlSystemGetDriverVersion()),
             "memory_total_bytes": int(lib.nvmlDeviceGetMemoryInfo(handle).total),
-            "count": int(lib.nvmlDeviceGetCount()),
+            "count": visible_count(lib),
         }
         for key, call in (
             ("power_limit_w", lambda: lib.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from tbd.metrics.devices import nvml
+from tbd.metrics.devices import device_handle, nvml
 
 
 @dataclass
@@ -32,7 +32,7 @@ class NvmlSampler(threading.Thread):
     def __init__(self, index: int = 0, period_s: float = 0.1):
         super().__init__(daemon=True, name="tbd-nvml")
         self.lib = nvml()
-        self.handle = self.lib.nvmlDeviceGetHandleByIndex(index)
+        self.handle = device_handle(self.lib, index)
         self.period_s = period_s
         self._lock = threading.Lock()
         self._util: list[float] = []
