@@ -45,6 +45,7 @@ class RunConfig:
     node_rank: int = 0
     rdzv_endpoint: str | None = None
     parallel: str = "ddp"  # ddp or fsdp2 (PyTorch)
+    ddp_bucket_mb: float = 25.0  # DDP gradient bucket size, MiB (PyTorch's default: 25)
     hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the flavor's hparams
 
     def to_dict(self) -> dict[str, Any]:

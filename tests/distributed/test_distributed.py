@@ -294,3 +294,18 @@ def test_scale_rejects_topology_flags_and_bad_counts():
     assert out.returncode == 2 and "comma-separated integers" in out.stderr
     out = run_cli("scale", "resnet50", "--nproc-per-node", "2", "--device", "cpu")
     assert out.returncode == 2 and "sets the process count itself" in out.stderr
+
+
+def test_merged_comm_is_the_transfer_and_waiting_is_reported_apart():
+    """A rank that reaches a collective early shows long NCCL kernels: that is waiting, not
+    transfer. The merge takes the rank that waited least and reports the rest as comm_wait."""
+    record = new_record("x", {})
+    record["samples"] = {"step_s": [0.03] * 10, "units": [8.0] * 10, "samples": [8.0] * 10}
+    record["metrics"] = {}
+    waited_little = {"comm_ms_per_step": 2.0, "exposed_comm_ms_per_step": 1.5, "comm_overlap_pct": 25.0, "window_ms_per_step": 40.0}
+    waited_long = {"comm_ms_per_step": 30.0, "exposed_comm_ms_per_step": 20.0, "comm_overlap_pct": 33.0, "window_ms_per_step": 40.0}
+    summaries = [{**_summary(0, [0.03] * 10, 1), "comm": waited_little}, {**_summary(1, [0.03] * 10, 1), "comm": waited_long}]
+    met = merge(record, summaries, {"nnodes": 1})["metrics"]
+    assert met["comm_ms_per_step"] == 2.0 and met["exposed_comm_ms_per_step"] == 1.5 and met["comm_overlap_pct"] == 25.0
+    assert met["comm_wait_ms_per_step"] == pytest.approx(28.0)
+    assert met["comm_share_pct"] == pytest.approx(5.0)  # 2 ms of a 40 ms profiled step

@@ -65,6 +65,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-rank", type=int, help="this machine's rank, 0..nnodes-1 (node 0 hosts the rendezvous)")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, for --nnodes > 1")
     p.add_argument("--parallel", choices=("ddp", "fsdp2"), help="ddp (default) or fsdp2 (PyTorch: shards parameters, for large models)")
+    p.add_argument("--ddp-bucket-mb", type=float, help="DDP gradient bucket size in MiB (default 25): larger buckets, fewer all-reduces")
     add_home(p)
 
 

@@ -68,7 +68,7 @@ def scaling_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "throughput": met.get(f"{unit}_per_s") if r["status"] == "ok" else None,
                      "step_time_ms_p50": step_ms,
                      # communication (measured from a short per-rank trace; None for one process or unprofiled runs)
-                     "comm_ms_per_step": comm_ms, "comm_share_pct": 100.0 * comm_ms / step_ms if comm_ms is not None and step_ms else None,
+                     "comm_ms_per_step": comm_ms, "comm_share_pct": met.get("comm_share_pct"), "comm_wait_ms_per_step": met.get("comm_wait_ms_per_step"),
                      "comm_overlap_pct": met.get("comm_overlap_pct"), "exposed_comm_ms_per_step": met.get("exposed_comm_ms_per_step"),
                      "peak_memory_per_rank_bytes": memory.get("peak_allocated_bytes") or memory.get("host_peak_rss_bytes"),
                      "stragglers": (r.get("distributed") or {}).get("stragglers", []),
@@ -156,8 +156,9 @@ def scale(args) -> int:
                "figure": str(figure) if figure else None, "rows": rows,
                "definitions": {"throughput": "global: units of all ranks per step / slowest rank's step time",
                                "speedup": "T_n / T_1", "efficiency_pct": "100 x T_n / (n x T_1)",
-                               "comm_share_pct": "communication kernel time per step (worst rank) / step time",
-                               "comm_overlap_pct": "share of communication time concurrent with computation (worst rank)"}}
+                               "comm_share_pct": "communication time per step / profiled step time, on the rank that waited least",
+                               "comm_overlap_pct": "share of that communication time concurrent with computation",
+                               "comm_wait_ms_per_step": "the most any rank spent in collectives beyond that: waiting for slower ranks"}}
     for record, row in zip(sorted(records, key=lambda r: r["config"]["nproc_per_node"]), rows):
         record["scale"] = {"series": series, "scaling": args.scaling, "nproc": row["nproc"], "speedup": row["speedup"],
                            "efficiency_pct": row["efficiency_pct"], "figure": summary["figure"]}

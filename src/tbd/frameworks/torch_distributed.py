@@ -116,7 +116,10 @@ def wrap_model(model: nn.Module, config) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     on_cuda = next(model.parameters()).is_cuda
-    return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if on_cuda else None)
+    # gradient_as_bucket_view: .grad tensors are views into the all-reduce buckets, which saves
+    # a copy of every gradient per step and the memory of one gradient set.
+    return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if on_cuda else None,
+                                   bucket_cap_mb=config.ddp_bucket_mb, gradient_as_bucket_view=True)
 
 
 def _fully_shard(model: nn.Module) -> nn.Module:
@@ -147,19 +150,25 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
 
 def profile_comm(session, steps: int) -> dict[str, Any]:
     """Trace `steps` steps with torch.profiler and measure communication time and its overlap
-    with computation (see `distributed_worker.comm_stats`). Every rank runs the same steps."""
-    from torch.profiler import ProfilerActivity, profile
+    with computation (see `distributed_worker.comm_stats`). Every rank runs the same steps,
+    from a barrier, after one untraced warm-up step under the profiler: a rank that entered the
+    window late would otherwise show up as long collectives on the others."""
+    from torch.profiler import ProfilerActivity, profile, schedule
 
     from tbd.harness.distributed_worker import comm_stats
 
     activities = [ProfilerActivity.CPU]
     if session.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
-        session.run_steps(steps)
+        torch.cuda.synchronize()
+    dist.barrier()
     with tempfile.TemporaryDirectory(prefix="tbd-trace-") as tmp:
         path = os.path.join(tmp, f"rank{rank()}.json")
-        prof.export_chrome_trace(path)
+        plan = schedule(wait=0, warmup=1, active=steps, repeat=1)
+        with profile(activities=activities, schedule=plan, on_trace_ready=lambda p: p.export_chrome_trace(path)) as prof:
+            for _ in range(steps + 1):
+                session.run_steps(1)
+                prof.step()
         with open(path) as f:
             trace = json.load(f)
     return comm_stats(trace, steps)

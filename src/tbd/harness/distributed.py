@@ -67,6 +67,8 @@ def topology_from_args(args, device: str, env: dict[str, str] | None = None) -> 
         out = from_slurm(os.environ if env is None else env, device)
     if getattr(args, "parallel", None):
         out["parallel"] = args.parallel
+    if getattr(args, "ddp_bucket_mb", None) is not None:
+        out["ddp_bucket_mb"] = args.ddp_bucket_mb
     return out
 
 
@@ -141,6 +143,9 @@ def validate_topology(config) -> None:
         raise UsageError(f"--node-rank must be in 0..{config.nnodes - 1} for --nnodes {config.nnodes}, got {config.node_rank}")
     if config.parallel not in PARALLEL:
         raise UsageError(f"unknown --parallel '{config.parallel}'; valid: {', '.join(PARALLEL)}")
+    bucket = getattr(config, "ddp_bucket_mb", 25.0)
+    if not isinstance(bucket, (int, float)) or not 0 < bucket <= 4096:
+        raise UsageError(f"--ddp-bucket-mb must be in (0, 4096] MiB, got {bucket}; PyTorch's default is 25")
     if config.parallel == "fsdp2" and config.framework != "torch":
         raise UsageError(f"--parallel fsdp2 is PyTorch's; with {config.framework} use --parallel ddp (data parallel)")
     if config.nnodes > 1:
@@ -195,7 +200,7 @@ def launch_distributed(config, progress: Callable[[dict], None] | None = None, t
     run_id = new_run_id(config.workload, config.framework)
     tmp = tempfile.mkdtemp(prefix="tbd-dist-")
     config_path, result_path = os.path.join(tmp, "config.json"), os.path.join(tmp, "result.json")
-    world = {"nproc_per_node": config.nproc_per_node, "nnodes": config.nnodes, "parallel": config.parallel,
+    world = {"nproc_per_node": config.nproc_per_node, "nnodes": config.nnodes, "parallel": config.parallel, "ddp_bucket_mb": config.ddp_bucket_mb,
              "launcher": "torchrun (torch.distributed.run), --max-restarts 0",
              "rendezvous": "standalone" if config.nnodes == 1 else f"static at {config.rdzv_endpoint}"}
     with open(config_path, "w") as f:

@@ -201,11 +201,18 @@ def merge(record: dict[str, Any], summaries: list[dict[str, Any]], world: dict[s
     metrics["world_size"] = n
     metrics["straggler_count"] = len(stragglers)
     comm = [s.get("comm") for s in summaries]
-    if all(comm):  # the worst rank: most communication, least of it hidden behind computation
-        metrics["comm_ms_per_step"] = max(c["comm_ms_per_step"] for c in comm)
-        metrics["exposed_comm_ms_per_step"] = max(c["exposed_comm_ms_per_step"] for c in comm)
-        overlaps = [c["comm_overlap_pct"] for c in comm if c["comm_overlap_pct"] is not None]
-        metrics["comm_overlap_pct"] = min(overlaps) if overlaps else None
+    if all(comm):
+        # A collective's kernel runs from when its rank arrives until the last rank does, so
+        # the rank that waited least shows the transfer itself; what the others show beyond
+        # it is waiting for a slower rank (skew, load imbalance).
+        least = min(comm, key=lambda c: c["comm_ms_per_step"])
+        metrics["comm_ms_per_step"] = least["comm_ms_per_step"]
+        metrics["exposed_comm_ms_per_step"] = least["exposed_comm_ms_per_step"]
+        metrics["comm_overlap_pct"] = least["comm_overlap_pct"]
+        metrics["comm_wait_ms_per_step"] = max(c["comm_ms_per_step"] for c in comm) - least["comm_ms_per_step"]
+        windows = sorted(c["window_ms_per_step"] for c in comm if c.get("window_ms_per_step"))
+        if windows:  # profiled step time (the profiler slows steps a little): the share's denominator
+            metrics["comm_share_pct"] = 100.0 * least["comm_ms_per_step"] / windows[len(windows) // 2]
     per_rank_memory = [s["memory"] for s in summaries]
     memory: dict[str, Any] = {"per_rank": per_rank_memory, "note": "each figure outside per_rank is the largest rank's, never a sum over ranks"}
     for key in {k for mem in per_rank_memory for k, v in mem.items() if isinstance(v, (int, float))}:
@@ -226,7 +233,7 @@ def merge(record: dict[str, Any], summaries: list[dict[str, Any]], world: dict[s
         "lock_step": "ranks all-gather step times after every chunk; the measurement loop sees the same numbers on every rank",
         "mfu": "model FLOPs of all ranks / (world size x one device's peak)",
         "memory": "per rank, never summed",
-        "comm": "from a torch.profiler trace of a few steps per rank (--profile): comm kernels/ops by name, overlap = comm time concurrent with compute / comm time" if all(comm) else "not measured (run with --profile)",
+        "comm": "from a torch.profiler trace of a few steps per rank (--profile): comm kernels/ops by name, overlap = comm time concurrent with compute / comm time; comm = the rank that waited least (the transfer), comm_wait = the most any rank waited beyond it; share = comm / profiled step" if all(comm) else "not measured (run with --profile)",
     }
     return record
 
@@ -255,6 +262,8 @@ def comm_stats(trace: dict | list, steps: int) -> dict[str, Any]:
         compute_events = [e for e in spans if e.get("cat") == "cpu_op" and not e.get("name", "").startswith("c10d::")]
     comm = _union([(e["ts"], e["ts"] + e["dur"]) for e in comm_events])
     compute = _union([(e["ts"], e["ts"] + e["dur"]) for e in compute_events])
+    everything = comm + compute
+    window_us = max(b for _, b in everything) - min(a for a, _ in everything) if everything else 0.0
     comm_us = sum(b - a for a, b in comm)
     both_us = _overlap(comm, compute)
     return {
@@ -264,6 +273,7 @@ def comm_stats(trace: dict | list, steps: int) -> dict[str, Any]:
         "compute_ms_per_step": sum(b - a for a, b in compute) / 1e3 / steps,
         "comm_overlap_pct": both_us / comm_us * 100.0 if comm_us else None,
         "exposed_comm_ms_per_step": (comm_us - both_us) / 1e3 / steps,
+        "window_ms_per_step": window_us / 1e3 / steps,  # first to last device activity of the traced steps
     }
 
 
