@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", help="precision of the suite runs (default fp32, as the paper)")
     ap.add_argument("--max-time", type=float, default=8.0, help="measurement budget per suite run, s")
     ap.add_argument("--long-time", type=float, default=30.0, help="length of the long steady run, s")
+    ap.add_argument("--skip-long", action="store_true", help="suite runs only (no long steady run)")
     ap.add_argument("--smoke", action="store_true", help="tiny flavors on the CPU")
     args = ap.parse_args()
     out = Path(args.out)
@@ -63,8 +64,9 @@ def main() -> None:
     long_batch = 8 if args.smoke else 128
     long_cfg = dict(flavor=flavor, device=device, batch_size=long_batch, precision="bf16" if device == "cuda" else "fp32",
                     channels_last=device == "cuda", max_time_s=5.0 if args.smoke else args.long_time, max_steps=100000, target_ci_pct=0.01)
-    long = profiled_run(store, "resnet50", long_cfg)
-    long["matched_window"] = matched_window(store, long_cfg, 5 if args.smoke else None, long)
+    long = {"status": "skipped"} if args.skip_long else profiled_run(store, "resnet50", long_cfg)
+    if not args.skip_long:
+        long["matched_window"] = matched_window(store, long_cfg, 5 if args.smoke else None, long)
     print(f"[{time.time() - started:5.0f} s] long run: {long.get('status')}", flush=True)
     result = {"device": device, "flavor": flavor, "suite": suite, "long_run": long, "environment": _environment(store, suite + [long]),
               "elapsed_s": time.time() - started, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

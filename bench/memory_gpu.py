@@ -38,6 +38,10 @@ THEIRS = {
 }
 
 
+class _Skipped(Exception):
+    pass
+
+
 def config_for(workload: str, device: str, flavor: str, batch: int | None, precision: str) -> RunConfig:
     return RunConfig(workload=workload, framework="torch", flavor=flavor, device=device, batch_size=batch,
                      precision=precision, data_pool=1, isolate=False).validated()
@@ -155,6 +159,8 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="folder for memory_gpu.json and the plots")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny flavors, small batches: checks the script runs")
     ap.add_argument("--budget-s", type=float, default=330.0, help="wall-time budget for everything (default 330)")
+    ap.add_argument("--parts", default="agreement,max-batch,feature-maps", help="which checks to run (comma list)")
+    ap.add_argument("--workloads", default="", help="feature-map share for these workloads only (comma list; default all)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +179,8 @@ def main() -> int:
         (out / "memory_gpu.json").write_text(json.dumps(results, indent=1, default=str))
 
     # 1. agreement with PyTorch's memory profiler
-    for w in ("resnet50", "gpt"):
+    parts = set(args.parts.split(","))
+    for w in ("resnet50", "gpt") if "agreement" in parts else ():
         if w not in names or not registry.has_implementation(w, "torch"):
             results["skipped"].append(f"agreement {w}: not registered here")
             continue
@@ -194,6 +201,8 @@ def main() -> int:
 
     # 2. max batch: prediction against the real boundary (resnet50)
     try:
+        if "max-batch" not in parts:
+            raise _Skipped
         cfg = config_for("resnet50", device, flavor, None, "tf32" if not smoke else "fp32")
         fit_batches = [2, 4, 8] if smoke else [32, 64, 128]
         model, profs = profiler.fit_batch_model(cfg, fit_batches)
@@ -212,6 +221,8 @@ def main() -> int:
                 entry["error_pct"] = 100.0 * (predicted - boundary["largest_fitting"]) / boundary["largest_fitting"]
                 entry["within_5pct"] = abs(entry["error_pct"]) <= 5.0 and boundary["complete"]
         results["max_batch"]["resnet50"] = entry
+    except _Skipped:
+        pass
     except Exception as exc:
         results["max_batch"]["resnet50"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     free(device)
@@ -219,9 +230,11 @@ def main() -> int:
     save()
 
     # 3. feature-map share: every workload at its paper batch first, then at half and twice it
-    torch_names = [w for w in names if registry.has_implementation(w, "torch")]
-    results["skipped"] += [f"feature maps {w}: no torch implementation" for w in names if w not in torch_names]
-    if smoke:  # the CPU smoke run only checks the code path
+    torch_names = [w for w in names if registry.has_implementation(w, "torch")] if "feature-maps" in parts else []
+    if args.workloads:
+        torch_names = [w for w in torch_names if w in args.workloads.split(",")]
+    results["skipped"] += [f"feature maps {w}: no torch implementation" for w in names if not registry.has_implementation(w, "torch")]
+    if smoke and not args.workloads:  # the CPU smoke run only checks the code path
         torch_names = [w for w in torch_names if w in ("resnet50", "gpt")]
     paper = {}
     for w in torch_names:
@@ -241,7 +254,7 @@ def main() -> int:
                 prof = profiler.profile(config_for(w, device, flavor, b, precision))
                 fm_max = max(prof["timeline"]["categories"]["feature_maps"] or [0])
                 rows.append({"batch_size": b, "status": prof["status"], "peak_allocated_bytes": prof["peak"]["allocated_bytes"],
-                             "peak_phase": prof["peak"]["phase"], "feature_maps_at_peak_pct": prof["peak"]["shares_pct"]["feature_maps"],
+                             "peak_phase": prof["peak"]["phase"], "peak_op": prof["peak"].get("op"), "feature_maps_at_peak_pct": prof["peak"]["shares_pct"]["feature_maps"],
                              "feature_maps_largest_bytes": fm_max, "feature_maps_largest_pct_of_peak": 100.0 * fm_max / max(1, prof["peak"]["allocated_bytes"]),
                              "categories": prof["peak"]["categories"]})
             except Exception as exc:

@@ -10,8 +10,9 @@ Jobs, in order of importance (a job not started within --budget-s is reported as
 - gpt `1.3b`, bf16, FSDP2 on all N GPUs, 4 x 2048 tokens per GPU (one run: memory per rank,
   throughput, MFU; its 1-GPU DDP equivalent would need the whole optimizer state on one GPU)
 - transformer `paper`, bf16, on 1 .. N GPUs (DDP)
+- gpt variants on 1 .. N GPUs: DDP buckets of 100 MiB (default 25), and torch.compile
 N = torch.cuda.device_count(). Weak scaling: the batch per GPU is fixed, so the global batch is
-n x that. Eager mode (no torch.compile), so that each run's start stays short.
+n x that. Eager mode (no torch.compile) except gpt-compiled, so that each run's start stays short.
 Every run goes through tbd.harness.launcher.launch (torchrun for n > 1, a child process for
 n = 1) with the normal measurement method (warm-up detected, steady steps timed, the slowest
 rank's step time, units summed over ranks). Efficiency E_n = T_n / (n x T_1).
@@ -53,6 +54,9 @@ def jobs(smoke: bool, n_gpus: int) -> list[tuple[str, dict, int, list[int]]]:
     gpu = dict(device="cuda", precision="bf16", max_steps=120, max_time_s=8.0)
     return [("resnet50", dict(workload="resnet50", flavor="paper", channels_last=True, **gpu), 64, counts),
             ("gpt", dict(workload="gpt", flavor="paper", **gpu), 8, counts),
+            # gpt variants against the plain DDP job above: larger gradient buckets, and compiled
+            ("gpt-bucket100", dict(workload="gpt", flavor="paper", ddp_bucket_mb=100.0, **gpu), 8, counts),
+            ("gpt-compiled", dict(workload="gpt", flavor="paper", compile=True, **gpu), 8, counts),
             ("gpt-1.3b-fsdp2", dict(workload="gpt", flavor="1.3b", parallel="fsdp2", **{**gpu, "max_steps": 40}), 4, [n_gpus]),
             ("transformer", dict(workload="transformer", flavor="paper", **gpu), None, counts)]
 
@@ -71,6 +75,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results", help="folder for scale_gpu.json and the figures")
     parser.add_argument("--smoke", action="store_true", help="CPU check: tiny flavors, 2 processes with gloo")
+    parser.add_argument("--jobs", default="", help="comma list of job labels to run (default: all)")
     parser.add_argument("--budget-s", type=float, default=360.0, help="start no job after this many seconds (default: 360)")
     args = parser.parse_args()
     out = Path(args.out)
@@ -87,6 +92,8 @@ def main() -> int:
     t0 = time.perf_counter()
     results: dict[str, dict] = {}
     for label, fields, per_proc, counts in jobs(args.smoke, n_gpus):
+        if args.jobs and label not in args.jobs.split(","):
+            continue
         records = []
         for n in counts:
             if time.perf_counter() - t0 > args.budget_s:

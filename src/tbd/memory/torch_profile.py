@@ -306,7 +306,7 @@ def open_registered(config):
 def profile(config, warmup: int = 1, open_session=None) -> dict[str, Any]:
     """Open a session for `config` (a RunConfig with data_pool 1), run `warmup` steps and one
     profiled step under the tracker; an OOM gives a profile with status 'oom', not an exception."""
-    from tbd.memory.categories import downsample, finish_peak, new_profile, nvml_process_bytes
+    from tbd.memory.categories import new_profile
 
     device = resolve(torch.device(config.device))
     prof = new_profile(framework="torch", workload=config.workload, flavor=config.flavor, device=config.device,
@@ -319,7 +319,16 @@ def profile(config, warmup: int = 1, open_session=None) -> dict[str, Any]:
         "warmup_steps": warmup,
         "estimated": [] if device.type == "cuda" else ["allocator_cache and framework_overhead are not defined on the CPU (0)"],
     }
-    session = tracker = None
+    try:
+        return _profile_into(prof, config, device, warmup, open_session)
+    finally:  # any failure too: the next profile in this process must start from an empty device
+        cleanup(device)
+
+
+def _profile_into(prof: dict[str, Any], config, device, warmup: int, open_session) -> dict[str, Any]:
+    from tbd.memory.categories import downsample, finish_peak, nvml_process_bytes
+
+    session = tracker = error = None
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -330,6 +339,10 @@ def profile(config, warmup: int = 1, open_session=None) -> dict[str, Any]:
         prof["analytic"] = analytic_sizes(session, device)
     except torch.OutOfMemoryError as exc:  # the model or its batch does not fit at all
         error = exc
+    except Exception:  # not ours to explain: release the model and its tensors, then re-raise
+        if session is not None:
+            session.close()
+        raise
     if error is not None:
         where = f" in {tracker.phases[-1]} ({tracker.ops[-1]})" if tracker and tracker.samples else " while building the model and data"
         prof["status"] = "oom"

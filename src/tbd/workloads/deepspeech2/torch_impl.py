@@ -83,6 +83,12 @@ def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device):
     return (spec, targets, torch.as_tensor(frames), torch.as_tensor(n_chars))
 
 
+def _python_dispatch_active() -> bool:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     model = DeepSpeech2(hp["freq_bins"], hp["conv_channels"], hp["hidden"], hp["gru_layers"])
@@ -90,6 +96,11 @@ def build(ctx: BuildContext) -> TorchTask:
     def loss(model, batch):
         spec, targets, lengths, target_lengths = batch
         log_probs, out_lengths = model(spec, lengths)
+        if _python_dispatch_active():
+            # Under a dispatch mode (tbd memory's tracker) ctc_loss takes its tensor-subclass path,
+            # which needs the lengths on the log-probs' device; plain training keeps them on the
+            # host, where ctc_loss reads them without a device sync.
+            out_lengths, target_lengths = out_lengths.to(log_probs.device), target_lengths.to(log_probs.device)
         # 'mean' divides each utterance's loss by its transcript length, then averages.
         return F.ctc_loss(log_probs, targets, out_lengths, target_lengths, blank=0, zero_infinity=True)
 
