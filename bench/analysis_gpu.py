@@ -162,7 +162,7 @@ def plot(suite: list[dict], path: Path, what: str) -> str:
     rows = [r for r in suite if r.get("status") == "ok"]
     if not rows:
         return "no figure (no successful run)"
-    series = (("gpu_util_trace_pct", "GPU util (trace)"), ("gpu_util_nvml_pct", "GPU util (NVML)"), ("mfu_pct", "FLOP util (MFU)"), ("cpu_util_pct", "CPU util"))
+    series = (("gpu_util_trace_pct", "GPU util (trace)"), ("gpu_util_nvml_pct", "GPU util (NVML)"), ("mfu_pct", "FLOP util (MFU)"), ("cpu_util_pct", "CPU util (% of all cores)"))
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4.2))
     width = 0.8 / len(series)
     for i, (key, label) in enumerate(series):
