@@ -119,3 +119,17 @@ def test_verify_reruns_with_the_top_applicable_recommendation(monkeypatch, tmp_p
     assert out["action"] == "channels_last memory format" and out["expected_gain_pct"] == 12.0
     assert out["measured_gain_pct"] == pytest.approx(50.0)
     assert store.get("new-run")["metrics"]["samples_per_s"] == 150.0
+
+
+def test_distributed_ddp_run_with_exposed_communication_gets_larger_buckets():
+    """A DDP run (no single trace; comm from the per-rank traces) whose all-reduces show."""
+    facts = {"device": "cuda", "framework": "torch", "has_trace": False, "world_size": 2, "parallel": "ddp",
+             "ddp_bucket_mb": 25.0, "exposed_comm_pct": 17.0, "gpu_util_nvml_pct": 95.0}
+    assert diagnose(facts)["label"] == "communication-bound"
+    [rec] = [r for r in recommend(facts) if r["action"].startswith("larger DDP")]
+    assert rec["apply"] == {"ddp_bucket_mb": 100.0}
+    assert rec["expected_gain_pct"] == pytest.approx((1 / (1 - 0.7 * 0.17) - 1) * 100, abs=0.1)
+    assert not [r for r in recommend({**facts, "parallel": "fsdp2"}) if r["action"].startswith("larger DDP")]
+    assert not [r for r in recommend({**facts, "ddp_bucket_mb": 200.0}) if r["action"].startswith("larger DDP")]
+    small_model = {**facts, "gradient_mib": 10.0}  # one bucket already: nothing to merge
+    assert not [r for r in recommend(small_model) if r["action"].startswith("larger DDP")]

@@ -36,7 +36,12 @@ def analyze(record: dict[str, Any], home: str | Path) -> dict[str, Any]:
     if path is not None:
         summary = summarize(load_trace(path), (trace_info or {}).get("steps"))
     else:
-        notes.append(f"no trace stored with this run ({stored['error']}); {NO_TRACE}" if stored.get("error") else f"no trace stored with this run; {NO_TRACE}")
+        distributed = record["config"].get("nproc_per_node", 1) * record["config"].get("nnodes", 1) > 1
+        if distributed and (record.get("metrics") or {}).get("comm_ms_per_step") is not None:
+            notes.append("distributed run: communication comes from each rank's trace (metrics comm_*, distributed.ranks[].comm); "
+                         "for kernel-level analysis profile a single-process run")
+        else:
+            notes.append(f"no trace stored with this run ({stored['error']}); {NO_TRACE}" if stored.get("error") else f"no trace stored with this run; {NO_TRACE}")
     samples = record.get("samples") or {}
     stability = analyze_steps(samples.get("step_s") or [], samples.get("chunk_ends"))
     ncu = stored.get("ncu")
@@ -83,6 +88,11 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         "data_synthetic": "synthetic" in str((record.get("method") or {}).get("data", "")),
         "stall_share_pct": stability.get("stall_time_share_pct"), "period_steps": stability.get("period_steps"), "cv_pct": stability.get("cv_pct"),
     }
+    if cfg.get("nproc_per_node", 1) * cfg.get("nnodes", 1) > 1:  # distributed: per-rank comm, no single trace
+        f.update({"world_size": cfg.get("nproc_per_node", 1) * cfg.get("nnodes", 1), "parallel": cfg.get("parallel", "ddp"),
+                  "ddp_bucket_mb": cfg.get("ddp_bucket_mb", 25.0), "exposed_comm_pct": met.get("exposed_comm_share_pct"),
+                  "comm_share_pct": met.get("comm_share_pct"),
+                  "gradient_mib": 4 * ((record.get("workload") or {}).get("num_parameters") or 0) / 2**20 or None})
     if summary:
         host, dev = summary["host"], summary["device"]
         f.update({"host_busy_pct": host["busy_pct"], "input_wait_pct": host["input_wait_pct"], "ops_per_step": host.get("ops_per_step"),

@@ -211,8 +211,10 @@ def merge(record: dict[str, Any], summaries: list[dict[str, Any]], world: dict[s
         metrics["comm_overlap_pct"] = least["comm_overlap_pct"]
         metrics["comm_wait_ms_per_step"] = max(c["comm_ms_per_step"] for c in comm) - least["comm_ms_per_step"]
         windows = sorted(c["window_ms_per_step"] for c in comm if c.get("window_ms_per_step"))
-        if windows:  # profiled step time (the profiler slows steps a little): the share's denominator
-            metrics["comm_share_pct"] = 100.0 * least["comm_ms_per_step"] / windows[len(windows) // 2]
+        if windows:  # profiled step time (the profiler slows steps a little): the shares' denominator
+            metrics["profiled_step_ms"] = windows[len(windows) // 2]
+            metrics["comm_share_pct"] = 100.0 * least["comm_ms_per_step"] / metrics["profiled_step_ms"]
+            metrics["exposed_comm_share_pct"] = 100.0 * least["exposed_comm_ms_per_step"] / metrics["profiled_step_ms"]
     per_rank_memory = [s["memory"] for s in summaries]
     memory: dict[str, Any] = {"per_rank": per_rank_memory, "note": "each figure outside per_rank is the largest rank's, never a sum over ranks"}
     for key in {k for mem in per_rank_memory for k, v in mem.items() if isinstance(v, (int, float))}:
