@@ -32,10 +32,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "scale", help="throughput and scaling efficiency over process counts", formatter_class=EXAMPLES,
         description="Run WORKLOAD once per process count (torchrun on this machine; one process per GPU on GPUs), "
-                    "then show throughput, speedup and efficiency against linear scaling, and save a figure.",
+                    "then show throughput, speedup and efficiency against linear scaling, communication share and overlap "
+                    "(each multi-process run traces a few steps after timing), peak memory per rank, and save a figure.",
         epilog="examples:\n  tbd scale resnet50 --nproc 1,2 --device cpu --max-steps 10\n"
                "  tbd scale resnet50 --nproc 1,2,4,8 --device cuda --flavor paper -b 64 --precision bf16\n"
-               "  tbd scale resnet50 --nproc 1,2,4,8 --scaling strong -b 256",
+               "  tbd scale resnet50 --nproc 1,2,4,8 --scaling strong -b 256\n"
+               "  tbd scale gpt --nproc 1,2 --device cuda --flavor paper -b 8 --precision bf16 --ddp-bucket-mb 100",
     )
     p.add_argument("workload", help="workload name (see 'tbd list')")
     p.add_argument("--nproc", default="1,2", help="comma-separated process counts (default: 1,2)")
@@ -63,12 +65,11 @@ def scaling_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         unit = (r.get("workload") or {}).get("unit", "samples")
         n = cfg.get("nproc_per_node", 1) * cfg.get("nnodes", 1)
         memory = r.get("memory") or {}
-        step_ms, comm_ms = met.get("step_time_ms_p50"), met.get("comm_ms_per_step")
         rows.append({"id": r["id"], "nproc": n, "global_batch": cfg["batch_size"], "unit": unit, "status": r["status"],
                      "throughput": met.get(f"{unit}_per_s") if r["status"] == "ok" else None,
-                     "step_time_ms_p50": step_ms,
+                     "step_time_ms_p50": met.get("step_time_ms_p50"),
                      # communication (measured from a short per-rank trace; None for one process or unprofiled runs)
-                     "comm_ms_per_step": comm_ms, "comm_share_pct": met.get("comm_share_pct"), "comm_wait_ms_per_step": met.get("comm_wait_ms_per_step"),
+                     "comm_ms_per_step": met.get("comm_ms_per_step"), "comm_share_pct": met.get("comm_share_pct"), "comm_wait_ms_per_step": met.get("comm_wait_ms_per_step"),
                      "comm_overlap_pct": met.get("comm_overlap_pct"), "exposed_comm_ms_per_step": met.get("exposed_comm_ms_per_step"),
                      "peak_memory_per_rank_bytes": memory.get("peak_allocated_bytes") or memory.get("host_peak_rss_bytes"),
                      "stragglers": (r.get("distributed") or {}).get("stragglers", []),

@@ -35,11 +35,18 @@ def best_device() -> str:
     return "cuda" if cuda_available() else "cpu"
 
 
+def _visible_list() -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as a list (empty: no GPU visible), or None where it is not set."""
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+        return None
+    return [v.strip() for v in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if v.strip()]
+
+
 def visible_nvml_index(cuda_index: int) -> int | str:
     """The NVML device behind CUDA device `cuda_index`: NVML numbers every GPU of the machine,
     CUDA only those CUDA_VISIBLE_DEVICES lists (by index or UUID), so the two differ whenever it
     is set. Returns an NVML index, or a UUID (prefix) string."""
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible = _visible_list()
     if not visible or cuda_index >= len(visible):
         return cuda_index
     entry = visible[cuda_index]
@@ -60,9 +67,8 @@ def device_handle(lib, cuda_index: int = 0):
 
 def visible_count(lib) -> int:
     """How many GPUs CUDA will see here (CUDA_VISIBLE_DEVICES narrows NVML's count)."""
-    total = int(lib.nvmlDeviceGetCount())
-    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    return min(total, len(visible)) if "CUDA_VISIBLE_DEVICES" in os.environ else total
+    total, visible = int(lib.nvmlDeviceGetCount()), _visible_list()
+    return total if visible is None else min(total, len(visible))
 
 
 def gpu_info(index: int = 0) -> dict[str, Any]:
