@@ -16,6 +16,8 @@ run store under OUT/tbd-home (traces included); prints a summary table last. Nee
 
 from __future__ import annotations
 
+from tbd import frameworks
+
 import argparse
 import json
 import os
@@ -123,12 +125,12 @@ def matched_window(store, point: dict, steps: int | None, long: dict) -> dict:
     """Trace utilization and NVML utilization over the very same steps (in this process)."""
     try:
         from tbd import registry
-        from tbd.analysis.capture import profile_session
+        from tbd.harness.profiling import trace_session as profile_session
         from tbd.config import RunConfig
 
         config = RunConfig(workload="resnet50", framework="torch", **{**point, "max_time_s": 1.0}).validated()
         spec = registry.get_spec("resnet50")
-        session = registry.load_adapter("torch").open_session(config, spec, registry.load_implementation("resnet50", "torch"))
+        session = frameworks.open_session(config)
         session.run_steps(15)  # warm-up: cuDNN autotuning and allocator growth
         step_ms = long.get("step_ms") or 50.0
         n = steps or max(20, min(150, int(3000 / step_ms)))

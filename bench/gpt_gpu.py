@@ -24,6 +24,8 @@ events with one host synchronization at the end; tokens/s from the median step. 
 
 from __future__ import annotations
 
+from tbd import registry
+
 import argparse
 import gc
 import json
@@ -41,15 +43,15 @@ HERE = Path(__file__).resolve()
 # name -> what the job runs; the order is the order of importance under the time budget
 JOBS = {
     "hf_sdpa": dict(kind="hf", dropout=None),
-    "tbd_compile": dict(kind="tbd", flavor="paper", compile=True, hparams={}),
-    "tbd_compile_cudnn": dict(kind="tbd", flavor="paper", compile=True, hparams={"sdpa_backend": "cudnn"}),
-    "tbd_1.3b_eager": dict(kind="tbd", flavor="1.3b", compile=False, hparams={}, warmup=3, steps=5, halve_on_oom=True),
+    "tbd_compile": dict(kind="tbd", flavor="paper", compile=True, options={}),
+    "tbd_compile_cudnn": dict(kind="tbd", flavor="paper", compile=True, options={"sdpa_backend": "cudnn"}),
+    "tbd_1.3b_eager": dict(kind="tbd", flavor="1.3b", compile=False, options={}, warmup=3, steps=5, halve_on_oom=True),
     # GEMM autotuning (Triton templates with fused epilogues) and coordinate-descent tuning of
     # the other kernels: may be fastest, surely slowest to compile, so capped
     "tbd_autotune_cudnn": dict(kind="tbd", flavor="paper", compile=True, max_s=150,
-                               hparams={"compile_mode": "max-autotune-no-cudagraphs", "sdpa_backend": "cudnn"}),
+                               options={"compile_mode": "max-autotune-no-cudagraphs", "sdpa_backend": "cudnn"}),
     "hf_sdpa_dropout0": dict(kind="hf", dropout=0.0),
-    "tbd_eager": dict(kind="tbd", flavor="paper", compile=False, hparams={}),
+    "tbd_eager": dict(kind="tbd", flavor="paper", compile=False, options={}),
 }
 
 
@@ -125,7 +127,7 @@ def run_tbd(job: dict, smoke: bool, warmup: int, steps: int) -> dict:
 
     from tbd import registry
     from tbd.config import RunConfig
-    from tbd.frameworks.torch_adapter import open_session
+    from tbd.frameworks import open_session
     from tbd.workloads.gpt.spec import train_flops_per_token
 
     flavor = "tiny" if smoke else job["flavor"]
@@ -135,11 +137,11 @@ def run_tbd(job: dict, smoke: bool, warmup: int, steps: int) -> dict:
     while True:
         config = RunConfig(
             workload="gpt", flavor=flavor, device="cpu" if smoke else "cuda", precision="bf16", batch_size=batch,
-            compile=job["compile"] and not smoke, hparams=dict(job["hparams"]), isolate=False,
+            compile=job["compile"] and not smoke, options=dict(job["options"]), isolate=False,
         ).validated()
         session = None
         try:
-            session = open_session(config, spec, registry.load_implementation("gpt", "torch"))
+            session = open_session(config)
             session.run_steps(job.get("warmup", warmup))
             times = session.run_steps(job.get("steps", steps)).seconds
             break

@@ -29,7 +29,7 @@ import torch
 from tbd import registry
 from tbd.config import RunConfig
 from tbd.memory import profiler, report
-from tbd.memory.categories import fmt_bytes
+from tbd.results.memory_profile import fmt_bytes
 
 # tbd category -> categories of torch.profiler._memory_profiler (None: what it could not tag).
 THEIRS = {

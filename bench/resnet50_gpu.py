@@ -16,6 +16,8 @@ between CUDA synchronizations.
 
 from __future__ import annotations
 
+from tbd import frameworks
+
 import argparse
 import dataclasses
 import json
@@ -78,7 +80,7 @@ def harness_overhead(config, rounds: int, steps: int) -> dict:
     from tbd.metrics.sampling import Probe
 
     spec = registry.get_spec(config.workload)
-    session = registry.load_adapter("torch").open_session(config, spec, registry.load_implementation(config.workload, "torch"))
+    session = frameworks.open_session(config)
     session.run_steps(15)  # warm-up (compile, cudnn autotune)
     probe = Probe(0 if config.device == "cuda" else None)
     bare, harnessed = [], []

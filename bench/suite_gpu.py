@@ -47,7 +47,7 @@ def main() -> None:
             if spec.precisions is not None and precision not in spec.precisions:
                 precision = "fp32"  # e.g. a3c: its small policy trains in fp32 only
             plan.append(dict(workload=name, framework="torch", flavor=flavor, device=device, precision=precision,
-                             channels_last=spec.supports_channels_last and device == "cuda", compile=args.compile,
+                             channels_last=spec.convolutional and device == "cuda", compile=args.compile,
                              max_time_s=args.max_time, max_steps=400))
     if args.oom_check and not args.smoke:
         plan.append(dict(workload="gpt", framework="torch", flavor="1.3b", device=device, precision="bf16",

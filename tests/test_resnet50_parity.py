@@ -8,6 +8,8 @@ torch.optim.SGD on a few tensors.
 
 from __future__ import annotations
 
+from tbd import frameworks
+
 import functools
 
 import numpy as np
@@ -141,16 +143,16 @@ def test_jax_session_compiles_the_step_once_and_frees_it_on_close():
     from tbd import registry
 
     config = RunConfig(workload="resnet50", framework="jax", flavor="tiny", data_pool=2, isolate=False).validated()
-    session = registry.load_adapter("jax").open_session(config, registry.get_spec("resnet50"), registry.load_implementation("resnet50", "jax"))
+    session = frameworks.open_session(config)
     try:
         times = session.run_steps(3)  # rotates through both pool batches
         assert len(times.seconds) == 3 and times.samples == [4.0, 4.0, 4.0]
         # An input committed differently on the first call would compile the step twice.
-        assert session._step._cache_size() == 1
+        assert session.step_fn._cache_size() == 1
         assert np.isfinite(session.last_loss())
         assert session.num_parameters == _torch_count(10)
         assert "block_until_ready" in session.info.method["timing"] and "XLA jit" in session.info.method["compile"]
         assert session.memory() == {}  # the CPU backend keeps no allocator statistics
     finally:
         session.close()
-    assert session.state is None and session.batches == [] and session._step is None
+    assert session.state is None and session.batches == [] and session.step_fn is None

@@ -1,7 +1,9 @@
 """tbd: a training benchmark and analysis toolkit.
 
-The package root imports no deep-learning framework; adapters import theirs only when a run
-asks for them (see `tbd.registry`).
+The package root imports no deep-learning framework; framework plugins import theirs only when
+a run asks for them (see `tbd.frameworks`).
 """
 
-__version__ = "0.1.0"
+from tbd.version import __version__
+
+__all__ = ["__version__"]

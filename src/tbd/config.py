@@ -10,11 +10,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from tbd import registry
+from tbd import registry, topology
 from tbd.errors import UsageError, unknown
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 DEVICES = ("cpu", "cuda")
+MAX_BATCH = 2**31 - 1  # beyond any device's memory; stops overflowing sizes before a run starts
 
 
 @dataclass
@@ -47,6 +48,9 @@ class RunConfig:
     parallel: str = "ddp"  # ddp or fsdp2 (PyTorch)
     ddp_bucket_mb: float = 25.0  # DDP gradient bucket size, MiB (PyTorch's default: 25)
     hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the flavor's hparams
+    # Settings of the framework's plugin that change speed, not the model (e.g. PyTorch's
+    # compile_mode, sdpa_backend); the plugin's Capabilities.options names the valid keys.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,42 +64,42 @@ class RunConfig:
         return cls(**data)
 
     def validated(self) -> "RunConfig":
+        """Check every field, filling the flavor's batch size; bad input is one UsageError.
+        The framework's own rules (precisions, parallel strategies, options) are its plugin's."""
         spec = registry.get_spec(self.workload)
-        registry.framework(self.framework)
+        plugin = registry.framework(self.framework)
         flavor = spec.flavor(self.flavor)
         if self.batch_size is None:
             self.batch_size = flavor.batch_size
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise UsageError(f"batch size must be a positive integer, got {self.batch_size}; try --batch-size {flavor.batch_size}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= MAX_BATCH:
+            raise UsageError(f"batch size must be a positive integer up to {MAX_BATCH:,} ({spec.batch_counts}), got {self.batch_size}; "
+                             f"try --batch-size {flavor.batch_size}")
         if self.precision not in PRECISIONS:
             raise unknown("precision", self.precision, PRECISIONS)
         if self.device not in DEVICES:
             raise unknown("device", self.device, DEVICES)
-        if self.framework == "jax" and self.precision == "fp16":
-            raise UsageError("precision fp16 is not supported for JAX (no loss scaling); use --precision bf16")
         if self.device == "cpu" and self.precision in ("tf32", "fp16"):
             raise UsageError(f"precision {self.precision} needs a GPU; on the CPU use fp32 or bf16")
-        if self.channels_last and not spec.supports_channels_last:
+        if self.channels_last and not spec.convolutional:
             raise UsageError(f"--channels-last applies to convolutional workloads, not {self.workload}; drop the flag")
         if spec.precisions is not None and self.precision not in spec.precisions:
             raise UsageError(f"{self.workload} runs in {' or '.join(spec.precisions)} only ({spec.precisions_note}); drop --precision {self.precision}")
         for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1)):
             if getattr(self, name) < low:
                 raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
-        if self.max_time_s <= 0:
-            raise UsageError(f"max-time must be positive, got {self.max_time_s}")
+        if not self.max_time_s > 0 or self.max_time_s == float("inf"):
+            raise UsageError(f"max-time must be a positive number of seconds, got {self.max_time_s}")
         unknown_hp = [k for k in self.hparams if k not in flavor.hparams]
         if unknown_hp:
             raise unknown(f"hyperparameter of {self.workload}", unknown_hp[0], flavor.hparams)
+        plugin.check(self, spec)
         registry.check_runnable(self.workload, self.framework)
         if self.device == "cuda":
             from tbd.metrics.devices import cuda_available
 
             if not cuda_available():
                 raise UsageError("device cuda was asked for but no NVIDIA GPU is visible here; use --device cpu")
-        from tbd.harness.distributed import validate_topology  # scale-out fields; no framework import
-
-        validate_topology(self)
+        topology.validate_topology(self)
         return self
 
     def resolved_hparams(self) -> dict[str, Any]:

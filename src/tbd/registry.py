@@ -1,16 +1,15 @@
-"""Names to code: workloads and frameworks, imported only when asked for.
+"""Names to code: workloads and framework plugins, imported only when asked for.
 
-`tbd list` shows what is here and what each framework needs installed. A workload lives in
-`tbd/workloads/<name>/` (its `spec.py` is framework-neutral and always importable); its
-implementation for a framework is `<name>/<framework>_impl.py`.
+A workload lives in `tbd/workloads/<name>/`: its `spec.py` is framework-neutral and always
+importable; its implementation for a framework is `<name>/<framework>_impl.py`. A framework is
+one plugin, `tbd/frameworks/<name>/` (see `tbd.frameworks.base`); reading its `PLUGIN` imports
+no framework. `tbd list` shows both and what each framework needs installed.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
-from types import ModuleType
 
 from tbd.errors import UsageError, unknown
 from tbd.workloads.base import WorkloadSpec
@@ -29,21 +28,6 @@ WORKLOADS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class FrameworkInfo:
-    name: str
-    adapter: str  # module with `open_session(config, spec, impl)`
-    requires: tuple[str, ...]  # importable module names
-    install: str  # the pip extra that brings them
-    devices: tuple[str, ...]
-
-
-FRAMEWORKS: dict[str, FrameworkInfo] = {
-    "torch": FrameworkInfo("torch", "tbd.frameworks.torch_adapter", ("torch", "torchvision"), "pip install 'tbd[torch]'", ("cpu", "cuda")),
-    "jax": FrameworkInfo("jax", "tbd.frameworks.jax_adapter", ("jax", "flax", "optax"), "pip install 'tbd[jax]'", ("cpu", "cuda")),
-}
-
-
 def workload_names() -> list[str]:
     return list(WORKLOADS)
 
@@ -54,10 +38,29 @@ def get_spec(name: str) -> WorkloadSpec:
     return importlib.import_module(f"{WORKLOADS[name]}.spec").SPEC
 
 
-def framework(name: str) -> FrameworkInfo:
+def workload_package(name: str) -> str:
+    """The package of a workload: `spec.py` and one `<framework>_impl.py` per framework."""
+    get_spec(name)
+    return WORKLOADS[name]
+
+
+# Framework name -> the package holding its `PLUGIN` (tbd.frameworks.base.FrameworkPlugin);
+# order is the order of `tbd list` and the demo.
+FRAMEWORKS: dict[str, str] = {
+    "torch": "tbd.frameworks.torch",
+    "jax": "tbd.frameworks.jax",
+}
+
+
+def framework_names() -> list[str]:
+    return list(FRAMEWORKS)
+
+
+def framework(name: str):
+    """The `FrameworkPlugin` of a framework name (its package is imported, not the framework)."""
     if name not in FRAMEWORKS:
         raise unknown("framework", name, FRAMEWORKS)
-    return FRAMEWORKS[name]
+    return importlib.import_module(FRAMEWORKS[name]).PLUGIN
 
 
 def missing_modules(name: str) -> list[str]:
@@ -69,8 +72,8 @@ def is_installed(name: str) -> bool:
     return not missing_modules(name)
 
 
-def has_implementation(workload: str, framework_name: str) -> bool:
-    return importlib.util.find_spec(f"{WORKLOADS[workload]}.{framework_name}_impl") is not None
+def has_implementation(workload: str, framework: str) -> bool:
+    return importlib.util.find_spec(f"{workload_package(workload)}.{framework}_impl") is not None
 
 
 def implementations(workload: str) -> list[str]:
@@ -79,24 +82,19 @@ def implementations(workload: str) -> list[str]:
 
 def check_runnable(workload: str, framework_name: str) -> None:
     """Raise a UsageError naming the fix when this pair cannot run here."""
-    get_spec(workload)
-    info = framework(framework_name)
+    spec = get_spec(workload)
+    plugin = framework(framework_name)
     if not has_implementation(workload, framework_name):
         have = ", ".join(implementations(workload)) or "none"
         raise UsageError(f"{workload} has no {framework_name} implementation yet; available: {have}")
     missing = missing_modules(framework_name)
     if missing:
-        raise UsageError(f"framework '{framework_name}' is not installed (missing {', '.join(missing)}); install it with: {info.install}")
-    spec = get_spec(workload)
+        raise UsageError(f"framework '{framework_name}' is not installed (missing {', '.join(missing)}); install it with: {plugin.install}")
     absent = [m for m in spec.requires if importlib.util.find_spec(m) is None]
     if absent:
         raise UsageError(f"workload '{workload}' needs {', '.join(absent)}, not installed here; install with: {spec.install}")
 
 
-def load_implementation(workload: str, framework_name: str) -> ModuleType:
-    check_runnable(workload, framework_name)
-    return importlib.import_module(f"{WORKLOADS[workload]}.{framework_name}_impl")
-
-
-def load_adapter(framework_name: str) -> ModuleType:
-    return importlib.import_module(framework(framework_name).adapter)
+def load_implementation(workload: str, framework: str):
+    check_runnable(workload, framework)
+    return importlib.import_module(f"{workload_package(workload)}.{framework}_impl")

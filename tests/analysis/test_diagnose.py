@@ -5,6 +5,9 @@ import pytest
 
 from tbd.analysis.diagnose import diagnose
 from tbd.analysis.recommend import recommend
+from tbd.analysis.report import framework_levers
+
+TORCH = framework_levers("torch")  # what the PyTorch plugin offers: compile, channels_last, fused optimizers
 
 GIB = 2**30
 
@@ -12,8 +15,8 @@ GIB = 2**30
 def gpu(**over):
     """A profiled GPU run, busy 95% of the window on matmul-heavy kernels, with memory to spare."""
     f = {
-        "device": "cuda", "framework": "torch", "precision": "bf16", "compile": False, "channels_last": True,
-        "batch_size": 64, "supports_channels_last": True, "has_trace": True,
+        **TORCH, "device": "cuda", "framework": "torch", "precision": "bf16", "compile": False, "channels_last": True,
+        "batch_size": 64, "convolutional": True, "has_trace": True,
         "gpu_util_trace_pct": 95.0, "gpu_util_nvml_pct": 97.0, "mfu_pct": 40.0,
         "class_share": {"matmul/conv": 70.0, "elementwise": 15.0, "normalization": 10.0, "optimizer": 5.0},
         "tensor_core_share_pct": 65.0, "layout_transpose_share_pct": 0.0, "exposed_comm_pct": 0.0,
@@ -84,7 +87,7 @@ def test_fused_optimizer_input_and_stall_recommendations():
 
 
 def test_cpu_run_recommendations():
-    facts = {"device": "cpu", "framework": "torch", "precision": "fp32", "compile": False, "channels_last": False, "supports_channels_last": True,
+    facts = {**TORCH, "device": "cpu", "framework": "torch", "precision": "fp32", "compile": False, "channels_last": False, "convolutional": True,
              "batch_size": 4, "step_ms": 20.0, "ops_per_step": 600, "host_peak_rss_bytes": 1 * GIB, "host_total_bytes": 16 * GIB,
              "host_class_share": {"matmul/conv": 60.0, "normalization": 20.0, "optimizer": 15.0, "elementwise": 5.0}, "host_optimizer_kind": "foreach"}
     recs = recommend(facts)

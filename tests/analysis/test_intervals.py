@@ -1,6 +1,6 @@
 """Interval arithmetic behind GPU utilization and launch-bound idle time."""
 
-from tbd.analysis import intervals as iv
+from tbd.metrics import intervals as iv
 
 
 def test_union_merges_overlaps_and_touching_spans():

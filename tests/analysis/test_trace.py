@@ -123,7 +123,7 @@ def test_broken_and_foreign_traces(tmp_path):
 
 def test_real_torch_profiler_trace_of_a_tiny_cpu_run(tmp_path):
     torch = pytest.importorskip("torch")
-    from tbd.analysis import torch_trace
+    from tbd.frameworks.torch import trace as torch_trace
     from tbd.frameworks.base import StepTimes
 
     torch.manual_seed(0)

@@ -68,7 +68,7 @@ def test_run_results_show_export(tbd_home, tmp_path):
     assert "images/s" in out.stdout and "stored as" in out.stdout
     [record] = Store().list()
     assert record["status"] == "ok"
-    assert record["schema_version"] == 1
+    assert record["schema_version"] == 2 and record["kind"] == "run"
     assert record["environment"]["libraries"]["torch"]
     assert "dirty" in record["environment"]["source"]
     assert len(record["samples"]["step_s"]) == record["metrics"]["total_steps"]

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tbd.config import RunConfig
-from tbd.frameworks import torch_adapter, torch_distributed
-from tbd.frameworks.torch_adapter import TorchTask
+from tbd.frameworks.torch import session as torch_adapter, torch_distributed
+from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.resnet50.spec import SPEC  # any spec with 1 unit per sample serves
 
 GLOBAL_BATCH, STEPS = 8, 5

@@ -1,4 +1,4 @@
-"""JAX data parallelism through tbd.frameworks.jax_distributed: a tiny MLP, SGD, 5 steps.
+"""JAX data parallelism through tbd.frameworks.jax.distributed: a tiny MLP, SGD, 5 steps.
 
 Under torchrun (2 processes on the CPU, gloo collectives) each process holds half of a fixed
 global batch and `globalize` lays state and batch over the global mesh; run directly it trains
@@ -19,7 +19,7 @@ GLOBAL_BATCH, STEPS = 8, 5
 
 def main(out: str) -> None:
     config = types.SimpleNamespace(device="cpu", compile=False, batch_size=GLOBAL_BATCH)
-    from tbd.frameworks import jax_distributed
+    from tbd.frameworks.jax import distributed as jax_distributed
 
     comm = jax_distributed.setup(config) if "RANK" in os.environ else None
     import jax

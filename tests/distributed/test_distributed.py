@@ -19,9 +19,12 @@ import pytest
 
 from tbd.config import RunConfig
 from tbd.errors import UsageError
+from tbd import topology
 from tbd.harness import distributed
-from tbd.harness.distributed_worker import comm_stats, merge
-from tbd.results.record import new_record
+from tbd.commands.run import topology_options
+from tbd.frameworks.torch.distributed import comm_stats
+from tbd.harness.distributed_worker import merge
+from tbd.results.record import RunRecord
 from tbd.results.store import Store
 from tests.conftest import run_cli
 
@@ -131,7 +134,7 @@ def test_jax_over_two_processes_matches_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_a_rank_that_dies_ends_the_run_cleanly(tbd_home):
-    earlier = new_record("20200101-000000-aaaaaa", RunConfig(workload="resnet50", batch_size=4).to_dict())
+    earlier = RunRecord(id="20200101-000000-aaaaaa", config=RunConfig(workload="resnet50", batch_size=4).to_dict())
     earlier["status"] = "ok"
     Store(tbd_home).save(earlier)
     env = {**ONE_THREAD, "TBD_TEST_KILL_RANK": "1", "TBD_TEST_KILL_AFTER_STEPS": "2"}
@@ -159,23 +162,23 @@ def test_a_rank_that_hangs_ends_the_run_within_the_collective_timeout(tbd_home):
 
 
 def test_slurm_nodelists_expand():
-    assert distributed.expand_nodelist("gpu[01-03,07],login1") == ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]
-    assert distributed.expand_nodelist("a[1-2]-b[8-9]") == ["a1-b8", "a1-b9", "a2-b8", "a2-b9"]
-    assert distributed.expand_nodelist("node7") == ["node7"]
+    assert topology.expand_nodelist("gpu[01-03,07],login1") == ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]
+    assert topology.expand_nodelist("a[1-2]-b[8-9]") == ["a1-b8", "a1-b9", "a2-b8", "a2-b9"]
+    assert topology.expand_nodelist("node7") == ["node7"]
 
 
 def test_topology_comes_from_slurm_only_when_no_flag_is_given():
     env = {"SLURM_JOB_ID": "4321", "SLURM_NODEID": "1", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[10-11]",
            "SLURM_GPUS_ON_NODE": "8", "SLURM_NTASKS_PER_NODE": "1"}
     none = types.SimpleNamespace(nproc_per_node=None, nnodes=None, node_rank=None, rdzv_endpoint=None, parallel=None)
-    topo = distributed.topology_from_args(none, "cuda", env)
+    topo = topology_options(none, "cuda", env)
     assert topo == {"nproc_per_node": 8, "nnodes": 2, "node_rank": 1, "rdzv_endpoint": "gpu10:29821"}
-    assert distributed.from_slurm(env, "cpu")["nproc_per_node"] == 1
+    assert topology.from_slurm(env, "cpu")["nproc_per_node"] == 1
     flags = types.SimpleNamespace(nproc_per_node=2, nnodes=None, node_rank=None, rdzv_endpoint=None, parallel="fsdp2")
-    assert distributed.topology_from_args(flags, "cuda", env) == {"nproc_per_node": 2, "parallel": "fsdp2"}
-    assert distributed.from_slurm({}, "cuda") == {}
+    assert topology_options(flags, "cuda", env) == {"nproc_per_node": 2, "parallel": "fsdp2"}
+    assert topology.from_slurm({}, "cuda") == {}
     with pytest.raises(UsageError, match="ntasks-per-node=1"):
-        distributed.from_slurm({**env, "SLURM_NTASKS_PER_NODE": "8"}, "cuda")
+        topology.from_slurm({**env, "SLURM_NTASKS_PER_NODE": "8"}, "cuda")
 
 
 @pytest.mark.parametrize("fields,match", [
@@ -183,7 +186,7 @@ def test_topology_comes_from_slurm_only_when_no_flag_is_given():
     (dict(nnodes=2, node_rank=2, rdzv_endpoint="h:1"), "node-rank must be in 0..1"),
     (dict(nnodes=2, batch_size=4), "needs --rdzv-endpoint HOST:PORT"),
     (dict(nnodes=2, batch_size=4, rdzv_endpoint="host"), "needs --rdzv-endpoint"),
-    (dict(parallel="zero3"), "unknown --parallel"),
+    (dict(parallel="zero3"), "--parallel zero3 is not available for PyTorch; use --parallel ddp or fsdp2"),
 ])
 def test_bad_topologies_are_usage_errors(fields, match):
     with pytest.raises(UsageError, match=match):
@@ -191,9 +194,10 @@ def test_bad_topologies_are_usage_errors(fields, match):
 
 
 def test_fsdp2_is_pytorch_only():
-    config = types.SimpleNamespace(nproc_per_node=2, nnodes=1, node_rank=0, rdzv_endpoint=None, parallel="fsdp2", framework="jax", batch_size=4, device="cpu")
-    with pytest.raises(UsageError, match="fsdp2 is PyTorch's"):
-        distributed.validate_topology(config)
+    """The JAX plugin's capabilities offer data parallelism only."""
+    pytest.importorskip("jax")
+    with pytest.raises(UsageError, match="--parallel fsdp2 is not available for JAX; use --parallel ddp"):
+        RunConfig(workload="resnet50", framework="jax", nproc_per_node=2, batch_size=4, parallel="fsdp2").validated()
 
 
 def test_cli_rejects_a_batch_that_does_not_split():
@@ -243,7 +247,7 @@ def _summary(rank: int, step_s: list[float], peak: int) -> dict:
 
 def test_merge_flags_stragglers_and_never_sums_memory():
     fast, slow = [1.0] + [0.10] * 9, [1.0] + [0.15] * 9
-    record = new_record("x", {})
+    record = RunRecord(id="x", config={})
     record["samples"] = {"step_s": [max(a, b) for a, b in zip(fast, slow)], "units": [8.0] * 10, "samples": [8.0] * 10}
     record["metrics"] = {"mfu_pct": 40.0}
     merged = merge(record, [_summary(0, fast, 100), _summary(1, slow, 300)], {"nnodes": 1})
@@ -274,7 +278,7 @@ def test_scale_computes_efficiency_draws_and_records(tbd_home, monkeypatch):
     throughput = {1: 10.0, 2: 15.0, 4: 20.0}
 
     def fake_launch(config, progress=None):
-        record = new_record(f"20260101-00000{config.nproc_per_node}-abcdef", config.to_dict())
+        record = RunRecord(id=f"20260101-00000{config.nproc_per_node}-abcdef", config=config.to_dict())
         record.update(status="ok", workload={"unit": "images"}, metrics={"images_per_s": throughput[config.nproc_per_node], "step_time_ms_p50": 1.0})
         return record
 
@@ -299,7 +303,7 @@ def test_scale_rejects_topology_flags_and_bad_counts():
 def test_merged_comm_is_the_transfer_and_waiting_is_reported_apart():
     """A rank that reaches a collective early shows long NCCL kernels: that is waiting, not
     transfer. The merge takes the rank that waited least and reports the rest as comm_wait."""
-    record = new_record("x", {})
+    record = RunRecord(id="x", config={})
     record["samples"] = {"step_s": [0.03] * 10, "units": [8.0] * 10, "samples": [8.0] * 10}
     record["metrics"] = {}
     waited_little = {"comm_ms_per_step": 2.0, "exposed_comm_ms_per_step": 1.5, "comm_overlap_pct": 25.0, "window_ms_per_step": 40.0}

@@ -10,13 +10,14 @@ import pytest
 
 from tbd.config import RunConfig
 from tbd.errors import UsageError
-from tbd.memory import batch_model, categories, profiler
+from tbd.memory import batch_model, profiler
+from tbd.results import memory_profile as categories
 from tests.conftest import run_cli
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from tbd.frameworks.torch_adapter import TorchSession, TorchTask  # noqa: E402
+from tbd.frameworks.torch.session import TorchSession, TorchTask  # noqa: E402
 from tbd.registry import get_spec  # noqa: E402
 
 CHANNELS, SIZE, CLASSES = 8, 16, 4
@@ -165,7 +166,7 @@ def test_sizes_parse():
 
 def test_cli_writes_table_json_png_and_a_stored_record(tbd_home, capsys, monkeypatch):
     from tbd.cli import main
-    from tbd.memory import torch_profile
+    from tbd.frameworks.torch import memory as torch_profile
     from tbd.results.store import Store
 
     # The small network stands in for ResNet-50's model (profiled for real above) to keep this fast.
@@ -199,7 +200,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, words, tbd_home):
     assert not (tbd_home / "memory").exists()
 
 
-JAX_READY = importlib.util.find_spec("jax") is not None and importlib.util.find_spec("tbd.frameworks.jax_adapter") is not None \
+JAX_READY = importlib.util.find_spec("jax") is not None and importlib.util.find_spec("tbd.frameworks.jax.session") is not None \
     and importlib.util.find_spec("tbd.workloads.resnet50.jax_impl") is not None
 
 
@@ -232,10 +233,10 @@ def test_live_memory_agrees_with_pytorchs_own_memory_profiler():
 
     ours = profiler.profile(small_config(8), warmup=1, open_session=small_cnn_session)
     session = small_cnn_session(small_config(8))
-    session._step()
-    session._loss = None
+    session.step()
+    session.forget_loss()
     with torch.profiler.profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        session._step()
+        session.step()
     _, sizes = mp.MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
     totals = [sum(row) for row in sizes]
     assert ours["peak"]["allocated_bytes"] in totals

@@ -9,7 +9,7 @@ from sweep_fakes import fake_record
 from tbd.cli import main
 from tbd.config import RunConfig
 from tbd.report.html import SECTIONS, write_report
-from tbd.results.record import new_record
+from tbd.results.record import RunRecord
 from tbd.results.store import Store
 
 
@@ -20,7 +20,7 @@ def report_records() -> list[dict]:
     for precision in ("fp32", "bf16"):
         for b in (4, 8, 16, 32):
             records.append(fake_record(RunConfig("resnet50", precision=precision, batch_size=b), oom_above=16 if precision == "fp32" else None))
-    skipped = new_record("skip-1", RunConfig("resnet50", batch_size=64).to_dict())
+    skipped = RunRecord(id="skip-1", config=RunConfig("resnet50", batch_size=64).to_dict())
     skipped.update(status="skipped", error={"kind": "skipped", "message": "skipped: batch 32 of this line ran out of memory"})
     records.append(skipped)
     profile = {"categories": {"weights": 100 * 2**20, "gradients": 100 * 2**20, "optimizer_state": 100 * 2**20,
@@ -55,7 +55,7 @@ def test_report_without_optional_parts_says_what_is_missing(tmp_path):
     records = [fake_record(RunConfig("resnet50", batch_size=4))]
     text = write_report(records, tmp_path / "r.html", "t").read_text()
     assert "No analysis ran for these runs" in text
-    failed_only = [new_record("x", RunConfig("resnet50", batch_size=4).to_dict())]
+    failed_only = [RunRecord(id="x", config=RunConfig("resnet50", batch_size=4).to_dict())]
     failed_only[0]["error"] = {"kind": "crash", "message": "boom"}
     text = write_report(failed_only, tmp_path / "f.html", "t").read_text()
     assert "nothing to plot" in text and "boom" in text

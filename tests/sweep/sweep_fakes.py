@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from tbd.config import RunConfig
-from tbd.results.record import new_record, new_run_id
+from tbd.results.record import RunRecord, new_run_id
 
 
 def fake_record(config: RunConfig, rate: float = 100.0, oom_above: int | None = None, steps: int = 12, seed: int = 0,
                 hostname: str = "host-a", torch_version: str = "2.14.1", extras: dict | None = None) -> dict:
     """A record shaped like the harness's: samples, metrics, memory, environment; an OOM above a batch size."""
-    rec = new_record(new_run_id(config.workload, config.framework), config.to_dict())
+    rec = RunRecord(id=new_run_id(config.workload, config.framework), config=config.to_dict())
     rec["workload"] = {"name": config.workload, "unit": "images", "sample_unit": "images", "flavor": config.flavor}
     rec["environment"] = {"hostname": hostname, "cpu": "Fake CPU", "python": "3.11.7", "tbd_version": "0.1.0",
                           "libraries": {"torch": torch_version, "numpy": "2.4.6"}, "source": {"commit": "abc", "dirty": False},
@@ -50,7 +50,7 @@ class FakeLauncher:
     def __call__(self, config: RunConfig, progress=None) -> dict:
         self.calls.append(config)
         if config.batch_size in self.fail_at:
-            rec = new_record(new_run_id(config.workload, config.framework), config.to_dict())
+            rec = RunRecord(id=new_run_id(config.workload, config.framework), config=config.to_dict())
             rec["error"] = {"kind": "error", "message": "RuntimeError: boom"}
             return rec
         return fake_record(config, rate=self.rate, oom_above=self.oom_above)

@@ -1,11 +1,13 @@
 """A3C learns and counts right: updates change the policy, frames and rewards add up.
 
 `pytest -q tests/workloads/test_a3c.py`. Replaces the generic "loss falls on a fixed batch" check
-(spec.loss_check is False: an RL loss moves with the policy's own data). Runs the real Pong
+(an RL loss moves with the policy's own data, so the fixed-batch loss check does not apply). Runs the real Pong
 emulator; one test plays a whole episode in-process, the others start actor processes.
 """
 
 from __future__ import annotations
+
+from tbd import frameworks
 
 import importlib.util
 
@@ -69,7 +71,7 @@ def test_actor_accounting_over_a_whole_pong_episode(one_thread):
 def test_a_round_of_updates_changes_the_shared_policy(rule):
     config = RunConfig(workload="a3c", flavor="tiny", isolate=False, data_pool=1, hparams={"update_rule": rule}).validated()
     spec = registry.get_spec("a3c")
-    session = registry.load_adapter("torch").open_session(config, spec, registry.load_implementation("a3c", "torch"))
+    session = frameworks.open_session(config)
     pool = session.task.extra["pool"]
     try:
         before = [p.detach().clone() for p in session.model.parameters()]

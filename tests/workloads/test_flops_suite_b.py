@@ -6,6 +6,8 @@ Run: .venv/bin/python -m pytest -q tests/workloads/test_flops_suite_b.py
 
 from __future__ import annotations
 
+from tbd import registry
+
 import random
 import statistics
 
@@ -115,9 +117,9 @@ def test_gpt_compiles_into_one_graph(backend):
     from tbd.workloads.gpt import spec
     from tbd.workloads.gpt.torch_impl import GPT
 
-    hp = {**spec.FLAVORS["tiny"].hparams, "layers": 1, "block_size": 16, "sdpa_backend": backend}
+    hp = {**spec.FLAVORS["tiny"].hparams, "layers": 1, "block_size": 16}
     torch._dynamo.reset()
-    model = torch.compile(GPT(hp), backend="eager", fullgraph=True)
+    model = torch.compile(GPT(hp, sdpa_backend=backend), backend="eager", fullgraph=True)
     x = ids(hp["vocab"], 2, 16)
     loss = model(x, x)
     loss.backward()
@@ -149,11 +151,10 @@ def test_bucketed_batches_pad_little_and_fit_the_token_budget():
 
 def test_synthetic_batches_are_reproducible_and_masked():
     from tbd.config import RunConfig
-    from tbd.frameworks.torch_adapter import open_session
+    from tbd.frameworks import open_session
 
     config = RunConfig(workload="seq2seq", flavor="tiny", isolate=False).validated()
-    impl = registry.load_implementation("seq2seq", "torch")
-    a, b = (open_session(config, registry.get_spec("seq2seq"), impl) for _ in range(2))
+    a, b = (open_session(config) for _ in range(2))
     src, src_lens, tgt_in, tgt_out, tgt_lens = a.batches[0]
     assert all(torch.equal(x, y) for x, y in zip(a.batches[0], b.batches[0]))
     assert torch.equal((src != 0).sum(1), src_lens) and torch.equal((tgt_out != 0).sum(1), tgt_lens)

@@ -21,6 +21,8 @@ import sys
 import tempfile
 from typing import Any
 
+from tbd import frameworks, registry
+from tbd.config import RunConfig
 from tbd.errors import UsageError
 
 LAUNCH_COUNT = 300
@@ -133,37 +135,17 @@ def summarize_csv(text: str, wanted: dict[str, str] | None = None) -> dict[str, 
     }
 
 
-def _profiler_range(framework: str, on: bool) -> None:
-    """cudaProfilerStart/Stop around the profiled steps (ncu runs with --profile-from-start off)."""
-    if framework == "torch":
-        import torch
-
-        torch.cuda.synchronize()
-        (torch.cuda.profiler.start if on else torch.cuda.profiler.stop)()
-        return
-    # Other frameworks: the driver API on the device's primary context, which JAX/XLA use too.
-    import ctypes
-
-    lib = ctypes.CDLL("libcuda.so.1")
-    ctx = ctypes.c_void_p()
-    if lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0) == 0:
-        lib.cuCtxSetCurrent(ctx)
-    (lib.cuProfilerStart if on else lib.cuProfilerStop)()
-
-
 def _child(cfg_path: str, steps: int) -> int:
-    from tbd import registry
-    from tbd.config import RunConfig
-
+    """The run ncu watches: a few warm-up steps, then `steps` steps inside the profiler range
+    (cudaProfilerStart/Stop through the framework's plugin; ncu runs --profile-from-start off)."""
     with open(cfg_path) as f:
         config = RunConfig.from_dict(json.load(f)).validated()
-    spec = registry.get_spec(config.workload)
-    impl = registry.load_implementation(config.workload, config.framework)
-    session = registry.load_adapter(config.framework).open_session(config, spec, impl)
+    plugin = registry.framework(config.framework)
+    session = frameworks.open_session(config)
     session.run_steps(WARMUP_STEPS)
-    _profiler_range(config.framework, True)
+    plugin.profiler_range(True)
     session.run_steps(steps)
-    _profiler_range(config.framework, False)
+    plugin.profiler_range(False)
     session.close()
     return 0
 

@@ -75,7 +75,7 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
     floor = (g("host_busy_pct") or 0) / 100.0
     s_mm = shares.get("matmul/conv", 0.0) + shares.get("attention", 0.0)
     s_bw = sum(shares.get(c, 0.0) for c in BANDWIDTH_CLASSES)
-    torch = g("framework") == "torch"
+    compiler = g("compiler")  # the framework's optional compiler ("torch.compile"); "" if always compiled
     precision = g("precision")
     if u is not None and shares:
         for target in ("bf16", "tf32"):
@@ -88,19 +88,19 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
             recs.append(_rec(f"precision {target}", _gain((1 - u) + u * f, floor),
                              f"matmul/conv {s_mm * 100:.0f}% of kernel time x1/{k:g}, bandwidth-bound kernels {s_bw * 100:.0f}% x1/{k_bw:g}, GPU busy {u * 100:.0f}%",
                              {"precision": target}, how))
-        if g("supports_channels_last") and not g("channels_last") and torch:
+        if g("convolutional") and not g("channels_last") and g("channels_last_lever"):
             s_tr = (g("layout_transpose_share_pct") or 0) / 100.0
             f = 1 - s_tr - shares.get("matmul/conv", 0.0) * (1 - 1 / K_CONV_CHANNELS_LAST)
             recs.append(_rec("channels_last memory format", _gain((1 - u) + u * f, floor),
                              f"layout transposes {s_tr * 100:.1f}% of kernel time removed, convolutions x1/{K_CONV_CHANNELS_LAST:g}",
                              {"channels_last": True}, "model and inputs in NHWC (torch.channels_last)"))
-    if torch and not g("compile") and u is not None:
+    if compiler and not g("compile") and u is not None:
         idle_host = (g("gpu_idle_not_waiting_pct") or 0) / 100.0
         s_fuse = shares.get("elementwise", 0.0) + shares.get("normalization", 0.0)
         t_new = (1 - u) - LAUNCH_CUT * idle_host + u * (1 - FUSION_CUT * s_fuse)
-        recs.append(_rec("torch.compile (mode='reduce-overhead' adds CUDA graphs)", _gain(t_new),
+        recs.append(_rec(f"{compiler} (mode='reduce-overhead' adds CUDA graphs)", _gain(t_new),
                          f"elementwise+normalization {s_fuse * 100:.0f}% of kernel time x(1-{FUSION_CUT}), launch-bound idle {idle_host * 100:.0f}% x(1-{LAUNCH_CUT})",
-                         {"compile": True}, "torch.compile(model); CUDA graphs when the GPU waits on launches"))
+                         {"compile": True}, f"{compiler}(model); CUDA graphs when the GPU waits on launches"))
     peak, total, batch = g("peak_reserved_bytes"), g("device_total_bytes"), g("batch_size")
     if peak and total and batch and u is not None:
         factor = min(MAX_BATCH_FACTOR, int(0.85 * total / peak))
@@ -110,13 +110,13 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
                              {"batch_size": batch * factor}, "raise --batch-size (retune the learning rate for training to the same accuracy)"))
     kind = g("optimizer_kind")
     s_opt = shares.get("optimizer", 0.0)
-    if torch and u is not None and kind in OPTIMIZER_FACTOR and s_opt >= 0.01:
+    if g("fused_optimizer_how") and u is not None and kind in OPTIMIZER_FACTOR and s_opt >= 0.01:
         factor = OPTIMIZER_FACTOR[kind]
         recs.append(_rec(f"fused optimizer (now {kind})", _gain((1 - u) + u * (1 - s_opt * (1 - factor)), floor),
-                         f"optimizer {s_opt * 100:.1f}% of kernel time x{factor}", None, "pass fused=True to the optimizer in the workload's torch_impl"))
-    if (g("alloc_retries") or 0) > 0 and torch:
+                         f"optimizer {s_opt * 100:.1f}% of kernel time x{factor}", None, g("fused_optimizer_how")))
+    if (g("alloc_retries") or 0) > 0 and g("allocator_setting"):
         recs.append(_rec("expandable allocator segments", 5.0, "allocator retries flush the cache and synchronize the device (rough 5%)", None,
-                         "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"))
+                         g("allocator_setting")))
     return recs
 
 
@@ -124,7 +124,7 @@ def _cpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
     g = facts.get
     recs: list[dict[str, Any]] = []
     shares = {k: v / 100.0 for k, v in (g("host_class_share") or {}).items()}
-    torch = g("framework") == "torch"
+    compiler = g("compiler")
     step_us = (g("step_ms") or 0) * 1e3
     overhead = min(0.9, (g("ops_per_step") or 0) * CPU_OP_OVERHEAD_US / step_us) if step_us and g("ops_per_step") else None
     if overhead is not None and g("batch_size") and g("host_peak_rss_bytes") and g("host_total_bytes"):
@@ -134,21 +134,21 @@ def _cpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
             recs.append(_rec(f"larger batch ({batch} -> {batch * factor})", (1 / ((1 - overhead) + overhead / factor) - 1) * 100,
                              f"{g('ops_per_step'):.0f} ops per step x ~{CPU_OP_OVERHEAD_US:g} us dispatch = {overhead * 100:.0f}% of the step, amortized over {factor}x the samples",
                              {"batch_size": batch * factor}, "raise --batch-size"))
-    if torch and g("supports_channels_last") and not g("channels_last"):
+    if g("channels_last_lever") and g("convolutional") and not g("channels_last"):
         s_conv = shares.get("matmul/conv", 0.0)
         recs.append(_rec("channels_last memory format", _gain(1 - s_conv * (1 - 1 / K_CONV_CHANNELS_LAST)),
                          f"convolutions {s_conv * 100:.0f}% of CPU op time x1/{K_CONV_CHANNELS_LAST:g} (oneDNN prefers NHWC)",
                          {"channels_last": True}, "model and inputs in NHWC (torch.channels_last)"))
-    if torch and not g("compile"):
+    if compiler and not g("compile"):
         s_fuse = shares.get("elementwise", 0.0) + shares.get("normalization", 0.0)
-        recs.append(_rec("torch.compile", _gain(1 - FUSION_CUT * s_fuse - 0.5 * (overhead or 0)),
+        recs.append(_rec(compiler, _gain(1 - FUSION_CUT * s_fuse - 0.5 * (overhead or 0)),
                          f"elementwise+normalization {s_fuse * 100:.0f}% of CPU op time x(1-{FUSION_CUT}), dispatch overhead halved",
-                         {"compile": True}, "torch.compile(model) (Inductor generates fused C++ for the CPU)"))
+                         {"compile": True}, f"{compiler}(model) (fused code for the CPU)"))
     kind, s_opt = g("host_optimizer_kind"), shares.get("optimizer", 0.0)
-    if torch and kind in OPTIMIZER_FACTOR and s_opt >= 0.03:
+    if g("fused_optimizer_how") and kind in OPTIMIZER_FACTOR and s_opt >= 0.03:
         factor = OPTIMIZER_FACTOR[kind]
         recs.append(_rec(f"fused optimizer (now {kind})", _gain(1 - s_opt * (1 - factor)), f"optimizer {s_opt * 100:.0f}% of CPU op time x{factor}",
-                         None, "pass fused=True to the optimizer in the workload's torch_impl"))
+                         None, g("fused_optimizer_how")))
     if g("cpu_amx_bf16") and g("precision") == "fp32":
         s_mm = shares.get("matmul/conv", 0.0)
         recs.append(_rec("precision bf16 (AMX)", _gain(1 - s_mm + s_mm / 3.0), f"matmul/conv {s_mm * 100:.0f}% of CPU op time x1/3 on AMX tiles",

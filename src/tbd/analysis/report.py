@@ -13,6 +13,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from tbd import registry
 from tbd.analysis.capture import trace_path
 from tbd.analysis.diagnose import diagnose
 from tbd.analysis.recommend import recommend
@@ -65,19 +66,29 @@ def analyze(record: dict[str, Any], home: str | Path) -> dict[str, Any]:
     return out
 
 
+def framework_levers(framework: str) -> dict[str, Any]:
+    """The levers a framework offers the recommendations (its plugin's capabilities); none for
+    a framework this tbd does not know (a record from elsewhere)."""
+    try:
+        caps = registry.framework(framework).capabilities
+    except UsageError:
+        return {}
+    return {"compiler": caps.compile, "channels_last_lever": caps.channels_last, "fused_optimizer_how": caps.fused_optimizer,
+            "allocator_setting": caps.allocator_setting}
+
+
 def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: dict | None) -> dict[str, Any]:
     """The flat facts the diagnosis and recommendations read (None where unknown)."""
-    from tbd import registry
-
     cfg, met, mem = record["config"], record.get("metrics") or {}, record.get("memory") or {}
     env = record.get("environment") or {}
     try:
-        supports_cl = registry.get_spec(cfg["workload"]).supports_channels_last
+        supports_cl = registry.get_spec(cfg["workload"]).convolutional
     except UsageError:
         supports_cl = False
     f: dict[str, Any] = {
+        **framework_levers(cfg["framework"]),
         "device": cfg["device"], "framework": cfg["framework"], "precision": cfg["precision"], "compile": cfg.get("compile"),
-        "channels_last": cfg.get("channels_last"), "batch_size": cfg.get("batch_size"), "supports_channels_last": supports_cl,
+        "channels_last": cfg.get("channels_last"), "batch_size": cfg.get("batch_size"), "convolutional": supports_cl,
         "has_trace": summary is not None,
         "gpu_util_nvml_pct": met.get("gpu_util_nvml_pct"), "gpu_mem_bw_util_nvml_pct": met.get("gpu_mem_bw_util_nvml_pct"),
         "mfu_pct": met.get("mfu_pct"), "cpu_util_pct": met.get("cpu_util_pct"), "cpu_cores_busy": met.get("cpu_cores_busy"),

@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from tbd.analysis import intervals as iv
+from tbd.metrics import intervals as iv
 from tbd.analysis import kernels
 from tbd.analysis.trace import INPUT_SPAN, OPTIMIZER_SPAN, HostEvent, Trace
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from tbd.analysis import kernels
 from tbd.errors import UsageError
 
-WINDOW_NAME = "tbd.profiled_steps"
+from tbd.frameworks.base import WINDOW_NAME  # the capture's window annotation
 # Host spans whose kernels and ops belong to the optimizer, and spans that wait for input.
 OPTIMIZER_SPAN = re.compile(r"^Optimizer\.step#|optimizer[._]step|tbd\.optimizer", re.IGNORECASE)
 INPUT_SPAN = re.compile(r"enumerate\(DataLoader\)|DataLoader|_next_data|data[_ ]?load|tbd\.data|input_pipeline|get_batch|prefetch", re.IGNORECASE)

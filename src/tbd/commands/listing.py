@@ -21,20 +21,20 @@ def register(sub) -> None:
 def run(args) -> int:
     console = make_console()
     table = Table(title="workloads", header_style="bold")
-    for col in ("workload", "domain", "unit", "flavors (batch)", "frameworks"):
+    for col in ("workload", "domain", "unit", "batch counts", "flavors (batch)", "frameworks"):
         table.add_column(col)
     for name in registry.workload_names():
         spec = registry.get_spec(name)
         flavors = ", ".join(f"{f.name} ({f.batch_size})" for f in spec.flavors.values())
         fws = ", ".join(f if registry.is_installed(f) else f"{f} [dim](not installed)[/]" for f in registry.implementations(name))
-        table.add_row(name, spec.domain, spec.unit, flavors, fws)
+        table.add_row(name, spec.domain, spec.unit, spec.batch_counts, flavors, fws)
     console.print(table)
     fw = Table(title="frameworks", header_style="bold")
     for col in ("framework", "installed", "needs"):
         fw.add_column(col)
-    for name, info in registry.FRAMEWORKS.items():
+    for name in registry.framework_names():
         missing = registry.missing_modules(name)
-        fw.add_row(name, "[green]yes[/]" if not missing else f"[red]no[/] (missing {', '.join(missing)})", escape(info.install))
+        fw.add_row(name, "[green]yes[/]" if not missing else f"[red]no[/] (missing {', '.join(missing)})", escape(registry.framework(name).install))
     console.print(fw)
     from tbd.metrics.devices import best_device, gpu_info
 

@@ -46,17 +46,18 @@ def register(sub) -> None:
 
 def memory(args) -> int:
     from tbd.memory.batch_model import default_fit_batches, parse_batches
-    from tbd.memory.categories import parse_size
+    from tbd.results.memory_profile import parse_size
     from tbd.metrics.devices import best_device
 
     # Every input is checked before anything runs or is written.
     if (args.memory or args.fit_batches) and not args.max_batch:
         raise UsageError("--memory and --fit-batches go with --max-batch; add --max-batch")
     memory_bytes = parse_size(args.memory) if args.memory else None
-    if args.framework not in ("torch", "jax"):
-        from tbd.errors import unknown
+    from tbd import registry
 
-        raise unknown("framework for tbd memory", args.framework, ("torch", "jax"))
+    if not registry.framework(args.framework).capabilities.memory_profile:
+        with_profiler = [f for f in registry.framework_names() if registry.framework(f).capabilities.memory_profile]
+        raise UsageError(f"tbd memory has no profiler for {args.framework} yet; use --framework {' or '.join(with_profiler)}")
     device = best_device() if args.device == "auto" else args.device
     config = RunConfig(workload=args.workload, framework=args.framework, flavor=args.flavor, device=device,
                        batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
@@ -106,23 +107,10 @@ def _guarded(fn, *args, **kwargs):
 
 def _store(store, config: RunConfig, prof: dict[str, Any], profiles: list[dict[str, Any]]) -> dict[str, Any]:
     """One record per `tbd memory` call, in the same store and schema as measured runs."""
-    from tbd import registry
     from tbd.memory import report
-    from tbd.results import environment
-    from tbd.results.record import new_record, new_run_id
+    from tbd.memory.profiler import memory_record
 
-    spec = registry.get_spec(config.workload)
-    record = new_record(new_run_id(config.workload, config.framework), dataclasses.replace(config, batch_size=prof["batch_size"]).to_dict())
-    record["kind"] = "memory"  # a memory profile, not a throughput run: its metrics are empty
-    record["workload"] = {"name": spec.name, "domain": spec.domain, "unit": spec.unit, "flavor": config.flavor, "hparams": config.resolved_hparams()}
-    record["environment"] = environment.capture(config.device)
-    record["method"] = {"memory_profile": prof["method"]}
-    record["status"] = "ok" if prof["status"] == "ok" else "failed"
-    if prof["status"] != "ok":
-        record["error"] = {"kind": "oom", "message": prof["error"]}
-    alloc = prof.get("allocator") or {}
-    record["memory"] = {"peak_allocated_bytes": prof["peak"]["allocated_bytes"],
-                        **{k: v for k, v in alloc.items() if isinstance(v, (int, float)) and k != "peak_allocated_bytes"}}
+    record = memory_record(config, prof)
     folder = store.home / "memory"
     prof["files"] = {"json": str(folder / f"{record['id']}.json"), "png": str(folder / f"{record['id']}.png")}
     try:

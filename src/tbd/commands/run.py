@@ -13,12 +13,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tbd import registry
+from tbd import registry, topology
 from tbd.commands import EXAMPLES, add_home
 from tbd.config import PRECISIONS, RunConfig
 from tbd.errors import UsageError
 from tbd.harness.launcher import launch
-from tbd.harness.distributed import topology_from_args
 from tbd.metrics.devices import best_device
 from tbd.report.tables import make_console, print_records
 from tbd.results.store import Store
@@ -92,6 +91,12 @@ def register(sub) -> None:
     d.set_defaults(func=demo)
 
 
+def topology_options(args, device: str, env: dict[str, str] | None = None) -> dict:
+    """RunConfig fields of the topology: the flags where given, else SLURM's environment."""
+    names = ("nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint", "parallel", "ddp_bucket_mb")
+    return topology.topology({k: getattr(args, k, None) for k in names}, device, env)
+
+
 def config_from_args(args, workload: str) -> RunConfig:
     device = best_device() if args.device == "auto" else args.device
     return RunConfig(
@@ -99,7 +104,7 @@ def config_from_args(args, workload: str) -> RunConfig:
         precision=args.precision, compile=args.compile, channels_last=args.channels_last, seed=args.seed,
         max_steps=args.max_steps, max_time_s=args.max_time, target_ci_pct=args.target_ci, isolate=not args.in_process,
         profile=getattr(args, "profile", False) or getattr(args, "ncu", False), ncu=getattr(args, "ncu", False),
-        **topology_from_args(args, device),
+        **topology_options(args, device),
     ).validated()
 
 
@@ -159,7 +164,8 @@ def demo(args) -> int:
             precision = "bf16" if device == "cuda" else "fp32"
             try:
                 config = RunConfig(workload=workload, framework=fw, flavor=flavor, device=device, precision=precision,
-                                   channels_last=device == "cuda" and registry.get_spec(workload).supports_channels_last and fw == "torch",
+                                   channels_last=device == "cuda" and registry.get_spec(workload).convolutional
+                                   and registry.framework(fw).capabilities.channels_last,
                                    max_time_s=args.max_time, max_steps=200).validated()
             except UsageError as exc:
                 console.print(f"skipping {workload}/{fw}: {exc}")

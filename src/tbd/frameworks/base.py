@@ -1,14 +1,32 @@
-"""What the harness needs from a framework adapter (no framework imported here).
+"""What the rest of tbd needs from a framework, declared once and imported without any framework.
 
-An adapter module exposes `open_session(config, spec, impl) -> Session`. The session owns the
-model, optimizer and synthetic data on the device, and times steps the cheapest correct way for
-its framework (CUDA events without per-step host syncs in PyTorch, `block_until_ready` in JAX).
+A framework is one plugin: a `FrameworkPlugin` object (in `tbd/frameworks/<name>/__init__.py`,
+registered in `tbd.frameworks.PLUGINS`) that names the modules of its parts, imported only when
+used, and says what it can do (`Capabilities`):
+- session (`<name>/session.py`): `open_session(config, spec, impl, ctx) -> Session`, which owns
+  the model, optimizer and synthetic data on the device and times steps the cheapest correct way
+  (CUDA events without per-step host syncs in PyTorch, `block_until_ready` in JAX), and
+  `profiler_range(on)` around the steps Nsight Compute profiles;
+- distributed (`<name>/distributed.py`): `setup(config) -> Comm` inside a rank, and
+  `profile_comm(session, steps)` (per-rank communication time and overlap from its trace);
+- trace (`<name>/trace.py`): `capture(session, steps, path, host, meter)`, a kernel trace of a
+  few steps in Chrome-trace JSON for `tbd analyze`;
+- memory (`<name>/memory.py`): `profile(config, warmup, **kwargs)`, the memory profile of one step.
+`docs/architecture.md` says what adding a framework takes.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Protocol
+
+from tbd.errors import UsageError
+
+# The host annotation a trace capture puts around the profiled steps (read by tbd.analysis).
+WINDOW_NAME = "tbd.profiled_steps"
 
 
 @dataclass
@@ -27,16 +45,40 @@ class SessionInfo:
 
 
 class Session(Protocol):
+    """A model, its optimizer and resident synthetic batches on one device, ready to train."""
+
     info: SessionInfo
 
     def run_steps(self, n: int) -> StepTimes:
         """Run n training steps; return their times after one synchronization at the end."""
 
+    def step(self) -> None:
+        """One training step on the next resident batch, not timed and not synchronized."""
+
     def last_loss(self) -> float:
-        """Loss of the most recent step (synchronizes)."""
+        """Loss of the most recent step (synchronizes); NaN before the first step."""
+
+    def forget_loss(self) -> None:
+        """Drop the reference to the last step's loss (so it is not counted as live memory)."""
 
     def memory(self) -> dict[str, int | None]:
         """Peak and current device-memory readings of the framework's allocator, in bytes."""
+
+    def close(self) -> None: ...
+
+
+class Comm(Protocol):
+    """The harness's control channel between the ranks of one run: small Python objects."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    node_rank: int
+    backend: str
+
+    def all_gather(self, obj: Any) -> list[Any]: ...
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any: ...
 
     def close(self) -> None: ...
 
@@ -46,14 +88,97 @@ class BuildContext:
     """What a workload implementation gets to build its model, optimizer and data."""
 
     hparams: dict[str, Any]  # the flavor's hyperparameters with the run's overrides
-    batch_size: int
+    batch_size: int  # this process's share of the global batch, in the spec's batch unit
     device: str
     precision: str
     seed: int
     flavor: str
+    options: Mapping[str, Any] = field(default_factory=dict)  # the framework's settings (RunConfig.options)
 
     @classmethod
     def for_run(cls, config, batch_size: int) -> "BuildContext":
         """The context of a run; `batch_size` is this process's share of the global batch."""
         return cls(hparams=config.resolved_hparams(), batch_size=batch_size, device=config.device,
-                   precision=config.precision, seed=config.seed, flavor=config.flavor)
+                   precision=config.precision, seed=config.seed, flavor=config.flavor, options=dict(config.options))
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a framework's plugin supports; config validation, the CLI, `tbd list` and the
+    recommendations read these instead of asking which framework it is."""
+
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    precisions: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
+    precisions_note: str = ""  # why a precision is missing, with the fix
+    # What --compile does: a name ("torch.compile"), or "" where steps are always compiled.
+    compile: str = ""
+    always_compiled: str = ""  # e.g. "XLA jit of the whole step": --compile changes nothing
+    # --channels-last changes the layout of convolutional workloads (else the layout is native).
+    channels_last: bool = False
+    native_layout: str = ""
+    parallel: tuple[str, ...] = ("ddp",)  # data-parallel strategies for several processes
+    trace: bool = False  # --profile: a kernel trace for tbd analyze
+    comm_trace: bool = False  # per-rank communication time from a trace in distributed runs
+    memory_profile: bool = False  # tbd memory
+    ncu: bool = False  # --ncu: Nsight Compute pipe utilization
+    # Settings of this framework a run may pass (RunConfig.options), name -> meaning.
+    options: Mapping[str, str] = field(default_factory=dict)
+    # Levers the recommendations may suggest (tbd.analysis.recommend).
+    fused_optimizer: str = ""  # how to fuse the optimizer update, "" if not applicable
+    allocator_setting: str = ""  # an allocator setting against fragmentation retries
+
+
+@dataclass(frozen=True)
+class FrameworkPlugin:
+    name: str  # the --framework value
+    title: str  # the name users know ("PyTorch")
+    requires: tuple[str, ...]  # importable modules it needs
+    install: str  # the pip command that brings them
+    package: str  # tbd.frameworks.<name>: holds session, distributed, trace, memory modules
+    capabilities: Capabilities = Capabilities()
+    libraries: tuple[str, ...] = ()  # distributions whose versions a run's record carries
+
+    # -- parts, imported on first use ---------------------------------------------------------
+    def part(self, name: str) -> ModuleType:
+        return importlib.import_module(f"{self.package}.{name}")
+
+    def open_session(self, config, spec, impl, batch_size: int):
+        """A session for `config`; `batch_size` is this process's share of the global batch."""
+        return self.part("session").open_session(config, spec, impl, BuildContext.for_run(config, batch_size))
+
+    def profiler_range(self, on: bool) -> None:
+        self.part("session").profiler_range(on)
+
+    def setup_distributed(self, config) -> Comm:
+        return self.part("distributed").setup(config)
+
+    def profile_comm(self, session, steps: int) -> dict[str, Any] | None:
+        return self.part("distributed").profile_comm(session, steps) if self.capabilities.comm_trace else None
+
+    def capture_trace(self, session, steps: int, path, host: bool = True, meter=None) -> dict[str, Any]:
+        if not self.capabilities.trace:
+            raise UsageError(f"--profile has no trace capture for {self.title} yet; drop --profile")
+        return self.part("trace").capture(session, steps, path, host, meter)
+
+    def profile_memory(self, config, warmup: int, **kwargs: Any) -> dict[str, Any]:
+        if not self.capabilities.memory_profile:
+            raise UsageError(f"tbd memory has no profiler for {self.title} yet; use another --framework")
+        return self.part("memory").profile(config, warmup, **kwargs)
+
+    # -- rules ---------------------------------------------------------------------------------
+    def check(self, config, spec) -> None:
+        """Raise a one-line UsageError naming the fix when this framework cannot honour `config`."""
+        caps = self.capabilities
+        if config.device not in caps.devices:
+            raise UsageError(f"{self.title} runs here on {' or '.join(caps.devices)}, not {config.device}; use --device {caps.devices[0]}")
+        if config.precision not in caps.precisions:
+            note = f" ({caps.precisions_note})" if caps.precisions_note else ""
+            raise UsageError(f"precision {config.precision} is not supported for {self.title}{note}; use --precision {' or '.join(caps.precisions)}")
+        if config.parallel not in caps.parallel:
+            raise UsageError(f"--parallel {config.parallel} is not available for {self.title}; use --parallel {' or '.join(caps.parallel)}")
+        if config.ncu and not caps.ncu:
+            raise UsageError(f"--ncu is not available for {self.title}; drop --ncu")
+        bad = [k for k in config.options if k not in caps.options]
+        if bad:
+            valid = ", ".join(caps.options) or "none"
+            raise UsageError(f"unknown {self.title} option '{bad[0]}'; valid: {valid}")

@@ -1,5 +1,6 @@
-"""Multi-process and multi-machine runs: the topology (flags or SLURM), its validation, and the
-launcher that starts the ranks through torchrun and turns what they report into one record.
+"""Multi-process and multi-machine runs: the launcher that starts the ranks through torchrun and
+turns what they report into one record (the topology itself, from flags or SLURM, and its checks
+are `tbd.topology`'s).
 
 `tbd run resnet50 --nproc-per-node 2 --device cpu` (one machine) or, on each of two machines,
 `tbd run resnet50 --nnodes 2 --node-rank R --nproc-per-node 8 --rdzv-endpoint HOST0:29500`.
@@ -19,7 +20,6 @@ This file imports no framework (it runs in the `tbd` process); the ranks import 
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import os
 import queue
@@ -32,143 +32,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-from tbd.errors import UsageError
-from tbd.results.record import new_record, new_run_id
+import psutil
 
-PARALLEL = ("ddp", "fsdp2")
-DEFAULT_PORT = 29500
-RDZV_TIMEOUT_S = 300  # how long node 0 waits for the other machines to join
-DEFAULT_TIMEOUT_S = 60.0  # collectives (TBD_DIST_TIMEOUT_S overrides)
-COMPILE_TIMEOUT_S = 300.0
-STARTUP_GRACE_S = 300  # imports, model build and the first (compiling) step before any progress
-
-
-def world_size(config) -> int:
-    return config.nproc_per_node * config.nnodes
-
-
-def collective_timeout_s(config) -> float:
-    """How long a rank waits in a collective before it gives up with an error. torch.compile
-    makes first steps slow and uneven, so it gets more."""
-    return float(os.environ.get("TBD_DIST_TIMEOUT_S") or (COMPILE_TIMEOUT_S if config.compile else DEFAULT_TIMEOUT_S))
-
-
-# --- topology: flags, SLURM ------------------------------------------------------------------
-
-
-def topology_from_args(args, device: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """RunConfig fields of the topology: the flags where given, else SLURM's environment."""
-    names = ("nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint")
-    given = {k: getattr(args, k, None) for k in names}
-    out = {k: v for k, v in given.items() if v is not None}
-    if not out:
-        out = from_slurm(os.environ if env is None else env, device)
-    if getattr(args, "parallel", None):
-        out["parallel"] = args.parallel
-    if getattr(args, "ddp_bucket_mb", None) is not None:
-        out["ddp_bucket_mb"] = args.ddp_bucket_mb
-    return out
-
-
-def from_slurm(env: dict[str, str], device: str) -> dict[str, Any]:
-    """The topology of a SLURM job step started with one task per node
-    (`srun --ntasks-per-node=1 tbd run ...`); {} outside SLURM or for a single process."""
-    if "SLURM_JOB_ID" not in env or "SLURM_NODEID" not in env:
-        return {}
-    tasks = _leading_int(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE") or "1")
-    nnodes = int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1)
-    if device == "cuda":
-        nproc = _leading_int(env.get("SLURM_GPUS_ON_NODE") or _gpu_count(env.get("SLURM_GPUS_PER_NODE", "")) or "1")
-    else:
-        nproc = 1
-    if nnodes * nproc <= 1:
-        return {}
-    if tasks > 1:
-        raise UsageError(f"SLURM started {tasks} tasks per node; tbd starts the ranks itself: use 'srun --ntasks-per-node=1 tbd run ...'")
-    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
-    hosts = expand_nodelist(nodelist)
-    if nnodes > 1 and not hosts:
-        raise UsageError("SLURM_JOB_NODELIST is empty; pass --rdzv-endpoint HOST:PORT")
-    port = int(env.get("TBD_RDZV_PORT") or DEFAULT_PORT + int(env["SLURM_JOB_ID"]) % 1000)
-    return {
-        "nproc_per_node": nproc, "nnodes": nnodes, "node_rank": int(env["SLURM_NODEID"]),
-        "rdzv_endpoint": f"{hosts[0]}:{port}" if nnodes > 1 else None,
-    }
-
-
-def _leading_int(text: str) -> int:
-    match = re.match(r"\s*(\d+)", text)
-    return int(match.group(1)) if match else 1
-
-
-def _gpu_count(text: str) -> str:
-    """'4', 'a100:4' or 'gpu:a100:4' -> '4'."""
-    return text.rsplit(":", 1)[-1] if text else ""
-
-
-def expand_nodelist(nodelist: str) -> list[str]:
-    """SLURM's compressed host list ('gpu[01-03,07],login1') as host names."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(nodelist):
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
-            parts.append(nodelist[start:i])
-            start = i + 1
-    parts.append(nodelist[start:])
-    return [host for part in parts if part.strip() for host in _expand_one(part.strip())]
-
-
-def _expand_one(pattern: str) -> list[str]:
-    match = re.search(r"\[([^\]]+)\]", pattern)
-    if not match:
-        return [pattern]
-    head, tail = pattern[: match.start()], pattern[match.end() :]
-    out = []
-    for item in match.group(1).split(","):
-        low, _, high = item.partition("-")
-        numbers = range(int(low), int(high or low) + 1)
-        out += [head + str(n).zfill(len(low)) + rest for n in numbers for rest in _expand_one(tail)]
-    return out
-
-
-def validate_topology(config) -> None:
-    """Checks of the scale-out fields of a RunConfig (called from RunConfig.validated)."""
-    for name, low in (("nproc_per_node", 1), ("nnodes", 1)):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < low:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if not isinstance(config.node_rank, int) or not 0 <= config.node_rank < config.nnodes:
-        raise UsageError(f"--node-rank must be in 0..{config.nnodes - 1} for --nnodes {config.nnodes}, got {config.node_rank}")
-    if config.parallel not in PARALLEL:
-        raise UsageError(f"unknown --parallel '{config.parallel}'; valid: {', '.join(PARALLEL)}")
-    bucket = getattr(config, "ddp_bucket_mb", 25.0)
-    if not isinstance(bucket, (int, float)) or not 0 < bucket <= 4096:
-        raise UsageError(f"--ddp-bucket-mb must be in (0, 4096] MiB, got {bucket}; PyTorch's default is 25")
-    if config.parallel == "fsdp2" and config.framework != "torch":
-        raise UsageError(f"--parallel fsdp2 is PyTorch's; with {config.framework} use --parallel ddp (data parallel)")
-    if config.nnodes > 1:
-        endpoint = config.rdzv_endpoint or ""
-        host, _, port = endpoint.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UsageError(f"--nnodes {config.nnodes} needs --rdzv-endpoint HOST:PORT of node 0 (got '{endpoint}'), e.g. --rdzv-endpoint node0:{DEFAULT_PORT}")
-    world = world_size(config)
-    if world > 1 and importlib.util.find_spec("torch") is None:
-        raise UsageError("several processes start through PyTorch's torchrun, also for JAX; install torch: pip install 'tbd[torch]'")
-    if world > 1 and config.batch_size % world:
-        good = (config.batch_size // world + 1) * world
-        raise UsageError(f"--batch-size is the global batch and must split evenly over {world} processes; got {config.batch_size}, try {good}")
-    if world > 1 and config.device == "cuda":
-        from tbd.metrics.devices import gpu_info
-
-        count = gpu_info(0).get("count")
-        if count and config.nproc_per_node > count:
-            raise UsageError(f"--nproc-per-node {config.nproc_per_node} exceeds the {count} GPUs of this machine; use at most {count}")
-
-
-# --- the launcher ------------------------------------------------------------------------------
-
+from tbd.harness.distributed_worker import ERROR, PROGRESS
+from tbd.results.record import RunRecord, new_run_id
+from tbd.topology import RDZV_TIMEOUT_S, STARTUP_GRACE_S, collective_timeout_s
 
 def torchrun_command(config, config_path: str, result_path: str, run_id: str) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(config.nproc_per_node),
@@ -192,11 +61,9 @@ def _worker_env(config) -> dict[str, str]:
     return env
 
 
-def launch_distributed(config, progress: Callable[[dict], None] | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+def launch_distributed(config, progress: Callable[[dict], None] | None = None, timeout_s: float | None = None) -> RunRecord:
     """Run config over nproc_per_node x nnodes ranks; return the record (failed ones included).
     Every node gets the same record (rank 0's, with rank 0's id)."""
-    from tbd.harness.distributed_worker import ERROR, PROGRESS
-
     run_id = new_run_id(config.workload, config.framework)
     tmp = tempfile.mkdtemp(prefix="tbd-dist-")
     config_path, result_path = os.path.join(tmp, "config.json"), os.path.join(tmp, "result.json")
@@ -248,7 +115,7 @@ def launch_distributed(config, progress: Callable[[dict], None] | None = None, t
             rc = proc.returncode if proc.returncode is not None else -9
         if rc == 0 and os.path.exists(result_path):
             with open(result_path) as f:
-                return json.load(f)
+                return RunRecord.from_dict(json.load(f))
         return _failed(config, run_id, *_explain(rc, errors, tail), tail)
     except KeyboardInterrupt:
         _kill_tree(proc)
@@ -276,8 +143,6 @@ def _pump(stream, lines: queue.Queue) -> None:
 
 def _kill_tree(proc: subprocess.Popen) -> None:
     """Stop torchrun and every rank it started (ranks may sit in their own sessions)."""
-    import psutil
-
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.Error:
@@ -319,7 +184,5 @@ def _explain(rc: int, errors: list[dict], tail) -> tuple[str, str]:
     return "crash", f"torchrun exited with code {rc}: {(tail[-1] if tail else 'no output')[:200]}"
 
 
-def _failed(config, run_id: str, kind: str, message: str, tail) -> dict[str, Any]:
-    record = new_record(run_id, config.to_dict())
-    record["error"] = {"kind": kind, "message": message, "log_tail": "\n".join(list(tail)[-40:])}
-    return record
+def _failed(config, run_id: str, kind: str, message: str, tail) -> RunRecord:
+    return RunRecord.failed(config, kind, message, run_id, log_tail="\n".join(list(tail)[-40:]))

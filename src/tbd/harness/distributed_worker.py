@@ -19,7 +19,6 @@ Waiting in a collective for a rank that is gone would only turn a clear error in
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -29,15 +28,17 @@ import sys
 import time
 from typing import Any
 
-from tbd import registry
+from tbd import frameworks, registry
 from tbd.config import RunConfig
 from tbd.errors import RunFailure
 from tbd.frameworks.base import StepTimes
 from tbd.harness import stats
-from tbd.harness.measure import derive_metrics, measure
+from tbd.harness.measure import measure
+from tbd.harness.runner import classify, fill_measurement
+from tbd.metrics.devices import gpu_info
 from tbd.metrics.sampling import Probe
 from tbd.results import environment
-from tbd.results.record import new_record
+from tbd.results.record import RunRecord
 
 PROGRESS = "TBD-PROGRESS "
 ERROR = "TBD-ERROR "
@@ -45,7 +46,6 @@ STRAGGLER_RATIO = 1.1  # a rank whose median step time exceeds the fastest rank'
 PROFILE_STEPS = 3
 # What a rank sees when another rank died: the dead rank is the culprit, not this one.
 PEER_LOST = re.compile(r"closed by peer|connection reset|remote (worker|process)|broken pipe|timed out|timeout|watchdog", re.I)
-FRAMEWORK_MODULES = {"torch": "tbd.frameworks.torch_distributed", "jax": "tbd.frameworks.jax_distributed"}
 
 
 class SyncedSession:
@@ -114,58 +114,46 @@ def _test_kill_hook(rank: int) -> int | None:
     return None
 
 
-def run_rank(config: RunConfig, comm, framework, run_id: str) -> tuple[dict, dict | None]:
-    """Measure on this rank; return (its summary, the record skeleton on rank 0 else None)."""
+def run_rank(config: RunConfig, comm, plugin, run_id: str) -> tuple[dict, RunRecord | None]:
+    """Measure on this rank; return (its summary, the record on rank 0 else None)."""
     spec = registry.get_spec(config.workload)
-    impl = registry.load_implementation(config.workload, config.framework)
-    adapter = registry.load_adapter(config.framework)
     probe = Probe(comm.local_rank if config.device == "cuda" else None)
-    session = adapter.open_session(config, spec, impl)
+    session = frameworks.open_session(config, world_size=comm.world_size)
+    record = RunRecord.for_run(config, spec, run_id)
     try:
         synced = SyncedSession(session, comm, config)
         progress = _print_progress if comm.rank == 0 else None
         m = measure(synced, synced.loop_config, progress, probe)
-        metrics, method = derive_metrics(m, config, spec, session.info.device_name, os.cpu_count() or 1)
+        fill_measurement(record, session, m, config, spec)
         if synced.time_stopped and m.stop_reason.startswith("step budget"):
-            m.stop_reason = method["stop_reason"] = f"time budget reached ({config.max_time_s:g} s, rank 0's clock)"
-        comm_stats_ = framework.profile_comm(session, PROFILE_STEPS) if config.profile else None
+            m.stop_reason = record.method["stop_reason"] = f"time budget reached ({config.max_time_s:g} s, rank 0's clock)"
+        comm_stats = plugin.profile_comm(session, PROFILE_STEPS) if config.profile else None
         memory = {**session.memory(), **probe.close()}
     finally:
         session.close()
+    metrics = record.metrics
     summary = {
         "rank": comm.rank, "local_rank": comm.local_rank, "node_rank": comm.node_rank,
         "host": socket.gethostname(), "pid": os.getpid(),
         "device": f"cuda:{comm.local_rank}" if config.device == "cuda" else "cpu",
         "device_name": session.info.device_name,
-        "step_s": synced.local_step_s, "memory": memory, "comm": comm_stats_,
+        "step_s": synced.local_step_s, "memory": memory, "comm": comm_stats,
         "utilization": {k: metrics.get(k) for k in ("cpu_util_pct", "cpu_cores_busy", "gpu_util_nvml_pct", "energy_j", "gpu_power_w_mean")},
         "environment": _rank_environment(config, comm.local_rank),
     }
     if comm.rank != 0:
         return summary, None
-    record = new_record(run_id, config.to_dict())
-    flavor = spec.flavor(config.flavor)
-    record["workload"] = {
-        "name": spec.name, "domain": spec.domain, "dataset": spec.dataset, "unit": spec.unit,
-        "sample_unit": spec.sample_unit, "flavor": flavor.name, "hparams": config.resolved_hparams(),
-        "num_parameters": session.info.num_parameters,
-    }
-    record["environment"] = environment.capture(config.device)
-    record["environment"].update(device_name=session.info.device_name, framework_version=session.info.framework_version)
-    record["metrics"] = metrics
-    record["method"] = {**method, **session.info.method}
-    record["samples"] = {"step_s": m.step_s, "units": m.units, "samples": m.samples, "chunk_ends": m.chunk_ends}
+    record.environment = {**environment.capture(config.device, plugin.libraries), **record.environment}
     if config.profile:  # tbd.analysis traces single-process runs; here each rank's comm is measured
-        record["analysis"] = {"error": "distributed run: per-rank communication time and overlap are in metrics and distributed.ranks[].comm"}
-    record["status"] = "ok"
-    return summary, record
+        why = "per-rank communication time and overlap are in metrics and distributed.ranks[].comm" if plugin.capabilities.comm_trace \
+            else f"{plugin.title} records no per-rank communication trace"
+        record.analysis = {"error": f"distributed run: {why}"}
+    return summary, record.succeed()
 
 
 def _rank_environment(config: RunConfig, local_rank: int) -> dict[str, Any]:
     env: dict[str, Any] = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MASTER_ADDR", "MASTER_PORT") if os.environ.get(k)}
     if config.device == "cuda":
-        from tbd.metrics.devices import gpu_info
-
         env["gpu"] = gpu_info(local_rank)
     return env
 
@@ -180,7 +168,7 @@ def _print_progress(p: dict) -> None:
     _say(PROGRESS, p)
 
 
-def merge(record: dict[str, Any], summaries: list[dict[str, Any]], world: dict[str, Any]) -> dict[str, Any]:
+def merge(record: RunRecord, summaries: list[dict[str, Any]], world: dict[str, Any]) -> RunRecord:
     """Fold the per-rank summaries into rank 0's record (its metrics are already global: the
     loop saw the slowest rank's time and the sum of units of every step)."""
     steady = stats.detect_steady_state(record["samples"]["step_s"]).start
@@ -246,76 +234,18 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def comm_stats(trace: dict | list, steps: int) -> dict[str, Any]:
-    """Communication time per step and its overlap with computation, from a Chrome trace as
-    torch.profiler writes it. With GPU kernels in the trace: NCCL kernels are communication,
-    every other kernel computation. Without (CPU runs): the spans the process group records
-    on its worker threads ("gloo:all_reduce", ...) are communication, CPU ops computation (the
-    "c10d::" calls that only enqueue a collective are neither).
-    overlap = time in which communication and computation both run / communication time."""
-    events = trace.get("traceEvents", []) if isinstance(trace, dict) else trace
-    spans = [e for e in events if e.get("ph") == "X" and isinstance(e.get("dur"), (int, float))]
-    kernels = [e for e in spans if e.get("cat") == "kernel"]
-    if kernels:
-        comm_events = [e for e in kernels if "nccl" in e.get("name", "").lower()]
-        compute_events = [e for e in kernels if "nccl" not in e.get("name", "").lower()]
-    else:
-        comm_events = [e for e in spans if e.get("cat") in ("cpu_op", "user_annotation") and e.get("name", "").lower().startswith(("gloo:", "nccl:", "mpi:"))]
-        compute_events = [e for e in spans if e.get("cat") == "cpu_op" and not e.get("name", "").startswith("c10d::")]
-    comm = _union([(e["ts"], e["ts"] + e["dur"]) for e in comm_events])
-    compute = _union([(e["ts"], e["ts"] + e["dur"]) for e in compute_events])
-    everything = comm + compute
-    window_us = max(b for _, b in everything) - min(a for a, _ in everything) if everything else 0.0
-    comm_us = sum(b - a for a, b in comm)
-    both_us = _overlap(comm, compute)
-    return {
-        "source": "gpu kernels" if kernels else "cpu ops",
-        "steps": steps,
-        "comm_ms_per_step": comm_us / 1e3 / steps,
-        "compute_ms_per_step": sum(b - a for a, b in compute) / 1e3 / steps,
-        "comm_overlap_pct": both_us / comm_us * 100.0 if comm_us else None,
-        "exposed_comm_ms_per_step": (comm_us - both_us) / 1e3 / steps,
-        "window_ms_per_step": window_us / 1e3 / steps,  # first to last device activity of the traced steps
-    }
-
-
-def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
-    """Total length of the intersection of two sorted, disjoint interval lists (one sweep)."""
-    i = j = 0
-    total = 0.0
-    while i < len(a) and j < len(b):
-        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return total
-
-
-def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[tuple[float, float]] = []
-    for a, b in sorted(intervals):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
 def main(argv: list[str]) -> int:
     config_path, result_path, run_id = argv
     with open(config_path) as f:
         payload = json.load(f)
     config = RunConfig.from_dict(payload["config"])
-    framework = importlib.import_module(FRAMEWORK_MODULES[config.framework])
+    plugin = registry.framework(config.framework)
     rank = int(os.environ.get("RANK", 0))
     try:
-        comm = framework.setup(config)
-        summary, record = run_rank(config, comm, framework, run_id)
+        comm = plugin.setup_distributed(config)
+        summary, record = run_rank(config, comm, plugin, run_id)
         summaries = comm.all_gather(summary)
     except BaseException as exc:  # noqa: BLE001 - every failure ends this rank with one line
-        from tbd.harness.runner import classify
-
         error = {"kind": exc.kind, "message": str(exc)} if isinstance(exc, RunFailure) else classify(exc, config)
         error.pop("traceback", None)
         # Drop gloo's "[/path/pair.cc:561] " source prefix; flag errors that only say a peer left.
@@ -328,7 +258,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.flush()
         os._exit(1)
     # Every machine's `tbd` stores the same record (rank 0's), so each store has the run.
-    merged = comm.broadcast(merge(record, summaries, payload.get("world", {})) if record is not None else None)
+    merged = comm.broadcast(merge(record, summaries, payload.get("world", {})).to_dict() if record is not None else None)
     if comm.local_rank == 0:
         tmp = result_path + ".tmp"
         with open(tmp, "w") as f:

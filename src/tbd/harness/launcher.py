@@ -17,10 +17,12 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 
 from tbd.config import RunConfig
-from tbd.results.record import new_record, new_run_id
+from tbd.harness.distributed import launch_distributed
+from tbd.harness.runner import execute
+from tbd.topology import world_size
+from tbd.results.record import RunRecord, new_run_id
 
 
 def _child(config_dict: dict, run_id: str, out: "mp.Queue", stack_path: str | None = None) -> None:
@@ -29,20 +31,16 @@ def _child(config_dict: dict, run_id: str, out: "mp.Queue", stack_path: str | No
         faulthandler.register(signal.SIGUSR1, file=open(stack_path, "w"), all_threads=True)
     if os.environ.get("TBD_INJECT_FAULT") == "hang":  # test hook: a run that never reports
         time.sleep(3600)
-    from tbd.harness.runner import execute
-
     config = RunConfig(**config_dict)
     record = execute(config, progress=lambda p: out.put(("progress", p)), run_id=run_id)
     out.put(("record", record))
 
 
-def run_in_process(config: RunConfig, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    from tbd.harness.runner import execute
-
+def run_in_process(config: RunConfig, progress: Callable[[dict], None] | None = None) -> RunRecord:
     return execute(config, progress)
 
 
-def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = None, timeout_s: float | None = None) -> RunRecord:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     run_id = new_run_id(config.workload, config.framework)
@@ -65,10 +63,8 @@ def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = No
                     stack = _stacks_of(child, stacks.name)
                     child.kill()
                     where = f" (stalled in {_innermost(stack)})" if stack else ""
-                    record = _failed(config, run_id, "timeout", f"run sent nothing for {deadline:.0f} s{where}; raise --max-time or check for a hang")
-                    if stack:
-                        record["error"]["stacks"] = stack
-                    return record
+                    message = f"run sent nothing for {deadline:.0f} s{where}; raise --max-time or check for a hang"
+                    return RunRecord.failed(config, "timeout", message, run_id, **({"stacks": stack} if stack else {}))
                 continue
             if kind == "progress":
                 waited = 0.0
@@ -114,7 +110,7 @@ def _innermost(stacks: str) -> str:
     return "unknown"
 
 
-def _died(config: RunConfig, run_id: str, exitcode: int | None) -> dict[str, Any]:
+def _died(config: RunConfig, run_id: str, exitcode: int | None) -> RunRecord:
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else str(-exitcode)
         reason = f"the run's process was killed by {name}"
@@ -122,18 +118,12 @@ def _died(config: RunConfig, run_id: str, exitcode: int | None) -> dict[str, Any
             reason += " (often the host running out of memory; try a smaller --batch-size)"
     else:
         reason = f"the run's process exited with code {exitcode} before reporting a result"
-    return _failed(config, run_id, "crash", reason)
+    return RunRecord.failed(config, "crash", reason, run_id)
 
 
-def _failed(config: RunConfig, run_id: str, kind: str, message: str) -> dict[str, Any]:
-    record = new_record(run_id, config.to_dict())
-    record["error"] = {"kind": kind, "message": message}
-    return record
-
-
-def launch(config: RunConfig, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    if config.nproc_per_node * config.nnodes > 1:  # several ranks: torchrun (tbd.harness.distributed)
-        from tbd.harness.distributed import launch_distributed
-
+def launch(config: RunConfig, progress: Callable[[dict], None] | None = None) -> RunRecord:
+    """Run a validated config the way it asks: several ranks through torchrun, else a child
+    process (or this process with isolate=False). Returns its record, failed runs included."""
+    if world_size(config) > 1:  # several ranks: torchrun (tbd.harness.distributed)
         return launch_distributed(config, progress)
     return run_isolated(config, progress) if config.isolate else run_in_process(config, progress)

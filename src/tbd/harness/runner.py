@@ -1,64 +1,63 @@
-"""One measured run in this process: workload x framework adapter, timed by the harness.
+"""One measured run in this process: workload x framework plugin, timed by the harness.
 
 `execute(config)` never raises for a run that started: an OOM, a NaN or an exception becomes a
 record with status 'failed' and an error {kind, message}. Bad input is caught earlier, by
-`RunConfig.validated()`.
+`RunConfig.validated()`. `tbd run resnet50 --in-process` calls it directly; the launchers call
+it in a child process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-from tbd import registry
+from tbd import frameworks, registry
 from tbd.config import RunConfig
 from tbd.errors import RunFailure
 from tbd.harness.measure import derive_metrics, measure
+from tbd.harness.profiling import trace_run
 from tbd.metrics.sampling import Probe
 from tbd.results import environment
-from tbd.results.record import new_record, new_run_id
+from tbd.results.record import RunRecord
 
 
-def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, run_id: str | None = None) -> dict[str, Any]:
+def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, run_id: str | None = None) -> RunRecord:
     spec = registry.get_spec(config.workload)
-    record = new_record(run_id or new_run_id(config.workload, config.framework), config.to_dict())
-    flavor = spec.flavor(config.flavor)
-    record["workload"] = {
-        "name": spec.name, "domain": spec.domain, "dataset": spec.dataset, "unit": spec.unit,
-        "sample_unit": spec.sample_unit, "flavor": flavor.name, "hparams": config.resolved_hparams(),
-    }
-    record["environment"] = environment.capture(config.device)
+    plugin = registry.framework(config.framework)
+    record = RunRecord.for_run(config, spec, run_id)
+    record.environment = environment.capture(config.device, plugin.libraries)
     session = probe = None
     try:
-        impl = registry.load_implementation(config.workload, config.framework)
-        adapter = registry.load_adapter(config.framework)
         probe = Probe(0 if config.device == "cuda" else None)
-        session = adapter.open_session(config, spec, impl)
+        session = frameworks.open_session(config)
         _inject_fault()
         m = measure(session, config, progress, probe)
-        metrics, method = derive_metrics(m, config, spec, session.info.device_name, os.cpu_count() or 1)
-        record["metrics"] = metrics
-        record["method"] = {**method, **session.info.method}
-        record["environment"]["device_name"] = session.info.device_name
-        record["environment"]["framework_version"] = session.info.framework_version
-        record["workload"]["num_parameters"] = session.info.num_parameters
-        record["samples"] = {"step_s": m.step_s, "units": m.units, "samples": m.samples, "chunk_ends": m.chunk_ends}
-        if config.profile:  # a kernel trace of a few more steady steps, outside the timed ones (tbd.analysis)
-            from tbd.analysis.capture import profile_run
-
-            record["analysis"] = profile_run(session, config, record)
-        record["status"] = "ok"
+        fill_measurement(record, session, m, config, spec)
+        if config.profile:  # a kernel trace of a few more steady steps, outside the timed ones
+            record.analysis = trace_run(session, config, record)
+        record.succeed()
     except RunFailure as exc:
-        record["error"] = {"kind": exc.kind, "message": str(exc)}
+        record.fail(exc.kind, str(exc))
     except Exception as exc:  # any failure inside a run is an outcome to record, not a crash
-        record["error"] = classify(exc, config)
+        record.fail(**classify(exc, config))
     finally:
-        record["memory"] = _memory(session, probe)
+        record.memory = _memory(session, probe)
         if session is not None:
             session.close()
     return record
+
+
+def fill_measurement(record: RunRecord, session, m, config: RunConfig, spec) -> None:
+    """Metrics, method, raw samples and the session's facts of a finished measurement."""
+    metrics, method = derive_metrics(m, config, spec, session.info.device_name, os.cpu_count() or 1)
+    record.metrics = metrics
+    record.method = {**method, **session.info.method}
+    record.environment.update(device_name=session.info.device_name, framework_version=session.info.framework_version)
+    record.workload["num_parameters"] = session.info.num_parameters
+    record.samples = {"step_s": m.step_s, "units": m.units, "samples": m.samples, "chunk_ends": m.chunk_ends}
 
 
 def _inject_fault() -> None:
@@ -74,6 +73,7 @@ def _inject_fault() -> None:
 
 
 def classify(exc: BaseException, config: RunConfig) -> dict[str, str]:
+    """{kind, message, traceback} of an exception raised inside a run."""
     text = f"{type(exc).__name__}: {exc}"
     first_line = text.strip().splitlines()[0][:300]
     if "OutOfMemory" in type(exc).__name__ or "out of memory" in text.lower() or "RESOURCE_EXHAUSTED" in text:
@@ -96,12 +96,7 @@ def _memory(session, probe) -> dict[str, Any]:
 def losses_on_fixed_batch(config: RunConfig, steps: int) -> list[float]:
     """Train `steps` steps on one fixed batch and return each step's loss: the check that a
     workload really learns (used by the tests of every workload x framework)."""
-    import dataclasses
-
-    config = dataclasses.replace(config, data_pool=1)
-    spec = registry.get_spec(config.workload)
-    impl = registry.load_implementation(config.workload, config.framework)
-    session = registry.load_adapter(config.framework).open_session(config, spec, impl)
+    session = frameworks.open_session(dataclasses.replace(config, data_pool=1))
     try:
         losses = []
         for _ in range(steps):

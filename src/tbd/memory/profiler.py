@@ -10,23 +10,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from tbd import registry
 from tbd.errors import UsageError
+from tbd.results import environment
+from tbd.results.record import RunRecord
 from tbd.memory.batch_model import BatchModel, fit
-from tbd.memory.categories import fmt_bytes
-
-FRAMEWORKS = ("torch", "jax")
-
+from tbd.results.memory_profile import fmt_bytes
 
 def profile(config, warmup: int = 1, **kwargs: Any) -> dict[str, Any]:
-    """One profiled training step after `warmup` steps, with a single resident batch."""
+    """One profiled training step after `warmup` steps, with a single resident batch, by the
+    framework plugin's memory profiler."""
     config = dataclasses.replace(config, data_pool=1, isolate=False)
-    if config.framework == "torch":
-        from tbd.memory import torch_profile as impl
-    elif config.framework == "jax":
-        from tbd.memory import jax_profile as impl
-    else:
-        raise UsageError(f"tbd memory supports the frameworks {', '.join(FRAMEWORKS)}, not '{config.framework}'")
-    return impl.profile(config, warmup, **kwargs)
+    return registry.framework(config.framework).profile_memory(config, warmup, **kwargs)
 
 
 def model_bytes(prof: dict[str, Any]) -> int:
@@ -62,8 +57,8 @@ def budget(prof: dict[str, Any], memory_bytes: int | None) -> tuple[int, str]:
             return memory_bytes - overhead, f"--memory {fmt_bytes(memory_bytes)} minus the {fmt_bytes(overhead)} of CUDA context and libraries measured here"
         return memory_bytes, f"--memory {fmt_bytes(memory_bytes)}"
     if prof["device"] == "cuda":
-        if prof["framework"] == "jax" and alloc.get("jax_bytes_limit"):
-            return int(alloc["jax_bytes_limit"]), f"JAX's allocator limit on this GPU ({fmt_bytes(alloc['jax_bytes_limit'])})"
+        if alloc.get("bytes_limit"):  # a framework that caps its own allocator (JAX's preallocation)
+            return int(alloc["bytes_limit"]), f"the {prof['framework']} allocator's limit on this GPU ({fmt_bytes(alloc['bytes_limit'])})"
         total = alloc.get("device_total_bytes")
         if total:
             return total - overhead, f"this GPU's {fmt_bytes(total)} minus the {fmt_bytes(overhead)} of CUDA context and libraries measured here"
@@ -71,3 +66,19 @@ def budget(prof: dict[str, Any], memory_bytes: int | None) -> tuple[int, str]:
     if host:
         return int(host), f"host RAM ({fmt_bytes(host)}): no --memory was given and a CPU has no device memory; pass --memory 80GiB to size a GPU"
     raise UsageError("cannot tell how much memory this device has; give it with --memory, e.g. --memory 80GiB")
+
+
+def memory_record(config, prof: dict[str, Any]) -> RunRecord:
+    """The store's record of a memory profile (kind 'memory': its metrics are empty)."""
+    config = dataclasses.replace(config, batch_size=prof["batch_size"])
+    record = RunRecord.for_run(config, registry.get_spec(config.workload), kind="memory")
+    record.environment = environment.capture(config.device, registry.framework(config.framework).libraries)
+    record.method = {"memory_profile": prof["method"]}
+    if prof["status"] == "ok":
+        record.succeed()
+    else:
+        record.fail("oom", prof["error"])
+    alloc = prof.get("allocator") or {}
+    record.memory = {"peak_allocated_bytes": prof["peak"]["allocated_bytes"],
+                     **{k: v for k, v in alloc.items() if isinstance(v, (int, float)) and k != "peak_allocated_bytes"}}
+    return record

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tbd.memory.categories import ALLOCATED_KEYS, COLORS, KEYS, LABELS, MEANINGS, fmt_bytes
+from tbd.results.memory_profile import ALLOCATED_KEYS, COLORS, KEYS, LABELS, MEANINGS, fmt_bytes
 
 
 def breakdown_rows(prof: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -112,7 +112,7 @@ def save_plot(profiles: list[dict[str, Any]], path: Path) -> Path:
         peak_x = tl["index"].index(first["peak"]["index"]) if first["peak"].get("index") in tl["index"] else None
         if peak_x is not None:
             line.axvline(peak_x, color="red", lw=1.0)
-    line.set_xlabel("sample (after each op)" if first["framework"] == "torch" else "point of the step (from XLA's analysis)")
+    line.set_xlabel(first["timeline"].get("axis", "point of the step"))
     line.set_ylabel("GiB allocated")
     line.set_title(f"one training step, batch {first['batch_size']} ({first['framework']}, {first['device']})")
     fig.suptitle(f"tbd memory {first.get('workload')}")

@@ -6,6 +6,7 @@ MFU (None), never a guess: `tbd` says 'unknown peak' instead.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -17,8 +18,8 @@ class Peak:
 
 _HOPPER_SXM = {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}
 
-# Keys are matched as lower-case substrings of the device name NVML or the framework reports,
-# most specific first.
+# Keys are matched as whole words of the device name NVML or the framework reports (see lookup),
+# so the order of this list does not matter: "h20" never catches "H200".
 PEAKS: list[tuple[str, Peak]] = [
     ("h100 pcie", Peak({"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}, "NVIDIA H100 datasheet (PCIe, dense)")),
     ("h100 nvl", Peak({"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}, "NVIDIA H100 datasheet (NVL, dense, per GPU)")),
@@ -33,14 +34,25 @@ PEAKS: list[tuple[str, Peak]] = [
 ]
 
 
+def _key_pattern(key: str) -> re.Pattern[str]:
+    """Whole-word pattern for a key; the words of a multi-word key may be split by space, '-' or '_'."""
+    words = (re.escape(word) for word in key.lower().split())
+    return re.compile(r"\b" + r"[\s_-]+".join(words) + r"\b")
+
+
 def lookup(device_name: str | None) -> Peak | None:
+    """The entry whose key matches the device name as whole words; the longest such key wins.
+
+    Whole words keep "h20" off "NVIDIA H200"; longest-wins lets "h100 pcie" beat "h100" for
+    "NVIDIA H100 PCIe" whatever the order of PEAKS.
+    """
     if not device_name:
         return None
     lowered = device_name.lower()
-    for key, peak in PEAKS:
-        if key in lowered:
-            return peak
-    return None
+    matches = [(len(key), key, peak) for key, peak in PEAKS if _key_pattern(key).search(lowered)]
+    if not matches:
+        return None
+    return max(matches, key=lambda m: (m[0], m[1]))[2]
 
 
 def peak_flops(device_name: str | None, precision: str) -> tuple[float | None, str]:

@@ -131,3 +131,34 @@ class Probe:
             out["nvml_device_used_bytes"] = self.sampler.device_used_bytes()
             self.sampler.stop()
         return out
+
+
+class HostMeter:
+    """Wall time, process CPU time and NVML utilization samples over a `with` block."""
+
+    def __init__(self, gpu: bool):
+        self.process = psutil.Process()
+        self.sampler = None
+        if gpu and nvml() is not None:
+            self.sampler = NvmlSampler(0, period_s=0.02)
+        self.result: dict[str, Any] = {}
+
+    def __enter__(self) -> "HostMeter":
+        if self.sampler:
+            self.sampler.start()
+        t = self.process.cpu_times()
+        self._cpu0, self._t0 = t.user + t.system, time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        t = self.process.cpu_times()
+        wall = time.perf_counter() - self._t0
+        cpu = t.user + t.system - self._cpu0
+        cores = os.cpu_count() or 1
+        self.result = {"wall_s": wall, "cpu_s": cpu, "cpu_cores_busy": cpu / wall if wall else None,
+                       "cpu_util_pct": cpu / (wall * cores) * 100.0 if wall else None, "cores": cores}
+        if self.sampler:
+            util, _ = self.sampler.drain()
+            self.sampler.stop()
+            self.result["nvml_util_pct"] = sum(util) / len(util) if util else None
+            self.result["nvml_samples"] = len(util)

@@ -11,15 +11,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tbd import __version__
 from tbd.metrics.devices import gpu_info
+from tbd.version import __version__
 
-LIBRARIES = ("torch", "torchvision", "jax", "jaxlib", "flax", "optax", "tensorflow", "numpy", "nvidia-ml-py", "triton")
+# Libraries of the core; each framework plugin adds its own (`FrameworkPlugin.libraries`).
+CORE_LIBRARIES = ("numpy", "nvidia-ml-py", "psutil")
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(names=CORE_LIBRARIES) -> dict[str, str]:
     versions = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -50,7 +51,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def capture(device: str) -> dict[str, Any]:
+def capture(device: str, libraries: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The environment of a run on `device`, with the versions of the core's and `libraries`."""
     env: dict[str, Any] = {
         "tbd_version": __version__,
         "python": sys.version.split()[0],
@@ -58,7 +60,7 @@ def capture(device: str) -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "libraries": library_versions(),
+        "libraries": library_versions(CORE_LIBRARIES + tuple(libraries)),
         "source": source_revision(),
         "device": device,
     }

@@ -1,46 +1,191 @@
-"""The run record: one versioned JSON document per run.
+"""The run record: one versioned document per run, built by `RunRecord` and nowhere else.
 
-Fields: schema_version, id, created_at, status ('ok' | 'failed'), config, workload (spec facts),
-environment, method, samples (raw per-step times and units), metrics (derived, units in names),
-memory, error ({kind, message} or null). Bump SCHEMA_VERSION when a field changes meaning; the
-store refuses records of a newer schema instead of misreading them.
+Fields: schema_version, id, created_at, kind ('run' | 'memory'), status ('ok' | 'failed' |
+'skipped'), config, workload (spec facts), environment, method, samples (raw per-step times and
+units), metrics (derived, units in names), memory, error ({kind, message, ...} or None), and
+where they apply analysis, distributed, sweep and memory_profile.
+
+Every producer (single run, distributed rank 0, `tbd memory`, the sweep engine, the launchers)
+starts from `RunRecord.for_run` or one of the outcome constructors (`failed`, `oom`, `skipped`).
+Readers that take stored JSON get plain dicts of the current schema (`RunRecord.from_dict(d)
+.to_dict()` upgrades older ones); a record also reads like that dict (`record["metrics"]`).
+
+Schema history: 1 (first release); 2 adds `kind` (was implied by a `memory_profile` key) and
+`workload.batch_unit` (what batch_size counts). Version-1 records are read and upgraded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+STATUSES = ("ok", "failed", "skipped")
+KINDS = ("run", "memory")
+OPTIONAL = ("analysis", "distributed", "sweep", "memory_profile")
 
 
-def new_run_id(workload: str, framework: str) -> str:
+def new_run_id(workload: str = "", framework: str = "") -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
-def new_record(run_id: str, config: dict[str, Any]) -> dict[str, Any]:
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def workload_facts(spec, config) -> dict[str, Any]:
+    """What a record says about its workload (from the framework-neutral spec)."""
     return {
-        "schema_version": SCHEMA_VERSION,
-        "id": run_id,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "status": "failed",
-        "config": config,
-        "workload": {},
-        "environment": {},
-        "method": {},
-        "samples": {},
-        "metrics": {},
-        "memory": {},
-        "error": None,
+        "name": spec.name, "domain": spec.domain, "dataset": spec.dataset, "unit": spec.unit,
+        "sample_unit": spec.sample_unit, "batch_unit": spec.batch_counts, "flavor": config.flavor,
+        "hparams": config.resolved_hparams(),
     }
 
 
-def headline(record: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class RunRecord:
+    id: str
+    config: dict[str, Any]
+    status: str = "failed"  # until the producer says otherwise: a crash mid-run stays a failure
+    kind: str = "run"
+    created_at: str = field(default_factory=_now)
+    workload: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    method: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    analysis: dict[str, Any] | None = None
+    distributed: dict[str, Any] | None = None
+    sweep: dict[str, Any] | None = None
+    memory_profile: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer minor writer, kept as they are
+
+    # -- constructors: one per outcome -----------------------------------------------------
+    @classmethod
+    def for_run(cls, config, spec=None, run_id: str | None = None, kind: str = "run") -> "RunRecord":
+        """The record a producer fills in as the run goes (status 'failed' until `succeed`)."""
+        record = cls(id=run_id or new_run_id(), config=config.to_dict(), kind=kind)
+        if spec is not None:
+            record.workload = workload_facts(spec, config)
+        return record
+
+    @classmethod
+    def failed(cls, config, kind: str, message: str, run_id: str | None = None, **details: Any) -> "RunRecord":
+        """A run that started (or was meant to) and failed: 'crash', 'timeout', 'nan', 'error'..."""
+        record = cls(id=run_id or new_run_id(), config=config.to_dict())
+        record.fail(kind, message, **details)
+        return record
+
+    @classmethod
+    def oom(cls, config, message: str, run_id: str | None = None, **details: Any) -> "RunRecord":
+        return cls.failed(config, "oom", message, run_id, **details)
+
+    @classmethod
+    def skipped(cls, config, reason: str, run_id: str | None = None) -> "RunRecord":
+        """A point that was not run (e.g. a larger batch after an out-of-memory)."""
+        record = cls(id=run_id or new_run_id(), config=config.to_dict(), status="skipped")
+        record.error = {"kind": "skipped", "message": reason}
+        return record
+
+    def succeed(self) -> "RunRecord":
+        self.status, self.error = "ok", None
+        return self
+
+    def fail(self, kind: str, message: str, **details: Any) -> "RunRecord":
+        self.status = "failed"
+        self.error = {"kind": kind, "message": message, **details}
+        return self
+
+    # -- (de)serialization -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        for key in OPTIONAL:
+            if out[key] is None:
+                del out[key]
+        return {**self.extra, **out}
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        """A record of this schema or an older one (upgraded); ValueError if it is not one."""
+        if not isinstance(data, dict) or "id" not in data or not isinstance(data.get("config"), dict):
+            raise ValueError("not a tbd run record (no id or config)")
+        version = int(data.get("schema_version", 1))
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"record {data['id']} has schema {version}, newer than this tbd ({SCHEMA_VERSION}); upgrade tbd")
+        data = dict(data)
+        if version < 2:
+            data.setdefault("kind", "memory" if "memory_profile" in data else "run")
+            workload = dict(data.get("workload") or {})
+            if workload and "batch_unit" not in workload:
+                workload["batch_unit"] = workload.get("sample_unit", "samples")
+            data["workload"] = workload
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        known["schema_version"] = SCHEMA_VERSION
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunRecord":
+        return cls.from_dict(json.loads(text))
+
+    # -- read like the stored dict, so readers of stored and fresh records are one code path --
+    def __getitem__(self, key: str) -> Any:
+        if key in self.extra:
+            return self.extra[key]
+        if key == "extra" or key not in {f.name for f in dataclasses.fields(self)} or (key in OPTIONAL and getattr(self, key) is None):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in {f.name for f in dataclasses.fields(self)} - {"extra"}:
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
+
+    def __contains__(self, key: str) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def update(self, other: dict[str, Any] | None = None, **fields: Any) -> None:
+        for key, value in {**(other or {}), **fields}.items():
+            self[key] = value
+
+    def setdefault(self, key: str, default: Any) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
+def as_dict(record: RunRecord | dict[str, Any]) -> dict[str, Any]:
+    """The stored form of a record, fresh or read back (older schemas upgraded)."""
+    return record.to_dict() if isinstance(record, RunRecord) else RunRecord.from_dict(record).to_dict()
+
+
+def headline(record: RunRecord | dict[str, Any]) -> dict[str, Any]:
     """The few numbers a results table shows."""
     cfg, met, mem = record["config"], record.get("metrics") or {}, record.get("memory") or {}
-    unit = (record.get("workload") or {}).get("unit", "samples")
+    workload = record.get("workload") or {}
+    unit = workload.get("unit", "samples")
     return {
         "id": record["id"],
         "workload": cfg["workload"],
@@ -48,6 +193,7 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
         "flavor": cfg["flavor"],
         "device": cfg["device"],
         "batch_size": cfg["batch_size"],
+        "batch_unit": workload.get("batch_unit") or workload.get("sample_unit") or "samples",
         "precision": cfg["precision"],
         "compile": cfg["compile"],
         "status": record["status"],

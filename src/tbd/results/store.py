@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tbd.errors import UsageError
-from tbd.results.record import SCHEMA_VERSION
+from tbd.results.record import SCHEMA_VERSION, RunRecord, as_dict
 
 _COLUMNS = ("id", "created_at", "workload", "framework", "flavor", "device", "batch_size", "precision", "status")
 
@@ -53,9 +53,9 @@ class Store:
                     conn.execute("ALTER TABLE runs ADD COLUMN sweep TEXT")
             conn.execute("CREATE TABLE IF NOT EXISTS sweeps (id TEXT PRIMARY KEY, name TEXT, created_at TEXT, spec TEXT, summary TEXT)")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
+            if row is None or (create and int(row[0]) < SCHEMA_VERSION):  # older rows are upgraded as they are read
                 with conn:
-                    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise UsageError(f"results store {self.db_path} has schema {row[0]}, newer than this tbd ({SCHEMA_VERSION}); upgrade tbd or use another --home")
             return conn
@@ -64,7 +64,8 @@ class Store:
         except OSError as exc:
             raise UsageError(f"cannot open results store in {self.home} ({exc.strerror}); set TBD_HOME to a writable folder") from None
 
-    def save(self, record: dict[str, Any]) -> Path:
+    def save(self, record: RunRecord | dict[str, Any]) -> Path:
+        record = as_dict(record)
         conn = self._connect(create=True)
         path = self.runs_dir / f"{record['id']}.json"
         tmp = path.with_suffix(".json.tmp")
@@ -96,7 +97,7 @@ class Store:
             raise UsageError(f"results store {self.db_path} cannot be read ({exc}); move it aside or set TBD_HOME") from None
         finally:
             conn.close()
-        return [json.loads(r[0]) for r in rows]
+        return [as_dict(json.loads(r[0])) for r in rows]
 
     def save_sweep(self, sweep_id: str, name: str, spec: dict[str, Any], summary: dict[str, Any] | None = None) -> None:
         """Record (or update) a sweep's definition; its runs carry `sweep_id` in the `sweep` column."""
@@ -142,7 +143,7 @@ class Store:
             raise UsageError(f"no run '{run_id}' in {self.home}; 'tbd results' lists the stored runs")
         if len(rows) > 1:
             raise UsageError(f"run id '{run_id}' is ambiguous ({len(rows)} runs start with it); give more characters")
-        return json.loads(rows[0][1])
+        return as_dict(json.loads(rows[0][1]))
 
 
 def _now() -> str:

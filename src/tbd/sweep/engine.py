@@ -21,7 +21,7 @@ from typing import Any
 
 from tbd.config import RunConfig
 from tbd.harness import launcher
-from tbd.results.record import new_record, new_run_id
+from tbd.results.record import RunRecord
 from tbd.results.store import Store
 from tbd.sweep.spec import Line, Plan
 
@@ -155,9 +155,7 @@ class SweepRunner:
         self.index += 1
         record = self.done.get(key)
         if record is None:
-            record = new_record(new_run_id(config.workload, config.framework), config.to_dict())
-            record["status"] = "skipped"
-            record["error"] = {"kind": "skipped", "message": reason}
+            record = RunRecord.skipped(config, reason)
             record["sweep"] = {"id": self.plan.sweep_id, "name": self.plan.name, "point": self.index, "line": line.label, "probe": False}
             self.store.save(record)
             self.done[key] = record

@@ -106,7 +106,7 @@ def plan(spec: SweepSpec) -> Plan:
                     for precision in spec.precisions:
                         for comp in spec.compile:
                             base = dict(workload=w, framework=fw, flavor=flavor, device=device, precision=precision, compile=comp,
-                                        channels_last=spec.channels_last and ws.supports_channels_last,
+                                        channels_last=spec.channels_last and ws.convolutional,
                                         max_steps=spec.budget["max_steps"], max_time_s=float(spec.budget["max_time"]),
                                         target_ci_pct=float(spec.budget["target_ci"]), min_timed_steps=spec.budget["min_timed_steps"],
                                         seed=spec.budget["seed"], isolate=spec.isolate)

@@ -42,21 +42,25 @@ class WorkloadSpec:
     # Model FLOPs of one training step per sample (forward + backward), analytic.
     train_flops_per_sample: Callable[[Flavor], float]
     flops_note: str = ""
-    # Which run options apply: channels_last only means something for convolutional models.
-    supports_channels_last: bool = False
-    # Input shapes change from batch to batch (detection images, bucketed sequences): cuDNN's
-    # autotuner would re-benchmark every new shape, so the PyTorch adapter leaves it off.
+    # The model is built of 2-D convolutions over images (so an NHWC layout can matter).
+    convolutional: bool = False
+    # Input shapes change from batch to batch (detection images, bucketed sequences); plugins
+    # that tune kernels per shape (cuDNN's autotuner) or compile per shape take it into account.
     variable_shapes: bool = False
+    # What `batch_size` counts, in the words the CLI and reports show: "images", "sentence
+    # pairs", "actor processes" (default: the sample unit). Per-rank shares divide it.
+    batch_unit: str = ""
     # Importable modules the workload needs beyond its framework (an environment, a tokenizer),
     # and the pip command that brings them; `registry.check_runnable` checks them without importing.
     requires: tuple[str, ...] = ()
     install: str = ""
-    # False where "steps on one fixed batch lower the loss" means nothing (reinforcement learning:
-    # the data come from the policy itself); such a workload tests its learning its own way.
-    loss_check: bool = True
     # Precisions the workload can honour (None: all), and why where it is limited.
     precisions: tuple[str, ...] | None = None
     precisions_note: str = ""
+
+    @property
+    def batch_counts(self) -> str:
+        return self.batch_unit or self.sample_unit
 
     def flavor(self, name: str) -> Flavor:
         if name not in self.flavors:

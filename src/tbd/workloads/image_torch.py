@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.torch_adapter import TorchTask
+from tbd.frameworks.torch.session import TorchTask
 
 
 def classification_task(model: torch.nn.Module, ctx: BuildContext) -> TorchTask:

@@ -109,6 +109,7 @@ SPEC = WorkloadSpec(
     flavors=FLAVORS,
     sample_unit="agent_steps",
     unit="frames",
+    batch_unit="actor processes",
     units_per_sample=lambda flavor: float(flavor["frameskip"]),
     train_flops_per_sample=train_flops_per_sample,
     flops_note=(
@@ -120,5 +121,4 @@ SPEC = WorkloadSpec(
     install="pip install 'tbd[rl]'",
     precisions=("fp32", "tf32"),  # tf32 only touches the learner's update on a GPU
     precisions_note="actors act and compute gradients in fp32 on the CPU",
-    loss_check=False,  # the data come from the policy; tests/workloads/test_a3c.py checks learning
 )

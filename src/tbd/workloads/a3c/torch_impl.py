@@ -21,7 +21,7 @@ from torch import nn
 
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.torch_adapter import TorchTask
+from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.a3c.spec import CONVS, HIDDEN, STACK, feature_size
 
 RESULT_TIMEOUT_S = 300.0  # a round that takes longer than this means an actor hung

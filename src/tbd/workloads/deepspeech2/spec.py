@@ -40,7 +40,7 @@ FLAVORS = {
         "tiny",
         batch_size=4,
         description="8 conv filters, 2 bi-GRU layers of 64, utterances of 0.3-0.8 s: a CPU step well under a second",
-        hparams=dict(_COMMON, conv_channels=8, gru_layers=2, hidden=64, min_s=0.3, max_s=0.8, mean_s=0.6, lr=2e-3, test_steps=12),
+        hparams=dict(_COMMON, conv_channels=8, gru_layers=2, hidden=64, min_s=0.3, max_s=0.8, mean_s=0.6, lr=2e-3),
     ),
     "paper": Flavor(
         "paper",
@@ -114,6 +114,7 @@ SPEC = WorkloadSpec(
     flavors=FLAVORS,
     sample_unit="utterances",
     unit="audio_seconds",
+    batch_unit="utterances",
     units_per_sample=lambda flavor: flavor["mean_s"],
     train_flops_per_sample=train_flops_per_sample,
     flops_note=(

@@ -157,6 +157,7 @@ SPEC = WorkloadSpec(
     flavors=FLAVORS,
     sample_unit="images",
     unit="images",
+    batch_unit="images",
     units_per_sample=lambda flavor: 1.0,
     train_flops_per_sample=train_flops_per_sample,
     flops_note="backbone, FPN, RPN head and box head (2 FLOPs per multiply-add; backward = 1x forward per "
@@ -164,5 +165,5 @@ SPEC = WorkloadSpec(
                "nominal image (long side x largest short side, resized and padded to 32) and the flavor's RoIs "
                "per image; left out: RoIAlign, NMS, anchor matching, box coding, BN and elementwise ops "
                "(torchvision ops FlopCounterMode cannot count, and a few % of the total)",
-    supports_channels_last=True,
+    convolutional=True,
 )

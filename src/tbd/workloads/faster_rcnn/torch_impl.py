@@ -20,7 +20,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.torch_adapter import TorchTask
+from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.faster_rcnn.spec import RESNETS
 
 

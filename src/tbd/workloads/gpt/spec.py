@@ -32,9 +32,6 @@ def _flavor(name, batch_size, description, layers, d_model, heads, block, vocab=
     hp = dict(
         layers=layers, d_model=d_model, heads=heads, block_size=block, vocab=vocab, dropout=0.0,
         lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
-        # Speed options (bench/gpt_gpu.py compares them): torch.compile mode ("default" or any
-        # mode torch.compile takes) and the attention kernel ("auto", "cudnn", "flash").
-        compile_mode="default", sdpa_backend="auto",
     )
     hp.update(extra)
     return Flavor(name, batch_size, description, hp)
@@ -70,6 +67,7 @@ SPEC = WorkloadSpec(
     flavors=FLAVORS,
     sample_unit="sequences",
     unit="tokens",
+    batch_unit="sequences",
     units_per_sample=lambda flavor: float(flavor["block_size"]),
     train_flops_per_sample=lambda flavor: flavor["block_size"] * train_flops_per_token(flavor.hparams),
     flops_note="6N + 12LdT per token (N: matmul weights incl. the tied output layer; PaLM appendix B, "

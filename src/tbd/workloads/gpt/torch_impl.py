@@ -12,7 +12,8 @@ What makes it fast on a GPU:
   control flow, positions taken by slicing the table (no host-built tensors), no `.item()`;
 - one QKV matrix product per layer and causal attention through
   `F.scaled_dot_product_attention(is_causal=True)` (flash / cuDNN kernels, no mask tensor);
-  `sdpa_backend` can force the cuDNN kernel, which is faster than flash-attention 2 on Hopper;
+  the torch option `sdpa_backend` (`RunConfig.options`) can force the cuDNN kernel, which is
+  faster than flash-attention 2 on Hopper;
 - dropout 0 and so no dropout kernels at all (they are left out of the graph, not run at p=0);
 - AdamW with `fused=True` on CUDA (one kernel for all parameters; `foreach` on the CPU) and no
   host synchronization anywhere in the step.
@@ -28,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tbd.errors import unknown
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.torch_adapter import TorchTask
+from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.gpt.spec import GPT2_VOCAB
 from tbd.workloads.text_torch import zipf_tokens
 
@@ -80,11 +82,11 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, hp):
+    def __init__(self, hp, sdpa_backend: str = "auto"):
         super().__init__()
         d, layers = hp["d_model"], hp["layers"]
         self.dropout = hp["dropout"]
-        context = _attention_context(hp["sdpa_backend"])
+        context = _attention_context(sdpa_backend)
         self.wte = nn.Embedding(hp["vocab"], d)
         self.wpe = nn.Embedding(hp["block_size"], d)
         self.blocks = nn.ModuleList(Block(d, hp["heads"], hp["dropout"], context) for _ in range(layers))
@@ -123,10 +125,9 @@ def make_adamw(model: nn.Module, hp, device_type: str) -> torch.optim.AdamW:
 
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
-    if hp["sdpa_backend"] not in SDPA_BACKENDS:
-        from tbd.errors import unknown
-
-        raise unknown("sdpa_backend", hp["sdpa_backend"], SDPA_BACKENDS)
+    backend = ctx.options.get("sdpa_backend", "auto")
+    if backend not in SDPA_BACKENDS:
+        raise unknown("sdpa_backend", backend, SDPA_BACKENDS)
     device_type = "cuda" if ctx.device.startswith("cuda") else "cpu"
     n, T = ctx.batch_size, hp["block_size"]
 
@@ -139,10 +140,8 @@ def build(ctx: BuildContext) -> TorchTask:
     # One graph or an error: a graph break would silently cost speed. Under torchrun the DDP /
     # FSDP wrappers split the graph at their buckets on purpose, so there it is not demanded.
     options = {"fullgraph": os.environ.get("WORLD_SIZE", "1") == "1"}
-    if hp["compile_mode"] != "default":
-        options["mode"] = hp["compile_mode"]
     return TorchTask(
-        model=GPT(hp),
+        model=GPT(hp, backend),
         make_optimizer=lambda model: make_adamw(model, hp, device_type),
         make_batch=make_batch,
         loss=lambda model, batch: model(*batch),

@@ -129,9 +129,10 @@ SPEC = WorkloadSpec(
     flavors=FLAVORS,
     sample_unit="images",
     unit="images",
+    batch_unit="images",
     units_per_sample=lambda flavor: 1.0,
     train_flops_per_sample=train_flops_per_sample,
     flops_note="convolutions and classifier, 2 FLOPs per multiply-add, backward = 2x forward "
                "(1x for the first convolution: no gradient w.r.t. the images); the auxiliary head is not built",
-    supports_channels_last=True,
+    convolutional=True,
 )

@@ -12,7 +12,7 @@ import torchvision
 
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.torch_adapter import TorchTask
+from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.image_torch import classification_task
 
 

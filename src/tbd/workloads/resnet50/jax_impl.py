@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.jax_adapter import JaxTask, compute_dtype
+from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.resnet50.spec import EXPANSION, STAGES
 
 

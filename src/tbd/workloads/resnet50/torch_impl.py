@@ -5,7 +5,7 @@ from __future__ import annotations
 import torchvision
 
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.torch_adapter import TorchTask
+from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.image_torch import classification_task
 
 

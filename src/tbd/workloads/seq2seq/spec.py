@@ -81,6 +81,7 @@ SPEC = WorkloadSpec(
     flavors=FLAVORS,
     sample_unit="sentence pairs",
     unit="tokens",
+    batch_unit="sentence pairs",
     units_per_sample=tokens_per_pair,
     train_flops_per_sample=train_flops_per_sample,
     flops_note="matrix products of LSTMs, attention and output layer at each pair's own lengths "

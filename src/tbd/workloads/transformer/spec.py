@@ -81,6 +81,7 @@ SPEC = WorkloadSpec(
     flavors=FLAVORS,
     sample_unit="sentence pairs",
     unit="tokens",
+    batch_unit="tokens",
     units_per_sample=tokens_per_pair,
     train_flops_per_sample=train_flops_per_sample,
     flops_note="matrix products (attention over all keys, PaLM convention) at each pair's own lengths (non-pad "

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.torch_adapter import TorchTask
+from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
 from tbd.workloads.text_torch import BOS, PAD, host_rng, padded
 

@@ -112,11 +112,12 @@ SPEC = WorkloadSpec(
     flavors=FLAVORS,
     sample_unit="images",
     unit="images",
+    batch_unit="images",
     units_per_sample=lambda flavor: 1.0,
     train_flops_per_sample=train_flops_per_sample,
     flops_note="one step = 1 generator + n_critic critic iterations; per real image consumed (n_critic x batch a step); "
                "convolutions and linear layers, 2 FLOPs per multiply-add, backward = 2x forward for layers that need "
                "input and weight gradients; the gradient penalty's double backward counted as forward + input "
                "gradient + 4x forward (see spec.step_flops_per_image); norms, pooling and elementwise ops left out",
-    supports_channels_last=True,
+    convolutional=True,
 )

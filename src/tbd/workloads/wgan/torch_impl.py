@@ -28,7 +28,7 @@ from torch import nn
 
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.torch_adapter import TorchTask
+from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.wgan.spec import check_sizes
 
 

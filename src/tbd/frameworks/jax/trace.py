@@ -1,6 +1,6 @@
 """Trace of a few steady JAX steps with jax.profiler.
 
-`tbd run resnet50 --framework jax --profile` calls `capture` from the runner once the timed
+`tbd run resnet50 --framework jax --profile` calls `capture` (through the plugin) from the harness once the timed
 steps are done. jax.profiler writes `<log_dir>/plugins/profile/<stamp>/<host>.trace.json.gz`
 (Chrome trace format, the one Perfetto and TensorBoard read); it is copied next to the run's
 record. Only the session's `run_steps` is used, inside one `TraceAnnotation` that marks the
@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tbd.analysis.trace import WINDOW_NAME
+from tbd.frameworks.base import WINDOW_NAME
 
 
 def capture(session, steps: int, path: Path, host: bool = True, meter=None) -> dict[str, Any]:

@@ -20,7 +20,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from tbd.memory.categories import empty_categories, finish_peak, new_profile, nvml_process_bytes
+from tbd import frameworks, registry
+from tbd.frameworks.base import BuildContext
+from tbd.results.memory_profile import empty_categories, finish_peak, new_profile, nvml_process_bytes
 
 
 def tree_bytes(tree: Any) -> int:
@@ -67,12 +69,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def profile(config, warmup: int = 1) -> dict[str, Any]:
-    from tbd import registry
-    from tbd.frameworks.base import BuildContext
-
-    spec = registry.get_spec(config.workload)
-    impl = registry.load_implementation(config.workload, "jax")
-    adapter = registry.load_adapter("jax")
+    impl = registry.load_implementation(config.workload, config.framework)
     prof = new_profile(framework="jax", workload=config.workload, flavor=config.flavor, device=config.device,
                        batch_size=config.batch_size, precision=config.precision)
     prof["method"] = {
@@ -84,15 +81,14 @@ def profile(config, warmup: int = 1) -> dict[str, Any]:
     cats = empty_categories()
     session = None
     try:
-        session = adapter.open_session(config, spec, impl)
+        session = frameworks.open_session(config)
         state, batch = session.state, session.batches[0]
         cats["weights"] = tree_bytes(state.params) + tree_bytes(state.model_state)
         cats["optimizer_state"] = tree_bytes(state.opt_state)
         cats["input_batch"] = tree_bytes(batch)
         prof["analytic"] = {"weights_bytes": tree_bytes(state.params), "model_state_bytes": tree_bytes(state.model_state),
                             "optimizer_state_bytes": cats["optimizer_state"], "num_parameters": session.num_parameters}
-        with jax.default_matmul_precision(session.precision):
-            compiled = session._step.lower(state, batch).compile()
+        compiled = session.compiled_step()
         ma = compiled.memory_analysis()
         analysis = {f: int(getattr(ma, f)) for f in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
                                                     "temp_size_in_bytes", "generated_code_size_in_bytes") if hasattr(ma, f)}
@@ -106,9 +102,7 @@ def profile(config, warmup: int = 1) -> dict[str, Any]:
         temp = analysis["temp_size_in_bytes"] + analysis["output_size_in_bytes"] - analysis["alias_size_in_bytes"]
         grads = min(tree_bytes(state.params), temp)
         fmap = 0
-        ctx = BuildContext(hparams=config.resolved_hparams(), batch_size=config.batch_size, device=config.device,
-                           precision=config.precision, seed=config.seed, flavor=config.flavor)
-        task = impl.build(ctx)
+        task = impl.build(BuildContext.for_run(config, config.batch_size))  # its loss, traced for the residuals
         if task.train_step is None:
             def loss_of(params, model_state, batch, rng):
                 return task.loss(params, model_state, batch, rng, True)[0]
@@ -134,7 +128,7 @@ def profile(config, warmup: int = 1) -> dict[str, Any]:
     finish_peak(prof, cats)
     prof["peak"].update(phase="backward", op="XLA buffer assignment peak", index=1)
     start = {k: (cats[k] if k in ("weights", "optimizer_state", "input_batch") else 0) for k in cats}
-    prof["timeline"] = {"index": [0, 1, 2], "phase": ["start", "peak", "end"], "op": ["step start", "peak", "step end"],
+    prof["timeline"] = {"axis": "point of the step (from XLA's analysis)", "index": [0, 1, 2], "phase": ["start", "peak", "end"], "op": ["step start", "peak", "step end"],
                         "categories": {k: [start[k], cats[k], start[k]] for k in cats}}
     return prof
 
@@ -153,6 +147,7 @@ def _measure_on_device(session, warmup: int, cats: dict[str, int], prof: dict[st
     cats["allocator_cache"] = max(0, pool - high)
     nvml_bytes = nvml_process_bytes(0)
     cats["framework_overhead"] = max(0, nvml_bytes - pool) if nvml_bytes else 0
-    prof["allocator"].update({"peak_allocated_bytes": high, "pool_bytes": pool, "nvml_process_bytes": nvml_bytes, **{f"jax_{k}": v for k, v in stats.items()}})
+    prof["allocator"].update({"peak_allocated_bytes": high, "pool_bytes": pool, "nvml_process_bytes": nvml_bytes, "bytes_limit": stats.get("bytes_limit"),
+                            **{f"jax_{k}": v for k, v in stats.items()}})
     prof["checks"] = {"categories_vs_allocator_peak_pct": 100.0 * (sum(cats[k] for k in list(cats)[:7]) / high - 1)}
 

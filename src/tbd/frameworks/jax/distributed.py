@@ -11,8 +11,7 @@ processes' devices, each batch is the process's shard of a global batch split al
 axis, and the jitted step (unchanged) becomes data parallel: XLA inserts the gradient all-reduce
 because the loss is a mean over the global batch. On CPUs the collectives use gloo.
 
-The JAX adapter calls `local_batch_size`, `data_key` and `globalize`; each is a no-op in a
-single process.
+The JAX session calls `data_key` and `globalize`; each is a no-op in a single process.
 """
 
 from __future__ import annotations
@@ -25,19 +24,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from tbd.errors import UsageError
+from tbd import topology
 
 
 def _multi() -> bool:
     return jax.process_count() > 1
-
-
-def local_batch_size(config) -> int:
-    """--batch-size is the global batch; each process trains on an equal share."""
-    world = jax.process_count()  # 1 unless setup() ran jax.distributed.initialize
-    if config.batch_size % world:
-        raise UsageError(f"global batch size {config.batch_size} does not split over {world} processes; use a multiple of {world}")
-    return config.batch_size // world
 
 
 def data_key(key):
@@ -73,28 +64,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _comm_class():
-    from tbd.frameworks.torch_distributed import TorchComm
+class JaxComm:
+    """The harness's control channel: PyTorch's gloo group over torchrun's rendezvous (the
+    PyTorch plugin's `TorchComm`), which must also shut JAX's coordinator down first."""
 
-    class JaxComm(TorchComm):
-        def close(self) -> None:
-            jax.distributed.shutdown()  # before the control group goes: the coordinator is rank 0's
-            super().close()
+    def __init__(self, group, local_rank: int, node_rank: int):
+        from tbd.frameworks.torch.distributed import TorchComm
 
-    return JaxComm
+        self._channel = TorchComm(group, "jax", local_rank, node_rank)
+        self.backend = "jax"
+        self.rank, self.world_size = self._channel.rank, self._channel.world_size
+        self.local_rank, self.node_rank = local_rank, node_rank
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        return self._channel.all_gather(obj)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return self._channel.broadcast(obj, src)
+
+    def close(self) -> None:
+        jax.distributed.shutdown()  # before the control group goes: the coordinator is rank 0's
+        self._channel.close()
 
 
 def setup(config):
     """Join torchrun's group for control messages, then start JAX's distributed runtime."""
     import torch.distributed as dist
 
-    from tbd.frameworks.torch_distributed import timeout_s
-
-    JaxComm = _comm_class()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    timeout = timeout_s(config)
+    timeout = topology.collective_timeout_s(config)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
-    comm = JaxComm(dist.group.WORLD, "jax", local_rank, int(os.environ.get("GROUP_RANK", 0)))
+    comm = JaxComm(dist.group.WORLD, local_rank, int(os.environ.get("GROUP_RANK", 0)))
     port = comm.broadcast(_free_port() if comm.rank == 0 else None)
     if config.device == "cpu":
         jax.config.update("jax_platforms", "cpu")
@@ -107,7 +107,3 @@ def setup(config):
     )
     return comm
 
-
-def profile_comm(session, steps: int) -> None:
-    """Communication traces are read from torch.profiler traces only; JAX runs record none."""
-    return None

@@ -92,7 +92,8 @@ def downsample(timeline: dict[str, Any], keep: int, max_points: int = 400) -> di
         return timeline
     stride = n / max_points
     picked = sorted({int(i * stride) for i in range(max_points)} | {keep, n - 1})
-    out = {key: [values[i] for i in picked] for key, values in timeline.items() if key != "categories"}
+    out = {key: [values[i] for i in picked] for key, values in timeline.items() if key not in ("categories", "axis")}
+    out["axis"] = timeline.get("axis", "")
     out["categories"] = {k: [v[i] for i in picked] for k, v in timeline["categories"].items()}
     return out
 

@@ -84,3 +84,22 @@ def complement(spans: list[Span], window: Span) -> list[Span]:
 def gaps(spans: list[Span], window: Span) -> list[float]:
     """Lengths of the idle gaps between disjoint sorted spans inside `window`."""
     return [b - a for a, b in complement(spans, window)]
+
+
+def comm_overlap(comm: Iterable[Span], compute: Iterable[Span], steps: int) -> dict[str, float | None]:
+    """Communication time per step and its overlap with computation, from the spans of one
+    rank's trace (the framework's plugin says which spans are which).
+    overlap = time in which communication and computation both run / communication time."""
+    comm, compute = union(comm), union(compute)
+    everything = comm + compute
+    window = max(b for _, b in everything) - min(a for a, _ in everything) if everything else 0.0
+    comm_us = length(comm)
+    both_us = length(intersect(comm, compute))
+    return {
+        "steps": steps,
+        "comm_ms_per_step": comm_us / 1e3 / steps,
+        "compute_ms_per_step": length(compute) / 1e3 / steps,
+        "comm_overlap_pct": both_us / comm_us * 100.0 if comm_us else None,
+        "exposed_comm_ms_per_step": (comm_us - both_us) / 1e3 / steps,
+        "window_ms_per_step": window / 1e3 / steps,  # first to last activity of the traced steps
+    }

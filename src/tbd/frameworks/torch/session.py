@@ -1,7 +1,7 @@
-"""PyTorch adapter: device placement, precision, channels_last, torch.compile, timed steps.
+"""PyTorch sessions: device placement, precision, channels_last, torch.compile, timed steps.
 
 A workload's `torch_impl.build(ctx)` returns a `TorchTask`; `open_session` turns it into a
-`TorchSession`. On CUDA each step is bracketed by CUDA events and the host synchronizes once per
+`TorchSession` (the plugin's `Session`). On CUDA each step is bracketed by CUDA events and the host synchronizes once per
 `run_steps` call, so timing adds no per-step host stall; on the CPU, ops are synchronous and a
 host clock per step is exact.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tbd.frameworks import torch_distributed
+from tbd.frameworks.torch import distributed as torch_distributed
 from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
 from tbd.results.environment import cpu_model
 
@@ -71,6 +71,12 @@ def _to_memory_format(batch: Batch, fmt: torch.memory_format) -> Batch:
     return type(batch)(t.contiguous(memory_format=fmt) if isinstance(t, torch.Tensor) and t.dim() == 4 else t for t in batch)
 
 
+def _compile_mode(options: dict[str, Any]) -> dict[str, Any]:
+    """torch.compile's `mode` from the run's torch options (compile_mode), if not the default."""
+    mode = options.get("compile_mode", "default")
+    return {} if mode == "default" else {"mode": mode}
+
+
 class TorchSession:
     def __init__(self, config, spec, task: TorchTask, ctx: BuildContext):
         self.config = config
@@ -85,7 +91,8 @@ class TorchSession:
         # Under torchrun: DDP or FSDP2 (a no-op in a single process); before the optimizer.
         self.model = torch_distributed.wrap_model(self.model, config)
         self.optimizer = task.make_optimizer(self.model)
-        self.train_model = torch.compile(self.model, **task.compile_options) if config.compile else self.model
+        compile_options = {**task.compile_options, **_compile_mode(config.options)}
+        self.train_model = torch.compile(self.model, **compile_options) if config.compile else self.model
         dtype = PRECISION_DTYPES.get(config.precision)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
@@ -105,7 +112,7 @@ class TorchSession:
             method={
                 "timing": "CUDA events around each step, one host sync per chunk" if self.device.type == "cuda" else "host clock per step (CPU ops are synchronous)",
                 "data": f"synthetic, {config.data_pool} batch(es) resident on the device, rotated",
-                "compile": f"torch.compile ({task.compile_options or 'default mode'})" if config.compile else "eager",
+                "compile": f"torch.compile ({compile_options or 'default mode'})" if config.compile else "eager",
                 "autocast": str(dtype).replace("torch.", "") if dtype else None,
                 "grad_scaler": self.scaler is not None,
                 "memory_format": "channels_last" if config.channels_last else "contiguous",
@@ -114,8 +121,8 @@ class TorchSession:
             },
         )
 
-    # One training step on the next batch of the pool.
-    def _step(self) -> None:
+    def step(self) -> None:
+        """One training step on the next batch of the pool (not timed, not synchronized)."""
         batch = self.batches[self._next]
         if self.task.train_step is not None:
             self._loss = self.task.train_step(self, batch).detach()
@@ -140,8 +147,7 @@ class TorchSession:
             for i in range(n):
                 units.append(self._units[self._next])
                 samples.append(self._samples[self._next])
-                self._step()
-                self._next = (self._next + 1) % len(self.batches)
+                self._train_one()
                 events[i + 1].record()
             events[-1].synchronize()
             seconds = [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(n)]
@@ -151,13 +157,24 @@ class TorchSession:
                 units.append(self._units[self._next])
                 samples.append(self._samples[self._next])
                 t0 = time.perf_counter()
-                self._step()
+                self._train_one()
                 seconds.append(time.perf_counter() - t0)
-                self._next = (self._next + 1) % len(self.batches)
         return StepTimes(seconds, units, samples)
+
+    def _train_one(self) -> None:
+        self.step()
+        self._next = (self._next + 1) % len(self.batches)
 
     def last_loss(self) -> float:
         return float(self._loss) if self._loss is not None else float("nan")
+
+    def forget_loss(self) -> None:
+        self._loss = None
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """What the workload built beyond model and optimizer (more optimizers, actor pools)."""
+        return self.task.extra
 
     def memory(self) -> dict[str, int | None]:
         if self.device.type != "cuda":
@@ -179,7 +196,12 @@ class TorchSession:
             close()
 
 
-def open_session(config, spec, impl) -> TorchSession:
+def open_session(config, spec, impl, ctx: BuildContext) -> TorchSession:
     torch.manual_seed(config.seed)
-    ctx = BuildContext.for_run(config, torch_distributed.local_batch_size(config))  # the global batch over the ranks
     return TorchSession(config, spec, impl.build(ctx), ctx)
+
+
+def profiler_range(on: bool) -> None:
+    """cudaProfilerStart/Stop around the steps Nsight Compute profiles (tbd.analysis.ncu)."""
+    torch.cuda.synchronize()
+    (torch.cuda.profiler.start if on else torch.cuda.profiler.stop)()

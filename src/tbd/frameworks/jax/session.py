@@ -1,4 +1,4 @@
-"""JAX adapter: device placement, precision, one jitted train step, timed steps.
+"""JAX sessions: device placement, precision, one jitted train step, timed steps.
 
 `tbd run resnet50 --framework jax` exercises it. A workload's `jax_impl.build(ctx)` returns a
 `JaxTask`; `open_session` turns it into a `JaxSession`. The whole step (forward, backward,
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from tbd.errors import RunFailure
-from tbd.frameworks import jax_distributed
+from tbd.frameworks.jax import distributed as jax_distributed
 from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
 from tbd.results.environment import cpu_model
 
@@ -118,7 +118,7 @@ class JaxSession:
         self._next = 0
         self._loss: jax.Array | None = None
         # One executable for the whole step; the state is donated so it is updated in place.
-        self._step = jax.jit(task.train_step or _default_step(task), donate_argnums=0)
+        self.step_fn = jax.jit(task.train_step or _default_step(task), donate_argnums=0)
         self.info = SessionInfo(
             device_name=self.device.device_kind if self.device.platform != "cpu" else cpu_model(),
             framework_version=jax.__version__,
@@ -142,7 +142,7 @@ class JaxSession:
 
     def run_steps(self, n: int) -> StepTimes:
         seconds, units, samples = [], [], []
-        step, batches = self._step, self.batches
+        step, batches = self.step_fn, self.batches
         with jax.default_matmul_precision(self.precision):  # part of the jit cache key: traced once
             for _ in range(n):
                 i = self._next
@@ -156,8 +156,22 @@ class JaxSession:
                 self._next = (i + 1) % len(batches)
         return StepTimes(seconds, units, samples)
 
+    def step(self) -> None:
+        """One training step on the next batch of the pool (dispatched, not waited for)."""
+        with jax.default_matmul_precision(self.precision):
+            self.state, self._loss = self.step_fn(self.state, self.batches[self._next])
+        self._next = (self._next + 1) % len(self.batches)
+
+    def compiled_step(self):
+        """The step as XLA compiled it for the first resident batch (its memory analysis)."""
+        with jax.default_matmul_precision(self.precision):
+            return self.step_fn.lower(self.state, self.batches[0]).compile()
+
     def last_loss(self) -> float:
         return float(self._loss) if self._loss is not None else float("nan")
+
+    def forget_loss(self) -> None:
+        self._loss = None
 
     def memory(self) -> dict[str, int | None]:
         try:
@@ -183,7 +197,7 @@ class JaxSession:
         self.state = None
         self._loss = None
         self.batches = []
-        self._step = None
+        self.step_fn = None
         jax.clear_caches()
 
 
@@ -195,8 +209,17 @@ def _precision_note(precision: str) -> str:
     }[precision]
 
 
-def open_session(config, spec, impl) -> JaxSession:
-    if config.precision not in MATMUL_PRECISION:  # RunConfig.validated() rejects this first
-        raise RunFailure(f"precision {config.precision} is not supported for JAX; use --precision bf16")
-    ctx = BuildContext.for_run(config, jax_distributed.local_batch_size(config))  # the global batch over the processes
+def open_session(config, spec, impl, ctx: BuildContext) -> JaxSession:
     return JaxSession(config, spec, impl.build(ctx), ctx)
+
+
+def profiler_range(on: bool) -> None:
+    """cuProfilerStart/Stop (driver API, on the device's primary context, which XLA uses) around
+    the steps Nsight Compute profiles (tbd.analysis.ncu)."""
+    import ctypes
+
+    lib = ctypes.CDLL("libcuda.so.1")
+    ctx = ctypes.c_void_p()
+    if lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0) == 0:
+        lib.cuCtxSetCurrent(ctx)
+    (lib.cuProfilerStart if on else lib.cuProfilerStop)()

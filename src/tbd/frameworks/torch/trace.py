@@ -1,6 +1,6 @@
 """Kernel trace of a few steady PyTorch steps with torch.profiler (CPU + CUDA activities).
 
-`tbd run resnet50 --profile` calls `capture` from the runner once the timed steps are done. The
+`tbd run resnet50 --profile` calls `capture` (through the plugin) from the harness once the timed steps are done. The
 profiled steps run through the session's own `run_steps`, so they are the same steps the
 harness timed, inside one host annotation (`tbd.profiled_steps`) that marks the window.
 """
@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tbd.analysis.trace import WINDOW_NAME
+from tbd.frameworks.base import WINDOW_NAME
 
 
 def capture(session, steps: int, path: Path, host: bool = True, meter=None) -> dict[str, Any]:

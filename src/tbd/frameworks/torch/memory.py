@@ -30,7 +30,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from tbd.memory.categories import empty_categories
+from tbd import frameworks
+from tbd.results.memory_profile import empty_categories
 
 
 def _key(t: torch.Tensor) -> tuple[int, int] | None:
@@ -65,7 +66,7 @@ def training_parts(session) -> tuple[list[nn.Module], list[torch.optim.Optimizer
     """Models and optimizers of a session, also those a workload keeps in `task.extra`
     (GANs and RL workloads train several)."""
     models, optims = [session.model], []
-    candidates = [getattr(session, "optimizer", None), *getattr(session.task, "extra", {}).values()]
+    candidates = [getattr(session, "optimizer", None), *session.extras.values()]
     for c in candidates:
         for item in (c.values() if isinstance(c, dict) else c if isinstance(c, (list, tuple)) else [c]):
             if isinstance(item, torch.optim.Optimizer) and all(item is not o for o in optims):
@@ -241,14 +242,14 @@ def layer_table(tracker: StepTracker) -> list[dict[str, Any]]:
 def run_tracked_step(session, device: torch.device) -> tuple[StepTracker, BaseException | None]:
     """Run one training step under the tracker. An OOM stops it and leaves the samples taken up
     to the op that failed."""
-    session._loss = None  # the previous step's loss is not this step's memory
+    session.forget_loss()  # the previous step's loss is not this step's memory
     cleanup(device)
     tracker = StepTracker(session, device)
     handles = tracker.install()
     error = None
     try:
         with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t), tracker:
-            session._step()
+            session.step()
         tracker.phase = "end"
         tracker.sample("step end")
     except torch.OutOfMemoryError as exc:
@@ -267,11 +268,11 @@ def warm_up(session, device: torch.device, steps: int) -> bool:
     in which case the tracked step that follows runs out too and shows where."""
     try:
         for _ in range(steps):
-            session._step()
+            session.step()
         return True
     except torch.OutOfMemoryError as exc:
         exc.__traceback__ = None
-        session._loss = None
+        session.forget_loss()
         cleanup(device)
         return False
 
@@ -298,15 +299,13 @@ def cleanup(device: torch.device) -> None:
 
 
 def open_registered(config):
-    from tbd import registry
-
-    return registry.load_adapter("torch").open_session(config, registry.get_spec(config.workload), registry.load_implementation(config.workload, "torch"))
+    return frameworks.open_session(config)
 
 
 def profile(config, warmup: int = 1, open_session=None) -> dict[str, Any]:
     """Open a session for `config` (a RunConfig with data_pool 1), run `warmup` steps and one
     profiled step under the tracker; an OOM gives a profile with status 'oom', not an exception."""
-    from tbd.memory.categories import new_profile
+    from tbd.results.memory_profile import new_profile
 
     device = resolve(torch.device(config.device))
     prof = new_profile(framework="torch", workload=config.workload, flavor=config.flavor, device=config.device,
@@ -326,7 +325,7 @@ def profile(config, warmup: int = 1, open_session=None) -> dict[str, Any]:
 
 
 def _profile_into(prof: dict[str, Any], config, device, warmup: int, open_session) -> dict[str, Any]:
-    from tbd.memory.categories import downsample, finish_peak, nvml_process_bytes
+    from tbd.results.memory_profile import downsample, finish_peak, nvml_process_bytes
 
     session = tracker = error = None
     try:
@@ -353,7 +352,7 @@ def _profile_into(prof: dict[str, Any], config, device, warmup: int, open_sessio
         cats = tracker.peak()
         peak = prof["peak"]
         peak.update(index=tracker.peak_index, phase=tracker.phases[tracker.peak_index], op=tracker.ops[tracker.peak_index])
-        timeline = {"index": list(range(len(tracker.samples))), "phase": tracker.phases, "op": tracker.ops,
+        timeline = {"axis": "sample (after each op)", "index": list(range(len(tracker.samples))), "phase": tracker.phases, "op": tracker.ops,
                     "categories": {k: [s[k] for s in tracker.samples] for k in cats}}
         prof["timeline"] = downsample(timeline, tracker.peak_index)
         prof["layers"] = layer_table(tracker)

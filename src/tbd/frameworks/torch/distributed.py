@@ -1,9 +1,9 @@
 """PyTorch side of multi-process runs: process group set-up, DDP / FSDP2 wrapping, per-rank
-batch and seed, and a communication trace of a few steps.
+seed, and a communication trace of a few steps.
 
 `tbd run resnet50 --nproc-per-node 2 --device cpu` exercises it: torchrun starts each rank with
 RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR in its environment, `tbd.harness.distributed_worker`
-calls `setup(config)` here, and the PyTorch adapter calls `local_batch_size`, `data_seed` and
+calls `setup(config)` here (through the plugin), and the PyTorch session calls `data_seed` and
 `wrap_model` while it builds the session (each is a no-op in a single-process run).
 
 Two process groups: the default one carries training traffic (NCCL on GPUs, gloo on CPUs); a
@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tbd import topology
 from tbd.errors import UsageError
-
-
+from tbd.metrics.intervals import comm_overlap
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -43,17 +43,7 @@ def world_size() -> int:
 def timeout_s(config) -> float:
     """A collective that waits longer ends the rank with an error (a peer died on another
     machine, or hangs); the launcher's watchdog uses the same figure."""
-    from tbd.harness.distributed import collective_timeout_s
-
-    return collective_timeout_s(config)
-
-
-def local_batch_size(config) -> int:
-    """--batch-size is the global batch: each of the world's ranks trains on an equal share."""
-    world = world_size()
-    if config.batch_size % world:
-        raise UsageError(f"global batch size {config.batch_size} does not split over {world} processes; use a multiple of {world}")
-    return config.batch_size // world
+    return topology.collective_timeout_s(config)
 
 
 def data_seed(config) -> int:
@@ -150,12 +140,10 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
 
 def profile_comm(session, steps: int) -> dict[str, Any]:
     """Trace `steps` steps with torch.profiler and measure communication time and its overlap
-    with computation (see `distributed_worker.comm_stats`). Every rank runs the same steps,
+    with computation (`comm_stats`). Every rank runs the same steps,
     from a barrier, after one untraced warm-up step under the profiler: a rank that entered the
     window late would otherwise show up as long collectives on the others."""
     from torch.profiler import ProfilerActivity, profile, schedule
-
-    from tbd.harness.distributed_worker import comm_stats
 
     activities = [ProfilerActivity.CPU]
     if session.device.type == "cuda":
@@ -172,3 +160,24 @@ def profile_comm(session, steps: int) -> dict[str, Any]:
         with open(path) as f:
             trace = json.load(f)
     return comm_stats(trace, steps)
+
+
+def comm_stats(trace: dict | list, steps: int) -> dict[str, Any]:
+    """Communication time per step and its overlap with computation, from a Chrome trace as
+    torch.profiler writes it. With GPU kernels in the trace: NCCL kernels are communication,
+    every other kernel computation. Without (CPU runs): the spans the process group records
+    on its worker threads ("gloo:all_reduce", ...) are communication, CPU ops computation (the
+    "c10d::" calls that only enqueue a collective are neither)."""
+    events = trace.get("traceEvents", []) if isinstance(trace, dict) else trace
+    spans = [e for e in events if e.get("ph") == "X" and isinstance(e.get("dur"), (int, float))]
+    kernels = [e for e in spans if e.get("cat") == "kernel"]
+    if kernels:
+        comm_events = [e for e in kernels if "nccl" in e.get("name", "").lower()]
+        compute_events = [e for e in kernels if "nccl" not in e.get("name", "").lower()]
+    else:
+        comm_events = [e for e in spans if e.get("cat") in ("cpu_op", "user_annotation")
+                       and e.get("name", "").lower().startswith(("gloo:", "nccl:", "mpi:"))]
+        compute_events = [e for e in spans if e.get("cat") == "cpu_op" and not e.get("name", "").startswith("c10d::")]
+    stats = comm_overlap([(e["ts"], e["ts"] + e["dur"]) for e in comm_events],
+                         [(e["ts"], e["ts"] + e["dur"]) for e in compute_events], steps)
+    return {"source": "gpu kernels" if kernels else "cpu ops", **stats}

@@ -1,0 +1,27 @@
+"""The JAX plugin: `tbd run WORKLOAD --framework jax` (Flax models, optax optimizers).
+
+Parts: `session.py` (one jitted, donated train step), `distributed.py` (jax.distributed behind
+torchrun, data parallel over a device mesh), `trace.py` (jax.profiler), `memory.py` (XLA's
+buffer assignment). Importing this package imports no jax.
+"""
+
+from tbd.frameworks.base import Capabilities, FrameworkPlugin
+
+PLUGIN = FrameworkPlugin(
+    name="jax",
+    title="JAX",
+    requires=("jax", "flax", "optax"),
+    install="pip install 'tbd[jax]'",
+    package="tbd.frameworks.jax",
+    libraries=("jax", "jaxlib", "flax", "optax"),
+    capabilities=Capabilities(
+        precisions=("fp32", "tf32", "bf16"),
+        precisions_note="fp16 needs loss scaling, which the JAX plugin does not do",
+        always_compiled="XLA jit of the whole train step (always; --compile changes nothing)",
+        native_layout="native NHWC (Flax convolutions)",
+        parallel=("ddp",),
+        trace=True,
+        memory_profile=True,
+        ncu=True,
+    ),
+)

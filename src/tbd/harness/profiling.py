@@ -1,0 +1,56 @@
+"""A kernel trace of a few steady steps after the timed ones: `tbd run resnet50 --profile`.
+
+The harness calls `trace_run` while the session is still live; the framework's plugin captures
+the trace (torch.profiler, jax.profiler) into `<store>/traces/<run id>.json.gz`, for Perfetto /
+chrome://tracing and `tbd analyze`, and this records where it is, the profiled step times, and
+the host's CPU use and NVML's utilization over the same window. Analysis of the trace happens
+later, outside the run (`tbd.analysis.capture.after_launch`). A profiling failure never fails
+the run: it is recorded as `analysis.error`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tbd import registry
+from tbd.metrics.sampling import HostMeter
+from tbd.results.store import default_home
+
+DEFAULT_STEPS = 5
+TRACE_SECONDS = 3.0  # fewer steps for slow steps, so a trace stays small and quick
+
+
+def trace_relpath(run_id: str) -> str:
+    return f"traces/{run_id}.json.gz"
+
+
+def choose_steps(step_ms: float | None) -> int:
+    if not step_ms:
+        return DEFAULT_STEPS
+    return max(2, min(DEFAULT_STEPS, int(TRACE_SECONDS * 1e3 / step_ms)))
+
+
+def trace_session(session, config, run_id: str, steps: int | None = None, home: str | Path | None = None,
+                  host: bool = True) -> dict[str, Any]:
+    """Trace `steps` steps of a live session; the `analysis` part of the run's record."""
+    steps = steps or DEFAULT_STEPS
+    rel = trace_relpath(run_id)
+    path = (Path(home).expanduser() if home else default_home()) / rel
+    out: dict[str, Any] = {"trace": None}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meter = HostMeter(gpu=config.device == "cuda")  # entered by the capture around the steps only
+        info = registry.framework(config.framework).capture_trace(session, steps, path, host, meter)
+    except Exception as exc:  # the timed run is done and good: keep it, say why there is no trace
+        out["error"] = f"profiling failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        return out
+    out["trace"] = {"path": rel, "format": "chrome-trace-json-gz", "steps": steps, "bytes": path.stat().st_size,
+                    **info, **{f"window_{k}": v for k, v in meter.result.items()}}
+    return out
+
+
+def trace_run(session, config, record) -> dict[str, Any]:
+    """What the harness calls after the timed steps when `config.profile` is set."""
+    steps = choose_steps((record.get("metrics") or {}).get("step_time_ms_p50"))
+    return trace_session(session, config, record["id"], steps=steps)
