@@ -16,8 +16,6 @@ run store under OUT/tbd-home (traces included); prints a summary table last. Nee
 
 from __future__ import annotations
 
-from tbd import frameworks
-
 import argparse
 import json
 import os

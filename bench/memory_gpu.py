@@ -64,12 +64,12 @@ def torch_profiler_breakdown(config: RunConfig) -> dict:
         from tbd.memory.torch_profile import open_registered
 
         session = open_registered(config)
-        session._step()
-        session._loss = None
+        session.step()
+        session.forget_loss()
         free(config.device)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if config.device == "cuda" else [])
         with torch.profiler.profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
-            session._step()
+            session.step()
         if config.device == "cuda":
             torch.cuda.synchronize()
         timeline = mp.MemoryProfileTimeline(prof._memory_profile())
@@ -114,7 +114,7 @@ def fits(config: RunConfig, steps: int = 2) -> bool:
     try:
         session = open_registered(config)
         for _ in range(steps):
-            session._step()
+            session.step()
         if config.device == "cuda":
             torch.cuda.synchronize()
         return True
@@ -122,7 +122,7 @@ def fits(config: RunConfig, steps: int = 2) -> bool:
         return False
     finally:
         if session is not None:
-            session._loss = None
+            session.forget_loss()
             session.close()
         del session
         free(config.device)

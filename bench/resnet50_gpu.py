@@ -16,8 +16,6 @@ between CUDA synchronizations.
 
 from __future__ import annotations
 
-from tbd import frameworks
-
 import argparse
 import dataclasses
 import json
@@ -28,6 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from tbd import frameworks
 
 
 def reference_loop(make_model, batch: int, size: int, compile_: bool, warmup: int, steps: int, device: str) -> float:
@@ -88,8 +88,7 @@ def harness_overhead(config, rounds: int, steps: int) -> dict:
         _sync(config.device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            session._step()
-            session._next = (session._next + 1) % len(session.batches)
+            session.step()
         _sync(config.device)
         bare.append(config.batch_size * steps / (time.perf_counter() - t0))
         cfg = dataclasses.replace(config, max_steps=steps, target_ci_pct=0.0)

@@ -124,6 +124,7 @@ class TorchSession:
     def step(self) -> None:
         """One training step on the next batch of the pool (not timed, not synchronized)."""
         batch = self.batches[self._next]
+        self._next = (self._next + 1) % len(self.batches)
         if self.task.train_step is not None:
             self._loss = self.task.train_step(self, batch).detach()
             return
@@ -147,7 +148,7 @@ class TorchSession:
             for i in range(n):
                 units.append(self._units[self._next])
                 samples.append(self._samples[self._next])
-                self._train_one()
+                self.step()
                 events[i + 1].record()
             events[-1].synchronize()
             seconds = [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(n)]
@@ -157,13 +158,9 @@ class TorchSession:
                 units.append(self._units[self._next])
                 samples.append(self._samples[self._next])
                 t0 = time.perf_counter()
-                self._train_one()
+                self.step()
                 seconds.append(time.perf_counter() - t0)
         return StepTimes(seconds, units, samples)
-
-    def _train_one(self) -> None:
-        self.step()
-        self._next = (self._next + 1) % len(self.batches)
 
     def last_loss(self) -> float:
         return float(self._loss) if self._loss is not None else float("nan")
