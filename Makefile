@@ -1,5 +1,5 @@
 # Quick start: `make demo` (install, then the quick benchmark on the best device present) and
-# `make test` (install with test tools, then the tests). Both create .venv when it is missing.
+# `make test` (install with test tools, lint with ruff, then the tests). Both create .venv when it is missing.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,6 +22,7 @@ demo: install
 	$(BIN)/tbd demo
 
 test: install
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
 clean:

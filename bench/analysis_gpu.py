@@ -7,7 +7,7 @@ run where trace-based GPU utilization is checked against NVML's.
 
 For each registered workload with a PyTorch implementation (missing ones are skipped and said
 so): one profiled run of its paper flavor (fp32 by default, the paper's setting) through the
-harness in a child process, then `tbd.analysis.report.analyze` on the stored record. Then
+harness in a child process, then `tbd.analysis.analyze.analyze` on the stored record. Then
 resnet50 at batch 128 (bf16, channels_last) for --long-time seconds, profiled; and, in this
 process, a matched window: N steps traced (CUDA activity only, to keep the trace small) while
 NVML is sampled over the same steps. Writes OUT/analysis_gpu.json, OUT/analysis_gpu.png and the
@@ -77,7 +77,7 @@ def main() -> None:
 
 def profiled_run(store, workload: str, point: dict) -> dict:
     from tbd import registry
-    from tbd.analysis.report import analyze
+    from tbd.analysis.analyze import analyze
     from tbd.config import RunConfig
     from tbd.errors import UsageError
     from tbd.harness.launcher import run_isolated
@@ -122,12 +122,11 @@ def profiled_run(store, workload: str, point: dict) -> dict:
 def matched_window(store, point: dict, steps: int | None, long: dict) -> dict:
     """Trace utilization and NVML utilization over the very same steps (in this process)."""
     try:
-        from tbd import registry
+        from tbd import frameworks
         from tbd.harness.profiling import trace_session as profile_session
         from tbd.config import RunConfig
 
         config = RunConfig(workload="resnet50", framework="torch", **{**point, "max_time_s": 1.0}).validated()
-        spec = registry.get_spec("resnet50")
         session = frameworks.open_session(config)
         session.run_steps(15)  # warm-up: cuDNN autotuning and allocator growth
         step_ms = long.get("step_ms") or 50.0
@@ -148,7 +147,8 @@ def _environment(store, rows) -> dict:
     if not run:
         return {}
     env = store.get(run["run_id"]).get("environment") or {}
-    return {"device_name": env.get("device_name"), "gpu": env.get("gpu"), "libraries": env.get("libraries"), "cpu": env.get("cpu"), "cpu_cores": env.get("cpu_cores")}
+    return {"device_name": env.get("device_name"), "gpu": env.get("gpu"), "libraries": env.get("libraries"),
+            "cpu": env.get("cpu"), "cpu_cores": env.get("cpu_cores")}
 
 
 def plot(suite: list[dict], path: Path, what: str) -> str:
@@ -162,7 +162,8 @@ def plot(suite: list[dict], path: Path, what: str) -> str:
     rows = [r for r in suite if r.get("status") == "ok"]
     if not rows:
         return "no figure (no successful run)"
-    series = (("gpu_util_trace_pct", "GPU util (trace)"), ("gpu_util_nvml_pct", "GPU util (NVML)"), ("mfu_pct", "FLOP util (MFU)"), ("cpu_util_pct", "CPU util (% of all cores)"))
+    series = (("gpu_util_trace_pct", "GPU util (trace)"), ("gpu_util_nvml_pct", "GPU util (NVML)"),
+              ("mfu_pct", "FLOP util (MFU)"), ("cpu_util_pct", "CPU util (% of all cores)"))
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4.2))
     width = 0.8 / len(series)
     for i, (key, label) in enumerate(series):

@@ -24,8 +24,6 @@ events with one host synchronization at the end; tokens/s from the median step. 
 
 from __future__ import annotations
 
-from tbd import registry
-
 import argparse
 import gc
 import json
@@ -255,7 +253,8 @@ def main() -> None:
             continue
         results[name] = run_job(name, args, min(left, JOBS[name].get("max_s", left)))
         r = results[name]
-        print(f"[{time.perf_counter() - start:5.0f} s] {name}: " + (f"{r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else str(r.get("skipped") or r.get("error"))), flush=True)
+        outcome = f"{r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else str(r.get("skipped") or r.get("error"))
+        print(f"[{time.perf_counter() - start:5.0f} s] {name}: {outcome}", flush=True)
     rows = summarize(results, args.smoke)
     report = {"environment": environment(args.smoke), "setting": "GPT-2 124M, batch 16 x 1024, bf16 autocast, fused AdamW, synthetic tokens",
               "peak_flops": PEAK_BF16, "flops_convention": "6N + 12LdT per token (N: matmul weights)", "smoke": args.smoke,

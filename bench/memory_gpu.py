@@ -28,7 +28,7 @@ import torch
 
 from tbd import registry
 from tbd.config import RunConfig
-from tbd.memory import profiler, report
+from tbd.memory import profiler, render
 from tbd.results.memory_profile import fmt_bytes
 
 # tbd category -> categories of torch.profiler._memory_profiler (None: what it could not tag).
@@ -187,7 +187,7 @@ def main() -> int:
         try:
             cfg = config_for(w, device, flavor, 2 if smoke else None, precision)
             ours = profiler.profile(cfg)
-            report.save_plot([ours], out / f"{w}_b{cfg.batch_size}.png")
+            render.save_plot([ours], out / f"{w}_b{cfg.batch_size}.png")
             theirs = torch_profiler_breakdown(cfg) if not (smoke and w == "resnet50") else None  # slow on a CPU
             if theirs is None:
                 results["skipped"].append(f"agreement {w}: torch profiler skipped in the smoke run")
@@ -254,7 +254,8 @@ def main() -> int:
                 prof = profiler.profile(config_for(w, device, flavor, b, precision))
                 fm_max = max(prof["timeline"]["categories"]["feature_maps"] or [0])
                 rows.append({"batch_size": b, "status": prof["status"], "peak_allocated_bytes": prof["peak"]["allocated_bytes"],
-                             "peak_phase": prof["peak"]["phase"], "peak_op": prof["peak"].get("op"), "feature_maps_at_peak_pct": prof["peak"]["shares_pct"]["feature_maps"],
+                             "peak_phase": prof["peak"]["phase"], "peak_op": prof["peak"].get("op"),
+                             "feature_maps_at_peak_pct": prof["peak"]["shares_pct"]["feature_maps"],
                              "feature_maps_largest_bytes": fm_max, "feature_maps_largest_pct_of_peak": 100.0 * fm_max / max(1, prof["peak"]["allocated_bytes"]),
                              "categories": prof["peak"]["categories"]})
             except Exception as exc:

@@ -55,7 +55,7 @@ def reference_loop(make_model, batch: int, size: int, compile_: bool, warmup: in
         step()
     _sync(device)
     rate = batch * steps / (time.perf_counter() - t0)
-    del model, opt, fwd
+    model = opt = fwd = None  # drop the references (step() closes over them) before freeing
     _free(device)
     return rate
 
@@ -75,11 +75,9 @@ def _free(device: str) -> None:
 
 def harness_overhead(config, rounds: int, steps: int) -> dict:
     """Harness window mean vs a bare loop over the same session (alternated)."""
-    from tbd import registry
     from tbd.harness.measure import measure
     from tbd.metrics.sampling import Probe
 
-    spec = registry.get_spec(config.workload)
     session = frameworks.open_session(config)
     session.run_steps(15)  # warm-up (compile, cudnn autotune)
     probe = Probe(0 if config.device == "cuda" else None)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tbd.commands.scale import plot_scaling, scaling_rows  # noqa: E402  (no rich needed)
+from tbd.report.scaling import plot_scaling, scaling_rows  # noqa: E402  (no rich needed)
 from tbd.config import RunConfig  # noqa: E402
 from tbd.harness.launcher import launch  # noqa: E402
 

@@ -140,8 +140,6 @@ def test_fp16_with_jax_is_a_usage_error_naming_bf16():
 
 
 def test_jax_session_compiles_the_step_once_and_frees_it_on_close():
-    from tbd import registry
-
     config = RunConfig(workload="resnet50", framework="jax", flavor="tiny", data_pool=2, isolate=False).validated()
     session = frameworks.open_session(config)
     try:

@@ -12,7 +12,7 @@ import sys
 
 from tbd.errors import TbdError, closest
 
-COMMAND_MODULES = ("listing", "run", "results", "sweep", "compare", "report", "memory", "analyze", "scale")
+COMMAND_MODULES = ("listing", "run", "demo", "results", "export", "sweep", "compare", "report", "memory", "analyze", "scale")
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,7 +46,14 @@ def build_parser() -> Parser:
     parser = Parser(
         prog="tbd",
         description="Benchmark and analyze neural-network training: throughput, utilization, memory.",
-        epilog="examples:\n  tbd list\n  tbd run resnet50 --flavor tiny\n  tbd run resnet50 --device cuda --flavor paper --batch-size 256 --precision bf16 --channels-last --compile\n  tbd results\n  tbd export --format csv --output runs.csv",
+        epilog=(
+            "examples:\n"
+            "  tbd list\n"
+            "  tbd run resnet50 --flavor tiny\n"
+            "  tbd run resnet50 --device cuda --flavor paper --batch-size 256 --precision bf16 --channels-last --compile\n"
+            "  tbd results\n"
+            "  tbd export --format csv --output runs.csv"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

@@ -132,7 +132,8 @@ def validate_topology(config) -> None:
         endpoint = config.rdzv_endpoint or ""
         host, _, port = endpoint.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UsageError(f"--nnodes {config.nnodes} needs --rdzv-endpoint HOST:PORT of node 0 (got '{endpoint}'), e.g. --rdzv-endpoint node0:{DEFAULT_PORT}")
+            raise UsageError(f"--nnodes {config.nnodes} needs --rdzv-endpoint HOST:PORT of node 0 (got '{endpoint}'),"
+                             f" e.g. --rdzv-endpoint node0:{DEFAULT_PORT}")
     world = world_size(config)
     if world > 1 and importlib.util.find_spec("torch") is None:
         raise UsageError("several processes start through PyTorch's torchrun, also for JAX; install torch: pip install 'tbd[torch]'")

@@ -72,7 +72,7 @@ def test_bad_inputs_exit_2_and_change_nothing(profiled):
 
 
 def test_run_without_trace_is_analyzed_from_samples(tmp_path):
-    from tbd.analysis.report import NO_TRACE, analyze
+    from tbd.analysis.analyze import NO_TRACE, analyze
 
     record = {"id": "r1", "status": "ok", "config": {"workload": "resnet50", "framework": "torch", "flavor": "tiny", "device": "cuda",
                                                      "batch_size": 32, "precision": "fp32", "compile": False, "channels_last": False},

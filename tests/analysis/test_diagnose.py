@@ -5,7 +5,7 @@ import pytest
 
 from tbd.analysis.diagnose import diagnose
 from tbd.analysis.recommend import recommend
-from tbd.analysis.report import framework_levers
+from tbd.analysis.analyze import framework_levers
 
 TORCH = framework_levers("torch")  # what the PyTorch plugin offers: compile, channels_last, fused optimizers
 

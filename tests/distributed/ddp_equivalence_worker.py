@@ -20,7 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tbd.config import RunConfig
-from tbd.frameworks.torch import session as torch_adapter, torch_distributed
+from tbd import topology
+from tbd.frameworks.base import BuildContext
+from tbd.frameworks.torch import distributed as torch_distributed
+from tbd.frameworks.torch import session as torch_adapter
 from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.resnet50.spec import SPEC  # any spec with 1 unit per sample serves
 
@@ -62,7 +65,8 @@ class TinyImpl:
 def train(config) -> dict:
     torch.manual_seed(config.seed)  # open_session seeds the same way: this is the model it builds
     initial = {k: v.detach().clone() for k, v in Blocks().state_dict().items()}
-    session = torch_adapter.open_session(config, SPEC, TinyImpl)
+    ctx = BuildContext.for_run(config, topology.local_share(config.batch_size, torch_distributed.world_size()))
+    session = torch_adapter.open_session(config, SPEC, TinyImpl, ctx)
     session.run_steps(STEPS)
     model = session.model.module if hasattr(session.model, "module") else session.model
     # FSDP2 holds a shard of each parameter per rank; full_tensor() gathers the whole one.

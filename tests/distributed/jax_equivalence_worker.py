@@ -25,7 +25,9 @@ def main(out: str) -> None:
     import jax
     import jax.numpy as jnp
 
-    local = jax_distributed.local_batch_size(config)
+    from tbd import topology
+
+    local = topology.local_share(config.batch_size, jax.process_count())
     rng = np.random.default_rng(123)
     x, y = rng.standard_normal((GLOBAL_BATCH, 6)).astype(np.float32), rng.standard_normal((GLOBAL_BATCH, 2)).astype(np.float32)
     lo = jax.process_index() * local

@@ -21,7 +21,7 @@ from tbd.config import RunConfig
 from tbd.errors import UsageError
 from tbd import topology
 from tbd.harness import distributed
-from tbd.commands.run import topology_options
+from tbd.commands.options import topology_options
 from tbd.frameworks.torch.distributed import comm_stats
 from tbd.harness.distributed_worker import merge
 from tbd.results.record import RunRecord

@@ -10,8 +10,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from tbd.cli import main
 from tbd.results.store import Store
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 from sweep_fakes import FakeLauncher, fake_record
@@ -78,7 +77,8 @@ def test_store_made_before_sweeps_gains_the_column(tmp_path):
     conn.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, created_at TEXT, workload TEXT, framework TEXT, flavor TEXT,"
                  " device TEXT, batch_size INTEGER, precision TEXT, status TEXT, record TEXT NOT NULL)")
     old = fake_record(RunConfig("resnet50", batch_size=4))
-    conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)", (old["id"], old["created_at"], "resnet50", "torch", "tiny", "cpu", 4, "fp32", "ok", old.to_json()))
+    conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                 (old["id"], old["created_at"], "resnet50", "torch", "tiny", "cpu", 4, "fp32", "ok", old.to_json()))
     conn.commit()
     conn.close()
     store = Store(home)

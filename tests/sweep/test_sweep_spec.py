@@ -27,8 +27,8 @@ def test_file_expands_into_lines_with_sorted_batches_and_notes(tmp_path):
     path.write_text(GOOD)
     plan = sweep_spec.plan(sweep_spec.load_file(path))
     assert plan.name == "resnet-batches"
-    assert [l.base["precision"] for l in plan.lines] == ["fp32", "bf16"]
-    assert all(l.batches == [4, 8, 16] for l in plan.lines)
+    assert [line.base["precision"] for line in plan.lines] == ["fp32", "bf16"]
+    assert all(line.batches == [4, 8, 16] for line in plan.lines)
     assert plan.lines[0].base["max_steps"] == 4 and plan.lines[0].base["max_time_s"] == 5.0
     assert plan.num_points == 6
     assert any("tf32 needs a GPU" in n for n in plan.notes)  # tf32 on a CPU is listed as not run
@@ -77,10 +77,10 @@ def test_quick_preset_covers_the_registry():
     plan = sweep_spec.plan(sweep_spec.load_preset("quick"))
     expected = {(w, f) for w in registry.workload_names() for f in registry.implementations(w)
                 if registry.is_installed(f) and "tiny" in registry.get_spec(w).flavors}
-    runnable = {(l.base["workload"], l.base["framework"]) for l in plan.lines}
+    runnable = {(line.base["workload"], line.base["framework"]) for line in plan.lines}
     not_run = {tuple(n.split(" ", 1)[0].split("/")[:2]) for n in plan.notes}
     assert runnable and runnable | (expected & not_run) == expected  # every pair runs or says why not
-    assert all(l.base["flavor"] == "tiny" and l.base["max_time_s"] <= 10 for l in plan.lines)
+    assert all(line.base["flavor"] == "tiny" and line.base["max_time_s"] <= 10 for line in plan.lines)
 
 
 def test_paper_preset_sweeps_batch_sizes_and_precisions():
@@ -88,7 +88,7 @@ def test_paper_preset_sweeps_batch_sizes_and_precisions():
     assert spec.batch_sizes_per_workload["resnet50"][0] == 4 and spec.batch_sizes_per_workload["resnet50"][-1] >= 64
     assert {"fp32", "bf16"} <= set(spec.precisions)
     plan = sweep_spec.plan(spec)
-    assert any(l.base["workload"] == "resnet50" and len(l.batches) >= 5 for l in plan.lines)
+    assert any(line.base["workload"] == "resnet50" and len(line.batches) >= 5 for line in plan.lines)
     with pytest.raises(UsageError, match="unknown preset 'quik'.*quick"):
         sweep_spec.load_preset("quik")
 

@@ -70,7 +70,6 @@ def test_actor_accounting_over_a_whole_pong_episode(one_thread):
 @pytest.mark.parametrize("rule", ["hogwild", "learner"])
 def test_a_round_of_updates_changes_the_shared_policy(rule):
     config = RunConfig(workload="a3c", flavor="tiny", isolate=False, data_pool=1, hparams={"update_rule": rule}).validated()
-    spec = registry.get_spec("a3c")
     session = frameworks.open_session(config)
     pool = session.task.extra["pool"]
     try:

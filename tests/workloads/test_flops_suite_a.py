@@ -9,8 +9,6 @@ small configuration, and asks the spec's count to be within 10% of what the coun
 
 from __future__ import annotations
 
-from tbd import registry
-
 import contextlib
 import math
 from types import SimpleNamespace

@@ -6,8 +6,6 @@ Run: .venv/bin/python -m pytest -q tests/workloads/test_flops_suite_b.py
 
 from __future__ import annotations
 
-from tbd import registry
-
 import random
 import statistics
 

@@ -57,7 +57,8 @@ def diagnose(facts: dict[str, Any]) -> dict[str, Any]:
         (found if inp >= INPUT_PCT else secondary if inp >= 5 else []).append(("input-bound", f"waiting for input {inp:.1f}% of the window"))
     comm = g("exposed_comm_pct")
     if comm is not None:
-        (found if comm >= COMM_PCT else secondary if comm >= 5 else []).append(("communication-bound", f"collectives not hidden behind compute {comm:.1f}% of the window"))
+        ev = f"collectives not hidden behind compute {comm:.1f}% of the window"
+        (found if comm >= COMM_PCT else secondary if comm >= 5 else []).append(("communication-bound", ev))
 
     if g("device") == "cpu":
         cores = g("cpu_cores_busy")
@@ -75,7 +76,8 @@ def diagnose(facts: dict[str, Any]) -> dict[str, Any]:
                   f"(kernel utilization {_f(util)}%, host busy {_f(g('host_busy_pct'))}%)")
             (found if idle >= HOST_IDLE_PCT else secondary if idle >= 10 else []).append(("host-bound", ev))
         elif g("gpu_util_nvml_pct") is not None and g("gpu_util_nvml_pct") < 50 and (g("cpu_cores_busy") or 0) >= 0.8:
-            found.append(("host-bound", f"NVML GPU utilization {g('gpu_util_nvml_pct'):.0f}% while {g('cpu_cores_busy'):.2f} CPU cores are busy (no trace: likely, not proven)"))
+            found.append(("host-bound", f"NVML GPU utilization {g('gpu_util_nvml_pct'):.0f}% while {g('cpu_cores_busy'):.2f} CPU cores are busy"
+                                        " (no trace: likely, not proven)"))
         device_class = _device_class(facts)
         if device_class:
             found.append(device_class)
@@ -108,7 +110,8 @@ def _device_class(facts: dict[str, Any]) -> tuple[str, str] | None:
     if g("ncu_tensor_pipe_pct") is not None or g("ncu_fma_pipe_pct") is not None:
         pipe = max(g("ncu_tensor_pipe_pct") or 0, g("ncu_fma_pipe_pct") or 0)
         dram = g("ncu_dram_pct") or 0
-        ev = f"ncu, time-weighted: tensor pipe {_f(g('ncu_tensor_pipe_pct'))}%, FMA pipe {_f(g('ncu_fma_pipe_pct'))}%, DRAM throughput {_f(g('ncu_dram_pct'))}% of peak"
+        ev = (f"ncu, time-weighted: tensor pipe {_f(g('ncu_tensor_pipe_pct'))}%, FMA pipe {_f(g('ncu_fma_pipe_pct'))}%,"
+              f" DRAM throughput {_f(g('ncu_dram_pct'))}% of peak")
         return ("memory-bandwidth-bound", ev) if dram > pipe else ("compute-bound", ev)
     if shares:
         comp = sum(shares.get(c, 0.0) for c in COMPUTE_CLASSES)
@@ -121,7 +124,8 @@ def _device_class(facts: dict[str, Any]) -> tuple[str, str] | None:
         if (g("mfu_pct") or 0) >= 30:
             return "compute-bound", f"NVML GPU utilization {nvml:.0f}% and MFU {g('mfu_pct'):.0f}% (no trace)"
         if (g("gpu_mem_bw_util_nvml_pct") or 0) >= 60:
-            return "memory-bandwidth-bound", f"NVML GPU utilization {nvml:.0f}%, memory-controller busy {g('gpu_mem_bw_util_nvml_pct'):.0f}%, MFU {_f(g('mfu_pct'))}% (no trace)"
+            return "memory-bandwidth-bound", (f"NVML GPU utilization {nvml:.0f}%, memory-controller busy {g('gpu_mem_bw_util_nvml_pct'):.0f}%,"
+                                              f" MFU {_f(g('mfu_pct'))}% (no trace)")
     return None
 
 

@@ -28,7 +28,8 @@ def _rx(*patterns: str) -> re.Pattern:
 
 
 RULES: list[tuple[str, re.Pattern]] = [
-    ("memcpy/memset", _rx(r"^memcpy", r"^memset", r"memcpy[ _]?(htod|dtoh|dtod|h2d|d2h|d2d|peer)", r"\bmemset\b", r"memcpy32", r"aten::copy_?$|aten::_to_copy|aten::to$")),
+    ("memcpy/memset", _rx(r"^memcpy", r"^memset", r"memcpy[ _]?(htod|dtoh|dtod|h2d|d2h|d2d|peer)", r"\bmemset\b", r"memcpy32",
+                          r"aten::copy_?$|aten::_to_copy|aten::to$")),
     ("communication", _rx(r"nccl", r"all[-_]?reduce", r"all[-_]?gather", r"reduce[-_]?scatter", r"all[-_]?to[-_]?all",
                           r"sendrecv", r"collective[-_]?permute", r"c10d::", r"\bgloo\b")),
     ("optimizer", _rx(r"multi_tensor_apply", r"fused_?adam", r"fused_?sgd", r"fused_?lamb", r"_foreach_", r"adam_?kernel",
@@ -45,7 +46,8 @@ RULES: list[tuple[str, re.Pattern]] = [
     # whose "conv" would otherwise catch "convert" and "rnn" the RNN cell kernels.
     ("elementwise", _rx(r"elementwise", r"elemwise", r"pointwise", r"unrolled_", r"vectorized_", r"pool", r"upsample", r"clamp")),
     ("matmul/conv", _rx(r"gemm", r"gemv", r"nvjet", r"xmma", r"wgmma", r"cutlass", r"cublas", r"conv(?!ert)", r"fprop", r"dgrad",
-                        r"wgrad", r"winograd", r"fft2d", r"implicit_", r"splitk", r"im2col", r"col2im", r"vol2col", r"(^|[^a-z])(add|b|addb|baddb)?mm([^a-z]|$)", r"matmul",
+                        r"wgrad", r"winograd", r"fft2d", r"implicit_", r"splitk", r"im2col", r"col2im", r"vol2col",
+                        r"(^|[^a-z])(add|b|addb|baddb)?mm([^a-z]|$)", r"matmul",
                         r"(^|[_.\-:])dot([_.\-]|\d|$)", r"\blinear\b", r"rnn_?(fp|bp|blockpersist)", r"blockpersist", r"lstm", r"\bgru\b")),
     ("reduction", _rx(r"reduce", r"reduction", r"softmax", r"(^|[^a-z])(sum|mean|amax|max|min|argmax|argmin|norm|var|std)([^a-z]|$)",
                       r"nll_?loss", r"cross_?entropy", r"classnllcriterion", r"\bcub::", r"scan", r"topk", r"sort", r"cumsum", r"histogram")),

@@ -76,7 +76,8 @@ def run_ncu(config, steps: int = PROFILED_STEPS, timeout_s: float = 900) -> dict
             return {"error": f"ncu did not finish within {timeout_s:.0f} s", "command": " ".join(cmd)}
         if done.returncode != 0 or not os.path.exists(report + ".ncu-rep"):
             tail = (done.stderr or done.stdout or "").strip().splitlines()[-3:]
-            hint = " (counters need permission: run as root or set NVreg_RestrictProfilingToAdminUsers=0)" if "ERR_NVGPUCTRPERM" in (done.stdout + done.stderr) else ""
+            denied = "ERR_NVGPUCTRPERM" in (done.stdout + done.stderr)
+            hint = " (counters need permission: run as root or set NVreg_RestrictProfilingToAdminUsers=0)" if denied else ""
             return {"error": f"ncu exited with {done.returncode}{hint}: {' | '.join(tail)[:400]}", "command": " ".join(cmd)}
         table = subprocess.run([ncu, "--import", report + ".ncu-rep", "--csv", "--page", "raw"], capture_output=True, text=True, timeout=300)
     result = summarize_csv(table.stdout, wanted)

@@ -55,7 +55,8 @@ def recommend(facts: dict[str, Any]) -> list[dict[str, Any]]:
     stall = g("stall_share_pct") or 0
     if g("period_steps") and stall >= 1:
         recs.append(_rec(f"remove the periodic stall every {g('period_steps')} steps", stall / max(100 - stall, 1) * 100,
-                         f"stalled steps cost {stall:.1f}% of the time", None, "look for garbage collection (gc.freeze()), logging or checkpointing on that period"))
+                         f"stalled steps cost {stall:.1f}% of the time", None,
+                         "look for garbage collection (gc.freeze()), logging or checkpointing on that period"))
     recs = sorted((r for r in recs if r["expected_gain_pct"] >= MIN_GAIN_PCT), key=lambda r: -r["expected_gain_pct"])
     for rank, r in enumerate(recs, 1):
         r["rank"] = rank
@@ -86,7 +87,8 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
             f = (1 - s_mm - s_bw) + s_mm / k + s_bw / k_bw
             how = "autocast to bfloat16 (weights and optimizer stay fp32)" if target == "bf16" else "TF32 tensor cores for fp32 matmuls and convolutions"
             recs.append(_rec(f"precision {target}", _gain((1 - u) + u * f, floor),
-                             f"matmul/conv {s_mm * 100:.0f}% of kernel time x1/{k:g}, bandwidth-bound kernels {s_bw * 100:.0f}% x1/{k_bw:g}, GPU busy {u * 100:.0f}%",
+                             f"matmul/conv {s_mm * 100:.0f}% of kernel time x1/{k:g},"
+                             f" bandwidth-bound kernels {s_bw * 100:.0f}% x1/{k_bw:g}, GPU busy {u * 100:.0f}%",
                              {"precision": target}, how))
         if g("convolutional") and not g("channels_last") and g("channels_last_lever"):
             s_tr = (g("layout_transpose_share_pct") or 0) / 100.0
@@ -99,14 +101,16 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
         s_fuse = shares.get("elementwise", 0.0) + shares.get("normalization", 0.0)
         t_new = (1 - u) - LAUNCH_CUT * idle_host + u * (1 - FUSION_CUT * s_fuse)
         recs.append(_rec(f"{compiler} (mode='reduce-overhead' adds CUDA graphs)", _gain(t_new),
-                         f"elementwise+normalization {s_fuse * 100:.0f}% of kernel time x(1-{FUSION_CUT}), launch-bound idle {idle_host * 100:.0f}% x(1-{LAUNCH_CUT})",
+                         f"elementwise+normalization {s_fuse * 100:.0f}% of kernel time x(1-{FUSION_CUT}),"
+                         f" launch-bound idle {idle_host * 100:.0f}% x(1-{LAUNCH_CUT})",
                          {"compile": True}, f"{compiler}(model); CUDA graphs when the GPU waits on launches"))
     peak, total, batch = g("peak_reserved_bytes"), g("device_total_bytes"), g("batch_size")
     if peak and total and batch and u is not None:
         factor = min(MAX_BATCH_FACTOR, int(0.85 * total / peak))
         if factor >= 2:
             recs.append(_rec(f"larger batch ({batch} -> {batch * factor})", (1 / (u + (1 - u) / factor) - 1) * 100,
-                             f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; idle {(1 - u) * 100:.0f}% per step amortized over {factor}x the samples (kernel time assumed linear in batch)",
+                             f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; idle {(1 - u) * 100:.0f}% per step amortized over {factor}x the samples"
+                             " (kernel time assumed linear in batch)",
                              {"batch_size": batch * factor}, "raise --batch-size (retune the learning rate for training to the same accuracy)"))
     kind = g("optimizer_kind")
     s_opt = shares.get("optimizer", 0.0)
@@ -132,7 +136,8 @@ def _cpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
         if factor >= 2:
             batch = g("batch_size")
             recs.append(_rec(f"larger batch ({batch} -> {batch * factor})", (1 / ((1 - overhead) + overhead / factor) - 1) * 100,
-                             f"{g('ops_per_step'):.0f} ops per step x ~{CPU_OP_OVERHEAD_US:g} us dispatch = {overhead * 100:.0f}% of the step, amortized over {factor}x the samples",
+                             f"{g('ops_per_step'):.0f} ops per step x ~{CPU_OP_OVERHEAD_US:g} us dispatch = {overhead * 100:.0f}% of the step,"
+                             f" amortized over {factor}x the samples",
                              {"batch_size": batch * factor}, "raise --batch-size"))
     if g("channels_last_lever") and g("convolutional") and not g("channels_last"):
         s_conv = shares.get("matmul/conv", 0.0)

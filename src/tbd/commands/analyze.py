@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tbd.analysis.report import analyze
+from tbd.analysis.analyze import analyze
 from tbd.commands import EXAMPLES, add_home
 from tbd.report.tables import fmt_num, make_console
 from tbd.results.store import Store

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tbd.commands import EXAMPLES, add_home
-from tbd.commands.run import positive_float
+from tbd.commands.options import positive_float
 from tbd.errors import UsageError
 from tbd.report import compare as cmp
 from tbd.report.tables import fmt_num, make_console

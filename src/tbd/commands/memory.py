@@ -12,8 +12,8 @@ import dataclasses
 from typing import Any
 
 from tbd.commands import EXAMPLES, add_home
-from tbd.commands.run import positive_int
-from tbd.config import PRECISIONS, RunConfig
+from tbd.commands.options import add_workload_options, positive_int
+from tbd.config import RunConfig
 from tbd.errors import UsageError
 
 
@@ -29,12 +29,7 @@ def register(sub) -> None:
                "  tbd memory resnet50 --device cuda --flavor paper --max-batch --fit-batches 16,32,64",
     )
     p.add_argument("workload", help="workload name (see 'tbd list')")
-    p.add_argument("--framework", "-f", default="torch", help="torch or jax (default: torch)")
-    p.add_argument("--flavor", default="tiny", help="workload size: tiny or paper (default: tiny)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto, the best device present)")
-    p.add_argument("--batch-size", "-b", type=positive_int, help="batch size (default: the flavor's)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, tf32, bf16 or fp16 (default: fp32)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for convolutional models (PyTorch)")
+    add_workload_options(p)
     p.add_argument("--warmup", type=positive_int, default=1, help="untracked steps before the profiled one (default: 1)")
     p.add_argument("--max-batch", action="store_true", help="fit memory = fixed + per-sample x batch on a few batches and predict the largest that fits")
     p.add_argument("--memory", help="with --max-batch: memory to fit into, like 80GiB, 512MiB or 16GB (default: the device's)")
@@ -64,7 +59,7 @@ def memory(args) -> int:
                        data_pool=1, isolate=False).validated()
     fit_batches = parse_batches(args.fit_batches) if args.fit_batches else default_fit_batches(config.batch_size)
 
-    from tbd.memory import profiler, report
+    from tbd.memory import profiler, render
     from tbd.report.tables import make_console
     from tbd.results.store import Store
 
@@ -72,7 +67,7 @@ def memory(args) -> int:
     console = make_console()
     console.print(f"profiling one training step of {config.workload} ({config.framework}, {config.flavor}, {device}, batch {config.batch_size}) ...")
     prof = _guarded(profiler.profile, config, args.warmup)
-    report.print_profile(prof, console, args.layers)
+    render.print_profile(prof, console, args.layers)
     profiles = [prof]
     if args.max_batch:
         console.print(f"fitting the batch-size model on batches {', '.join(map(str, fit_batches))} ...")
@@ -85,7 +80,7 @@ def memory(args) -> int:
             limit, note = profiler.budget(prof, memory_bytes)
             prof["batch_model"] = {**model.to_dict(), "budget_bytes": limit, "budget_note": note, "max_batch": model.max_batch(limit),
                                    "measured": [{"batch_size": p["batch_size"], "status": p["status"], "model_bytes": profiler.model_bytes(p)} for p in fitted]}
-            report.print_batch_model(prof["batch_model"], console)
+            render.print_batch_model(prof["batch_model"], console)
     record = _store(store, config, prof, profiles)
     files = prof["files"]
     console.print(f"stored as [bold]{record['id']}[/] in {store.home}; profile {files['json']}" + (f", plot {files['png']}" if files["png"] else ""))
@@ -107,18 +102,18 @@ def _guarded(fn, *args, **kwargs):
 
 def _store(store, config: RunConfig, prof: dict[str, Any], profiles: list[dict[str, Any]]) -> dict[str, Any]:
     """One record per `tbd memory` call, in the same store and schema as measured runs."""
-    from tbd.memory import report
+    from tbd.memory import render
     from tbd.memory.profiler import memory_record
 
     record = memory_record(config, prof)
     folder = store.home / "memory"
     prof["files"] = {"json": str(folder / f"{record['id']}.json"), "png": str(folder / f"{record['id']}.png")}
     try:
-        report.save_plot(profiles, folder / f"{record['id']}.png")
+        render.save_plot(profiles, folder / f"{record['id']}.png")
     except ImportError:  # matplotlib is the optional 'plot' extra
         prof["files"]["png"] = None
         prof["method"].setdefault("estimated", []).append("no plot: matplotlib is not installed (pip install 'tbd[plot]')")
-    report.save_json({**prof, "other_batches": [p for p in profiles if p is not prof]}, folder / f"{record['id']}.json")
+    render.save_json({**prof, "other_batches": [p for p in profiles if p is not prof]}, folder / f"{record['id']}.json")
     record["memory_profile"] = prof
     store.save(record)
     return record

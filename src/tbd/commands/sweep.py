@@ -17,7 +17,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tbd.commands import EXAMPLES, add_home
-from tbd.commands.run import positive_float, positive_int
+from tbd.commands.options import positive_float, positive_int
 from tbd.errors import UsageError
 from tbd.report.tables import fmt_num, make_console, print_records
 from tbd.results.record import headline

@@ -107,7 +107,8 @@ def launch_distributed(config, progress: Callable[[dict], None] | None = None, t
             if (seen_progress and idle > idle_limit) or (not seen_progress and idle > first_limit) or now - started > deadline:
                 _kill_tree(proc)
                 what = f"no progress for {idle:.0f} s" if now - started <= deadline else f"the run took over {deadline:.0f} s"
-                return _failed(config, run_id, "timeout", f"{what}; a rank hangs or a machine did not join (rendezvous {world['rendezvous']}); all ranks were stopped", tail)
+                message = f"{what}; a rank hangs or a machine did not join (rendezvous {world['rendezvous']}); all ranks were stopped"
+                return _failed(config, run_id, "timeout", message, tail)
         try:
             rc = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:  # output closed but torchrun lingers: stop it

@@ -223,7 +223,12 @@ def merge(record: RunRecord, summaries: list[dict[str, Any]], world: dict[str, A
         "lock_step": "ranks all-gather step times after every chunk; the measurement loop sees the same numbers on every rank",
         "mfu": "model FLOPs of all ranks / (world size x one device's peak)",
         "memory": "per rank, never summed",
-        "comm": "from a torch.profiler trace of a few steps per rank (--profile): comm kernels/ops by name, overlap = comm time concurrent with compute / comm time; comm = the rank that waited least (the transfer), comm_wait = the most any rank waited beyond it; share = comm / profiled step" if all(comm) else "not measured (run with --profile)",
+        "comm": (
+            "from a torch.profiler trace of a few steps per rank (--profile): comm kernels/ops by name,"
+            " overlap = comm time concurrent with compute / comm time; comm = the rank that waited least (the transfer),"
+            " comm_wait = the most any rank waited beyond it; share = comm / profiled step"
+            if all(comm) else "not measured (run with --profile)"
+        ),
     }
     return record
 

@@ -77,7 +77,8 @@ def classify(exc: BaseException, config: RunConfig) -> dict[str, str]:
     text = f"{type(exc).__name__}: {exc}"
     first_line = text.strip().splitlines()[0][:300]
     if "OutOfMemory" in type(exc).__name__ or "out of memory" in text.lower() or "RESOURCE_EXHAUSTED" in text:
-        return {"kind": "oom", "message": f"out of memory at batch size {config.batch_size} ({first_line}); try a smaller --batch-size", "traceback": traceback.format_exc()}
+        return {"kind": "oom", "message": f"out of memory at batch size {config.batch_size} ({first_line}); try a smaller --batch-size",
+                "traceback": traceback.format_exc()}
     return {"kind": "error", "message": first_line, "traceback": traceback.format_exc()}
 
 

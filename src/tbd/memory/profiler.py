@@ -33,7 +33,9 @@ def model_bytes(prof: dict[str, Any]) -> int:
     return int(prof["peak"]["allocated_bytes"])
 
 
-def fit_batch_model(config, batches: list[int], warmup: int = 1, known: dict[int, dict] | None = None, **kwargs: Any) -> tuple[BatchModel | None, list[dict[str, Any]]]:
+def fit_batch_model(
+    config, batches: list[int], warmup: int = 1, known: dict[int, dict] | None = None, **kwargs: Any
+) -> tuple[BatchModel | None, list[dict[str, Any]]]:
     """Profile each batch size (reusing `known` profiles by batch size) and fit the model; a
     batch that runs out of memory ends the sweep (larger ones would too)."""
     profiles, points = [], []

@@ -76,7 +76,8 @@ class Store:
         with conn:
             conn.execute(
                 f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}, sweep, record) VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})",
-                (record["id"], record["created_at"], cfg["workload"], cfg["framework"], cfg["flavor"], cfg["device"], cfg["batch_size"], cfg["precision"], record["status"],
+                (record["id"], record["created_at"], cfg["workload"], cfg["framework"], cfg["flavor"], cfg["device"],
+                 cfg["batch_size"], cfg["precision"], record["status"],
                  (record.get("sweep") or {}).get("id"), text),
             )
         conn.close()

@@ -118,7 +118,7 @@ def plan(spec: SweepSpec) -> Plan:
                                 continue
                             lines.append(Line(base, batches))
     # The id names what is measured: how points are launched (isolate) does not change it.
-    what = [[{k: v for k, v in l.base.items() if k != "isolate"}, l.batches] for l in lines]
+    what = [[{k: v for k, v in line.base.items() if k != "isolate"}, line.batches] for line in lines]
     ident = hashlib.sha1(json.dumps(what + [spec.max_batch], sort_keys=True).encode()).hexdigest()[:10]
     return Plan(spec, lines, notes, ident, spec.name or f"sweep-{ident}")
 

@@ -73,9 +73,12 @@ def profile(config, warmup: int = 1) -> dict[str, Any]:
     prof = new_profile(framework="jax", workload=config.workload, flavor=config.flavor, device=config.device,
                        batch_size=config.batch_size, precision=config.precision)
     prof["method"] = {
-        "attribution": "XLA buffer assignment of the jitted step (memory_analysis): arguments split by pytree; temporaries split into gradients (sized as the parameters), vjp residuals (feature maps) and the rest (workspace)",
-        "estimated": ["gradients: sized as the parameters", "feature_maps: residuals jax.vjp keeps, before XLA fusion/rematerialization",
-                      "workspace: XLA temporaries minus gradients and feature maps", "timeline: three points (start, peak, end) from the analysis, not a trace"],
+        "attribution": "XLA buffer assignment of the jitted step (memory_analysis): arguments split by pytree; temporaries split into"
+                       " gradients (sized as the parameters), vjp residuals (feature maps) and the rest (workspace)",
+        "estimated": ["gradients: sized as the parameters",
+                      "feature_maps: residuals jax.vjp keeps, before XLA fusion/rematerialization",
+                      "workspace: XLA temporaries minus gradients and feature maps",
+                      "timeline: three points (start, peak, end) from the analysis, not a trace"],
         "warmup_steps": warmup,
     }
     cats = empty_categories()
@@ -121,14 +124,16 @@ def profile(config, warmup: int = 1) -> dict[str, Any]:
         if not _is_oom(exc):
             raise
         prof["status"] = "oom"
-        prof["error"] = f"out of memory at batch size {config.batch_size} ({str(exc).splitlines()[0][:200]}); the breakdown is what was known up to then; try a smaller --batch-size"
+        prof["error"] = (f"out of memory at batch size {config.batch_size} ({str(exc).splitlines()[0][:200]});"
+                         " the breakdown is what was known up to then; try a smaller --batch-size")
     finally:
         if session is not None:
             session.close()
     finish_peak(prof, cats)
     prof["peak"].update(phase="backward", op="XLA buffer assignment peak", index=1)
     start = {k: (cats[k] if k in ("weights", "optimizer_state", "input_batch") else 0) for k in cats}
-    prof["timeline"] = {"axis": "point of the step (from XLA's analysis)", "index": [0, 1, 2], "phase": ["start", "peak", "end"], "op": ["step start", "peak", "step end"],
+    prof["timeline"] = {"axis": "point of the step (from XLA's analysis)", "index": [0, 1, 2],
+                        "phase": ["start", "peak", "end"], "op": ["step start", "peak", "step end"],
                         "categories": {k: [start[k], cats[k], start[k]] for k in cats}}
     return prof
 

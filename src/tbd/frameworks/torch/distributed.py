@@ -85,7 +85,8 @@ def setup(config) -> TorchComm:
     timeout = datetime.timedelta(seconds=timeout_s(config))
     if config.device == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UsageError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); use --nproc-per-node {torch.cuda.device_count()} or fewer")
+            visible = torch.cuda.device_count()
+            raise UsageError(f"local rank {local_rank} has no GPU ({visible} visible); use --nproc-per-node {visible} or fewer")
         torch.cuda.set_device(local_rank)  # so that device "cuda" means this rank's GPU everywhere
         dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", local_rank))
         control = dist.new_group(backend="gloo", timeout=timeout)

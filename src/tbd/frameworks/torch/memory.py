@@ -154,7 +154,8 @@ class StepTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         # Autocast's low-precision copies of the weights are scratch copies, not activations.
-        weight_copy = func is torch.ops.aten._to_copy.default and isinstance(args[0], torch.Tensor) and _key(args[0]) is not None and _key(args[0])[0] in self.weights
+        weight_copy = (func is torch.ops.aten._to_copy.default and isinstance(args[0], torch.Tensor)
+                       and _key(args[0]) is not None and _key(args[0])[0] in self.weights)
         for t in tree_leaves(out):
             self._register(t, weight_copy)
         self.sample(str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func))
@@ -311,7 +312,8 @@ def profile(config, warmup: int = 1, open_session=None) -> dict[str, Any]:
     prof = new_profile(framework="torch", workload=config.workload, flavor=config.flavor, device=config.device,
                        batch_size=config.batch_size, precision=config.precision)
     prof["method"] = {
-        "attribution": "tensor storages: parameters, .grad, optimizer.state, the batch; saved_tensors_hooks for feature maps; a TorchDispatchMode for every other tensor the step creates",
+        "attribution": "tensor storages: parameters, .grad, optimizer.state, the batch; saved_tensors_hooks for feature maps;"
+                       " a TorchDispatchMode for every other tensor the step creates",
         "sampling": "after every op of the step",
         "peak": "op during which torch.cuda.max_memory_allocated last rose; in-op scratch counted as workspace" if device.type == "cuda"
                 else "largest sum of live storages (CPU: no allocator counter; scratch inside an op is not seen)",

@@ -110,7 +110,8 @@ class TorchSession:
             framework_version=torch.__version__,
             num_parameters=self.num_parameters,
             method={
-                "timing": "CUDA events around each step, one host sync per chunk" if self.device.type == "cuda" else "host clock per step (CPU ops are synchronous)",
+                "timing": ("CUDA events around each step, one host sync per chunk" if self.device.type == "cuda"
+                           else "host clock per step (CPU ops are synchronous)"),
                 "data": f"synthetic, {config.data_pool} batch(es) resident on the device, rotated",
                 "compile": f"torch.compile ({compile_options or 'default mode'})" if config.compile else "eager",
                 "autocast": str(dtype).replace("torch.", "") if dtype else None,
