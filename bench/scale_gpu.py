@@ -108,12 +108,14 @@ def main() -> int:
             print(f"[done] {label} n={n}: {status} ({record['bench']['wall_s']:.0f} s)", flush=True)
             records.append(record)
         rows = scaling_rows(records) if records else []
-        figure = plot_scaling(rows, out / f"scale_{label}.png", f"{label}: weak scaling on {n_gpus} x {'CPU process' if args.smoke else 'GPU'}") if rows else None
+        where = f"{n_gpus} x {'CPU process' if args.smoke else 'GPU'}"
+        figure = plot_scaling(rows, out / f"scale_{label}.png", f"{label}: weak scaling on {where}") if rows else None
         results[label] = {"rows": rows, "figure": str(figure) if figure else None, "records": records}
         # Written after every job, so a run cut short still leaves what it measured.
         (out / "scale_gpu.json").write_text(json.dumps({"n_gpus": n_gpus, "smoke": args.smoke, "results": results}, indent=1, default=str))
     print(f"\nscaling on {n_gpus} {'CPU processes (smoke)' if args.smoke else 'GPUs'}; full results in {out / 'scale_gpu.json'}")
-    print(f"{'job':<16}{'n':>3} {'global batch':>12} {'throughput/s':>18} {'speedup':>8} {'effic.':>7} {'step ms':>9} {'MFU %':>6} {'peak mem/rank':>14} {'comm %':>7} {'overlap':>8}  status")
+    print(f"{'job':<16}{'n':>3} {'global batch':>12} {'throughput/s':>18} {'speedup':>8} {'effic.':>7} {'step ms':>9} {'MFU %':>6} "
+          f"{'peak mem/rank':>14} {'comm %':>7} {'overlap':>8}  status")
     for label, res in results.items():
         by_id = {r["id"]: r for r in res["records"]}
         for row in res["rows"]:
@@ -131,7 +133,8 @@ def main() -> int:
                 f"{row['comm_overlap_pct']:.0f}%" if row["comm_overlap_pct"] is not None else "-",
                 row["status"] if row["status"] == "ok" else (row["error"] or "")[:60],
             ]
-            print(f"{label:<16}{row['nproc']:>3} {row['global_batch']:>12} {cells[0]:>18} {cells[1]:>8} {cells[2]:>7} {cells[3]:>9} {cells[4]:>6} {cells[5]:>14} {cells[6]:>7} {cells[7]:>8}  {cells[8]}")
+            print(f"{label:<16}{row['nproc']:>3} {row['global_batch']:>12} {cells[0]:>18} {cells[1]:>8} {cells[2]:>7} {cells[3]:>9} "
+                  f"{cells[4]:>6} {cells[5]:>14} {cells[6]:>7} {cells[7]:>8}  {cells[8]}")
     return 0
 
 

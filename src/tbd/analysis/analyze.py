@@ -42,7 +42,8 @@ def analyze(record: dict[str, Any], home: str | Path) -> dict[str, Any]:
             notes.append("distributed run: communication comes from each rank's trace (metrics comm_*, distributed.ranks[].comm); "
                          "for kernel-level analysis profile a single-process run")
         else:
-            notes.append(f"no trace stored with this run ({stored['error']}); {NO_TRACE}" if stored.get("error") else f"no trace stored with this run; {NO_TRACE}")
+            why = f" ({stored['error']})" if stored.get("error") else ""
+            notes.append(f"no trace stored with this run{why}; {NO_TRACE}")
     samples = record.get("samples") or {}
     stability = analyze_steps(samples.get("step_s") or [], samples.get("chunk_ends"))
     ncu = stored.get("ncu")
@@ -117,7 +118,8 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
                       "exposed_comm_pct": dev["exposed_comm_pct"], "optimizer_kind": dev["optimizer_kind"],
                       "gpu_idle_not_waiting_pct": host.get("gpu_idle_not_waiting_pct"), "gpu_idle_host_busy_pct": host.get("gpu_idle_host_busy_pct")})
     if ncu and not ncu.get("error"):
-        f.update({"ncu_tensor_pipe_pct": ncu.get("tensor_pipe_pct"), "ncu_fma_pipe_pct": ncu.get("fma_pipe_pct"), "ncu_dram_pct": ncu.get("dram_throughput_pct")})
+        f.update({"ncu_tensor_pipe_pct": ncu.get("tensor_pipe_pct"), "ncu_fma_pipe_pct": ncu.get("fma_pipe_pct"),
+                  "ncu_dram_pct": ncu.get("dram_throughput_pct")})
     return f
 
 

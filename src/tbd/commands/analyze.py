@@ -91,7 +91,8 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
     t.add_row("GPU utilization (NVML)", _pct(u["gpu_util_nvml_pct"]), "NVML counter, mean over the steady window")
     if u.get("gpu_util_nvml_trace_window_pct") is not None:
         t.add_row("GPU utilization (NVML, profiled window)", _pct(u["gpu_util_nvml_trace_window_pct"]), "NVML counter during the traced steps")
-    t.add_row(f"FLOP utilization ({u['peak_precision']} peak)", _pct(u["mfu_pct"]), "model FLOPs / step time / peak" + (f" ({u['peak_source']})" if u["peak_source"] else ""))
+    source = f" ({u['peak_source']})" if u["peak_source"] else ""
+    t.add_row(f"FLOP utilization ({u['peak_precision']} peak)", _pct(u["mfu_pct"]), "model FLOPs / step time / peak" + source)
     if u.get("mfu_of_busy_time_pct") is not None:
         t.add_row("FLOP utilization while kernels run", _pct(u["mfu_of_busy_time_pct"]), "MFU / trace utilization")
     for prec, val in (u.get("flop_util_by_precision_pct") or {}).items():
@@ -113,10 +114,13 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
             kt.add_row(cls, fmt_num(row["time_ms"]), _pct(row["share_pct"]), str(row["count"]))
         console.print(kt)
         top = Table(title="top kernels", header_style="bold")
-        for col, j in (("kernel", "left"), ("class", "left"), ("TC", "center"), ("time ms", "right"), ("share", "right"), ("count", "right"), ("mean us", "right")):
+        columns = (("kernel", "left"), ("class", "left"), ("TC", "center"), ("time ms", "right"), ("share", "right"),
+                   ("count", "right"), ("mean us", "right"))
+        for col, j in columns:
             top.add_column(col, justify=j, overflow="fold")
         for r in k["top_kernels"]:
-            top.add_row(escape(r["short"]), r["class"], "yes" if r["tensor_cores"] else "", fmt_num(r["time_ms"]), _pct(r["share_pct"]), str(r["count"]), fmt_num(r["mean_us"]))
+            top.add_row(escape(r["short"]), r["class"], "yes" if r["tensor_cores"] else "", fmt_num(r["time_ms"]), _pct(r["share_pct"]),
+                        str(r["count"]), fmt_num(r["mean_us"]))
         console.print(top)
     h = a.get("host")
     if h:

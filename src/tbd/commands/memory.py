@@ -7,8 +7,6 @@ The profile is printed, saved as JSON and a PNG plot in `<store>/memory/`, and s
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from typing import Any
 
 from tbd.commands import EXAMPLES, add_home

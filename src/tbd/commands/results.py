@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-from rich.console import Console
 
 from tbd.commands import EXAMPLES, add_home
 from tbd.errors import UsageError
@@ -17,7 +14,8 @@ from tbd.results.store import Store
 def register(sub) -> None:
     p = sub.add_parser("results", help="list stored runs or show one", formatter_class=EXAMPLES,
                        description="List stored runs (newest first) or show one run's whole record.",
-                       epilog="examples:\n  tbd results\n  tbd results list --workload resnet50 --limit 5\n  tbd results show latest\n  tbd results show 20261125-1701")
+                       epilog="examples:\n  tbd results\n  tbd results list --workload resnet50 --limit 5\n"
+                              "  tbd results show latest\n  tbd results show 20261125-1701")
     p.add_argument("action", nargs="?", default="list", choices=("list", "show"), help="list (default) or show")
     p.add_argument("run_id", nargs="?", help="with show: a run id, a unique prefix of one, or 'latest'")
     p.add_argument("--workload", help="only runs of this workload")

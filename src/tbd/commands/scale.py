@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
-from typing import Any
 
 from tbd.commands import EXAMPLES
 from tbd.errors import UsageError

@@ -11,7 +11,6 @@ steps, and an ETA from the mean time of the points run so far.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -22,7 +22,8 @@ def scaling_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "throughput": met.get(f"{unit}_per_s") if r["status"] == "ok" else None,
                      "step_time_ms_p50": met.get("step_time_ms_p50"),
                      # communication (measured from a short per-rank trace; None for one process or unprofiled runs)
-                     "comm_ms_per_step": met.get("comm_ms_per_step"), "comm_share_pct": met.get("comm_share_pct"), "comm_wait_ms_per_step": met.get("comm_wait_ms_per_step"),
+                     "comm_ms_per_step": met.get("comm_ms_per_step"), "comm_share_pct": met.get("comm_share_pct"),
+                     "comm_wait_ms_per_step": met.get("comm_wait_ms_per_step"),
                      "comm_overlap_pct": met.get("comm_overlap_pct"), "exposed_comm_ms_per_step": met.get("exposed_comm_ms_per_step"),
                      "peak_memory_per_rank_bytes": memory.get("peak_allocated_bytes") or memory.get("host_peak_rss_bytes"),
                      "stragglers": (r.get("distributed") or {}).get("stragglers", []),

@@ -35,7 +35,7 @@ def results_table(records: list[dict[str, Any]], title: str = "tbd results") -> 
             status = f"[{color}]{h['status']}[/]: {escape(h['error'] or '')}"
         table.add_row(
             h["id"], h["workload"], h["framework"] + (" +compile" if h["compile"] else ""), h["flavor"], h["device"],
-            str(h["batch_size"]), h["precision"], thr, fmt_num(h["step_time_ms_p50"]),
+            f"{h['batch_size']} {escape(h['batch_unit'])}", h["precision"], thr, fmt_num(h["step_time_ms_p50"]),
             fmt_num(h["mfu_pct"]) if h["mfu_pct"] is not None else "-", fmt_bytes(h["peak_bytes"]), status,
         )
     return table
