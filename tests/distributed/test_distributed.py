@@ -143,7 +143,7 @@ def test_a_rank_that_dies_ends_the_run_cleanly(tbd_home):
     assert out.returncode == 1, out.stdout + out.stderr
     assert "rank 1 exited with code 17" in out.stdout
     store = Store(tbd_home)
-    assert store.get(earlier["id"]) == json.loads(json.dumps(earlier))  # earlier results kept
+    assert store.get(earlier["id"]) == json.loads(earlier.to_json())  # earlier results kept
     failed = [r for r in store.list() if r["id"] != earlier["id"]]
     assert len(failed) == 1 and failed[0]["status"] == "failed" and failed[0]["error"]["kind"] == "crash"
 
