@@ -74,6 +74,9 @@ class RunConfig:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= MAX_BATCH:
             raise UsageError(f"batch size must be a positive integer up to {MAX_BATCH:,} ({spec.batch_counts}), got {self.batch_size}; "
                              f"try --batch-size {flavor.batch_size}")
+        if self.batch_size < flavor.min_batch:
+            raise UsageError(f"{self.workload} {self.flavor} trains at batch {flavor.min_batch} or more ({flavor.min_batch_note}); "
+                             f"use --batch-size {flavor.min_batch} or a larger flavor")
         if self.precision not in PRECISIONS:
             raise unknown("precision", self.precision, PRECISIONS)
         if self.device not in DEVICES:

@@ -61,7 +61,7 @@ CHILD = textwrap.dedent("""
     launcher.launch = Slow()
     from tbd.cli import main
     sys.exit(main(["sweep", "--workloads", "resnet50", "--frameworks", "torch", "--devices", "cpu",
-                   "--batch-sizes", "1,2,3,4", "--name", "killme"]))
+                   "--batch-sizes", "2,3,4,5", "--name", "killme"]))
 """)
 
 
@@ -88,5 +88,5 @@ def test_killed_sweep_keeps_finished_points_and_resumes(tbd_home):
     assert rerun.returncode == 0, out
     assert f"{4 - len(before)} run, {len(before)} already done" in out
     after = Store().list()
-    assert sorted(r["config"]["batch_size"] for r in after) == [1, 2, 3, 4]
+    assert sorted(r["config"]["batch_size"] for r in after) == [2, 3, 4, 5]
     assert all(r["id"] in {a["id"] for a in after} for r in before.values())  # finished points kept as they were

@@ -11,6 +11,7 @@ import pytest
 
 from tbd import registry
 from tbd.config import RunConfig
+from tbd.errors import UsageError
 from tbd.harness.runner import execute, losses_on_fixed_batch
 
 
@@ -60,3 +61,18 @@ def test_training_on_a_fixed_batch_lowers_the_loss(workload, framework):
     tail = losses[-max(3, len(losses) // 3) :]
     first, last = losses[0], statistics.median(tail)
     assert last < 0.7 * first, f"loss did not fall enough: {losses[0]:.4g} -> {tail}"
+
+
+@pytest.mark.parametrize("workload,framework", PAIRS)
+def test_batch_one_trains_or_is_refused_up_front(workload, framework):
+    """Every flavor either trains at batch 1 (tiny flavors are run here; larger ones would take
+    minutes on a CPU) or declares a smallest batch, which validation enforces in one line."""
+    spec = registry.get_spec(workload)
+    for flavor in spec.flavors.values():
+        config = RunConfig(workload=workload, framework=framework, flavor=flavor.name, batch_size=1, isolate=False)
+        if flavor.min_batch > 1:
+            with pytest.raises(UsageError, match=f"trains at batch {flavor.min_batch} or more"):
+                config.validated()
+        elif flavor.name == "tiny":
+            losses = losses_on_fixed_batch(config.validated(), 2)
+            assert all(math.isfinite(x) for x in losses)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tbd.commands import EXAMPLES, add_home
-from tbd.commands.options import add_workload_options, positive_int
+from tbd.commands.options import add_workload_options, positive_float, positive_int
 from tbd.config import RunConfig
 from tbd.errors import UsageError
 
@@ -32,6 +32,11 @@ def register(sub) -> None:
     p.add_argument("--max-batch", action="store_true", help="fit memory = fixed + per-sample x batch on a few batches and predict the largest that fits")
     p.add_argument("--memory", help="with --max-batch: memory to fit into, like 80GiB, 512MiB or 16GB (default: the device's)")
     p.add_argument("--fit-batches", help="with --max-batch: batch sizes to fit on, like 4,8,16 (default: b/4, b/2, b)")
+    p.add_argument("--confirm-time", type=positive_float, default=600.0,
+                   help="with --max-batch on a GPU: seconds the confirming search may take (default: 600)")
+    p.add_argument("--no-confirm", action="store_true", help="with --max-batch: only predict, do not confirm with real training steps")
+    p.add_argument("--expandable-segments", action="store_true",
+                   help="with --max-batch: confirm under the framework's allocator setting against fragmentation (PyTorch: expandable segments)")
     p.add_argument("--layers", type=positive_int, default=15, help="rows of the per-layer table to print (default: 15)")
     add_home(p)
     p.set_defaults(func=memory)
@@ -43,8 +48,8 @@ def memory(args) -> int:
     from tbd.metrics.devices import best_device
 
     # Every input is checked before anything runs or is written.
-    if (args.memory or args.fit_batches) and not args.max_batch:
-        raise UsageError("--memory and --fit-batches go with --max-batch; add --max-batch")
+    if (args.memory or args.fit_batches or args.no_confirm or args.expandable_segments) and not args.max_batch:
+        raise UsageError("--memory, --fit-batches, --no-confirm and --expandable-segments go with --max-batch; add --max-batch")
     memory_bytes = parse_size(args.memory) if args.memory else None
     from tbd import registry
 
@@ -55,7 +60,11 @@ def memory(args) -> int:
     config = RunConfig(workload=args.workload, framework=args.framework, flavor=args.flavor, device=device,
                        batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
                        data_pool=1, isolate=False).validated()
-    fit_batches = parse_batches(args.fit_batches) if args.fit_batches else default_fit_batches(config.batch_size)
+    flavor = registry.get_spec(config.workload).flavor(config.flavor)
+    fit_batches = parse_batches(args.fit_batches) if args.fit_batches else default_fit_batches(config.batch_size, flavor.min_batch)
+    if fit_batches[0] < flavor.min_batch:
+        raise UsageError(f"--fit-batches: {config.workload} {config.flavor} trains at batch {flavor.min_batch} or more "
+                         f"({flavor.min_batch_note}); start the list at {flavor.min_batch}")
 
     from tbd.memory import profiler, render
     from tbd.report.tables import make_console
@@ -71,18 +80,57 @@ def memory(args) -> int:
         console.print(f"fitting the batch-size model on batches {', '.join(map(str, fit_batches))} ...")
         model, fitted = _guarded(profiler.fit_batch_model, config, fit_batches, args.warmup, known={config.batch_size: prof})
         profiles += [p for p in fitted if p is not prof]
-        if model is None:
-            prof["batch_model"] = {"error": "fewer than two of the fit batches ran; give smaller --fit-batches"}
+        why = profiler.unusable_fit(model, fitted) if model is not None else "fewer than two of the fit batches ran; give smaller --fit-batches"
+        if why:
+            prof["batch_model"] = {"error": f"no prediction: {why}; measure larger batches with --fit-batches (e.g. 8,16,32)",
+                                   **(model.to_dict() if model else {})}
             console.print(f"[red]{prof['batch_model']['error']}[/]")
         else:
             limit, note = profiler.budget(prof, memory_bytes)
             prof["batch_model"] = {**model.to_dict(), "budget_bytes": limit, "budget_note": note, "max_batch": model.max_batch(limit),
                                    "measured": [{"batch_size": p["batch_size"], "status": p["status"], "model_bytes": profiler.model_bytes(p)} for p in fitted]}
             render.print_batch_model(prof["batch_model"], console)
+            prof["batch_model"]["confirmed"] = _confirm(config, prof["batch_model"]["max_batch"], args, memory_bytes, console)
     record = _store(store, config, prof, profiles)
     files = prof["files"]
     console.print(f"stored as [bold]{record['id']}[/] in {store.home}; profile {files['json']}" + (f", plot {files['png']}" if files["png"] else ""))
     return 0 if prof["status"] == "ok" else 1
+
+
+def _confirm(config: RunConfig, predicted: int, args, memory_bytes: int | None, console) -> dict[str, Any]:
+    """Confirm the prediction with real training steps (GPU only), under the allocator setting
+    asked for; what was confirmed, or why nothing was."""
+    import os
+
+    from tbd import registry
+    from tbd.memory import max_batch, render
+
+    if args.no_confirm:
+        return {"skipped": "--no-confirm"}
+    if config.device != "cuda":
+        why = "not confirmed on the CPU: a probe that runs out of host memory meets the OOM killer; run on a GPU to confirm"
+        console.print(why)
+        return {"skipped": why}
+    if memory_bytes is not None:
+        why = "not confirmed: --memory asks about another device's memory, and probes here measure this GPU's"
+        console.print(why)
+        return {"skipped": why}
+    setting = registry.framework(config.framework).capabilities.allocator_setting if args.expandable_segments else ""
+    if args.expandable_segments and not setting:
+        raise UsageError(f"--expandable-segments: {config.framework} has no such allocator setting; drop the flag")
+    saved = dict(os.environ)
+    if setting:  # the probes' child processes inherit it
+        key, _, value = setting.partition("=")
+        os.environ[key] = value
+    try:
+        console.print(f"confirming with real training steps from batch {predicted} (each probe a child process; at most {args.confirm_time:g} s) ...")
+        result = max_batch.confirm(config, predicted, deadline_s=args.confirm_time)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    out = {**result.to_dict(), "allocator_setting": setting or "framework default"}
+    render.print_confirmed(out, console)
+    return out
 
 
 def _guarded(fn, *args, **kwargs):

@@ -52,10 +52,11 @@ def fit(points: list[tuple[int, float]]) -> BatchModel:
     return BatchModel(float(intercept), float(slope), [(int(b), int(m)) for b, m in points], 100.0 * resid)
 
 
-def default_fit_batches(batch_size: int) -> list[int]:
-    """Three batches up to the run's batch size: b/4, b/2, b (at least 1, 2, 4)."""
-    b = max(4, batch_size)
-    return sorted({max(1, b // 4), max(2, b // 2), b})
+def default_fit_batches(batch_size: int, min_batch: int = 1) -> list[int]:
+    """Three batches up to the run's batch size: b/4, b/2, b (at least 1, 2, 4), none below the
+    flavor's smallest batch."""
+    b = max(4 * min_batch, batch_size)
+    return sorted({max(min_batch, b // 4), max(2 * min_batch, b // 2), b})
 
 
 def parse_batches(text: str) -> list[int]:

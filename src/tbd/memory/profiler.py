@@ -50,6 +50,21 @@ def fit_batch_model(
     return fit(points), profiles
 
 
+def unusable_fit(model: BatchModel, profiles: list[dict[str, Any]]) -> str | None:
+    """Why a fitted line cannot predict a batch (None when it can): each sample must cost at
+    least its own input bytes, and the line must pass near the measured points. On the CPU the
+    peak of small batches is often dominated by allocator noise, which gives lines like
+    '12 KiB per sample' and absurd predictions."""
+    inputs = [p["peak"]["categories"].get("input_batch", 0) / p["batch_size"] for p in profiles if p["status"] == "ok" and p["batch_size"]]
+    per_input = min(inputs) if inputs else 0
+    if model.per_sample_bytes < 0.9 * per_input:
+        return (f"the fitted line adds {fmt_bytes(model.per_sample_bytes)} per sample, less than one sample's input "
+                f"({fmt_bytes(per_input)}): the measured peaks do not grow with the batch")
+    if model.max_residual_pct > 20:
+        return f"the measured peaks lie up to {model.max_residual_pct:.0f}% off the fitted line"
+    return None
+
+
 def budget(prof: dict[str, Any], memory_bytes: int | None) -> tuple[int, str]:
     """Bytes a training step may use, and a sentence saying where the figure comes from."""
     overhead = prof["peak"]["categories"].get("framework_overhead", 0)

@@ -136,3 +136,16 @@ def print_batch_model(result: dict[str, Any], console=None) -> None:
             console.print(line)
     else:
         print("\n".join(lines))
+
+
+def print_confirmed(result: dict[str, Any], console) -> None:
+    """The confirmed largest batch beside the prediction."""
+    fits, fails = result.get("largest_fitting"), result.get("smallest_failing")
+    error = result.get("prediction_error_pct")
+    line = f"confirmed largest batch that trains: {fits if fits is not None else 'none'}"
+    if fails is not None:
+        line += f" (batch {fails} runs out of memory)"
+    if error is not None:
+        line += f"; the prediction was off by {error:+.1f}%"
+    console.print(line)
+    console.print(f"search: {len(result['probes'])} probes, {result['stopped']}; allocator: {result['allocator_setting']}")

@@ -44,9 +44,12 @@ _UNITS = {
 
 
 def parse_size(text: str) -> int:
-    """'80GiB', '512MiB', '16GB', '1.5 GiB', '1000000' -> bytes (GB is 10^9, GiB is 2^30)."""
+    """'80GiB', '512MiB', '16GB', '1.5 GiB', '1000000B' -> bytes (GB is 10^9, GiB is 2^30). A bare
+    number is refused: '16' meant as GiB would otherwise be read as 16 bytes."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else None
+    if match and not unit:
+        raise UsageError(f"memory size '{text}' has no unit; write it like {text}GiB, {text}GB or {text}MiB")
     if not match or unit not in _UNITS:
         raise UsageError(f"cannot read memory size '{text}'; write it like 80GiB, 512MiB or 16GB")
     value = int(float(match.group(1)) * _UNITS[unit])

@@ -9,7 +9,7 @@ has (matched on their configuration) and runs only the rest.
 Within a line, batch sizes run smallest first: after an out-of-memory the larger ones are stored
 as `skipped`, without running. With `max_batch`, a line instead searches for the largest batch
 that fits: doubling from its smallest batch until an OOM (or the bound), then bisecting between
-the last fit and the first OOM, each probe a short run.
+the last fit and the first OOM, each probe a short run (`tbd.memory.max_batch.search`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from tbd.config import RunConfig
 from tbd.harness import launcher
+from tbd.memory import max_batch
 from tbd.results.record import RunRecord
 from tbd.results.store import Store
 from tbd.sweep.spec import Line, Plan
@@ -95,34 +96,19 @@ class SweepRunner:
                 oom_at = batch
 
     def _bisect(self, line: Line) -> None:
-        """Largest batch that fits: grow by doubling to the first OOM, then bisect."""
+        """Largest batch that fits, by the same search as `tbd memory --max-batch`
+        (tbd.memory.max_batch): walk up from the line's smallest batch to the first OOM, then
+        bisect; each probe a short run stored as a point of the sweep."""
         bound = self.plan.spec.max_batch
         short = dict(max_steps=min(PROBE_STEPS, line.base["max_steps"]), min_timed_steps=1)
-        fits, fails = 0, None
-        batch = min(line.batches[0], bound)
-        while True:
+
+        def probe(batch: int) -> str:
             record = self._point(line, line.config(batch, **short), probe=True)
-            if record["status"] == "ok":
-                fits = batch
-                if batch >= bound:
-                    break
-                batch = min(bound, batch * 2)
-            elif is_oom(record):
-                fails = batch
-                break
-            else:  # another failure says nothing about memory: stop this line
-                self.result.max_batch[line.label] = None
-                return
-        while fails is not None and fails - fits > 1:
-            batch = (fits + fails) // 2
-            record = self._point(line, line.config(batch, **short), probe=True)
-            if record["status"] == "ok":
-                fits = batch
-            elif is_oom(record):
-                fails = batch
-            else:
-                break
-        self.result.max_batch[line.label] = fits or None
+            return max_batch.FITS if record["status"] == "ok" else max_batch.OOM if is_oom(record) else max_batch.ERROR
+
+        found = max_batch.search(probe, min(line.batches[0], bound), upper=bound, first_step=1.0)
+        failed = "other than memory" in found.stopped  # says nothing about memory: no figure
+        self.result.max_batch[line.label] = None if failed else found.largest_fitting
 
     # -- one point ------------------------------------------------------------------------
     def _point(self, line: Line, config: RunConfig, probe: bool = False) -> dict[str, Any]:

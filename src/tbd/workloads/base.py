@@ -22,6 +22,10 @@ class Flavor:
     batch_size: int
     description: str
     hparams: Mapping[str, Any] = field(default_factory=dict)
+    # The smallest batch this flavor trains at, and why where it is more than 1 (checked before a
+    # run starts: a batch below it is a one-line error, not a crash inside the model).
+    min_batch: int = 1
+    min_batch_note: str = ""
 
     def __getitem__(self, key: str) -> Any:
         return self.hparams[key]

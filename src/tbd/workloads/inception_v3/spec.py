@@ -18,6 +18,8 @@ FLAVORS = {
         batch_size=2,
         description="75 px (the smallest input Inception-v3 accepts), 10 classes: a CPU step well under 2 s",
         hparams=dict(image_size=75, num_classes=10, lr=0.1, momentum=0.9, weight_decay=1e-4),
+        min_batch=2,
+        min_batch_note="BatchNorm needs more than one value per channel, and the tiny images leave a 1x1 map at the last stage",
     ),
     "paper": Flavor(
         "paper",

@@ -17,6 +17,8 @@ FLAVORS = {
         batch_size=4,
         description="32 px, 10 classes: a CPU step in well under a second",
         hparams=dict(image_size=32, num_classes=10, lr=0.1, momentum=0.9, weight_decay=1e-4),
+        min_batch=2,
+        min_batch_note="BatchNorm needs more than one value per channel, and the tiny images leave a 1x1 map at the last stage",
     ),
     "paper": Flavor(
         "paper",

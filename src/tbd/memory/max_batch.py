@@ -1,0 +1,147 @@
+"""The largest batch that trains, confirmed with real steps: `tbd memory gpt --device cuda --flavor
+paper --max-batch` (after the prediction) and `tbd sweep ... --max-batch` use the same search.
+
+A prediction from a line fitted on small batches overshoots where memory grows faster than
+linearly at large batches (allocator fragmentation, workspace choices, a 50k-vocabulary logits
+tensor): on an H200 gpt's line predicted 171 and runs at 171 and 162 ran out of memory. So the
+search starts at the prediction and asks the real thing: each probe is a few training steps in a
+child process (`probe(batch) -> 'fits' | 'oom' | 'error'`). From the start it walks up (by 5%,
+then doubling) or down (by 5%, then halving) until it has a batch that fits below one that fails,
+then bisects until the smallest failing batch is within `tolerance_pct` of the largest fitting
+one. The search stops at `deadline_s` and says so; the bracket found by then is reported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FITS, OOM, ERROR = "fits", "oom", "error"
+TOLERANCE_PCT = 2.0
+FIRST_STEP = 0.05  # first move away from the prediction: 5%, then doubling the move
+
+
+@dataclass
+class SearchResult:
+    predicted: int | None
+    largest_fitting: int | None  # the confirmed figure: it ran
+    smallest_failing: int | None  # the lowest batch that ran out of memory
+    probes: list[dict[str, Any]] = field(default_factory=list)  # {batch_size, outcome, seconds}
+    stopped: str = ""  # why the search ended
+    bounded_by_time: bool = False
+
+    @property
+    def prediction_error_pct(self) -> float | None:
+        """(predicted - confirmed) / confirmed: positive where the prediction overshoots."""
+        if self.predicted is None or not self.largest_fitting:
+            return None
+        return (self.predicted - self.largest_fitting) / self.largest_fitting * 100.0
+
+    @property
+    def gap_pct(self) -> float | None:
+        if not self.largest_fitting or self.smallest_failing is None:
+            return None
+        return (self.smallest_failing - self.largest_fitting) / self.largest_fitting * 100.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "prediction_error_pct": self.prediction_error_pct, "gap_pct": self.gap_pct}
+
+
+def search(probe: Callable[[int], str], start: int, *, upper: int | None = None, lower: int = 1,
+           tolerance_pct: float = TOLERANCE_PCT, deadline_s: float | None = None,
+           predicted: int | None = None, first_step: float = FIRST_STEP,
+           clock: Callable[[], float] = time.monotonic) -> SearchResult:
+    """Largest batch in [lower, upper] for which `probe` says 'fits', starting at `start` and
+    moving by `first_step` (a fraction; 1.0 doubles from the start: no prediction to trust)."""
+    began = clock()
+    result = SearchResult(predicted=predicted, largest_fitting=None, smallest_failing=None)
+    seen: dict[int, str] = {}
+
+    def ask(batch: int) -> str:
+        if batch not in seen:
+            t0 = clock()
+            seen[batch] = probe(batch)
+            result.probes.append({"batch_size": batch, "outcome": seen[batch], "seconds": round(clock() - t0, 3)})
+        return seen[batch]
+
+    def out_of_time() -> bool:
+        if deadline_s is not None and clock() - began >= deadline_s:
+            result.bounded_by_time = True
+            return True
+        return False
+
+    fits, fails = None, None
+    batch = max(lower, min(start, upper or start))
+    move = first_step
+    # 1. bracket: walk from the start until a fitting batch lies below a failing one
+    while True:
+        outcome = ask(batch)
+        if outcome == ERROR:
+            result.stopped = f"batch {batch} failed for a reason other than memory; the search stops there"
+            break
+        if outcome == FITS:
+            fits = batch if fits is None else max(fits, batch)
+            if fails is not None:
+                break
+            if upper is not None and batch >= upper:
+                result.stopped = f"batch {upper}, the upper bound of the search, fits"
+                break
+            batch = int(min(upper or math.inf, max(batch + 1, math.floor(batch * (1 + move)))))
+        else:
+            fails = batch if fails is None else min(fails, batch)
+            if fits is not None:
+                break
+            if batch <= lower:
+                result.stopped = f"even batch {lower} runs out of memory"
+                break
+            batch = max(lower, min(batch - 1, math.ceil(batch * (1 - min(move, 0.5)))))
+        move = min(move * 2, 1.0)
+        if out_of_time():
+            break
+    # 2. bisect the bracket down to the tolerance
+    if fits is not None and fails is not None and not result.stopped:
+        while fails - fits > max(1, fits * tolerance_pct / 100.0) and not out_of_time():
+            middle = (fits + fails) // 2
+            outcome = ask(middle)
+            if outcome == FITS:
+                fits = middle
+            elif outcome == OOM:
+                fails = middle
+            else:
+                result.stopped = f"batch {middle} failed for a reason other than memory; the bracket so far is reported"
+                break
+    result.largest_fitting, result.smallest_failing = fits, fails
+    if result.bounded_by_time:
+        result.stopped = f"time limit of {deadline_s:g} s reached; the boundary lies between the figures reported"
+    elif not result.stopped:
+        result.stopped = f"bracket within {tolerance_pct:g}%"
+    return result
+
+
+def outcome_of(record) -> str:
+    """'fits', 'oom' or 'error' of a probe's record (a RunRecord or its stored dict)."""
+    if record["status"] == "ok":
+        return FITS
+    error = record.get("error") or {}
+    return OOM if error.get("kind") == "oom" else ERROR
+
+
+def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: int = 3,
+            launch: Callable | None = None, upper: int | None = None) -> SearchResult:
+    """Confirm the largest batch of `config` with real training steps, each probe a child
+    process of `steps` steps (so an out-of-memory cannot poison the next probe)."""
+    import dataclasses
+
+    from tbd.harness.launcher import launch as default_launch
+
+    launch = launch or default_launch
+
+    def probe(batch: int) -> str:
+        short = dataclasses.replace(config, batch_size=batch, max_steps=steps, min_timed_steps=1, isolate=True,
+                                    profile=False, ncu=False)
+        return outcome_of(launch(short))
+
+    return search(probe, predicted or config.batch_size, upper=upper, deadline_s=deadline_s, predicted=predicted)
