@@ -162,6 +162,9 @@ def _utilization(record: dict[str, Any], summary: dict | None, ncu: dict | None,
         "gpu_util_trace_pct": util,
         "gpu_util_nvml_pct": met.get("gpu_util_nvml_pct"),
         "gpu_util_nvml_trace_window_pct": trace.get("window_nvml_util_pct"),
+        "gpu_util_nvml_trace_window_note": trace.get("window_nvml_note"),
+        "gpu_util_nvml_note": met.get("gpu_util_nvml_note"),
+        "trace_vs_nvml_note": _trace_vs_nvml(util, trace.get("window_nvml_util_pct")),
         "device_busy_incl_copies_pct": dev.get("device_busy_pct"),
         "mfu_pct": mfu,
         "mfu_of_busy_time_pct": mfu / util * 100.0 if mfu is not None and util else None,
@@ -177,3 +180,15 @@ def _utilization(record: dict[str, Any], summary: dict | None, ncu: dict | None,
         "cpu_util_trace_window_pct": trace.get("window_cpu_util_pct"),
         "host_busy_trace_pct": (summary or {}).get("host", {}).get("busy_pct"),
     }
+
+
+def _trace_vs_nvml(trace_pct: float | None, nvml_pct: float | None) -> str | None:
+    """One line on why the trace's kernel utilization and NVML's counter over the same window
+    differ by more than 5 points (None where they agree or one is missing)."""
+    if trace_pct is None or nvml_pct is None or abs(trace_pct - nvml_pct) <= 5:
+        return None
+    if nvml_pct > trace_pct:
+        return (f"NVML {nvml_pct:.0f}% > trace {trace_pct:.0f}%: NVML counts a sample period busy if any kernel ran in it, "
+                "so gaps between kernels shorter than its period do not show")
+    return (f"NVML {nvml_pct:.0f}% < trace {trace_pct:.0f}%: the profiler's own work stretched the window NVML sampled, "
+            "or NVML's samples missed its first and last periods")

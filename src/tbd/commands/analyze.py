@@ -88,9 +88,12 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
     for col in ("measure", "value", "how it is measured"):
         t.add_column(col)
     t.add_row("GPU compute utilization (trace)", _pct(u["gpu_util_trace_pct"]), "union of kernel intervals / profiled window")
-    t.add_row("GPU utilization (NVML)", _pct(u["gpu_util_nvml_pct"]), "NVML counter, mean over the steady window")
-    if u.get("gpu_util_nvml_trace_window_pct") is not None:
-        t.add_row("GPU utilization (NVML, profiled window)", _pct(u["gpu_util_nvml_trace_window_pct"]), "NVML counter during the traced steps")
+    t.add_row("GPU utilization (NVML)", u.get("gpu_util_nvml_note") or _pct(u["gpu_util_nvml_pct"]), "NVML counter, mean over the steady window")
+    if u.get("gpu_util_nvml_trace_window_pct") is not None or u.get("gpu_util_nvml_trace_window_note"):
+        t.add_row("GPU utilization (NVML, profiled window)", u.get("gpu_util_nvml_trace_window_note") or _pct(u["gpu_util_nvml_trace_window_pct"]),
+                  "NVML counter during the traced steps")
+    if u.get("trace_vs_nvml_note"):
+        console.print(f"[yellow]note:[/] {escape(u['trace_vs_nvml_note'])}")
     source = f" ({u['peak_source']})" if u["peak_source"] else ""
     t.add_row(f"FLOP utilization ({u['peak_precision']} peak)", _pct(u["mfu_pct"]), "model FLOPs / step time / peak" + source)
     if u.get("mfu_of_busy_time_pct") is not None:

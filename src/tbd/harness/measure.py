@@ -19,7 +19,7 @@ from typing import Any
 from tbd.errors import RunFailure
 from tbd.harness import stats
 from tbd.metrics.peaks import peak_flops
-from tbd.metrics.sampling import Probe, Reading
+from tbd.metrics.sampling import Probe, Reading, nvml_window_note
 
 CHUNK_TARGET_S = 0.5
 MAX_CHUNK = 50
@@ -141,8 +141,11 @@ def _window_readings(m: Measurement, steady_start: int, cores: int, timed_sample
     }
     util = [u for r in m.readings[first + 1 :] for u in r.gpu_util_samples]
     mem = [u for r in m.readings[first + 1 :] for u in r.gpu_mem_util_samples]
-    out["gpu_util_nvml_pct"] = sum(util) / len(util) if util else None
-    out["gpu_mem_bw_util_nvml_pct"] = sum(mem) / len(mem) if mem else None
+    note = nvml_window_note(window_s) if util else None
+    out["gpu_util_nvml_pct"] = sum(util) / len(util) if util and not note else None
+    out["gpu_mem_bw_util_nvml_pct"] = sum(mem) / len(mem) if mem and not note else None
+    if note:
+        out["gpu_util_nvml_note"] = note
     if begin.energy_mj is not None and end.energy_mj is not None and samples_in_window:
         joules = (end.energy_mj - begin.energy_mj) / 1e3
         out["energy_j"] = joules

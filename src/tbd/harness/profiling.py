@@ -10,24 +10,30 @@ the run: it is recorded as `analysis.error`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from tbd import registry
-from tbd.metrics.sampling import HostMeter
+from tbd.metrics.sampling import NVML_MIN_WINDOW_S, HostMeter
 from tbd.results.store import default_home
 
 DEFAULT_STEPS = 5
-TRACE_SECONDS = 3.0  # fewer steps for slow steps, so a trace stays small and quick
+TRACE_SECONDS = 3.0  # on a CPU: fewer steps for slow steps, so a trace stays small and quick
+MAX_GPU_STEPS = 200  # on a GPU the window must span NVML_MIN_WINDOW_S; this bounds the trace
 
 
 def trace_relpath(run_id: str) -> str:
     return f"traces/{run_id}.json.gz"
 
 
-def choose_steps(step_ms: float | None) -> int:
+def choose_steps(step_ms: float | None, device: str = "cpu") -> int:
+    """Steps to trace. On a GPU, enough for the window to span a few NVML sample periods, so the
+    trace's kernel utilization and NVML's counter describe the same window; on a CPU, a few."""
     if not step_ms:
         return DEFAULT_STEPS
+    if device == "cuda":
+        return max(2, min(MAX_GPU_STEPS, math.ceil(NVML_MIN_WINDOW_S * 1e3 / step_ms)))
     return max(2, min(DEFAULT_STEPS, int(TRACE_SECONDS * 1e3 / step_ms)))
 
 
@@ -52,5 +58,5 @@ def trace_session(session, config, run_id: str, steps: int | None = None, home: 
 
 def trace_run(session, config, record) -> dict[str, Any]:
     """What the harness calls after the timed steps when `config.profile` is set."""
-    steps = choose_steps((record.get("metrics") or {}).get("step_time_ms_p50"))
+    steps = choose_steps((record.get("metrics") or {}).get("step_time_ms_p50"), config.device)
     return trace_session(session, config, record["id"], steps=steps)

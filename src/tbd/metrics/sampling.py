@@ -27,6 +27,20 @@ class Reading:
     gpu_mem_util_samples: list[float]
 
 
+# NVML's utilization counter is a share of its own sample period, which lies between 1/6 s and
+# 1 s depending on the product (nvmlDeviceGetUtilizationRates). A window must span a few such
+# periods before the counter describes it; shorter windows get no NVML figure, and say why.
+NVML_UTIL_PERIOD_S = 1.0
+NVML_MIN_WINDOW_S = 3 * NVML_UTIL_PERIOD_S
+
+
+def nvml_window_note(window_s: float) -> str | None:
+    """Why NVML's utilization cannot describe a window this short (None when it can)."""
+    if window_s >= NVML_MIN_WINDOW_S:
+        return None
+    return f"window too short ({window_s * 1e3:.0f} ms < {NVML_MIN_WINDOW_S * 1e3:.0f} ms, a few NVML sample periods)"
+
+
 class NvmlSampler(threading.Thread):
     """Samples NVML's utilization counters every `period_s` in a daemon thread."""
 
@@ -161,5 +175,8 @@ class HostMeter:
         if self.sampler:
             util, _ = self.sampler.drain()
             self.sampler.stop()
-            self.result["nvml_util_pct"] = sum(util) / len(util) if util else None
+            note = nvml_window_note(wall)
+            self.result["nvml_util_pct"] = sum(util) / len(util) if util and not note else None
             self.result["nvml_samples"] = len(util)
+            if note:
+                self.result["nvml_note"] = note
