@@ -100,28 +100,42 @@ def test_cpu_run_recommendations():
     assert not any(r["action"].startswith("precision") for r in recs)  # no AMX here
 
 
-def test_verify_reruns_with_the_top_applicable_recommendation(monkeypatch, tmp_path):
+def test_verify_reruns_the_top_applicable_recommendations_and_logs_them(monkeypatch, tmp_path):
     from tbd.analysis import verify as verify_mod
     from tbd.results.store import Store
 
-    seen = {}
+    seen = []
+    speed = {(True, False): 150.0, (False, True): 80.0}  # (channels_last, compile) -> samples/s
 
     def fake_launch(config, progress=None):
-        seen["config"] = config
-        return {"id": "new-run", "created_at": "2026-01-01T00:00:00+00:00", "status": "ok", "config": config.to_dict(),
-                "metrics": {"samples_per_s": 150.0}, "error": None}
+        seen.append(config)
+        return {"id": f"new-{len(seen)}", "created_at": "2026-01-01T00:00:00+00:00", "status": "ok", "config": config.to_dict(),
+                "metrics": {"samples_per_s": speed[(config.channels_last, config.compile)]}, "error": None}
 
     monkeypatch.setattr(verify_mod, "launch", fake_launch)
     record = {"id": "old", "config": {"workload": "resnet50", "framework": "torch", "flavor": "tiny", "device": "cpu", "batch_size": 4,
                                       "precision": "fp32", "profile": True}, "metrics": {"samples_per_s": 100.0}}
     analysis = {"recommendations": [{"action": "fused optimizer", "expected_gain_pct": 30.0, "apply": None},
-                                    {"action": "channels_last memory format", "expected_gain_pct": 12.0, "apply": {"channels_last": True}}]}
+                                    {"action": "channels_last memory format", "expected_gain_pct": 12.0, "apply": {"channels_last": True}},
+                                    {"action": "torch.compile", "expected_gain_pct": 10.0, "apply": {"compile": True}},
+                                    {"action": "precision bf16", "expected_gain_pct": 5.0, "apply": {"precision": "bf16"}}]}
     store = Store(tmp_path / "home")
-    out = verify_mod.verify(record, analysis, store)
-    assert seen["config"].channels_last is True and seen["config"].profile is False and seen["config"].batch_size == 4
-    assert out["action"] == "channels_last memory format" and out["expected_gain_pct"] == 12.0
-    assert out["measured_gain_pct"] == pytest.approx(50.0)
-    assert store.get("new-run")["metrics"]["samples_per_s"] == 150.0
+    out = verify_mod.verify(record, analysis, store)  # the top two applicable ones
+    assert [o["action"] for o in out] == ["channels_last memory format", "torch.compile"]
+    assert seen[0].channels_last is True and seen[0].profile is False and seen[0].batch_size == 4
+    assert [o["measured_gain_pct"] for o in out] == [pytest.approx(50.0), pytest.approx(-20.0)]
+    assert store.get("new-1")["metrics"]["samples_per_s"] == 150.0
+    rows, summary = verify_mod.calibration(store)
+    assert [r["action"] for r in rows] == ["channels_last memory format", "torch.compile"] and summary["pairs"] == 2
+    # |12 - 50| / 50 = 76%, |10 - (-20)| / 20 = 150%: median 113%
+    assert summary["median_abs_error_pct_of_measured"] == pytest.approx(113.0)
+    assert len(verify_mod.pick(analysis["recommendations"], None)) == 3
+
+
+def test_every_estimate_comes_with_its_range():
+    for rec in recommend(gpu(precision="fp32", channels_last=False, peak_reserved_bytes=20 * GIB)):
+        low, high = rec["expected_gain_range_pct"]
+        assert low <= rec["expected_gain_pct"] <= high
 
 
 def test_distributed_ddp_run_with_exposed_communication_gets_larger_buckets():

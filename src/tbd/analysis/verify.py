@@ -1,5 +1,6 @@
-"""`tbd analyze RUN --verify`: rerun the run's configuration with the top recommendation that a
-run option expresses, store the new run, and put the measured gain beside the expected one.
+"""`tbd analyze RUN --verify [N|all]`: rerun the run's configuration with each of the top
+recommendations a run option expresses (two by default), store the new runs, put the measured
+gain beside the expected one, and log the pair for `tbd analyze --calibration`.
 
 The gain is the ratio of median throughputs (samples per second over each run's steady
 window), both measured by the same harness on the same machine. A recommendation that needs a
@@ -9,7 +10,10 @@ code change (a fused optimizer, more loader workers) cannot be applied by a flag
 from __future__ import annotations
 
 import dataclasses
+import json
+import statistics
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tbd.config import RunConfig
@@ -17,20 +21,30 @@ from tbd.errors import UsageError
 from tbd.harness.launcher import launch
 
 
-def pick(recommendations: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return next((r for r in recommendations if r.get("apply") and r["expected_gain_pct"] > 0), None)
+def pick(recommendations: list[dict[str, Any]], count: int | None = 1) -> list[dict[str, Any]]:
+    """The top `count` recommendations a run option can apply (all of them for None)."""
+    applicable = [r for r in recommendations if r.get("apply") and r["expected_gain_pct"] > 0]
+    return applicable if count is None else applicable[:count]
 
 
-def verify(record: dict[str, Any], analysis: dict[str, Any], store, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    rec = pick(analysis["recommendations"])
-    if rec is None:
+def verify(record: dict[str, Any], analysis: dict[str, Any], store, progress: Callable[[dict], None] | None = None,
+           count: int | None = 2) -> list[dict[str, Any]]:
+    """Rerun with each of the top `count` applicable recommendations (None: all); each rerun is
+    stored, and each (expected, measured) pair is added to the store's calibration log."""
+    picked = pick(analysis["recommendations"], count)
+    if not picked:
         raise UsageError(f"run {record['id']} has no recommendation that a run option can apply; nothing to verify")
+    return [_verify_one(record, rec, store, progress) for rec in picked]
+
+
+def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     base = {k: v for k, v in record["config"].items() if k in fields}
     config = RunConfig.from_dict({**base, **rec["apply"], "profile": False, "ncu": False}).validated()
     new = launch(config, progress)
     store.save(new)
-    out: dict[str, Any] = {"action": rec["action"], "apply": rec["apply"], "expected_gain_pct": rec["expected_gain_pct"], "run_id": new["id"]}
+    out: dict[str, Any] = {"action": rec["action"], "apply": rec["apply"], "expected_gain_pct": rec["expected_gain_pct"],
+                           "expected_gain_range_pct": rec.get("expected_gain_range_pct"), "run_id": new["id"]}
     if new["status"] != "ok":
         out["error"] = (new.get("error") or {}).get("message", "failed")
         out["measured_gain_pct"] = None
@@ -39,4 +53,38 @@ def verify(record: dict[str, Any], analysis: dict[str, Any], store, progress: Ca
     after = (new.get("metrics") or {}).get("samples_per_s")
     out["samples_per_s_before"], out["samples_per_s_after"] = before, after
     out["measured_gain_pct"] = (after / before - 1.0) * 100.0 if before and after else None
+    if out["measured_gain_pct"] is not None:
+        log_calibration(store, record, out)
     return out
+
+
+def calibration_path(store) -> Path:
+    return Path(store.home) / "calibration.jsonl"
+
+
+def log_calibration(store, record: dict[str, Any], result: dict[str, Any]) -> None:
+    """One line per verified recommendation: what was expected, what was measured, where."""
+    cfg, env = record["config"], record.get("environment") or {}
+    row = {"run_id": record["id"], "verify_run_id": result["run_id"], "workload": cfg["workload"], "framework": cfg["framework"],
+           "flavor": cfg["flavor"], "device": cfg["device"], "device_name": env.get("device_name"), "precision": cfg["precision"],
+           "batch_size": cfg["batch_size"], "action": result["action"], "expected_gain_pct": result["expected_gain_pct"],
+           "measured_gain_pct": result["measured_gain_pct"]}
+    with calibration_path(store).open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def calibration(store) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The store's verified pairs and their summary: median absolute error of the expected gain
+    relative to the measured gain (the issue's goal: within 25%)."""
+    path = calibration_path(store)
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by an interrupted write
+    errors = [abs(r["expected_gain_pct"] - r["measured_gain_pct"]) / abs(r["measured_gain_pct"]) * 100.0
+              for r in rows if r.get("measured_gain_pct")]
+    summary = {"pairs": len(rows), "median_abs_error_pct_of_measured": statistics.median(errors) if errors else None}
+    return rows, summary

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from tbd.analysis.analyze import analyze
 from tbd.commands import EXAMPLES, add_home
+from tbd.errors import UsageError
 from tbd.report.tables import fmt_num, make_console
 from tbd.results.store import Store
 
@@ -27,18 +28,39 @@ def register(sub) -> None:
                     "step-time stability, the class of bottleneck and ranked recommendations. Runs recorded with --profile get "
                     "kernel-level analysis.",
         epilog="examples:\n  tbd run resnet50 --profile && tbd analyze latest\n  tbd analyze 20261125-1701 --verify\n"
+               "  tbd analyze latest --verify all   # every applicable recommendation\n"
+               "  tbd analyze --calibration         # expected against measured gains of every verified recommendation\n"
                "  tbd analyze latest --ncu      # needs Nsight Compute on PATH and a GPU\n  tbd analyze latest --json",
     )
-    p.add_argument("run_id", metavar="RUN", help="a run id, a unique prefix of one, or 'latest'")
-    p.add_argument("--verify", action="store_true", help="rerun with the top applicable recommendation and report the measured gain")
+    p.add_argument("run_id", metavar="RUN", nargs="?", help="a run id, a unique prefix of one, or 'latest'")
+    p.add_argument("--verify", nargs="?", const="2", metavar="N|all",
+                   help="rerun with the top N applicable recommendations (default 2, or all), report and log the measured gains")
+    p.add_argument("--calibration", action="store_true", help="show every verified recommendation in the store: expected against measured gain")
     p.add_argument("--ncu", action="store_true", help="add Nsight Compute tensor/FMA pipe utilization (reruns a few steps under ncu)")
     p.add_argument("--json", action="store_true", help="print the analysis as JSON instead of tables")
     add_home(p)
     p.set_defaults(func=run)
 
 
+def verify_count(text: str | None) -> int | None:
+    if text == "all":
+        return None
+    try:
+        count = int(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"--verify takes a number of recommendations or 'all', got '{text}'") from None
+    if count < 1:
+        raise UsageError(f"--verify needs at least 1 recommendation, got {count}")
+    return count
+
+
 def run(args) -> int:
     store = Store(args.home)
+    if args.calibration:
+        return show_calibration(store, args.json)
+    if not args.run_id:
+        raise UsageError("give a run to analyze (a run id or 'latest'), or --calibration")
+    count = verify_count(args.verify) if args.verify else None
     if args.ncu:
         from tbd.analysis.ncu import require_ncu
 
@@ -62,8 +84,8 @@ def run(args) -> int:
     if args.verify:
         from tbd.analysis.verify import verify
 
-        console.print("verifying: rerunning with the top recommendation ...")
-        analysis["verify"] = verify(record, analysis, store)
+        console.print(f"verifying: rerunning with the top {'applicable' if count is None else count} recommendation(s) ...")
+        analysis["verify"] = verify(record, analysis, store, count=count)
     record.setdefault("analysis", {})["report"] = analysis
     store.save(record)
     if args.json:
@@ -156,17 +178,17 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
         console.print(f"  [dim]{escape(note)}[/]")
     recs = a["recommendations"]
     if recs:
-        rt = Table(title="recommendations (expected gains are estimates; --verify measures the top one)", header_style="bold")
+        rt = Table(title="recommendations (expected gains are estimates with their range; --verify measures the top two)", header_style="bold")
         for col, j in (("#", "right"), ("action", "left"), ("expected gain", "right"), ("basis", "left"), ("how", "left")):
             rt.add_column(col, justify=j, overflow="fold")
         for r in recs:
             how = r["how"] + (f" [dim](verify applies {r['apply']})[/]" if r["apply"] else "")
-            rt.add_row(str(r["rank"]), escape(r["action"]), f"+{r['expected_gain_pct']:.0f}%", escape(r["basis"]), how)
+            low, high = r.get("expected_gain_range_pct") or (r["expected_gain_pct"], r["expected_gain_pct"])
+            rt.add_row(str(r["rank"]), escape(r["action"]), f"+{r['expected_gain_pct']:.0f}% (+{low:.0f}..+{high:.0f}%)", escape(r["basis"]), how)
         console.print(rt)
     else:
         console.print("no recommendation applies")
-    v = a.get("verify")
-    if v:
+    for v in _as_list(a.get("verify")):
         if v.get("measured_gain_pct") is not None:
             console.print(f"[bold]verify[/]: {escape(v['action'])}: expected +{v['expected_gain_pct']:.0f}%, measured {v['measured_gain_pct']:+.1f}% "
                           f"({fmt_num(v['samples_per_s_before'])} -> {fmt_num(v['samples_per_s_after'])} samples/s, run {v['run_id']})")
@@ -175,3 +197,31 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
     if a.get("trace"):
         console.print(f"trace: {escape(a['trace']['file'])} (open in https://ui.perfetto.dev or chrome://tracing)")
     console.print(f"analysis stored with run {record['id']} ('tbd results show {record['id']} --json')")
+
+
+def _as_list(value) -> list[dict[str, Any]]:
+    """Verify results: a list, or one dict in analyses stored before --verify took a count."""
+    return value if isinstance(value, list) else [value] if value else []
+
+
+def show_calibration(store: Store, as_json: bool) -> int:
+    from tbd.analysis.verify import calibration
+
+    rows, summary = calibration(store)
+    if as_json:
+        print(json.dumps({"pairs": rows, "summary": summary}, indent=1))
+        return 0
+    console = make_console()
+    if not rows:
+        console.print(f"no verified recommendation in {store.home} yet; run 'tbd analyze RUN --verify'")
+        return 0
+    t = Table(title="verified recommendations: expected against measured gain", header_style="bold")
+    for col in ("workload", "device", "precision", "batch", "action", "expected", "measured"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["workload"], escape(str(r.get("device_name") or r["device"])), r["precision"], str(r["batch_size"]), escape(r["action"]),
+                  f"+{r['expected_gain_pct']:.0f}%", f"{r['measured_gain_pct']:+.0f}%")
+    console.print(t)
+    error = summary["median_abs_error_pct_of_measured"]
+    console.print(f"{summary['pairs']} pairs; median |expected - measured| = {error:.0f}% of the measured gain" if error is not None else "")
+    return 0
