@@ -29,7 +29,7 @@ FLAVORS = {
         description="ResNet-18 FPN, images about 128x88 resized to a short side of 96, 5 classes, 32 RoIs/image, SGD lr 1e-3 after a 10-step warm-up",
         hparams=dict(
             backbone="resnet18", trainable_layers=3, num_classes=5, image_long=128, image_short=(80, 96),
-            min_size=96, max_size=160, rois_per_image=32, max_boxes=5,
+            min_size=96, max_size=160, rois_per_image=32, max_boxes=5, pad_multiple=32,
             lr=1e-3, warmup_steps=10, warmup_factor=1e-3, momentum=0.9, weight_decay=1e-4,
         ),
     ),
@@ -40,7 +40,7 @@ FLAVORS = {
                     "21 classes, 128 RoIs/image, SGD lr 0.01 (linear warm-up from 1e-5 over 1000 steps) momentum 0.9 wd 1e-4",
         hparams=dict(
             backbone="resnet101", trainable_layers=3, num_classes=21, image_long=500, image_short=(281, 375),
-            min_size=600, max_size=1000, rois_per_image=128, max_boxes=5,
+            min_size=600, max_size=1000, rois_per_image=128, max_boxes=5, pad_multiple=128,
             lr=0.01, warmup_steps=1000, warmup_factor=1e-3, momentum=0.9, weight_decay=1e-4,
         ),
     ),
@@ -153,7 +153,11 @@ SPEC = WorkloadSpec(
     domain="object detection",
     dataset="Pascal VOC 2007 (synthetic images of VOC sizes and aspect ratios, 1-5 boxes each)",
     description="torchvision Faster R-CNN with a ResNet-FPN backbone (frozen BN, stages 2-4 trained), SGD",
-    variable_shapes=True,
+    # Images vary in size, but each batch is padded to a multiple of `pad_multiple` (128 in the
+    # paper flavor): with one orientation per batch that leaves at most four padded shapes
+    # (640 x 896/1024 and its transpose), as detection training's aspect-ratio grouping does, so
+    # kernels are tuned once per shape instead of every step.
+    variable_shapes=False,
     flavors=FLAVORS,
     sample_unit="images",
     unit="images",

@@ -53,6 +53,8 @@ def make_model(hp: dict, seed: int = 0) -> FasterRCNN:
         backbone, num_classes=hp["num_classes"], min_size=hp["min_size"], max_size=hp["max_size"],
         box_batch_size_per_image=hp["rois_per_image"],
     )
+    # Pad each batch to a coarse grid: a handful of padded shapes instead of one per image size.
+    model.transform.size_divisible = hp.get("pad_multiple", 32)
     calibrate_frozen_bn(model, torch.Generator().manual_seed(seed))
     return model
 
