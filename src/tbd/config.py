@@ -94,6 +94,7 @@ class RunConfig:
             raise unknown(f"hyperparameter of {self.workload}", unknown_hp[0], flavor.hparams)
         plugin.check(self, spec)
         registry.check_runnable(self.workload, self.framework)
+        registry.check_model(self)  # timm:/hf: models: the name and config exist (imports the library)
         if self.device == "cuda":
             from tbd.metrics.devices import cuda_available
 
