@@ -66,6 +66,8 @@ class RunConfig:
     def validated(self) -> "RunConfig":
         """Check every field, filling the flavor's batch size; bad input is one UsageError.
         The framework's own rules (precisions, parallel strategies, options) are its plugin's."""
+        # A file workload is stored by its absolute path, so a child process or a later report finds it.
+        self.workload = registry.resolve(self.workload).name
         spec = registry.get_spec(self.workload)
         plugin = registry.framework(self.framework)
         flavor = spec.flavor(self.flavor)

@@ -173,6 +173,14 @@ def _from_object(name: str, obj: Any, source: str) -> Workload:
     return Workload(name, spec, source, obj=obj)
 
 
+def is_workload(name: str) -> bool:
+    try:
+        resolve(name)
+    except UsageError:
+        return False
+    return True
+
+
 def get_spec(name: str) -> WorkloadSpec:
     return resolve(name).spec
 
