@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tbd import registry
+from tbd.commands.options import key_values
 from tbd.config import RunConfig
 from tbd.errors import RunFailure, UsageError
 from tbd.frameworks.base import SessionInfo, StepTimes
@@ -164,7 +166,7 @@ def run_config(workload: str, *, framework: str = "torch", flavor: str = "tiny",
     if seq_len is not None:
         hp["seq_len"] = seq_len
     if hf_config:
-        hp["hf_config"] = parse_key_values(hf_config, "hf_config") if isinstance(hf_config, str) else dict(hf_config)
+        hp["hf_config"] = key_values(hf_config, "hf_config") if isinstance(hf_config, str) else dict(hf_config)
     fields = dict(workload=workload, framework=framework, flavor=flavor, device=best_device() if device == "auto" else device,
                   batch_size=batch_size, precision=precision, hparams=hp, options=dict(options or {}), **settings)
     return RunConfig.from_dict(fields).validated()
@@ -195,31 +197,6 @@ def run(workload: str, *, framework: str = "torch", flavor: str = "tiny", device
     return _result(launch(config, _progress(progress), timeout_s), store, home)
 
 
-def parse_key_values(text: str, what: str) -> dict[str, Any]:
-    """'n_layer=2,n_embd=64,tie=false' -> {'n_layer': 2, 'n_embd': 64, 'tie': False}."""
-    out: dict[str, Any] = {}
-    for pair in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{what} takes KEY=VALUE pairs separated by commas, got '{pair}'; e.g. n_layer=2,n_embd=64")
-        out[key.strip()] = _value(value.strip())
-    return out
-
-
-def _value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 # -- tbd.measure --------------------------------------------------------------------------------
 
 
@@ -248,8 +225,12 @@ class StepSession:
 
     def last_loss(self) -> float | None:
         """The step's return value as a number (a loss), or None when it returns none."""
+        if self.last_output is None:
+            return None
         try:
-            return float(self.last_output) if self.last_output is not None else None
+            with warnings.catch_warnings():  # a loss that still requires grad converts fine
+                warnings.simplefilter("ignore")
+                return float(self.last_output)
         except (TypeError, ValueError, RuntimeError):
             return None
 

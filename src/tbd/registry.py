@@ -135,6 +135,11 @@ def _resolve(name: str) -> Workload:
     raise unknown("workload", name, [*WORKLOADS, *plugin_names()], hint)
 
 
+def family_example(family: str) -> str:
+    """A model name of a family, for help texts ("resnet18" for timm)."""
+    return _family_module(family).EXAMPLE
+
+
 def _family_module(family: str) -> ModuleType:
     return importlib.import_module(f"{FAMILIES[family]}.spec")
 
