@@ -130,6 +130,8 @@ class RunResult:
     def __repr__(self) -> str:
         if not self.ok:
             return f"RunResult({self.workload}, {self.status}: {(self.error or {}).get('message')}, id={self.id})"
+        if self.throughput is None:  # a memory profile, or a run with no timed step
+            return f"RunResult({self.workload}, {self.record.kind} {self.status}, id={self.id})"
         ci = f" ±{self.ci_pct:.2g}%" if self.ci_pct is not None else ""
         mfu = f", MFU {self.mfu_pct:.3g}%" if self.mfu_pct is not None else ""
         return f"RunResult({self.workload}, {self.throughput:.4g} {self.unit}/s{ci}{mfu}, id={self.id})"

@@ -132,6 +132,17 @@ def test_results_list_and_frame(tbd_home):
     assert isinstance(frame, pandas.DataFrame) and list(frame["workload"]) == ["custom:a"] and frame["throughput"][0] > 0
 
 
+def test_sweep_and_memory_from_python(tbd_home):
+    points = tbd.sweep("gpt", frameworks="torch", devices="cpu", batch_sizes=[2], max_steps=3, isolate=False, name="api")
+    assert [(p.workload, p.config["batch_size"], p.status) for p in points] == [("gpt", 2, "ok")]
+    again = tbd.sweep("gpt", frameworks="torch", devices="cpu", batch_sizes=[2], max_steps=3, isolate=False, name="api")
+    assert [p.id for p in again] == [p.id for p in points]  # resumed, not run again
+    profile = tbd.memory("gpt", device="cpu")
+    assert profile["status"] == "ok" and profile["peak"]["allocated_bytes"] > 0
+    kinds = sorted(r.record.kind for r in tbd.results())
+    assert kinds == ["memory", "run"] and "memory ok" in repr(tbd.results(status="ok")[0]) + repr(tbd.results(status="ok")[1])
+
+
 def test_subpackages_stay_modules_and_api_functions():
     import tbd.results.store
 
