@@ -66,6 +66,8 @@ class RunConfig:
     def validated(self) -> "RunConfig":
         """Check every field, filling the flavor's batch size; bad input is one UsageError.
         The framework's own rules (precisions, parallel strategies, options) are its plugin's."""
+        # A file workload is stored by its absolute path, so a child process or a later report finds it.
+        self.workload = registry.resolve(self.workload).name
         spec = registry.get_spec(self.workload)
         plugin = registry.framework(self.framework)
         flavor = spec.flavor(self.flavor)
@@ -97,6 +99,7 @@ class RunConfig:
             raise unknown(f"hyperparameter of {self.workload}", unknown_hp[0], flavor.hparams)
         plugin.check(self, spec)
         registry.check_runnable(self.workload, self.framework)
+        registry.check_model(self)  # timm:/hf: models: the name and config exist (imports the library)
         if self.device == "cuda":
             from tbd.metrics.devices import cuda_available
 

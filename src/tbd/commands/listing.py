@@ -1,12 +1,15 @@
-"""`tbd list`: workloads, flavors, frameworks, and what is installed."""
+"""`tbd list`: workloads (built-in, from plugins, model families), flavors, frameworks, and what is installed."""
 
 from __future__ import annotations
+
+import importlib.util
 
 from rich.markup import escape
 from rich.table import Table
 
 from tbd import registry
 from tbd.commands import EXAMPLES
+from tbd.errors import UsageError
 from tbd.report.tables import make_console
 
 
@@ -20,14 +23,30 @@ def register(sub) -> None:
 def run(args) -> int:
     console = make_console()
     table = Table(title="workloads", header_style="bold")
-    for col in ("workload", "domain", "unit", "batch counts", "flavors (batch)", "frameworks"):
+    for col in ("workload", "domain", "unit", "batch counts", "flavors (batch)", "frameworks", "from"):
         table.add_column(col)
-    for name in registry.workload_names():
-        spec = registry.get_spec(name)
+    for name in registry.workload_names() + registry.plugin_names():
+        try:
+            spec, source = registry.get_spec(name), registry.source(name)
+        except UsageError as exc:  # a plugin that does not load is listed with why, not a crash
+            table.add_row(escape(name), "-", "-", "-", "-", "-", f"[red]{escape(str(exc))}[/]")
+            continue
         flavors = ", ".join(f"{f.name} ({f.batch_size})" for f in spec.flavors.values())
         fws = ", ".join(f if registry.is_installed(f) else f"{f} [dim](not installed)[/]" for f in registry.implementations(name))
-        table.add_row(name, spec.domain, spec.unit, spec.batch_counts, flavors, fws)
+        table.add_row(escape(name), spec.domain, spec.unit, spec.batch_counts, flavors, fws, escape(source))
+    for family in registry.FAMILIES:
+        if family == "custom":
+            continue
+        example = f"{family}:{registry.family_example(family)}"
+        spec = registry.get_spec(example)
+        flavors = ", ".join(f"{f.name} ({f.batch_size})" for f in spec.flavors.values())
+        absent = [m for m in spec.requires if importlib.util.find_spec(m) is None]
+        where = f"{family} family" + (f" [dim](not installed: {escape(spec.install)})[/]" if absent else "")
+        table.add_row(f"{family}:MODEL (e.g. {example})", spec.domain, spec.unit, spec.batch_counts, flavors,
+                      ", ".join(registry.implementations(example)), where)
     console.print(table)
+    console.print("[dim]also: a file's object, e.g. 'tbd run ./my_workloads.py:MyNet'; packages add workloads through the "
+                  f"'{registry.ENTRY_POINT_GROUP}' entry point group (docs/api.md)[/]")
     fw = Table(title="frameworks", header_style="bold")
     for col in ("framework", "installed", "needs"):
         fw.add_column(col)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tbd.commands import EXAMPLES, add_home
-from tbd.commands.options import add_workload_options, positive_float, positive_int
+from tbd.commands.options import add_workload_options, model_hparams, positive_float, positive_int
 from tbd.config import RunConfig
 from tbd.errors import UsageError
 
@@ -59,7 +59,7 @@ def memory(args) -> int:
     device = best_device() if args.device == "auto" else args.device
     config = RunConfig(workload=args.workload, framework=args.framework, flavor=args.flavor, device=device,
                        batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
-                       data_pool=1, isolate=False).validated()
+                       hparams=model_hparams(args), data_pool=1, isolate=False).validated()
     flavor = registry.get_spec(config.workload).flavor(config.flavor)
     fit_batches = parse_batches(args.fit_batches) if args.fit_batches else default_fit_batches(config.batch_size, flavor.min_batch)
     if fit_batches[0] < flavor.min_batch:

@@ -55,6 +55,9 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
                    help="global batch size, in the workload's batch unit ('tbd list' shows it; default: the flavor's)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, tf32, bf16 or fp16 (default: fp32)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for convolutional models")
+    # Model settings of the hf:MODEL workloads (their hyperparameters seq_len and hf_config).
+    p.add_argument("--seq-len", type=positive_int, help="hf:MODEL: tokens per sequence (default: 64 in tiny, the model's maximum up to 1024 in paper)")
+    p.add_argument("--hf-config", metavar="KEY=VALUE,...", help="hf:MODEL: override fields of the model's config, e.g. n_layer=2,n_embd=64,n_head=4")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -86,12 +89,48 @@ def topology_options(args, device: str, env: dict[str, str] | None = None) -> di
     return topology.topology({k: getattr(args, k, None) for k in names}, device, env)
 
 
+def model_hparams(args) -> dict:
+    """Hyperparameter overrides given as flags (--seq-len, --hf-config); a workload without such a
+    hyperparameter rejects them in RunConfig.validated()."""
+    hparams: dict = {}
+    if getattr(args, "seq_len", None) is not None:
+        hparams["seq_len"] = args.seq_len
+    if getattr(args, "hf_config", None):
+        hparams["hf_config"] = key_values(args.hf_config, "--hf-config")
+    return hparams
+
+
+def key_values(text: str, flag: str) -> dict:
+    """'n_layer=2,n_embd=64,tie=false' -> {'n_layer': 2, 'n_embd': 64, 'tie': False}."""
+    out: dict = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} takes KEY=VALUE pairs separated by commas, got '{pair}'; e.g. {flag} n_layer=2,n_embd=64")
+        out[key.strip()] = _value(value.strip())
+    return out
+
+
+def _value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def config_from_args(args, workload: str) -> RunConfig:
     device = best_device() if args.device == "auto" else args.device
     return RunConfig(
         workload=workload, framework=args.framework, flavor=args.flavor, device=device, batch_size=args.batch_size,
         precision=args.precision, compile=args.compile, channels_last=args.channels_last, seed=args.seed,
-        options=framework_options(getattr(args, "option", [])),
+        hparams=model_hparams(args), options=framework_options(getattr(args, "option", [])),
         max_steps=args.max_steps, max_time_s=args.max_time, target_ci_pct=args.target_ci, isolate=not args.in_process,
         profile=getattr(args, "profile", False) or getattr(args, "ncu", False), ncu=getattr(args, "ncu", False),
         **topology_options(args, device),

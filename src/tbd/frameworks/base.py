@@ -11,14 +11,18 @@ used, and says what it can do (`Capabilities`):
   `profile_comm(session, steps)` (per-rank communication time and overlap from its trace);
 - trace (`<name>/trace.py`): `capture(session, steps, path, host, meter)`, a kernel trace of a
   few steps in Chrome-trace JSON for `tbd analyze`;
-- memory (`<name>/memory.py`): `profile(config, warmup, **kwargs)`, the memory profile of one step.
+- memory (`<name>/memory.py`): `profile(config, warmup, **kwargs)`, the memory profile of one step;
+- custom (`<name>/custom.py`, optional): `step_clock(device)` and `count_flops(fn)` for a user's
+  own step measured with `tbd.measure` (without it: a host clock, no FLOP counter).
 `docs/architecture.md` says what adding a framework takes.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import importlib.util
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -42,6 +46,10 @@ class SessionInfo:
     framework_version: str
     method: dict[str, Any] = field(default_factory=dict)  # how steps are timed, compiled, fed
     num_parameters: int | None = None
+    # FLOPs of one training step per sample where the session counted them (workloads whose spec
+    # has no analytic count, e.g. timm:/hf: models), with how they were counted.
+    flops_per_sample: float | None = None
+    flops_note: str = ""
 
 
 class Session(Protocol):
@@ -81,6 +89,36 @@ class Comm(Protocol):
     def broadcast(self, obj: Any, src: int = 0) -> Any: ...
 
     def close(self) -> None: ...
+
+
+class StepClock(Protocol):
+    """Times the steps of a user's own callable (`tbd.measure`): `start()`, `lap(output)` after
+    each step (the step's return value), `stop()` -> seconds of each step, device-synchronized."""
+
+    def start(self) -> None: ...
+
+    def lap(self, output: Any) -> None: ...
+
+    def stop(self) -> list[float]: ...
+
+
+class HostClock:
+    """Host clock per step; `sync(output)` after each step waits for the device (a no-op where
+    the framework's ops are synchronous)."""
+
+    def __init__(self, sync: Callable[[Any], None] | None = None):
+        self.sync = sync or (lambda output: None)
+        self.times: list[float] = []
+
+    def start(self) -> None:
+        self.times = [time.perf_counter()]
+
+    def lap(self, output: Any) -> None:
+        self.sync(output)
+        self.times.append(time.perf_counter())
+
+    def stop(self) -> list[float]:
+        return [b - a for a, b in zip(self.times, self.times[1:])]
 
 
 @dataclass(frozen=True)
@@ -126,6 +164,8 @@ class Capabilities:
     # Levers the recommendations may suggest (tbd.analysis.recommend).
     fused_optimizer: str = ""  # how to fuse the optimizer update, "" if not applicable
     allocator_setting: str = ""  # an allocator setting against fragmentation retries
+    # How FLOPs of a user's step are counted (tbd.measure(count_flops=True)), "" if they cannot be.
+    flop_counter: str = ""
 
 
 @dataclass(frozen=True)
@@ -164,6 +204,20 @@ class FrameworkPlugin:
         if not self.capabilities.memory_profile:
             raise UsageError(f"tbd memory has no profiler for {self.title} yet; use another --framework")
         return self.part("memory").profile(config, warmup, **kwargs)
+
+    def _optional_part(self, name: str) -> ModuleType | None:
+        return self.part(name) if importlib.util.find_spec(f"{self.package}.{name}") is not None else None
+
+    def step_clock(self, device: str) -> StepClock:
+        """The cheapest exact clock for a user's own step on `device` (tbd.measure)."""
+        custom = self._optional_part("custom")
+        return custom.step_clock(device) if custom is not None else HostClock()
+
+    def count_flops(self, fn: Callable[[], Any]) -> float:
+        """FLOPs of one call of `fn`, counted by the framework (`Capabilities.flop_counter`)."""
+        if not self.capabilities.flop_counter:
+            raise UsageError(f"{self.title} has no FLOP counter in tbd; pass flops_per_step instead of count_flops=True")
+        return self.part("custom").count_flops(fn)
 
     # -- rules ---------------------------------------------------------------------------------
     def check(self, config, spec) -> None:

@@ -50,8 +50,8 @@ def measure(session, config, progress: Callable[[dict], None] | None = None, pro
         m.chunk_ends.append(len(m.step_s))
         if probe:
             m.readings.append(probe.read())
-        loss = session.last_loss()
-        if not math.isfinite(loss):
+        loss = session.last_loss()  # None: a user's step that reports no loss (tbd.measure)
+        if loss is not None and not math.isfinite(loss):
             raise RunFailure(f"loss became {loss} at step {len(m.step_s)}; try a lower learning rate or another precision", kind="nan")
         steady = stats.detect_steady_state(m.step_s)
         timed = m.step_s[steady.start :]
@@ -75,8 +75,11 @@ def measure(session, config, progress: Callable[[dict], None] | None = None, pro
     return m
 
 
-def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metrics, method) of the steady window; metric names carry their units."""
+def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, counted_flops: tuple[float, str] | None = None,
+                   peak: tuple[float, str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, method) of the steady window; metric names carry their units. `counted_flops`
+    (FLOPs per sample, how counted) stands in for the spec's analytic count where the session
+    counted them; `peak` (FLOP/s, source) for the table's peak where the caller knows better."""
     steady = stats.detect_steady_state(m.step_s)
     timed_s = m.step_s[steady.start :]
     timed_units = m.units[steady.start :]
@@ -100,14 +103,17 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int) -
         "warmup_steps": steady.start,
         "total_steps": len(m.step_s),
     }
-    # FLOPs and MFU: analytic model FLOPs per sample x samples per second / peak.
-    flavor = spec.flavor(config.flavor)
-    flops_per_sample = float(spec.train_flops_per_sample(flavor))
-    achieved = flops_per_sample * samples_med
-    metrics["model_flops_per_sample"] = flops_per_sample
-    metrics["model_tflops_per_s"] = achieved / 1e12
-    peak, peak_source = peak_flops(device_name if config.device == "cuda" else None, config.precision)
-    metrics["mfu_pct"] = achieved / peak * 100.0 if peak else None
+    # FLOPs and MFU: model FLOPs per sample (analytic, or counted) x samples per second / peak.
+    flops_note = spec.flops_note
+    if counted_flops is not None:
+        flops_per_sample, flops_note = counted_flops
+    else:
+        flops_per_sample = spec.train_flops_per_sample(spec.flavor(config.flavor))
+    achieved = float(flops_per_sample) * samples_med if flops_per_sample is not None else None
+    metrics["model_flops_per_sample"] = float(flops_per_sample) if flops_per_sample is not None else None
+    metrics["model_tflops_per_s"] = achieved / 1e12 if achieved is not None else None
+    peak, peak_source = peak or peak_flops(device_name if config.device == "cuda" else None, config.precision)
+    metrics["mfu_pct"] = achieved / peak * 100.0 if peak and achieved is not None else None
     metrics.update(_window_readings(m, steady.start, cores, sum(timed_samples)))
     method = {
         "warmup": {"excluded_steps": list(range(steady.start)), "reason": steady.reason, "detector": "MSER-5 on step times, step 0 always excluded"},
@@ -115,7 +121,7 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int) -
         "target_ci_pct": config.target_ci_pct,
         "confidence_interval": "95% CI of the median from order statistics (distribution-free)",
         "throughput": f"median over steady steps of {unit} per step / step time",
-        "flops": spec.flops_note,
+        "flops": flops_note,
         "peak_flops": {"tflops": peak / 1e12 if peak else None, "source": peak_source, "precision": config.precision},
         "utilization_window": "whole chunks after warm-up (chunk edges are host sync points)",
     }

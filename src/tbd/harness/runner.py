@@ -52,7 +52,9 @@ def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, r
 
 def fill_measurement(record: RunRecord, session, m, config: RunConfig, spec) -> None:
     """Metrics, method, raw samples and the session's facts of a finished measurement."""
-    metrics, method = derive_metrics(m, config, spec, session.info.device_name, os.cpu_count() or 1)
+    info = session.info
+    counted = (info.flops_per_sample, info.flops_note) if info.flops_per_sample is not None else None
+    metrics, method = derive_metrics(m, config, spec, info.device_name, os.cpu_count() or 1, counted_flops=counted)
     record.metrics = metrics
     record.method = {**method, **session.info.method}
     record.environment.update(device_name=session.info.device_name, framework_version=session.info.framework_version)

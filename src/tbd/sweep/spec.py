@@ -205,7 +205,7 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
         elif key == "batch_sizes":
             if isinstance(value, dict):
                 for w, sizes in value.items():
-                    if w not in registry.WORKLOADS:
+                    if not registry.is_workload(w):
                         if lenient_workloads:
                             continue
                         raise fail("batch_sizes", w, f"is not a registered workload{closest(w, registry.WORKLOADS)}")

@@ -43,8 +43,9 @@ class WorkloadSpec:
     unit: str
     # Units in one sample of a flavor (1 for images; sequence length for language models).
     units_per_sample: Callable[[Flavor], float]
-    # Model FLOPs of one training step per sample (forward + backward), analytic.
-    train_flops_per_sample: Callable[[Flavor], float]
+    # Model FLOPs of one training step per sample (forward + backward), analytic; None where
+    # there is no analytic count and the framework's session counts them (timm:, hf: models).
+    train_flops_per_sample: Callable[[Flavor], float | None]
     flops_note: str = ""
     # The model is built of 2-D convolutions over images (so an NHWC layout can matter).
     convolutional: bool = False

@@ -2,7 +2,8 @@
 
 Parts: `session.py` (eager or torch.compile, autocast, channels_last, CUDA-event timing),
 `distributed.py` (torchrun process groups, DDP / FSDP2), `trace.py` (torch.profiler),
-`memory.py` (the memory profiler). Importing this package imports no torch.
+`memory.py` (the memory profiler), `custom.py` (clock and FLOP counter of a user's step for
+`tbd.measure`). Importing this package imports no torch.
 """
 
 from tbd.frameworks.base import Capabilities, FrameworkPlugin
@@ -29,5 +30,6 @@ PLUGIN = FrameworkPlugin(
         },
         fused_optimizer="pass fused=True to the optimizer in the workload's torch_impl",
         allocator_setting="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+        flop_counter="torch.utils.flop_counter.FlopCounterMode",
     ),
 )

@@ -44,6 +44,9 @@ class TorchTask:
     compile_options: dict[str, Any] = field(default_factory=dict)
     # Releases what build() started beyond tensors (a pool of actor processes); called once.
     close: Callable[[], None] | None = None
+    # Count the step's FLOPs with torch.utils.flop_counter (one untimed step at session start),
+    # for workloads without an analytic count (timm:/hf: models, plugins that ask for it).
+    count_flops: bool = False
 
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -103,12 +106,16 @@ class TorchSession:
         self._samples = [float(task.samples(b)) if task.samples else float(ctx.batch_size) for b in self.batches]
         self._next = 0
         self._loss: torch.Tensor | None = None
+        flops_per_sample = self._count_flops() if task.count_flops else None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.info = SessionInfo(
             device_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_model(),
             framework_version=torch.__version__,
             num_parameters=self.num_parameters,
+            flops_per_sample=flops_per_sample,
+            flops_note="counted with torch.utils.flop_counter on one training step (forward + backward, eager), not analytic"
+                       if flops_per_sample is not None else "",
             method={
                 "timing": ("CUDA events around each step, one host sync per chunk" if self.device.type == "cuda"
                            else "host clock per step (CPU ops are synchronous)"),
@@ -140,6 +147,22 @@ class TorchSession:
             loss.backward()
             self.optimizer.step()
         self._loss = loss.detach()
+
+    def _count_flops(self) -> float:
+        """FLOPs per sample of forward + backward on the first batch, counted in eager mode
+        (the optimizer update is left out, as in the analytic counts); gradients are dropped."""
+        from tbd.frameworks.torch.custom import count_flops
+
+        batch = self.batches[0]
+
+        def forward_backward():
+            with self.autocast():
+                loss = self.task.loss(self.model, batch)
+            loss.backward()
+
+        flops = count_flops(forward_backward)
+        self.optimizer.zero_grad(set_to_none=True)
+        return flops / self._samples[0]
 
     def run_steps(self, n: int) -> StepTimes:
         units, samples = [], []

@@ -1,0 +1,1 @@
+"""`hf:MODEL`: a Hugging Face transformers language model as a workload."""

@@ -1,0 +1,1 @@
+"""`timm:MODEL`: any model of timm (PyTorch Image Models) as an image-classification workload."""

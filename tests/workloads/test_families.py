@@ -1,0 +1,104 @@
+"""`timm:MODEL` and `hf:MODEL` workloads: random weights, nothing downloaded, FLOPs counted.
+
+Small settings keep them fast on 2 CPU cores: resnet18 on 32x32 images (its convolutions take any
+size), GPT-2 shrunk with config overrides (`--hf-config n_layer=2,n_embd=64,n_head=4`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import statistics
+
+import pytest
+
+from tbd.config import RunConfig
+from tbd.errors import UsageError
+from tbd.harness.runner import execute, losses_on_fixed_batch
+from tests.conftest import run_cli
+
+# CI installs the extras (tbd[dev] has timm and transformers): there a missing one fails, not skips.
+for _module in ("timm", "transformers"):
+    importlib.import_module(_module) if os.environ.get("CI") else pytest.importorskip(_module)
+
+TIMM = dict(workload="timm:resnet18", device="cpu", hparams={"image_size": 32, "num_classes": 10}, isolate=False)
+GPT2_TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4}
+HF = dict(workload="hf:gpt2", device="cpu", hparams={"seq_len": 32, "lr": 1e-2, "hf_config": GPT2_TINY}, isolate=False)
+
+
+def _falls(losses: list[float], factor: float) -> bool:
+    tail = statistics.median(losses[-3:])
+    return all(math.isfinite(x) for x in losses) and tail < factor * losses[0]
+
+
+def test_timm_resnet18_trains_with_counted_flops():
+    config = RunConfig(**TIMM, max_steps=5).validated()
+    record = execute(config)
+    assert record.status == "ok", record.error
+    m = record.metrics
+    assert m["images_per_s"] > 0 and m["total_steps"] == 5
+    # resnet18 is ~1.8 GMAC per 224x224 image; at 32x32 (1/49 of the pixels) forward + backward ~ 3 x 2 x 1.8e9 / 49
+    assert 0.6 * 3 * 2 * 1.82e9 / 49 < m["model_flops_per_sample"] < 1.4 * 3 * 2 * 1.82e9 / 49
+    assert "flop_counter" in record.method["flops"] and "not analytic" in record.method["flops"]
+    assert record.workload["num_parameters"] > 11e6
+    assert _falls(losses_on_fixed_batch(config, 8), 0.5)
+
+
+def test_hf_gpt2_trains_with_a_tiny_config():
+    config = RunConfig(**HF, max_steps=5).validated()
+    record = execute(config)
+    assert record.status == "ok", record.error
+    assert record.metrics["tokens_per_s"] > 0 and record.workload["unit"] == "tokens"
+    assert record.metrics["tokens_per_s"] == pytest.approx(32 * record.metrics["samples_per_s"], rel=0.05)
+    assert record.workload["hparams"]["hf_config"] == GPT2_TINY
+    assert _falls(losses_on_fixed_batch(config, 10), 0.7)
+
+
+def test_hf_tasks_follow_the_architecture():
+    from tbd.workloads.hf import torch_impl
+
+    def task(model, **config):
+        hp = {"model": model, "hf_config": config, "seq_len": 16, "task": "auto"}
+        return torch_impl.task_of(torch_impl.model_config(hp), "auto")
+
+    assert task("gpt2") == "causal" and task("bert-base-uncased") == "masked" and task("google-t5/t5-small") == "seq2seq"
+    base = torch_impl.model_config({"model": "bert-base-uncased", "hf_config": {}})
+    assert (base.hidden_size, base.num_hidden_layers, base.vocab_size) == (768, 12, 30522)
+    t5 = dict(num_layers=1, num_decoder_layers=1, d_model=32, d_ff=64, num_heads=2)
+    record = execute(RunConfig(workload="hf:t5-small", device="cpu", max_steps=3, isolate=False, hparams={"hf_config": t5}).validated())
+    assert record.status == "ok", record.error
+    assert record.metrics["tokens_per_s"] == pytest.approx(2 * 64 * record.metrics["samples_per_s"], rel=0.05)  # source + target
+
+
+def test_cli_runs_hf_with_its_options_and_rejects_bad_names(tbd_home):
+    out = run_cli("run", "hf:gpt2", "--device", "cpu", "--hf-config", "n_layer=2,n_embd=64,n_head=4", "--seq-len", "32", "--max-steps", "4")
+    assert out.returncode == 0, out.stderr + out.stdout
+    record = json.loads(next((tbd_home / "runs").glob("*.json")).read_text())
+    assert record["config"]["hparams"] == {"seq_len": 32, "hf_config": GPT2_TINY} and record["status"] == "ok"
+    bad = run_cli("run", "timm:resnet1", "--device", "cpu")
+    assert bad.returncode == 2 and "unknown timm model 'resnet1' (did you mean: resnet18" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("workload,hparams,message", [
+    ("hf:not-a-model-anywhere", {}, "tbd downloads nothing"),
+    ("hf:gpt2", {"hf_config": {"n_layer": 2, "n_embd": 64}}, "divisible by num_heads"),
+    ("hf:gpt2", {"hf_config": {"n_layers": 2}}, "unknown --hf-config field of GPT2Config 'n_layers' (did you mean: n_layer"),
+    ("hf:gpt2", {"seq_len": 4096}, "has 1024 positions; use --seq-len 1024 or less"),
+    ("resnet50", {"seq_len": 32}, "unknown hyperparameter of resnet50 'seq_len'"),
+    ("timm:", {}, "names no model; e.g. timm:resnet18"),
+])
+def test_bad_model_settings_are_one_line(workload, hparams, message):
+    with pytest.raises(UsageError) as err:
+        RunConfig(workload=workload, device="cpu", hparams=hparams).validated()
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sweeps_take_family_names():
+    from tbd.sweep.spec import SweepSpec, parse_text, plan
+
+    lines = plan(SweepSpec(workloads=["timm:resnet18"], devices=["cpu"], batch_sizes=[2, 4])).lines
+    assert [(line.base["workload"], line.batches) for line in lines] == [("timm:resnet18", [2, 4])]
+    spec = parse_text('workloads = ["hf:gpt2"]\n[batch_sizes]\n"hf:gpt2" = [1, 2]\n', "test.toml")
+    assert spec.batch_sizes_per_workload == {"hf:gpt2": [1, 2]}
