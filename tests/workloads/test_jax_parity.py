@@ -1,0 +1,69 @@
+"""The JAX implementations are the PyTorch ones: `pytest -q tests/workloads/test_jax_parity.py`.
+
+Per workload: parameter counts equal (PyTorch's model built on the meta device, Flax's from
+shapes only), and the spec's analytic training FLOPs within 10% of XLA's cost analysis of the
+compiled train step (the whole step: forward, backward and optimizer update; the CPU backend's
+count, which counts a matrix product as 2 x M x N x K like the specs). The FLOPs checks use
+small configurations in which matrix products dominate as they do at the paper sizes (at the
+tiny flavors' widths the element-wise work and the optimizer are a large share of the step).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+jax = pytest.importorskip("jax")
+torch = pytest.importorskip("torch")
+
+from tbd import frameworks, registry  # noqa: E402
+from tbd.config import RunConfig  # noqa: E402
+from tbd.workloads.base import Flavor  # noqa: E402
+from tbd.workloads.common_jax import param_count  # noqa: E402
+
+
+def _session(workload: str, hparams: dict, batch_size: int, **kw):
+    config = RunConfig(workload=workload, framework="jax", flavor="tiny", batch_size=batch_size, hparams=hparams,
+                       data_pool=1, isolate=False, **kw).validated()
+    return frameworks.open_session(config)
+
+
+def xla_flops(session) -> float:
+    """FLOPs of one compiled train step as XLA counts them."""
+    cost = session.compiled_step().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
+def _hp(workload: str, flavor: str = "tiny", **over) -> dict:
+    return {**registry.get_spec(workload).flavor(flavor).hparams, **over}
+
+
+def _torch_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# -- gpt ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flavor", ["tiny", "paper", "1.3b"])
+def test_gpt_parameter_counts_equal(flavor):
+    from tbd.workloads.gpt import jax_impl, torch_impl
+
+    hp = _hp("gpt", flavor)
+    with torch.device("meta"):
+        expected = _torch_params(torch_impl.GPT(hp))
+    model = jax_impl.GPT(hp)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 8), jax.numpy.int32))
+    assert param_count(shapes["params"]) == expected
+    if flavor == "paper":
+        assert expected == 124_475_904  # GPT-2 124M with the vocabulary padded to 50,304
+
+
+def test_gpt_flops_match_xla():
+    over = dict(layers=2, d_model=256, heads=4, block_size=128, vocab=2048)
+    spec, hp = registry.get_spec("gpt"), _hp("gpt", **over)
+    session = _session("gpt", over, batch_size=2)
+    try:
+        analytic = 2 * spec.train_flops_per_sample(Flavor("t", 2, "", hp))
+        assert xla_flops(session) == pytest.approx(analytic, rel=0.10)
+    finally:
+        session.close()
