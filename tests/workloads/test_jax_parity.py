@@ -67,3 +67,48 @@ def test_gpt_flops_match_xla():
         assert xla_flops(session) == pytest.approx(analytic, rel=0.10)
     finally:
         session.close()
+
+
+# -- transformer -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flavor", ["tiny", "paper"])
+def test_transformer_parameter_counts_equal(flavor):
+    from tbd.workloads.transformer import jax_impl, torch_impl
+
+    hp = _hp("transformer", flavor)
+    with torch.device("meta"):
+        expected = _torch_params(torch_impl.Transformer(hp))
+    ids = jax.ShapeDtypeStruct((1, 8), jax.numpy.int32)
+    shapes = jax.eval_shape(lambda k, s, t: jax_impl.Transformer(hp).init(k, s, t, train=False), jax.random.PRNGKey(0), ids, ids)
+    assert param_count(shapes["params"]) == expected
+
+
+def test_transformer_flops_match_xla_at_the_padded_shape():
+    from tbd.workloads.transformer import spec
+
+    over = dict(d_model=256, heads=4, ff=1024, enc_layers=1, dec_layers=1, vocab=2048, max_len=32, mean_src_len=24.0)
+    hp = _hp("transformer", **over)
+    session = _session("transformer", over, batch_size=256)
+    try:
+        src = session.batches[0][0]
+        rows, width = src.shape
+        # Every row, padded ones included, computes at the bucket's width: that is what XLA sees.
+        assert xla_flops(session) == pytest.approx(rows * 3 * spec.forward_flops(hp, width, width), rel=0.10)
+    finally:
+        session.close()
+
+
+def test_transformer_buckets_shapes_to_a_fixed_set_and_compiles_once_per_shape():
+    from tbd.harness.measure import measure, recompilations
+
+    config = RunConfig(workload="transformer", framework="jax", flavor="tiny", data_pool=6, max_steps=12, max_time_s=60,
+                       isolate=False).validated()
+    session = frameworks.open_session(config)
+    try:
+        shapes = {tuple(b[0].shape) for b in session.batches}
+        assert all(width in (8, 16) for _, width in shapes)  # tiny's max_len 16: the edges are 8 and 16
+        m = measure(session, config)
+        assert session.compile_count == len(shapes) == m.compiles[-1]
+        assert recompilations(m, config.data_pool) == 0 and session.compile_s > 0
+    finally:
+        session.close()

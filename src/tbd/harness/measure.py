@@ -90,14 +90,15 @@ def _read_compiles(session, m: Measurement) -> None:
 
 
 def recompilations(m: Measurement, data_pool: int) -> int | None:
-    """Compilations in chunks that start after every batch of the pool has been stepped once.
-    By then each input shape has been seen, so any further compilation means the step is
-    compiled again for shapes it already had, or for every step (a defect)."""
+    """Compilations beyond one per step of the first pass through the pool. Once every resident
+    batch has been stepped, each input shape has been seen, so a further compilation means the
+    step is compiled again for shapes it already had, or at every step (a defect)."""
     if m.compiles is None:
         return None
     starts = [0] + m.chunk_ends[:-1]
     before = [0] + m.compiles[:-1]
-    return sum(after - b for s, b, after in zip(starts, before, m.compiles) if s >= data_pool)
+    first_pass = [max(0, min(end, data_pool) - start) for start, end in zip(starts, m.chunk_ends)]
+    return sum(max(0, after - b - allowed) for b, after, allowed in zip(before, m.compiles, first_pass))
 
 
 def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int) -> tuple[dict[str, Any], dict[str, Any]]:

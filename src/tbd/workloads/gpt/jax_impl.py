@@ -28,7 +28,7 @@ import optax
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
-from tbd.workloads.common_jax import torch_like_init, zipf_tokens
+from tbd.workloads.common_jax import host_generator, torch_like_init, zipf_tokens
 from tbd.workloads.gpt.spec import GPT2_VOCAB
 
 ATTENTION = ("auto", "cudnn", "xla")
@@ -119,10 +119,9 @@ def build(ctx: BuildContext) -> JaxTask:
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(), model_state
 
     def make_batch(key, device):
-        with jax.default_device(device):
-            # One stream of T + 1 ids per row (inputs its first T, targets its last T), below
-            # GPT-2's 50,257 as in torch: the padding rows of the embedding never occur.
-            stream = zipf_tokens(key, (n, T + 1), min(hp["vocab"], GPT2_VOCAB), first=0)
-        return (stream[:, :-1], stream[:, 1:])
+        # One stream of T + 1 ids per row (inputs its first T, targets its last T), below
+        # GPT-2's 50,257 as in torch: the padding rows of the embedding never occur.
+        stream = zipf_tokens(host_generator(key), (n, T + 1), min(hp["vocab"], GPT2_VOCAB), first=0)
+        return jax.device_put((stream[:, :-1], stream[:, 1:]), device)
 
     return JaxTask(init=init, loss=loss, optimizer=adamw(hp), make_batch=make_batch, extra={"model": model})
