@@ -68,6 +68,9 @@ def run(args) -> int:
         from tbd.analysis.capture import describe
 
         console.print(escape(describe(record, store.home)))
+    defect = (record["method"] or {}).get("recompilation_defect")
+    if defect:  # a step that keeps recompiling measures the compiler, not the training
+        console.print(f"[yellow]warning: {escape(defect)}[/]")
     if record["status"] != "ok":
         console.print(f"[red]run failed ({record['error']['kind']}): {escape(record['error']['message'])}[/]")
         return 1

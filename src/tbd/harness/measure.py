@@ -33,6 +33,10 @@ class Measurement:
     chunk_ends: list[int] = field(default_factory=list)  # step index after each chunk
     readings: list[Reading] = field(default_factory=list)  # one before the first chunk, one per chunk
     stop_reason: str = ""
+    # Sessions that compile their step (JAX's jit, ...) expose `compile_count` and `compile_s`;
+    # the count after each chunk shows a step that keeps recompiling (None: not reported).
+    compiles: list[int] | None = None
+    compile_s: float | None = None
 
 
 def measure(session, config, progress: Callable[[dict], None] | None = None, probe: Probe | None = None) -> Measurement:
@@ -48,6 +52,7 @@ def measure(session, config, progress: Callable[[dict], None] | None = None, pro
         m.units += times.units
         m.samples += times.samples
         m.chunk_ends.append(len(m.step_s))
+        _read_compiles(session, m)
         if probe:
             m.readings.append(probe.read())
         loss = session.last_loss()  # None: a user's step that reports no loss (tbd.measure)
@@ -73,6 +78,27 @@ def measure(session, config, progress: Callable[[dict], None] | None = None, pro
         chunk = max(1, min(MAX_CHUNK, int(CHUNK_TARGET_S / max(recent, 1e-6)), config.max_steps - len(m.step_s)))
         chunk = min(chunk, max(1, int((config.max_time_s - elapsed) / max(recent, 1e-6))))
     return m
+
+
+def _read_compiles(session, m: Measurement) -> None:
+    count = getattr(session, "compile_count", None)
+    if count is None:
+        return
+    m.compiles = (m.compiles or []) + [int(count)]
+    seconds = getattr(session, "compile_s", None)
+    m.compile_s = float(seconds) if seconds is not None else None
+
+
+def recompilations(m: Measurement, data_pool: int) -> int | None:
+    """Compilations beyond one per step of the first pass through the pool. Once every resident
+    batch has been stepped, each input shape has been seen, so a further compilation means the
+    step is compiled again for shapes it already had, or at every step (a defect)."""
+    if m.compiles is None:
+        return None
+    starts = [0] + m.chunk_ends[:-1]
+    before = [0] + m.compiles[:-1]
+    first_pass = [max(0, min(end, data_pool) - start) for start, end in zip(starts, m.chunk_ends)]
+    return sum(max(0, after - b - allowed) for b, after, allowed in zip(before, m.compiles, first_pass))
 
 
 def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, counted_flops: tuple[float, str] | None = None,
@@ -115,6 +141,11 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     peak, peak_source = peak or peak_flops(device_name if config.device == "cuda" else None, config.precision)
     metrics["mfu_pct"] = achieved / peak * 100.0 if peak and achieved is not None else None
     metrics.update(_window_readings(m, steady.start, cores, sum(timed_samples)))
+    recompiled = recompilations(m, config.data_pool)
+    if m.compiles is not None:
+        metrics["compile_count"] = m.compiles[-1]
+        metrics["compile_s"] = m.compile_s
+        metrics["recompiles_after_first_pass"] = recompiled
     method = {
         "warmup": {"excluded_steps": list(range(steady.start)), "reason": steady.reason, "detector": "MSER-5 on step times, step 0 always excluded"},
         "stop_reason": m.stop_reason,
@@ -125,6 +156,10 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
         "peak_flops": {"tflops": peak / 1e12 if peak else None, "source": peak_source, "precision": config.precision},
         "utilization_window": "whole chunks after warm-up (chunk edges are host sync points)",
     }
+    if recompiled:
+        method["recompilation_defect"] = (
+            f"the step compiled {recompiled} more time(s) after every one of the {config.data_pool} resident batches had "
+            "been stepped once: it recompiles for shapes it has seen (bucket the shapes to a fixed set)")
     return metrics, method
 
 

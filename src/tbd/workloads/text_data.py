@@ -21,6 +21,10 @@ import math
 import random
 from dataclasses import dataclass
 
+# Special token ids shared by every framework's text batches; word ids start at FIRST_WORD.
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+FIRST_WORD = 4
+
 Pair = tuple[int, int]  # (source length, target length) in tokens, special tokens included
 
 

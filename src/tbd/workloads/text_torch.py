@@ -11,8 +11,7 @@ import random
 
 import torch
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
-FIRST_WORD = 4  # ids below are special tokens
+from tbd.workloads.text_data import BOS, EOS, FIRST_WORD, PAD, UNK  # noqa: F401  (re-exported: ids below FIRST_WORD are special tokens)
 
 
 def zipf_tokens(shape: tuple[int, ...], vocab: int, gen: torch.Generator, device: torch.device, first: int = FIRST_WORD) -> torch.Tensor:

@@ -23,5 +23,8 @@ PLUGIN = FrameworkPlugin(
         trace=True,
         memory_profile=True,
         ncu=True,
+        options={
+            "attention": "jax.nn.dot_product_attention implementation: auto (cuDNN on a GPU in bf16, else XLA), cudnn, xla",
+        },
     ),
 )

@@ -9,6 +9,7 @@ the host clock up to `block_until_ready` on the step's outputs: the one host syn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -81,6 +82,30 @@ def _default_step(task: JaxTask) -> Callable[[TrainState, Batch], tuple[TrainSta
     return step
 
 
+# Compilation events JAX reports through jax.monitoring: tracing to a jaxpr, lowering to MLIR,
+# and XLA's backend compile. One listener for the process (JAX keeps its listeners forever);
+# a session counts only what happens inside its own step calls.
+_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+_LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compile_totals = {"seconds": 0.0, "compiles": 0}
+_listening = False
+
+
+def _on_compile_event(event: str, duration_secs: float, **_: Any) -> None:
+    if event in (_TRACE_EVENT, _LOWER_EVENT, _BACKEND_COMPILE_EVENT):
+        _compile_totals["seconds"] += duration_secs
+    if event == _BACKEND_COMPILE_EVENT:
+        _compile_totals["compiles"] += 1
+
+
+def _listen_to_compilations() -> None:
+    global _listening
+    if not _listening:
+        jax.monitoring.register_event_duration_secs_listener(_on_compile_event)
+        _listening = True
+
+
 def _device(kind: str):
     platform = "gpu" if kind == "cuda" else "cpu"
     try:
@@ -117,6 +142,11 @@ class JaxSession:
         self.state, self.batches = jax_distributed.globalize(self.state, self.batches)
         self._next = 0
         self._loss: jax.Array | None = None
+        # Compilations of the train step (read by the harness: a step that keeps recompiling,
+        # e.g. for every new sequence length, is a defect it reports).
+        _listen_to_compilations()
+        self.compile_count = 0
+        self.compile_s = 0.0
         # One executable for the whole step; the state is donated so it is updated in place.
         self.step_fn = jax.jit(task.train_step or _default_step(task), donate_argnums=0)
         self.info = SessionInfo(
@@ -128,6 +158,8 @@ class JaxSession:
                 "data": f"synthetic, {config.data_pool} batch(es) resident on the device, rotated",
                 "compile": "XLA jit of the whole train step (always; --compile changes nothing)",
                 "compile_flag": bool(config.compile),
+                "compile_count": "XLA backend compilations during the step calls (jax.monitoring events), with their "
+                                 "tracing, lowering and compile seconds",
                 "donation": "train state (params, optimizer state, model state) donated to the step",
                 "precision": _precision_note(config.precision),
                 "matmul_precision": self.precision,
@@ -143,7 +175,7 @@ class JaxSession:
     def run_steps(self, n: int) -> StepTimes:
         seconds, units, samples = [], [], []
         step, batches = self.step_fn, self.batches
-        with jax.default_matmul_precision(self.precision):  # part of the jit cache key: traced once
+        with self._counting_compiles(), jax.default_matmul_precision(self.precision):  # part of the jit cache key: traced once
             for _ in range(n):
                 i = self._next
                 units.append(self._units[i])
@@ -158,9 +190,18 @@ class JaxSession:
 
     def step(self) -> None:
         """One training step on the next batch of the pool (dispatched, not waited for)."""
-        with jax.default_matmul_precision(self.precision):
+        with self._counting_compiles(), jax.default_matmul_precision(self.precision):
             self.state, self._loss = self.step_fn(self.state, self.batches[self._next])
         self._next = (self._next + 1) % len(self.batches)
+
+    @contextlib.contextmanager
+    def _counting_compiles(self):
+        seconds, compiles = _compile_totals["seconds"], _compile_totals["compiles"]
+        try:
+            yield
+        finally:
+            self.compile_s += _compile_totals["seconds"] - seconds
+            self.compile_count += _compile_totals["compiles"] - compiles
 
     def compiled_step(self):
         """The step as XLA compiled it for the first resident batch (its memory analysis)."""

@@ -1,0 +1,62 @@
+"""The harness reports a step that keeps recompiling: `pytest -q tests/test_recompilation.py`.
+
+A fake session (no framework) exposes `compile_count` / `compile_s` as a compiling plugin does."""
+
+from __future__ import annotations
+
+from tbd.config import RunConfig
+from tbd.frameworks.base import SessionInfo, StepTimes
+from tbd.harness.measure import derive_metrics, measure
+from tbd.registry import get_spec
+
+
+class CompilingSession:
+    def __init__(self, compiles_every_step: bool, pool: int):
+        self.info = SessionInfo("cpu", "0")
+        self.compile_count, self.compile_s, self.steps, self.pool = 0, 0.0, 0, pool
+        self.every = compiles_every_step
+
+    def run_steps(self, n):
+        for _ in range(n):
+            if self.every or self.steps < self.pool:  # a new shape per step, or one per pool batch
+                self.compile_count += 1
+                self.compile_s += 0.5
+            self.steps += 1
+        return StepTimes([0.01] * n, [1.0] * n, [1.0] * n)
+
+    def last_loss(self):
+        return 1.0
+
+
+def _run(every: bool):
+    config = RunConfig(workload="resnet50", data_pool=3, max_steps=30, max_time_s=5, isolate=False).validated()
+    m = measure(CompilingSession(every, config.data_pool), config)
+    return derive_metrics(m, config, get_spec("resnet50"), "cpu", 1)
+
+
+def test_a_step_compiled_once_per_pool_batch_is_not_flagged():
+    metrics, method = _run(every=False)
+    assert metrics["compile_count"] == 3 and metrics["compile_s"] == 1.5
+    assert metrics["recompiles_after_first_pass"] == 0 and "recompilation_defect" not in method
+
+
+def test_a_step_that_keeps_recompiling_is_flagged_in_the_record():
+    metrics, method = _run(every=True)
+    assert metrics["compile_count"] == 30
+    assert metrics["recompiles_after_first_pass"] == 27
+    assert "recompiles" in method["recompilation_defect"] and "bucket" in method["recompilation_defect"]
+
+
+def test_sessions_without_a_compile_count_report_none():
+    class Plain:  # e.g. PyTorch eager: nothing to compile
+        info = SessionInfo("cpu", "0")
+
+        def run_steps(self, n):
+            return StepTimes([0.01] * n, [1.0] * n, [1.0] * n)
+
+        def last_loss(self):
+            return 1.0
+
+    config = RunConfig(workload="resnet50", max_steps=5, max_time_s=5, isolate=False).validated()
+    metrics, method = derive_metrics(measure(Plain(), config), config, get_spec("resnet50"), "cpu", 1)
+    assert "compile_count" not in metrics and "recompilation_defect" not in method
