@@ -81,6 +81,9 @@ def main() -> None:
         slim["wall_s"], slim["variant"] = time.time() - t0, point["label"]
         records.append(slim)
         (out / "frameworks_gpu.json").write_text(json.dumps(records, indent=1, default=str))
+        r = rows[-1]
+        print(f"[{time.time() - t0:5.0f} s] {r['workload']} {r['variant']}: {r['throughput'] or 0:,.1f} {unit}/s, MFU {r['mfu']}, "
+              f"compiles {r['compiles']}, {r['status']}", flush=True)
     print_table(rows)
 
 
