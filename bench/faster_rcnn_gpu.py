@@ -30,8 +30,10 @@ from tbd.harness.launcher import launch
 from tbd.workloads.faster_rcnn.torch_impl import make_images, make_model
 
 
-def plain_loop(hp: dict, device: str, warmup: int, steps: int, batch: int) -> dict:
-    """img/s of a plain training loop over freshly drawn batches (sizes vary step to step)."""
+def plain_loop(hp: dict, device: str, warmup: int, steps: int, batch: int, cudnn_tf32: bool = True) -> dict:
+    """img/s of a plain training loop over freshly drawn batches (sizes vary step to step);
+    `cudnn_tf32` is PyTorch's default (TF32 convolutions), False is true fp32 as tbd's fp32."""
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32
     torch.manual_seed(0)
     model = make_model({**hp, "pad_multiple": 32}, seed=0).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -61,7 +63,7 @@ def plain_loop(hp: dict, device: str, warmup: int, steps: int, batch: int) -> di
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return {"images_per_s": batch * len(times) / sum(times), "step_ms_median": statistics.median(times) * 1e3,
-            "peak_allocated_bytes": peak, "steps": steps, "cudnn_benchmark": torch.backends.cudnn.benchmark}
+            "peak_allocated_bytes": peak, "steps": steps, "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_tf32": cudnn_tf32}
 
 
 def main() -> None:
@@ -69,16 +71,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="folder for faster_rcnn_gpu.json")
     ap.add_argument("--smoke", action="store_true", help="tiny flavor on the CPU: checks the script")
     ap.add_argument("--max-time", type=float, default=60.0, help="tbd's time budget in seconds (default: 60)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "tf32"),
+                    help="fp32: true fp32 on both sides; tf32: tbd at tf32 against the plain loop's defaults (TF32 convolutions)")
     args = ap.parse_args()
     device, flavor = ("cpu", "tiny") if args.smoke else ("cuda", "paper")
     hp = dict(registry.get_spec("faster_rcnn").flavor(flavor).hparams)
     batch = 2
     out: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
                  "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "batch": batch, "flavor": flavor}
-    out["plain"] = plain_loop(hp, device, warmup=3 if args.smoke else 10, steps=4 if args.smoke else 40, batch=batch)
+    out["precision"] = args.precision
+    out["plain"] = plain_loop(hp, device, warmup=3 if args.smoke else 10, steps=4 if args.smoke else 40, batch=batch,
+                              cudnn_tf32=args.precision == "tf32")
     if device == "cuda":
         torch.cuda.empty_cache()
-    config = RunConfig(workload="faster_rcnn", flavor=flavor, device=device, batch_size=batch, precision="fp32",
+    config = RunConfig(workload="faster_rcnn", flavor=flavor, device=device, batch_size=batch,
+                       precision=args.precision if device == "cuda" else "fp32",
                        max_time_s=10 if args.smoke else args.max_time, max_steps=20 if args.smoke else 2000, target_ci_pct=3.0).validated()
     record = launch(config)
     met, mem = record.get("metrics") or {}, record.get("memory") or {}
@@ -89,7 +96,7 @@ def main() -> None:
         out["tbd"]["x_plain"] = out["tbd"]["images_per_s"] / out["plain"]["images_per_s"]
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "faster_rcnn_gpu.json").write_text(json.dumps(out, indent=1))
+        (args.out / f"faster_rcnn_gpu_{args.precision}.json").write_text(json.dumps(out, indent=1))
     gib = 2**30
     for name in ("plain", "tbd"):
         r = out[name]
