@@ -57,11 +57,13 @@ def memory(args) -> int:
                        data_pool=1, isolate=False).validated()
     fit_batches = parse_batches(args.fit_batches) if args.fit_batches else default_fit_batches(config.batch_size)
 
+    from rich.markup import escape
+
     from tbd.memory import profiler, render
     from tbd.report.tables import make_console
     from tbd.results.store import Store
 
-    store = Store(args.home)
+    store = Store(args.home).prepare()  # a store that cannot take the profile fails before profiling
     console = make_console()
     console.print(f"profiling one training step of {config.workload} ({config.framework}, {config.flavor}, {device}, batch {config.batch_size}) ...")
     prof = _guarded(profiler.profile, config, args.warmup)
@@ -81,7 +83,8 @@ def memory(args) -> int:
             render.print_batch_model(prof["batch_model"], console)
     record = _store(store, config, prof, profiles)
     files = prof["files"]
-    console.print(f"stored as [bold]{record['id']}[/] in {store.home}; profile {files['json']}" + (f", plot {files['png']}" if files["png"] else ""))
+    console.print(f"stored as [bold]{record['id']}[/] in {escape(str(store.home))}; profile {escape(files['json'])}"
+                  + (f", plot {escape(files['png'])}" if files["png"] else ""))
     return 0 if prof["status"] == "ok" else 1
 
 
