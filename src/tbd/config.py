@@ -89,9 +89,10 @@ class RunConfig:
         for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1)):
             if getattr(self, name) < low:
                 raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
-        for name, what in (("max_time_s", "max-time"), ("target_ci_pct", "target-ci"), ("min_window_s", "min-window"), ("ddp_bucket_mb", "ddp-bucket-mb")):
+        # nan and inf pass `> 0`; they would fail the run and reach the record (not strict JSON).
+        for name, what in (("max_time_s", "max-time"), ("target_ci_pct", "target-ci"), ("ddp_bucket_mb", "ddp-bucket-mb"), ("min_window_s", "min-window")):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _positive_finite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value < 0 or (value == 0 and name != "min_window_s"):
                 raise UsageError(f"{what} must be a finite positive number, got {value}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed}; e.g. --seed 0")
@@ -113,8 +114,8 @@ class RunConfig:
         return {**flavor.hparams, **self.hparams}
 
 
-def _positive_finite(value: int | float) -> bool:
+def _finite(value: int | float) -> bool:
     try:
-        return math.isfinite(value) and value > 0
+        return math.isfinite(value)
     except OverflowError:  # an integer beyond any float
         return False

@@ -140,7 +140,8 @@ def test_a_run_killed_by_sigkill_is_not_called_out_of_memory_without_evidence(mo
 @pytest.mark.parametrize("log,before,after,expected", [
     (["Out of memory: Killed process 4242 (python) total-vm:123kB"], {}, {}, "oom"),
     (["oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),task=python,pid=4242,uid=0"], {}, {}, "oom"),
-    (["Out of memory: Killed process 999 (other)"], {"f": 0}, {"f": 1}, "not-oom"),  # the log names another process
+    (["Out of memory: Killed process 999 (other)"], {"f": 0}, {"f": 0}, "not-oom"),  # the log names another process only
+    (["Out of memory: Killed process 999 (other)"], {"f": 0}, {"f": 1}, "oom"),  # ... but the cgroup counted a kill (pid namespaces)
     (None, {"f": 3}, {"f": 4}, "oom"),  # no log; the cgroup's OOM-kill counter rose
     (None, {"f": 3}, {"f": 3}, "not-oom"),
     (None, {}, {}, "unknown"),  # nothing readable: say so

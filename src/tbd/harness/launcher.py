@@ -114,10 +114,12 @@ def _stacks_of(child, stacks) -> str:
 
 
 def _innermost(stacks: str) -> str:
-    """`file:line in function` of the innermost frame of the thread that was running tbd's step
-    (faulthandler lists the current thread first, innermost frame first)."""
-    for line in stacks.splitlines():
-        line = line.strip()
+    """`file:line in function` of the innermost frame of the thread that was running tbd's step:
+    the one faulthandler marks "Current thread" (the signal's thread; other threads, such as the
+    lifeline's watcher, are listed too), innermost frame first."""
+    lines = [line.strip() for line in stacks.splitlines()]
+    start = next((i for i, line in enumerate(lines) if line.startswith("Current thread")), 0)
+    for line in lines[start:]:
         if line.startswith("File "):
             return line.replace("File ", "", 1).replace('", line ', ":").replace('"', "")
     return "unknown"

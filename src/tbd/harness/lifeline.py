@@ -65,6 +65,8 @@ def _orphaned(parent_pid: int, launcher_pid: int | None) -> bool:
 
 
 def _watch(parent_pid: int, launcher_pid: int | None) -> None:
+    if hasattr(signal, "pthread_sigmask"):  # signals go to the main thread (a stack dump on SIGUSR1 shows the run, not this)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     while True:
         time.sleep(CHECK_S)
         if _orphaned(parent_pid, launcher_pid):

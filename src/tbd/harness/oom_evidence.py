@@ -80,17 +80,20 @@ def kernel_log(limit: int = 200_000) -> list[str] | None:
 
 
 def verdict(pid: int, before: dict[str, int], after: dict[str, int], log: list[str] | None) -> tuple[str, str]:
-    """('oom' | 'not-oom' | 'unknown', the evidence in words) for a process killed by SIGKILL."""
+    """('oom' | 'not-oom' | 'unknown', the evidence in words) for a process killed by SIGKILL.
+    The kernel log names pids as the host sees them, which a container may not: a rise of the
+    cgroup's counter counts even when the log does not name this pid."""
     if log is not None:
         mine = re.compile(rf"(Killed process {pid}\b|oom-kill:.*[,:]pid={pid}\b)")
         hit = next((line for line in log if mine.search(line)), None)
         if hit:
             return "oom", f"kernel log: {hit[:160]}"
-        return "not-oom", f"the kernel log has no out-of-memory kill of pid {pid}"
     rose = {f: after[f] - before[f] for f in after if f in before and after[f] > before[f]}
     if rose:
         path, n = next(iter(rose.items()))
         return "oom", f"the memory cgroup's oom_kill counter rose by {n} during the run ({path})"
+    if log is not None:
+        return "not-oom", f"the kernel log has no out-of-memory kill of pid {pid}"
     if after:
         return "not-oom", "the memory cgroup's oom_kill counter did not change during the run"
     return "unknown", "neither the kernel log nor a memory cgroup's counters can be read here"

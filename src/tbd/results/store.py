@@ -412,7 +412,8 @@ class Store:
             conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
             try:
                 problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
-                rows = conn.execute("SELECT id, record FROM runs").fetchall() if problems == ["ok"] else []
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} if problems == ["ok"] else set()
+                rows = conn.execute("SELECT id, record FROM runs").fetchall() if "runs" in tables else []
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
