@@ -436,3 +436,19 @@ def test_read_commands_on_a_file_home_say_so(command, tmp_path):
     home.write_text("x")
     line = one_error_line(cli(*command, "--home", str(home)))
     assert "is a file, not a folder" in line
+
+
+def test_reading_an_older_store_writes_nothing(tbd_home):
+    """Readers must work on a store they cannot write (a read-only copy of an older one): only
+    commands that store runs bring its tables up to date."""
+    stored_runs(tbd_home)
+    with sqlite3.connect(tbd_home / "tbd.sqlite") as conn:  # the layout before sweep claims existed
+        conn.execute("DROP TABLE claims")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    before = (tbd_home / "tbd.sqlite").read_bytes()
+    assert len(Store().list()) == 2 and Store().sweeps() == []
+    assert (tbd_home / "tbd.sqlite").read_bytes() == before
+    Store().prepare()
+    with sqlite3.connect(tbd_home / "tbd.sqlite") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        assert conn.execute("SELECT count(*) FROM claims").fetchone()[0] == 0

@@ -109,7 +109,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise self._db_error(exc) from None
         try:
-            self._migrate(conn)
+            self._migrate(conn, write)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise self._db_error(exc) from None
@@ -129,10 +129,11 @@ class Store:
             if conn is not None:
                 conn.close()
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Bring the tables up to date. Checked without writing first; the change itself runs
+    def _migrate(self, conn: sqlite3.Connection, write: bool = True) -> None:
+        """Bring the tables up to date. Checked without writing first (a reader of a store that has
+        what reading needs writes nothing: the store may be read-only); the change itself runs
         under the write lock and checks again, so concurrent first opens do not collide."""
-        if self._schema_current(conn):
+        if self._schema_current(conn, write):
             return
         with _transaction(conn):
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -152,14 +153,16 @@ class Store:
             # Older rows are upgraded as they are read.
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
-    def _schema_current(self, conn: sqlite3.Connection) -> bool:
+    def _schema_current(self, conn: sqlite3.Connection, write: bool) -> bool:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not _TABLES <= tables or "sweep" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}:
+        needed = _TABLES if write else _TABLES - {"claims"}  # claims are for writers (sweep runners)
+        if not needed <= tables or "sweep" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}:
             return False
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise self._newer(row[0])
-        return row is not None and int(row[0]) == SCHEMA_VERSION
+        # Readers upgrade older rows as they read them; writers record the version they write.
+        return row is not None and (not write or int(row[0]) == SCHEMA_VERSION)
 
     def _newer(self, version: str) -> UsageError:
         return UsageError(f"results store {self.db_path} has schema {version}, newer than this tbd ({SCHEMA_VERSION}); upgrade tbd or use another --home")
