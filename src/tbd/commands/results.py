@@ -62,7 +62,8 @@ def check(store: Store, console, quarantine: bool) -> int:
     """Exit 0 when the store is sound (or was made so), 1 when problems remain."""
     report = store.check(quarantine=quarantine)
     home = escape(str(store.home))
-    console.print(f"results store {home}: database {escape(report['database'])}, {report['runs']} run(s)")
+    database = "not created yet" if report["database"] == "missing" else report["database"]
+    console.print(f"results store {home}: database {escape(database)}, {report['runs']} run(s)")
     for run_id, why in report["unreadable"].items():
         console.print(f"  [red]unreadable[/] run {escape(run_id)}: {escape(why)}")
     for name in report["pending"]:
