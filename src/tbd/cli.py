@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
-from tbd.errors import TbdError, closest
+from tbd.errors import TbdError, Terminated, closest
+from tbd.results.store import one_warning
 
 COMMAND_MODULES = ("listing", "run", "demo", "results", "export", "sweep", "compare", "report", "memory", "analyze", "scale")
 
@@ -68,14 +71,36 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = _handle_sigterm()
     try:
-        return int(args.func(args) or 0)
+        with one_warning():  # unreadable stored runs are named once, however many queries met them
+            return int(args.func(args) or 0)
     except TbdError as exc:
         sys.stderr.write(f"tbd: error: {exc}\n")
         return exc.exit_code
+    except Terminated:
+        sys.stderr.write("tbd: terminated (SIGTERM); runs that finished are stored, the one in flight was stopped\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write("tbd: interrupted; runs that finished are stored, the one in flight was dropped\n")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _handle_sigterm():
+    """SIGTERM is handled like Ctrl-C: raised as `Terminated` (a KeyboardInterrupt) in the main
+    thread, so children are stopped and the store stays consistent; a second SIGTERM during that
+    cleanup is ignored. Returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":

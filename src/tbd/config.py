@@ -7,6 +7,7 @@ through `RunConfig.validated()`, which turns bad input into one-line `UsageError
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from tbd.errors import UsageError, unknown
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 DEVICES = ("cpu", "cuda")
 MAX_BATCH = 2**31 - 1  # beyond any device's memory; stops overflowing sizes before a run starts
+MAX_SEED = 2**32 - 1  # what every framework's and NumPy's generators take
 
 
 @dataclass
@@ -92,8 +94,13 @@ class RunConfig:
         for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1)):
             if getattr(self, name) < low:
                 raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
-        if not self.max_time_s > 0 or self.max_time_s == float("inf"):
-            raise UsageError(f"max-time must be a positive number of seconds, got {self.max_time_s}")
+        # nan and inf pass `> 0`; they would fail the run and reach the record (not strict JSON).
+        for name, what in (("max_time_s", "max-time"), ("target_ci_pct", "target-ci"), ("ddp_bucket_mb", "ddp-bucket-mb"), ("min_window_s", "min-window")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value < 0 or (value == 0 and name != "min_window_s"):
+                raise UsageError(f"{what} must be a finite positive number, got {value}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed}; e.g. --seed 0")
         unknown_hp = [k for k in self.hparams if k not in flavor.hparams]
         if unknown_hp:
             raise unknown(f"hyperparameter of {self.workload}", unknown_hp[0], flavor.hparams)
@@ -111,3 +118,10 @@ class RunConfig:
     def resolved_hparams(self) -> dict[str, Any]:
         flavor = registry.get_spec(self.workload).flavor(self.flavor)
         return {**flavor.hparams, **self.hparams}
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False

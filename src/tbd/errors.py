@@ -22,6 +22,17 @@ class UsageError(TbdError):
     exit_code = 2
 
 
+class StoreError(TbdError):
+    """A finished run the results store could not take (disk full, store damaged meanwhile); the
+    message says where its record was saved instead. Exit code 1: the measurement happened."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the `tbd` command's handler. A KeyboardInterrupt, so
+    every cleanup written for Ctrl-C (stopping children, keeping the store consistent) runs for
+    it too; `tbd` then exits with 143 (128 + SIGTERM)."""
+
+
 class RunFailure(TbdError):
     """A run that started and failed; `kind` is 'oom', 'crash', 'nan', 'timeout' or 'error'."""
 

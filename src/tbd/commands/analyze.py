@@ -66,6 +66,7 @@ def run(args) -> int:
 
         require_ncu(None)
     record = store.get(args.run_id)
+    store.prepare()  # the analysis is stored with the run: a store that cannot take it fails here, before analyzing
     config = None
     if args.ncu or args.verify:
         from tbd.config import RunConfig

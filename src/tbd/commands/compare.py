@@ -48,7 +48,7 @@ def run(args) -> int:
     desc_a, recs_a = cmp.resolve(store, args.a)
     if args.save_baseline:
         path = cmp.save_baseline(args.save_baseline, desc_a, recs_a)
-        console.print(f"saved {len(recs_a)} run(s) of {escape(desc_a)} as baseline {path}; compare with 'tbd compare {path} NEW'")
+        console.print(escape(f"saved {len(recs_a)} run(s) of {desc_a} as baseline {path}; compare with 'tbd compare {path} NEW'"))
         return 0
     if not args.b:
         raise UsageError("tbd compare needs two things to compare: tbd compare A B (or --save-baseline FILE A)")

@@ -4,6 +4,8 @@ table and an HTML report. `make demo` runs it.
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from tbd import registry
 from tbd.commands import EXAMPLES, add_home
 from tbd.commands.options import positive_float
@@ -32,6 +34,7 @@ def demo(args) -> int:
     device = best_device() if args.device == "auto" else args.device
     flavor = "paper" if device == "cuda" else "tiny"
     console = make_console()
+    store.prepare()  # a store that cannot take the runs fails here, before anything is measured
     console.print(f"tbd demo: every installed workload x framework, {flavor} flavor on {device}")
     records = []
     for workload in registry.workload_names():
@@ -46,19 +49,19 @@ def demo(args) -> int:
                                    and registry.framework(fw).capabilities.channels_last,
                                    max_time_s=args.max_time, max_steps=200).validated()
             except UsageError as exc:
-                console.print(f"skipping {workload}/{fw}: {exc}")
+                console.print(f"skipping {workload}/{fw}: {escape(str(exc))}")
                 continue
             records.append(measure_and_store(config, store, console))
             print_records(records[-1:], title=None, console=console)
     print_records(records, title=f"tbd demo ({device})", console=console)
-    console.print(f"results stored in {store.home} (tbd results; tbd export --format csv)")
+    console.print(f"results stored in {escape(str(store.home))} (tbd results; tbd export --format csv)")
     if records:  # the demo ends with the report of what it ran (tbd.report.html)
         try:
             from tbd.report.html import write_report
 
             report = write_report(records, store.home / "reports" / "demo" / "report.html", f"tbd demo ({device})",
                                   subtitle=f"every installed workload x framework, {flavor} flavor on {device}.")
-            console.print(f"report: {report.resolve()}")
+            console.print(f"report: {escape(str(report.resolve()))}")
         except ImportError as exc:
             console.print(f"no report written ({exc}); install matplotlib: pip install 'tbd[plot]'")
     return 0 if all(r["status"] == "ok" for r in records) else 1

@@ -36,16 +36,29 @@ def export(args) -> int:
     if args.format == "parquet":
         if not args.output:
             raise UsageError("parquet is a binary format; give a file: --output runs.parquet")
-        to_parquet(records, args.output)
+        _check_output(Path(args.output))
+        try:
+            to_parquet(records, args.output)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output} ({exc.strerror or exc}); choose another --output") from None
         print(f"wrote {len(records)} runs to {args.output}", file=sys.stderr)
         return 0
     text = to_csv(records) if args.format == "csv" else to_json(records)
     if args.output:
         path = Path(args.output)
-        if path.parent and not path.parent.exists():
-            raise UsageError(f"folder {path.parent} does not exist; create it or choose another --output")
-        path.write_text(text)
+        _check_output(path)
+        try:
+            path.write_text(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
         print(f"wrote {len(records)} runs to {path}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _check_output(path: Path) -> None:
+    if path.is_dir():
+        raise UsageError(f"--output {path} is a folder; name a file in it, e.g. --output {path / 'runs.csv'}")
+    if not path.parent.exists():
+        raise UsageError(f"folder {path.parent} does not exist; create it or choose another --output")

@@ -66,11 +66,13 @@ def memory(args) -> int:
         raise UsageError(f"--fit-batches: {config.workload} {config.flavor} trains at batch {flavor.min_batch} or more "
                          f"({flavor.min_batch_note}); start the list at {flavor.min_batch}")
 
+    from rich.markup import escape
+
     from tbd.memory import profiler, render
     from tbd.report.tables import make_console
     from tbd.results.store import Store
 
-    store = Store(args.home)
+    store = Store(args.home).prepare()  # a store that cannot take the profile fails before profiling
     console = make_console()
     console.print(f"profiling one training step of {config.workload} ({config.framework}, {config.flavor}, {device}, batch {config.batch_size}) ...")
     prof = _guarded(profiler.profile, config, args.warmup)
@@ -93,7 +95,8 @@ def memory(args) -> int:
             prof["batch_model"]["confirmed"] = _confirm(config, prof["batch_model"]["max_batch"], args, memory_bytes, console)
     record = _store(store, config, prof, profiles)
     files = prof["files"]
-    console.print(f"stored as [bold]{record['id']}[/] in {store.home}; profile {files['json']}" + (f", plot {files['png']}" if files["png"] else ""))
+    console.print(f"stored as [bold]{record['id']}[/] in {escape(str(store.home))}; profile {escape(files['json'])}"
+                  + (f", plot {escape(files['png'])}" if files["png"] else ""))
     return 0 if prof["status"] == "ok" else 1
 
 

@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from tbd import registry, topology
 from tbd.commands import add_home
-from tbd.config import PRECISIONS, RunConfig
+from tbd.config import MAX_SEED, PRECISIONS, RunConfig
 from tbd.errors import UsageError
 from tbd.metrics.devices import best_device
 
@@ -38,9 +39,19 @@ def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value) or value <= 0:  # nan and inf parse as floats
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got '{text}'")
+    return value
+
+
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED}, got {text}")
     return value
 
 
@@ -66,7 +77,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (JAX always jit-compiles)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="a framework setting (PyTorch: compile_mode=max-autotune, sdpa_backend=cudnn); repeatable")
-    p.add_argument("--seed", type=int, default=0, help="random seed for weights and synthetic data (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed for weights and synthetic data (default: 0)")
     p.add_argument("--max-steps", type=positive_int, default=300, help="step budget including warm-up (default: 300)")
     p.add_argument("--max-time", type=positive_float, default=60.0, help="time budget in seconds (default: 60)")
     p.add_argument("--target-ci", type=positive_float, default=1.0, help="stop once the 95%% CI of throughput is within +-this %% (default: 1)")
@@ -79,7 +90,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-rank", type=int, help="this machine's rank, 0..nnodes-1 (node 0 hosts the rendezvous)")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, for --nnodes > 1")
     p.add_argument("--parallel", choices=("ddp", "fsdp2"), help="ddp (default) or fsdp2 (PyTorch: shards parameters, for large models)")
-    p.add_argument("--ddp-bucket-mb", type=float, help="DDP gradient bucket size in MiB (default 25): larger buckets, fewer all-reduces")
+    p.add_argument("--ddp-bucket-mb", type=positive_float, help="DDP gradient bucket size in MiB (default 25): larger buckets, fewer all-reduces")
     add_home(p)
 
 

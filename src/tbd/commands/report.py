@@ -13,7 +13,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from rich.markup import escape
+
 from tbd.commands import EXAMPLES, add_home
+from tbd.commands.options import positive_int
 from tbd.errors import UsageError
 from tbd.report.compare import resolve
 from tbd.report.tables import make_console
@@ -30,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("targets", nargs="*", metavar="SWEEP_OR_RUN", help="sweep names or ids, run ids or prefixes, baseline files (default: the newest sweep)")
     p.add_argument("--output", "-o", help="the HTML file to write (default: $TBD_HOME/reports/<name>/report.html)")
     p.add_argument("--title", help="the report's title")
-    p.add_argument("--limit", type=int, default=50, help="without targets and sweeps: the newest this many runs (default: 50)")
+    p.add_argument("--limit", type=positive_int, default=50, help="without targets and sweeps: the newest this many runs (default: 50)")
     add_home(p)
     p.set_defaults(func=run)
 
@@ -71,6 +74,9 @@ def run(args) -> int:
         raise UsageError(f"--output should name an .html file, got '{output}'; e.g. --output report.html")
     if args.output and not output.parent.exists():
         raise UsageError(f"folder {output.parent} does not exist; create it or choose another --output")
-    path = write_report(records, output, args.title or f"tbd report: {name}", subtitle=f"{desc}.")
-    make_console().print(f"report of {len(records)} runs: {path.resolve()}")
+    try:
+        path = write_report(records, output, args.title or f"tbd report: {name}", subtitle=f"{desc}.")
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {output} ({exc.strerror or exc}); choose another --output") from None
+    make_console().print(f"report of {len(records)} runs: {escape(str(path.resolve()))}")
     return 0

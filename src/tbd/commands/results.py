@@ -1,11 +1,14 @@
-"""`tbd results [list | show RUN]`: the stored runs, or one run's whole record."""
+"""`tbd results [list | show RUN] [--check [--quarantine]]`: the stored runs, one run's whole
+record, or a check of the store itself."""
 
 from __future__ import annotations
 
 import json
 
+from rich.markup import escape
 
 from tbd.commands import EXAMPLES, add_home
+from tbd.commands.options import positive_int
 from tbd.errors import UsageError
 from tbd.report.tables import make_console, print_records
 from tbd.results.store import Store
@@ -13,15 +16,19 @@ from tbd.results.store import Store
 
 def register(sub) -> None:
     p = sub.add_parser("results", help="list stored runs or show one", formatter_class=EXAMPLES,
-                       description="List stored runs (newest first) or show one run's whole record.",
+                       description="List stored runs (newest first) or show one run's whole record; --check checks the store.",
                        epilog="examples:\n  tbd results\n  tbd results list --workload resnet50 --limit 5\n"
-                              "  tbd results show latest\n  tbd results show 20261125-1701")
+                              "  tbd results show latest\n  tbd results show 20261125-1701\n"
+                              "  tbd results --check\n  tbd results --check --quarantine")
     p.add_argument("action", nargs="?", default="list", choices=("list", "show"), help="list (default) or show")
     p.add_argument("run_id", nargs="?", help="with show: a run id, a unique prefix of one, or 'latest'")
     p.add_argument("--workload", help="only runs of this workload")
     p.add_argument("--framework", help="only runs of this framework")
-    p.add_argument("--limit", type=int, default=30, help="at most this many runs (default: 30)")
+    p.add_argument("--limit", type=positive_int, default=30, help="at most this many runs (default: 30)")
     p.add_argument("--json", action="store_true", help="with show: print the raw JSON record")
+    p.add_argument("--check", action="store_true", help="check the store: damaged database, unreadable runs, half-written saves (docs/faults.md)")
+    p.add_argument("--quarantine", action="store_true",
+                   help="with --check: move unreadable runs (and a damaged database) to <store>/quarantine/ and rebuild from the run files")
     add_home(p)
     p.set_defaults(func=results)
 
@@ -29,6 +36,10 @@ def register(sub) -> None:
 def results(args) -> int:
     store = Store(args.home)
     console = make_console()
+    if args.quarantine and not args.check:
+        raise UsageError("--quarantine goes with --check: tbd results --check --quarantine")
+    if args.check:
+        return check(store, console, args.quarantine)
     if args.action == "show":
         if not args.run_id:
             raise UsageError("'tbd results show' needs a run id; 'tbd results' lists them")
@@ -41,7 +52,28 @@ def results(args) -> int:
         return 0
     records = store.list(limit=args.limit, workload=args.workload, framework=args.framework)
     if not records:
-        console.print(f"no runs stored in {store.home}; try 'tbd run resnet50'")
+        console.print(f"no runs stored in {escape(str(store.home))}; try 'tbd run resnet50'")
         return 0
-    print_records(records, title=f"tbd results ({store.home})", console=console)
+    print_records(records, title=escape(f"tbd results ({store.home})"), console=console)
+    return 0
+
+
+def check(store: Store, console, quarantine: bool) -> int:
+    """Exit 0 when the store is sound (or was made so), 1 when problems remain."""
+    report = store.check(quarantine=quarantine)
+    home = escape(str(store.home))
+    database = "not created yet" if report["database"] == "missing" else report["database"]
+    console.print(f"results store {home}: database {escape(database)}, {report['runs']} run(s)")
+    for run_id, why in report["unreadable"].items():
+        console.print(f"  [red]unreadable[/] run {escape(run_id)}: {escape(why)}")
+    for name in report["pending"]:
+        console.print(f"  [yellow]half-written[/] {escape(name)} (finished or removed when tbd next stores a run)")
+    for action in report["actions"]:
+        console.print(f"  [green]done:[/] {escape(action)}")
+    problems = report["database"] not in ("ok", "missing") or report["unreadable"] or report["pending"]
+    if problems and not quarantine:
+        console.print("'tbd results --check --quarantine' moves unreadable runs aside (or rebuilds a damaged database from the run files)")
+        return 1
+    if not problems:
+        console.print("[green]no problems found[/]")
     return 0

@@ -60,10 +60,11 @@ def run(args) -> int:
         from tbd.analysis.ncu import require_ncu
 
         require_ncu(config.device)
+    store.prepare()  # a store that cannot take the run fails here, before anything is measured
     console = make_console()
     record = measure_and_store(config, store, console)
     print_records([record], title=f"tbd run {config.workload}", console=console)
-    console.print(f"stored as [bold]{record['id']}[/] in {store.home} ('tbd results show {record['id']}')")
+    console.print(f"stored as [bold]{record['id']}[/] in {escape(str(store.home))} ('tbd results show {record['id']}')")
     if config.profile and record["status"] == "ok":
         from tbd.analysis.capture import describe
 

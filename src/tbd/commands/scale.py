@@ -60,6 +60,7 @@ def _pct(value: float | None) -> str:
 
 
 def scale(args) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from tbd.commands.options import config_from_args
@@ -81,6 +82,7 @@ def scale(args) -> int:
         # share and overlap come from.
         configs.append(dataclasses.replace(base, nproc_per_node=n, nnodes=1, node_rank=0, rdzv_endpoint=None, batch_size=batch,
                                            profile=base.profile or n > 1).validated())
+    store.prepare()  # a store that cannot take the runs fails here, before anything is measured
     series = time.strftime("%Y%m%d-%H%M%S") + f"-{args.workload}"
     records = []
     for config in configs:
@@ -116,5 +118,6 @@ def scale(args) -> int:
                       f"{row['peak_memory_per_rank_bytes'] / 2**30:.2f} GiB" if row["peak_memory_per_rank_bytes"] else "-",
                       ",".join(map(str, row["stragglers"])) or "-", status)
     console.print(table)
-    console.print(f"figure: {figure or 'not drawn (matplotlib missing or no run succeeded)'}; series summary: {store.home / 'scales' / (series + '.json')}")
+    summary_path = store.home / "scales" / f"{series}.json"
+    console.print(escape(f"figure: {figure or 'not drawn (matplotlib missing or no run succeeded)'}; series summary: {summary_path}"))
     return 0 if all(r["status"] == "ok" for r in records) else 1

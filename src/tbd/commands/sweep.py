@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tbd.commands import EXAMPLES, add_home
-from tbd.commands.options import positive_float, positive_int
+from tbd.commands.options import positive_float, positive_int, seed_int
 from tbd.errors import UsageError
 from tbd.report.tables import fmt_num, make_console, print_records
 from tbd.results.record import headline
@@ -55,7 +56,7 @@ def register(sub) -> None:
     p.add_argument("--max-time", type=positive_float, help="time budget per point in seconds")
     p.add_argument("--target-ci", type=positive_float, help="stop a point once its 95%% CI is within +-this %%")
     p.add_argument("--min-timed-steps", type=positive_int, help="at least this many steady steps per point")
-    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed_int, help="random seed (default: 0)")
     p.add_argument("--in-process", action="store_true", help="run points in this process (faster start; a crash ends the sweep)")
     p.add_argument("--retry-failed", action="store_true", help="on resume, run again the points that failed (other than OOM)")
     p.add_argument("--dry-run", action="store_true", help="list the points and exit")
@@ -102,22 +103,24 @@ def run(args) -> int:
     console = make_console()
     plan = sweep_spec.plan(spec_from_args(args))
     for note in plan.notes:
-        console.print(f"[dim]not run: {note}[/]")
+        console.print(f"[dim]not run: {escape(note)}[/]")
     if not plan.lines:
         raise UsageError("this sweep has no point that can run here (see 'not run' above); check the workloads, frameworks and devices")
     what = "max-batch search on" if plan.spec.max_batch else f"{plan.num_points} points in"
-    console.print(f"sweep [bold]{plan.name}[/] (id {plan.sweep_id}): {what} {len(plan.lines)} line(s); results in {store.home}")
+    name = escape(plan.name)
+    console.print(f"sweep [bold]{name}[/] (id {plan.sweep_id}): {what} {len(plan.lines)} line(s); results in {escape(str(store.home))}")
     if args.dry_run:
         for line in plan.lines:
-            console.print(f"  {line.label}: batch {', '.join(map(str, line.batches))}")
+            console.print(f"  {escape(line.label)}: batch {', '.join(map(str, line.batches))}")
         return 0
+    store.prepare()  # a store that cannot take the runs fails here, before anything is measured
     result = execute(plan, store, console, retry_failed=args.retry_failed)
     ok = [r for r in result.records if r["status"] == "ok"]
-    console.print(f"sweep [bold]{plan.name}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
+    console.print(f"sweep [bold]{name}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
                   f"{result.failed} failed; {len(ok)} points with results")
     for label, batch in result.max_batch.items():
-        console.print(f"largest batch that fits, {label}: [bold]{batch if batch else 'none (even the smallest failed)'}[/]")
-    console.print(f"next: tbd report {plan.name}   |   tbd compare {plan.name} OTHER")
+        console.print(f"largest batch that fits, {escape(label)}: [bold]{batch if batch else 'none (even the smallest failed)'}[/]")
+    console.print(f"next: tbd report {name}   |   tbd compare {name} OTHER")
     # Out-of-memory is an outcome a sweep expects; other failures make the exit status 1.
     broken = [r for r in result.records if r["status"] == "failed" and (r.get("error") or {}).get("kind") not in ("oom",)]
     return 1 if broken else 0
@@ -139,8 +142,8 @@ def execute(plan, store: Store, console, retry_failed: bool = False, launch=None
         def on_point(event: str, record: dict | None, info: dict) -> None:
             state["label"] = info["label"]
             eta = _fmt_eta(info.get("eta_s"))
-            if event == "start":
-                bar.update(task, current=f"{info['label']}: starting", eta=eta)
+            if event in ("start", "waiting"):  # waiting: another runner of this sweep holds the line
+                bar.update(task, current=escape(f"{info['label']}: {info.get('note') or 'starting'}"), eta=eta)
                 return
             bar.update(task, advance=1, eta=eta)
             console.print(_point_line(event, record, info))
@@ -148,21 +151,22 @@ def execute(plan, store: Store, console, retry_failed: bool = False, launch=None
         runner = SweepRunner(plan, store, launch=launch, retry_failed=retry_failed, on_point=on_point, on_step=on_step)
         result = runner.run()
     if result.records:
-        print_records([r for r in result.records if r["status"] != "skipped"][-40:], title=f"sweep {plan.name}", console=console)
+        print_records([r for r in result.records if r["status"] != "skipped"][-40:], title=escape(f"sweep {plan.name}"), console=console)
     return result
 
 
 def _point_line(event: str, record: dict, info: dict) -> str:
     h = headline(record)
-    tag = {"resumed": "[dim]done before[/]", "skipped": "[yellow]skipped[/]"}.get(event, "")
+    tag = {"resumed": "[dim]done before[/]"}.get(event, "")
     if record["status"] == "ok":
-        body = f"[green]{fmt_num(h['throughput'])} {h['unit']}/s[/]"
+        body = f"[green]{fmt_num(h['throughput'])} {escape(h['unit'])}/s[/]"
     elif record["status"] == "skipped":
-        body = (record.get("error") or {}).get("message", "")
+        body = f"[yellow]skipped[/]: {escape((record.get('error') or {}).get('message', ''))}"
     else:
         err = record.get("error") or {}
-        body = f"[red]{err.get('kind')}[/]: {err.get('message', '')}"
-    return f"  [{info['index']}] {info['label']}: {body} {tag}".rstrip()
+        body = f"[red]{escape(str(err.get('kind')))}[/]: {escape(str(err.get('message', '')))}"
+    index = escape(f"[{info['index']}]")
+    return f"  {index} {escape(info['label'])}: {body} {tag}".rstrip()
 
 
 def _fmt_eta(seconds: float | None) -> str:

@@ -14,6 +14,8 @@ node 0 hosts the rendezvous and global rank 0. Every node's `tbd` stores the sam
 No hangs: collectives time out (TBD_DIST_TIMEOUT_S, 60 s by default, 300 s with --compile);
 torchrun stops the surviving ranks of a node when one dies; and this launcher's watchdog kills
 the whole process tree when no progress arrives within the collective timeout plus a margin.
+No orphans (`tbd.harness.lifeline`): torchrun gets SIGTERM when `tbd` exits, even by SIGKILL
+(Linux), and every worker ends itself once torchrun or `tbd` ($TBD_LAUNCHER_PID) is gone.
 This file imports no framework (it runs in the `tbd` process); the ranks import theirs.
 """
 
@@ -36,6 +38,7 @@ from collections.abc import Callable
 import psutil
 
 from tbd.harness.distributed_worker import ERROR, PROGRESS
+from tbd.harness.lifeline import LAUNCHER_ENV
 from tbd.results.record import RunRecord, new_run_id
 from tbd.topology import RDZV_TIMEOUT_S, STARTUP_GRACE_S, collective_timeout_s
 
@@ -52,7 +55,8 @@ def torchrun_command(config, config_path: str, result_path: str, run_id: str) ->
 
 
 def _worker_env(config) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "10")}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "10"),
+           LAUNCHER_ENV: str(os.getpid())}  # the workers end themselves when this process is gone
     if config.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Ranks share the machine's cores; torchrun would otherwise pick 1 and warn.
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.nproc_per_node))
@@ -76,7 +80,9 @@ def launch_distributed(config, progress: Callable[[dict], None] | None = None, t
     idle_limit = collective_timeout + 60  # no progress for this long: something hangs
     first_limit = STARTUP_GRACE_S + collective_timeout + (int(os.environ.get("TBD_RDZV_TIMEOUT_S", RDZV_TIMEOUT_S)) if config.nnodes > 1 else 0)
     deadline = timeout_s if timeout_s is not None else first_limit + config.max_time_s * 3 + 300
-    proc = subprocess.Popen(torchrun_command(config, config_path, result_path, run_id), stdout=subprocess.PIPE,
+    # Through the lifeline shim: torchrun is told (SIGTERM, and it stops its workers) when tbd dies.
+    command = [sys.executable, "-m", "tbd.harness.lifeline", str(os.getpid()), "SIGTERM", "--"] + torchrun_command(config, config_path, result_path, run_id)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=_worker_env(config), start_new_session=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()

@@ -32,7 +32,7 @@ from tbd import frameworks, registry
 from tbd.config import RunConfig
 from tbd.errors import RunFailure
 from tbd.frameworks.base import StepTimes
-from tbd.harness import stats
+from tbd.harness import lifeline, stats
 from tbd.harness.measure import measure
 from tbd.harness.runner import classify, fill_measurement
 from tbd.metrics.devices import gpu_info
@@ -241,6 +241,7 @@ def _median(values: list[float]) -> float:
 
 def main(argv: list[str]) -> int:
     config_path, result_path, run_id = argv
+    lifeline.end_with_parent(os.getppid(), lifeline.launcher_pid_from_env(), sig=None)  # no orphan when torchrun or tbd dies
     with open(config_path) as f:
         payload = json.load(f)
     config = RunConfig.from_dict(payload["config"])

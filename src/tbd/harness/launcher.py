@@ -3,7 +3,10 @@ crash, an abort or an OOM that poisons the framework becomes a failed run with i
 
 The child is started with 'spawn' (no inherited framework state) and sends progress messages
 and, last, its record through a queue. A child that sends nothing for too long is asked for its
-Python stacks (faulthandler, SIGUSR1) before it is killed, so a hang says where it hung.
+Python stacks (faulthandler, SIGUSR1, written into a pipe: no file to leave behind) before it is
+killed, so a hang says where it hung. The child ends with its parent (`tbd.harness.lifeline`):
+killing `tbd`, even with SIGKILL, leaves no training process running. A child killed by SIGKILL is
+called out of memory only on evidence (`tbd.harness.oom_evidence`).
 """
 
 from __future__ import annotations
@@ -14,21 +17,28 @@ import multiprocessing as mp
 import os
 import queue
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 
 from tbd.config import RunConfig
+from tbd.harness import lifeline, oom_evidence
 from tbd.harness.distributed import launch_distributed
 from tbd.harness.runner import execute
 from tbd.topology import world_size
 from tbd.results.record import RunRecord, new_run_id
 
 
-def _child(config_dict: dict, run_id: str, out: "mp.Queue", stack_path: str | None = None) -> None:
+_stacks_pipe = None  # the child's end of the stacks pipe, kept open for faulthandler
+
+
+def _child(config_dict: dict, run_id: str, out: "mp.Queue", stacks=None, parent_pid: int | None = None) -> None:
+    global _stacks_pipe
+    if parent_pid is not None:
+        lifeline.end_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
-    if stack_path and hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, file=open(stack_path, "w"), all_threads=True)
+    if stacks is not None and hasattr(signal, "SIGUSR1"):
+        _stacks_pipe = stacks
+        faulthandler.register(signal.SIGUSR1, file=stacks.fileno(), all_threads=True)
     if os.environ.get("TBD_INJECT_FAULT") == "hang":  # test hook: a run that never reports
         time.sleep(3600)
     config = RunConfig(**config_dict)
@@ -44,10 +54,11 @@ def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = No
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     run_id = new_run_id(config.workload, config.framework)
-    stacks = tempfile.NamedTemporaryFile(prefix="tbd-stacks-", suffix=".txt", delete=False)
-    stacks.close()
-    child = ctx.Process(target=_child, args=(config.to_dict(), run_id, out, stacks.name), name=f"tbd-{run_id}")
+    stacks, stacks_writer = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(config.to_dict(), run_id, out, stacks_writer, os.getpid()), name=f"tbd-{run_id}")
+    oom_before = oom_evidence.oom_kill_counters()
     child.start()
+    stacks_writer.close()
     # Compilation can be slow; allow generous time beyond the measurement budget.
     deadline = timeout_s if timeout_s is not None else config.max_time_s * 3 + 600
     waited = 0.0
@@ -58,9 +69,9 @@ def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = No
             except queue.Empty:
                 waited += 0.5
                 if not child.is_alive():
-                    return _died(config, run_id, child.exitcode)
+                    return _died(config, run_id, child.exitcode, child.pid, oom_before)
                 if waited > deadline:
-                    stack = _stacks_of(child, stacks.name)
+                    stack = _stacks_of(child, stacks)
                     child.kill()
                     where = f" (stalled in {_innermost(stack)})" if stack else ""
                     message = f"run sent nothing for {deadline:.0f} s{where}; raise --max-time or check for a hang"
@@ -81,44 +92,55 @@ def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = No
         raise
     finally:
         out.close()
-        with contextlib.suppress(OSError):
-            os.unlink(stacks.name)
+        stacks.close()
 
 
-def _stacks_of(child, path: str) -> str:
-    """Ask a stalled child for the Python stacks of all its threads (faulthandler writes them)."""
+def _stacks_of(child, stacks) -> str:
+    """Ask a stalled child for the Python stacks of all its threads (faulthandler writes them
+    into the pipe); read until the dump has been quiet for a moment."""
     if not hasattr(signal, "SIGUSR1") or child.pid is None:
         return ""
+    chunks: list[bytes] = []
     with contextlib.suppress(OSError):
         os.kill(child.pid, signal.SIGUSR1)
-        for _ in range(20):
-            time.sleep(0.1)
-            text = open(path).read()
-            if text.strip():
-                time.sleep(0.2)  # let the dump finish
-                return open(path).read()
-    return ""
+        wait = 2.0  # for the first bytes
+        while stacks.poll(wait):
+            data = os.read(stacks.fileno(), 65536)
+            if not data:
+                break
+            chunks.append(data)
+            wait = 0.3  # the rest of the dump
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _innermost(stacks: str) -> str:
-    """`file:line in function` of the innermost frame of the thread that was running tbd's step
-    (faulthandler lists the current thread first, innermost frame first)."""
-    for line in stacks.splitlines():
-        line = line.strip()
+    """`file:line in function` of the innermost frame of the thread that was running tbd's step:
+    the one faulthandler marks "Current thread" (the signal's thread; other threads, such as the
+    lifeline's watcher, are listed too), innermost frame first."""
+    lines = [line.strip() for line in stacks.splitlines()]
+    start = next((i for i, line in enumerate(lines) if line.startswith("Current thread")), 0)
+    for line in lines[start:]:
         if line.startswith("File "):
             return line.replace("File ", "", 1).replace('", line ', ":").replace('"', "")
     return "unknown"
 
 
-def _died(config: RunConfig, run_id: str, exitcode: int | None) -> RunRecord:
-    if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else str(-exitcode)
-        reason = f"the run's process was killed by {name}"
-        if name == "SIGKILL":
-            reason += " (often the host running out of memory; try a smaller --batch-size)"
+def _died(config: RunConfig, run_id: str, exitcode: int | None, pid: int | None = None, oom_before: dict | None = None) -> RunRecord:
+    if exitcode is None or exitcode >= 0:
+        return RunRecord.failed(config, "crash", f"the run's process exited with code {exitcode} before reporting a result", run_id)
+    name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else str(-exitcode)
+    if -exitcode != getattr(signal, "SIGKILL", 9):
+        return RunRecord.failed(config, "crash", f"the run's process was killed by {name}", run_id)
+    # SIGKILL: the OOM killer's signal, but also a user's or a scheduler's. Decide from evidence.
+    found, evidence = oom_evidence.verdict(pid or -1, oom_before or {}, oom_evidence.oom_kill_counters(), oom_evidence.kernel_log())
+    if found == "oom":
+        message = f"out of memory at batch size {config.batch_size}: the run's process was killed by the kernel ({evidence}); try a smaller --batch-size"
+        return RunRecord.oom(config, message, run_id, oom_evidence=evidence)
+    if found == "not-oom":
+        message = f"the run's process was killed by SIGKILL, not for lack of memory ({evidence}): stopped by a user, a job scheduler or a watchdog?"
     else:
-        reason = f"the run's process exited with code {exitcode} before reporting a result"
-    return RunRecord.failed(config, "crash", reason, run_id)
+        message = f"the run's process was killed by SIGKILL; whether it ran out of memory is unknown ({evidence})"
+    return RunRecord.failed(config, "crash", message, run_id, oom_evidence=evidence, oom=found)
 
 
 def launch(config: RunConfig, progress: Callable[[dict], None] | None = None) -> RunRecord:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -74,11 +75,17 @@ def _inject_fault() -> None:
         raise RuntimeError("injected failure")
 
 
+# What allocation failures say: CUDA and XLA devices, and the host (PyTorch's CPU allocator,
+# NumPy, C++ new). An allocation failure at a large batch is out of memory wherever it happens.
+OOM_TEXT = re.compile(r"out of memory|RESOURCE_EXHAUSTED|can't allocate memory|not enough memory|Cannot allocate memory"
+                      r"|Unable to allocate|bad_alloc|failed to allocate", re.I)
+
+
 def classify(exc: BaseException, config: RunConfig) -> dict[str, str]:
     """{kind, message, traceback} of an exception raised inside a run."""
     text = f"{type(exc).__name__}: {exc}"
     first_line = text.strip().splitlines()[0][:300]
-    if "OutOfMemory" in type(exc).__name__ or "out of memory" in text.lower() or "RESOURCE_EXHAUSTED" in text:
+    if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__ or OOM_TEXT.search(text):
         return {"kind": "oom", "message": f"out of memory at batch size {config.batch_size} ({first_line}); try a smaller --batch-size",
                 "traceback": traceback.format_exc()}
     return {"kind": "error", "message": first_line, "traceback": traceback.format_exc()}

@@ -22,7 +22,7 @@ import numpy as np
 
 from tbd.errors import UsageError
 from tbd.results.record import headline
-from tbd.results.store import Store
+from tbd.results.store import NoSuchRun, Store
 
 BASELINE_FORMAT = "tbd-baseline/1"
 KEY_FIELDS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last")
@@ -56,18 +56,21 @@ def resolve(store: Store, target: str) -> tuple[str, list[dict[str, Any]]]:
             return f"sweep {sweep['name']} ({sweep['id']})", records
     try:
         record = store.get(target)
-    except UsageError as exc:
-        if "ambiguous" in str(exc):  # a prefix of several runs: that message names the fix
-            raise
+    except NoSuchRun:  # other errors (an ambiguous prefix, a damaged store) name their own fix
         raise UsageError(f"'{target}' is neither a file, a sweep nor a run in {store.home}; 'tbd results' lists runs") from None
     return f"run {record['id']}", [record]
 
 
 def save_baseline(path: str | Path, source: str, records: list[dict[str, Any]]) -> Path:
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--save-baseline {p} is a folder; name a file in it, e.g. {p / 'baseline.json'}")
     if not p.parent.exists():
         raise UsageError(f"folder {p.parent} does not exist; create it or choose another baseline path")
-    p.write_text(json.dumps({"format": BASELINE_FORMAT, "source": source, "records": records}, indent=1, default=str))
+    try:
+        p.write_text(json.dumps({"format": BASELINE_FORMAT, "source": source, "records": records}, indent=1, default=str))
+    except OSError as exc:
+        raise UsageError(f"cannot write baseline {p} ({exc.strerror or exc}); choose another path") from None
     return p
 
 

@@ -71,7 +71,7 @@ def status_cell(r: dict[str, Any]) -> str:
 def summary(records: list[dict[str, Any]]) -> str:
     best: dict[str, dict] = {}
     for r in records:
-        if r["status"] == "ok":
+        if plots.measured(r):
             k = f"{r['config']['workload']}/{r['config']['framework']} {r['config']['precision']} {r['config']['device']}"
             if k not in best or headline(r)["throughput"] > headline(best[k])["throughput"]:
                 best[k] = r

@@ -43,16 +43,21 @@ def run_label(r: dict[str, Any]) -> str:
     return f"{c['workload']}/{c['framework']} bs{c['batch_size']} {c['precision']}"
 
 
+def measured(r: dict[str, Any]) -> bool:
+    """A run with a throughput (a `tbd memory` record is ok but measures no throughput)."""
+    return r["status"] == "ok" and headline(r)["throughput"] is not None
+
+
 def throughput_vs_batch(records: list[dict[str, Any]]):
     """One panel per workload: median throughput (with its 95% CI) against batch size, a line
     per framework/precision/device; an x where a batch size ran out of memory."""
     by_workload: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_workload[r["config"]["workload"]].append(r)
-    if not any(r["status"] == "ok" for r in records):
+    if not any(measured(r) for r in records):
         return None
     plt = _plt()
-    names = [w for w in by_workload if any(r["status"] == "ok" for r in by_workload[w])]
+    names = [w for w in by_workload if any(measured(r) for r in by_workload[w])]
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
@@ -60,9 +65,9 @@ def throughput_vs_batch(records: list[dict[str, Any]]):
         lines: dict[str, list[dict]] = defaultdict(list)
         for r in by_workload[w]:
             lines[series_label(r)].append(r)
-        unit = next((headline(r)["unit"] for r in by_workload[w] if r["status"] == "ok"), "samples")
+        unit = next((headline(r)["unit"] for r in by_workload[w] if measured(r)), "samples")
         for label, rs in sorted(lines.items()):
-            ok = sorted((r for r in rs if r["status"] == "ok"), key=lambda r: r["config"]["batch_size"])
+            ok = sorted((r for r in rs if measured(r)), key=lambda r: r["config"]["batch_size"])
             if ok:
                 x = [r["config"]["batch_size"] for r in ok]
                 y = [headline(r)["throughput"] for r in ok]

@@ -32,13 +32,18 @@ def results_table(records: list[dict[str, Any]], title: str = "tbd results") -> 
         else:
             thr = "-"
             color = "yellow" if h["status"] == "skipped" else "red"  # skipped: a sweep point not run after an OOM
-            status = f"[{color}]{h['status']}[/]: {escape(h['error'] or '')}"
-        table.add_row(
-            h["id"], h["workload"], h["framework"] + (" +compile" if h["compile"] else ""), h["flavor"], h["device"],
-            f"{h['batch_size']} {escape(h['batch_unit'])}", h["precision"], thr, fmt_num(h["step_time_ms_p50"]),
+            error = str(h["error"] or "").removeprefix(f"{h['status']}: ")  # older skipped records said it twice
+            status = f"[{color}]{_text(h['status'])}[/]: {_text(error)}"
+        table.add_row(  # every stored string is escaped: a name is never read as markup
+            _text(h["id"]), _text(h["workload"]), _text(h["framework"]) + (" +compile" if h["compile"] else ""), _text(h["flavor"]),
+            _text(h["device"]), f"{h['batch_size']} {_text(h['batch_unit'])}", _text(h["precision"]), _text(thr), fmt_num(h["step_time_ms_p50"]),
             fmt_num(h["mfu_pct"]) if h["mfu_pct"] is not None else "-", fmt_bytes(h["peak_bytes"]), status,
         )
     return table
+
+
+def _text(value: Any) -> str:
+    return escape(str(value))
 
 
 def print_records(records: list[dict[str, Any]], title: str = "tbd results", console: Console | None = None) -> None:

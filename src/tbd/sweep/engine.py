@@ -10,10 +10,17 @@ Within a line, batch sizes run smallest first: after an out-of-memory the larger
 as `skipped`, without running. With `max_batch`, a line instead searches for the largest batch
 that fits: doubling from its smallest batch until an OOM (or the bound), then bisecting between
 the last fit and the first OOM, each probe a short run (`tbd.memory.max_batch.search`).
+
+Runners of the same sweep started at once (two terminals, two jobs) share it line by line: a
+runner claims a line in the store before running it, puts off lines another live runner holds,
+and waits for those at the end, so no point runs twice (docs/faults.md).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,9 +42,9 @@ def point_key(config: dict[str, Any], probe: bool = False) -> tuple:
 
 
 def is_oom(record: dict[str, Any]) -> bool:
-    """Out of device memory, or the host's OOM killer took the run's process."""
-    err = record.get("error") or {}
-    return err.get("kind") == "oom" or (err.get("kind") == "crash" and "SIGKILL" in (err.get("message") or ""))
+    """Out of device or host memory. A process killed by SIGKILL counts only when the launcher
+    found evidence of an OOM kill (it then records kind 'oom'); a bare SIGKILL is a crash."""
+    return (record.get("error") or {}).get("kind") == "oom"
 
 
 @dataclass
@@ -64,22 +71,50 @@ class SweepRunner:
         self.on_step = on_step
         self.result = SweepResult(plan)
         self.done: dict[tuple, dict[str, Any]] = {}
+        self.known_ids: set[str] = set()
         self.durations: list[float] = []
         self.index = 0
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"  # this runner, in the store's claims
+        self.poll_s = 1.0
+
+    def _load_done(self, retry: bool = False) -> None:
+        """Add the sweep's stored points not seen yet (oldest first: newer wins). With `retry`,
+        failures other than OOM are left out, so they run again."""
+        new = self.store.ids(sweep=self.plan.sweep_id) - self.known_ids
+        for record in reversed(self.store.records(new) if new else []):
+            self.known_ids.add(record["id"])
+            if retry and record["status"] == "failed" and not is_oom(record):
+                continue
+            self.done[point_key(record["config"], (record.get("sweep") or {}).get("probe", False))] = record
 
     # -- the sweep --------------------------------------------------------------------------
     def run(self) -> SweepResult:
         self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(), {"notes": self.plan.notes})
-        for record in reversed(self.store.list(sweep=self.plan.sweep_id)):  # oldest first: newer wins
-            probe = (record.get("sweep") or {}).get("probe", False)
-            if self.retry_failed and record["status"] == "failed" and not is_oom(record):
-                continue
-            self.done[point_key(record["config"], probe)] = record
-        for line in self.plan.lines:
-            if self.plan.spec.max_batch:
-                self._bisect(line)
-            else:
-                self._line(line)
+        self._load_done(retry=self.retry_failed)
+        # Lines are claimed in the store, so runners of the same sweep started at once share the
+        # lines instead of running every point twice. A line held by another live runner is put
+        # off; when only such lines remain, this runner waits for them and then resumes them
+        # (their points are then found done). Claims of runners that died are taken over.
+        pending = list(self.plan.lines)
+        while pending:
+            before = len(pending)
+            for line in list(pending):
+                holder = self.store.claim(self.plan.sweep_id, line.label, self.owner)
+                if holder is not None:
+                    self.on_point("waiting", None, {"index": self.index, "label": line.label, "eta_s": self.eta_s(),
+                                                    "note": f"another tbd runs this line (pid {holder['pid']} on {holder['host']}); waiting"})
+                    continue
+                try:
+                    self._load_done()  # points another runner stored meanwhile
+                    if self.plan.spec.max_batch:
+                        self._bisect(line)
+                    else:
+                        self._line(line)
+                finally:
+                    self.store.release(self.plan.sweep_id, line.label, self.owner)
+                pending.remove(line)
+            if len(pending) == before:  # every line left is held by another runner
+                time.sleep(self.poll_s)
         self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(),
                               {"notes": self.plan.notes, "max_batch": self.result.max_batch,
                                "points": len(self.result.records), "ran": self.result.ran})
@@ -89,7 +124,7 @@ class SweepRunner:
         oom_at: int | None = None
         for batch in line.batches:
             if oom_at is not None:
-                self._skip(line, batch, f"skipped: batch {oom_at} of this line ran out of memory")
+                self._skip(line, batch, f"batch {oom_at} of this line ran out of memory")
                 continue
             record = self._point(line, line.config(batch))
             if is_oom(record):
@@ -127,6 +162,7 @@ class SweepRunner:
         record = self.launch(config, self.on_step) if self.on_step else self.launch(config)
         record["sweep"] = {"id": self.plan.sweep_id, "name": self.plan.name, "point": self.index, "line": line.label, "probe": probe}
         self.store.save(record)  # stored as it finishes: an interrupt after this loses nothing
+        self.known_ids.add(record["id"])
         self.durations.append(time.perf_counter() - started)
         self.done[key] = record
         self.result.records.append(record)
@@ -144,6 +180,7 @@ class SweepRunner:
             record = RunRecord.skipped(config, reason)
             record["sweep"] = {"id": self.plan.sweep_id, "name": self.plan.name, "point": self.index, "line": line.label, "probe": False}
             self.store.save(record)
+            self.known_ids.add(record["id"])
             self.done[key] = record
         self.result.skipped += 1
         self.result.records.append(record)

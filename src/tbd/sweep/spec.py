@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -23,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from tbd import registry
-from tbd.config import RunConfig
+from tbd.config import MAX_BATCH, MAX_SEED, RunConfig
 from tbd.errors import UsageError, closest
 
 PRESETS = ("quick", "paper")
 BUDGET_KEYS = {"max_steps": int, "max_time": float, "target_ci": float, "min_timed_steps": int, "seed": int}
 TOP_KEYS = ("name", "workloads", "frameworks", "flavors", "devices", "precisions", "batch_sizes", "batch_scale",
             "compile", "channels_last", "max_batch", "budget")
+MAX_NAME_CHARS = 200  # a sweep's name is printed on every line; longer is a mistake (and slow to print)
+MAX_FILE_BYTES = 2**20  # sweep files are a few lines of TOML
 DEFAULT_BUDGET = {"max_steps": 300, "max_time": 60.0, "target_ci": 1.0, "min_timed_steps": 10, "seed": 0}
 
 
@@ -111,16 +114,24 @@ def plan(spec: SweepSpec) -> Plan:
                                         target_ci_pct=float(spec.budget["target_ci"]), min_timed_steps=spec.budget["min_timed_steps"],
                                         seed=spec.budget["seed"], isolate=spec.isolate)
                             batches = _batches(spec, w, ws.flavor(flavor).batch_size)
+                            if batches[-1] > MAX_BATCH:  # bad input, not a line that cannot run here
+                                raise UsageError(f"batch size {batches[-1]} is beyond any device (at most {MAX_BATCH:,}); give smaller batch sizes")
                             try:  # one check per line: validity does not depend on the batch size
                                 RunConfig(**base, batch_size=batches[0]).validated()
                             except UsageError as exc:
                                 notes.append(f"{w}/{fw}/{flavor} {device} {precision}: {exc}")
                                 continue
                             lines.append(Line(base, batches))
+    check_name(spec.name)
     # The id names what is measured: how points are launched (isolate) does not change it.
     what = [[{k: v for k, v in line.base.items() if k != "isolate"}, line.batches] for line in lines]
     ident = hashlib.sha1(json.dumps(what + [spec.max_batch], sort_keys=True).encode()).hexdigest()[:10]
     return Plan(spec, lines, notes, ident, spec.name or f"sweep-{ident}")
+
+
+def check_name(name: str | None, where: str = "the sweep's name") -> None:
+    if name is not None and len(name) > MAX_NAME_CHARS:
+        raise UsageError(f"{where} is {len(name):,} characters long; give a name of at most {MAX_NAME_CHARS} (--name)")
 
 
 def _frameworks_for(workload: str, wanted: list[str], notes: list[str]) -> list[str]:
@@ -168,9 +179,13 @@ def load_preset(name: str) -> SweepSpec:
 def load_file(path: str | Path) -> SweepSpec:
     p = Path(path)
     try:
-        text = p.read_text()
+        if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+            raise UsageError(f"sweep file {p} is {p.stat().st_size / 2**20:.1f} MiB; a sweep file is a few lines of TOML (docs/sweeps.md)")
+        text = p.read_bytes().decode("utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read sweep file {p} ({exc.strerror}); check the path given to --file") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"sweep file {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8 TOML") from None
     spec = parse_text(text, str(p))
     spec.name = spec.name or p.stem
     return spec
@@ -183,6 +198,8 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{where}: not valid TOML ({exc}); fix the syntax at that line") from None
+    except RecursionError:
+        raise UsageError(f"{where}: nested too deeply to read; a sweep file needs at most a few levels of tables") from None
     spec = SweepSpec(source=where)
 
     def fail(table: str | None, key: str, problem: str) -> UsageError:
@@ -245,11 +262,19 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
                 if bk not in BUDGET_KEYS:
                     raise fail("budget", bk, f"is unknown{closest(bk, BUDGET_KEYS)}; valid keys: {', '.join(BUDGET_KEYS)}")
                 typ = BUDGET_KEYS[bk]
-                ok = isinstance(bv, (int, float)) and not isinstance(bv, bool) and (typ is float or isinstance(bv, int))
-                if not ok or (bk != "seed" and bv <= 0):
-                    raise fail("budget", bk, f"must be a positive {'integer' if typ is int else 'number'}, got {bv!r}")
+                ok = isinstance(bv, (int, float)) and not isinstance(bv, bool) and (typ is float or isinstance(bv, int)) and _finite(bv)
+                if not ok or (bk != "seed" and bv <= 0) or (bk == "seed" and not 0 <= bv <= MAX_SEED):
+                    what = f"an integer from 0 to {MAX_SEED}" if bk == "seed" else f"a finite positive {'integer' if typ is int else 'number'}"
+                    raise fail("budget", bk, f"must be {what}, got {bv!r}")
                 spec.budget[bk] = typ(bv)
     return spec
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def find_line(text: str, table: str | None, key: str) -> int | None:
