@@ -15,6 +15,7 @@ from typing import Any
 from tbd.config import RunConfig
 from tbd.errors import UsageError
 from tbd.harness.launcher import launch
+from tbd.results.record import has_result
 
 
 def pick(recommendations: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -31,7 +32,7 @@ def verify(record: dict[str, Any], analysis: dict[str, Any], store, progress: Ca
     new = launch(config, progress)
     store.save(new)
     out: dict[str, Any] = {"action": rec["action"], "apply": rec["apply"], "expected_gain_pct": rec["expected_gain_pct"], "run_id": new["id"]}
-    if new["status"] != "ok":
+    if not has_result(new):
         out["error"] = (new.get("error") or {}).get("message", "failed")
         out["measured_gain_pct"] = None
         return out

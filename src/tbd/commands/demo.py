@@ -12,6 +12,7 @@ from tbd.config import RunConfig
 from tbd.errors import UsageError
 from tbd.metrics.devices import best_device
 from tbd.report.tables import make_console, print_records
+from tbd.results.record import has_result
 from tbd.results.store import Store
 
 
@@ -61,4 +62,4 @@ def demo(args) -> int:
             console.print(f"report: {report.resolve()}")
         except ImportError as exc:
             console.print(f"no report written ({exc}); install matplotlib: pip install 'tbd[plot]'")
-    return 0 if all(r["status"] == "ok" for r in records) else 1
+    return 0 if all(has_result(r) for r in records) else 1

@@ -17,6 +17,7 @@ from tbd.commands.options import add_run_options, config_from_args
 from tbd.config import RunConfig
 from tbd.harness.launcher import launch
 from tbd.report.tables import make_console, print_records
+from tbd.results.record import has_result
 from tbd.results.store import Store
 
 
@@ -53,6 +54,22 @@ def measure_and_store(config: RunConfig, store: Store, console: Console) -> dict
     return record
 
 
+def measurement_notes(record: dict[str, Any]) -> list[str]:
+    """What a reader must know before trusting the number: compile/warm-up time that ate the
+    budget, and the stop reason of a run that did not converge."""
+    if not has_result(record):
+        return []
+    m, method = record.get("metrics") or {}, record.get("method") or {}
+    out = []
+    compile_s, warm_s, window_s = m.get("compile_time_s"), m.get("warmup_time_s") or 0.0, m.get("steady_window_s") or 0.0
+    if compile_s is not None and compile_s + warm_s > window_s:
+        out.append(f"[dim]compilation (step 0) took {compile_s:.3g} s and warm-up {warm_s:.3g} s, "
+                   f"against {window_s:.3g} s of steady steps; neither is in the throughput[/]")
+    if record["status"] != "ok":
+        out.append(f"stopped: {escape(method.get('stop_reason') or '')}; raise --max-time (or --max-steps) for a converged number")
+    return out
+
+
 def run(args) -> int:
     store = Store(args.home)
     config = config_from_args(args, args.workload)
@@ -64,11 +81,13 @@ def run(args) -> int:
     record = measure_and_store(config, store, console)
     print_records([record], title=f"tbd run {config.workload}", console=console)
     console.print(f"stored as [bold]{record['id']}[/] in {store.home} ('tbd results show {record['id']}')")
-    if config.profile and record["status"] == "ok":
+    for line in measurement_notes(record):
+        console.print(line)
+    if config.profile and has_result(record):
         from tbd.analysis.capture import describe
 
         console.print(escape(describe(record, store.home)))
-    if record["status"] != "ok":
+    if not has_result(record):
         console.print(f"[red]run failed ({record['error']['kind']}): {escape(record['error']['message'])}[/]")
         return 1
     return 0

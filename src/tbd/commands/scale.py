@@ -22,6 +22,7 @@ import time
 
 from tbd.commands import EXAMPLES
 from tbd.errors import UsageError
+from tbd.results.record import MEASURED, has_result
 
 
 def register(sub) -> None:
@@ -65,7 +66,7 @@ def scale(args) -> int:
     from tbd.commands.options import config_from_args
     from tbd.commands.run import measure_and_store
     from tbd.report.scaling import plot_scaling, scaling_rows
-    from tbd.report.tables import fmt_num, make_console
+    from tbd.report.tables import fmt_num, make_console, status_text
     from tbd.results.store import Store
 
     if any(getattr(args, k, None) is not None for k in ("nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint")):
@@ -108,7 +109,7 @@ def scale(args) -> int:
                 "comm overlap", "peak mem/rank", "stragglers", "status"):
         table.add_column(col, justify="left" if col in ("status", "stragglers") else "right")
     for row in rows:
-        status = "ok" if row["status"] == "ok" else f"[red]{row['status']}[/]: {(row['error'] or '').replace('[', '(')}"
+        status = status_text(row["status"]) if row["status"] in MEASURED else f"[red]{row['status']}[/]: {(row['error'] or '').replace('[', '(')}"
         table.add_row(str(row["nproc"]), str(row["global_batch"]), fmt_num(row["throughput"]),
                       f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-",
                       f"{row['efficiency_pct']:.0f}%" if row["efficiency_pct"] is not None else "-",
@@ -117,4 +118,4 @@ def scale(args) -> int:
                       ",".join(map(str, row["stragglers"])) or "-", status)
     console.print(table)
     console.print(f"figure: {figure or 'not drawn (matplotlib missing or no run succeeded)'}; series summary: {store.home / 'scales' / (series + '.json')}")
-    return 0 if all(r["status"] == "ok" for r in records) else 1
+    return 0 if all(has_result(r) for r in records) else 1

@@ -19,7 +19,7 @@ from typing import Any
 from tbd.report import plots
 from tbd.report.compare import environment_facts
 from tbd.report.fmt import fmt_bytes, fmt_num
-from tbd.results.record import headline
+from tbd.results.record import has_result, headline
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
@@ -29,6 +29,7 @@ main{padding:8px 32px 40px}section{background:#fff;border:1px solid #dde2ea;bord
 h2{font-size:18px;margin:6px 0 10px;color:#1f3b5c}table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border-bottom:1px solid #e6e9ef;padding:4px 10px;text-align:left;vertical-align:top}th{background:#f0f3f7}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.ok{color:#1a7f37}.failed{color:#c62828}.skipped{color:#9a6700}
+.unconverged{color:#b25e00;font-weight:600}.insufficient{color:#8e24aa;font-weight:600}
 img{max-width:100%;height:auto;border:1px solid #eee}.note{color:#5b6472;font-size:13px}
 .diag{border-left:4px solid #1f3b5c;padding:4px 12px;margin:8px 0;background:#f7f9fc}
 """
@@ -63,6 +64,9 @@ def status_cell(r: dict[str, Any]) -> str:
     err = r.get("error") or {}
     if r["status"] == "ok":
         return "<span class='ok'>ok</span>"
+    if has_result(r):  # measured, but the CI did not reach its target (or there is none)
+        reason = ((r.get("method") or {}).get("convergence") or {}).get("reason", "")
+        return f"<span class='{e(r['status'])}'>{e(r['status'])}</span> <span class='note'>{e(reason)}</span>"
     kind = "" if err.get("kind") in (None, r["status"]) else f"{err['kind']}: "
     message = (err.get("message") or "").removeprefix(f"{r['status']}: ")
     return f"<span class='{e(r['status'])}'>{e(r['status'])}</span> {e(kind)}{e(message)}"
@@ -71,7 +75,7 @@ def status_cell(r: dict[str, Any]) -> str:
 def summary(records: list[dict[str, Any]]) -> str:
     best: dict[str, dict] = {}
     for r in records:
-        if r["status"] == "ok":
+        if has_result(r):
             k = f"{r['config']['workload']}/{r['config']['framework']} {r['config']['precision']} {r['config']['device']}"
             if k not in best or headline(r)["throughput"] > headline(best[k])["throughput"]:
                 best[k] = r
@@ -79,7 +83,8 @@ def summary(records: list[dict[str, Any]]) -> str:
     for r in records:
         counts[r["status"]] += 1
     text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    rows = [[e(k), e(r["config"]["batch_size"]), f"{fmt_num(headline(r)['throughput'])} {e(headline(r)['unit'])}/s",
+    rows = [[e(k), e(r["config"]["batch_size"]), f"{fmt_num(headline(r)['throughput'])} {e(headline(r)['unit'])}/s"
+             + ("" if r["status"] == "ok" else f" <span class='{e(r['status'])}'>({e(r['status'])})</span>"),
              e(fmt_num(headline(r)["mfu_pct"])), e(fmt_bytes(headline(r)["peak_bytes"]))] for k, r in sorted(best.items())]
     return (f"<p>{len(records)} runs: {e(text)}.</p>"
             + table(["configuration", "best batch", "throughput (median)", "MFU %", "peak memory"], rows, {1, 2, 3, 4}))
@@ -89,7 +94,7 @@ def runs_table(records: list[dict[str, Any]]) -> str:
     rows = []
     for r in sorted(records, key=lambda r: (r["config"]["workload"], r["config"]["framework"], r["config"]["precision"], r["config"]["batch_size"])):
         h = headline(r)
-        ci = f" ±{h['ci_pct']:.1f}%" if h["ci_pct"] is not None and r["status"] == "ok" else ""
+        ci = f" ±{h['ci_pct']:.1f}%" if h["ci_pct"] is not None and has_result(r) else ""
         rows.append([e(r["id"]), e(h["workload"]), e(h["framework"] + (" +compile" if h["compile"] else "")), e(h["flavor"]), e(h["device"]),
                      e(h["batch_size"]), e(h["precision"]), f"{fmt_num(h['throughput'])} {e(h['unit'])}/s{ci}" if h["throughput"] else "-",
                      e(fmt_num(h["step_time_ms_p50"])), e(fmt_bytes(h["peak_bytes"])), status_cell(r)])

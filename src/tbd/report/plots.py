@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tbd.results.record import headline
+from tbd.results.record import has_result, headline
 
 # Memory categories in stacking order (bottom first); names as MEASUREMENT.md defines them.
 CATEGORY_ORDER = ("weights", "parameters", "gradients", "optimizer_state", "feature_maps", "activations", "workspace",
@@ -45,14 +45,15 @@ def run_label(r: dict[str, Any]) -> str:
 
 def throughput_vs_batch(records: list[dict[str, Any]]):
     """One panel per workload: median throughput (with its 95% CI) against batch size, a line
-    per framework/precision/device; an x where a batch size ran out of memory."""
+    per framework/precision/device; an x where a batch size ran out of memory. Points whose
+    measurement did not converge are drawn hollow (and without error bars when they have no CI)."""
     by_workload: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_workload[r["config"]["workload"]].append(r)
-    if not any(r["status"] == "ok" for r in records):
+    if not any(has_result(r) for r in records):
         return None
     plt = _plt()
-    names = [w for w in by_workload if any(r["status"] == "ok" for r in by_workload[w])]
+    names = [w for w in by_workload if any(has_result(r) for r in by_workload[w])]
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
@@ -60,17 +61,22 @@ def throughput_vs_batch(records: list[dict[str, Any]]):
         lines: dict[str, list[dict]] = defaultdict(list)
         for r in by_workload[w]:
             lines[series_label(r)].append(r)
-        unit = next((headline(r)["unit"] for r in by_workload[w] if r["status"] == "ok"), "samples")
+        unit = next((headline(r)["unit"] for r in by_workload[w] if has_result(r)), "samples")
         for label, rs in sorted(lines.items()):
-            ok = sorted((r for r in rs if r["status"] == "ok"), key=lambda r: r["config"]["batch_size"])
+            ok = sorted((r for r in rs if has_result(r)), key=lambda r: r["config"]["batch_size"])
             if ok:
                 x = [r["config"]["batch_size"] for r in ok]
                 y = [headline(r)["throughput"] for r in ok]
                 m = [r.get("metrics") or {} for r in ok]
-                lo = [max(0.0, yi - (mi.get(f"{unit}_per_s_ci95_low") or yi)) for yi, mi in zip(y, m)]
-                hi = [max(0.0, (mi.get(f"{unit}_per_s_ci95_high") or yi) - yi) for yi, mi in zip(y, m)]
+                has_ci = [r["status"] != "insufficient" for r in ok]
+                lo = [max(0.0, yi - (mi.get(f"{unit}_per_s_ci95_low") or yi)) if c else 0.0 for yi, mi, c in zip(y, m, has_ci)]
+                hi = [max(0.0, (mi.get(f"{unit}_per_s_ci95_high") or yi) - yi) if c else 0.0 for yi, mi, c in zip(y, m, has_ci)]
                 line = ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label)
                 color = line[0].get_color()
+                loose = [(xi, yi) for xi, yi, r in zip(x, y, ok) if r["status"] != "ok"]
+                if loose:  # not converged: hollow, so nobody reads it as a settled number
+                    ax.scatter(*zip(*loose), s=70, facecolors="white", edgecolors=color, linewidths=1.5, zorder=3,
+                               label=f"{label}: not converged")
             else:
                 color = "gray"
             ooms = [r["config"]["batch_size"] for r in rs if (r.get("error") or {}).get("kind") == "oom"]
@@ -109,7 +115,7 @@ def utilization_rows(records: list[dict[str, Any]]) -> list[tuple[str, dict[str,
     """Per workload x framework x precision x device: the utilizations of its fastest run."""
     best: dict[str, dict] = {}
     for r in records:
-        if r["status"] != "ok":
+        if not has_result(r):
             continue
         c = r["config"]
         key = f"{c['workload']}/{c['framework']} {c['precision']} {c['device']}"
@@ -179,7 +185,7 @@ def memory_categories(record: dict[str, Any]) -> tuple[str, dict[str, float]]:
 
 
 def memory_breakdown(records: list[dict[str, Any]], limit: int = 24):
-    rows = [(run_label(r), *memory_categories(r)) for r in records if r["status"] == "ok"][:limit]
+    rows = [(run_label(r), *memory_categories(r)) for r in records if has_result(r)][:limit]
     rows = [row for row in rows if row[2]]
     if not rows:
         return None
@@ -204,7 +210,7 @@ def step_times(records: list[dict[str, Any]], limit: int = 24):
     """Box plots of the steady-state step times of each run (raw samples, warm-up excluded)."""
     data, labels = [], []
     for r in records:
-        if r["status"] != "ok":
+        if not has_result(r):
             continue
         t = (r.get("samples") or {}).get("step_s") or []
         start = int((r.get("metrics") or {}).get("warmup_steps") or 0)

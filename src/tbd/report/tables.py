@@ -1,9 +1,23 @@
-"""Terminal tables of run records (rich)."""
+"""Terminal tables of run records (rich), designed for 80 and 120 columns.
+
+Width: the terminal's, or `$COLUMNS`, or 120 when output goes to a file or pipe; `wide=True`
+(`--wide`) shows every column at full length whatever the width. Colour follows rich, which
+honours `NO_COLOR` and drops colour when output is not a terminal.
+
+The results table keeps what tells runs apart: a short id (the shortest prefix, at least the
+date and time, that tells the listed runs apart; `tbd results show` takes any unique prefix), the
+run (workload/framework, `+c` for compiled, `xN` for N processes), batch, precision, throughput
+with its 95% CI, and the status. Columns with one value for every row (flavor, device) move to
+the caption; columns with no value (MFU on a CPU) are left out; error messages go below the table
+so the rows stay one line each.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -11,35 +25,120 @@ from rich.table import Table
 from tbd.report.fmt import fmt_bytes, fmt_num  # noqa: F401  (re-exported: callers import them from here)
 from tbd.results.record import headline
 
+PIPE_WIDTH = 120  # width of tables written to a file or pipe when $COLUMNS does not say
+MIN_ID = 15  # 'YYYYMMDD-HHMMSS': the part of a run id a person reads
+STATUS_STYLE = {"ok": "green", "unconverged": "yellow", "insufficient": "magenta", "failed": "red", "skipped": "dim"}
 
-def make_console() -> Console:
-    """A console that keeps wide tables readable when output goes to a file or pipe."""
+
+def make_console(wide: bool = False) -> Console:
+    """A console sized to the terminal, `$COLUMNS`, or PIPE_WIDTH when writing to a pipe."""
+    columns = os.environ.get("COLUMNS", "")
+    if wide:
+        return Console(width=max(int(columns) if columns.isdigit() else 0, 250))
     console = Console()
-    return console if console.is_terminal else Console(width=180)
+    if console.is_terminal or columns.isdigit():  # rich reads $COLUMNS itself
+        return console
+    return Console(width=PIPE_WIDTH)
 
 
-def results_table(records: list[dict[str, Any]], title: str = "tbd results") -> Table:
-    table = Table(title=title, header_style="bold")
-    for col, justify in (("id", "left"), ("workload", "left"), ("framework", "left"), ("flavor", "left"), ("device", "left"),
-                         ("batch", "right"), ("precision", "left"), ("throughput (median ±95% CI)", "right"),
-                         ("step p50 ms", "right"), ("MFU %", "right"), ("peak mem", "right"), ("status", "left")):
-        table.add_column(col, justify=justify, overflow="fold")
-    for record in records:
-        h = headline(record)
-        if h["status"] == "ok":
-            thr = f"{fmt_num(h['throughput'])} {h['unit']}/s ±{h['ci_pct']:.1f}%" if h["throughput"] else "-"
-            status = "[green]ok[/]"
-        else:
-            thr = "-"
-            color = "yellow" if h["status"] == "skipped" else "red"  # skipped: a sweep point not run after an OOM
-            status = f"[{color}]{h['status']}[/]: {escape(h['error'] or '')}"
-        table.add_row(
-            h["id"], h["workload"], h["framework"] + (" +compile" if h["compile"] else ""), h["flavor"], h["device"],
-            f"{h['batch_size']} {escape(h['batch_unit'])}", h["precision"], thr, fmt_num(h["step_time_ms_p50"]),
-            fmt_num(h["mfu_pct"]) if h["mfu_pct"] is not None else "-", fmt_bytes(h["peak_bytes"]), status,
-        )
-    return table
+def status_text(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'red')}]{status}[/]"
 
 
-def print_records(records: list[dict[str, Any]], title: str = "tbd results", console: Console | None = None) -> None:
-    (console or make_console()).print(results_table(records, title))
+def short_ids(ids: list[str], minimum: int = MIN_ID) -> dict[str, str]:
+    """Each id cut to the shortest prefix (at least `minimum` characters) unique among `ids`."""
+    out = {}
+    for run_id in ids:
+        n = min(minimum, len(run_id))
+        while n < len(run_id) and any(o != run_id and o.startswith(run_id[:n]) for o in ids):
+            n += 1
+        out[run_id] = run_id[:n]
+    return out
+
+
+def throughput_cell(h: dict[str, Any], with_unit: bool = True) -> str:
+    if h["kind"] == "memory":
+        return "memory profile"
+    if h["throughput"] is None:
+        return "-"
+    return f"{fmt_num(h['throughput'])} {escape(h['unit'])}/s" if with_unit else fmt_num(h["throughput"])
+
+
+def ci_cell(h: dict[str, Any]) -> str:
+    """The 95% CI half-width, coloured by convergence; never a CI where there is none."""
+    if h["throughput"] is None or h["kind"] == "memory":
+        return "-"
+    if h["status"] == "insufficient" or h["ci_pct"] is None:
+        return "[magenta]no CI[/]"
+    return f"±{h['ci_pct']:.1f}%" if h["status"] == "ok" else f"[yellow]±{h['ci_pct']:.1f}%[/]"
+
+
+def run_label(h: dict[str, Any]) -> str:
+    return f"{h['workload']}/{h['framework']}" + (" +c" if h["compile"] else "") + (f" x{h['nproc']}" if h["nproc"] > 1 else "")
+
+
+def results_table(records: list[dict[str, Any]], title: str | None = "tbd results", width: int = 120, wide: bool = False) -> tuple[Table, list[str]]:
+    """(table, notes): the notes are the error messages and convergence remarks, one per line."""
+    heads = [headline(r) for r in records]
+    ids = {h["id"]: h["id"] for h in heads} if wide else short_ids([h["id"] for h in heads])
+    units = {h["unit"] for h in heads if h["throughput"] is not None and h["kind"] != "memory"}
+    one_unit = next(iter(units)) if len(units) == 1 else None
+    thr_header = f"{one_unit}/s" if one_unit else "throughput"
+    columns: list[tuple[str, str, Any]] = [
+        ("id", "left", lambda h: ids[h["id"]]),
+        ("run", "left", run_label),
+        ("flavor", "left", lambda h: h["flavor"]),
+        ("device", "left", lambda h: h["device"]),
+        ("batch", "right", lambda h: f"{h['batch_size']} {escape(h['batch_unit'])}" if wide or width >= 120 else str(h["batch_size"])),
+        ("prec", "left", lambda h: h["precision"]),
+        (thr_header, "right", lambda h: throughput_cell(h, with_unit=one_unit is None)),
+        ("95% CI", "right", ci_cell),
+        ("step ms", "right", lambda h: fmt_num(h["step_time_ms_p50"])),
+        ("compile s", "right", lambda h: fmt_num(h["compile_time_s"]) if h["compile_time_s"] is not None else "-"),
+        ("MFU %", "right", lambda h: fmt_num(h["mfu_pct"]) if h["mfu_pct"] is not None else "-"),
+        ("peak mem", "right", lambda h: fmt_bytes(h["peak_bytes"])),
+        ("status", "left", lambda h: status_text(h["status"]) + (f" ({escape(h['error_kind'])})" if h["status"] == "failed" and h["error_kind"] else "")),
+    ]
+    narrow = ("step ms", "compile s", "MFU %", "peak mem") if width < 100 and not wide else ()
+    if not wide and width < 120:
+        narrow += ("compile s",)  # the notes say when compilation ate the budget
+    cells = {name: [fn(h) for h in heads] for name, _, fn in columns}
+    caption = []
+    for name in ("flavor", "device"):  # one value for every row: say it once, under the table
+        if len(heads) > 1 and len(set(cells[name])) == 1 and not wide:
+            caption.append(f"{name} {cells[name][0]}")
+            narrow += (name,)
+    batch_units = {h["batch_unit"] for h in heads}
+    if not wide and width < 120 and len(batch_units) == 1:
+        caption.append(f"batch in {next(iter(batch_units))}")
+    table = Table(title=title, header_style="bold", caption=", ".join(caption) or None, box=box.SIMPLE_HEAD, padding=0, pad_edge=False, show_edge=False)
+    keep = [(name, justify) for name, justify, _ in columns
+            if name not in narrow and (wide or name in ("id", "status") or any(c not in ("-", "") for c in cells[name]))]
+    for name, justify in keep:
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis", min_width=len(name))
+    for i in range(len(heads)):
+        table.add_row(*(cells[name][i] for name, _ in keep))
+    return table, notes_for(records, ids)
+
+
+def notes_for(records: list[dict[str, Any]], ids: dict[str, str]) -> list[str]:
+    """One line per run that needs a word: why it failed or did not converge."""
+    notes = []
+    for r in records:
+        err = r.get("error") or {}
+        verdict = (r.get("method") or {}).get("convergence") or {}
+        if r["status"] in ("failed", "skipped") and err:
+            notes.append(f"{ids[r['id']]}: {status_text(r['status'])} ({escape(err.get('kind') or '')}): {escape(err.get('message') or '')}")
+        elif r["status"] in ("unconverged", "insufficient"):
+            notes.append(f"{ids[r['id']]}: {status_text(r['status'])}: {escape(verdict.get('reason') or '')}")
+        for warning in ((r.get("method") or {}).get("noise") or {}).get("warnings", []):
+            notes.append(f"{ids[r['id']]}: [yellow]noisy[/]: {escape(warning)}")
+    return notes
+
+
+def print_records(records: list[dict[str, Any]], title: str | None = "tbd results", console: Console | None = None, wide: bool = False) -> None:
+    console = console or make_console(wide)
+    table, notes = results_table(records, title, width=console.width, wide=wide)
+    console.print(table)
+    for note in notes:
+        console.print(f"  {note}", overflow="fold")

@@ -21,7 +21,7 @@ from typing import Any
 
 from tbd.config import RunConfig
 from tbd.harness import launcher
-from tbd.results.record import RunRecord
+from tbd.results.record import RunRecord, has_result
 from tbd.results.store import Store
 from tbd.sweep.spec import Line, Plan
 
@@ -102,7 +102,7 @@ class SweepRunner:
         batch = min(line.batches[0], bound)
         while True:
             record = self._point(line, line.config(batch, **short), probe=True)
-            if record["status"] == "ok":
+            if has_result(record):  # a probe only asks "does it fit", not how precisely
                 fits = batch
                 if batch >= bound:
                     break
@@ -116,7 +116,7 @@ class SweepRunner:
         while fails is not None and fails - fits > 1:
             batch = (fits + fails) // 2
             record = self._point(line, line.config(batch, **short), probe=True)
-            if record["status"] == "ok":
+            if has_result(record):
                 fits = batch
             elif is_oom(record):
                 fails = batch
@@ -145,7 +145,7 @@ class SweepRunner:
         self.done[key] = record
         self.result.records.append(record)
         self.result.ran += 1
-        self.result.failed += record["status"] != "ok"
+        self.result.failed += record["status"] == "failed"
         self.on_point("done", record, {**info, "eta_s": self.eta_s()})
         return record
 
