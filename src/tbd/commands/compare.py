@@ -20,6 +20,7 @@ from rich.table import Table
 from tbd.commands import EXAMPLES, add_home
 from tbd.commands.options import positive_float
 from tbd.errors import UsageError
+from tbd.harness.noise import compare_conditions
 from tbd.report import compare as cmp
 from tbd.report.tables import fmt_num, make_console
 from tbd.results.record import headline
@@ -30,7 +31,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "compare", help="compare two runs, sweeps or a saved baseline", formatter_class=EXAMPLES,
         description="Pair the runs of A and B on their configuration and show B/A throughput ratios with 95% bootstrap CIs "
-                    "from the raw per-step samples; warn where machines or versions differ. "
+                    "from the raw per-step samples; warn where machines, versions or measuring conditions (load, other processes, "
+                    "threads, clocks) differ; no verdict on pairs that did not converge. "
                     "Exit 1 when --fail-if-slower finds a regression.",
         epilog="examples:\n  tbd compare RUN_A RUN_B\n  tbd compare sweep-old sweep-new --fail-if-slower 5\n"
                "  tbd compare --save-baseline base.json my-sweep\n  tbd compare base.json my-sweep --fail-if-slower 3",
@@ -81,6 +83,9 @@ def run(args) -> int:
                       "significant there (--allow-unconverged to judge them anyway; longer --max-time to converge)")
     for warning in cmp.environment_warnings(recs_a, recs_b):
         console.print(f"[yellow]warning:[/] {escape(warning)}")
+    paired_a, paired_b = [p.a for p in pairs], [p.b for p in pairs]
+    for line in compare_conditions(paired_a, paired_b):  # load, other processes, threads, clocks
+        console.print(f"[yellow]conditions:[/] {escape(line)}")
     if args.fail_if_slower:
         bad = cmp.regressions(pairs, args.fail_if_slower)
         if bad:

@@ -59,14 +59,14 @@ def measurement_notes(record: dict[str, Any]) -> list[str]:
     budget, and the stop reason of a run that did not converge."""
     if not has_result(record):
         return []
-    m, method = record.get("metrics") or {}, record.get("method") or {}
+    m = record.get("metrics") or {}
     out = []
     compile_s, warm_s, window_s = m.get("compile_time_s"), m.get("warmup_time_s") or 0.0, m.get("steady_window_s") or 0.0
     if compile_s is not None and compile_s + warm_s > window_s:
         out.append(f"[dim]compilation (step 0) took {compile_s:.3g} s and warm-up {warm_s:.3g} s, "
                    f"against {window_s:.3g} s of steady steps; neither is in the throughput[/]")
     if record["status"] != "ok":
-        out.append(f"stopped: {escape(method.get('stop_reason') or '')}; raise --max-time (or --max-steps) for a converged number")
+        out.append("raise --max-time (or --max-steps) for a converged number")
     return out
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tbd.errors import RunFailure
-from tbd.harness import stats
+from tbd.harness import noise, stats
+from tbd.metrics.conditions import ConditionsMonitor
 from tbd.metrics.peaks import peak_flops
 from tbd.metrics.sampling import Probe, Reading
 
@@ -42,10 +43,21 @@ class Measurement:
     chunk_ends: list[int] = field(default_factory=list)  # step index after each chunk
     readings: list[Reading] = field(default_factory=list)  # one before the first chunk, one per chunk
     stop_reason: str = ""
+    conditions: dict[str, Any] = field(default_factory=dict)  # load, other processes, clocks (tbd.metrics.conditions)
 
 
 def measure(session, config, progress: Callable[[dict], None] | None = None, probe: Probe | None = None) -> Measurement:
     m = Measurement()
+    monitor = ConditionsMonitor(probe.gpu_index if probe else None)
+    monitor.start()
+    try:
+        _loop(m, session, config, progress, probe)
+    finally:
+        m.conditions = monitor.stop()
+    return m
+
+
+def _loop(m: Measurement, session, config, progress, probe) -> None:
     m.readings.append(probe.read()) if probe else None
     chunk = 1
     started = None
@@ -88,7 +100,6 @@ def measure(session, config, progress: Callable[[dict], None] | None = None, pro
         chunk = max(1, min(MAX_CHUNK, int(CHUNK_TARGET_S / max(recent, 1e-6)), config.max_steps - len(m.step_s)))
         left_s = min(config.max_time_s - window_s, cap_s - elapsed)
         chunk = min(chunk, max(1, int(left_s / max(recent, 1e-6))))
-    return m
 
 
 def _ci_text(rel: float) -> str:
@@ -160,6 +171,7 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int) -
         "warmup": {"excluded_steps": list(range(steady.start)), "reason": steady.reason, "detector": "MSER-5 on step times, step 0 always excluded"},
         "stop_reason": m.stop_reason,
         "convergence": verdict,
+        "noise": noise.assess(m.step_s, steady.start, m.conditions),
         "target_ci_pct": config.target_ci_pct,
         "confidence_interval": "95% CI of the median from order statistics (distribution-free)",
         "throughput": f"median over steady steps of {unit} per step / step time",

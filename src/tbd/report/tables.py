@@ -130,9 +130,11 @@ def notes_for(records: list[dict[str, Any]], ids: dict[str, str]) -> list[str]:
         if r["status"] in ("failed", "skipped") and err:
             notes.append(f"{ids[r['id']]}: {status_text(r['status'])} ({escape(err.get('kind') or '')}): {escape(err.get('message') or '')}")
         elif r["status"] in ("unconverged", "insufficient"):
-            notes.append(f"{ids[r['id']]}: {status_text(r['status'])}: {escape(verdict.get('reason') or '')}")
-        for warning in ((r.get("method") or {}).get("noise") or {}).get("warnings", []):
-            notes.append(f"{ids[r['id']]}: [yellow]noisy[/]: {escape(warning)}")
+            stop = (r.get("method") or {}).get("stop_reason")
+            notes.append(f"{ids[r['id']]}: {status_text(r['status'])}: {escape(verdict.get('reason') or '')}" + (f" ({escape(stop)})" if stop else ""))
+        warnings = ((r.get("method") or {}).get("noise") or {}).get("warnings") or []
+        if warnings:
+            notes.append(f"{ids[r['id']]}: [yellow]noisy[/]: {escape('; '.join(warnings))}")
     return notes
 
 
