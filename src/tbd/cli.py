@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tbd.errors import TbdError, closest
+from tbd.version import __version__
 
 COMMAND_MODULES = ("listing", "run", "demo", "results", "export", "sweep", "compare", "report", "memory", "analyze", "scale")
 
@@ -56,6 +58,7 @@ def build_parser() -> Parser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"tbd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"tbd.commands.{name}").register(sub)
@@ -69,13 +72,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that left shows up here, not at exit
+        return code
     except TbdError as exc:
         sys.stderr.write(f"tbd: error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("tbd: interrupted; runs that finished are stored, the one in flight was dropped\n")
         return 130
+    except BrokenPipeError:  # `tbd results --json | head`: the reader left; that is not an error
+        _quiet_stdout()
+        return 0
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":
