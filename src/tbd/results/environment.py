@@ -57,6 +57,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _ram_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # psutil is a core dependency, but a record without RAM beats no record
+        return None
+
+
 def capture(device: str, libraries: tuple[str, ...] = ()) -> dict[str, Any]:
     """The environment of a run on `device`, with the versions of the core's and `libraries`."""
     env: dict[str, Any] = {
@@ -66,6 +75,7 @@ def capture(device: str, libraries: tuple[str, ...] = ()) -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "ram_bytes": _ram_bytes(),
         "libraries": library_versions(CORE_LIBRARIES + tuple(libraries)),
         "source": source_revision(),
         "device": device,
