@@ -23,8 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tbd.commands import EXAMPLES, add_home
 from tbd.commands.options import positive_float, positive_int
 from tbd.errors import UsageError
-from tbd.report.tables import fmt_num, make_console, print_records
-from tbd.results.record import headline
+from tbd.report.tables import fmt_num, make_console, print_records, status_text
+from tbd.results.record import has_result, headline
 from tbd.results.store import Store
 from tbd.sweep import spec as sweep_spec
 from tbd.sweep.engine import SweepRunner
@@ -125,9 +125,11 @@ def run(args) -> int:
             console.print(f"  {line.label}: batch {', '.join(map(str, line.batches))}")
         return 0
     result = execute(plan, store, console, retry_failed=args.retry_failed, rerun=args.rerun)
-    ok = [r for r in result.records if r["status"] == "ok"]
+    measured = [r for r in result.records if has_result(r)]
+    loose = [r for r in measured if r["status"] != "ok"]
     console.print(f"sweep [bold]{plan.name}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
-                  f"{result.failed} failed; {len(ok)} points with results")
+                  f"{result.failed} failed; {len(measured)} points with results"
+                  + (f", {len(loose)} of them not converged (raise --max-time)" if loose else ""))
     for label, batch in result.max_batch.items():
         console.print(f"largest batch that fits, {label}: [bold]{batch if batch else 'none (even the smallest failed)'}[/]")
     console.print(f"next: tbd report {plan.name}   |   tbd compare {plan.name} OTHER")
@@ -208,8 +210,9 @@ def execute(plan, store: Store, console, retry_failed: bool = False, launch=None
 def _point_line(event: str, record: dict, info: dict) -> str:
     h = headline(record)
     tag = {"resumed": "[dim]done before[/]", "skipped": "[yellow]skipped[/]"}.get(event, "")
-    if record["status"] == "ok":
-        body = f"[green]{fmt_num(h['throughput'])} {h['unit']}/s[/]"
+    if has_result(record):
+        ci = f" ±{h['ci_pct']:.1f}%" if h["ci_pct"] is not None else ""
+        body = f"{fmt_num(h['throughput'])} {h['unit']}/s{ci} {status_text(h['status'])}"
     elif record["status"] == "skipped":
         body = (record.get("error") or {}).get("message", "")
     else:
