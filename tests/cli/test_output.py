@@ -89,3 +89,18 @@ def test_demo_picks_a_precision_each_workload_supports(monkeypatch):
     assert demo_config("a3c", "torch", "paper", "cuda", 5).precision == "tf32"  # a3c refuses bf16
     assert demo_config("resnet50", "torch", "paper", "cuda", 5).precision == "bf16"
     assert demo_config("resnet50", "torch", "tiny", "cpu", 5).precision == "fp32"
+
+
+def test_list_json_and_no_color(capsys, monkeypatch):
+    assert main(["list", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    a3c = next(w for w in data["workloads"] if w["name"] == "a3c")
+    assert "bf16" not in a3c["precisions"] and {"torch"} <= set(a3c["frameworks"]) and data["frameworks"]
+    from tbd.report.tables import make_console
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    console = make_console()
+    with console.capture() as cap:
+        console.print("[red]failed[/]")
+    assert "\x1b[31m" not in cap.get() and "failed" in cap.get()

@@ -73,3 +73,18 @@ def test_library_upgrade_is_a_new_sweep_and_resume_continues_the_old(nightly, ca
     out = capsys.readouterr().out
     assert "0 run, 2 already done" in out and "warning: resuming sweep" in out and len(fake.calls) == 2
     assert tbd("sweep", "--file", "FILE", "--resume", "nope") == 2
+
+
+def test_a_name_stored_only_in_its_runs_still_resolves(nightly, capsys):
+    """A store from before this fix: sweep 's1' was resumed as 's2' and its row renamed; 'tbd compare s1 ...'
+    finds s1's runs by the name they carry."""
+    from tbd.results.store import Store
+
+    tbd, fake, revision = nightly
+    assert tbd("sweep", "--file", "FILE", "--name", "s1", "--in-process") == 0
+    store = Store()
+    [row] = store.sweeps("s1")
+    store.save_sweep(row["id"], "s2", row["spec"], row["summary"])  # what the old resume did to the name
+    assert store.sweeps("s1") == []
+    assert tbd("compare", "s1", "s2") == 0
+    assert "A = sweep s1" in capsys.readouterr().out

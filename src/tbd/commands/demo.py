@@ -31,6 +31,7 @@ def register(sub) -> None:
     )
     d.add_argument("--max-time", type=positive_float, default=20.0, help="time budget per run in seconds (default: 20)")
     d.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    d.add_argument("--wide", action="store_true", help="the table with every column and full ids")
     add_home(d)
     d.set_defaults(func=demo)
 
@@ -65,7 +66,7 @@ def demo(args) -> int:
     store = Store(args.home)
     device = best_device() if args.device == "auto" else args.device
     flavor = "paper" if device == "cuda" else "tiny"
-    console = make_console()
+    console = make_console(args.wide)
     console.print(f"tbd demo: every installed workload x framework, {flavor} flavor on {device}")
     pairs = [(w, fw) for w in registry.workload_names() for fw in registry.implementations(w)]
     records = []
@@ -81,7 +82,7 @@ def demo(args) -> int:
         record = measure_and_store(config, store, console)
         records.append(record)
         console.print(f"[{i}/{len(pairs)}] {_one_line(record)}", highlight=False)
-    print_records(records, title=f"tbd demo ({device}, {flavor} flavor)", console=console)
+    print_records(records, title=f"tbd demo ({device}, {flavor} flavor)", console=console, wide=args.wide)
     console.print(f"results stored in {store.home} (tbd results; tbd export --format csv)")
     if records:  # the demo ends with the report of what it ran (tbd.report.html)
         try:

@@ -68,6 +68,7 @@ def register(sub) -> None:
     again.add_argument("--rerun", action="store_true", help="measure every point again, even those this sweep already has")
     again.add_argument("--resume", metavar="ID", help="continue the sweep with this id (or id prefix), even if the code or libraries changed")
     p.add_argument("--dry-run", action="store_true", help="list the points and exit")
+    p.add_argument("--wide", action="store_true", help="the final table with every column and full ids")
     add_home(p)
     p.set_defaults(func=run)
 
@@ -108,7 +109,7 @@ def spec_from_args(args) -> sweep_spec.SweepSpec:
 
 def run(args) -> int:
     store = Store(args.home)
-    console = make_console()
+    console = make_console(args.wide)
     plan = sweep_spec.plan(spec_from_args(args))
     if args.resume:
         plan = _resumed(store, plan, args.resume, console, named=bool(args.name))
@@ -124,7 +125,7 @@ def run(args) -> int:
         for line in plan.lines:
             console.print(f"  {line.label}: batch {', '.join(map(str, line.batches))}")
         return 0
-    result = execute(plan, store, console, retry_failed=args.retry_failed, rerun=args.rerun)
+    result = execute(plan, store, console, retry_failed=args.retry_failed, rerun=args.rerun, wide=args.wide)
     measured = [r for r in result.records if has_result(r)]
     loose = [r for r in measured if r["status"] != "ok"]
     console.print(f"sweep [bold]{plan.name}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
@@ -178,7 +179,7 @@ def _resumed(store: Store, plan, target: str, console, named: bool):
     return plan
 
 
-def execute(plan, store: Store, console, retry_failed: bool = False, launch=None, rerun: bool = False):
+def execute(plan, store: Store, console, retry_failed: bool = False, launch=None, rerun: bool = False, wide: bool = False):
     """Run the plan under a progress bar (points done / total, ETA); print one line per point."""
     total = None if plan.spec.max_batch else plan.num_points
     columns = (TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA {task.fields[eta]}"),
@@ -203,7 +204,7 @@ def execute(plan, store: Store, console, retry_failed: bool = False, launch=None
         runner = SweepRunner(plan, store, launch=launch, retry_failed=retry_failed, rerun=rerun, on_point=on_point, on_step=on_step)
         result = runner.run()
     if result.records:
-        print_records([r for r in result.records if r["status"] != "skipped"][-40:], title=f"sweep {plan.name}", console=console)
+        print_records([r for r in result.records if r["status"] != "skipped"][-40:], title=f"sweep {plan.name}", console=console, wide=wide)
     return result
 
 
