@@ -115,10 +115,10 @@ def convergence(timed_steps: int, ci_pct: float | None, config) -> dict[str, Any
     need = max(MIN_CI_STEPS, min(config.min_timed_steps, config.max_steps - 1))
     if timed_steps < need or ci_pct is None or not math.isfinite(ci_pct):
         status = "insufficient"
-        why = f"{timed_steps} steady step(s), fewer than the {need} needed for a confidence interval"
+        why = f"{timed_steps} steady step(s); a CI needs {need}"
     elif ci_pct > config.target_ci_pct:
         status = "unconverged"
-        why = f"95% CI +-{ci_pct:.2f}% is wider than the target +-{config.target_ci_pct:g}% when the budget ran out"
+        why = f"95% CI +-{ci_pct:.2f}% when the budget ran out, target +-{config.target_ci_pct:g}%"
     else:
         status, why = "ok", f"95% CI +-{ci_pct:.2f}% within the target +-{config.target_ci_pct:g}%"
     return {"status": status, "reason": why, "ci_pct": ci_pct if status != "insufficient" else None,

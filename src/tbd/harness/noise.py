@@ -1,6 +1,7 @@
 """Was the machine quiet while a run measured? Warnings from the step times and the conditions.
 
-`assess(step_s, steady_start, conditions)` returns {noisy, warnings, change_points, cv_pct}:
+`assess(step_s, steady_start, conditions)` returns {noisy, warnings, run_warnings, change_points,
+cv_pct} (`run_warnings`: those from the run's own step times; the others are about the machine):
 - a change of regime inside the steady window (`stats.change_points`), which warm-up detection
   cannot see because it only looks at the start;
 - step times whose coefficient of variation exceeds CV_WARN_PCT (pyperf warns above 10% too);
@@ -31,8 +32,9 @@ def assess(step_s: list[float], steady_start: int, conditions: dict[str, Any] | 
     cv = float(steady.std() / steady.mean() * 100.0) if len(steady) > 1 and steady.mean() > 0 else None
     if cv is not None and cv > CV_WARN_PCT:
         warnings.append(f"step times vary by {cv:.0f}% (coefficient of variation, over {CV_WARN_PCT:g}%)")
+    run_warnings = list(warnings)  # what this run's own step times show; the rest is about the machine
     warnings += condition_warnings(conditions or {})
-    return {"noisy": bool(warnings), "warnings": warnings, "cv_pct": cv,
+    return {"noisy": bool(warnings), "warnings": warnings, "run_warnings": run_warnings, "cv_pct": cv,
             "change_points": [{"step": steady_start + p.index, "before_ms": p.before_median * 1e3, "after_ms": p.after_median * 1e3,
                                "change_pct": p.change_pct} for p in points],
             "detector": "binary segmentation of log step times (BIC-like penalty, robust sigma), tbd.harness.stats.change_points"}
@@ -59,6 +61,19 @@ def condition_warnings(c: dict[str, Any]) -> list[str]:
     if others_gpu:
         out.append(f"{len(others_gpu)} other process(es) on the GPU")
     return list(dict.fromkeys(out))
+
+
+MACHINE_CAUSES = (("other processes kept", "other processes busy on the CPUs"), ("load average", "load average above the usable CPUs"),
+                  ("CPU frequency governor", "'powersave' CPU governor"), ("GPU clocks throttled", "GPU clocks throttled"),
+                  ("other process(es) on the GPU", "other processes on the GPU"))
+
+
+def machine_cause(warning: str) -> str | None:
+    """The cause a machine-level warning names, without its numbers (to count runs per cause)."""
+    for marker, cause in MACHINE_CAUSES:
+        if marker in warning:
+            return cause
+    return None
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -20,13 +20,17 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from tbd.report.fmt import fmt_bytes, fmt_num  # noqa: F401  (re-exported: callers import them from here)
+from tbd.harness.noise import machine_cause
 from tbd.results.record import headline
 
 PIPE_WIDTH = 120  # width of tables written to a file or pipe when $COLUMNS does not say
 MIN_ID = 15  # 'YYYYMMDD-HHMMSS': the part of a run id a person reads
+SHORT_UNITS = {"images": "img", "tokens": "tok", "frames": "frm", "audio_seconds": "audio-s", "samples": "smp"}  # under 100 columns
+OPTIONAL_COLUMNS = ("compile s", "MFU %", "peak mem", "step ms")  # dropped in this order when a table is too wide
 STATUS_STYLE = {"ok": "green", "unconverged": "yellow", "insufficient": "magenta", "failed": "red", "skipped": "dim"}
 
 
@@ -56,12 +60,13 @@ def short_ids(ids: list[str], minimum: int = MIN_ID) -> dict[str, str]:
     return out
 
 
-def throughput_cell(h: dict[str, Any], with_unit: bool = True) -> str:
+def throughput_cell(h: dict[str, Any], with_unit: bool = True, short: bool = False) -> str:
     if h["kind"] == "memory":
-        return "memory profile"
+        return "memory profile" if not short else "memory"
     if h["throughput"] is None:
         return "-"
-    return f"{fmt_num(h['throughput'])} {escape(h['unit'])}/s" if with_unit else fmt_num(h["throughput"])
+    unit = SHORT_UNITS.get(h["unit"], h["unit"]) if short else h["unit"]
+    return f"{fmt_num(h['throughput'])} {escape(unit)}/s" if with_unit else fmt_num(h["throughput"])
 
 
 def ci_cell(h: dict[str, Any]) -> str:
@@ -91,7 +96,7 @@ def results_table(records: list[dict[str, Any]], title: str | None = "tbd result
         ("device", "left", lambda h: h["device"]),
         ("batch", "right", lambda h: f"{h['batch_size']} {escape(h['batch_unit'])}" if wide or width >= 120 else str(h["batch_size"])),
         ("prec", "left", lambda h: h["precision"]),
-        (thr_header, "right", lambda h: throughput_cell(h, with_unit=one_unit is None)),
+        (thr_header, "right", lambda h: throughput_cell(h, with_unit=one_unit is None, short=width < 100 and not wide)),
         ("95% CI", "right", ci_cell),
         ("step ms", "right", lambda h: fmt_num(h["step_time_ms_p50"])),
         ("compile s", "right", lambda h: fmt_num(h["compile_time_s"]) if h["compile_time_s"] is not None else "-"),
@@ -99,9 +104,7 @@ def results_table(records: list[dict[str, Any]], title: str | None = "tbd result
         ("peak mem", "right", lambda h: fmt_bytes(h["peak_bytes"])),
         ("status", "left", lambda h: status_text(h["status"]) + (f" ({escape(h['error_kind'])})" if h["status"] == "failed" and h["error_kind"] else "")),
     ]
-    narrow = ("step ms", "compile s", "MFU %", "peak mem") if width < 100 and not wide else ()
-    if not wide and width < 120:
-        narrow += ("compile s",)  # the notes say when compilation ate the budget
+    narrow: tuple[str, ...] = ()
     cells = {name: [fn(h) for h in heads] for name, _, fn in columns}
     caption = []
     for name in ("flavor", "device"):  # one value for every row: say it once, under the table
@@ -111,30 +114,53 @@ def results_table(records: list[dict[str, Any]], title: str | None = "tbd result
     batch_units = {h["batch_unit"] for h in heads}
     if not wide and width < 120 and len(batch_units) == 1:
         caption.append(f"batch in {next(iter(batch_units))}")
-    table = Table(title=title, header_style="bold", caption=", ".join(caption) or None, box=box.SIMPLE_HEAD, padding=0, pad_edge=False, show_edge=False)
     keep = [(name, justify) for name, justify, _ in columns
             if name not in narrow and (wide or name in ("id", "status") or any(c not in ("-", "") for c in cells[name]))]
-    for name, justify in keep:
-        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis", min_width=len(name))
-    for i in range(len(heads)):
-        table.add_row(*(cells[name][i] for name, _ in keep))
-    return table, notes_for(records, ids)
+    # Too wide for the terminal: drop the optional columns, least needed first, until it fits.
+    droppable = [] if wide else [c for c in OPTIONAL_COLUMNS if c in dict(keep)]
+    while True:
+        table = Table(title=title, header_style="bold", caption=", ".join(caption) or None, box=box.SIMPLE_HEAD, padding=0,
+                      pad_edge=False, show_edge=False)
+        for name, justify in keep:
+            table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis", min_width=len(name))
+        for i in range(len(heads)):
+            table.add_row(*(cells[name][i] for name, _ in keep))
+        if not droppable or _natural_width(table) <= width:
+            return table, notes_for(records, ids)
+        gone = droppable.pop(0)
+        keep = [(name, justify) for name, justify in keep if name != gone]
+
+
+def _natural_width(table: Table) -> int:
+    console = Console(width=10_000)
+    return Measurement.get(console, console.options, table).maximum
 
 
 def notes_for(records: list[dict[str, Any]], ids: dict[str, str]) -> list[str]:
-    """One line per run that needs a word: why it failed or did not converge."""
-    notes = []
+    """One short line per run that needs a word (why it failed or did not converge, what its step
+    times show), then one line for the machine: how many runs ran while it was busy, and why."""
+    notes, busy = [], {}
     for r in records:
         err = r.get("error") or {}
-        verdict = (r.get("method") or {}).get("convergence") or {}
+        method = r.get("method") or {}
+        verdict = method.get("convergence") or {}
         if r["status"] in ("failed", "skipped") and err:
             notes.append(f"{ids[r['id']]}: {status_text(r['status'])} ({escape(err.get('kind') or '')}): {escape(err.get('message') or '')}")
         elif r["status"] in ("unconverged", "insufficient"):
-            stop = (r.get("method") or {}).get("stop_reason")
-            notes.append(f"{ids[r['id']]}: {status_text(r['status'])}: {escape(verdict.get('reason') or '')}" + (f" ({escape(stop)})" if stop else ""))
-        warnings = ((r.get("method") or {}).get("noise") or {}).get("warnings") or []
-        if warnings:
-            notes.append(f"{ids[r['id']]}: [yellow]noisy[/]: {escape('; '.join(warnings))}")
+            stop = method.get("stop_reason") or ""
+            extra = f"; {stop}" if stop.startswith("no steady state") else ""
+            notes.append(f"{ids[r['id']]}: {status_text(r['status'])}: {escape((verdict.get('reason') or '') + extra)}")
+        noise = method.get("noise") or {}
+        own = noise.get("run_warnings", [w for w in noise.get("warnings") or [] if w.startswith("step times")])
+        if own:
+            notes.append(f"{ids[r['id']]}: [yellow]noisy[/]: {escape('; '.join(own))}")
+        for warning in noise.get("warnings") or []:
+            if warning not in own:
+                busy.setdefault(machine_cause(warning) or warning, set()).add(r["id"])
+    if busy:
+        runs = set().union(*busy.values())
+        causes = "; ".join(f"{cause} ({len(ids_)})" for cause, ids_ in busy.items())
+        notes.append(f"[yellow]busy machine[/] during {len(runs)} of {len(records)} run(s): {escape(causes)} ('tbd results show ID' has the numbers)")
     return notes
 
 
