@@ -22,6 +22,8 @@ import os
 import time
 from pathlib import Path
 
+from tbd.results.record import MEASURED  # statuses of a run with a throughput (converged or not)
+
 RNN = ("seq2seq", "deepspeech2")
 IMAGE = ("resnet50", "inception_v3", "faster_rcnn", "wgan")
 BUDGET_S = 270  # stop starting suite runs after this, to keep the whole bench under ~7 minutes
@@ -90,7 +92,7 @@ def profiled_run(store, workload: str, point: dict) -> dict:
     store.save(record)
     row = {"workload": workload, "run_id": record["id"], "status": record["status"], "batch_size": config.batch_size,
            "precision": config.precision, "domain": registry.get_spec(workload).domain}
-    if record["status"] != "ok":
+    if record["status"] not in MEASURED:
         row["reason"] = (record.get("error") or {}).get("message", "")[:300]
         row["stacks"] = (record.get("error") or {}).get("stacks", "")[:4000]
         return row
@@ -159,7 +161,7 @@ def plot(suite: list[dict], path: Path, what: str) -> str:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         return f"no figure ({exc})"
-    rows = [r for r in suite if r.get("status") == "ok"]
+    rows = [r for r in suite if r.get("status") in MEASURED]
     if not rows:
         return "no figure (no successful run)"
     series = (("gpu_util_trace_pct", "GPU util (trace)"), ("gpu_util_nvml_pct", "GPU util (NVML)"),
@@ -189,12 +191,12 @@ def print_table(suite: list[dict], long: dict, figure: str) -> None:
     head = f"{'workload':<14}{'batch':>6}{'samples/s':>11}{'GPU trace%':>11}{'GPU NVML%':>10}{'MFU%':>7}{'TC%':>6}{'CPU%':>7}  diagnosis"
     print("\n" + head + "\n" + "-" * len(head))
     for r in suite:
-        if r.get("status") != "ok":
+        if r.get("status") not in MEASURED:
             print(f"{r['workload']:<14}  {r.get('status')}: {r.get('reason', '')[:90]}")
             continue
         print(f"{r['workload']:<14}{r['batch_size']:>6}{_n(r.get('samples_per_s')):>11}{_n(r.get('gpu_util_trace_pct')):>11}{_n(r.get('gpu_util_nvml_pct')):>10}"
               f"{_n(r.get('mfu_pct')):>7}{_n(r.get('tensor_core_share_pct'), '{:.0f}'):>6}{_n(r.get('cpu_util_pct')):>7}  {r.get('diagnosis', '-')}")
-    ok = [r for r in suite if r.get("status") == "ok" and r.get("gpu_util_trace_pct") is not None]
+    ok = [r for r in suite if r.get("status") in MEASURED and r.get("gpu_util_trace_pct") is not None]
     rnn = [r["gpu_util_trace_pct"] for r in ok if r["workload"] in RNN]
     img = [r["gpu_util_trace_pct"] for r in ok if r["workload"] in IMAGE]
     if rnn and img:

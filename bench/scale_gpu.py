@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from tbd.report.scaling import plot_scaling, scaling_rows  # noqa: E402  (no rich needed)
 from tbd.config import RunConfig  # noqa: E402
+from tbd.results.record import MEASURED  # noqa: E402
 from tbd.harness.launcher import launch  # noqa: E402
 
 
@@ -104,7 +105,7 @@ def main() -> int:
                 print(f"[skip] {label} n={n}: budget of {args.budget_s:.0f} s spent", flush=True)
                 continue
             record = run_one(fields, per_proc, n)
-            status = record["status"] if record["status"] == "ok" else f"failed: {(record.get('error') or {}).get('message')}"
+            status = record["status"] if record["status"] in MEASURED else f"failed: {(record.get('error') or {}).get('message')}"
             print(f"[done] {label} n={n}: {status} ({record['bench']['wall_s']:.0f} s)", flush=True)
             records.append(record)
         rows = scaling_rows(records) if records else []
@@ -131,7 +132,7 @@ def main() -> int:
                 f"{peak / 2**30:.1f} GiB" if peak else "-",
                 f"{row['comm_share_pct']:.0f}%" if row["comm_share_pct"] is not None else "-",
                 f"{row['comm_overlap_pct']:.0f}%" if row["comm_overlap_pct"] is not None else "-",
-                row["status"] if row["status"] == "ok" else (row["error"] or "")[:60],
+                row["status"] if row["status"] in MEASURED else (row["error"] or "")[:60],
             ]
             print(f"{label:<16}{row['nproc']:>3} {row['global_batch']:>12} {cells[0]:>18} {cells[1]:>8} {cells[2]:>7} {cells[3]:>9} "
                   f"{cells[4]:>6} {cells[5]:>14} {cells[6]:>7} {cells[7]:>8}  {cells[8]}")

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from tbd.results.record import MEASURED  # statuses of a run with a throughput (converged or not)
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -57,7 +59,7 @@ def main() -> int:
 
     def log(event, record, info):
         if event != "start":
-            status = record["status"] if record["status"] != "ok" else f"{record['metrics'].get('images_per_s', 0):.1f} img/s"
+            status = record["status"] if record["status"] not in MEASURED else f"{record['metrics'].get('images_per_s', 0):.1f} img/s ({record['status']})"
             print(f"[{time.perf_counter() - started:6.1f}s] {info['label']}: {status}"
                   + (f" ({record['error']['kind']})" if record.get("error") else ""), flush=True)
 

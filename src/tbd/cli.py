@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
 
 from tbd.errors import TbdError, Terminated, closest
 from tbd.results.store import one_warning
+from tbd.version import __version__
 
 COMMAND_MODULES = ("listing", "run", "demo", "results", "export", "sweep", "compare", "report", "memory", "analyze", "scale")
 
@@ -59,6 +61,7 @@ def build_parser() -> Parser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"tbd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"tbd.commands.{name}").register(sub)
@@ -74,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = _handle_sigterm()
     try:
         with one_warning():  # unreadable stored runs are named once, however many queries met them
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that left shows up here, not at exit
+        return code
     except TbdError as exc:
         sys.stderr.write(f"tbd: error: {exc}\n")
         return exc.exit_code
@@ -84,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("tbd: interrupted; runs that finished are stored, the one in flight was dropped\n")
         return 130
+    except BrokenPipeError:  # `tbd results --json | head`: the reader left; that is not an error
+        _quiet_stdout()
+        return 0
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -101,6 +109,15 @@ def _handle_sigterm():
         raise Terminated()
 
     return signal.signal(signal.SIGTERM, terminate)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from tbd.harness import distributed
 from tbd.commands.options import topology_options
 from tbd.frameworks.torch.distributed import comm_stats
 from tbd.harness.distributed_worker import merge
-from tbd.results.record import RunRecord
+from tbd.results.record import MEASURED, RunRecord
 from tbd.results.store import Store
 from tests.conftest import run_cli
 
@@ -52,7 +52,7 @@ def test_two_ranks_with_gloo_through_the_cli(tbd_home):
     out = run_cli("run", "resnet50", "--nproc-per-node", "2", "--device", "cpu", "--max-steps", "6", env=ONE_THREAD, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     record = _only_record(tbd_home)
-    assert record["status"] == "ok"
+    assert record["status"] in MEASURED  # 6 steps: measured, converged or not
     dist = record["distributed"]
     assert dist["world_size"] == 2 and [r["rank"] for r in dist["ranks"]] == [0, 1]
     per_rank = record["samples"]["per_rank_step_s"]

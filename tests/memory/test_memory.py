@@ -245,3 +245,22 @@ def test_live_memory_agrees_with_pytorchs_own_memory_profiler():
     largest = {name: max(row[i] for row in sizes) for name, i in index.items()}
     assert ours["peak"]["categories"]["optimizer_state"] == largest["OPTIMIZER_STATE"]
     assert ours["peak"]["categories"]["weights"] == largest["PARAMETER"]
+
+
+def test_plot_legend_names_every_category_drawn_and_the_peak(resnet_profile):
+    """The PNG's legend: every category of either panel with its colour (feature maps included),
+    the peak marker, which is black (feature maps are red), and every phase named."""
+    import matplotlib.pyplot as plt
+
+    from tbd.memory.render import plot
+    from tbd.results.memory_profile import COLORS, LABELS
+
+    fig = plot([resnet_profile])
+    legend = fig.legends[0]
+    names = [t.get_text() for t in legend.get_texts()]
+    assert LABELS["feature_maps"] in names and any(n.startswith("peak of the step") for n in names)
+    drawn = {k for k in COLORS if max(resnet_profile["timeline"]["categories"].get(k, [0]) or [0]) > 0 or resnet_profile["peak"]["categories"][k] > 0}
+    assert {LABELS[k] for k in drawn} <= set(names)
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {"forward", "backward", "optimizer"} <= texts
+    plt.close(fig)

@@ -69,3 +69,19 @@ def test_saved_baseline_compares_like_the_sweep(tbd_home, tmp_path, capsys):
     assert main(["compare", str(bogus), "cand"]) == 2
     assert "not a tbd baseline" in capsys.readouterr().err
     assert main(["compare", "nothing-like-this", "cand"]) == 2
+
+
+def test_no_significance_on_unconverged_pairs_unless_asked(tbd_home, capsys):
+    """B is clearly faster, but one side did not converge: no "faster" verdict until --allow-unconverged."""
+    store = Store()
+    _save_sweep(store, "old", rate=100.0)
+    new = _save_sweep(store, "new", rate=150.0)
+    new[0]["status"] = "unconverged"
+    new[0]["method"] = {"convergence": {"status": "unconverged", "reason": "CI +-14% when the budget ran out"}}
+    store.save(new[0])
+    assert main(["compare", "old", "new"]) == 0
+    out = capsys.readouterr().out
+    assert "not converged (B unconverged): no verdict" in out and out.count("faster (CI excludes 1)") == 1
+    assert "bs4" in out and "bs8" in out  # row keys are whole
+    assert main(["compare", "old", "new", "--allow-unconverged"]) == 0
+    assert capsys.readouterr().out.count("faster (CI excludes 1)") == 2

@@ -49,7 +49,7 @@ def test_report_renders_without_console_errors_and_is_not_blank(chromium, tmp_pa
     assert dom.returncode == 0, dom.stderr[-2000:]
     for sid, _ in SECTIONS:
         assert re.search(rf"<section id=\"{sid}\"", dom.stdout), f"section {sid} missing from the rendered DOM"
-    assert dom.stdout.count("<img") == 4
+    assert dom.stdout.count("<img") == 5
     assert console_messages(dom.stderr) == []
     shot = tmp_path / "shot.png"
     res = browse(chromium, url, tmp_path, f"--screenshot={shot}", "--window-size=1280,2000")

@@ -50,3 +50,67 @@ def test_parquet_export_round_trips(tbd_home, tmp_path):
     assert main(["export", "--format", "parquet", "--sweep", "s2", "--output", str(out)]) == 0
     table = pq.read_table(out)
     assert table.num_rows == 1 and table.column("batch_size").to_pylist() == [16]
+
+
+def test_export_has_a_fixed_schema_whatever_the_rows(tbd_home, tmp_path):
+    """The same columns in the same order for a GPU run, a CPU run, a failed run and no run at all;
+    throughput with its unit (not a column per unit); sweep name, code revision and host."""
+    from tbd.results.export import COLUMN_NAMES
+
+    store = Store()
+    gpt = fake_record(RunConfig("gpt", batch_size=2))
+    gpt["workload"]["unit"] = "tokens"
+    gpt["metrics"]["tokens_per_s"] = gpt["metrics"].pop("images_per_s")
+    gpt["sweep"] = {"id": "id-n", "name": "nightly", "point": 1}
+    for r in (fake_record(RunConfig("resnet50", batch_size=4)), gpt, fake_record(RunConfig("resnet50", batch_size=64), oom_above=8)):
+        store.save(r)
+    header_empty = None
+    for args in ([], ["--workload", "nope"]):
+        out = tmp_path / "x.csv"
+        assert main(["export", *args, "--output", str(out)]) == 0
+        lines = out.read_text().splitlines()
+        header = lines[0].split(",")
+        header_empty = header_empty or header
+        assert tuple(header) == COLUMN_NAMES and header == header_empty
+    import csv as csvmod
+
+    rows = list(csvmod.DictReader(out.open()))  # the empty export: header only
+    assert rows == []
+    assert main(["export", "--output", str(out)]) == 0
+    rows = {r["workload"] + r["batch_size"]: r for r in csvmod.DictReader(out.open())}
+    assert rows["gpt2"]["throughput_unit"] == "tokens/s" and rows["resnet504"]["throughput_unit"] == "images/s"
+    assert rows["gpt2"]["sweep_name"] == "nightly" and rows["gpt2"]["code_revision"] == "abc" and rows["gpt2"]["host"] == "host-a"
+    assert rows["resnet5064"]["throughput"] == "" and rows["resnet5064"]["error_kind"] == "oom"
+    assert not any(c.endswith("_per_s") and c not in ("samples_per_s", "model_tflops_per_s") for c in COLUMN_NAMES)
+
+
+def test_parquet_is_typed_even_when_empty(tbd_home, tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow not installed (pip install 'tbd[parquet]')")
+    import pyarrow.parquet as pq
+
+    failed = fake_record(RunConfig("resnet50", batch_size=64), oom_above=8)  # every metric null
+    Store().save(failed)
+    out = tmp_path / "r.parquet"
+    assert main(["export", "--format", "parquet", "--output", str(out)]) == 0
+    schema = pq.read_table(out).schema
+    assert schema.field("created_at").type == pa.timestamp("ms", tz="UTC")
+    assert schema.field("throughput").type == pa.float64() and schema.field("batch_size").type == pa.int64()
+    assert schema.field("converged").type == pa.bool_()
+
+
+def test_markdown_export_for_a_pull_request(tbd_home, capsys):
+    _store_two_sweeps()
+    assert main(["export", "--format", "markdown", "--sweep", "s1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| run | device | batch |") and len([line for line in out if line.startswith("| resnet50")]) == 2
+    assert "images/s" in out[2] and "±2.0%" in out[2]
+
+
+def test_the_documented_schema_is_the_schema():
+    from pathlib import Path
+
+    from tbd.results.export import COLUMNS
+
+    doc = (Path(__file__).parents[2] / "docs" / "output.md").read_text()
+    rows = [line for line in doc.split("<!-- export-columns")[1].splitlines() if line.startswith("| `")]
+    assert rows == [f"| `{n}` | {t} | {m} |" for n, t, m in COLUMNS]

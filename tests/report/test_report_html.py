@@ -42,13 +42,57 @@ def test_report_has_every_section_and_needs_nothing_else(tmp_path):
     assert "<script" not in text.lower()
     assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", text)
     images = re.findall(r"<img [^>]*src='([^']*)'", text)
-    assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
-    for name in ("throughput_vs_batch", "utilization", "memory", "step_times"):
+    assert len(images) == 5 and all(src.startswith("data:image/png;base64,") for src in images)
+    for name in ("throughput_vs_batch", "utilization", "memory", "step_times", "step_series"):
         assert (tmp_path / "out" / "report-plots" / f"{name}.png").stat().st_size > 1000
         assert (tmp_path / "out" / "report-plots" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
     assert "host/launch-bound" in text and "use CUDA graphs" in text  # the diagnosis
     assert "batch 32 of this line ran out of memory" in text and "oom: out of memory" in text
     assert "Fake CPU" in text and "2.14.1" in text  # the environment table
+    assert "host process</b>: on the CPU only the process's peak resident memory" in text  # what the memory chart does not measure
+    assert "comparison" not in text.lower().split("<main>")[0]  # one set of runs: no comparison section
+
+
+def test_report_marks_unconverged_runs_and_shows_conditions(tmp_path):
+    records = report_records()
+    loose = records[1]
+    loose["status"] = "unconverged"
+    loose["method"] = {"convergence": {"status": "unconverged", "reason": "CI +-6.2% when the budget ran out"}}
+    for r in records:
+        r["environment"].update(ram_bytes=16 * 2**30, platform="Linux-6.1")
+        r["environment"]["conditions"] = {"intra_op_threads": 2, "others_cpu_cores": 1.2, "before": {"load_avg": [3.4, 3, 3]}}
+    text = write_report(records, tmp_path / "r.html", "t").read_text()
+    assert "<span class='unconverged'>unconverged</span>" in text and "CI +-6.2% when the budget ran out" in text
+    assert "(unconverged)" in text  # the summary says its best point did not converge
+    for row in ("RAM", "16.0 GiB", "Linux-6.1", "intra-op threads", "load average (1 min, before runs)", "3.4", "runs with noise warnings"):
+        assert row in text, row
+
+
+def test_plots_draw_bars_for_one_batch_size_and_start_at_zero():
+    from tbd.report import plots
+
+    one = [fake_record(RunConfig("gpt", batch_size=2)), fake_record(RunConfig("gpt", batch_size=2, precision="bf16"))]
+    fig = plots.throughput_vs_batch(one)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 2 and not [line for line in ax.lines if line.get_marker() == "o"]  # two bars, no lone dots
+    assert ax.get_ylim()[0] == 0
+    many = plots.throughput_vs_batch(report_records())
+    assert all(a.get_ylim()[0] == 0 for a in many.axes if a.get_visible())
+
+
+def test_report_of_two_sweeps_compares_them(tbd_home, tmp_path, capsys):
+    store = Store()
+    for name, rate in (("old", 100.0), ("new", 130.0)):
+        for b in (4, 8):
+            r = fake_record(RunConfig("resnet50", batch_size=b), rate=rate)
+            r["sweep"] = {"id": f"id-{name}", "name": name, "point": b}
+            store.save(r)
+        store.save_sweep(f"id-{name}", name, {})
+    out = tmp_path / "cmp.html"
+    assert main(["report", "old", "new", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "<section id='comparison'>" in text and "A = sweep old" in text and "B faster (CI excludes 1)" in text
+    assert (tmp_path / "cmp-plots" / "comparison.png").stat().st_size > 1000
 
 
 def test_report_without_optional_parts_says_what_is_missing(tmp_path):

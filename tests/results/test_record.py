@@ -24,6 +24,26 @@ def test_outcome_constructors_say_what_happened():
     started = RunRecord.for_run(config.validated(), spec=__import__("tbd.registry").registry.get_spec("resnet50"))
     assert started.status == "failed" and started.workload["batch_unit"] == "images"  # failed until it succeeds
     assert started.succeed().status == "ok" and started.error is None
+    started.method = {"convergence": {"status": "unconverged"}}
+    assert started.succeed().status == "unconverged"  # the measurement's verdict is the status
+
+
+def _old_ok(timed_steps, ci, stop):
+    data = json.loads(V1.read_text())
+    data["metrics"] = {**data["metrics"], "timed_steps": timed_steps, "throughput_ci95_half_width_pct": ci}
+    data["method"] = {**data["method"], "stop_reason": stop}
+    data["config"] = {**data["config"], "min_timed_steps": 5, "max_steps": 300}
+    return RunRecord.from_dict({**data, "schema_version": 2})
+
+
+def test_old_ok_records_get_a_convergence_verdict():
+    """Records stored before the verdict existed say whether they converged, from their own facts."""
+    single = _old_ok(1, 0.0, "time budget reached (5 s; CI +-inf%)")
+    assert single.status == "insufficient" and single.metrics["throughput_ci95_half_width_pct"] is None  # never "±0.0%"
+    loose = _old_ok(40, 14.6, "time budget reached (5 s; CI +-14.60%)")
+    assert loose.status == "unconverged" and loose.method["convergence"]["ci_pct"] == 14.6
+    tight = _old_ok(40, 0.8, "95% CI of median throughput within +-1.0% (0.80%)")
+    assert tight.status == "ok" and headline(tight)["converged"]
 
 
 def test_json_round_trip_keeps_every_field_and_unknown_keys():
@@ -38,7 +58,7 @@ def test_json_round_trip_keeps_every_field_and_unknown_keys():
 def test_version_1_record_is_read_and_upgraded():
     data = json.loads(V1.read_text())
     record = RunRecord.from_dict(data)
-    assert record.schema_version == SCHEMA_VERSION == 2
+    assert record.schema_version == SCHEMA_VERSION == 3
     assert record.kind == "run" and record.workload["batch_unit"] == "images"
     assert record.metrics["images_per_s"] == 20.0 and record.samples["chunk_ends"] == [1, 2, 6]
     assert headline(record.to_dict())["throughput"] == 20.0
@@ -64,5 +84,5 @@ def test_store_reads_a_version_1_row(tmp_path):
                      " VALUES (?,?,?,?,?,?,?,?,?,?)", (data["id"], data["created_at"], "resnet50", "torch", "tiny", "cpu", 4, "fp32", "ok", json.dumps(data)))
     conn.close()
     old = store.get(data["id"][:12])
-    assert old["schema_version"] == 2 and old["kind"] == "run" and old["workload"]["batch_unit"] == "images"
+    assert old["schema_version"] == 3 and old["kind"] == "run" and old["workload"]["batch_unit"] == "images"
     assert {r["id"] for r in store.list()} == {data["id"], store.list()[0]["id"]}

@@ -13,6 +13,7 @@ from tbd import registry
 from tbd.config import RunConfig
 from tbd.errors import UsageError
 from tbd.harness.runner import execute, losses_on_fixed_batch
+from tbd.results.record import MEASURED
 
 
 def _runnable_here(workload: str, framework: str) -> bool:
@@ -31,7 +32,7 @@ PAIRS = [
 def test_tiny_flavor_runs_through_the_harness(workload, framework):
     config = RunConfig(workload=workload, framework=framework, flavor="tiny", max_steps=6, max_time_s=60, isolate=False).validated()
     record = execute(config)
-    assert record["status"] == "ok", record["error"]
+    assert record["status"] in MEASURED, record["error"]  # 6 steps: measured, converged or not
     m = record["metrics"]
     unit = registry.get_spec(workload).unit
     assert m[f"{unit}_per_s"] > 0 and math.isfinite(m[f"{unit}_per_s"])

@@ -19,13 +19,14 @@ from tbd.analysis.diagnose import diagnose
 from tbd.analysis.recommend import recommend
 from tbd.analysis.stability import analyze_steps
 from tbd.errors import UsageError
+from tbd.results.record import has_result
 
 NO_TRACE = "run again with --profile for kernel-level analysis"
 REPORT_VERSION = 1
 
 
 def analyze(record: dict[str, Any], home: str | Path) -> dict[str, Any]:
-    if record.get("status") != "ok":
+    if not has_result(record):
         msg = (record.get("error") or {}).get("message", "no result")
         raise UsageError(f"run {record['id']} failed ({msg[:120]}); there is nothing to analyze, see 'tbd results show {record['id']}'")
     from tbd.analysis.summary import summarize

@@ -15,6 +15,7 @@ from typing import Any
 from tbd.analysis.summary import summarize
 from tbd.analysis.trace import load_trace
 from tbd.results.store import default_home
+from tbd.results.record import has_result
 
 
 def trace_path(record: dict[str, Any], home: str | Path) -> Path | None:
@@ -47,7 +48,7 @@ def after_launch(record: dict[str, Any], config, store) -> None:
             analysis["summary"] = summarize(load_trace(path), analysis["trace"]["steps"])
         except Exception as exc:  # the run is good without a summary; `tbd analyze` says more
             analysis["summary_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    if getattr(config, "ncu", False) and record.get("status") == "ok":
+    if getattr(config, "ncu", False) and has_result(record):
         from tbd.analysis.ncu import run_ncu
 
         record.setdefault("analysis", {})["ncu"] = run_ncu(config)

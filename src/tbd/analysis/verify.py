@@ -19,6 +19,7 @@ from typing import Any
 from tbd.config import RunConfig
 from tbd.errors import UsageError
 from tbd.harness.launcher import launch
+from tbd.results.record import has_result
 
 
 def pick(recommendations: list[dict[str, Any]], count: int | None = 1) -> list[dict[str, Any]]:
@@ -45,7 +46,7 @@ def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress) ->
     store.save(new)
     out: dict[str, Any] = {"action": rec["action"], "apply": rec["apply"], "expected_gain_pct": rec["expected_gain_pct"],
                            "expected_gain_range_pct": rec.get("expected_gain_range_pct"), "run_id": new["id"]}
-    if new["status"] != "ok":
+    if not has_result(new):
         out["error"] = (new.get("error") or {}).get("message", "failed")
         out["measured_gain_pct"] = None
         return out

@@ -5,19 +5,22 @@
     tbd compare --save-baseline base.json my-sweep      # later: tbd compare base.json my-sweep
 
 Exit status: 0, or 1 when `--fail-if-slower PCT` finds a point of B slower than A by more than
-PCT percent (the median ratio B/A below 1 - PCT/100), or 2 for bad input.
+PCT percent (the median ratio B/A below 1 - PCT/100), or 2 for bad input. Pairs where a side
+did not converge get no "faster/slower" verdict unless `--allow-unconverged`.
 """
 
 from __future__ import annotations
 
 import math
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from tbd.commands import EXAMPLES, add_home
 from tbd.commands.options import positive_float
 from tbd.errors import UsageError
+from tbd.harness.noise import compare_conditions
 from tbd.report import compare as cmp
 from tbd.report.tables import fmt_num, make_console
 from tbd.results.record import headline
@@ -28,7 +31,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "compare", help="compare two runs, sweeps or a saved baseline", formatter_class=EXAMPLES,
         description="Pair the runs of A and B on their configuration and show B/A throughput ratios with 95% bootstrap CIs "
-                    "from the raw per-step samples; warn where machines or versions differ. "
+                    "from the raw per-step samples; warn where machines, versions or measuring conditions (load, other processes, "
+                    "threads, clocks) differ; no verdict on pairs that did not converge. "
                     "Exit 1 when --fail-if-slower finds a regression.",
         epilog="examples:\n  tbd compare RUN_A RUN_B\n  tbd compare sweep-old sweep-new --fail-if-slower 5\n"
                "  tbd compare --save-baseline base.json my-sweep\n  tbd compare base.json my-sweep --fail-if-slower 3",
@@ -37,6 +41,8 @@ def register(sub) -> None:
     p.add_argument("b", metavar="B", nargs="?", help="candidate: same kinds as A")
     p.add_argument("--fail-if-slower", type=positive_float, metavar="PCT",
                    help="exit 1 if any point of B is more than PCT%% slower than A")
+    p.add_argument("--allow-unconverged", action="store_true",
+                   help="call differences significant even where a side did not converge (status unconverged or insufficient)")
     p.add_argument("--save-baseline", metavar="FILE", help="write A's records to FILE (JSON) for later comparisons, and exit")
     add_home(p)
     p.set_defaults(func=run)
@@ -57,21 +63,29 @@ def run(args) -> int:
     console.print(f"A = {escape(desc_a)}\nB = {escape(desc_b)}" + (f"\ncompared across: {', '.join(across)}" if across else ""))
     if not pairs:
         raise UsageError("A and B have no successful runs of the same configuration to compare; check both with 'tbd results'")
-    table = Table(title="throughput, B / A", header_style="bold")
-    for col, justify in (("point", "left"), ("A", "right"), ("B", "right"), ("B/A", "right"), ("95% CI", "right"), ("", "left")):
-        table.add_column(col, justify=justify)
+    table = Table(title="throughput, B / A", header_style="bold", box=box.SIMPLE_HEAD, padding=0, pad_edge=False, show_edge=False)
+    for col, justify in (("point", "left"), ("A", "right"), ("B", "right"), ("B/A", "right"), ("95% CI", "right"), ("verdict", "left")):
+        # the point key never folds or ellipsizes: rows of batch 2 and 4 must not look alike
+        table.add_column(col, justify=justify, no_wrap=col != "verdict", overflow="fold", min_width=len(col))
     limit = 1.0 - args.fail_if_slower / 100.0 if args.fail_if_slower else None
     for p in pairs:
         ha, hb = headline(p.a), headline(p.b)
         ci = f"{p.ci_low:.3f}-{p.ci_high:.3f}" if not math.isnan(p.ci_low) else "n/a (too few samples)"
-        verdict = _verdict(p, limit)
+        verdict = _verdict(p, limit, args.allow_unconverged)
         table.add_row(escape(p.label), f"{fmt_num(ha['throughput'])} {ha['unit']}/s", f"{fmt_num(hb['throughput'])} {hb['unit']}/s",
                       f"{p.ratio:.3f}", ci, verdict)
     console.print(table)
     for line in lonely:
         console.print(f"[yellow]unpaired:[/] {escape(line)}")
+    loose = [p for p in pairs if not p.converged]
+    if loose and not args.allow_unconverged:
+        console.print(f"[yellow]note:[/] {len(loose)} pair(s) include a run that did not converge; no difference is called "
+                      "significant there (--allow-unconverged to judge them anyway; longer --max-time to converge)")
     for warning in cmp.environment_warnings(recs_a, recs_b):
         console.print(f"[yellow]warning:[/] {escape(warning)}")
+    paired_a, paired_b = [p.a for p in pairs], [p.b for p in pairs]
+    for line in compare_conditions(paired_a, paired_b):  # load, other processes, threads, clocks
+        console.print(f"[yellow]conditions:[/] {escape(line)}")
     if args.fail_if_slower:
         bad = cmp.regressions(pairs, args.fail_if_slower)
         if bad:
@@ -82,11 +96,13 @@ def run(args) -> int:
     return 0
 
 
-def _verdict(p: cmp.Pair, limit: float | None) -> str:
+def _verdict(p: cmp.Pair, limit: float | None, allow_unconverged: bool = False) -> str:
     if math.isnan(p.ratio):
         return ""
     if limit is not None and p.ratio < limit:
-        return "[red]REGRESSION[/]"
+        return "[red]REGRESSION[/]" + ("" if p.converged else f" [yellow]({escape(p.unconverged_sides)})[/]")
+    if not p.converged and not allow_unconverged:  # a CI from a run that did not settle says nothing
+        return f"[yellow]not converged ({escape(p.unconverged_sides)}): no verdict[/]"
     if not math.isnan(p.ci_low) and p.ci_high < 1.0:
         return "slower (CI excludes 1)"
     if not math.isnan(p.ci_low) and p.ci_low > 1.0:

@@ -16,11 +16,29 @@ from tbd.report.tables import make_console
 def register(sub) -> None:
     p = sub.add_parser("list", help="list workloads, flavors and frameworks", formatter_class=EXAMPLES,
                        description="List workloads with their flavors and implementations, and which frameworks are installed.",
-                       epilog="examples:\n  tbd list")
+                       epilog="examples:\n  tbd list\n  tbd list --json")
+    p.add_argument("--json", action="store_true", help="print workloads and frameworks as JSON")
     p.set_defaults(func=run)
 
 
+def as_json() -> dict:
+    workloads = []
+    for name in registry.workload_names():
+        spec = registry.get_spec(name)
+        workloads.append({"name": name, "domain": spec.domain, "unit": spec.unit, "batch_unit": spec.batch_counts,
+                          "flavors": {f.name: {"batch_size": f.batch_size} for f in spec.flavors.values()},
+                          "frameworks": list(registry.implementations(name)), "precisions": list(spec.precisions or ())})
+    frameworks = [{"name": n, "installed": not registry.missing_modules(n), "missing": list(registry.missing_modules(n)),
+                   "install": registry.framework(n).install} for n in registry.framework_names()]
+    return {"workloads": workloads, "frameworks": frameworks}
+
+
 def run(args) -> int:
+    if args.json:
+        import json
+
+        print(json.dumps(as_json(), indent=1))
+        return 0
     console = make_console()
     table = Table(title="workloads", header_style="bold")
     for col in ("workload", "domain", "unit", "batch counts", "flavors (batch)", "frameworks", "from"):

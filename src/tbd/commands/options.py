@@ -55,15 +55,18 @@ def seed_int(text: str) -> int:
     return value
 
 
-def add_workload_options(p: argparse.ArgumentParser) -> None:
+GLOBAL_BATCH_HELP = "global batch size, in the workload's batch unit ('tbd list' shows it; default: the flavor's)"
+
+
+def add_workload_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BATCH_HELP) -> None:
     """What is trained and how: framework, flavor, device, batch, precision, layout (run, memory,
     scale; the sweep takes lists of the same)."""
     frameworks = " or ".join(registry.framework_names())
     p.add_argument("--framework", "-f", default="torch", help=f"{frameworks} (default: torch)")
-    p.add_argument("--flavor", default="tiny", help="workload size: tiny or paper (default: tiny)")
+    flavors = sorted({f for w in registry.workload_names() for f in registry.get_spec(w).flavors})
+    p.add_argument("--flavor", default="tiny", help=f"workload size: {', '.join(flavors)} ('tbd list' shows each workload's; default: tiny)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto, the best device present)")
-    p.add_argument("--batch-size", "-b", type=positive_int,
-                   help="global batch size, in the workload's batch unit ('tbd list' shows it; default: the flavor's)")
+    p.add_argument("--batch-size", "-b", type=positive_int, help=batch_help)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, tf32, bf16 or fp16 (default: fp32)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for convolutional models")
     # Model settings of the hf:MODEL workloads (their hyperparameters seq_len and hf_config).
@@ -71,15 +74,16 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-config", metavar="KEY=VALUE,...", help="hf:MODEL: override fields of the model's config, e.g. n_layer=2,n_embd=64,n_head=4")
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
+def add_run_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BATCH_HELP) -> None:
     """Every option of a measured run (tbd run, tbd scale)."""
-    add_workload_options(p)
+    add_workload_options(p, batch_help)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (JAX always jit-compiles)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="a framework setting (PyTorch: compile_mode=max-autotune, sdpa_backend=cudnn); repeatable")
     p.add_argument("--seed", type=seed_int, default=0, help="random seed for weights and synthetic data (default: 0)")
     p.add_argument("--max-steps", type=positive_int, default=300, help="step budget including warm-up (default: 300)")
-    p.add_argument("--max-time", type=positive_float, default=60.0, help="time budget in seconds (default: 60)")
+    p.add_argument("--max-time", type=positive_float, default=60.0,
+                   help="time budget for steady steps in seconds; compilation (step 0) is not counted, warm-up may add as much again (default: 60)")
     p.add_argument("--target-ci", type=positive_float, default=1.0, help="stop once the 95%% CI of throughput is within +-this %% (default: 1)")
     p.add_argument("--in-process", action="store_true", help="run in this process instead of a child process (for debugging)")
     p.add_argument("--profile", action="store_true", help="trace a few steady steps after the timed ones for 'tbd analyze' (docs/analysis.md)")

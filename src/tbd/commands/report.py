@@ -26,9 +26,11 @@ from tbd.results.store import Store
 def register(sub) -> None:
     p = sub.add_parser(
         "report", help="write one self-contained HTML report of a sweep or runs", formatter_class=EXAMPLES,
-        description="Write an HTML report (throughput vs batch size, utilization, memory, step times, environment, "
-                    "diagnoses) that opens offline; figures also saved as PNG and SVG beside it.",
-        epilog="examples:\n  tbd report\n  tbd report quick --output quick.html\n  tbd report RUN_A RUN_B",
+        description="Write an HTML report (throughput vs batch size, utilization, memory, step times and every step of each "
+                    "run, environment, diagnoses) that opens offline; figures also saved as PNG and SVG beside it. "
+                    "Given two sweeps or runs (A B), it also compares B with A: ratios with 95% CIs and a figure.",
+        epilog="examples:\n  tbd report\n  tbd report quick --output quick.html\n  tbd report RUN_A RUN_B\n"
+               "  tbd report nightly-old nightly-new   (with a comparison section)",
     )
     p.add_argument("targets", nargs="*", metavar="SWEEP_OR_RUN", help="sweep names or ids, run ids or prefixes, baseline files (default: the newest sweep)")
     p.add_argument("--output", "-o", help="the HTML file to write (default: $TBD_HOME/reports/<name>/report.html)")
@@ -38,8 +40,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def gather(store: Store, targets: list[str], limit: int = 50) -> tuple[str, str, list[dict]]:
-    """(name, description, records) for the targets, or the newest sweep, or the newest runs."""
+def gather_sides(store: Store, targets: list[str], limit: int = 50) -> tuple[str, str, list[dict], dict | None]:
+    """(name, description, records) for the targets, or the newest sweep, or the newest runs; and
+    with two targets, their comparison ({desc_a, a, desc_b, b})."""
     if not targets:
         sweeps = store.sweeps()
         if sweeps:
@@ -48,11 +51,12 @@ def gather(store: Store, targets: list[str], limit: int = 50) -> tuple[str, str,
             records = store.list(limit=limit)
             if not records:
                 raise UsageError(f"no runs stored in {store.home} yet; run 'tbd sweep --preset quick' or 'tbd run resnet50' first")
-            return "latest-runs", f"the newest {len(records)} runs", records
-    records, descs = [], []
+            return "latest-runs", f"the newest {len(records)} runs", records, None
+    records, descs, sides = [], [], []
     for t in targets:
         desc, recs = resolve(store, t)
         descs.append(desc)
+        sides.append(recs)
         records += recs
     seen, unique = set(), []
     for r in records:  # a run named twice (by id and through its sweep) appears once
@@ -60,14 +64,15 @@ def gather(store: Store, targets: list[str], limit: int = 50) -> tuple[str, str,
             seen.add(r["id"])
             unique.append(r)
     name = targets[0] if len(targets) == 1 else f"{targets[0]}-and-{len(targets) - 1}-more"
-    return name, "; ".join(descs), unique
+    comparison = {"desc_a": descs[0], "a": sides[0], "desc_b": descs[1], "b": sides[1]} if len(targets) == 2 else None
+    return name, "; ".join(descs), unique, comparison
 
 
 def run(args) -> int:
     from tbd.report.html import write_report
 
     store = Store(args.home)
-    name, desc, records = gather(store, args.targets, args.limit)
+    name, desc, records, comparison = gather_sides(store, args.targets, args.limit)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).stem if Path(name).is_file() else name).strip("-") or "report"
     output = Path(args.output) if args.output else store.home / "reports" / slug / "report.html"
     if output.suffix.lower() not in (".html", ".htm"):
@@ -75,7 +80,7 @@ def run(args) -> int:
     if args.output and not output.parent.exists():
         raise UsageError(f"folder {output.parent} does not exist; create it or choose another --output")
     try:
-        path = write_report(records, output, args.title or f"tbd report: {name}", subtitle=f"{desc}.")
+        path = write_report(records, output, args.title or f"tbd report: {name}", subtitle=f"{desc}.", comparison=comparison)
     except OSError as exc:
         raise UsageError(f"cannot write the report to {output} ({exc.strerror or exc}); choose another --output") from None
     make_console().print(f"report of {len(records)} runs: {escape(str(path.resolve()))}")

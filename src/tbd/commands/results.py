@@ -1,5 +1,9 @@
 """`tbd results [list | show RUN] [--check [--quarantine]]`: the stored runs, one run's whole
-record, or a check of the store itself."""
+record, or a check of the store itself.
+
+`--json` prints JSON in both forms (list: one headline object per run; show: the whole record);
+`--wide` shows every column at full length.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from tbd.commands import EXAMPLES, add_home
 from tbd.commands.options import positive_int
 from tbd.errors import UsageError
 from tbd.report.tables import make_console, print_records
+from tbd.results.record import headline
 from tbd.results.store import Store
 
 
@@ -25,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--workload", help="only runs of this workload")
     p.add_argument("--framework", help="only runs of this framework")
     p.add_argument("--limit", type=positive_int, default=30, help="at most this many runs (default: 30)")
-    p.add_argument("--json", action="store_true", help="with show: print the raw JSON record")
+    p.add_argument("--json", action="store_true", help="print JSON: list gives each run's headline numbers, show the whole record")
+    p.add_argument("--wide", action="store_true", help="every column, full ids, whatever the terminal width")
     p.add_argument("--check", action="store_true", help="check the store: damaged database, unreadable runs, half-written saves (docs/faults.md)")
     p.add_argument("--quarantine", action="store_true",
                    help="with --check: move unreadable runs (and a damaged database) to <store>/quarantine/ and rebuild from the run files")
@@ -35,7 +41,7 @@ def register(sub) -> None:
 
 def results(args) -> int:
     store = Store(args.home)
-    console = make_console()
+    console = make_console(args.wide)
     if args.quarantine and not args.check:
         raise UsageError("--quarantine goes with --check: tbd results --check --quarantine")
     if args.check:
@@ -47,14 +53,17 @@ def results(args) -> int:
         if args.json:
             print(json.dumps(record, indent=1))
             return 0
-        print_records([record], title=f"run {record['id']}", console=console)
+        print_records([record], title=f"run {record['id']}", console=console, wide=args.wide)
         console.print_json(json.dumps({k: record[k] for k in ("config", "workload", "environment", "method", "metrics", "memory", "error")}, default=str))
         return 0
     records = store.list(limit=args.limit, workload=args.workload, framework=args.framework)
+    if args.json:
+        print(json.dumps([headline(r) for r in records], indent=1, default=str))
+        return 0
     if not records:
         console.print(f"no runs stored in {escape(str(store.home))}; try 'tbd run resnet50'")
         return 0
-    print_records(records, title=escape(f"tbd results ({store.home})"), console=console)
+    print_records(records, title=escape(f"tbd results ({store.home})"), console=console, wide=args.wide)
     return 0
 
 

@@ -17,13 +17,15 @@ from tbd.commands.options import add_run_options, config_from_args
 from tbd.config import RunConfig
 from tbd.harness.launcher import launch
 from tbd.report.tables import make_console, print_records
+from tbd.results.record import has_result
 from tbd.results.store import Store
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "run", help="measure one training workload", formatter_class=EXAMPLES,
-        description="Train WORKLOAD on synthetic data, detect warm-up, time steady steps until the throughput is known to +-1%, store the run.",
+        description="Train WORKLOAD on synthetic data, detect warm-up, time steady steps until the throughput is known to +-1% "
+                    "(or the budget runs out: status unconverged, or insufficient with too few steps for a CI), store the run.",
         epilog="examples:\n  tbd run resnet50\n  tbd run resnet50 --framework jax --flavor tiny --max-time 20\n"
                "  tbd run resnet50 --device cuda --flavor paper -b 256 --precision bf16 --channels-last --compile\n"
                "  tbd run resnet50 --device cuda --flavor paper -b 512 --nproc-per-node 8   (docs/distributed.md)",
@@ -53,6 +55,22 @@ def measure_and_store(config: RunConfig, store: Store, console: Console) -> dict
     return record
 
 
+def measurement_notes(record: dict[str, Any]) -> list[str]:
+    """What a reader must know before trusting the number: compile/warm-up time that ate the
+    budget, and the stop reason of a run that did not converge."""
+    if not has_result(record):
+        return []
+    m = record.get("metrics") or {}
+    out = []
+    compile_s, warm_s, window_s = m.get("compile_time_s"), m.get("warmup_time_s") or 0.0, m.get("steady_window_s") or 0.0
+    if compile_s is not None and compile_s + warm_s > window_s:
+        out.append(f"[dim]compilation (step 0) took {compile_s:.3g} s and warm-up {warm_s:.3g} s, "
+                   f"against {window_s:.3g} s of steady steps; neither is in the throughput[/]")
+    if record["status"] != "ok":
+        out.append("raise --max-time (or --max-steps) for a converged number")
+    return out
+
+
 def run(args) -> int:
     store = Store(args.home)
     config = config_from_args(args, args.workload)
@@ -65,14 +83,16 @@ def run(args) -> int:
     record = measure_and_store(config, store, console)
     print_records([record], title=f"tbd run {config.workload}", console=console)
     console.print(f"stored as [bold]{record['id']}[/] in {escape(str(store.home))} ('tbd results show {record['id']}')")
-    if config.profile and record["status"] == "ok":
+    for line in measurement_notes(record):
+        console.print(line)
+    if config.profile and has_result(record):
         from tbd.analysis.capture import describe
 
         console.print(escape(describe(record, store.home)))
     defect = (record["method"] or {}).get("recompilation_defect")
     if defect:  # a step that keeps recompiling measures the compiler, not the training
         console.print(f"[yellow]warning: {escape(defect)}[/]")
-    if record["status"] != "ok":
+    if not has_result(record):
         console.print(f"[red]run failed ({record['error']['kind']}): {escape(record['error']['message'])}[/]")
         return 1
     return 0

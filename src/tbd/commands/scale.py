@@ -22,6 +22,7 @@ import time
 
 from tbd.commands import EXAMPLES
 from tbd.errors import UsageError
+from tbd.results.record import MEASURED, has_result
 
 
 def register(sub) -> None:
@@ -41,7 +42,8 @@ def register(sub) -> None:
     p.add_argument("--nproc", default="1,2", help="comma-separated process counts (default: 1,2)")
     p.add_argument("--scaling", choices=("weak", "strong"), default="weak",
                    help="weak (default): --batch-size is per process, the global batch grows with n; strong: --batch-size is the global batch, split n ways")
-    add_run_options(p)
+    add_run_options(p, batch_help="with --scaling weak (default): the batch per process, so n processes train n x this; "
+                                  "with --scaling strong: the global batch, split n ways (default: the flavor's)")
     p.set_defaults(func=scale)
 
 
@@ -66,7 +68,7 @@ def scale(args) -> int:
     from tbd.commands.options import config_from_args
     from tbd.commands.run import measure_and_store
     from tbd.report.scaling import plot_scaling, scaling_rows
-    from tbd.report.tables import fmt_num, make_console
+    from tbd.report.tables import fmt_num, make_console, status_text
     from tbd.results.store import Store
 
     if any(getattr(args, k, None) is not None for k in ("nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint")):
@@ -110,7 +112,7 @@ def scale(args) -> int:
                 "comm overlap", "peak mem/rank", "stragglers", "status"):
         table.add_column(col, justify="left" if col in ("status", "stragglers") else "right")
     for row in rows:
-        status = "ok" if row["status"] == "ok" else f"[red]{row['status']}[/]: {(row['error'] or '').replace('[', '(')}"
+        status = status_text(row["status"]) if row["status"] in MEASURED else f"[red]{row['status']}[/]: {(row['error'] or '').replace('[', '(')}"
         table.add_row(str(row["nproc"]), str(row["global_batch"]), fmt_num(row["throughput"]),
                       f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-",
                       f"{row['efficiency_pct']:.0f}%" if row["efficiency_pct"] is not None else "-",
@@ -120,4 +122,4 @@ def scale(args) -> int:
     console.print(table)
     summary_path = store.home / "scales" / f"{series}.json"
     console.print(escape(f"figure: {figure or 'not drawn (matplotlib missing or no run succeeded)'}; series summary: {summary_path}"))
-    return 0 if all(r["status"] == "ok" for r in records) else 1
+    return 0 if all(has_result(r) for r in records) else 1

@@ -7,6 +7,11 @@
 
 Flags override what the file or preset sets. The progress bar shows the point in flight, its
 steps, and an ETA from the mean time of the points run so far.
+
+Resuming: the same sweep (same plan, name, code revision and library versions) run again runs
+only its missing points. Another --name, a new commit, uncommitted edits or new library
+versions start a new sweep that measures every point. `--resume ID` continues a given sweep
+whatever the code; `--rerun` measures every point again.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tbd.commands import EXAMPLES, add_home
 from tbd.commands.options import positive_float, positive_int, seed_int
 from tbd.errors import UsageError
-from tbd.report.tables import fmt_num, make_console, print_records
-from tbd.results.record import headline
+from tbd.report.tables import fmt_num, make_console, print_records, status_text
+from tbd.results.record import has_result, headline
 from tbd.results.store import Store
 from tbd.sweep import spec as sweep_spec
 from tbd.sweep.engine import SweepRunner
@@ -30,7 +35,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "sweep", help="run many configurations (batch sizes, frameworks, precisions, ...)", formatter_class=EXAMPLES,
         description="Run every point of workloads x frameworks x flavors x devices x precisions x compile x batch sizes, "
-                    "each isolated and stored as it finishes. Running the same sweep again resumes it. "
+                    "each isolated and stored as it finishes. Running the same sweep again (same name, code revision "
+                    "and library versions) resumes it; another name or new code measures every point again. "
                     "After an out-of-memory, larger batches of that line are skipped.",
         epilog="examples:\n  tbd sweep --preset quick\n"
                "  tbd sweep --workloads resnet50 --frameworks torch,jax --batch-sizes 4,8,16 --precisions fp32,bf16 --devices cpu\n"
@@ -59,7 +65,11 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed_int, help="random seed (default: 0)")
     p.add_argument("--in-process", action="store_true", help="run points in this process (faster start; a crash ends the sweep)")
     p.add_argument("--retry-failed", action="store_true", help="on resume, run again the points that failed (other than OOM)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--rerun", action="store_true", help="measure every point again, even those this sweep already has")
+    again.add_argument("--resume", metavar="ID", help="continue the sweep with this id (or id prefix), even if the code or libraries changed")
     p.add_argument("--dry-run", action="store_true", help="list the points and exit")
+    p.add_argument("--wide", action="store_true", help="the final table with every column and full ids")
     add_home(p)
     p.set_defaults(func=run)
 
@@ -100,8 +110,12 @@ def spec_from_args(args) -> sweep_spec.SweepSpec:
 
 def run(args) -> int:
     store = Store(args.home)
-    console = make_console()
+    console = make_console(args.wide)
     plan = sweep_spec.plan(spec_from_args(args))
+    if args.resume:
+        plan = _resumed(store, plan, args.resume, console, named=bool(args.name))
+    else:
+        _say_if_measured_before(store, plan, console)
     for note in plan.notes:
         console.print(f"[dim]not run: {escape(note)}[/]")
     if not plan.lines:
@@ -114,10 +128,12 @@ def run(args) -> int:
             console.print(f"  {escape(line.label)}: batch {', '.join(map(str, line.batches))}")
         return 0
     store.prepare()  # a store that cannot take the runs fails here, before anything is measured
-    result = execute(plan, store, console, retry_failed=args.retry_failed)
-    ok = [r for r in result.records if r["status"] == "ok"]
-    console.print(f"sweep [bold]{name}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
-                  f"{result.failed} failed; {len(ok)} points with results")
+    result = execute(plan, store, console, retry_failed=args.retry_failed, rerun=args.rerun, wide=args.wide)
+    measured = [r for r in result.records if has_result(r)]
+    loose = [r for r in measured if r["status"] != "ok"]
+    console.print(f"sweep [bold]{escape(plan.name)}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
+                  f"{result.failed} failed; {len(measured)} points with results"
+                  + (f", {len(loose)} of them not converged (raise --max-time)" if loose else ""))
     for label, batch in result.max_batch.items():
         console.print(f"largest batch that fits, {escape(label)}: [bold]{batch if batch else 'none (even the smallest failed)'}[/]")
     console.print(f"next: tbd report {name}   |   tbd compare {name} OTHER")
@@ -126,7 +142,47 @@ def run(args) -> int:
     return 1 if broken else 0
 
 
-def execute(plan, store: Store, console, retry_failed: bool = False, launch=None):
+def _say_if_measured_before(store: Store, plan, console) -> None:
+    """A sweep of this name measured with other code or libraries: say that this one starts afresh."""
+    older = [s for s in store.sweeps(plan.name) if s["name"] == plan.name and s["id"] != plan.sweep_id]
+    if older:
+        what = _identity_change((older[0].get("summary") or {}).get("identity") or {}, plan.identity)
+        console.print(f"[dim]sweep {plan.name} was measured before (id {older[0]['id']}) {what}: measuring every point again; "
+                      f"'--resume {older[0]['id']}' continues that one instead[/]")
+
+
+def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    if not old:
+        return "by an older tbd"
+    changes = []
+    src_old, src_new = old.get("source") or {}, new.get("source") or {}
+    if src_old != src_new:
+        changes.append(f"at code {str(src_old.get('commit'))[:8]}{'+dirty' if src_old.get('dirty') else ''}")
+    libs_old, libs_new = old.get("libraries") or {}, new.get("libraries") or {}
+    changes += [f"with {k} {libs_old.get(k, '-')}" for k in sorted(set(libs_old) | set(libs_new)) if libs_old.get(k) != libs_new.get(k)]
+    return ", ".join(changes) or "with another plan"
+
+
+def _resumed(store: Store, plan, target: str, console, named: bool):
+    """The plan, continuing the stored sweep `target` (an id or id prefix) instead of a new one."""
+    found = [s for s in store.sweeps(target) if s["id"].startswith(target)]
+    if len(found) != 1:
+        raise UsageError(f"no sweep with id '{target}' in {store.home}" if not found else
+                         f"sweep id '{target}' is ambiguous ({len(found)} sweeps start with it); give more characters")
+    old = found[0]
+    summary = old.get("summary") or {}
+    if summary.get("plan_hash") and summary["plan_hash"] != plan.plan_hash:
+        console.print(f"[yellow]warning:[/] sweep {old['id']} had another plan; points not in it are run, its other points are kept")
+    change = _identity_change(summary.get("identity") or {}, plan.identity)
+    if (summary.get("identity") or {}) != plan.identity:
+        console.print(f"[yellow]warning:[/] resuming sweep {old['id']}, measured {change}; its points and the new ones may differ for that reason")
+    plan.sweep_id = old["id"]
+    if not named:
+        plan.name = old["name"]
+    return plan
+
+
+def execute(plan, store: Store, console, retry_failed: bool = False, launch=None, rerun: bool = False, wide: bool = False):
     """Run the plan under a progress bar (points done / total, ETA); print one line per point."""
     total = None if plan.spec.max_batch else plan.num_points
     columns = (TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA {task.fields[eta]}"),
@@ -148,18 +204,19 @@ def execute(plan, store: Store, console, retry_failed: bool = False, launch=None
             bar.update(task, advance=1, eta=eta)
             console.print(_point_line(event, record, info))
 
-        runner = SweepRunner(plan, store, launch=launch, retry_failed=retry_failed, on_point=on_point, on_step=on_step)
+        runner = SweepRunner(plan, store, launch=launch, retry_failed=retry_failed, rerun=rerun, on_point=on_point, on_step=on_step)
         result = runner.run()
     if result.records:
-        print_records([r for r in result.records if r["status"] != "skipped"][-40:], title=escape(f"sweep {plan.name}"), console=console)
+        print_records([r for r in result.records if r["status"] != "skipped"][-40:], title=escape(f"sweep {plan.name}"), console=console, wide=wide)
     return result
 
 
 def _point_line(event: str, record: dict, info: dict) -> str:
     h = headline(record)
-    tag = {"resumed": "[dim]done before[/]"}.get(event, "")
-    if record["status"] == "ok":
-        body = f"[green]{fmt_num(h['throughput'])} {escape(h['unit'])}/s[/]"
+    tag = {"resumed": "[dim]done before[/]", "skipped": "[yellow]skipped[/]"}.get(event, "")
+    if has_result(record):
+        ci = f" ±{h['ci_pct']:.1f}%" if h["ci_pct"] is not None else ""
+        body = f"{fmt_num(h['throughput'])} {h['unit']}/s{ci} {status_text(h['status'])}"
     elif record["status"] == "skipped":
         body = f"[yellow]skipped[/]: {escape((record.get('error') or {}).get('message', ''))}"
     else:

@@ -5,7 +5,14 @@ step), then derive every metric from the raw samples.
 Method (recorded with each run): steps run in chunks sized to about half a second, with one
 device sync per chunk; warm-up is detected from the step times (`stats.detect_steady_state`)
 and excluded; the loop stops once at least `min_timed_steps` steady steps give a 95% CI of the
-median throughput within +-`target_ci_pct` over at least `min_window_s` seconds, or at `max_steps` / `max_time_s`.
+median throughput within +-`target_ci_pct` over at least `min_window_s` seconds, or at `max_steps`,
+or when the time budget runs out.
+
+The time budget `max_time_s` is for the steady window: step 0 (compilation) never counts, and
+detected warm-up may take up to `WARMUP_ALLOWANCE` x `max_time_s` more before the run stops and
+says it could not reach a steady state. Every run ends with a convergence verdict
+(`convergence`): 'ok' (CI within target), 'unconverged' (a budget ran out first; the reached CI
+is kept) or 'insufficient' (fewer than `min_timed_steps` steady steps: no CI is meaningful).
 """
 
 from __future__ import annotations
@@ -17,12 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tbd.errors import RunFailure
-from tbd.harness import stats
+from tbd.harness import noise, stats
+from tbd.metrics.conditions import ConditionsMonitor
 from tbd.metrics.peaks import peak_flops
 from tbd.metrics.sampling import Probe, Reading, nvml_window_note
 
 CHUNK_TARGET_S = 0.5
 MAX_CHUNK = 50
+WARMUP_ALLOWANCE = 1.0  # warm-up after step 0 may take this x max_time_s on top of the steady window
+MIN_CI_STEPS = 3  # below this many steady steps no CI is computed at all
 
 
 @dataclass
@@ -37,10 +47,21 @@ class Measurement:
     # the count after each chunk shows a step that keeps recompiling (None: not reported).
     compiles: list[int] | None = None
     compile_s: float | None = None
+    conditions: dict[str, Any] = field(default_factory=dict)  # load, other processes, clocks (tbd.metrics.conditions)
 
 
 def measure(session, config, progress: Callable[[dict], None] | None = None, probe: Probe | None = None) -> Measurement:
     m = Measurement()
+    monitor = ConditionsMonitor(probe.gpu_index if probe else None)
+    monitor.start()
+    try:
+        _loop(m, session, config, progress, probe)
+    finally:
+        m.conditions = monitor.stop()
+    return m
+
+
+def _loop(m: Measurement, session, config, progress, probe) -> None:
     m.readings.append(probe.read()) if probe else None
     chunk = 1
     started = None
@@ -60,8 +81,9 @@ def measure(session, config, progress: Callable[[dict], None] | None = None, pro
             raise RunFailure(f"loss became {loss} at step {len(m.step_s)}; try a lower learning rate or another precision", kind="nan")
         steady = stats.detect_steady_state(m.step_s)
         timed = m.step_s[steady.start :]
-        rel = stats.relative_half_width([u / t for u, t in zip(m.units[steady.start :], timed)]) if len(timed) >= 3 else math.inf
+        rel = stats.relative_half_width([u / t for u, t in zip(m.units[steady.start :], timed)]) if len(timed) >= MIN_CI_STEPS else math.inf
         elapsed = time.perf_counter() - started
+        window_s = sum(timed)  # the steady window: what the time budget is for
         if progress:
             progress({"steps": len(m.step_s), "max_steps": config.max_steps, "elapsed_s": elapsed, "ci_pct": rel * 100, "loss": loss})
         enough = len(timed) >= config.min_timed_steps and sum(timed) >= config.min_window_s
@@ -71,13 +93,41 @@ def measure(session, config, progress: Callable[[dict], None] | None = None, pro
         if len(m.step_s) >= config.max_steps:
             m.stop_reason = f"step budget reached ({config.max_steps} steps; CI +-{rel * 100:.2f}%)"
             break
-        if elapsed >= config.max_time_s:
-            m.stop_reason = f"time budget reached ({config.max_time_s:g} s; CI +-{rel * 100:.2f}%)"
+        if window_s >= config.max_time_s:
+            m.stop_reason = f"time budget reached ({config.max_time_s:g} s of steady steps; CI {_ci_text(rel)})"
+            break
+        cap_s = (1 + WARMUP_ALLOWANCE) * config.max_time_s
+        if elapsed >= cap_s:
+            m.stop_reason = (f"no steady state within the budget: warm-up after step 0 took {elapsed - window_s:.3g} s, "
+                             f"{window_s:.3g} s steady (CI {_ci_text(rel)})")
             break
         recent = sorted(m.step_s[-5:])[len(m.step_s[-5:]) // 2]
         chunk = max(1, min(MAX_CHUNK, int(CHUNK_TARGET_S / max(recent, 1e-6)), config.max_steps - len(m.step_s)))
-        chunk = min(chunk, max(1, int((config.max_time_s - elapsed) / max(recent, 1e-6))))
-    return m
+        left_s = min(config.max_time_s - window_s, cap_s - elapsed)
+        chunk = min(chunk, max(1, int(left_s / max(recent, 1e-6))))
+
+
+def _ci_text(rel: float) -> str:
+    return f"+-{rel * 100:.2f}%" if math.isfinite(rel) else "not computable (too few steady steps)"
+
+
+def convergence(timed_steps: int, ci_pct: float | None, config) -> dict[str, Any]:
+    """The verdict on a measurement: did it reach its target precision?
+
+    'insufficient': fewer than `min_timed_steps` (and at least MIN_CI_STEPS) steady steps, so the
+    CI is not shown at all; 'unconverged': enough steps but the 95% CI is wider than the target
+    (a budget ran out first); 'ok': the CI is within the target."""
+    need = max(MIN_CI_STEPS, min(config.min_timed_steps, config.max_steps - 1))
+    if timed_steps < need or ci_pct is None or not math.isfinite(ci_pct):
+        status = "insufficient"
+        why = f"{timed_steps} steady step(s); a CI needs {need}"
+    elif ci_pct > config.target_ci_pct:
+        status = "unconverged"
+        why = f"95% CI +-{ci_pct:.2f}% when the budget ran out, target +-{config.target_ci_pct:g}%"
+    else:
+        status, why = "ok", f"95% CI +-{ci_pct:.2f}% within the target +-{config.target_ci_pct:g}%"
+    return {"status": status, "reason": why, "ci_pct": ci_pct if status != "insufficient" else None,
+            "target_ci_pct": config.target_ci_pct, "timed_steps": timed_steps, "min_timed_steps": need}
 
 
 def _read_compiles(session, m: Measurement) -> None:
@@ -110,7 +160,8 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     timed_s = m.step_s[steady.start :]
     timed_units = m.units[steady.start :]
     timed_samples = m.samples[steady.start :]
-    if not timed_s:  # too few steps: report what there is rather than nothing
+    no_steady = not timed_s
+    if no_steady:  # too few steps: report what there is rather than nothing
         steady = stats.SteadyState(0, "no step left after warm-up; all steps used")
         timed_s, timed_units, timed_samples = m.step_s, m.units, m.samples
     summary = stats.summarize_steps(timed_s, timed_units)
@@ -128,7 +179,14 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
         **{k: v for k, v in summary.items() if k.startswith("step_time") or k == "timed_steps"},
         "warmup_steps": steady.start,
         "total_steps": len(m.step_s),
+        # Where the time went before the steady window: step 0 compiles and allocates.
+        "compile_time_s": m.step_s[0] if m.step_s else None,
+        "warmup_time_s": float(sum(m.step_s[1 : steady.start])),
+        "steady_window_s": float(sum(timed_s)),
     }
+    verdict = convergence(0 if no_steady else len(timed_s), metrics["throughput_ci95_half_width_pct"], config)
+    if verdict["status"] == "insufficient":  # a CI from one or two steps (or none) would only mislead
+        metrics["throughput_ci95_half_width_pct"] = None
     # FLOPs and MFU: model FLOPs per sample (analytic, or counted) x samples per second / peak.
     flops_note = spec.flops_note
     if counted_flops is not None:
@@ -149,6 +207,8 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     method = {
         "warmup": {"excluded_steps": list(range(steady.start)), "reason": steady.reason, "detector": "MSER-5 on step times, step 0 always excluded"},
         "stop_reason": m.stop_reason,
+        "convergence": verdict,
+        "noise": noise.assess(m.step_s, steady.start, m.conditions),
         "target_ci_pct": config.target_ci_pct,
         "confidence_interval": "95% CI of the median from order statistics (distribution-free)",
         "throughput": f"median over steady steps of {unit} per step / step time",

@@ -59,6 +59,7 @@ def fill_measurement(record: RunRecord, session, m, config: RunConfig, spec) -> 
     record.metrics = metrics
     record.method = {**method, **session.info.method}
     record.environment.update(device_name=session.info.device_name, framework_version=session.info.framework_version)
+    record.environment["conditions"] = {**m.conditions, "intra_op_threads": session.info.method.get("intra_op_threads")}
     record.workload["num_parameters"] = session.info.num_parameters
     record.samples = {"step_s": m.step_s, "units": m.units, "samples": m.samples, "chunk_ends": m.chunk_ends}
 

@@ -111,3 +111,75 @@ def summarize_steps(step_s, units_per_step) -> dict[str, float]:
         "step_time_cv_pct": float(t.std() / t.mean() * 100.0) if len(t) > 1 else 0.0,
         "timed_steps": int(len(t)),
     }
+
+
+@dataclass
+class ChangePoint:
+    index: int  # first step of the new regime (an index into the series given)
+    before_median: float
+    after_median: float
+
+    @property
+    def change_pct(self) -> float:
+        return (self.after_median / self.before_median - 1.0) * 100.0 if self.before_median else math.inf
+
+
+def change_points(values, min_size: int = 5, min_change_pct: float = 5.0, penalty: float = 8.0, max_points: int = 5) -> list[ChangePoint]:
+    """Changes of regime in a series of step times, by binary segmentation (Scott & Knott 1974).
+
+    Works on log step times, so a change is a ratio. A split at k is kept when it lowers the sum
+    of squared deviations from the segment means by more than `penalty` x sigma^2 x log(n) (a BIC-like
+    cost for one more mean), where sigma is estimated robustly from the first differences
+    (MAD / sqrt 2, unaffected by the shift itself); each side needs `min_size` points and the medians
+    must differ by `min_change_pct` (geometric means), so slow drifts and single outliers are not called regimes.
+    Segments are split again until nothing passes, at most `max_points` times."""
+    x = np.log(np.clip(np.asarray(values, dtype=float), 1e-12, None))
+    n = len(x)
+    if n < 2 * min_size:
+        return []
+    diffs = np.diff(x)
+    sigma = float(np.median(np.abs(diffs - np.median(diffs)))) * 1.4826 / math.sqrt(2)
+    sigma = max(sigma, 1e-3)  # a perfectly quiet series: 0.1% is the smallest change worth a cost
+    threshold = penalty * sigma**2 * math.log(n)
+    found: list[int] = []
+    segments = [(0, n)]
+    while segments and len(found) < max_points:
+        lo, hi = segments.pop()
+        k = _best_split(x[lo:hi], min_size)
+        if k is None:
+            continue
+        seg, cut = x[lo:hi], k
+        gain = _sse(seg) - _sse(seg[:cut]) - _sse(seg[cut:])
+        ratio = math.exp(abs(seg[:cut].mean() - seg[cut:].mean()))  # of geometric means: one regime inside a segment still counts
+        if gain > threshold and (ratio - 1.0) * 100.0 >= min_change_pct:
+            found.append(lo + cut)
+            segments += [(lo, lo + cut), (lo + cut, hi)]
+    # Keep a change only where the medians of its two neighbouring segments differ too: a lone
+    # outlier near an end moves a short segment's mean but not its median.
+    raw = np.exp(x)
+    found.sort()
+    while True:
+        bounds = [0, *found, n]
+        points = [ChangePoint(k, float(np.median(raw[bounds[i]:k])), float(np.median(raw[k:bounds[i + 2]]))) for i, k in enumerate(found)]
+        weak = [p for p in points if abs(p.change_pct) < min_change_pct]
+        if not weak:
+            return points
+        found.remove(min(weak, key=lambda p: abs(p.change_pct)).index)
+
+
+def _sse(seg: np.ndarray) -> float:
+    return float(((seg - seg.mean()) ** 2).sum()) if len(seg) else 0.0
+
+
+def _best_split(seg: np.ndarray, min_size: int) -> int | None:
+    """The split of `seg` that most lowers the squared deviations (CUSUM of the mean, O(n))."""
+    n = len(seg)
+    if n < 2 * min_size:
+        return None
+    csum = np.cumsum(seg)
+    total = csum[-1]
+    k = np.arange(min_size, n - min_size + 1)
+    left = csum[k - 1]
+    # Reduction in SSE from splitting at k: k (n - k) / n x (mean_left - mean_right)^2
+    gain = (left / k - (total - left) / (n - k)) ** 2 * k * (n - k) / n
+    return int(k[int(np.argmax(gain))])

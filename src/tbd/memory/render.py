@@ -75,52 +75,88 @@ def save_json(prof: dict[str, Any], path: Path) -> Path:
 
 
 def save_plot(profiles: list[dict[str, Any]], path: Path) -> Path:
-    """Left: stacked bars of the peak by category (one bar per profile, e.g. per batch size).
-    Right: memory by category over the step of the first profile."""
+    import matplotlib.pyplot as plt
+
+    fig = plot(profiles)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot(profiles: list[dict[str, Any]]):
+    """The figure of `save_plot`. Left: stacked bars of the peak by category (one bar per profile, e.g. per batch size).
+    Right: memory by category over the step of the first profile, each phase (forward, backward,
+    optimizer) named, the peak marked in black. One legend lists every category drawn in either
+    panel with its colour, and the peak marker."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     gib = 2.0**30
-    fig, (bars, line) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 2.2]})
+    fig, (bars, line) = plt.subplots(1, 2, figsize=(13, 5.4), gridspec_kw={"width_ratios": [1, 2.2]})
     several = len({p["framework"] for p in profiles}) > 1
     labels = [f"b={p['batch_size']}" + (f" {p['framework']}" if several else "") + ("" if p["status"] == "ok" else " (OOM)") for p in profiles]
+    drawn: set[str] = set()
     bottom = [0.0] * len(profiles)
     for k in KEYS:
         values = [max(0, p["peak"]["categories"][k]) / gib for p in profiles]
         if any(values):
-            bars.bar(range(len(profiles)), values, bottom=bottom, color=COLORS[k], label=LABELS[k])
+            bars.bar(range(len(profiles)), values, bottom=bottom, color=COLORS[k])
             bottom = [b + v for b, v in zip(bottom, values)]
+            drawn.add(k)
     bars.set_xticks(range(len(profiles)), labels)  # positions, so equal labels stay separate bars
     bars.set_ylabel("GiB at the step's peak")
     bars.set_title("peak by category")
-    fig.legend(*bars.get_legend_handles_labels(), loc="lower center", ncol=9, fontsize=8, frameon=False)
 
     first = profiles[0]
     tl = first["timeline"]
     xs = list(range(len(tl["phase"])))
     series = [(k, [max(0, v) / gib for v in tl["categories"][k]]) for k in ALLOCATED_KEYS if any(tl["categories"].get(k, []))]
+    peak_handle = []
     if series:
-        line.stackplot(xs, *[s for _, s in series], colors=[COLORS[k] for k, _ in series], labels=[LABELS[k] for k, _ in series])
-        # Mark where each phase (forward, backward, optimizer) begins.
-        starts = [i for i, phase in enumerate(tl["phase"]) if i == 0 or phase != tl["phase"][i - 1]]
-        for n, i in enumerate(starts):
-            line.axvline(i, color="black", lw=0.6, ls=":")
-            if (starts[n + 1] if n + 1 < len(starts) else len(xs)) - i > 0.04 * len(xs):  # label only wide phases
-                line.text(i, line.get_ylim()[1] * 0.97, f" {tl['phase'][i]}", fontsize=8, va="top")
+        line.stackplot(xs, *[s for _, s in series], colors=[COLORS[k] for k, _ in series])
+        drawn |= {k for k, _ in series}
+        top = max(sum(v) for v in zip(*[s for _, s in series])) or 1.0
+        line.set_ylim(0, top * 1.18)  # room above the curve for the phase names
+        _name_phases(line, tl["phase"], top * 1.16)
         peak_x = tl["index"].index(first["peak"]["index"]) if first["peak"].get("index") in tl["index"] else None
         if peak_x is not None:
-            line.axvline(peak_x, color="red", lw=1.0)
+            peak_y = sum(s[peak_x] for _, s in series)
+            line.axvline(peak_x, color="black", lw=1.2, ls="--")
+            line.plot([peak_x], [peak_y], marker="v", color="black", markersize=9, zorder=5)
+            peak_handle = [Line2D([], [], color="black", ls="--", marker="v", label=f"peak of the step ({peak_y:.3g} GiB)")]
     line.set_xlabel(first["timeline"].get("axis", "point of the step"))
     line.set_ylabel("GiB allocated")
     line.set_title(f"one training step, batch {first['batch_size']} ({first['framework']}, {first['device']})")
+    handles = [Patch(color=COLORS[k], label=LABELS[k]) for k in KEYS if k in drawn] + peak_handle
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     fig.suptitle(f"tbd memory {first.get('workload')}")
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.tight_layout(rect=(0, 0.1 if len(handles) > 6 else 0.06, 1, 1))
+    return fig
+
+
+def _name_phases(ax, phases: list[str], y: float) -> None:
+    """A dotted line where each phase begins and its name: over the phase when it is wide enough,
+    else beside it with an arrow, staggered so that short phases at one end (the optimizer step,
+    the end of the step) are all named and do not cover each other."""
+    starts = [i for i, phase in enumerate(phases) if i == 0 or phase != phases[i - 1]]
+    narrow = 0
+    for n, i in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(phases)
+        ax.axvline(i, color="black", lw=0.6, ls=":")
+        if end - i > 0.12 * len(phases):
+            ax.text((i + end) / 2, y, phases[i], fontsize=8, va="top", ha="center")
+            continue
+        left_half = (i + end) / 2 < len(phases) / 2
+        ax.annotate(phases[i], ((i + end) / 2, y * 0.9), xytext=(18 if left_half else -18, -13 * narrow - 4), textcoords="offset points",
+                    fontsize=8, va="top", ha="left" if left_half else "right",
+                    arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.6},
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})
+        narrow += 1
 
 
 def print_batch_model(result: dict[str, Any], console=None) -> None:

@@ -100,6 +100,7 @@ class Probe:
 
     def __init__(self, gpu_index: int | None):
         self.process = psutil.Process()
+        self.gpu_index = gpu_index
         self.sampler: NvmlSampler | None = None
         if gpu_index is not None and nvml() is not None:
             self.sampler = NvmlSampler(gpu_index)

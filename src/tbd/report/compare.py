@@ -5,6 +5,10 @@ with `tbd compare --save-baseline FILE A`. Runs are paired on their configuratio
 is one value on each side but differs between the sides (device cpu vs cuda, framework torch vs
 jax) is what is being compared, so it is left out of the pairing key.
 
+Only runs with a throughput are paired (`has_result`); a pair where either side did not converge
+(status 'unconverged' or 'insufficient') has `converged = False`, and `tbd compare` calls no
+difference significant on it unless asked (`--allow-unconverged`).
+
 The ratio is B / A of median throughput. Its 95% CI comes from a percentile bootstrap over the
 raw steady-state per-step rates stored with each run (record["samples"]): both sides resampled
 with replacement, the ratio of medians taken each time. No distribution is assumed.
@@ -21,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tbd.errors import UsageError
-from tbd.results.record import headline
+from tbd.results.record import has_result, headline
 from tbd.results.store import NoSuchRun, Store
 
 BASELINE_FORMAT = "tbd-baseline/1"
@@ -37,6 +41,15 @@ class Pair:
     ratio: float
     ci_low: float
     ci_high: float
+
+    @property
+    def converged(self) -> bool:
+        """Both sides reached their target CI: only then is a significance verdict meaningful."""
+        return self.a["status"] == "ok" and self.b["status"] == "ok"
+
+    @property
+    def unconverged_sides(self) -> str:
+        return ", ".join(f"{side} {r['status']}" for side, r in (("A", self.a), ("B", self.b)) if r["status"] != "ok")
 
 
 # ---- what A and B name ------------------------------------------------------------------
@@ -130,8 +143,8 @@ def varying_fields(a: list[dict], b: list[dict]) -> list[str]:
 
 def pair_up(a: list[dict], b: list[dict]) -> tuple[list[Pair], list[str], list[str]]:
     """(pairs, fields compared across, labels of points found on one side only)."""
-    a = [r for r in a if r["status"] == "ok"]
-    b = [r for r in b if r["status"] == "ok"]
+    a = [r for r in a if has_result(r)]
+    b = [r for r in b if has_result(r)]
     across = varying_fields(a, b)
     keep = [f for f in KEY_FIELDS if f not in across]
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tbd.results.record import has_result
+
 
 def scaling_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per record (sorted by processes): throughput, speedup and efficiency vs n = 1."""
@@ -19,7 +21,7 @@ def scaling_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         n = cfg.get("nproc_per_node", 1) * cfg.get("nnodes", 1)
         memory = r.get("memory") or {}
         rows.append({"id": r["id"], "nproc": n, "global_batch": cfg["batch_size"], "unit": unit, "status": r["status"],
-                     "throughput": met.get(f"{unit}_per_s") if r["status"] == "ok" else None,
+                     "throughput": met.get(f"{unit}_per_s") if has_result(r) else None,
                      "step_time_ms_p50": met.get("step_time_ms_p50"),
                      # communication (measured from a short per-rank trace; None for one process or unprofiled runs)
                      "comm_ms_per_step": met.get("comm_ms_per_step"), "comm_share_pct": met.get("comm_share_pct"),

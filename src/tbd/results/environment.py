@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import socket
@@ -28,15 +29,20 @@ def library_versions(names=CORE_LIBRARIES) -> dict[str, str]:
     return versions
 
 
-def source_revision() -> dict[str, Any]:
-    """Git commit of the tbd source tree and whether it had uncommitted changes."""
+def source_revision(with_diff: bool = False) -> dict[str, Any]:
+    """Git commit of the tbd source tree and whether it had uncommitted changes; `with_diff` adds
+    a hash of those changes, so two different edits of a dirty tree are told apart."""
     root = Path(__file__).resolve().parents[3]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return {"commit": None, "dirty": None, "note": "not a git checkout"}
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+        out: dict[str, Any] = {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+        if with_diff and out["dirty"]:
+            diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD"], capture_output=True, timeout=10)
+            out["diff_sha1"] = hashlib.sha1(diff.stdout).hexdigest()[:12]
+        return out
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None, "note": "git not available"}
 
@@ -51,6 +57,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _ram_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # psutil is a core dependency, but a record without RAM beats no record
+        return None
+
+
 def capture(device: str, libraries: tuple[str, ...] = ()) -> dict[str, Any]:
     """The environment of a run on `device`, with the versions of the core's and `libraries`."""
     env: dict[str, Any] = {
@@ -60,6 +75,7 @@ def capture(device: str, libraries: tuple[str, ...] = ()) -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "ram_bytes": _ram_bytes(),
         "libraries": library_versions(CORE_LIBRARIES + tuple(libraries)),
         "source": source_revision(),
         "device": device,

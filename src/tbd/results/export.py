@@ -1,40 +1,144 @@
-"""Flatten run records into rows for CSV, or dump them whole as JSON."""
+"""Run records as rows with a fixed schema (CSV, Parquet, Markdown), or whole as JSON.
+
+`COLUMNS` is the schema: the same columns in the same order whatever the rows hold, each with
+its type and meaning (docs/results.md prints the table from it). Throughput is one column,
+`throughput`, with its unit in `throughput_unit` ("images/s", "tokens/s"), not a column per unit.
+A value a run does not have is empty (CSV) or null (Parquet). Parquet columns are typed from the
+schema: `created_at` a UTC timestamp, numbers numeric even when every value is null.
+
+Markdown (`MARKDOWN_COLUMNS`) is for people: a short table for a pull request.
+"""
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 from typing import Any
 
 from tbd.results.record import headline
 
-CONFIG_KEYS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last", "seed")
+# (name, type, meaning); types: string, int, float, bool, timestamp
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("id", "string", "run id"),
+    ("created_at", "timestamp", "when the run was recorded (UTC)"),
+    ("status", "string", "ok, unconverged, insufficient, failed or skipped"),
+    ("converged", "bool", "the throughput's 95% CI reached its target"),
+    ("kind", "string", "run or memory (a `tbd memory` profile)"),
+    ("sweep_name", "string", "the sweep the run belongs to, if any"),
+    ("sweep_id", "string", "that sweep's id"),
+    ("workload", "string", "workload name"),
+    ("framework", "string", "framework plugin"),
+    ("flavor", "string", "workload size"),
+    ("device", "string", "cpu or cuda"),
+    ("nproc", "int", "processes (ranks) of the run"),
+    ("batch_size", "int", "global batch size"),
+    ("batch_unit", "string", "what the batch counts (images, sequences, ...)"),
+    ("precision", "string", "fp32, tf32, bf16 or fp16"),
+    ("compile", "bool", "torch.compile on"),
+    ("channels_last", "bool", "NHWC memory format"),
+    ("seed", "int", "random seed"),
+    ("throughput", "float", "median throughput over steady steps"),
+    ("throughput_unit", "string", "its unit, e.g. images/s"),
+    ("throughput_ci95_low", "float", "95% CI of the median, low end"),
+    ("throughput_ci95_high", "float", "95% CI of the median, high end"),
+    ("throughput_ci95_half_width_pct", "float", "half-width of that CI, percent of the median (empty when insufficient)"),
+    ("samples_per_s", "float", "median samples per second"),
+    ("step_time_ms_p50", "float", "median step time, ms"),
+    ("step_time_ms_p90", "float", "90th percentile step time, ms"),
+    ("step_time_cv_pct", "float", "coefficient of variation of steady step times, percent"),
+    ("timed_steps", "int", "steady steps timed"),
+    ("warmup_steps", "int", "steps excluded as warm-up (step 0 included)"),
+    ("compile_time_s", "float", "step 0: compilation and allocation, s"),
+    ("warmup_time_s", "float", "the other warm-up steps, s"),
+    ("mfu_pct", "float", "model FLOPs utilization, percent (empty where the peak is unknown)"),
+    ("model_tflops_per_s", "float", "achieved model TFLOP/s"),
+    ("cpu_util_pct", "float", "process CPU use over the steady window, percent of all cores"),
+    ("gpu_util_nvml_pct", "float", "NVML GPU utilization over the steady window, percent"),
+    ("energy_j_per_sample", "float", "GPU energy per sample, J"),
+    ("peak_memory_bytes", "int", "peak device memory allocated (GPU) or host peak RSS (CPU)"),
+    ("noisy", "bool", "the run has noise warnings (load, other processes, regime change, throttling)"),
+    ("noise_warnings", "string", "those warnings, '; '-separated"),
+    ("others_cpu_cores", "float", "CPU cores other processes kept busy during the run"),
+    ("load_avg_before", "float", "1-minute load average before the run"),
+    ("intra_op_threads", "int", "intra-op threads of the framework"),
+    ("host", "string", "hostname"),
+    ("device_name", "string", "GPU or CPU model"),
+    ("framework_version", "string", "framework version"),
+    ("tbd_version", "string", "tbd version"),
+    ("code_revision", "string", "git commit of tbd"),
+    ("code_dirty", "bool", "uncommitted changes in tbd's tree"),
+    ("error_kind", "string", "oom, crash, timeout, nan, error, skipped"),
+    ("error_message", "string", "what went wrong, one line"),
+)
+COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
+MARKDOWN_COLUMNS = ("workload", "framework", "device", "batch_size", "precision", "throughput", "throughput_ci95_half_width_pct", "status")
 
 
 def flat_row(record: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {"id": record["id"], "created_at": record["created_at"], "status": record["status"]}
-    row.update({k: record["config"].get(k) for k in CONFIG_KEYS})
-    env = record.get("environment") or {}
-    row["device_name"] = env.get("device_name")
-    row["framework_version"] = env.get("framework_version")
-    row["unit"] = headline(record)["unit"]
-    row.update({k: v for k, v in (record.get("metrics") or {}).items() if not isinstance(v, (list, dict))})
-    row.update({f"memory_{k}": v for k, v in (record.get("memory") or {}).items() if not isinstance(v, (list, dict))})
+    """One record as a row of `COLUMNS` (every column present, None where the run has no value)."""
+    h = headline(record)
+    cfg, met, env = record["config"], record.get("metrics") or {}, record.get("environment") or {}
+    cond = env.get("conditions") or {}
+    noise = (record.get("method") or {}).get("noise") or {}
+    sweep = record.get("sweep") or {}
+    source = env.get("source") or {}
     err = record.get("error") or {}
-    row["error_kind"], row["error_message"] = err.get("kind"), err.get("message")
-    return row
+    measured = h["throughput"] is not None and h["kind"] != "memory"
+    row = {
+        "id": record["id"], "created_at": record["created_at"], "status": record["status"], "converged": record["status"] == "ok",
+        "kind": h["kind"], "sweep_name": sweep.get("name"), "sweep_id": sweep.get("id"),
+        **{k: cfg.get(k) for k in ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last", "seed")},
+        "nproc": h["nproc"], "batch_unit": h["batch_unit"],
+        "throughput": h["throughput"], "throughput_unit": f"{h['unit']}/s" if measured else None,
+        "throughput_ci95_low": met.get(f"{h['unit']}_per_s_ci95_low"), "throughput_ci95_high": met.get(f"{h['unit']}_per_s_ci95_high"),
+        **{k: met.get(k) for k in ("throughput_ci95_half_width_pct", "samples_per_s", "step_time_ms_p50", "step_time_ms_p90",
+                                   "step_time_cv_pct", "timed_steps", "warmup_steps", "compile_time_s", "warmup_time_s", "mfu_pct",
+                                   "model_tflops_per_s", "cpu_util_pct", "gpu_util_nvml_pct", "energy_j_per_sample")},
+        "peak_memory_bytes": h["peak_bytes"],
+        "noisy": noise.get("noisy"), "noise_warnings": "; ".join(noise.get("warnings") or []) or None,
+        "others_cpu_cores": cond.get("others_cpu_cores"),
+        "load_avg_before": ((cond.get("before") or {}).get("load_avg") or [None])[0],
+        "intra_op_threads": cond.get("intra_op_threads"),
+        "host": env.get("hostname"), "device_name": env.get("device_name"), "framework_version": env.get("framework_version"),
+        "tbd_version": env.get("tbd_version"), "code_revision": source.get("commit"), "code_dirty": source.get("dirty"),
+        "error_kind": err.get("kind"), "error_message": err.get("message"),
+    }
+    return {name: _typed(row.get(name), kind) for name, kind, _ in COLUMNS}
+
+
+def _typed(value: Any, kind: str) -> Any:
+    """The value in its column's type (None stays None); a value that does not fit becomes None."""
+    if value is None or value == "":
+        return None
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return bool(value)
+        if kind == "timestamp":
+            stamp = dt.datetime.fromisoformat(str(value))
+            return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+    except (TypeError, ValueError):
+        return None
+    return str(value)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return "" if value is None else value
 
 
 def to_csv(records: list[dict[str, Any]]) -> str:
-    rows = [flat_row(r) for r in records]
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(buf)
+    writer.writerow(COLUMN_NAMES)
+    for r in records:
+        writer.writerow([_csv_value(v) for v in flat_row(r).values()])
     return buf.getvalue()
 
 
@@ -42,8 +146,29 @@ def to_json(records: list[dict[str, Any]]) -> str:
     return json.dumps(records, indent=1)
 
 
+def to_markdown(records: list[dict[str, Any]]) -> str:
+    """A GitHub-flavoured Markdown table for a pull request: one row per run, throughput with its CI."""
+    lines = ["| run | device | batch | precision | throughput | 95% CI | status |", "|---|---|---:|---|---:|---:|---|"]
+    for r in records:
+        row = flat_row(r)
+        thr = f"{row['throughput']:,.4g} {row['throughput_unit']}" if row["throughput"] is not None and row["throughput_unit"] else "-"
+        ci = f"±{row['throughput_ci95_half_width_pct']:.1f}%" if row["throughput_ci95_half_width_pct"] is not None and row["throughput"] else "-"
+        status = row["status"] + (f" ({row['error_kind']})" if row["status"] == "failed" and row["error_kind"] else "")
+        run = f"{row['workload']}/{row['framework']}" + (" +compile" if row["compile"] else "") + (f" x{row['nproc']}" if (row["nproc"] or 1) > 1 else "")
+        lines.append(f"| {_md(run)} | {_md(row['device'])} | {row['batch_size']} | {_md(row['precision'])} | {thr} | {ci} | {_md(status)} |")
+    revisions = sorted({str(flat_row(r)["code_revision"])[:10] for r in records if (r.get("environment") or {}).get("source")})
+    if revisions:
+        lines.append("")
+        lines.append(f"tbd code revision: {', '.join(revisions)}; 95% CI of the median throughput; status 'ok' = CI within its target.")
+    return "\n".join(lines) + "\n"
+
+
+def _md(value: Any) -> str:
+    return str(value if value is not None else "-").replace("|", "\\|").replace("\n", " ")
+
+
 def to_parquet(records: list[dict[str, Any]], path) -> None:
-    """The CSV's rows as a Parquet file (needs pyarrow; imported only here)."""
+    """The rows of `COLUMNS` as a typed Parquet file (needs pyarrow; imported only here)."""
     from tbd.errors import UsageError
 
     try:
@@ -51,14 +176,8 @@ def to_parquet(records: list[dict[str, Any]], path) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         raise UsageError("--format parquet needs pyarrow: pip install pyarrow (or use --format csv)") from None
+    types = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "timestamp": pa.timestamp("ms", tz="UTC")}
+    schema = pa.schema([pa.field(name, types[kind], nullable=True, metadata={"description": meaning}) for name, kind, meaning in COLUMNS])
     rows = [flat_row(r) for r in records]
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    # Mixed types in one column (a metric that is None in one run) become strings only where needed.
-    data = {c: [row.get(c) for row in rows] for c in columns}
-    for c, values in data.items():
-        kinds = {type(v) for v in values if v is not None}
-        if len(kinds) > 1 and not kinds <= {int, float}:
-            data[c] = [None if v is None else str(v) for v in values]
-    pq.write_table(pa.table(data), str(path))
+    table = pa.table({name: pa.array([row[name] for row in rows], type=schema.field(name).type) for name in COLUMN_NAMES}, schema=schema)
+    pq.write_table(table, str(path))

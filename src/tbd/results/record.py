@@ -1,17 +1,25 @@
 """The run record: one versioned document per run, built by `RunRecord` and nowhere else.
 
-Fields: schema_version, id, created_at, kind ('run' | 'memory'), status ('ok' | 'failed' |
-'skipped'), config, workload (spec facts), environment, method, samples (raw per-step times and
-units), metrics (derived, units in names), memory, error ({kind, message, ...} or None), and
-where they apply analysis, distributed, sweep and memory_profile.
+Fields: schema_version, id, created_at, kind ('run' | 'memory'), status (see STATUSES), config,
+workload (spec facts), environment, method, samples (raw per-step times and units), metrics
+(derived, units in names), memory, error ({kind, message, ...} or None), and where they apply
+analysis, distributed, sweep and memory_profile.
 
 Every producer (single run, distributed rank 0, `tbd memory`, the sweep engine, the launchers)
 starts from `RunRecord.for_run` or one of the outcome constructors (`failed`, `oom`, `skipped`).
 Readers that take stored JSON get plain dicts of the current schema (`RunRecord.from_dict(d)
 .to_dict()` upgrades older ones); a record also reads like that dict (`record["metrics"]`).
 
+Status: a run that measured something is 'ok' (its 95% CI reached the target), 'unconverged'
+(a budget ran out first; the CI it reached is kept) or 'insufficient' (too few steady steps for
+a CI); the verdict and its reason are in `method.convergence`. A run that did not measure is
+'failed' or 'skipped'. `has_result(record)` is the test for "there is a throughput to show".
+
 Schema history: 1 (first release); 2 adds `kind` (was implied by a `memory_profile` key) and
-`workload.batch_unit` (what batch_size counts). Version-1 records are read and upgraded.
+`workload.batch_unit` (what batch_size counts); 3 adds the statuses 'unconverged' and
+'insufficient' with `method.convergence`, and `environment.conditions` (load, threads, clocks).
+Older records are read and upgraded: an 'ok' run of schema 1-2 gets its verdict from its own
+stop reason and step counts (`_upgrade_status`).
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2
-STATUSES = ("ok", "failed", "skipped")
+SCHEMA_VERSION = 3
+MEASURED = ("ok", "unconverged", "insufficient")  # statuses of a run with a throughput
+STATUSES = (*MEASURED, "failed", "skipped")
 KINDS = ("run", "memory")
 OPTIONAL = ("analysis", "distributed", "sweep", "memory_profile")
 
@@ -96,7 +105,9 @@ class RunRecord:
         return record
 
     def succeed(self) -> "RunRecord":
-        self.status, self.error = "ok", None
+        """The run finished: its status is the measurement's verdict ('ok' when there is none)."""
+        verdict = (self.method or {}).get("convergence") or {}
+        self.status, self.error = verdict.get("status", "ok"), None
         return self
 
     def fail(self, kind: str, message: str, **details: Any) -> "RunRecord":
@@ -130,6 +141,8 @@ class RunRecord:
             if workload and "batch_unit" not in workload:
                 workload["batch_unit"] = workload.get("sample_unit", "samples")
             data["workload"] = workload
+        if version < 3 and data.get("status") == "ok" and data.get("kind", "run") == "run":
+            _upgrade_status(data)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
         known["schema_version"] = SCHEMA_VERSION
@@ -176,6 +189,33 @@ class RunRecord:
         return self[key]
 
 
+def _upgrade_status(data: dict[str, Any]) -> None:
+    """Give an 'ok' run of schema 1-2 the convergence verdict it would get today, from what it
+    stored: its timed steps and its stop reason (a budget reached means not converged)."""
+    config, metrics = data["config"], data.get("metrics") or {}
+    method = dict(data.get("method") or {})
+    steps = len((data.get("samples") or {}).get("step_s") or [])
+    timed = int(metrics.get("timed_steps") or max(0, steps - int(metrics.get("warmup_steps") or 1)))
+    need = max(3, min(int(config.get("min_timed_steps") or 1), int(config.get("max_steps") or 2) - 1))
+    ci = metrics.get("throughput_ci95_half_width_pct")
+    stop = method.get("stop_reason") or ""
+    if timed < need or ci is None or ci != ci or ci == float("inf"):
+        status, why = "insufficient", f"{timed} steady step(s), fewer than the {need} needed (verdict added on upgrade)"
+        data["metrics"] = {**metrics, "throughput_ci95_half_width_pct": None}
+    elif "budget" in stop:
+        status, why = "unconverged", f"stopped by the budget with CI +-{ci:.2f}% (verdict added on upgrade)"
+    else:
+        status, why = "ok", f"CI +-{ci:.2f}% within the target (verdict added on upgrade)"
+    method["convergence"] = {"status": status, "reason": why, "ci_pct": None if status == "insufficient" else ci,
+                             "target_ci_pct": config.get("target_ci_pct"), "timed_steps": timed, "min_timed_steps": need}
+    data["method"], data["status"] = method, status
+
+
+def has_result(record: RunRecord | dict[str, Any]) -> bool:
+    """True when the run measured a throughput (converged or not)."""
+    return record["status"] in MEASURED
+
+
 def as_dict(record: RunRecord | dict[str, Any]) -> dict[str, Any]:
     """The stored form of a record, fresh or read back (older schemas upgraded)."""
     return record.to_dict() if isinstance(record, RunRecord) else RunRecord.from_dict(record).to_dict()
@@ -197,12 +237,17 @@ def headline(record: RunRecord | dict[str, Any]) -> dict[str, Any]:
         "precision": cfg["precision"],
         "compile": cfg["compile"],
         "status": record["status"],
+        "converged": record["status"] == "ok",
+        "kind": record.get("kind", "run"),
+        "nproc": int(cfg.get("nproc_per_node") or 1) * int(cfg.get("nnodes") or 1),
         "unit": unit,
         "throughput": met.get(f"{unit}_per_s"),
         "ci_pct": met.get("throughput_ci95_half_width_pct"),
+        "compile_time_s": met.get("compile_time_s"),
         "step_time_ms_p50": met.get("step_time_ms_p50"),
         "mfu_pct": met.get("mfu_pct"),
         "peak_bytes": mem.get("peak_allocated_bytes") or mem.get("host_peak_rss_bytes"),
         "error": (record.get("error") or {}).get("message"),
+        "error_kind": (record.get("error") or {}).get("kind"),
         "created_at": record["created_at"],
     }

@@ -3,8 +3,10 @@
 Every point is an isolated run (`tbd.harness.launcher.launch`, a child process unless the sweep
 says otherwise) saved with `Store.save` as soon as it finishes, so an interrupt or a kill loses
 at most the point in flight. Each record carries `sweep = {id, name, point, line, probe}`; the
-id is a hash of the expanded plan, so running the same sweep again finds the points it already
-has (matched on their configuration) and runs only the rest.
+id hashes the expanded plan, the name, the code revision and the library versions
+(`tbd.sweep.spec.identity`), so running the same sweep again with the same code finds the
+points it already has (matched on their configuration) and runs only the rest, while new code,
+new libraries or another name measure every point again. `rerun=True` measures again anyway.
 
 Within a line, batch sizes run smallest first: after an out-of-memory the larger ones are stored
 as `skipped`, without running. With `max_batch`, a line instead searches for the largest batch
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +32,7 @@ from typing import Any
 from tbd.config import RunConfig
 from tbd.harness import launcher
 from tbd.memory import max_batch
-from tbd.results.record import RunRecord
+from tbd.results.record import RunRecord, has_result
 from tbd.results.store import Store
 from tbd.sweep.spec import Line, Plan
 
@@ -61,12 +64,12 @@ class SweepResult:
 class SweepRunner:
     """Runs a plan; `launch` and `on_point` are seams for tests and the CLI's progress bar."""
 
-    def __init__(self, plan: Plan, store: Store, launch: Callable[..., dict] | None = None, retry_failed: bool = False,
+    def __init__(self, plan: Plan, store: Store, launch: Callable[..., dict] | None = None, retry_failed: bool = False, rerun: bool = False,
                  on_point: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None,
                  on_step: Callable[[dict], None] | None = None):
         self.plan, self.store = plan, store
         self.launch = launch or launcher.launch
-        self.retry_failed = retry_failed
+        self.retry_failed, self.rerun = retry_failed, rerun
         self.on_point = on_point or (lambda event, record, info: None)
         self.on_step = on_step
         self.result = SweepResult(plan)
@@ -88,8 +91,15 @@ class SweepRunner:
             self.done[point_key(record["config"], (record.get("sweep") or {}).get("probe", False))] = record
 
     # -- the sweep --------------------------------------------------------------------------
+    def summary(self, **more: Any) -> dict[str, Any]:
+        # updated_at (microseconds) tells apart sweeps of one name that ran within the same second
+        return {"notes": self.plan.notes, "plan_hash": self.plan.plan_hash, "identity": self.plan.identity,
+                "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(), **more}
+
     def run(self) -> SweepResult:
-        self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(), {"notes": self.plan.notes})
+        self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(), self.summary())
+        if self.rerun:  # measure every point again: what this sweep stored before is not loaded
+            self.known_ids |= self.store.ids(sweep=self.plan.sweep_id)
         self._load_done(retry=self.retry_failed)
         # Lines are claimed in the store, so runners of the same sweep started at once share the
         # lines instead of running every point twice. A line held by another live runner is put
@@ -116,8 +126,7 @@ class SweepRunner:
             if len(pending) == before:  # every line left is held by another runner
                 time.sleep(self.poll_s)
         self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(),
-                              {"notes": self.plan.notes, "max_batch": self.result.max_batch,
-                               "points": len(self.result.records), "ran": self.result.ran})
+                              self.summary(max_batch=self.result.max_batch, points=len(self.result.records), ran=self.result.ran))
         return self.result
 
     def _line(self, line: Line) -> None:
@@ -139,7 +148,7 @@ class SweepRunner:
 
         def probe(batch: int) -> str:
             record = self._point(line, line.config(batch, **short), probe=True)
-            return max_batch.FITS if record["status"] == "ok" else max_batch.OOM if is_oom(record) else max_batch.ERROR
+            return max_batch.FITS if has_result(record) else max_batch.OOM if is_oom(record) else max_batch.ERROR
 
         found = max_batch.search(probe, min(line.batches[0], bound), upper=bound, first_step=1.0)
         failed = "other than memory" in found.stopped  # says nothing about memory: no figure
@@ -167,7 +176,7 @@ class SweepRunner:
         self.done[key] = record
         self.result.records.append(record)
         self.result.ran += 1
-        self.result.failed += record["status"] != "ok"
+        self.result.failed += record["status"] == "failed"
         self.on_point("done", record, {**info, "eta_s": self.eta_s()})
         return record
 
@@ -195,14 +204,21 @@ class SweepRunner:
 
 
 def sweep_records(store: Store, target: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    """(sweep, its records) for a sweep name or id (the newest sweep of that name), or None."""
+    """(sweep, its records) for a sweep name or id, or None. A name means the newest sweep of that
+    name: an older sweep of the same name (older code) never fills the newer one's gaps. Names
+    stored only in the runs (a sweep whose row was later renamed by an older tbd) still work."""
     found = store.sweeps(target)
-    if not found:
-        return None
-    sweep = found[0]
     by_name = [s for s in found if s["name"] == target]
-    ids = [s["id"] for s in by_name] if by_name else [sweep["id"]]
-    records = [r for i in ids for r in store.list(sweep=i)]
+    if by_name or found:
+        sweep = max(by_name, key=lambda s: (s["summary"] or {}).get("updated_at") or s["created_at"]) if by_name else found[0]
+        records = store.list(sweep=sweep["id"])
+    else:
+        records = [r for r in store.list() if (r.get("sweep") or {}).get("name") == target]
+        if not records:
+            return None
+        newest = max(records, key=lambda r: r["created_at"])["sweep"]["id"]
+        records = [r for r in records if r["sweep"]["id"] == newest]
+        sweep = {"id": newest, "name": target, "created_at": records[0]["created_at"], "spec": {}, "summary": {}}
     # A max-batch sweep has only probes: show those rather than nothing.
     return sweep, latest_per_point(records) or latest_per_point(records, probes=True)
 

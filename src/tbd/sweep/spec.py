@@ -6,6 +6,13 @@ each with its batch sizes in increasing order (so an OOM can skip the larger one
 workloads means every registered workload and in frameworks every installed framework that
 implements the workload, so workloads added later join presets without edits.
 
+A sweep's id names what it measures *and with what*: the expanded plan, the sweep's name, the
+code revision of tbd (commit, dirty flag and a hash of the uncommitted diff) and the versions of
+the libraries that run it (`identity`). Running the same sweep again under the same name with
+the same code resumes it; another name, another commit or another library version is a new
+sweep that measures every point again (`tbd sweep --resume ID` continues a given sweep, `--rerun`
+measures again whatever the id).
+
 Sweep files are TOML; an unknown key or a bad value is an error that names the file, the line
 and the key (tomllib gives the line of syntax errors; for keys we find it in the text).
 """
@@ -82,6 +89,8 @@ class Plan:
     notes: list[str]  # combinations not run, and why
     sweep_id: str
     name: str
+    plan_hash: str = ""  # what is measured (the expanded lines), without the name or the code
+    identity: dict[str, Any] = field(default_factory=dict)  # code revision and library versions in the id
 
     @property
     def num_points(self) -> int:
@@ -123,10 +132,27 @@ def plan(spec: SweepSpec) -> Plan:
                                 continue
                             lines.append(Line(base, batches))
     check_name(spec.name)
-    # The id names what is measured: how points are launched (isolate) does not change it.
+    # What is measured: how points are launched (isolate) does not change it.
     what = [[{k: v for k, v in line.base.items() if k != "isolate"}, line.batches] for line in lines]
-    ident = hashlib.sha1(json.dumps(what + [spec.max_batch], sort_keys=True).encode()).hexdigest()[:10]
-    return Plan(spec, lines, notes, ident, spec.name or f"sweep-{ident}")
+    plan_hash = _hash(what + [spec.max_batch])
+    name = spec.name or f"sweep-{plan_hash}"
+    ident = identity(sorted({line.base["framework"] for line in lines}))
+    return Plan(spec, lines, notes, _hash([plan_hash, name, ident]), name, plan_hash, ident)
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def identity(frameworks: list[str]) -> dict[str, Any]:
+    """What a sweep's points were measured with: tbd's code revision and the library versions of
+    the core and of each framework in the sweep. Part of the sweep id, so new code measures again."""
+    from tbd.results import environment
+
+    libraries: tuple[str, ...] = environment.CORE_LIBRARIES
+    for fw in frameworks:
+        libraries += registry.framework(fw).libraries
+    return {"source": environment.source_revision(with_diff=True), "libraries": environment.library_versions(libraries)}
 
 
 def check_name(name: str | None, where: str = "the sweep's name") -> None:

@@ -168,6 +168,9 @@ class JaxSession:
                 "custom_train_step": task.train_step is not None,
                 "xla_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "default (true)"),
                 "xla_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "default"),
+                # XLA sizes its CPU thread pool itself at import; recorded, not set
+                "intra_op_threads": os.environ.get("OMP_NUM_THREADS") or None,
+                "xla_flags": os.environ.get("XLA_FLAGS") or None,
             },
         )
         del task  # the jitted step holds what it needs; keep no other reference to the build

@@ -19,6 +19,7 @@ from torch import nn
 
 from tbd.frameworks.torch import distributed as torch_distributed
 from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+from tbd.metrics.conditions import intra_op_threads
 from tbd.results.environment import cpu_model
 
 Batch = Sequence[Any]
@@ -70,6 +71,15 @@ def _set_precision_flags(precision: str, device: torch.device, autotune: bool = 
     }
 
 
+def _set_cpu_threads(config) -> dict[str, Any]:
+    """One intra-op thread per usable CPU, shared between the ranks of a run on this host: more
+    threads than cores only adds contention (and torch counts cores the process may not use)."""
+    threads = intra_op_threads(processes=int(getattr(config, "nproc_per_node", 1) or 1))
+    if torch.get_num_threads() != threads["intra_op"]:
+        torch.set_num_threads(threads["intra_op"])
+    return threads
+
+
 def _to_memory_format(batch: Batch, fmt: torch.memory_format) -> Batch:
     return type(batch)(t.contiguous(memory_format=fmt) if isinstance(t, torch.Tensor) and t.dim() == 4 else t for t in batch)
 
@@ -85,6 +95,7 @@ class TorchSession:
         self.config = config
         self.device = torch.device(config.device)
         self.task = task
+        self.threads = _set_cpu_threads(config) if self.device.type == "cpu" else {"intra_op": torch.get_num_threads(), "source": "torch default"}
         flags = _set_precision_flags(config.precision, self.device, autotune=not spec.variable_shapes)
         self.model = task.model.to(self.device)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
@@ -126,6 +137,8 @@ class TorchSession:
                 "memory_format": "channels_last" if config.channels_last else "contiguous",
                 "precision_flags": flags,
                 "optimizer": type(self.optimizer).__name__,
+                "intra_op_threads": self.threads["intra_op"],
+                "threads": {**self.threads, "inter_op": torch.get_num_interop_threads()},
             },
         )
 

@@ -1,0 +1,76 @@
+"""The measurement loop's verdict: ok, unconverged or insufficient, with a fake session whose step
+times are scripted (no framework, no training), so each outcome is reproduced in milliseconds."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from tbd import registry
+from tbd.config import RunConfig
+from tbd.harness import measure as measure_mod
+from tbd.harness.measure import derive_metrics, measure
+
+
+class ScriptedSession:
+    """Reports the step times of `times` (seconds) one after another, without sleeping; the clock
+    the loop reads is moved by the same amount, so the time budget behaves as in a real run."""
+
+    def __init__(self, times, clock):
+        self.times, self.clock, self.i = list(times), clock, 0
+
+    def run_steps(self, n):
+        out = self.times[self.i : self.i + n]
+        self.i += len(out)
+        self.clock.now += sum(out)
+        return SimpleNamespace(seconds=out, units=[8.0] * len(out), samples=[8.0] * len(out))
+
+    def last_loss(self):
+        return 1.0
+
+
+def _run(times, monkeypatch, **budget):
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(measure_mod.time, "perf_counter", lambda: clock.now)
+    config = RunConfig("resnet50", batch_size=8, **budget)
+    m = measure(ScriptedSession(times, clock), config)
+    metrics, method = derive_metrics(m, config, registry.get_spec("resnet50"), "cpu", 2)
+    return metrics, method
+
+
+def test_a_quiet_run_converges(monkeypatch):
+    rng = np.random.default_rng(0)
+    times = [5.0] + list(0.1 * (1 + 0.002 * rng.standard_normal(400)))
+    metrics, method = _run(times, monkeypatch, max_time_s=30, min_window_s=1.0)
+    assert method["convergence"]["status"] == "ok" and metrics["throughput_ci95_half_width_pct"] <= 1.0
+    assert metrics["compile_time_s"] == 5.0  # step 0 reported, and not counted against the budget
+
+
+def test_a_noisy_run_that_runs_out_of_time_is_unconverged_with_its_ci(monkeypatch):
+    rng = np.random.default_rng(1)
+    times = [0.5] + list(0.1 * np.exp(0.5 * rng.standard_normal(400)))
+    metrics, method = _run(times, monkeypatch, max_time_s=4)
+    verdict = method["convergence"]
+    assert verdict["status"] == "unconverged" and verdict["ci_pct"] > 1.0
+    assert metrics["throughput_ci95_half_width_pct"] == verdict["ci_pct"]
+    assert "time budget" in method["stop_reason"]
+
+
+def test_one_timed_step_is_insufficient_and_has_no_ci(monkeypatch):
+    """The resnet50 --compile case of issue 21: a 204 s compilation, then 7.4 s steps, budget 5 s."""
+    metrics, method = _run([204.3, 7.4, 7.4, 7.4], monkeypatch, max_time_s=5)
+    assert method["convergence"]["status"] == "insufficient"
+    assert metrics["throughput_ci95_half_width_pct"] is None  # never "±0.0%"
+    assert metrics["compile_time_s"] == 204.3 and metrics["timed_steps"] == 1
+
+
+def test_the_time_budget_is_for_steady_steps_not_warm_up(monkeypatch):
+    """20 slow warm-up steps (1.8 s) then fast ones, budget 2 s: the warm-up is excluded and the
+    budget still buys 2 s of steady steps; compile and warm-up times are reported apart."""
+    rng = np.random.default_rng(2)
+    times = [3.0] + [0.09] * 20 + list(0.01 * (1 + 0.3 * rng.standard_normal(2000)).clip(0.5))
+    metrics, method = _run(times, monkeypatch, max_time_s=2, max_steps=2000)
+    assert metrics["warmup_steps"] == 21 and abs(metrics["warmup_time_s"] - 1.8) < 1e-6
+    assert metrics["steady_window_s"] >= 2.0 and metrics["compile_time_s"] == 3.0
+    assert method["convergence"]["status"] == "unconverged"  # 30% step noise: 200 steps give about +-5%, not 1%
