@@ -207,3 +207,34 @@ def test_deepspeech2_batches_come_in_a_small_fixed_set_of_shapes():
         assert labels.shape[1] == jax_impl.label_width(config.resolved_hparams(), width) >= int(n_chars.max())
         shapes.add((spec.shape, labels.shape))
     assert len(shapes) == len({s[0][2] for s in shapes}) <= 12  # one shape per frame edge met
+
+
+# -- a3c ---------------------------------------------------------------------------------------
+
+def test_a3c_parameter_counts_equal():
+    from tbd.workloads.a3c import jax_impl, torch_impl
+
+    hp = _hp("a3c")
+    expected = _torch_params(torch_impl.Policy(hp["num_actions"]))
+    shapes = jax.eval_shape(jax_impl.Policy(hp["num_actions"]).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 4, 84, 84), jax.numpy.uint8))
+    assert param_count(shapes["params"]) == expected == 677_943
+    # torch's names and layouts, in torch's order: what the learner publishes to the actors
+    torch_shapes = [tuple(p.shape) for p in torch_impl.Policy(hp["num_actions"]).parameters()]
+    assert [shape for _, shape in jax_impl.param_shapes(hp["num_actions"])] == torch_shapes
+
+
+def test_a3c_learner_flops_match_xla():
+    # XLA compiles the learner's update of one rollout: the loss's forward and backward over
+    # t_max observations, clipping and RMSProp. The spec's per-step FLOPs also hold the acting
+    # forwards (1 + 1/t_max per agent step), which the actors run in torch on the CPU, outside XLA.
+    from tbd.workloads.a3c import spec
+
+    flavor = registry.get_spec("a3c").flavor("tiny")
+    session = _session("a3c", {}, batch_size=1)
+    try:
+        t_max = flavor["t_max"]
+        acting = spec.forward_flops(flavor["num_actions"]) * (t_max + 1) / t_max
+        analytic = t_max * (spec.train_flops_per_sample(flavor) - acting)
+        assert xla_flops(session) == pytest.approx(analytic, rel=0.10)
+    finally:
+        session.close()
