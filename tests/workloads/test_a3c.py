@@ -102,3 +102,63 @@ def test_a3c_without_the_rl_extra_names_the_install(monkeypatch):
 def test_a3c_rejects_half_precision_before_starting_actors():
     with pytest.raises(UsageError, match="drop --precision bf16"):
         RunConfig(workload="a3c", flavor="tiny", isolate=False, precision="bf16").validated()
+
+
+# -- the JAX learner -----------------------------------------------------------------------------
+
+def test_jax_learner_loss_and_gradients_are_torchs_on_a_real_rollout(one_thread):
+    jax = pytest.importorskip("jax")
+    import numpy as np
+
+    from tbd.workloads.a3c import jax_impl
+
+    hp = dict(FLAVORS["tiny"].hparams)
+    torch.manual_seed(0)
+    policy = a3c.Policy(hp["num_actions"])
+    actor = a3c.Actor(0, hp, seed=0, shared_params=[p.detach() for p in policy.parameters()])
+    for _ in range(3):  # a few rollouts in, so the screens are not all the first one
+        _, obs, actions, returns = actor.play()
+    loss, _ = a3c.rollout_loss(actor.model, hp, obs, actions, returns)
+    loss.backward()
+    params = {name: p.detach().numpy() for (name, _), p in zip(jax_impl.param_shapes(hp["num_actions"]), actor.model.parameters())}
+    loss_of = lambda p: jax_impl.a3c_loss(jax_impl.Policy(hp["num_actions"]), hp, p, obs.numpy(), np.array(actions), np.array(returns, np.float32))  # noqa: E731
+    with jax.default_matmul_precision("highest"):
+        jax_loss, grads = jax.value_and_grad(loss_of)(params)
+    assert float(jax_loss) == pytest.approx(loss.item(), rel=1e-4, abs=1e-4)
+    for (name, _), p in zip(jax_impl.param_shapes(hp["num_actions"]), actor.model.parameters()):
+        np.testing.assert_allclose(np.asarray(grads[name]), p.grad.numpy(), rtol=2e-3, atol=2e-5, err_msg=name)
+
+
+def test_jax_learner_round_updates_and_publishes_the_policy():
+    jax = pytest.importorskip("jax")
+    import numpy as np
+
+    from tbd.workloads.a3c import jax_impl
+
+    config = RunConfig(workload="a3c", framework="jax", flavor="tiny", isolate=False, data_pool=1).validated()
+    session = frameworks.open_session(config)
+    try:
+        before = jax.device_get(session.state.params)
+        times = session.run_steps(2)
+        after = jax.device_get(session.state.params)
+        assert all((before[k] != after[k]).any() for k in before), "a parameter tensor did not move"
+        # The actors read exactly the learner's weights.
+        names = [name for name, _ in jax_impl.param_shapes(config.resolved_hparams()["num_actions"])]
+        assert all(np.array_equal(t.numpy(), after[k]) for t, k in zip(session.extra["shared"], names))
+        n, hp = config.batch_size, config.resolved_hparams()
+        assert times.units == [n * hp["t_max"] * hp["frameskip"]] * 2
+        acct = session.info.method["a3c"]
+        assert acct["rounds"] == 2 and acct["updates"] == 2 * n and "jax learner" in acct["update_rule"].lower()
+        assert session.compile_count == 1  # the learner's update, once
+        assert np.isfinite(session.last_loss())
+        pool = session.extra["actors"]["pool"]
+    finally:
+        session.close()
+    assert not any(p.is_alive() for p in pool.procs), "actor processes outlived the session"
+
+
+def test_jax_learner_refuses_hogwild():
+    pytest.importorskip("jax")
+    config = RunConfig(workload="a3c", framework="jax", flavor="tiny", isolate=False, hparams={"update_rule": "hogwild"}).validated()
+    with pytest.raises(UsageError, match="update_rule=learner"):
+        frameworks.open_session(config)

@@ -146,3 +146,95 @@ def test_seq2seq_flops_match_xla_with_the_loops_unrolled(monkeypatch):
         assert xla_flops(session) == pytest.approx(analytic, rel=0.10)
     finally:
         session.close()
+
+
+# -- deepspeech2 -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flavor", ["tiny", "paper"])
+def test_deepspeech2_parameter_counts_equal(flavor):
+    # The GRUs keep cuDNN's layout, b_ih and b_hh per gate (b_hn inside the reset gate, as torch):
+    # 6H biases per direction and layer, where Flax's GRUCell would have 4H.
+    from tbd.workloads.deepspeech2 import jax_impl, torch_impl
+
+    hp = _hp("deepspeech2", flavor)
+    with torch.device("meta"):
+        expected = _torch_params(torch_impl.DeepSpeech2(hp["freq_bins"], hp["conv_channels"], hp["hidden"], hp["gru_layers"]))
+    spec, frames = jax.ShapeDtypeStruct((1, hp["freq_bins"], 16, 1), jax.numpy.float32), jax.ShapeDtypeStruct((1,), jax.numpy.int32)
+    shapes = jax.eval_shape(lambda k, s, f: jax_impl.DeepSpeech2(hp).init(k, s, f, train=False), jax.random.PRNGKey(0), spec, frames)
+    assert param_count(shapes["params"]) == expected
+    if flavor == "paper":
+        assert expected == 79_622_333  # 7 bi-GRU layers of 800: 79.3M of it
+
+
+@pytest.mark.slow  # compiling the unrolled loops takes 10-20 s on 2 busy cores
+def test_deepspeech2_flops_match_xla_with_the_loops_unrolled(monkeypatch):
+    # Unrolled GRU loops, so that XLA counts every time step (see seq2seq's test); short
+    # utterances keep the unrolled program small. XLA counts a convolution's taps over its zero
+    # padding as nothing, the spec (and torch's FlopCounterMode) as work: with DS2's 41x11 and
+    # 21x11 kernels that is a fifth of the convolutions at these lengths, so the check runs where
+    # the GRUs dominate, as at the paper size (over 80%; here 95%). XLA also counts what the spec
+    # leaves out: gate element-wise math, batch norm, CTC (a loop, counted once) and Adam.
+    from tbd.workloads.deepspeech2 import jax_impl, spec
+
+    monkeypatch.setattr(jax_impl, "SCAN_UNROLL", True)
+    over = dict(conv_channels=8, hidden=768, gru_layers=2, min_s=0.2, max_s=0.3, mean_s=0.25)
+    hp = _hp("deepspeech2", **over)
+    session = _session("deepspeech2", over, batch_size=8)
+    try:
+        batch = session.batches[0][0]
+        analytic = batch.shape[0] * spec.train_flops(hp, batch.shape[2])  # at the padded frame count
+        assert xla_flops(session) == pytest.approx(analytic, rel=0.10)
+    finally:
+        session.close()
+
+
+def test_deepspeech2_batches_come_in_a_small_fixed_set_of_shapes():
+    # Shapes only (no compilation): each batch's frames are padded to an edge and its
+    # transcripts to the width that edge fixes, so a run compiles once per edge it meets.
+    from tbd.frameworks.base import BuildContext
+    from tbd.workloads.deepspeech2 import jax_impl
+
+    config = RunConfig(workload="deepspeech2", framework="jax", flavor="paper", isolate=False).validated()
+    task = jax_impl.build(BuildContext.for_run(config, config.batch_size))
+    edges = task.extra["frame_edges"]
+    assert edges[-1] == 1700 and len(edges) < 30
+    cpu = jax.devices("cpu")[0]
+    shapes = set()
+    for key in jax.random.split(jax.random.PRNGKey(0), 40):
+        spec, labels, frames, n_chars = task.make_batch(key, cpu)
+        width = spec.shape[2]
+        assert width in edges and int(frames.max()) <= width < 1.13 * int(frames.max()) + 16  # padding under an eighth
+        assert labels.shape[1] == jax_impl.label_width(config.resolved_hparams(), width) >= int(n_chars.max())
+        shapes.add((spec.shape, labels.shape))
+    assert len(shapes) == len({s[0][2] for s in shapes}) <= 12  # one shape per frame edge met
+
+
+# -- a3c ---------------------------------------------------------------------------------------
+
+def test_a3c_parameter_counts_equal():
+    from tbd.workloads.a3c import jax_impl, torch_impl
+
+    hp = _hp("a3c")
+    expected = _torch_params(torch_impl.Policy(hp["num_actions"]))
+    shapes = jax.eval_shape(jax_impl.Policy(hp["num_actions"]).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 4, 84, 84), jax.numpy.uint8))
+    assert param_count(shapes["params"]) == expected == 677_943
+    # torch's names and layouts, in torch's order: what the learner publishes to the actors
+    torch_shapes = [tuple(p.shape) for p in torch_impl.Policy(hp["num_actions"]).parameters()]
+    assert [shape for _, shape in jax_impl.param_shapes(hp["num_actions"])] == torch_shapes
+
+
+def test_a3c_learner_flops_match_xla():
+    # XLA compiles the learner's update of one rollout: the loss's forward and backward over
+    # t_max observations, clipping and RMSProp. The spec's per-step FLOPs also hold the acting
+    # forwards (1 + 1/t_max per agent step), which the actors run in torch on the CPU, outside XLA.
+    from tbd.workloads.a3c import spec
+
+    flavor = registry.get_spec("a3c").flavor("tiny")
+    session = _session("a3c", {}, batch_size=1)
+    try:
+        t_max = flavor["t_max"]
+        acting = spec.forward_flops(flavor["num_actions"]) * (t_max + 1) / t_max
+        analytic = t_max * (spec.train_flops_per_sample(flavor) - acting)
+        assert xla_flops(session) == pytest.approx(analytic, rel=0.10)
+    finally:
+        session.close()

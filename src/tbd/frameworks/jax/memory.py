@@ -106,7 +106,7 @@ def profile(config, warmup: int = 1) -> dict[str, Any]:
         grads = min(tree_bytes(state.params), temp)
         fmap = 0
         task = impl.build(BuildContext.for_run(config, config.batch_size))  # its loss, traced for the residuals
-        if task.train_step is None:
+        if task.train_step is None and task.host_step is None:
             def loss_of(params, model_state, batch, rng):
                 return task.loss(params, model_state, batch, rng, True)[0]
 

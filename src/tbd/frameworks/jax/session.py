@@ -10,6 +10,7 @@ the host clock up to `block_until_ready` on the step's outputs: the one host syn
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -64,6 +65,13 @@ class JaxTask:
     # (TrainState, batch) -> (TrainState, loss), jitted by the adapter with the state donated.
     # `opt_state` starts as `optimizer.init(params)` (one transformation may hold several states).
     train_step: Callable[[TrainState, Batch], tuple[TrainState, jax.Array]] | None = None
+    # A step that is more than one XLA program (a3c: a round with actor processes) is driven from
+    # the host instead: (session, TrainState, batch) -> (TrainState, loss), not jitted, calling the
+    # workload's own jitted functions. `lower(session)` then gives the main one, lowered, for the
+    # tools that read the compiled step (memory, FLOPs); `close` stops what the step started.
+    host_step: Callable[..., tuple[TrainState, jax.Array]] | None = None
+    lower: Callable[[Any], Any] | None = None
+    close: Callable[[], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,7 +156,9 @@ class JaxSession:
         self.compile_count = 0
         self.compile_s = 0.0
         # One executable for the whole step; the state is donated so it is updated in place.
-        self.step_fn = jax.jit(task.train_step or _default_step(task), donate_argnums=0)
+        self.step_fn = (functools.partial(task.host_step, self) if task.host_step is not None
+                        else jax.jit(task.train_step or _default_step(task), donate_argnums=0))
+        self._lower, self._close, self.extra = task.lower, task.close, task.extra
         self.info = SessionInfo(
             device_name=self.device.device_kind if self.device.platform != "cpu" else cpu_model(),
             framework_version=jax.__version__,
@@ -165,7 +175,7 @@ class JaxSession:
                 "matmul_precision": self.precision,
                 "memory_format": "native NHWC (Flax convolutions)",
                 "channels_last_flag": bool(config.channels_last),
-                "custom_train_step": task.train_step is not None,
+                "custom_train_step": task.train_step is not None or task.host_step is not None,
                 "xla_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "default (true)"),
                 "xla_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "default"),
                 # XLA sizes its CPU thread pool itself at import; recorded, not set
@@ -209,6 +219,8 @@ class JaxSession:
     def compiled_step(self):
         """The step as XLA compiled it for the first resident batch (its memory analysis)."""
         with jax.default_matmul_precision(self.precision):
+            if self._lower is not None:
+                return self._lower(self).compile()
             return self.step_fn.lower(self.state, self.batches[0]).compile()
 
     def last_loss(self) -> float:
@@ -238,6 +250,9 @@ class JaxSession:
 
     def close(self) -> None:
         # Drop every device buffer and the compiled step so the memory really goes back.
+        if self._close is not None:
+            close, self._close = self._close, None
+            close()
         self.state = None
         self._loss = None
         self.batches = []

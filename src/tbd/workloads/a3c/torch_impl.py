@@ -72,6 +72,19 @@ class SharedRMSprop(torch.optim.Optimizer):
         rmsprop_update(ps, [p.grad for p in ps], [self.state[p]["square_avg"] for p in ps], group["lr"], group["decay"], group["eps"])
 
 
+def rollout_loss(model: Policy, hp: dict, obs: torch.Tensor, actions: list[int], returns: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The A3C loss of one rollout, summed over its steps: policy gradient with n-step advantages,
+    value_coef x 0.5 x squared advantages, minus entropy_coef x entropy. Returns (loss, entropies)."""
+    logits, values = model(obs)  # (T, A), (T,)
+    log_probs = F.log_softmax(logits, -1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    advantages = torch.tensor(returns) - values
+    chosen = log_probs.gather(1, torch.tensor(actions)[:, None]).squeeze(1)
+    policy_loss = -(chosen * advantages.detach()).sum()
+    value_loss = 0.5 * advantages.pow(2).sum()
+    return policy_loss + hp["value_coef"] * value_loss - hp["entropy_coef"] * entropy.sum(), entropy
+
+
 class Actor:
     """One A3C actor: its emulator, a local copy of the policy, and the A3C loss of a rollout.
     Runs inside a worker process, or in-process in tests."""
@@ -88,9 +101,9 @@ class Actor:
         self.gen = torch.Generator().manual_seed(seed * 1000 + index)
         self.obs = torch.from_numpy(self.game.reset())
 
-    def rollout(self) -> dict:
-        """Play t_max steps with the newest shared weights, leave the loss's gradients in
-        self.model's .grad, return the rollout's accounting."""
+    def play(self) -> tuple[dict, torch.Tensor, list[int], list[float]]:
+        """Play t_max steps with the newest shared weights: (accounting, observations (T, 4, 84, 84)
+        uint8, actions, n-step returns). The loss is computed here (`rollout`) or by a learner."""
         hp, t_max = self.hp, self.hp["t_max"]
         with torch.no_grad():
             for p, s in zip(self.model.parameters(), self.shared):
@@ -117,24 +130,22 @@ class Actor:
         for t in reversed(range(t_max)):
             ret = rewards[t] + hp["gamma"] * ret * (0.0 if dones[t] else 1.0)
             returns[t] = ret
+        stats = {
+            "actor": self.index, "agent_steps": t_max, "frames": t_max * hp["frameskip"], "emulator_frames": emulator_frames,
+            "rewards": rewards, "dones": dones, "episodes": episodes, "partial_return": self.game.episode_return,
+        }
+        return stats, torch.stack(obs), actions, returns
 
+    def rollout(self) -> dict:
+        """Play t_max steps with the newest shared weights, leave the loss's gradients in
+        self.model's .grad, return the rollout's accounting."""
+        hp = self.hp
+        stats, obs, actions, returns = self.play()
         self.model.zero_grad(set_to_none=True)
-        logits, values = self.model(torch.stack(obs))  # (T, A), (T,)
-        log_probs = F.log_softmax(logits, -1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        advantages = torch.tensor(returns) - values
-        chosen = log_probs.gather(1, torch.tensor(actions)[:, None]).squeeze(1)
-        policy_loss = -(chosen * advantages.detach()).sum()
-        value_loss = 0.5 * advantages.pow(2).sum()
-        loss = policy_loss + hp["value_coef"] * value_loss - hp["entropy_coef"] * entropy.sum()
+        loss, entropy = rollout_loss(self.model, hp, obs, actions, returns)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), hp["max_grad_norm"])
-        return {
-            "actor": self.index, "loss": loss.item(), "entropy": entropy.mean().item(),
-            "agent_steps": t_max, "frames": t_max * hp["frameskip"], "emulator_frames": emulator_frames,
-            "rewards": rewards, "dones": dones, "episodes": episodes,
-            "partial_return": self.game.episode_return,
-        }
+        return {**stats, "loss": loss.item(), "entropy": entropy.mean().item()}
 
     def grads(self) -> list[torch.Tensor]:
         return [p.grad for p in self.model.parameters()]
@@ -151,9 +162,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _worker(index, hp, seed, shared_params, square_avgs, grad_slot, commands, results, parent_pid) -> None:
-    """An actor process: on each 'go', one rollout and one update (Hogwild) or one gradient
-    handed to the learner (grad_slot). Exits on None, or when its parent is gone."""
+def _worker(index, hp, seed, shared_params, square_avgs, slot, commands, results, parent_pid) -> None:
+    """An actor process: on each 'go', one rollout and one update (Hogwild), or one gradient
+    handed to the learner (slot: a flat tensor), or one rollout handed to a learner that computes
+    the loss itself (slot: (observations, [actions; returns]) tensors). Exits on None, or when its
+    parent is gone."""
     torch.set_num_threads(1)
     try:
         actor = Actor(index, hp, seed, shared_params)
@@ -175,20 +188,26 @@ def _worker(index, hp, seed, shared_params, square_avgs, grad_slot, commands, re
             results.join_thread()
             os._exit(0)
         try:
-            stats = actor.rollout()
-            if square_avgs is not None:
-                rmsprop_update(shared_params, actor.grads(), square_avgs, hp["lr"], hp["rms_decay"], hp["rms_eps"])
+            if isinstance(slot, tuple):  # the learner computes the loss (the JAX learner)
+                stats, obs, actions, returns = actor.play()
+                slot[0].copy_(obs)
+                slot[1].copy_(torch.tensor([actions, returns], dtype=torch.float32))
             else:
-                torch.cat([g.flatten() for g in actor.grads()], out=grad_slot)
+                stats = actor.rollout()
+                if square_avgs is not None:
+                    rmsprop_update(shared_params, actor.grads(), square_avgs, hp["lr"], hp["rms_decay"], hp["rms_eps"])
+                else:
+                    torch.cat([g.flatten() for g in actor.grads()], out=slot)
             results.put((index, stats))
         except Exception as exc:
             results.put((index, {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}))
 
 
 class ActorPool:
-    """N persistent actor processes; `round(on_result)` has each do one rollout and update."""
+    """N persistent actor processes; `round(on_result)` has each do one rollout and update (or
+    hand its gradient or its rollout to a learner through `slots[i]`: see `_worker`)."""
 
-    def __init__(self, n: int, hp: dict, seed: int, shared_params, square_avgs=None, grad_slots=None):
+    def __init__(self, n: int, hp: dict, seed: int, shared_params, square_avgs=None, slots=None):
         # forkserver: a clean server process (it has imported this module, and so torch, but run
         # nothing: no OpenMP pool, no CUDA context, which is what makes a plain fork unsafe) forks
         # each actor, so actors start fast and later pools in this process reuse the server.
@@ -198,7 +217,7 @@ class ActorPool:
         self.commands = [ctx.Queue() for _ in range(n)]
         self.procs = []
         for i in range(n):
-            args = (i, hp, seed, shared_params, square_avgs, None if grad_slots is None else grad_slots[i], self.commands[i], self.results, os.getpid())
+            args = (i, hp, seed, shared_params, square_avgs, None if slots is None else slots[i], self.commands[i], self.results, os.getpid())
             proc = ctx.Process(target=_worker, args=args, name=f"a3c-actor-{i}", daemon=True)
             proc.start()
             self.procs.append(proc)
@@ -241,13 +260,13 @@ class ActorPool:
 class Accounting:
     """Running totals of a run, published in the run's method under 'a3c'."""
 
-    def __init__(self, n: int, hp: dict, device: str, learner: bool):
+    def __init__(self, n: int, hp: dict, device: str, learner: bool, role: str | None = None):
         self.n, self.hp = n, hp
         self.rounds = self.updates = self.agent_steps = self.frames = self.emulator_frames = 0
         self.round_s = 0.0
         self.returns: list[float] = []
-        self.role = (f"learner on {device}: actors send gradients, the main process applies each as it arrives and publishes weights"
-                     if learner else "Hogwild: actors update the shared-memory model and RMSProp statistics without locks")
+        self.role = role or (f"learner on {device}: actors send gradients, the main process applies each as it arrives and publishes weights"
+                             if learner else "Hogwild: actors update the shared-memory model and RMSProp statistics without locks")
 
     def add(self, stats: dict) -> None:
         self.updates += 1

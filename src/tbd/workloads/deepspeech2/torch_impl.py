@@ -15,9 +15,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
+from tbd.workloads.deepspeech2.data import bucketed_batch, sample_durations, utterance_lengths  # noqa: F401 (re-exported)
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out, feature_sizes
-
-BUCKET_POOL = 256  # a batch is `batch` neighbours among BUCKET_POOL x batch sorted draws
 
 
 class DeepSpeech2(nn.Module):
@@ -51,33 +50,14 @@ class DeepSpeech2(nn.Module):
         return F.log_softmax(self.fc(y).float(), dim=-1), out_lengths
 
 
-def sample_durations(rng: np.random.Generator, n: int, hp) -> np.ndarray:
-    """Seconds of audio: max_s minus a gamma(1.5) draw, clipped -- most mass just under max_s and
-    a tail of short utterances, like LibriSpeech's segmentation into utterances of up to ~17 s."""
-    scale = (hp["max_s"] - hp["mean_s"]) / 1.5
-    return np.clip(hp["max_s"] - rng.gamma(1.5, scale, size=n), hp["min_s"], hp["max_s"])
-
-
-def bucketed_batch(rng: np.random.Generator, n: int, hp) -> np.ndarray:
-    """Durations of one length bucket: n neighbours in the sorted order of many draws."""
-    pool = np.sort(sample_durations(rng, BUCKET_POOL * n, hp))
-    start = rng.integers(0, len(pool) - n + 1)
-    return pool[start : start + n]
-
-
 def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device):
     # The generator lives on the batch's device; its first draw seeds the host-side sampler.
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
-    rng = np.random.default_rng(seed)
-    seconds = bucketed_batch(rng, n, hp)
-    frames = np.maximum(np.round(seconds * FRAMES_PER_S).astype(np.int64), 1)
+    frames, n_chars = utterance_lengths(np.random.default_rng(seed), n, hp)
     t_max = int(frames.max())
     spec = torch.randn(n, 1, hp["freq_bins"], t_max, generator=gen, device=device)
     mask = torch.arange(t_max, device=device)[None, :] < torch.as_tensor(frames, device=device)[:, None]
     spec = spec * mask[:, None, None, :]  # silence (zeros after normalization) past each end
-    # ~chars_per_s characters per second, capped so CTC stays feasible (repeats need blanks).
-    out_frames = np.array([feature_sizes(hp["freq_bins"], int(t))[-1][1] for t in frames])
-    n_chars = np.minimum(np.maximum(np.round(seconds * hp["chars_per_s"]), 1), out_frames // 2).astype(np.int64)
     targets = torch.randint(1, NUM_CHARS, (int(n_chars.sum()),), generator=gen, device=device)
     # (spec, targets on the device; frame and character counts on the host)
     return (spec, targets, torch.as_tensor(frames), torch.as_tensor(n_chars))
