@@ -128,7 +128,7 @@ def test_stored_strings_that_look_like_markup_are_printed_as_they_are(tbd_home, 
 
     import tbd.commands.results
 
-    monkeypatch.setattr(tbd.commands.results, "make_console", lambda: Console(width=600))  # no cell folds
+    monkeypatch.setattr(tbd.commands.results, "make_console", lambda wide=False: Console(width=600))  # no cell folds
     record = fake_record(RunConfig("resnet50", device="cpu", batch_size=4))
     record["config"].update(flavor="[blink red]paper", precision="[bold]fp32[/bold]")  # e.g. a plugin's own names
     record["status"] = "failed"

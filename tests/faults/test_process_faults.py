@@ -22,7 +22,7 @@ from tbd.results.record import RunRecord
 from tbd.results.store import Store
 
 RUN = ["run", "resnet50", "--device", "cpu", "--max-steps", "2"]
-SWEEP = ["sweep", "--workloads", "resnet50", "--frameworks", "torch", "--devices", "cpu", "--batch-sizes", "1,2", "--name", "sigs"]
+SWEEP = ["sweep", "--workloads", "resnet50", "--frameworks", "torch", "--devices", "cpu", "--batch-sizes", "2,4", "--name", "sigs"]
 ORPHAN_WAIT_S = 5.0  # the promise is "within a second or two"; margin for a loaded test machine
 
 

@@ -19,6 +19,7 @@ from sweep_fakes import fake_record
 
 from tbd import cli as tbd_cli
 from tbd.config import RunConfig
+from tbd.results.record import SCHEMA_VERSION
 from tbd.results.store import Store
 
 RUN = ("run", "resnet50", "--device", "cpu", "--max-steps", "2")
@@ -450,5 +451,5 @@ def test_reading_an_older_store_writes_nothing(tbd_home):
     assert (tbd_home / "tbd.sqlite").read_bytes() == before
     Store().prepare()
     with sqlite3.connect(tbd_home / "tbd.sqlite") as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
         assert conn.execute("SELECT count(*) FROM claims").fetchone()[0] == 0

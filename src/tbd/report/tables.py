@@ -147,7 +147,9 @@ def notes_for(records: list[dict[str, Any]], ids: dict[str, str]) -> list[str]:
         verdict = method.get("convergence") or {}
         if r["status"] in ("failed", "skipped") and err:
             message = str(err.get("message") or "").removeprefix(f"{r['status']}: ")  # older skipped records said it twice
-            notes.append(f"{escape(ids[r['id']])}: {status_text(r['status'])} ({escape(err.get('kind') or '')}): {escape(message)}")
+            kind = err.get("kind") or ""
+            why = f" ({escape(kind)})" if kind and kind != r["status"] else ""
+            notes.append(f"{escape(ids[r['id']])}: {status_text(r['status'])}{why}: {escape(message)}")
         elif r["status"] in ("unconverged", "insufficient"):
             stop = method.get("stop_reason") or ""
             extra = f"; {stop}" if stop.startswith("no steady state") else ""
