@@ -37,7 +37,7 @@ from tbd.harness.runner import classify, execute
 from tbd.metrics.devices import best_device, gpu_info
 from tbd.metrics.sampling import Probe
 from tbd.results import environment
-from tbd.results.record import RunRecord, headline
+from tbd.results.record import RunRecord, has_result, headline
 from tbd.results.store import Store
 from tbd.topology import world_size
 from tbd.workloads.custom.spec import FLAVOR as CUSTOM_FLAVOR
@@ -68,7 +68,13 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
+        """Measured and converged: the throughput's 95% CI reached the target."""
         return self.record.status == "ok"
+
+    @property
+    def measured(self) -> bool:
+        """A throughput was measured, converged or not (status ok, unconverged or insufficient)."""
+        return has_result(self.record)
 
     @property
     def workload(self) -> str:

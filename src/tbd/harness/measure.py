@@ -67,19 +67,26 @@ def _loop(m: Measurement, session, config, progress, probe) -> None:
     started = None
     while True:
         times = session.run_steps(chunk)
-        # The time budget starts after the first step, so a slow compilation cannot eat it.
-        started = started or time.perf_counter()
         m.step_s += times.seconds
         m.units += times.units
         m.samples += times.samples
         m.chunk_ends.append(len(m.step_s))
         _read_compiles(session, m)
+        # The time budget starts after the first step, so a slow compilation cannot eat it; for a
+        # session that compiles per input shape, after the first pass through its batches (each
+        # may have a shape of its own, so each may compile).
+        first_pass = first_pass_steps(m, config)
+        if started is None and len(m.step_s) >= first_pass:
+            started = time.perf_counter()
+        if started is None:
+            chunk = 1
+            continue
         if probe:
             m.readings.append(probe.read())
         loss = session.last_loss()  # None: a user's step that reports no loss (tbd.measure)
         if loss is not None and not math.isfinite(loss):
             raise RunFailure(f"loss became {loss} at step {len(m.step_s)}; try a lower learning rate or another precision", kind="nan")
-        steady = stats.detect_steady_state(m.step_s)
+        steady = steady_state(m, config)
         timed = m.step_s[steady.start :]
         rel = stats.relative_half_width([u / t for u, t in zip(m.units[steady.start :], timed)]) if len(timed) >= MIN_CI_STEPS else math.inf
         elapsed = time.perf_counter() - started
@@ -105,6 +112,21 @@ def _loop(m: Measurement, session, config, progress, probe) -> None:
         chunk = max(1, min(MAX_CHUNK, int(CHUNK_TARGET_S / max(recent, 1e-6)), config.max_steps - len(m.step_s)))
         left_s = min(config.max_time_s - window_s, cap_s - elapsed)
         chunk = min(chunk, max(1, int(left_s / max(recent, 1e-6))))
+
+
+def first_pass_steps(m: Measurement, config) -> int:
+    """Steps that may compile: the first only, or one per resident batch where the session
+    reports compilations (a compiling session meets each batch's shape once)."""
+    return max(1, config.data_pool) if m.compiles is not None else 1
+
+
+def steady_state(m: Measurement, config) -> stats.SteadyState:
+    """MSER's warm-up, never shorter than the first pass of a compiling session."""
+    steady = stats.detect_steady_state(m.step_s)
+    first = first_pass_steps(m, config)
+    if steady.start < first:  # (an empty steady window until the first pass is done)
+        return stats.SteadyState(first, f"first {first} step(s) excluded (one compilation per resident batch); {steady.reason}")
+    return steady
 
 
 def _ci_text(rel: float) -> str:
@@ -156,7 +178,7 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     """(metrics, method) of the steady window; metric names carry their units. `counted_flops`
     (FLOPs per sample, how counted) stands in for the spec's analytic count where the session
     counted them; `peak` (FLOP/s, source) for the table's peak where the caller knows better."""
-    steady = stats.detect_steady_state(m.step_s)
+    steady = steady_state(m, config)
     timed_s = m.step_s[steady.start :]
     timed_units = m.units[steady.start :]
     timed_samples = m.samples[steady.start :]
