@@ -235,6 +235,11 @@ def test_a3c_learner_flops_match_xla():
         t_max = flavor["t_max"]
         acting = spec.forward_flops(flavor["num_actions"]) * (t_max + 1) / t_max
         analytic = t_max * (spec.train_flops_per_sample(flavor) - acting)
+        assert xla_flops(session) == pytest.approx(analytic, rel=0.10)
+    finally:
+        session.close()
+
+
 # -- wgan --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flavor", ["tiny", "paper"])
