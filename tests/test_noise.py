@@ -78,3 +78,21 @@ def test_compare_says_when_conditions_differed():
     assert "0 of 1 run(s) of A and 1 of 1 of B had noise warnings" in text
     assert "A 0.0 cores, B 1.4 cores" in text and "intra-op threads differed: A 2 vs B 1" in text
     assert noise.compare_conditions([rec(False, 0.1, 2)], [rec(False, 0.2, 2)]) == []
+
+
+def test_other_processes_gpu_use_is_read_from_nvml_process_samples():
+    from types import SimpleNamespace
+
+    from tbd.metrics.conditions import other_sm_util
+
+    class FakeNvml:
+        def nvmlDeviceGetProcessUtilization(self, handle, since):
+            return [SimpleNamespace(pid=11, smUtil=30), SimpleNamespace(pid=11, smUtil=70), SimpleNamespace(pid=5, smUtil=90)]
+
+    assert other_sm_util(FakeNvml(), None, mine={5}) == {11: 70}  # our own process is left out
+
+    class NoSamples:
+        def nvmlDeviceGetProcessUtilization(self, handle, since):
+            raise RuntimeError("NVML_ERROR_NOT_FOUND")
+
+    assert other_sm_util(NoSamples(), None, mine=set()) is None

@@ -85,3 +85,16 @@ def test_no_significance_on_unconverged_pairs_unless_asked(tbd_home, capsys):
     assert "bs4" in out and "bs8" in out  # row keys are whole
     assert main(["compare", "old", "new", "--allow-unconverged"]) == 0
     assert capsys.readouterr().out.count("faster (CI excludes 1)") == 2
+
+
+def test_compare_as_json_says_the_same_as_the_table(tbd_home, capsys):
+    import json
+
+    store = Store()
+    _save_sweep(store, "old", rate=100)
+    _save_sweep(store, "new", rate=80)
+    assert main(["compare", "old", "new", "--json", "--fail-if-slower", "10"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["pairs"]) == 2 and all(abs(p["ratio"] - 0.8) < 0.01 for p in out["pairs"])
+    assert out["regressions"] == [p["point"] for p in out["pairs"]] and out["fail_if_slower_pct"] == 10
+    assert all(p["verdict"] and "[" not in p["verdict"] for p in out["pairs"])  # plain text, no markup

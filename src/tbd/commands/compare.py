@@ -11,11 +11,13 @@ did not converge get no "faster/slower" verdict unless `--allow-unconverged`.
 
 from __future__ import annotations
 
+import json
 import math
 
 from rich import box
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from tbd.commands import EXAMPLES, add_home
 from tbd.commands.options import positive_float
@@ -43,6 +45,8 @@ def register(sub) -> None:
                    help="exit 1 if any point of B is more than PCT%% slower than A")
     p.add_argument("--allow-unconverged", action="store_true",
                    help="call differences significant even where a side did not converge (status unconverged or insufficient)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON (pairs, ratios, CIs, verdicts) instead of a table")
+    p.add_argument("--wide", action="store_true", help="full-width table whatever the terminal")
     p.add_argument("--save-baseline", metavar="FILE", help="write A's records to FILE (JSON) for later comparisons, and exit")
     add_home(p)
     p.set_defaults(func=run)
@@ -50,7 +54,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     store = Store(args.home)
-    console = make_console()
+    console = make_console(args.wide)
     desc_a, recs_a = cmp.resolve(store, args.a)
     if args.save_baseline:
         path = cmp.save_baseline(args.save_baseline, desc_a, recs_a)
@@ -60,6 +64,8 @@ def run(args) -> int:
         raise UsageError("tbd compare needs two things to compare: tbd compare A B (or --save-baseline FILE A)")
     desc_b, recs_b = cmp.resolve(store, args.b)
     pairs, across, lonely = cmp.pair_up(recs_a, recs_b)
+    if args.json:
+        return _print_json(args, desc_a, desc_b, pairs, across, lonely, recs_a, recs_b)
     console.print(f"A = {escape(desc_a)}\nB = {escape(desc_b)}" + (f"\ncompared across: {', '.join(across)}" if across else ""))
     if not pairs:
         raise UsageError("A and B have no successful runs of the same configuration to compare; check both with 'tbd results'")
@@ -108,3 +114,22 @@ def _verdict(p: cmp.Pair, limit: float | None, allow_unconverged: bool = False) 
     if not math.isnan(p.ci_low) and p.ci_low > 1.0:
         return "faster (CI excludes 1)"
     return "within noise" if not math.isnan(p.ci_low) else ""
+
+
+def _print_json(args, desc_a: str, desc_b: str, pairs, across, lonely, recs_a, recs_b) -> int:
+    """The comparison as one JSON object; the exit code is the table's (1 on a regression)."""
+    limit = 1.0 - args.fail_if_slower / 100.0 if args.fail_if_slower else None
+    rows = []
+    for p in pairs:
+        ha, hb = headline(p.a), headline(p.b)
+        rows.append({"point": p.label, "a_id": ha["id"], "b_id": hb["id"], "unit": ha["unit"], "a_per_s": ha["throughput"],
+                     "b_per_s": hb["throughput"], "ratio": None if math.isnan(p.ratio) else p.ratio,
+                     "ci95": None if math.isnan(p.ci_low) else [p.ci_low, p.ci_high], "converged": p.converged,
+                     "verdict": Text.from_markup(_verdict(p, limit, args.allow_unconverged)).plain})
+    bad = cmp.regressions(pairs, args.fail_if_slower) if args.fail_if_slower else []
+    out = {"a": desc_a, "b": desc_b, "compared_across": across, "pairs": rows, "unpaired": lonely,
+           "warnings": cmp.environment_warnings(recs_a, recs_b),
+           "conditions": compare_conditions([p.a for p in pairs], [p.b for p in pairs]),
+           "fail_if_slower_pct": args.fail_if_slower, "regressions": [p.label for p in bad]}
+    print(json.dumps(out, indent=1, default=str))
+    return 1 if bad else 0

@@ -86,6 +86,7 @@ def add_run_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BATCH_H
                    help="time budget for steady steps in seconds; compilation (step 0) is not counted, warm-up may add as much again (default: 60)")
     p.add_argument("--target-ci", type=positive_float, default=1.0, help="stop once the 95%% CI of throughput is within +-this %% (default: 1)")
     p.add_argument("--in-process", action="store_true", help="run in this process instead of a child process (for debugging)")
+    p.add_argument("--wide", action="store_true", help="full-width table: every column, full ids, whatever the terminal")
     p.add_argument("--profile", action="store_true", help="trace a few steady steps after the timed ones for 'tbd analyze' (docs/analysis.md)")
     p.add_argument("--ncu", action="store_true", help="with --profile: also read tensor/FMA pipe utilization with Nsight Compute (needs ncu)")
     # Scale-out (docs/distributed.md): torchrun starts nproc-per-node x nnodes ranks; SLURM's environment fills these when absent.

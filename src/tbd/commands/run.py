@@ -79,9 +79,9 @@ def run(args) -> int:
 
         require_ncu(config.device)
     store.prepare()  # a store that cannot take the run fails here, before anything is measured
-    console = make_console()
+    console = make_console(getattr(args, "wide", False))
     record = measure_and_store(config, store, console)
-    print_records([record], title=f"tbd run {config.workload}", console=console)
+    print_records([record], title=f"tbd run {config.workload}", console=console, wide=getattr(args, "wide", False))
     console.print(f"stored as [bold]{record['id']}[/] in {escape(str(store.home))} ('tbd results show {record['id']}')")
     for line in measurement_notes(record):
         console.print(line)

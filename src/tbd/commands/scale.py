@@ -75,7 +75,7 @@ def scale(args) -> int:
         raise UsageError("tbd scale sets the process count itself from --nproc; drop --nproc-per-node/--nnodes/--node-rank/--rdzv-endpoint")
     counts = parse_counts(args.nproc)
     store = Store(args.home)
-    console = make_console()
+    console = make_console(args.wide)
     base = config_from_args(args, args.workload)  # validates everything but the process counts
     configs = []
     for n in counts:

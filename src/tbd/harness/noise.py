@@ -57,9 +57,12 @@ def condition_warnings(c: dict[str, Any]) -> list[str]:
         bad = [r for r in gpu.get("throttle_reasons") or [] if r not in ("applications clocks setting", "sync boost", "display clocks setting")]
         if bad:
             out.append(f"GPU clocks throttled {when} the run: {', '.join(bad)}")
-    others_gpu = ((c.get("after") or {}).get("gpu") or {}).get("other_processes")
-    if others_gpu:
-        out.append(f"{len(others_gpu)} other process(es) on the GPU")
+    after_gpu = (c.get("after") or {}).get("gpu") or {}
+    others_gpu = after_gpu.get("other_processes")
+    busy = {pid: util for pid, util in (after_gpu.get("other_processes_sm_util_pct") or {}).items() if util > 0}
+    if others_gpu or busy:
+        used = f", up to {max(busy.values())}% of the SMs" if busy else ""
+        out.append(f"{len(others_gpu or busy)} other process(es) on the GPU{used}")
     return list(dict.fromkeys(out))
 
 

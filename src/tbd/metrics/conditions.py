@@ -113,8 +113,23 @@ def _gpu(index: int) -> dict[str, Any] | None:
         mine = {os.getpid(), *(p.pid for p in _children(psutil.Process()))}
         out["other_processes"] = [{"pid": p.pid, "memory_bytes": p.usedGpuMemory} for p in procs if p.pid not in mine]
     except Exception:
-        out["other_processes"] = None
+        mine, out["other_processes"] = {os.getpid()}, None
+    out["other_processes_sm_util_pct"] = other_sm_util(lib, handle, mine)
     return out
+
+
+def other_sm_util(lib, handle, mine: set[int]) -> dict[int, int] | None:
+    """Per other process on the GPU, the highest SM utilization NVML sampled recently (its
+    process-utilization buffer); None where NVML keeps no such samples (e.g. some vGPU setups)."""
+    try:
+        samples = lib.nvmlDeviceGetProcessUtilization(handle, 0)
+    except Exception:
+        return None
+    busiest: dict[int, int] = {}
+    for sample in samples:
+        if sample.pid not in mine:
+            busiest[sample.pid] = max(busiest.get(sample.pid, 0), int(sample.smUtil))
+    return busiest
 
 
 def _snapshot(gpu_index: int | None) -> dict[str, Any]:
