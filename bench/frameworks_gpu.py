@@ -37,7 +37,7 @@ def plan(args, registry) -> list[dict]:
         for label, framework, compiled in VARIANTS:
             points.append(dict(label=label, config=dict(
                 workload=name, framework=framework, flavor=flavor, device=device, precision=precision, compile=compiled,
-                batch_size=batch, channels_last=spec.convolutional and device == "cuda" and framework == "torch",
+                batch_size=batch, channels_last=spec.convolutional and device == "cuda" and registry.framework(framework).capabilities.channels_last,
                 max_time_s=args.max_time, max_steps=args.max_steps)))
     return points
 
