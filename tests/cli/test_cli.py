@@ -100,15 +100,34 @@ def test_failures_become_stored_failed_runs(fault, kind, tbd_home):
         assert "batch size 4" in record["error"]["message"]
 
 
+def _wait_until_training(proc: subprocess.Popen, cpu_s: float = 2.0, deadline_s: float = 180.0) -> None:
+    """Until the run's child process exists and has spent `cpu_s` of CPU (imports done, steps
+    running), however loaded the machine is."""
+    import psutil
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.communicate()[1]
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                times = child.cpu_times()
+            except psutil.Error:
+                continue
+            if times.user + times.system >= cpu_s:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the run's child did not start training within {deadline_s:.0f} s")
+
+
 def test_interrupt_keeps_the_store_consistent(tbd_home):
     assert run_cli("run", "resnet50", "--device", "cpu", *QUICK).returncode == 0
     proc = subprocess.Popen(
         [sys.executable, "-m", "tbd.cli", "run", "resnet50", "--device", "cpu", "--max-time", "60", "--max-steps", "100000", "--target-ci", "0.001"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
     )
-    time.sleep(8)  # child started and measuring
+    _wait_until_training(proc)  # a readiness signal, not a fixed sleep: slow machines start late
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
     assert "interrupted" in err
     records = Store().list()
