@@ -21,13 +21,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import torch_default_rule, torch_like_init
-from tbd.workloads.resnet50.jax_impl import torch_sgd
+from tbd.workloads.image_jax import classification_task
 
 
 class BasicConv(nn.Module):
@@ -156,22 +155,4 @@ def build(ctx: BuildContext) -> JaxTask:
             lambda path, x: (np.ones if path[-1].key == "var" else np.zeros)(x.shape, np.float32), shapes["batch_stats"])
         return torch_like_init(shapes["params"], torch_default_rule(shapes["params"]), rng), stats
 
-    def loss(params, batch_stats, batch, rng, train=True):
-        images, labels = batch
-        variables = {"params": params, "batch_stats": batch_stats}
-        if train:
-            logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-            batch_stats = updates["batch_stats"]
-        else:
-            logits = model.apply(variables, images, train=False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), batch_stats
-
-    def make_batch(key, device):
-        k_img, k_lab = jax.random.split(key)
-        with jax.default_device(device):
-            images = jax.random.normal(k_img, (n, size, size, 3), jnp.float32)  # (B, H, W, 3), N(0, 1) as torch's
-            labels = jax.random.randint(k_lab, (n,), 0, classes, jnp.int32)
-        return (images, labels)
-
-    return JaxTask(init=init, loss=loss, optimizer=torch_sgd(hp["lr"], hp["momentum"], hp["weight_decay"]),
-                   make_batch=make_batch, extra={"model": model})
+    return classification_task(model, init, hp, n)

@@ -20,10 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
+from tbd.workloads.image_jax import classification_task, torch_sgd  # noqa: F401  (torch_sgd: the optimizer of this workload)
 from tbd.workloads.resnet50.spec import EXPANSION, STAGES
 
 
@@ -114,12 +114,6 @@ def torch_style_init(model: ResNet50, image_size: int, rng: jax.Array) -> tuple[
     return variables["params"], variables["batch_stats"]
 
 
-def torch_sgd(lr: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:
-    """torch.optim.SGD: g + wd * p (all parameters) before the momentum buffer b = m * b + g,
-    which starts at g on the first step exactly as optax's trace starting from zero."""
-    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum))
-
-
 def build(ctx: BuildContext) -> JaxTask:
     hp = ctx.hparams
     size, classes, n = hp["image_size"], hp["num_classes"], ctx.batch_size
@@ -128,27 +122,4 @@ def build(ctx: BuildContext) -> JaxTask:
     def init(rng):
         return torch_style_init(model, size, rng)
 
-    def loss(params, batch_stats, batch, rng, train=True):
-        images, labels = batch
-        variables = {"params": params, "batch_stats": batch_stats}
-        if train:
-            logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-            batch_stats = updates["batch_stats"]
-        else:
-            logits = model.apply(variables, images, train=False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), batch_stats
-
-    def make_batch(key, device):
-        k_img, k_lab = jax.random.split(key)
-        with jax.default_device(device):
-            images = jax.random.normal(k_img, (n, size, size, 3), jnp.float32)  # (B, H, W, 3)
-            labels = jax.random.randint(k_lab, (n,), 0, classes, jnp.int32)
-        return (images, labels)
-
-    return JaxTask(
-        init=init,
-        loss=loss,
-        optimizer=torch_sgd(hp["lr"], hp["momentum"], hp["weight_decay"]),
-        make_batch=make_batch,
-        extra={"model": model},
-    )
+    return classification_task(model, init, hp, n)
