@@ -190,7 +190,8 @@ def test_report_with_a_memory_record(tbd_home, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert tbd_cli.main(["memory", "gpt", "--device", "cpu", "--batch-size", "1"]) == 0
     stored_runs(tbd_home)
-    for targets in ([], [Store().list()[-1]["id"]]):  # the newest runs (the memory record among them), or it alone
+    memory_id = next(r["id"] for r in Store().list() if r.get("kind") == "memory")  # (ids stored in one second sort randomly)
+    for targets in ([], [memory_id]):  # the newest runs (the memory record among them), or it alone
         assert tbd_cli.main(["report", *targets, "--output", str(tmp_path / "r.html")]) == 0, capsys.readouterr().err
     assert "gpt" in (tmp_path / "r.html").read_text()
 
