@@ -6,6 +6,9 @@ import os
 
 import pytest
 from faults_kit import TMPFS, stored_runs
+from sweep_fakes import fake_record
+
+from tbd.config import RunConfig
 
 
 @pytest.fixture
@@ -32,3 +35,21 @@ def read_only_store(tmp_path):
         return ["unshare", "-m", "sh", "-c", script]
 
     yield home, wrap
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Stands in for the launcher of `tbd run` / `tbd scale` / `tbd sweep`: counts the runs
+    that were measured and returns fake records."""
+    calls: list[RunConfig] = []
+
+    def launch(config, progress=None):
+        calls.append(config)
+        return fake_record(config)
+
+    import tbd.commands.run
+    import tbd.harness.launcher
+
+    monkeypatch.setattr(tbd.commands.run, "launch", launch)
+    monkeypatch.setattr(tbd.harness.launcher, "launch", launch)
+    return calls

@@ -21,22 +21,6 @@ from tbd.results.store import Store
 SWEEP = ["sweep", "--workloads", "resnet50", "--frameworks", "torch", "--devices", "cpu", "--batch-sizes", "2"]
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    calls: list[RunConfig] = []
-
-    def launch(config, progress=None):
-        calls.append(config)
-        return fake_record(config)
-
-    import tbd.commands.run
-    import tbd.harness.launcher
-
-    monkeypatch.setattr(tbd.commands.run, "launch", launch)
-    monkeypatch.setattr(tbd.harness.launcher, "launch", launch)
-    return calls
-
-
 def _main(args: list[str]) -> int:
     """`tbd ARGS` in this process; argparse's own errors exit through SystemExit."""
     try:

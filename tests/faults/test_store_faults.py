@@ -25,24 +25,6 @@ from tbd.results.store import Store
 RUN = ("run", "resnet50", "--device", "cpu", "--max-steps", "2")
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    """Stands in for the launcher of `tbd run` / `tbd scale` / `tbd sweep`: counts the runs
-    that were measured and returns fake records."""
-    calls: list[RunConfig] = []
-
-    def launch(config, progress=None):
-        calls.append(config)
-        return fake_record(config)
-
-    import tbd.commands.run
-    import tbd.harness.launcher
-
-    monkeypatch.setattr(tbd.commands.run, "launch", launch)
-    monkeypatch.setattr(tbd.harness.launcher, "launch", launch)
-    return calls
-
-
 def damage_pages(db: Path, seed: int = 0) -> None:
     """Random bytes over every page of the database but the first (the header stays valid)."""
     data = bytearray(db.read_bytes())
