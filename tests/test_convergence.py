@@ -74,3 +74,39 @@ def test_the_time_budget_is_for_steady_steps_not_warm_up(monkeypatch):
     assert metrics["warmup_steps"] == 21 and abs(metrics["warmup_time_s"] - 1.8) < 1e-6
     assert metrics["steady_window_s"] >= 2.0 and metrics["compile_time_s"] == 3.0
     assert method["convergence"]["status"] == "unconverged"  # 30% step noise: 200 steps give about +-5%, not 1%
+
+
+class AutotuningSession(ScriptedSession):
+    """A session whose first pass over its two resident batches peaks at 30 GiB (an autotuner's
+    workspaces) and whose steady steps peak at 4 GiB, with a resettable peak counter."""
+
+    def __init__(self, times, clock):
+        super().__init__(times, clock)
+        self.peak, self.resets = 0, []
+
+    def run_steps(self, n):
+        out = super().run_steps(n)
+        self.peak = max(self.peak, (30 if self.i <= 2 else 4) * 2**30)
+        return out
+
+    def memory(self):
+        return {"peak_allocated_bytes": self.peak, "peak_reserved_bytes": self.peak + 2**30}
+
+    def reset_peak_memory(self):
+        self.resets.append(self.i)
+        self.peak = 0
+        return True
+
+
+def test_the_steady_peak_is_kept_apart_from_the_warm_up_peak(monkeypatch):
+    from tbd.harness.runner import split_peaks
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(measure_mod.time, "perf_counter", lambda: clock.now)
+    session = AutotuningSession([1.0] + [0.1] * 200, clock)
+    m = measure(session, RunConfig("resnet50", batch_size=8, max_time_s=5, data_pool=2))
+    assert session.resets == [2]  # reset once, when both resident batches had been met
+    peaks = split_peaks(session.memory(), m.warmup_memory)
+    assert peaks["steady_peak_allocated_bytes"] == 4 * 2**30 and peaks["warmup_peak_allocated_bytes"] == 30 * 2**30
+    assert peaks["peak_allocated_bytes"] == 30 * 2**30  # the run's peak stays the whole run's
+    assert split_peaks(session.memory(), {}) == {}  # a session without a reset: one peak, nothing split

@@ -61,7 +61,7 @@ def test_confirm_probes_short_child_runs_of_the_same_config():
 
     result = max_batch.confirm(config, 24, launch=launch)
     assert (result.largest_fitting, result.predicted) == (20, 24) and result.smallest_failing == 21
-    assert all(c.max_steps == 3 and c.isolate and c.workload == "resnet50" for c in seen)
+    assert all(c.max_steps == 2 and c.isolate and c.workload == "resnet50" for c in seen)
 
 
 @pytest.mark.parametrize("argv,message", [

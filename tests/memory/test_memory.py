@@ -127,6 +127,12 @@ def test_batch_model_fits_synthetic_numbers():
     assert 0.9e8 < noisy.per_sample_bytes < 1.1e8 and noisy.max_residual_pct > 0
     with pytest.raises(UsageError):
         batch_model.fit([(4, 10), (4, 12)])
+    # Headroom for the largest tensor: a line through the two largest batches' largest tensors.
+    roomy = m.with_headroom([(2, 6), (4, 7), (8, 9)])
+    assert roomy.headroom_per_sample_bytes == pytest.approx(0.5) and roomy.headroom_fixed_bytes == pytest.approx(5)
+    assert roomy.required(10) == pytest.approx(100 + 10 * 10 + 5 + 0.5 * 10)
+    assert roomy.max_batch(1000) == 85  # (1000 - 100 - 5) / 10.5
+    assert m.with_headroom([]) is m
     assert batch_model.default_fit_batches(32) == [8, 16, 32]
     assert batch_model.parse_batches("8,2,4") == [2, 4, 8]
     with pytest.raises(UsageError):
@@ -141,7 +147,13 @@ def test_batch_model_predicts_a_real_larger_batch():
     assert model.predict(32) == pytest.approx(measured, rel=0.05)
     limit, note = profiler.budget(profs[0], 10 * 2**20)
     assert limit == 10 * 2**20 and "--memory" in note
-    assert model.max_batch(limit) == int((limit - model.fixed_bytes) // model.per_sample_bytes)
+    # The step's largest tensor is kept free as headroom: the conv outputs, 8 x 16 x 16 floats a
+    # sample, or at batch 2 the Linear layer's weight gradient (as large as 4 samples' outputs).
+    fmap = CHANNELS * SIZE * SIZE * 4
+    assert [p["peak"]["largest_tensor_bytes"] for p in profs] == [max(b * fmap, CLASSES * fmap) for b in (2, 4, 8)]
+    assert model.headroom_per_sample_bytes == pytest.approx(CHANNELS * SIZE * SIZE * 4)
+    per_sample = model.per_sample_bytes + model.headroom_per_sample_bytes
+    assert model.max_batch(limit) == int((limit - model.fixed_bytes - model.headroom_fixed_bytes) // per_sample)
     host, note = profiler.budget(profs[0], None)
     assert host > 0 and "host RAM" in note
 

@@ -116,7 +116,9 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
                          f"elementwise+normalization {s_fuse * 100:.0f}% of kernel time x(1-{FUSION_CUT}),"
                          f" launch-bound idle {idle_host * 100:.0f}% x(1-{LAUNCH_CUT})",
                          {"compile": True}, f"{compiler}(model); CUDA graphs when the GPU waits on launches"))
-    peak, total, batch = g("peak_reserved_bytes"), g("device_total_bytes"), g("batch_size")
+    # The steady steps' own peak where the run counted the warm-up's (autotuner workspaces) apart:
+    # the autotuner picks algorithms that fit what is free, so it does not bound the batch.
+    peak, total, batch = g("steady_peak_allocated_bytes") or g("peak_reserved_bytes"), g("device_total_bytes"), g("batch_size")
     if peak and total and batch and u is not None:
         factor = min(MAX_BATCH_FACTOR, int(0.85 * total / peak))
         if factor >= 2:

@@ -34,7 +34,7 @@ from tbd.errors import RunFailure
 from tbd.frameworks.base import StepTimes
 from tbd.harness import lifeline, stats
 from tbd.harness.measure import measure
-from tbd.harness.runner import classify, fill_measurement
+from tbd.harness.runner import classify, fill_measurement, split_peaks
 from tbd.metrics.devices import gpu_info
 from tbd.metrics.sampling import Probe
 from tbd.results import environment
@@ -105,6 +105,10 @@ class SyncedSession:
     def memory(self):
         return self.session.memory()
 
+    def reset_peak_memory(self) -> bool:
+        reset = getattr(self.session, "reset_peak_memory", None)
+        return bool(reset and reset())
+
 
 def _test_kill_hook(rank: int) -> int | None:
     """Test-only: TBD_TEST_KILL_RANK=R TBD_TEST_KILL_AFTER_STEPS=N makes rank R exit after N steps
@@ -128,7 +132,8 @@ def run_rank(config: RunConfig, comm, plugin, run_id: str) -> tuple[dict, RunRec
         if synced.time_stopped and m.stop_reason.startswith("step budget"):
             m.stop_reason = record.method["stop_reason"] = f"time budget reached ({config.max_time_s:g} s, rank 0's clock)"
         comm_stats = plugin.profile_comm(session, PROFILE_STEPS) if config.profile else None
-        memory = {**session.memory(), **probe.close()}
+        memory = session.memory()
+        memory = {**memory, **split_peaks(memory, m.warmup_memory), **probe.close()}
     finally:
         session.close()
     metrics = record.metrics

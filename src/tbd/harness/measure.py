@@ -48,6 +48,9 @@ class Measurement:
     compiles: list[int] | None = None
     compile_s: float | None = None
     conditions: dict[str, Any] = field(default_factory=dict)  # load, other processes, clocks (tbd.metrics.conditions)
+    # The session's memory() when the first pass over the resident batches ended, before its peak
+    # counter was reset (None: not reset, the final peak covers the whole run).
+    warmup_memory: dict[str, Any] | None = None
 
 
 def measure(session, config, progress: Callable[[dict], None] | None = None, probe: Probe | None = None) -> Measurement:
@@ -72,6 +75,8 @@ def _loop(m: Measurement, session, config, progress, probe) -> None:
         m.samples += times.samples
         m.chunk_ends.append(len(m.step_s))
         _read_compiles(session, m)
+        if m.warmup_memory is None and len(m.step_s) >= max(1, config.data_pool):
+            m.warmup_memory = mark_steady_memory(session)
         # The time budget starts after the first step, so a slow compilation cannot eat it; for a
         # session that compiles per input shape, after the first pass through its batches (each
         # may have a shape of its own, so each may compile).
@@ -112,6 +117,18 @@ def _loop(m: Measurement, session, config, progress, probe) -> None:
         chunk = max(1, min(MAX_CHUNK, int(CHUNK_TARGET_S / max(recent, 1e-6)), config.max_steps - len(m.step_s)))
         left_s = min(config.max_time_s - window_s, cap_s - elapsed)
         chunk = min(chunk, max(1, int(left_s / max(recent, 1e-6))))
+
+
+def mark_steady_memory(session) -> dict[str, Any] | None:
+    """Once every resident batch has been met (and with it every input shape, so cuDNN's
+    autotuner and compilers have tried their candidates with their large workspaces), read the
+    peak so far and reset the session's peak counter: the final peak is then the steady steps'
+    own. Sessions without `reset_peak_memory` keep one peak for the whole run."""
+    reset = getattr(session, "reset_peak_memory", None)
+    if reset is None:
+        return {}
+    before = session.memory()
+    return before if reset() else {}
 
 
 def first_pass_steps(m: Measurement, config) -> int:

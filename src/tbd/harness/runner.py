@@ -30,12 +30,13 @@ def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, r
     plugin = registry.framework(config.framework)
     record = RunRecord.for_run(config, spec, run_id)
     record.environment = environment.capture(config.device, plugin.libraries)
-    session = probe = None
+    session = probe = warmup_memory = None
     try:
         probe = Probe(0 if config.device == "cuda" else None)
         session = frameworks.open_session(config)
         _inject_fault()
         m = measure(session, config, progress, probe)
+        warmup_memory = m.warmup_memory
         fill_measurement(record, session, m, config, spec)
         if config.profile:  # a kernel trace of a few more steady steps, outside the timed ones
             record.analysis = trace_run(session, config, record)
@@ -45,7 +46,7 @@ def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, r
     except Exception as exc:  # any failure inside a run is an outcome to record, not a crash
         record.fail(**classify(exc, config))
     finally:
-        record.memory = _memory(session, probe)
+        record.memory = _memory(session, probe, warmup_memory)
         if session is not None:
             session.close()
     return record
@@ -92,13 +93,14 @@ def classify(exc: BaseException, config: RunConfig) -> dict[str, str]:
     return {"kind": "error", "message": first_line, "traceback": traceback.format_exc()}
 
 
-def _memory(session, probe) -> dict[str, Any]:
+def _memory(session, probe, warmup: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         if session is not None:
             out.update(session.memory())
     except Exception:
         pass
+    out.update(split_peaks(out, warmup))
     if probe is not None:
         out.update(probe.close())
     return out
@@ -116,3 +118,20 @@ def losses_on_fixed_batch(config: RunConfig, steps: int) -> list[float]:
         return losses
     finally:
         session.close()
+
+
+def split_peaks(final: dict[str, Any], warmup: dict[str, Any] | None) -> dict[str, Any]:
+    """Where the session's peak counter was reset after the warm-up pass, its final peaks are the
+    steady steps' (`steady_peak_*`); the run's peaks (`peak_*`) stay the larger of the two, and
+    `warmup_peak_*` keep what the first pass reached (cuDNN's autotuner tries algorithms with
+    workspaces of many GiB there: faster_rcnn's 34 GiB on an H200 against a few GiB steady)."""
+    if not warmup:
+        return {}
+    out: dict[str, Any] = {}
+    for kind in ("allocated", "reserved"):
+        key = f"peak_{kind}_bytes"
+        steady, first = final.get(key), warmup.get(key)
+        if steady is None or first is None:
+            continue
+        out[f"steady_{key}"], out[f"warmup_{key}"], out[key] = steady, first, max(steady, first)
+    return out

@@ -5,8 +5,8 @@ A prediction from a line fitted on small batches overshoots where memory grows f
 linearly at large batches (allocator fragmentation, workspace choices, a 50k-vocabulary logits
 tensor): on an H200 gpt's line predicted 171 and runs at 171 and 162 ran out of memory. So the
 search starts at the prediction and asks the real thing: each probe is a few training steps in a
-child process (`probe(batch) -> 'fits' | 'oom' | 'error'`). From the start it walks up (by 5%,
-then doubling) or down (by 5%, then halving) until it has a batch that fits below one that fails,
+child process (`probe(batch) -> 'fits' | 'oom' | 'error'`). From the start it walks up (by 2%,
+then doubling) or down (by 2%, then doubling) until it has a batch that fits below one that fails,
 then bisects until the smallest failing batch is within `tolerance_pct` of the largest fitting
 one. The search stops at `deadline_s` and says so; the bracket found by then is reported.
 """
@@ -21,7 +21,12 @@ from typing import Any
 
 FITS, OOM, ERROR = "fits", "oom", "error"
 TOLERANCE_PCT = 2.0
-FIRST_STEP = 0.05  # first move away from the prediction: 5%, then doubling the move
+# First move away from the prediction: the tolerance itself, then doubling the move. A prediction
+# within the tolerance is confirmed by two probes (it fits, 2% more does not).
+FIRST_STEP = TOLERANCE_PCT / 100.0
+# Steps of a probe: the first allocates the optimizer state and meets cuDNN's autotuner, the
+# second is a steady step with everything allocated.
+PROBE_STEPS = 2
 
 
 @dataclass
@@ -129,7 +134,7 @@ def outcome_of(record) -> str:
     return OOM if error.get("kind") == "oom" else ERROR
 
 
-def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: int = 3,
+def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: int = PROBE_STEPS,
             launch: Callable | None = None, upper: int | None = None) -> SearchResult:
     """Confirm the largest batch of `config` with real training steps, each probe a child
     process of `steps` steps (so an out-of-memory cannot poison the next probe)."""

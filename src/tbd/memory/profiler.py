@@ -38,16 +38,17 @@ def fit_batch_model(
 ) -> tuple[BatchModel | None, list[dict[str, Any]]]:
     """Profile each batch size (reusing `known` profiles by batch size) and fit the model; a
     batch that runs out of memory ends the sweep (larger ones would too)."""
-    profiles, points = [], []
+    profiles, points, largest = [], [], []
     for b in batches:
         prof = (known or {}).get(b) or profile(dataclasses.replace(config, batch_size=b), warmup, **kwargs)
         profiles.append(prof)
         if prof["status"] != "ok":
             break
         points.append((b, model_bytes(prof)))
+        largest.append((b, prof["peak"].get("largest_tensor_bytes") or 0))
     if len(points) < 2:
         return None, profiles
-    return fit(points), profiles
+    return fit(points).with_headroom(largest), profiles
 
 
 def unusable_fit(model: BatchModel, profiles: list[dict[str, Any]]) -> str | None:

@@ -164,6 +164,9 @@ def print_batch_model(result: dict[str, Any], console=None) -> None:
         f"batch-size model from batches {', '.join(str(b) for b, _ in result['points'])}: "
         f"{fmt_bytes(result['fixed_bytes'])} fixed + {fmt_bytes(result['per_sample_bytes'])} per sample "
         f"(fit within {result['max_residual_pct']:.1f}% of the measured peaks)",
+        *([f"headroom for the largest tensor (one contiguous block the allocator must find): "
+           f"{fmt_bytes(result['headroom_fixed_bytes'])} + {fmt_bytes(result['headroom_per_sample_bytes'])} per sample"]
+          if result.get("headroom_fixed_bytes") or result.get("headroom_per_sample_bytes") else []),
         f"memory budget: {fmt_bytes(result['budget_bytes'])} ({result['budget_note']})",
         f"predicted largest batch that fits: {result['max_batch']}",
     ]

@@ -246,7 +246,9 @@ def headline(record: RunRecord | dict[str, Any]) -> dict[str, Any]:
         "compile_time_s": met.get("compile_time_s"),
         "step_time_ms_p50": met.get("step_time_ms_p50"),
         "mfu_pct": met.get("mfu_pct"),
-        "peak_bytes": mem.get("peak_allocated_bytes") or mem.get("host_peak_rss_bytes"),
+        # The steady steps' peak where the warm-up's (autotuner workspaces) was counted apart.
+        "peak_bytes": mem.get("steady_peak_allocated_bytes") or mem.get("peak_allocated_bytes") or mem.get("host_peak_rss_bytes"),
+        "warmup_peak_bytes": mem.get("warmup_peak_allocated_bytes"),
         "error": (record.get("error") or {}).get("message"),
         "error_kind": (record.get("error") or {}).get("kind"),
         "created_at": record["created_at"],

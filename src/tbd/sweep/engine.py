@@ -36,7 +36,6 @@ from tbd.results.record import RunRecord, has_result
 from tbd.results.store import Store
 from tbd.sweep.spec import Line, Plan
 
-PROBE_STEPS = 3  # steps of a max-batch probe: enough to allocate a full step's memory
 POINT_KEYS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last")
 
 
@@ -144,7 +143,7 @@ class SweepRunner:
         (tbd.memory.max_batch): walk up from the line's smallest batch to the first OOM, then
         bisect; each probe a short run stored as a point of the sweep."""
         bound = self.plan.spec.max_batch
-        short = dict(max_steps=min(PROBE_STEPS, line.base["max_steps"]), min_timed_steps=1)
+        short = dict(max_steps=min(max_batch.PROBE_STEPS, line.base["max_steps"]), min_timed_steps=1)
 
         def probe(batch: int) -> str:
             record = self._point(line, line.config(batch, **short), probe=True)

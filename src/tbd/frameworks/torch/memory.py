@@ -117,6 +117,7 @@ class StepTracker(TorchDispatchMode):
         self.phases: list[str] = []
         self.ops: list[str] = []
         self.peak_index, self.peak_transient, self.last_max = 0, 0, 0
+        self.largest_tensor = 0  # the step's largest tensor storage (the batch-size model's headroom)
         self.fmap_best, self.fmap_layers = -1, {}
         if self.cuda:
             torch.cuda.synchronize(self.device)
@@ -135,6 +136,7 @@ class StepTracker(TorchDispatchMode):
         if entry is None:
             entry = self.live[ptr] = _Entry(nbytes, self.layer_stack[-1] if self.layer_stack else "(outside modules)")
         entry.nbytes = max(entry.nbytes, nbytes)
+        self.largest_tensor = max(self.largest_tensor, entry.nbytes)
         entry.weight_copy |= weight_copy
         oid = id(t)
         ref = entry.refs.get(oid)
@@ -353,7 +355,8 @@ def _profile_into(prof: dict[str, Any], config, device, warmup: int, open_sessio
     if tracker is not None and tracker.samples:
         cats = tracker.peak()
         peak = prof["peak"]
-        peak.update(index=tracker.peak_index, phase=tracker.phases[tracker.peak_index], op=tracker.ops[tracker.peak_index])
+        peak.update(index=tracker.peak_index, phase=tracker.phases[tracker.peak_index], op=tracker.ops[tracker.peak_index],
+                    largest_tensor_bytes=tracker.largest_tensor)
         timeline = {"axis": "sample (after each op)", "index": list(range(len(tracker.samples))), "phase": tracker.phases, "op": tracker.ops,
                     "categories": {k: [s[k] for s in tracker.samples] for k in cats}}
         prof["timeline"] = downsample(timeline, tracker.peak_index)

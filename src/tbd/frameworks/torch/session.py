@@ -223,6 +223,13 @@ class TorchSession:
             "ooms": int(stats.get("num_ooms", 0)),
         }
 
+    def reset_peak_memory(self) -> bool:
+        """Restart the allocator's peak counters (the harness does it after the warm-up pass)."""
+        if self.device.type != "cuda":
+            return False
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return True
+
     def close(self) -> None:
         self.batches.clear()
         if self.task.close is not None:
