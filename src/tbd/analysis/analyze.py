@@ -91,6 +91,7 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         **framework_levers(cfg["framework"]),
         "device": cfg["device"], "framework": cfg["framework"], "precision": cfg["precision"], "compile": cfg.get("compile"),
         "channels_last": cfg.get("channels_last"), "batch_size": cfg.get("batch_size"), "convolutional": supports_cl,
+        "variable_shapes": _variable_shapes(cfg["workload"]),
         "has_trace": summary is not None,
         "gpu_util_nvml_pct": met.get("gpu_util_nvml_pct"), "gpu_mem_bw_util_nvml_pct": met.get("gpu_mem_bw_util_nvml_pct"),
         "mfu_pct": met.get("mfu_pct"), "cpu_util_pct": met.get("cpu_util_pct"), "cpu_cores_busy": met.get("cpu_cores_busy"),
@@ -115,7 +116,9 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         top = next(iter(host["op_classes"].items()), None)
         f["host_top_class"] = (top[0], top[1]["share_pct"]) if top else None
         if dev:
-            f.update({"gpu_util_trace_pct": dev["gpu_util_trace_pct"], "class_share": {k: v["share_pct"] for k, v in dev["classes"].items()},
+            f.update({"kernels_per_window": dev.get("kernels"),
+                      "mean_kernel_us": dev["kernel_time_ms"] * 1e3 / dev["kernels"] if dev.get("kernels") else None,
+                      "gpu_util_trace_pct": dev["gpu_util_trace_pct"], "class_share": {k: v["share_pct"] for k, v in dev["classes"].items()},
                       "tensor_core_share_pct": dev["tensor_core_share_pct"], "layout_transpose_share_pct": dev["layout_transpose_share_pct"],
                       "exposed_comm_pct": dev["exposed_comm_pct"], "optimizer_kind": dev["optimizer_kind"],
                       "gpu_idle_not_waiting_pct": host.get("gpu_idle_not_waiting_pct"), "gpu_idle_host_busy_pct": host.get("gpu_idle_host_busy_pct")})
@@ -123,6 +126,13 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         f.update({"ncu_tensor_pipe_pct": ncu.get("tensor_pipe_pct"), "ncu_fma_pipe_pct": ncu.get("fma_pipe_pct"),
                   "ncu_dram_pct": ncu.get("dram_throughput_pct")})
     return f
+
+
+def _variable_shapes(workload: str) -> bool:
+    try:
+        return bool(registry.get_spec(workload).variable_shapes)
+    except UsageError:
+        return False
 
 
 def _host_total(env: dict[str, Any]) -> int | None:

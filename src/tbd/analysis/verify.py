@@ -35,10 +35,10 @@ def verify(record: dict[str, Any], analysis: dict[str, Any], store, progress: Ca
     picked = pick(analysis["recommendations"], count)
     if not picked:
         raise UsageError(f"run {record['id']} has no recommendation that a run option can apply; nothing to verify")
-    return [_verify_one(record, rec, store, progress) for rec in picked]
+    return [_verify_one(record, rec, store, progress, analysis.get("facts")) for rec in picked]
 
 
-def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress) -> dict[str, Any]:
+def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress, facts: dict[str, Any] | None = None) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     base = {k: v for k, v in record["config"].items() if k in fields}
     config = RunConfig.from_dict({**base, **rec["apply"], "profile": False, "ncu": False}).validated()
@@ -55,7 +55,7 @@ def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress) ->
     out["samples_per_s_before"], out["samples_per_s_after"] = before, after
     out["measured_gain_pct"] = (after / before - 1.0) * 100.0 if before and after else None
     if out["measured_gain_pct"] is not None:
-        log_calibration(store, record, out)
+        log_calibration(store, record, out, facts)
     return out
 
 
@@ -63,13 +63,21 @@ def calibration_path(store) -> Path:
     return Path(store.home) / "calibration.jsonl"
 
 
-def log_calibration(store, record: dict[str, Any], result: dict[str, Any]) -> None:
-    """One line per verified recommendation: what was expected, what was measured, where."""
+# The facts an estimate was made from, kept with each verified pair so the time model can be
+# revised from the log (docs/analysis.md, "Calibration").
+CALIBRATION_FACTS = ("gpu_util_trace_pct", "gpu_util_nvml_pct", "host_busy_pct", "gpu_idle_not_waiting_pct", "class_share",
+                     "mean_kernel_us", "kernels_per_window", "step_ms", "variable_shapes", "mfu_pct")
+
+
+def log_calibration(store, record: dict[str, Any], result: dict[str, Any], facts: dict[str, Any] | None = None) -> None:
+    """One line per verified recommendation: what was expected, what was measured, where, and
+    the facts the estimate came from."""
     cfg, env = record["config"], record.get("environment") or {}
     row = {"run_id": record["id"], "verify_run_id": result["run_id"], "workload": cfg["workload"], "framework": cfg["framework"],
            "flavor": cfg["flavor"], "device": cfg["device"], "device_name": env.get("device_name"), "precision": cfg["precision"],
            "batch_size": cfg["batch_size"], "action": result["action"], "expected_gain_pct": result["expected_gain_pct"],
-           "measured_gain_pct": result["measured_gain_pct"]}
+           "measured_gain_pct": result["measured_gain_pct"], "expected_gain_range_pct": result.get("expected_gain_range_pct"),
+           "facts": {k: (facts or {}).get(k) for k in CALIBRATION_FACTS}}
     with calibration_path(store).open("a") as f:
         f.write(json.dumps(row) + "\n")
 

@@ -1,0 +1,126 @@
+"""The largest batch of every suite workload on this GPU, predicted and confirmed (issue 15):
+
+    PYTHONPATH=src python3 bench/max_batch_gpu.py --out $OUT --precisions bf16          # on a GPU
+    PYTHONPATH=src python3 bench/max_batch_gpu.py --out /tmp/mb --smoke                 # CPU, tiny, no confirming
+
+For each workload x precision, one `tbd memory W --device cuda --flavor paper --precision P
+--max-batch` in a child process, exactly as a user runs it: the batch-size model fitted on b/4,
+b/2 and b of the paper batch, its prediction, then the confirming search with real training
+steps (each probe a child process of its own). Each row keeps the model's numbers, so the
+prediction of the plain allocated-peak line (the model before the largest-tensor headroom) is
+recomputed beside the revised one. Results go to OUT/max_batch_gpu.json (rewritten after every
+row, so a call cut short keeps what it finished) and a table is printed last.
+
+The `tbd memory` process keeps its CUDA context (a few hundred MiB) while its probes run, so a
+confirmed figure is what fits beside it: at most a few tenths of a percent below what a lone
+training process could use, on the safe side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# a3c is left out: its batch counts actor processes on the CPU, and the learner's GPU memory
+# does not grow with them.
+SUITE = ("resnet50", "inception_v3", "gpt", "transformer", "seq2seq", "wgan", "deepspeech2", "faster_rcnn")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--workloads", default=",".join(SUITE))
+    ap.add_argument("--precisions", default="bf16,fp32")
+    ap.add_argument("--confirm-time", type=float, default=60.0, help="seconds each confirming search may take")
+    ap.add_argument("--budget", type=float, default=540.0, help="stop starting rows after this many seconds")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny flavor, no confirming: checks the script itself")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "max_batch_gpu.json"
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    done = {(r["workload"], r["precision"]) for r in rows}
+    env = {**os.environ, "TBD_HOME": str(out / "tbd-home")}
+    began = time.monotonic()
+    for precision in args.precisions.split(","):
+        for workload in args.workloads.split(","):
+            if (workload, precision) in done:
+                continue
+            if time.monotonic() - began > args.budget:
+                rows.append({"workload": workload, "precision": precision, "skipped": f"bench budget of {args.budget:g} s spent"})
+                continue
+            rows.append(one_row(workload, precision, args, env))
+            print(line(rows[-1]), flush=True)
+            path.write_text(json.dumps({"rows": rows, "device": device_name()}, indent=1))
+    path.write_text(json.dumps({"rows": rows, "device": device_name()}, indent=1))
+    print("\n| workload | precision | predicted (line) | predicted (with headroom) | confirmed | first failing | error of the prediction |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(line(r, markdown=True))
+
+
+def one_row(workload: str, precision: str, args, env: dict) -> dict:
+    argv = [sys.executable, "-m", "tbd.cli", "memory", workload, "--max-batch", "--layers", "1", "--precision", precision]
+    argv += ["--device", "cpu", "--flavor", "tiny", "--memory", "2GiB", "--no-confirm"] if args.smoke else \
+            ["--device", "cuda", "--flavor", "paper", "--confirm-time", f"{args.confirm_time:g}"]
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=args.confirm_time + 600)
+    row = {"workload": workload, "precision": precision, "seconds": round(time.monotonic() - t0, 1), "rc": proc.returncode}
+    if proc.returncode != 0:
+        row["error"] = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        return row
+    record = newest_memory_record(Path(env["TBD_HOME"]))
+    model = record["memory_profile"].get("batch_model") or {}
+    if "error" in model:
+        row["error"] = model["error"]
+        return row
+    budget = model["budget_bytes"]
+    row.update(fit_points=model["points"], fixed_bytes=model["fixed_bytes"], per_sample_bytes=model["per_sample_bytes"],
+               headroom_fixed_bytes=model.get("headroom_fixed_bytes", 0), headroom_per_sample_bytes=model.get("headroom_per_sample_bytes", 0),
+               budget_bytes=budget, predicted=model["max_batch"],
+               predicted_line=math.floor((budget - model["fixed_bytes"]) / model["per_sample_bytes"]))
+    confirmed = model.get("confirmed") or {}
+    row.update(confirmed=confirmed.get("largest_fitting"), first_failing=confirmed.get("smallest_failing"),
+               probes=confirmed.get("probes"), stopped=confirmed.get("stopped") or confirmed.get("skipped"),
+               allocator=confirmed.get("allocator_setting"))
+    if row["confirmed"]:
+        row["error_pct"] = round((row["predicted"] - row["confirmed"]) / row["confirmed"] * 100, 2)
+        row["error_line_pct"] = round((row["predicted_line"] - row["confirmed"]) / row["confirmed"] * 100, 2)
+    return row
+
+
+def newest_memory_record(home: Path) -> dict:
+    folder = home / "memory"
+    newest = max(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    profile = json.loads(newest.read_text())
+    return {"memory_profile": profile}
+
+
+def device_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        return out.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "no GPU"
+
+
+def line(r: dict, markdown: bool = False) -> str:
+    if "skipped" in r or "error" in r:
+        text = r.get("skipped") or r.get("error")
+        return f"| {r['workload']} | {r['precision']} | {text} | | | | |" if markdown else f"{r['workload']:12s} {r['precision']:5s} {text}"
+    err = f"{r['error_pct']:+.1f}% (line {r['error_line_pct']:+.1f}%)" if r.get("error_pct") is not None else r.get("stopped") or ""
+    cells = [r["workload"], r["precision"], r["predicted_line"], r["predicted"], r.get("confirmed"), r.get("first_failing"), err]
+    if markdown:
+        return "| " + " | ".join("" if c is None else str(c) for c in cells) + " |"
+    return f"{r['workload']:12s} {r['precision']:5s} line {r['predicted_line']} headroom {r['predicted']} confirmed {r.get('confirmed')} " \
+           f"failing {r.get('first_failing')} {err} ({r['seconds']} s)"
+
+
+if __name__ == "__main__":
+    main()
