@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--precisions", default="bf16,fp32")
     ap.add_argument("--confirm-time", type=float, default=60.0, help="seconds each confirming search may take")
     ap.add_argument("--budget", type=float, default=540.0, help="stop starting rows after this many seconds")
+    ap.add_argument("--fit", action="append", default=[], metavar="W=B1,B2,B3",
+                    help="fit batches for one workload (default: tbd's, b/4, b/2, b of the paper batch)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny flavor, no confirming: checks the script itself")
     args = ap.parse_args()
     out = Path(args.out)
@@ -67,6 +69,8 @@ def main() -> None:
 
 def one_row(workload: str, precision: str, args, env: dict) -> dict:
     argv = [sys.executable, "-m", "tbd.cli", "memory", workload, "--max-batch", "--layers", "1", "--precision", precision]
+    fits = dict(f.split("=", 1) for f in args.fit)
+    argv += ["--fit-batches", fits[workload]] if workload in fits else []
     argv += ["--device", "cpu", "--flavor", "tiny", "--memory", "2GiB", "--no-confirm"] if args.smoke else \
             ["--device", "cuda", "--flavor", "paper", "--confirm-time", f"{args.confirm_time:g}"]
     t0 = time.monotonic()

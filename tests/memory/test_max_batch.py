@@ -48,6 +48,21 @@ def test_search_is_bounded_by_time_and_says_so():
     assert result.largest_fitting is not None and result.largest_fitting <= 500
 
 
+def test_a_probe_that_trained_fits_whatever_its_throughput_verdict():
+    # Two steps leave one timed step: 'insufficient' for a throughput, but the batch trained.
+    config = RunConfig("resnet50", batch_size=8).validated()
+    assert max_batch.outcome_of(RunRecord.for_run(config).succeed()) == max_batch.FITS
+    insufficient = RunRecord.for_run(config).succeed()
+    insufficient.status = "insufficient"
+    assert max_batch.outcome_of(insufficient) == max_batch.FITS
+    assert max_batch.outcome_of(RunRecord.oom(config, "out of memory")) == max_batch.OOM
+    failed = RunRecord.for_run(config)
+    failed.fail("error", "shape mismatch")
+    assert max_batch.outcome_of(failed) == max_batch.ERROR
+    result = max_batch.search(lambda b: (max_batch.ERROR, "shape mismatch") if b > 9 else max_batch.FITS, 10)
+    assert "shape mismatch" in result.stopped and result.probes[0]["error"] == "shape mismatch"
+
+
 def test_confirm_probes_short_child_runs_of_the_same_config():
     config = RunConfig("resnet50", batch_size=8, max_steps=300).validated()
     seen = []

@@ -158,6 +158,18 @@ def test_batch_model_predicts_a_real_larger_batch():
     assert host > 0 and "host RAM" in note
 
 
+def test_a_far_prediction_is_refitted_on_larger_batches():
+    # A budget the 2/4/8 line extrapolates far beyond: a batch at a third of its prediction is
+    # profiled and the line refitted on the three largest batches, until it is within 4x.
+    first, _ = profiler.fit_batch_model(small_config(4), [2, 4, 8], warmup=1, open_session=small_cnn_session)
+    budget = first.required(400)
+    model, profs = profiler.fit_batch_model(small_config(4), [2, 4, 8], warmup=1, open_session=small_cnn_session, budget_bytes=budget)
+    batches = [p["batch_size"] for p in profs]
+    assert batches[:3] == [2, 4, 8] and len(batches) >= 4 and batches[3] == first.max_batch(budget) // 3
+    assert [b for b, _ in model.points] == batches[-3:]
+    assert model.max_batch(budget) <= profiler.EXTRAPOLATION_LIMIT * batches[-1] or len(batches) == 3 + profiler.MAX_EXTRA_FITS
+
+
 def test_out_of_memory_is_a_report_with_what_was_measured():
     prof = profiler.profile(small_config(4), warmup=1, open_session=lambda c: small_cnn_session(c, fail_in="2"))
     assert prof["status"] == "oom"

@@ -80,7 +80,12 @@ def memory(args) -> int:
     profiles = [prof]
     if args.max_batch:
         console.print(f"fitting the batch-size model on batches {', '.join(map(str, fit_batches))} ...")
-        model, fitted = _guarded(profiler.fit_batch_model, config, fit_batches, args.warmup, known={config.batch_size: prof})
+        limit, note = profiler.budget(prof, memory_bytes)
+        # On a GPU larger batches are added until the line is not extrapolated far (its allocator
+        # is not linear at scale); on the CPU the prediction is only a rough guide.
+        extend = limit if device == "cuda" and prof["status"] == "ok" else None
+        model, fitted = _guarded(profiler.fit_batch_model, config, fit_batches, args.warmup, known={config.batch_size: prof},
+                                 budget_bytes=extend)
         profiles += [p for p in fitted if p is not prof]
         why = profiler.unusable_fit(model, fitted) if model is not None else "fewer than two of the fit batches ran; give smaller --fit-batches"
         if why:
@@ -88,7 +93,6 @@ def memory(args) -> int:
                                    **(model.to_dict() if model else {})}
             console.print(f"[red]{prof['batch_model']['error']}[/]")
         else:
-            limit, note = profiler.budget(prof, memory_bytes)
             prof["batch_model"] = {**model.to_dict(), "budget_bytes": limit, "budget_note": note, "max_batch": model.max_batch(limit),
                                    "measured": [{"batch_size": p["batch_size"], "status": p["status"], "model_bytes": profiler.model_bytes(p)} for p in fitted]}
             render.print_batch_model(prof["batch_model"], console)

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tbd.results.record import has_result
+
 FITS, OOM, ERROR = "fits", "oom", "error"
 TOLERANCE_PCT = 2.0
 # First move away from the prediction: the tolerance itself, then doubling the move. A prediction
@@ -55,7 +57,7 @@ class SearchResult:
         return {**asdict(self), "prediction_error_pct": self.prediction_error_pct, "gap_pct": self.gap_pct}
 
 
-def search(probe: Callable[[int], str], start: int, *, upper: int | None = None, lower: int = 1,
+def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: int | None = None, lower: int = 1,
            tolerance_pct: float = TOLERANCE_PCT, deadline_s: float | None = None,
            predicted: int | None = None, first_step: float = FIRST_STEP,
            clock: Callable[[], float] = time.monotonic) -> SearchResult:
@@ -68,8 +70,10 @@ def search(probe: Callable[[int], str], start: int, *, upper: int | None = None,
     def ask(batch: int) -> str:
         if batch not in seen:
             t0 = clock()
-            seen[batch] = probe(batch)
-            result.probes.append({"batch_size": batch, "outcome": seen[batch], "seconds": round(clock() - t0, 3)})
+            answer = probe(batch)  # an outcome, or (outcome, why) where the probe can say why
+            seen[batch], why = answer if isinstance(answer, tuple) else (answer, "")
+            result.probes.append({"batch_size": batch, "outcome": seen[batch], "seconds": round(clock() - t0, 3),
+                                  **({"error": why} if why and seen[batch] == ERROR else {})})
         return seen[batch]
 
     def out_of_time() -> bool:
@@ -85,7 +89,7 @@ def search(probe: Callable[[int], str], start: int, *, upper: int | None = None,
     while True:
         outcome = ask(batch)
         if outcome == ERROR:
-            result.stopped = f"batch {batch} failed for a reason other than memory; the search stops there"
+            result.stopped = f"batch {batch} failed for a reason other than memory ({result.probes[-1].get('error', 'no message')}); the search stops there"
             break
         if outcome == FITS:
             fits = batch if fits is None else max(fits, batch)
@@ -116,7 +120,8 @@ def search(probe: Callable[[int], str], start: int, *, upper: int | None = None,
             elif outcome == OOM:
                 fails = middle
             else:
-                result.stopped = f"batch {middle} failed for a reason other than memory; the bracket so far is reported"
+                result.stopped = (f"batch {middle} failed for a reason other than memory ({result.probes[-1].get('error', 'no message')});"
+                                  " the bracket so far is reported")
                 break
     result.largest_fitting, result.smallest_failing = fits, fails
     if result.bounded_by_time:
@@ -127,8 +132,10 @@ def search(probe: Callable[[int], str], start: int, *, upper: int | None = None,
 
 
 def outcome_of(record) -> str:
-    """'fits', 'oom' or 'error' of a probe's record (a RunRecord or its stored dict)."""
-    if record["status"] == "ok":
+    """'fits', 'oom' or 'error' of a probe's record (a RunRecord or its stored dict). A probe of
+    two steps has one timed step, so its status is 'insufficient' for a throughput; for memory
+    any measured status means the batch trained."""
+    if has_result(record):
         return FITS
     error = record.get("error") or {}
     return OOM if error.get("kind") == "oom" else ERROR
@@ -147,6 +154,7 @@ def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: 
     def probe(batch: int) -> str:
         short = dataclasses.replace(config, batch_size=batch, max_steps=steps, min_timed_steps=1, isolate=True,
                                     profile=False, ncu=False)
-        return outcome_of(launch(short))
+        record = launch(short)
+        return outcome_of(record), ((record.get("error") or {}).get("message") or "")[:200]
 
     return search(probe, predicted or config.batch_size, upper=upper, deadline_s=deadline_s, predicted=predicted)
