@@ -7,6 +7,7 @@ The profile is printed, saved as JSON and a PNG plot in `<store>/memory/`, and s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from tbd.commands import EXAMPLES, add_home
@@ -60,7 +61,13 @@ def memory(args) -> int:
     config = RunConfig(workload=args.workload, framework=args.framework, flavor=args.flavor, device=device,
                        batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
                        hparams=model_hparams(args), data_pool=1, isolate=False).validated()
-    flavor = registry.get_spec(config.workload).flavor(config.flavor)
+    spec = registry.get_spec(config.workload)
+    flavor = spec.flavor(config.flavor)
+    if args.max_batch and spec.longest_inputs is not None:
+        # Variable-length inputs: size the batch at the longest the flavor draws, so the figure
+        # holds for every bucket (a line through random bucket lengths is not a line at all).
+        longest = spec.longest_inputs(config.resolved_hparams())
+        config = dataclasses.replace(config, hparams={**config.hparams, **longest}).validated()
     fit_batches = parse_batches(args.fit_batches) if args.fit_batches else default_fit_batches(config.batch_size, flavor.min_batch)
     if fit_batches[0] < flavor.min_batch:
         raise UsageError(f"--fit-batches: {config.workload} {config.flavor} trains at batch {flavor.min_batch} or more "
@@ -75,6 +82,8 @@ def memory(args) -> int:
     store = Store(args.home).prepare()  # a store that cannot take the profile fails before profiling
     console = make_console()
     console.print(f"profiling one training step of {config.workload} ({config.framework}, {config.flavor}, {device}, batch {config.batch_size}) ...")
+    if args.max_batch and spec.longest_inputs is not None:
+        console.print(f"sizing at the longest inputs the flavor draws ({', '.join(f'{k}={v:g}' for k, v in spec.longest_inputs(flavor.hparams).items())})")
     prof = _guarded(profiler.profile, config, args.warmup)
     render.print_profile(prof, console, args.layers)
     profiles = [prof]

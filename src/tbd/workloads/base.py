@@ -52,6 +52,10 @@ class WorkloadSpec:
     # Input shapes change from batch to batch (detection images, bucketed sequences); plugins
     # that tune kernels per shape (cuDNN's autotuner) or compile per shape take it into account.
     variable_shapes: bool = False
+    # For variable-shape workloads: hyperparameter overrides that make every sample as long as
+    # the flavor allows (a function of the flavor's hyperparameters). `tbd memory --max-batch`
+    # sizes batches with them, so the figure it confirms trains whatever bucket comes.
+    longest_inputs: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     # What `batch_size` counts, in the words the CLI and reports show: "images", "sentence
     # pairs", "actor processes" (default: the sample unit). Per-rank shares divide it.
     batch_unit: str = ""
