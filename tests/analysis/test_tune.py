@@ -190,3 +190,38 @@ def test_parse_budget_rejects_bad_input(text):
 def test_unknown_option_value_is_one_line_naming_the_valid_ones():
     with pytest.raises(UsageError, match="optimizer=fast is not one of auto, fused, foreach, for-loop"):
         start_config(options={"optimizer": "fast"})
+
+
+def test_torch_tune_options_reach_the_session():
+    """The framework settings the levers change are applied by the PyTorch session (in this
+    process, a tiny model): optimizer kernels on every optimizer the workload built (a second
+    one kept in its `extra`, as wgan's critic), intra-op threads, and a clear failure where a
+    workload's optimizer has no such kernel."""
+    import torch
+
+    from tbd import frameworks
+    from tbd.errors import RunFailure
+    from tbd.frameworks.torch.session import optimizers_of, set_optimizer_kernels
+
+    before = torch.get_num_threads()
+    try:
+        session = frameworks.open_session(start_config(workload="gpt", options={"optimizer": "fused", "threads": "1"}))
+        assert all(g["fused"] and not g["foreach"] for g in session.optimizer.param_groups)
+        assert session.info.method["optimizer_kernels"] == "fused" and session.info.method["intra_op_threads"] == 1
+        assert torch.get_num_threads() == 1
+        session.run_steps(1)  # the fused update runs
+        session.close()
+    finally:
+        torch.set_num_threads(before)
+    model = torch.nn.Linear(2, 2)
+    first, second = (torch.optim.Adam(model.parameters(), foreach=True) for _ in range(2))
+    assert optimizers_of(first, {"state": {"opt_d": second, "other": 1}}) == [first, second]
+    set_optimizer_kernels([first, second], "for-loop")
+    assert all(g["fused"] is False and g["foreach"] is False for g in second.param_groups)
+
+    class Plain(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {})
+
+    with pytest.raises(RunFailure, match="option optimizer=fused: Plain has no fused implementation"):
+        set_optimizer_kernels([Plain([torch.nn.Parameter(torch.zeros(1))])], "fused")

@@ -14,8 +14,9 @@ only when it helps beyond the 95% confidence interval; stop when no applicable c
 - A change that was measured is not tried again; a larger batch that ran out of memory bounds
   the batch lever from then on (it bisects towards that batch), as does a confirmed maximum batch
   in the store (`tbd memory --max-batch`).
-- The budget is wall time from the start, the baseline included; the trial in flight when it
-  ends is stopped once it stops reporting (it may overrun by about its --max-time).
+- The budget is wall time from the start, the baseline included. No trial starts with less left
+  than half the shortest trial so far took; the trial in flight when the budget ends is stopped
+  once it stops reporting (so it may overrun by about its --max-time).
 
 Measuring is behind `Backend` (`measure(config, timeout_s)` -> stored record, `recommend(record)`
 -> the analysis' recommendations), so the tests drive the search with a fake one.
@@ -40,6 +41,7 @@ from tbd.results.record import RunRecord, has_result
 from tbd.topology import world_size
 
 MIN_GAIN_PCT = 1.0  # a kept change must also gain this much at the point estimate
+SHORTEST_TRIAL_SHARE = 0.5  # no trial starts with less budget left than this share of the shortest one so far
 METHOD = ("greedy search over run options: each trial a separate measured run (same harness as tbd run); a change is kept when the "
           "95% CI of the throughput ratio (new / current best: medians of the steady window, percentile bootstrap over per-step "
           "rates, as tbd compare) lies above 1 and the ratio is at least 1 + min_gain")
@@ -191,6 +193,11 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
     while True:
         if remaining() <= 0:
             result.stopped = f"the budget of {budget_s:g} s ended"
+            break
+        shortest = min(t.seconds for t in result.trail if t.run_id)
+        if remaining() < SHORTEST_TRIAL_SHARE * shortest:
+            result.stopped = (f"the budget of {budget_s:g} s ends before another trial could finish "
+                              f"({remaining():.0f} s left, the shortest trial took {shortest:.0f} s)")
             break
         ctx.config = best
         candidates = _candidates(active, ctx, recommendations, tried, result.left_out)
