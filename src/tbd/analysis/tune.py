@@ -41,6 +41,9 @@ from tbd.results.record import RunRecord, has_result
 from tbd.topology import world_size
 
 MIN_GAIN_PCT = 1.0  # a kept change must also gain this much at the point estimate
+# A trial's trace covers at most this many steps after its timed ones: enough for the kernel shares
+# the recommendations use, and quick to write and read (a GPU run's default spans NVML's 3 s window).
+TRACE_STEPS = 10
 SHORTEST_TRIAL_SHARE = 0.5  # no trial starts with less budget left than this share of the shortest one so far
 METHOD = ("greedy search over run options: each trial a separate measured run (same harness as tbd run); a change is kept when the "
           "95% CI of the throughput ratio (new / current best: medians of the steady window, percentile bootstrap over per-step "
@@ -243,6 +246,8 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
             result.best_run_id, result.best_throughput, result.best_config = record["id"], trial.throughput, config.to_dict()
             recommendations = backend.recommend(record)
     result.elapsed_s = clock() - began
+    for name in {t.lever for t in result.trail}:  # a lever that was tried is not "left out", whatever it says now
+        result.left_out.pop(name, None)
     if best_record is not base:
         ratio, low, high = gain(base, best_record)
         result.speedup, result.speedup_ci95 = ratio, None if math.isnan(low) else [low, high]
@@ -394,17 +399,17 @@ class StoreBackend:
         self.notes: list[str] = []
 
     def measure(self, config: RunConfig, timeout_s: float | None) -> dict[str, Any]:
-        from tbd.analysis.capture import after_launch
+        from tbd.analysis.capture import adopt_trace
         from tbd.harness.launcher import launch, run_isolated
 
         traceable = registry.framework(config.framework).capabilities.trace and world_size(config) == 1
-        config = dataclasses.replace(config, profile=self.profile and traceable, ncu=False, isolate=True)
+        config = dataclasses.replace(config, profile=self.profile and traceable, profile_steps=TRACE_STEPS, ncu=False, isolate=True)
         if world_size(config) == 1:
             record = run_isolated(config, self.progress, timeout_s)
         else:
             record = launch(config, self.progress)
-        if config.profile:
-            after_launch(record, config, self.store)
+        if config.profile:  # into this store; read by `recommend` if the trial is kept (or later by tbd analyze)
+            adopt_trace(record, self.store)
         self.store.save(record)
         return record.to_dict() if isinstance(record, RunRecord) else record
 
