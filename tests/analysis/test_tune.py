@@ -225,3 +225,35 @@ def test_torch_tune_options_reach_the_session():
 
     with pytest.raises(RunFailure, match="option optimizer=fused: Plain has no fused implementation"):
         set_optimizer_kernels([Plain([torch.nn.Parameter(torch.zeros(1))])], "fused")
+
+
+def test_store_backend_runs_short_traced_isolated_trials_and_survives_a_failed_analysis(monkeypatch, tmp_path):
+    from tbd.harness import launcher
+    from tbd.results.store import Store
+
+    seen = []
+
+    def fake_run_isolated(config, progress=None, timeout_s=None):
+        seen.append((config, timeout_s))
+        return RunRecord.failed(config, "error", "not run here")
+
+    monkeypatch.setattr(launcher, "run_isolated", fake_run_isolated)
+    store = Store(tmp_path / "home")
+    backend = tune.StoreBackend(store, profile=True)
+    record = backend.measure(start_config(isolate=False), timeout_s=12.0)
+    config, timeout = seen[0]
+    assert (config.profile, config.profile_steps, config.isolate, timeout) == (True, tune.TRACE_STEPS, True, 12.0)
+    assert store.get(record["id"])["status"] == "failed"  # every trial is stored, failed ones too
+    assert backend.recommend({"id": "x", "status": "failed", "config": record["config"]}) == []
+    assert backend.notes and "no analysis" in backend.notes[0]
+
+
+def test_profile_steps_bounds_a_gpu_trace(monkeypatch):
+    from tbd.harness import profiling
+
+    got = []
+    monkeypatch.setattr(profiling, "trace_session", lambda session, config, run_id, steps=None, **kw: got.append(steps))
+    record = {"id": "r", "metrics": {"step_time_ms_p50": 10.0}}
+    profiling.trace_run(None, RunConfig(workload="gpt", device="cuda"), record)  # NVML's 3 s window: 300 steps, capped at 200
+    profiling.trace_run(None, RunConfig(workload="gpt", device="cuda", profile_steps=tune.TRACE_STEPS), record)
+    assert got == [profiling.MAX_GPU_STEPS, tune.TRACE_STEPS]
