@@ -143,7 +143,7 @@ def _channels_last(ctx: Context) -> Proposal:
 
 def _compile(ctx: Context) -> Proposal:
     if ctx.caps.always_compiled:
-        return f"always on: {ctx.caps.always_compiled}"
+        return ctx.caps.always_compiled
     if not ctx.caps.compile:
         return "the framework has no optional compiler"
     return [] if ctx.config.compile else [Change("compile", {"compile": True}, ctx.caps.compile)]

@@ -7,7 +7,6 @@ tunings from any store, and `tbd tune --markdown FILE` writes the same view of a
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +112,8 @@ def waterfall(record: dict[str, Any]):
         ax.bar(i, t["throughput"] - level, bottom=level, color="tab:green")
         below, above = t["throughput"] - level * (1 + low / 100), level * (1 + high / 100) - t["throughput"]
         ax.errorbar(i, t["throughput"], yerr=[[max(0.0, below)], [max(0.0, above)]], color="black", capsize=3, lw=0.8)
-        ax.text(i, t["throughput"], f"{t['measured_gain_pct']:+.0f}%", ha="center", va="bottom", fontsize=7)
+        ax.text(i, (level + t["throughput"]) / 2, f"{t['measured_gain_pct']:+.0f}%", ha="center", va="center", fontsize=7,
+                color="white", weight="bold")
         labels.append(t["change"])
         level = t["throughput"]
     n = len(kept) + 1
@@ -145,9 +145,9 @@ def speedups(records: list[dict[str, Any]]):
     ax.axvline(1.0, color="black", lw=1)
     ax.set_yticks(range(len(rows)), [f"{r['tune']['start_config']['workload']}/{r['tune']['start_config']['framework']}" for r in rows], fontsize=8)
     ax.invert_yaxis()
-    for i, s in enumerate(ratios):
-        ax.text(s, i, f" {s:.2f}x", va="center", fontsize=7)
-    ax.set_xlim(0, max(ratios) * 1.2 if not any(math.isnan(s) for s in ratios) else None)
+    for i, (s, c) in enumerate(zip(ratios, cis)):
+        ax.text(max(s, c[1]), i, f"  {s:.2f}x", va="center", fontsize=7)
+    ax.set_xlim(0, max(c[1] for c in cis) * 1.2)
     ax.set_xlabel("tuned throughput / starting throughput (95% bootstrap CI)")
     fig.tight_layout()
     return fig
