@@ -99,6 +99,19 @@ def test_budget_ends_the_search():
     assert result.elapsed_s == pytest.approx(40.0)
 
 
+def test_an_interrupt_ends_the_search_with_the_best_so_far():
+    class Interrupted(FakeBackend):
+        def measure(self, config, timeout_s):
+            if len(self.measured) == 2:
+                raise KeyboardInterrupt
+            return super().measure(config, timeout_s)
+
+    result = run(Interrupted({("precision", "bf16"): 1.5}))
+    assert result.interrupted and result.stopped.startswith("interrupted")
+    assert [t.kept for t in result.trail] == [True, True] and RunConfig.from_dict(result.best_config).precision == "bf16"
+    assert result.command and result.speedup == pytest.approx(1.5, rel=0.05)
+
+
 def test_keep_semantics_and_skip_leave_levers_out():
     backend = FakeBackend({("precision", "bf16"): 2.0})
     result = run(backend, keep_semantics=True, skip=("compile",))

@@ -97,6 +97,7 @@ class TuneResult:
     stopped: str = ""
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
     command: str = ""
     toml: str = ""
 
@@ -193,58 +194,61 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
     tried: set[str] = set()
     ctx = Context(config=best, batch_max=batch_max)
     step = 0
-    while True:
-        if remaining() <= 0:
-            result.stopped = f"the budget of {budget_s:g} s ended"
-            break
-        shortest = min(t.seconds for t in result.trail if t.run_id)
-        if remaining() < SHORTEST_TRIAL_SHARE * shortest:
-            result.stopped = (f"the budget of {budget_s:g} s ends before another trial could finish "
-                              f"({remaining():.0f} s left, the shortest trial took {shortest:.0f} s)")
-            break
-        ctx.config = best
-        candidates = _candidates(active, ctx, recommendations, tried, result.left_out)
-        if not candidates:
-            result.stopped = "nothing applicable is left to try: every lever's changes from the best configuration were measured"
-            break
-        change, expected, basis = candidates[0]
-        tried.add(change.key)
-        step += 1
-        trial = Trial(step=step, lever=change.lever, change=change.label, apply=change.apply, expected_gain_pct=expected, expected_basis=basis)
-        try:
-            config = apply_change(best, change.apply).validated()
-        except UsageError as exc:
-            trial.why = f"not applicable: {exc}"
+    try:
+        while True:
+            if remaining() <= 0:
+                result.stopped = f"the budget of {budget_s:g} s ended"
+                break
+            shortest = min(t.seconds for t in result.trail if t.run_id)
+            if remaining() < SHORTEST_TRIAL_SHARE * shortest:
+                result.stopped = (f"the budget of {budget_s:g} s ends before another trial could finish "
+                                  f"({remaining():.0f} s left, the shortest trial took {shortest:.0f} s)")
+                break
+            ctx.config = best
+            candidates = _candidates(active, ctx, recommendations, tried, result.left_out)
+            if not candidates:
+                result.stopped = "nothing applicable is left to try: every lever's changes from the best configuration were measured"
+                break
+            change, expected, basis = candidates[0]
+            tried.add(change.key)
+            step += 1
+            trial = Trial(step=step, lever=change.lever, change=change.label, apply=change.apply, expected_gain_pct=expected, expected_basis=basis)
+            try:
+                config = apply_change(best, change.apply).validated()
+            except UsageError as exc:
+                trial.why = f"not applicable: {exc}"
+                result.trail.append(trial)
+                if on_trial:
+                    on_trial(trial)
+                continue
+            if on_start:
+                on_start(trial)
+            t0 = clock()
+            record = backend.measure(config, max(remaining(), 1.0))
+            trial.seconds, trial.run_id = clock() - t0, record.get("id")
             result.trail.append(trial)
+            if not has_result(record):
+                error = record.get("error") or {}
+                if remaining() <= 0:
+                    trial.why = f"not kept: the budget ended during the trial ({error.get('kind', 'failed')})"
+                else:
+                    trial.why = f"not kept: the run failed ({error.get('kind', 'error')}: {str(error.get('message', ''))[:200]})"
+                if error.get("kind") == "oom" and "batch_size" in change.apply:
+                    ctx.batch_fails = min(ctx.batch_fails or change.apply["batch_size"], change.apply["batch_size"])
+            else:
+                trial.throughput = throughput_of(record)
+                ratio, low, high = gain(best_record, record)
+                trial.measured_gain_pct = (ratio - 1) * 100.0
+                trial.gain_ci95_pct = [(low - 1) * 100.0, (high - 1) * 100.0] if not math.isnan(low) else None
+                trial.kept, trial.why = verdict(ratio, low, high, min_gain_pct)
             if on_trial:
                 on_trial(trial)
-            continue
-        if on_start:
-            on_start(trial)
-        t0 = clock()
-        record = backend.measure(config, max(remaining(), 1.0))
-        trial.seconds, trial.run_id = clock() - t0, record.get("id")
-        result.trail.append(trial)
-        if not has_result(record):
-            error = record.get("error") or {}
-            if remaining() <= 0:
-                trial.why = f"not kept: the budget ended during the trial ({error.get('kind', 'failed')})"
-            else:
-                trial.why = f"not kept: the run failed ({error.get('kind', 'error')}: {str(error.get('message', ''))[:200]})"
-            if error.get("kind") == "oom" and "batch_size" in change.apply:
-                ctx.batch_fails = min(ctx.batch_fails or change.apply["batch_size"], change.apply["batch_size"])
-        else:
-            trial.throughput = throughput_of(record)
-            ratio, low, high = gain(best_record, record)
-            trial.measured_gain_pct = (ratio - 1) * 100.0
-            trial.gain_ci95_pct = [(low - 1) * 100.0, (high - 1) * 100.0] if not math.isnan(low) else None
-            trial.kept, trial.why = verdict(ratio, low, high, min_gain_pct)
-        if on_trial:
-            on_trial(trial)
-        if trial.kept:
-            best_record, best = record, config
-            result.best_run_id, result.best_throughput, result.best_config = record["id"], trial.throughput, config.to_dict()
-            recommendations = backend.recommend(record)
+            if trial.kept:
+                best_record, best = record, config
+                result.best_run_id, result.best_throughput, result.best_config = record["id"], trial.throughput, config.to_dict()
+                recommendations = backend.recommend(record)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the answer so far is still an answer (the command stores it)
+        result.stopped, result.interrupted = "interrupted; the trials so far are stored", True
     result.elapsed_s = clock() - began
     for name in {t.lever for t in result.trail}:  # a lever that was tried is not "left out", whatever it says now
         result.left_out.pop(name, None)

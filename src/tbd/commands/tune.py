@@ -102,13 +102,14 @@ def run(args) -> int:
     stored = record.to_dict()
     if markdown is not None:
         _write_markdown(stored, markdown)
+    code = 130 if result.interrupted else 0 if result.best_run_id else 1
     if args.json:
         print(json.dumps({"id": record.id, **stored["tune"]}, indent=1, default=str))
-        return 0 if result.best_run_id else 1
+        return code
     print_result(stored, console)
     console.print(f"stored as [bold]{record.id}[/] (kind tune) in {escape(str(store.home))}; 'tbd report {record.id}' shows it with its trials"
                   + (f"; Markdown: {escape(str(markdown))}" if markdown else ""))
-    return 0 if result.best_run_id else 1
+    return code
 
 
 def _describe(config) -> str:
