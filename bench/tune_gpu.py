@@ -163,23 +163,27 @@ def main() -> None:
     ap.add_argument("--max-time", type=float, default=4.0, help="steady seconds per trial (default: 4)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--flavor", default="paper")
-    ap.add_argument("--tune-args", default="", help="more tbd tune options, e.g. '--skip compile_mode'")
+    ap.add_argument("--tune-args", default="", help="more tbd tune options, given with '=': --tune-args='--no-profile --skip compile_mode'")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "store"
     sys.path.insert(0, SRC)
-    import torch
+    from importlib.metadata import version
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    print(f"tbd tune over the suite: {gpu}, torch {torch.__version__}, {dt.date.today()}, budget {args.budget:g} s per workload, "
+    from tbd.metrics.devices import gpu_info
+
+    info = gpu_info(0)  # NVML: no CUDA context in this process while the trials run
+    gpu = f"{info['name']} (driver {info['driver']})" if info else "no GPU"
+    torch_version = version("torch")
+    print(f"tbd tune over the suite: {gpu}, torch {torch_version}, {dt.date.today()}, budget {args.budget:g} s per workload, "
           f"{args.max_time:g} s per trial", flush=True)
     rows: list[dict] = []
     for workload in [w for w in args.workloads.split(",") if w]:
         row = tune_one(workload, args, out, store)
         rows.append(row)
         print(line(row), flush=True)
-        (out / "tune_gpu.json").write_text(json.dumps({"device": gpu, "torch": torch.__version__, "date": str(dt.date.today()),
+        (out / "tune_gpu.json").write_text(json.dumps({"device": gpu, "torch": torch_version, "date": str(dt.date.today()),
                                                        "budget_s": args.budget, "max_time_s": args.max_time, "rows": rows},
                                                       indent=1, default=str))
     write_summary(rows, out, store)

@@ -28,7 +28,7 @@ def register(sub) -> None:
         description="Start from the given configuration; repeatedly profile, diagnose, apply the most promising change "
                     "(precision, compile and its modes, channels_last, fused optimizers, batch size up to what fits, allocator, "
                     "cuDNN autotuning, threads, DDP buckets: what the framework offers), measure it in its own process and keep it "
-                    "only if it helps beyond the 95%% CI. Stops when nothing applicable is left or the budget ends. Each trial "
+                    "only if it helps beyond the 95% CI. Stops when nothing applicable is left or the budget ends. Each trial "
                     f"measures up to --max-time seconds (default here: {TRIAL_MAX_TIME_S:g}).",
         epilog="examples:\n  tbd tune resnet50 --device cuda --flavor paper --budget 10m\n"
                "  tbd tune gpt --device cuda --flavor paper --keep-semantics     # no batch or precision change\n"
