@@ -41,6 +41,7 @@ class RunConfig:
     isolate: bool = True  # run in a child process so a crash or OOM becomes a failed run
     # Analysis (tbd.analysis): a kernel trace of a few steady steps after the timed ones.
     profile: bool = False
+    profile_steps: int = 0  # at most this many steps traced; 0: as the harness chooses (on a GPU, enough for NVML's window)
     ncu: bool = False
     # Scale-out (tbd.harness.distributed): processes per node, nodes, this node's rank, rendezvous.
     nproc_per_node: int = 1
@@ -91,7 +92,7 @@ class RunConfig:
             raise UsageError(f"--channels-last applies to convolutional workloads, not {self.workload}; drop the flag")
         if spec.precisions is not None and self.precision not in spec.precisions:
             raise UsageError(f"{self.workload} runs in {' or '.join(spec.precisions)} only ({spec.precisions_note}); drop --precision {self.precision}")
-        for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1)):
+        for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1), ("profile_steps", 0)):
             if getattr(self, name) < low:
                 raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
         # nan and inf pass `> 0`; they would fail the run and reach the record (not strict JSON).

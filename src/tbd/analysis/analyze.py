@@ -76,7 +76,9 @@ def framework_levers(framework: str) -> dict[str, Any]:
     except UsageError:
         return {}
     return {"compiler": caps.compile, "channels_last_lever": caps.channels_last, "fused_optimizer_how": caps.fused_optimizer,
-            "allocator_setting": caps.allocator_setting}
+            "allocator_setting": caps.allocator_setting,
+            "fused_optimizer_apply": {"options": dict(caps.fused_optimizer_option)} if caps.fused_optimizer_option else None,
+            "allocator_apply": {"options": dict(caps.allocator_option)} if caps.allocator_option else None}
 
 
 def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: dict | None) -> dict[str, Any]:

@@ -131,10 +131,10 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
     if g("fused_optimizer_how") and u is not None and kind in OPTIMIZER_FACTOR and s_opt >= 0.01:
         factor = OPTIMIZER_FACTOR[kind]
         recs.append(_rec(f"fused optimizer (now {kind})", _gain((1 - u) + u * (1 - s_opt * (1 - factor)), floor),
-                         f"optimizer {s_opt * 100:.1f}% of kernel time x{factor}", None, g("fused_optimizer_how")))
+                         f"optimizer {s_opt * 100:.1f}% of kernel time x{factor}", g("fused_optimizer_apply"), g("fused_optimizer_how")))
     if (g("alloc_retries") or 0) > 0 and g("allocator_setting"):
-        recs.append(_rec("expandable allocator segments", 5.0, "allocator retries flush the cache and synchronize the device (rough 5%)", None,
-                         g("allocator_setting")))
+        recs.append(_rec("expandable allocator segments", 5.0, "allocator retries flush the cache and synchronize the device (rough 5%)",
+                         g("allocator_apply"), g("allocator_setting")))
     return recs
 
 
@@ -167,7 +167,7 @@ def _cpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
     if g("fused_optimizer_how") and kind in OPTIMIZER_FACTOR and s_opt >= 0.03:
         factor = OPTIMIZER_FACTOR[kind]
         recs.append(_rec(f"fused optimizer (now {kind})", _gain(1 - s_opt * (1 - factor)), f"optimizer {s_opt * 100:.0f}% of CPU op time x{factor}",
-                         None, g("fused_optimizer_how")))
+                         g("fused_optimizer_apply"), g("fused_optimizer_how")))
     if g("cpu_amx_bf16") and g("precision") == "fp32":
         s_mm = shares.get("matmul/conv", 0.0)
         recs.append(_rec("precision bf16 (AMX)", _gain(1 - s_mm + s_mm / 3.0), f"matmul/conv {s_mm * 100:.0f}% of CPU op time x1/3 on AMX tiles",

@@ -4,7 +4,8 @@ gain beside the expected one, and log the pair for `tbd analyze --calibration`.
 
 The gain is the ratio of median throughputs (samples per second over each run's steady
 window), both measured by the same harness on the same machine. A recommendation that needs a
-code change (a fused optimizer, more loader workers) cannot be applied by a flag and is skipped.
+code change (more loader workers) cannot be applied by a flag and is skipped; framework settings
+(a fused optimizer: `--option optimizer=fused`) are merged into the run's options.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tbd.analysis.levers import apply_change
 from tbd.config import RunConfig
 from tbd.errors import UsageError
 from tbd.harness.launcher import launch
@@ -40,8 +42,8 @@ def verify(record: dict[str, Any], analysis: dict[str, Any], store, progress: Ca
 
 def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress, facts: dict[str, Any] | None = None) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(RunConfig)}
-    base = {k: v for k, v in record["config"].items() if k in fields}
-    config = RunConfig.from_dict({**base, **rec["apply"], "profile": False, "ncu": False}).validated()
+    base = RunConfig.from_dict({k: v for k, v in record["config"].items() if k in fields})
+    config = dataclasses.replace(apply_change(base, rec["apply"]), profile=False, ncu=False).validated()
     new = launch(config, progress)
     store.save(new)
     out: dict[str, Any] = {"action": rec["action"], "apply": rec["apply"], "expected_gain_pct": rec["expected_gain_pct"],

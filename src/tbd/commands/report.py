@@ -55,6 +55,7 @@ def gather_sides(store: Store, targets: list[str], limit: int = 50) -> tuple[str
     records, descs, sides = [], [], []
     for t in targets:
         desc, recs = resolve(store, t)
+        recs = recs + trial_runs(store, recs)
         descs.append(desc)
         sides.append(recs)
         records += recs
@@ -66,6 +67,12 @@ def gather_sides(store: Store, targets: list[str], limit: int = 50) -> tuple[str
     name = targets[0] if len(targets) == 1 else f"{targets[0]}-and-{len(targets) - 1}-more"
     comparison = {"desc_a": descs[0], "a": sides[0], "desc_b": descs[1], "b": sides[1]} if len(targets) == 2 else None
     return name, "; ".join(descs), unique, comparison
+
+
+def trial_runs(store: Store, records: list[dict]) -> list[dict]:
+    """The runs a `tbd tune` record's trail measured (those still in the store)."""
+    ids = {t["run_id"] for r in records if r.get("kind") == "tune" for t in (r.get("tune") or {}).get("trail", []) if t.get("run_id")}
+    return store.records(ids) if ids else []
 
 
 def run(args) -> int:

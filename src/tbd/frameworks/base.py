@@ -141,6 +141,24 @@ class BuildContext:
 
 
 @dataclass(frozen=True)
+class Tunable:
+    """A framework setting `tbd tune` may try (`tbd.analysis.levers` reads these): a run option
+    (`--option KEY=VALUE`, a key of `Capabilities.options`) and the values to try, most promising
+    first. `values` is a tuple, or a function of the run's config giving one (a thread count from
+    the cores); `applies(config, spec)` says where the setting can matter at all."""
+
+    option: str
+    values: tuple[str, ...] | Callable[[Any], tuple[str, ...]]
+    title: str  # what users know it as: "torch.compile mode"
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    needs_compile: bool = False  # only meaningful with --compile
+    applies: Callable[[Any, Any], bool] | None = None
+
+    def values_for(self, config) -> tuple[str, ...]:
+        return tuple(self.values(config)) if callable(self.values) else self.values
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a framework's plugin supports; config validation, the CLI, `tbd list` and the
     recommendations read these instead of asking which framework it is."""
@@ -161,9 +179,16 @@ class Capabilities:
     ncu: bool = False  # --ncu: Nsight Compute pipe utilization
     # Settings of this framework a run may pass (RunConfig.options), name -> meaning.
     options: Mapping[str, str] = field(default_factory=dict)
+    # The values an option accepts where they form a closed set (checked before a run starts).
+    option_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Settings `tbd tune` tries beyond the framework-neutral levers (precision, compile, batch...).
+    tunables: tuple[Tunable, ...] = ()
     # Levers the recommendations may suggest (tbd.analysis.recommend).
     fused_optimizer: str = ""  # how to fuse the optimizer update, "" if not applicable
     allocator_setting: str = ""  # an allocator setting against fragmentation retries
+    # The run options (`--option KEY=VALUE`) that apply those two, so `tbd analyze --verify` and `tbd tune` can.
+    fused_optimizer_option: Mapping[str, str] = field(default_factory=dict)
+    allocator_option: Mapping[str, str] = field(default_factory=dict)
     # How FLOPs of a user's step are counted (tbd.measure(count_flops=True)), "" if they cannot be.
     flop_counter: str = ""
 
@@ -236,3 +261,7 @@ class FrameworkPlugin:
         if bad:
             valid = ", ".join(caps.options) or "none"
             raise UsageError(f"unknown {self.title} option '{bad[0]}'; valid: {valid}")
+        for key, value in config.options.items():
+            allowed = caps.option_values.get(key)
+            if allowed and str(value) not in allowed:
+                raise UsageError(f"{self.title} option {key}={value} is not one of {', '.join(allowed)}; e.g. --option {key}={allowed[0]}")

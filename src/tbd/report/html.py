@@ -6,7 +6,8 @@ Sections: summary, (given two sweeps or runs: the comparison of B with A, ratios
 a figure), throughput vs batch size (bars where a workload has one batch size; axes from zero),
 utilization, memory (saying what is and is not measured on each device), step-time
 distributions, every step of each run (compile and warm-up visible), runs, environment (with
-RAM, OS, threads and load), diagnoses. Points that did not converge are drawn hollow or hatched
+RAM, OS, threads and load), diagnoses; and where `tbd tune` records are among them, a tuning
+section (report/tune.py: waterfall of the kept gains, the trail, the answer). Points that did not converge are drawn hollow or hatched
 and their status coloured. Records may lack the optional parts (memory_profile, analysis): each
 section then says what is missing and which command adds it.
 """
@@ -42,6 +43,7 @@ SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), 
             ("memory", "Memory breakdown"), ("step-times", "Step-time distributions"), ("step-series", "Every step of each run"),
             ("runs", "Runs"), ("environment", "Environment"), ("diagnoses", "Diagnoses"))
 COMPARISON = ("comparison", "Comparison: B against A")
+TUNING = ("tuning", "Tuning (tbd tune)")
 
 
 def e(value: Any) -> str:
@@ -273,9 +275,13 @@ def write_report(records: list[dict[str, Any]], output: Path, title: str, subtit
                  comparison: dict[str, Any] | None = None) -> Path:
     """Write the report and its figures; return the HTML path. `comparison` ({desc_a, a, desc_b, b}:
     descriptions and records of two sweeps or runs) adds the section comparing B with A."""
+    from tbd.report import tune as tune_report
+
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     folder = output.parent / f"{output.stem}-plots"
+    tunings = [r for r in records if tune_report.is_tune(r)]
+    records = [r for r in records if not tune_report.is_tune(r)]  # a tuning repeats its best run: shown once, in its section
     body = {
         "summary": summary(records),
         "throughput": figure(plots.throughput_vs_batch(records), folder, "throughput_vs_batch", "throughput vs batch size"),
@@ -294,6 +300,9 @@ def write_report(records: list[dict[str, Any]], output: Path, title: str, subtit
     if comparison is not None:
         body[COMPARISON[0]] = comparison_section(comparison, folder)
         shown = (SECTIONS[0], COMPARISON, *SECTIONS[1:])
+    if tunings:
+        body[TUNING[0]] = tune_report.html_section(tunings, folder)
+        shown = (shown[0], TUNING, *shown[1:])
     nav = "".join(f"<a href='#{sid}'>{e(name)}</a>" for sid, name in shown)
     sections = "".join(f"<section id='{sid}'><h2>{e(name)}</h2>{body[sid]}</section>" for sid, name in shown)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"

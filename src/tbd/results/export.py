@@ -25,7 +25,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("created_at", "timestamp", "when the run was recorded (UTC)"),
     ("status", "string", "ok, unconverged, insufficient, failed or skipped"),
     ("converged", "bool", "the throughput's 95% CI reached its target"),
-    ("kind", "string", "run or memory (a `tbd memory` profile)"),
+    ("kind", "string", "run, memory (a `tbd memory` profile) or tune (a `tbd tune` result: the best configuration found)"),
     ("sweep_name", "string", "the sweep the run belongs to, if any"),
     ("sweep_id", "string", "that sweep's id"),
     ("workload", "string", "workload name"),

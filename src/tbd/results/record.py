@@ -1,9 +1,11 @@
 """The run record: one versioned document per run, built by `RunRecord` and nowhere else.
 
-Fields: schema_version, id, created_at, kind ('run' | 'memory'), status (see STATUSES), config,
-workload (spec facts), environment, method, samples (raw per-step times and units), metrics
-(derived, units in names), memory, error ({kind, message, ...} or None), and where they apply
-analysis, distributed, sweep and memory_profile.
+Fields: schema_version, id, created_at, kind ('run' | 'memory' | 'tune'), status (see STATUSES),
+config, workload (spec facts), environment, method, samples (raw per-step times and units),
+metrics (derived, units in names), memory, error ({kind, message, ...} or None), and where they
+apply analysis, distributed, sweep, memory_profile and tune (a `tbd tune` record: its config is
+the best configuration found, its metrics the best run's plus the speedup, its `tune` the trail;
+added in schema 3 as an optional part, which older readers keep as an unknown key).
 
 Every producer (single run, distributed rank 0, `tbd memory`, the sweep engine, the launchers)
 starts from `RunRecord.for_run` or one of the outcome constructors (`failed`, `oom`, `skipped`).
@@ -34,8 +36,8 @@ from typing import Any
 SCHEMA_VERSION = 3
 MEASURED = ("ok", "unconverged", "insufficient")  # statuses of a run with a throughput
 STATUSES = (*MEASURED, "failed", "skipped")
-KINDS = ("run", "memory")
-OPTIONAL = ("analysis", "distributed", "sweep", "memory_profile")
+KINDS = ("run", "memory", "tune")
+OPTIONAL = ("analysis", "distributed", "sweep", "memory_profile", "tune")
 
 
 def new_run_id(workload: str = "", framework: str = "") -> str:
@@ -74,6 +76,7 @@ class RunRecord:
     distributed: dict[str, Any] | None = None
     sweep: dict[str, Any] | None = None
     memory_profile: dict[str, Any] | None = None
+    tune: dict[str, Any] | None = None  # kind 'tune' (`tbd tune`): the trail and the best configuration
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer minor writer, kept as they are
 

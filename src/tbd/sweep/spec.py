@@ -37,7 +37,7 @@ from tbd.errors import UsageError, closest
 PRESETS = ("quick", "paper")
 BUDGET_KEYS = {"max_steps": int, "max_time": float, "target_ci": float, "min_timed_steps": int, "seed": int}
 TOP_KEYS = ("name", "workloads", "frameworks", "flavors", "devices", "precisions", "batch_sizes", "batch_scale",
-            "compile", "channels_last", "max_batch", "budget")
+            "compile", "channels_last", "max_batch", "budget", "options")
 MAX_NAME_CHARS = 200  # a sweep's name is printed on every line; longer is a mistake (and slow to print)
 MAX_FILE_BYTES = 2**20  # sweep files are a few lines of TOML
 DEFAULT_BUDGET = {"max_steps": 300, "max_time": 60.0, "target_ci": 1.0, "min_timed_steps": 10, "seed": 0}
@@ -58,6 +58,7 @@ class SweepSpec:
     channels_last: bool = False  # applied where the workload supports it
     max_batch: int | None = None  # bisect the largest batch that fits, up to this bound
     budget: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_BUDGET))
+    options: dict[str, str] = field(default_factory=dict)  # framework settings (--option KEY=VALUE), e.g. from `tbd tune`
     isolate: bool = True
     source: str = "flags"
 
@@ -122,6 +123,8 @@ def plan(spec: SweepSpec) -> Plan:
                                         max_steps=spec.budget["max_steps"], max_time_s=float(spec.budget["max_time"]),
                                         target_ci_pct=float(spec.budget["target_ci"]), min_timed_steps=spec.budget["min_timed_steps"],
                                         seed=spec.budget["seed"], isolate=spec.isolate)
+                            if spec.options:  # only then: the plans (and ids) of sweeps without options stay as they were
+                                base["options"] = dict(spec.options)
                             batches = _batches(spec, w, ws.flavor(flavor).batch_size)
                             if batches[-1] > MAX_BATCH:  # bad input, not a line that cannot run here
                                 raise UsageError(f"batch size {batches[-1]} is beyond any device (at most {MAX_BATCH:,}); give smaller batch sizes")
@@ -281,6 +284,10 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
                 spec.max_batch = value
             else:
                 raise fail(None, key, "must be true, false or the largest batch size to try")
+        elif key == "options":
+            if not isinstance(value, dict) or not all(isinstance(v, (str, int, float, bool)) for v in value.values()):
+                raise fail(None, key, 'must be a table of framework settings, e.g. [options] compile_mode = "max-autotune"')
+            spec.options = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
         elif key == "budget":
             if not isinstance(value, dict):
                 raise fail(None, key, "must be a table, e.g. [budget] max_time = 30")

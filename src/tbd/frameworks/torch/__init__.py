@@ -6,7 +6,23 @@ Parts: `session.py` (eager or torch.compile, autocast, channels_last, CUDA-event
 `tbd.measure`). Importing this package imports no torch.
 """
 
-from tbd.frameworks.base import Capabilities, FrameworkPlugin
+from tbd.frameworks.base import Capabilities, FrameworkPlugin, Tunable
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OPTIMIZER_KERNELS = ("auto", "fused", "foreach", "for-loop")
+
+
+def _fewer_threads(config) -> tuple[str, ...]:
+    """On a CPU: half the usable cores (the default takes them all), where that is a change."""
+    from tbd.metrics.conditions import usable_cpus
+
+    half = usable_cpus() // 2
+    return (str(half),) if half >= 1 else ()
+
+
+def _shapes_vary(config, spec) -> bool:
+    return bool(spec.variable_shapes)
+
 
 PLUGIN = FrameworkPlugin(
     name="torch",
@@ -27,9 +43,28 @@ PLUGIN = FrameworkPlugin(
         options={
             "compile_mode": "torch.compile mode under --compile: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs",
             "sdpa_backend": "attention kernel tried first by scaled_dot_product_attention: auto, cudnn, flash",
+            "optimizer": "optimizer update kernels: auto (the workload's choice), fused (one kernel for all parameters), foreach, for-loop",
+            "allocator": "CUDA caching allocator: default, or expandable_segments (fewer fragmentation retries at large batches)",
+            "cudnn_benchmark": "cuDNN autotuning of convolution algorithms: auto (on unless the workload's shapes vary), on, off",
+            "threads": "intra-op threads on a CPU (default: the usable cores shared out between the processes)",
         },
-        fused_optimizer="pass fused=True to the optimizer in the workload's torch_impl",
+        option_values={
+            "compile_mode": COMPILE_MODES,
+            "optimizer": OPTIMIZER_KERNELS,
+            "allocator": ("default", "expandable_segments"),
+            "cudnn_benchmark": ("auto", "on", "off"),
+        },
+        tunables=(
+            Tunable("optimizer", ("fused", "foreach"), "optimizer kernels"),
+            Tunable("compile_mode", ("reduce-overhead", "max-autotune"), "torch.compile mode", devices=("cuda",), needs_compile=True),
+            Tunable("cudnn_benchmark", ("on",), "cuDNN autotuning", devices=("cuda",), applies=_shapes_vary),
+            Tunable("allocator", ("expandable_segments",), "allocator segments", devices=("cuda",)),
+            Tunable("threads", _fewer_threads, "intra-op threads", devices=("cpu",)),
+        ),
+        fused_optimizer="--option optimizer=fused (fused=True on the workload's optimizers)",
         allocator_setting="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+        fused_optimizer_option={"optimizer": "fused"},
+        allocator_option={"allocator": "expandable_segments"},
         flop_counter="torch.utils.flop_counter.FlopCounterMode",
     ),
 )

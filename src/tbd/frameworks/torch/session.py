@@ -9,6 +9,7 @@ host clock per step is exact.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from tbd.frameworks.torch import distributed as torch_distributed
+from tbd.errors import RunFailure, UsageError
 from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
 from tbd.metrics.conditions import intra_op_threads
 from tbd.results.environment import cpu_model
@@ -73,11 +75,61 @@ def _set_precision_flags(precision: str, device: torch.device, autotune: bool = 
 
 def _set_cpu_threads(config) -> dict[str, Any]:
     """One intra-op thread per usable CPU, shared between the ranks of a run on this host: more
-    threads than cores only adds contention (and torch counts cores the process may not use)."""
+    threads than cores only adds contention (and torch counts cores the process may not use).
+    The option threads=N sets the count (`tbd tune` tries fewer)."""
     threads = intra_op_threads(processes=int(getattr(config, "nproc_per_node", 1) or 1))
+    asked = str(config.options.get("threads", "")).strip()
+    if asked:
+        if not asked.isdigit() or int(asked) < 1:
+            raise UsageError(f"option threads={asked} must be a positive integer; e.g. --option threads=4")
+        threads = {"intra_op": int(asked), "source": "option threads"}
     if torch.get_num_threads() != threads["intra_op"]:
         torch.set_num_threads(threads["intra_op"])
     return threads
+
+
+def _cudnn_autotune(config, spec) -> bool:
+    """cuDNN autotuning: on for fixed shapes (each new shape is benchmarked once), off where they
+    vary (it would benchmark every step), unless the option cudnn_benchmark says otherwise."""
+    asked = config.options.get("cudnn_benchmark", "auto")
+    return (not spec.variable_shapes) if asked == "auto" else asked == "on"
+
+
+def _set_allocator(config, device: torch.device) -> str:
+    """The option allocator=expandable_segments: segments that grow in place, so a large batch
+    fragments the cache less. Set before the session allocates; later segments follow it."""
+    setting = config.options.get("allocator", "default")
+    if setting == "expandable_segments" and device.type == "cuda":
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    return setting
+
+
+def optimizers_of(optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> list[torch.optim.Optimizer]:
+    """The session's optimizer and any other the workload built (kept in its `extra`, one level deep)."""
+    found = [optimizer]
+    for value in extra.values():
+        for item in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(item, torch.optim.Optimizer) and all(item is not o for o in found):
+                found.append(item)
+    return found
+
+
+def set_optimizer_kernels(optimizers: list[torch.optim.Optimizer], kind: str) -> str:
+    """The option optimizer=fused|foreach|for-loop, set on each parameter group before the first
+    step (the groups' `fused`/`foreach` flags are what the update reads; no state exists yet).
+    An optimizer without such an implementation is an error naming it, not a silent no-op."""
+    if kind == "auto":
+        return "the workload's choice"
+    for opt in optimizers:
+        accepts = inspect.signature(type(opt).__init__).parameters
+        if kind in ("fused", "foreach") and kind not in accepts:
+            raise RunFailure(f"option optimizer={kind}: {type(opt).__name__} has no {kind} implementation; drop the option")
+        for group in opt.param_groups:
+            if "fused" in accepts:
+                group["fused"] = kind == "fused"
+            if "foreach" in accepts:
+                group["foreach"] = kind == "foreach"
+    return kind
 
 
 def _to_memory_format(batch: Batch, fmt: torch.memory_format) -> Batch:
@@ -96,7 +148,8 @@ class TorchSession:
         self.device = torch.device(config.device)
         self.task = task
         self.threads = _set_cpu_threads(config) if self.device.type == "cpu" else {"intra_op": torch.get_num_threads(), "source": "torch default"}
-        flags = _set_precision_flags(config.precision, self.device, autotune=not spec.variable_shapes)
+        flags = _set_precision_flags(config.precision, self.device, autotune=_cudnn_autotune(config, spec))
+        allocator = _set_allocator(config, self.device)
         self.model = task.model.to(self.device)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -105,6 +158,7 @@ class TorchSession:
         # Under torchrun: DDP or FSDP2 (a no-op in a single process); before the optimizer.
         self.model = torch_distributed.wrap_model(self.model, config)
         self.optimizer = task.make_optimizer(self.model)
+        optimizer_kernels = set_optimizer_kernels(optimizers_of(self.optimizer, task.extra), config.options.get("optimizer", "auto"))
         compile_options = {**task.compile_options, **_compile_mode(config.options)}
         self.train_model = torch.compile(self.model, **compile_options) if config.compile else self.model
         dtype = PRECISION_DTYPES.get(config.precision)
@@ -137,6 +191,8 @@ class TorchSession:
                 "memory_format": "channels_last" if config.channels_last else "contiguous",
                 "precision_flags": flags,
                 "optimizer": type(self.optimizer).__name__,
+                "optimizer_kernels": optimizer_kernels,
+                "allocator": allocator,
                 "intra_op_threads": self.threads["intra_op"],
                 "threads": {**self.threads, "inter_op": torch.get_num_interop_threads()},
             },

@@ -1,0 +1,196 @@
+"""`tbd tune` on every workload of the suite from its paper configuration (paper flavor, fp32,
+eager, native layout), each with the same wall-time budget, through the CLI as users run it.
+
+    PYTHONPATH=src python3 bench/tune_gpu.py --out OUT                       # ~9 min on one H200 (8 x 55 s + overruns)
+    PYTHONPATH=src python3 bench/tune_gpu.py --out OUT --workloads resnet50,gpt --budget 240
+    PYTHONPATH=src python3 bench/tune_gpu.py --out OUT --device cpu --flavor tiny --budget 20 --workloads gpt   # smoke test
+
+Writes into OUT: tune_gpu.json (per workload: the whole `tbd tune --json` answer, the best run's
+metrics, wall time; rewritten after each workload), WORKLOAD.md (the trail, from --markdown),
+tune_gpu.md (one table), tune_speedups.png/.svg (one figure), report.html (`tbd report` of the
+tunings and their trials) and store/ (every trial's run). Prints one line per workload, then the
+issue's goals: resnet50 >= 6,900 images/s, gpt (124M) >= 50% MFU, every workload >= 1.2x.
+A workload that cannot run here (a3c needs gymnasium and ale-py) is a line saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SUITE = ("resnet50", "inception_v3", "gpt", "transformer", "seq2seq", "wgan", "deepspeech2", "faster_rcnn", "a3c")
+GOAL_SPEEDUP = 1.2
+GOALS = {"resnet50": ("images_per_s", 6900.0, "images/s"), "gpt": ("mfu_pct", 50.0, "% MFU")}
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+
+
+def paper_config(workload: str, flavor: str, device: str):
+    """The starting point: the flavor's batch, fp32 (the papers' precision), eager, native layout."""
+    from tbd.config import RunConfig
+
+    return RunConfig(workload=workload, flavor=flavor, device=device, precision="fp32").validated()
+
+
+def first_json(text: str) -> dict:
+    """The JSON object `tbd tune --json` printed (libraries may print lines of their own)."""
+    start = text.find("{")
+    if start < 0:
+        raise ValueError("no JSON in the output")
+    return json.JSONDecoder().raw_decode(text[start:])[0]
+
+
+def tune_one(workload: str, args, out: Path, store: Path) -> dict:
+    from tbd.errors import UsageError
+    from tbd.results.store import Store
+
+    row: dict = {"workload": workload}
+    try:
+        config = paper_config(workload, args.flavor, args.device)
+    except UsageError as exc:  # e.g. a3c without gymnasium: say why, go on
+        row["skipped"] = str(exc)
+        return row
+    cmd = [sys.executable, "-m", "tbd.cli", "tune", workload, "--device", args.device, "--flavor", args.flavor, "--precision", "fp32",
+           "--batch-size", str(config.batch_size), "--budget", f"{args.budget:g}s", "--max-time", f"{args.max_time:g}",
+           "--home", str(store), "--json", "--markdown", str(out / f"{workload}.md"), *args.tune_args.split()]
+    t0 = time.time()
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.budget * 2 + 240, env=env)
+    except subprocess.TimeoutExpired:
+        row.update(error=f"tbd tune ran past {args.budget * 2 + 240:.0f} s", wall_s=time.time() - t0)
+        return row
+    row["wall_s"] = time.time() - t0
+    row["command"] = " ".join(cmd[2:])
+    try:
+        answer = first_json(proc.stdout)
+    except ValueError:
+        row["error"] = f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-600:]}"
+        return row
+    row["tune"] = answer
+    if answer.get("best_run_id"):
+        best = Store(store).get(answer["best_run_id"])
+        base = Store(store).get(answer["baseline_run_id"])
+        keep = ("mfu_pct", "model_tflops_per_s", "step_time_ms_p50", "throughput_ci95_half_width_pct", "gpu_util_nvml_pct")
+        unit = answer["unit"]
+        row["best_metrics"] = {k: (best.get("metrics") or {}).get(k) for k in (f"{unit}_per_s", *keep)}
+        row["start_metrics"] = {k: (base.get("metrics") or {}).get(k) for k in (f"{unit}_per_s", *keep)}
+        row["best_peak_allocated_gib"] = ((best.get("memory") or {}).get("peak_allocated_bytes") or 0) / 2**30
+        row["device_name"] = (best.get("environment") or {}).get("device_name")
+    return row
+
+
+def line(row: dict) -> str:
+    w = row["workload"]
+    if "skipped" in row:
+        return f"{w:13s} skipped: {row['skipped']}"
+    if "error" in row:
+        return f"{w:13s} error: {row['error']}"
+    t = row["tune"]
+    if not t.get("best_run_id"):
+        return f"{w:13s} no result: {t['stopped']}"
+    ci = t.get("speedup_ci95")
+    ci_text = f" [{ci[0]:.2f}-{ci[1]:.2f}]" if ci else ""
+    kept = [s["change"] for s in t["trail"][1:] if s["kept"]]
+    mfu = row["best_metrics"].get("mfu_pct")
+    return (f"{w:13s} {t['baseline_throughput']:>12,.1f} -> {t['best_throughput']:>12,.1f} {t['unit']}/s  x{t['speedup']:.2f}{ci_text}"
+            f"  MFU {'-' if mfu is None else f'{mfu:.1f}%'}  trials {len(t['trail']) - 1}, kept: {', '.join(kept) or 'none'}"
+            f"  ({row['wall_s']:.0f} s; {t['stopped'][:70]})")
+
+
+def goals(rows: list[dict]) -> list[str]:
+    out = []
+    by = {r["workload"]: r for r in rows if r.get("tune", {}).get("best_run_id")}
+    for w, (metric, target, unit) in GOALS.items():
+        if w not in by:
+            out.append(f"goal {w} >= {target:,.0f} {unit}: not measured")
+            continue
+        value = by[w]["best_metrics"].get(metric)
+        verdict = "met" if value is not None and value >= target else "NOT met"
+        out.append(f"goal {w} >= {target:,.0f} {unit}: {verdict} ({'-' if value is None else f'{value:,.1f}'})")
+    for w, r in by.items():
+        s = r["tune"]["speedup"]
+        if s < GOAL_SPEEDUP:
+            out.append(f"goal {w} >= {GOAL_SPEEDUP}x its paper configuration: NOT met ({s:.2f}x)")
+    met = [w for w, r in by.items() if r["tune"]["speedup"] >= GOAL_SPEEDUP]
+    out.append(f"goal every workload >= {GOAL_SPEEDUP}x: met by {len(met)} of {len(by)} tuned ({', '.join(met)})")
+    return out
+
+
+def write_summary(rows: list[dict], out: Path, store: Path) -> None:
+    """One Markdown table, the speedup figure and the HTML report of the tunings with their trials."""
+    lines = ["| workload | start | tuned | unit/s | speedup (95% CI) | MFU tuned | kept changes | best command |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r.get("tune") or {}
+        if not t.get("best_run_id"):
+            lines.append(f"| {r['workload']} | | | | {r.get('skipped') or r.get('error') or t.get('stopped', '')} | | | |")
+            continue
+        ci = t.get("speedup_ci95")
+        mfu = r["best_metrics"].get("mfu_pct")
+        kept = "; ".join(s["change"] for s in t["trail"][1:] if s["kept"]) or "none"
+        lines.append(f"| {r['workload']} | {t['baseline_throughput']:,.1f} | {t['best_throughput']:,.1f} | {t['unit']} | {t['speedup']:.2f}x"
+                     + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "") + f" | {'-' if mfu is None else f'{mfu:.1f}%'} | {kept} | `{t['command']}` |")
+    (out / "tune_gpu.md").write_text("\n".join(lines) + "\n")
+    ids = [r["tune"]["id"] for r in rows if r.get("tune", {}).get("id")]
+    if not ids:
+        return
+    try:
+        from tbd.commands.report import trial_runs
+        from tbd.report import plots, tune as tune_view
+        from tbd.report.html import write_report
+        from tbd.results.store import Store
+
+        s = Store(store)
+        records = s.records(set(ids))
+        fig = tune_view.speedups(records)
+        if fig is not None:
+            plots.save(fig, out, "tune_speedups")
+        write_report(records + trial_runs(s, records), out / "report.html", "tbd tune: the suite from its paper configurations")
+    except ImportError as exc:  # matplotlib missing: the JSON and Markdown stand alone
+        print(f"no figure or report: {exc}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="bench-out/tune")
+    ap.add_argument("--workloads", default=",".join(SUITE), help="comma list (default: the suite)")
+    ap.add_argument("--budget", type=float, default=55.0, help="seconds of tuning per workload (default: 55)")
+    ap.add_argument("--max-time", type=float, default=4.0, help="steady seconds per trial (default: 4)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--flavor", default="paper")
+    ap.add_argument("--tune-args", default="", help="more tbd tune options, given with '=': --tune-args='--no-profile --skip compile_mode'")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "store"
+    sys.path.insert(0, SRC)
+    from importlib.metadata import version
+
+    from tbd.metrics.devices import gpu_info
+
+    info = gpu_info(0)  # NVML: no CUDA context in this process while the trials run
+    gpu = f"{info['name']} (driver {info['driver']})" if info else "no GPU"
+    torch_version = version("torch")
+    print(f"tbd tune over the suite: {gpu}, torch {torch_version}, {dt.date.today()}, budget {args.budget:g} s per workload, "
+          f"{args.max_time:g} s per trial", flush=True)
+    rows: list[dict] = []
+    for workload in [w for w in args.workloads.split(",") if w]:
+        row = tune_one(workload, args, out, store)
+        rows.append(row)
+        print(line(row), flush=True)
+        (out / "tune_gpu.json").write_text(json.dumps({"device": gpu, "torch": torch_version, "date": str(dt.date.today()),
+                                                       "budget_s": args.budget, "max_time_s": args.max_time, "rows": rows},
+                                                      indent=1, default=str))
+    write_summary(rows, out, store)
+    for g in goals(rows):
+        print(g)
+    print(f"wrote {out}/tune_gpu.json, tune_gpu.md, report.html and one WORKLOAD.md per workload")
+
+
+if __name__ == "__main__":
+    main()

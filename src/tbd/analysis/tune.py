@@ -1,0 +1,446 @@
+"""`tbd tune WORKLOAD`: the fastest configuration of a workload on this machine, step by step.
+
+The search is greedy and measured (`search`): measure the starting configuration; then, while
+the budget lasts, take the most promising change from the current best, measure it, and keep it
+only when it helps beyond the 95% confidence interval; stop when no applicable change is left.
+- Candidates are the levers' proposals (`tbd.analysis.levers`) from the current best. Those the
+  analysis of the current best recommends (`tbd.analysis.recommend`, from its trace) come
+  first, ordered by their expected gain; the rest follow in the levers' order, with no estimate.
+- Each trial is a run in its own process through the same harness as `tbd run` (warm-up
+  detection, steady window, stop at the target CI), stored in the store like any run.
+- A change is kept when the 95% CI of the throughput ratio new / best lies above 1 and the ratio
+  is at least 1 + `min_gain_pct`. The ratio is of median throughputs over each run's steady
+  window, its CI a percentile bootstrap over the per-step rates (`tbd compare`'s statistic).
+- A change that was measured is not tried again; a larger batch that ran out of memory bounds
+  the batch lever from then on (it bisects towards that batch), as does a confirmed maximum batch
+  in the store (`tbd memory --max-batch`).
+- The budget is wall time from the start, the baseline included. No trial starts with less left
+  than half the shortest trial so far took; the trial in flight when the budget ends is stopped
+  once it stops reporting (so it may overrun by about its --max-time).
+
+Measuring is behind `Backend` (`measure(config, timeout_s)` -> stored record, `recommend(record)`
+-> the analysis' recommendations), so the tests drive the search with a fake one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tbd import registry
+from tbd.analysis.levers import Change, Context, Lever, apply_change, change_key, levers_for
+from tbd.config import RunConfig
+from tbd.errors import UsageError, closest
+from tbd.results.record import RunRecord, has_result
+from tbd.topology import world_size
+
+MIN_GAIN_PCT = 1.0  # a kept change must also gain this much at the point estimate
+# A trial's trace covers at most this many steps after its timed ones: enough for the kernel shares
+# the recommendations use, and quick to write and read (a GPU run's default spans NVML's 3 s window).
+TRACE_STEPS = 10
+SHORTEST_TRIAL_SHARE = 0.5  # no trial starts with less budget left than this share of the shortest one so far
+METHOD = ("greedy search over run options: each trial a separate measured run (same harness as tbd run); a change is kept when the "
+          "95% CI of the throughput ratio (new / current best: medians of the steady window, percentile bootstrap over per-step "
+          "rates, as tbd compare) lies above 1 and the ratio is at least 1 + min_gain")
+
+
+class Backend(Protocol):
+    def measure(self, config: RunConfig, timeout_s: float | None) -> dict[str, Any]:
+        """Run `config` (a child process), store its record and return it (failed runs too)."""
+
+    def recommend(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """The analysis' recommendations for a measured run (empty where there is none)."""
+
+
+@dataclass
+class Trial:
+    """One step of the trail."""
+
+    step: int
+    lever: str
+    change: str
+    apply: dict[str, Any]
+    expected_gain_pct: float | None
+    expected_basis: str
+    run_id: str | None = None
+    throughput: float | None = None
+    measured_gain_pct: float | None = None
+    gain_ci95_pct: list[float] | None = None  # [low, high] of the measured gain
+    kept: bool = False
+    why: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class TuneResult:
+    start_config: dict[str, Any]
+    best_config: dict[str, Any]
+    unit: str
+    budget_s: float
+    keep_semantics: bool
+    min_gain_pct: float
+    levers: list[str]  # the levers the search could pull
+    left_out: dict[str, str]  # lever -> why it was not tried (--keep-semantics, --skip, not applicable here)
+    baseline_run_id: str | None = None
+    best_run_id: str | None = None
+    baseline_throughput: float | None = None
+    best_throughput: float | None = None
+    speedup: float | None = None
+    speedup_ci95: list[float] | None = None
+    trail: list[Trial] = field(default_factory=list)
+    stopped: str = ""
+    elapsed_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    command: str = ""
+    toml: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- statistics ---------------------------------------------------------------------------
+
+
+def gain(before: dict[str, Any], after: dict[str, Any]) -> tuple[float, float, float]:
+    """Throughput ratio after / before with its 95% bootstrap CI (nan bounds: too few steps)."""
+    from tbd.report.compare import ratio_ci, steady_rates
+
+    return ratio_ci(steady_rates(before), steady_rates(after))
+
+
+def verdict(ratio: float, low: float, high: float, min_gain_pct: float) -> tuple[bool, str]:
+    """(kept, why) for a measured ratio and its CI."""
+    span = f"gain {(ratio - 1) * 100:+.1f}%, 95% CI {(low - 1) * 100:+.1f}% .. {(high - 1) * 100:+.1f}%"
+    if math.isnan(low) or math.isnan(high):
+        return False, f"gain {(ratio - 1) * 100:+.1f}% without a CI (too few steady steps; raise --max-time)"
+    if low > 1.0 and ratio >= 1.0 + min_gain_pct / 100.0:
+        return True, f"kept: {span} lies above 0"
+    if low > 1.0:
+        return False, f"not kept: {span} is above 0 but below the {min_gain_pct:g}% worth keeping"
+    if high < 1.0:
+        return False, f"not kept: slower ({span})"
+    return False, f"not kept: within noise ({span} includes 0)"
+
+
+# ---- the search ---------------------------------------------------------------------------
+
+
+def throughput_of(record: dict[str, Any]) -> float | None:
+    unit = (record.get("workload") or {}).get("unit", "samples")
+    metrics = record.get("metrics") or {}
+    return metrics.get(f"{unit}_per_s") or metrics.get("samples_per_s")
+
+
+def check_skip(skip: list[str], config: RunConfig) -> None:
+    names = [lever.name for lever in levers_for(config)]
+    for name in skip:
+        if name not in names:
+            raise UsageError(f"--skip {name}: no such lever{closest(name, names)}; levers here: {', '.join(names)}")
+
+
+def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantics: bool = False, skip: tuple[str, ...] = (),
+           min_gain_pct: float = MIN_GAIN_PCT, batch_max: int | None = None, clock: Callable[[], float] = time.monotonic,
+           on_trial: Callable[[Trial], None] | None = None, on_start: Callable[[Trial], None] | None = None) -> TuneResult:
+    """Tune `start` (validated) within `budget_s` seconds of wall time; see the module docstring."""
+    began = clock()
+    levers = levers_for(start)
+    left_out: dict[str, str] = {}
+    active: list[Lever] = []
+    for lever in levers:
+        if lever.name in skip:
+            left_out[lever.name] = "--skip"
+        elif keep_semantics and lever.changes_semantics:
+            left_out[lever.name] = "--keep-semantics (it changes the training math)"
+        else:
+            active.append(lever)
+    spec = registry.get_spec(start.workload)
+    result = TuneResult(start_config=start.to_dict(), best_config=start.to_dict(), unit=spec.unit, budget_s=budget_s,
+                        keep_semantics=keep_semantics, min_gain_pct=min_gain_pct, levers=[lv.name for lv in active], left_out=left_out)
+
+    def remaining() -> float:
+        return budget_s - (clock() - began)
+
+    baseline_trial = Trial(step=0, lever="start", change="the starting configuration", apply={}, expected_gain_pct=None,
+                           expected_basis="the baseline every gain is measured against")
+    if on_start:
+        on_start(baseline_trial)
+    t0 = clock()
+    base = backend.measure(start, max(remaining(), 1.0))
+    baseline_trial.seconds, baseline_trial.run_id = clock() - t0, base.get("id")
+    result.trail.append(baseline_trial)
+    if not has_result(base):
+        message = (base.get("error") or {}).get("message", "failed")
+        baseline_trial.why = f"the starting configuration did not run: {message}"
+        result.stopped = baseline_trial.why + "; fix it (a smaller --batch-size, another --precision) and tune again"
+        result.elapsed_s = clock() - began
+        if on_trial:
+            on_trial(baseline_trial)
+        return result
+    baseline_trial.throughput = throughput_of(base)
+    baseline_trial.kept, baseline_trial.why = True, "baseline"
+    if on_trial:
+        on_trial(baseline_trial)
+    result.baseline_run_id = result.best_run_id = base["id"]
+    result.baseline_throughput = result.best_throughput = baseline_trial.throughput
+    best_record, best = base, start
+    recommendations = backend.recommend(base)
+    tried: set[str] = set()
+    ctx = Context(config=best, batch_max=batch_max)
+    step = 0
+    try:
+        while True:
+            if remaining() <= 0:
+                result.stopped = f"the budget of {budget_s:g} s ended"
+                break
+            shortest = min(t.seconds for t in result.trail if t.run_id)
+            if remaining() < SHORTEST_TRIAL_SHARE * shortest:
+                result.stopped = (f"the budget of {budget_s:g} s ends before another trial could finish "
+                                  f"({remaining():.0f} s left, the shortest trial took {shortest:.0f} s)")
+                break
+            ctx.config = best
+            candidates = _candidates(active, ctx, recommendations, tried, result.left_out)
+            if not candidates:
+                result.stopped = "nothing applicable is left to try: every lever's changes from the best configuration were measured"
+                break
+            change, expected, basis = candidates[0]
+            tried.add(change.key)
+            step += 1
+            trial = Trial(step=step, lever=change.lever, change=change.label, apply=change.apply, expected_gain_pct=expected, expected_basis=basis)
+            try:
+                config = apply_change(best, change.apply).validated()
+            except UsageError as exc:
+                trial.why = f"not applicable: {exc}"
+                result.trail.append(trial)
+                if on_trial:
+                    on_trial(trial)
+                continue
+            if on_start:
+                on_start(trial)
+            t0 = clock()
+            record = backend.measure(config, max(remaining(), 1.0))
+            trial.seconds, trial.run_id = clock() - t0, record.get("id")
+            result.trail.append(trial)
+            if not has_result(record):
+                error = record.get("error") or {}
+                if remaining() <= 0:
+                    trial.why = f"not kept: the budget ended during the trial ({error.get('kind', 'failed')})"
+                else:
+                    trial.why = f"not kept: the run failed ({error.get('kind', 'error')}: {str(error.get('message', ''))[:200]})"
+                if error.get("kind") == "oom" and "batch_size" in change.apply:
+                    ctx.batch_fails = min(ctx.batch_fails or change.apply["batch_size"], change.apply["batch_size"])
+            else:
+                trial.throughput = throughput_of(record)
+                ratio, low, high = gain(best_record, record)
+                trial.measured_gain_pct = (ratio - 1) * 100.0
+                trial.gain_ci95_pct = [(low - 1) * 100.0, (high - 1) * 100.0] if not math.isnan(low) else None
+                trial.kept, trial.why = verdict(ratio, low, high, min_gain_pct)
+            if on_trial:
+                on_trial(trial)
+            if trial.kept:
+                best_record, best = record, config
+                result.best_run_id, result.best_throughput, result.best_config = record["id"], trial.throughput, config.to_dict()
+                recommendations = backend.recommend(record)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the answer so far is still an answer (the command stores it)
+        result.stopped, result.interrupted = "interrupted; the trials so far are stored", True
+    result.elapsed_s = clock() - began
+    for name in {t.lever for t in result.trail}:  # a lever that was tried is not "left out", whatever it says now
+        result.left_out.pop(name, None)
+    if best_record is not base:
+        ratio, low, high = gain(base, best_record)
+        result.speedup, result.speedup_ci95 = ratio, None if math.isnan(low) else [low, high]
+    else:
+        result.speedup = 1.0
+    result.command = run_command(best)
+    result.toml = toml_snippet(best, result)
+    return result
+
+
+def _candidates(levers: list[Lever], ctx: Context, recommendations: list[dict[str, Any]], tried: set[str],
+                left_out: dict[str, str]) -> list[tuple[Change, float | None, str]]:
+    """(change, expected gain %, basis) not tried yet, best first: the recommended ones by their
+    expected gain, then the others in lever order."""
+    recommended: dict[str, dict[str, Any]] = {}
+    ctx.suggested = {}
+    for rec in recommendations:
+        apply = rec.get("apply")
+        owner = next((lv for lv in levers if apply and lv.owns(apply)), None)
+        if owner is not None:
+            ctx.suggested.setdefault(owner.name, []).append(apply)
+            recommended.setdefault(change_key(apply), rec)
+    out = []
+    for order, lever in enumerate(levers):
+        proposal = lever.propose(ctx)
+        if isinstance(proposal, str):
+            left_out.setdefault(lever.name, proposal)
+            continue
+        for change in proposal:
+            if change.key in tried:
+                continue
+            rec = recommended.get(change.key)
+            if rec is not None:
+                low, high = rec.get("expected_gain_range_pct") or (rec["expected_gain_pct"], rec["expected_gain_pct"])
+                basis = f"{rec['action']}: {rec.get('basis', '')} (range +{low:.0f}..+{high:.0f}%)"
+                out.append((0, -rec["expected_gain_pct"], order, change, rec["expected_gain_pct"], basis))
+            else:
+                out.append((1, 0.0, order, change, None, "no estimate: not among the analysis' recommendations for the current best"))
+    out.sort(key=lambda c: c[:3])
+    return [(c[3], c[4], c[5]) for c in out]
+
+
+# ---- the answer as a command line and a sweep file -----------------------------------------
+
+DEFAULTS = RunConfig(workload="-")
+
+
+def run_command(config: RunConfig) -> str:
+    """The `tbd run` command line that measures `config`."""
+    words = ["tbd", "run", config.workload, "--framework", config.framework, "--flavor", config.flavor, "--device", config.device,
+             "--batch-size", str(config.batch_size), "--precision", config.precision]
+    if config.channels_last:
+        words.append("--channels-last")
+    if config.compile:
+        words.append("--compile")
+    for key, value in sorted(config.options.items()):
+        words += ["--option", f"{key}={value}"]
+    hp = dict(config.hparams)
+    if "seq_len" in hp:
+        words += ["--seq-len", str(hp.pop("seq_len"))]
+    if "hf_config" in hp:
+        words += ["--hf-config", ",".join(f"{k}={v}" for k, v in hp.pop("hf_config").items())]
+    for name, flag in (("nproc_per_node", "--nproc-per-node"), ("nnodes", "--nnodes"), ("parallel", "--parallel"),
+                       ("ddp_bucket_mb", "--ddp-bucket-mb"), ("seed", "--seed"), ("max_time_s", "--max-time"), ("target_ci_pct", "--target-ci")):
+        value = getattr(config, name)
+        if value != getattr(DEFAULTS, name):
+            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    line = shlex.join(words)
+    if hp:  # hyperparameters without a flag: say so rather than drop them silently
+        line += f"  # and hyperparameters {hp} (no flag; use the Python API)"
+    return line
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def toml_snippet(config: RunConfig, result: TuneResult | None = None) -> str:
+    """A sweep file (`tbd sweep --file`) of the one configuration."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{config.workload}-tuned").strip("-")
+    lines = []
+    if result is not None and result.speedup:
+        lines.append(f"# tbd tune: {result.speedup:.2f}x the starting configuration ({result.best_run_id})")
+    lines += [f"name = {_toml_value(name)}", f"workloads = [{_toml_value(config.workload)}]", f"frameworks = [{_toml_value(config.framework)}]",
+              f"flavors = [{_toml_value(config.flavor)}]", f"devices = [{_toml_value(config.device)}]",
+              f"precisions = [{_toml_value(config.precision)}]", f"batch_sizes = [{config.batch_size}]",
+              f"compile = {_toml_value(config.compile)}", f"channels_last = {_toml_value(config.channels_last)}"]
+    if config.options:
+        lines += ["", "[options]"] + [f"{k} = {_toml_value(v)}" for k, v in sorted(config.options.items())]
+    lines += ["", "[budget]", f"max_time = {config.max_time_s:g}", f"target_ci = {config.target_ci_pct:g}"]
+    if world_size(config) > 1 or config.hparams:
+        lines.insert(0, "# a sweep file has no keys for processes, DDP buckets or hyperparameters: run the command line for those")
+    return "\n".join(lines) + "\n"
+
+
+# ---- the record ---------------------------------------------------------------------------
+
+
+def tune_record(result: TuneResult, best_record: dict[str, Any] | None, method: dict[str, Any]) -> RunRecord:
+    """The store's record of a tuning: the best configuration with its measured figures, the
+    whole trail under `tune`, and how it was found under `method.tune`."""
+    config = RunConfig.from_dict(result.best_config)
+    record = RunRecord.for_run(config, registry.get_spec(config.workload), kind="tune")
+    record.tune = result.to_dict()
+    record.method = {"tune": {"search": METHOD, **method}}
+    if best_record is None:
+        record.fail("error", result.stopped)
+        return record
+    record.environment = dict(best_record.get("environment") or {})
+    record.workload = dict(best_record.get("workload") or record.workload)
+    record.metrics = {**(best_record.get("metrics") or {}), "speedup_x": result.speedup,
+                      "speedup_ci95_low_x": (result.speedup_ci95 or [None, None])[0],
+                      "speedup_ci95_high_x": (result.speedup_ci95 or [None, None])[1]}
+    record.memory = dict(best_record.get("memory") or {})
+    record.method["convergence"] = (best_record.get("method") or {}).get("convergence")
+    record.method["best_run"] = best_record.get("method")
+    return record.succeed()
+
+
+def parse_budget(text: str) -> float:
+    """'10m', '90s', '1h', '1h30m' or plain seconds -> seconds."""
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        seconds = float(t)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", t)
+        if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(h|m|s)", "", t).strip():
+            raise UsageError(f"--budget takes a time like 10m, 90s or 1h30m, got '{text}'")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UsageError(f"--budget must be a positive time, got '{text}'; e.g. --budget 10m")
+    return seconds
+
+
+# ---- the real backend ---------------------------------------------------------------------
+
+
+class StoreBackend:
+    """Trials as runs in child processes through the harness, stored in `store`; with `profile`
+    each trial also traces a few steady steps after its timed ones (outside the measurement),
+    and the analysis of the trace gives the recommendations for the next step."""
+
+    def __init__(self, store, profile: bool = True, progress: Callable[[dict], None] | None = None):
+        self.store, self.profile, self.progress = store, profile, progress
+        self.notes: list[str] = []
+
+    def measure(self, config: RunConfig, timeout_s: float | None) -> dict[str, Any]:
+        from tbd.analysis.capture import adopt_trace
+        from tbd.harness.launcher import launch, run_isolated
+
+        traceable = registry.framework(config.framework).capabilities.trace and world_size(config) == 1
+        config = dataclasses.replace(config, profile=self.profile and traceable, profile_steps=TRACE_STEPS, ncu=False, isolate=True)
+        if world_size(config) == 1:
+            record = run_isolated(config, self.progress, timeout_s)
+        else:
+            record = launch(config, self.progress)
+        if config.profile:  # into this store; read by `recommend` if the trial is kept (or later by tbd analyze)
+            adopt_trace(record, self.store)
+        self.store.save(record)
+        return record.to_dict() if isinstance(record, RunRecord) else record
+
+    def recommend(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        from tbd.analysis.analyze import analyze
+
+        try:
+            analysis = analyze(record, self.store.home)
+        except Exception as exc:  # no analysis is no estimate, not the end of the search
+            self.notes.append(f"run {record['id']}: no analysis ({type(exc).__name__}: {str(exc)[:160]}); levers tried without estimates")
+            return []
+        record.setdefault("analysis", {})["report"] = analysis
+        self.store.save(record)
+        return analysis["recommendations"]
+
+
+def confirmed_max_batch(store, config: RunConfig) -> int | None:
+    """The newest confirmed largest batch (`tbd memory --max-batch` on this device) of the same
+    workload, framework, flavor and precision, if the store has one."""
+    try:
+        records = store.list(workload=config.workload, framework=config.framework, flavor=config.flavor, device=config.device)
+    except Exception:
+        return None
+    for r in records:  # newest first
+        if r.get("kind") != "memory" or r["config"].get("precision") != config.precision:
+            continue
+        confirmed = (((r.get("memory_profile") or {}).get("batch_model") or {}).get("confirmed") or {})
+        if confirmed.get("largest_fitting"):
+            return int(confirmed["largest_fitting"])
+    return None

@@ -1,0 +1,272 @@
+"""`tbd tune`'s search on a fake measurement backend: what is kept (only gains beyond the CI),
+when it stops (nothing left, the budget), what --keep-semantics and --skip leave out, how an
+out-of-memory bounds the batch, and that the answer (command line, sweep file, record) is ready
+to use. No process is started here; tests/cli/test_tune_cli.py runs the real thing once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tbd.analysis import tune
+from tbd.analysis.levers import apply_change, levers_for
+from tbd.config import RunConfig
+from tbd.errors import UsageError
+from tbd.results.record import RunRecord
+
+STEPS = 40
+
+
+def start_config(**over) -> RunConfig:
+    return RunConfig(**{"workload": "resnet50", "flavor": "tiny", "device": "cpu", **over}).validated()
+
+
+class FakeBackend:
+    """Throughput = base x the factor of each setting present; per-step rates with `noise_pct`
+    spread (seeded by the config); `oom_above` batch sizes fail as out of memory; each trial
+    takes `trial_s` seconds of the fake clock."""
+
+    def __init__(self, factors: dict, noise_pct: float = 1.0, trial_s: float = 10.0, oom_above: int | None = None,
+                 recommendations: list | None = None, fail_start: bool = False):
+        self.factors, self.noise, self.trial_s, self.oom_above = factors, noise_pct / 100.0, trial_s, oom_above
+        self.recommendations, self.fail_start = recommendations or [], fail_start
+        self.now = 0.0
+        self.measured: list[RunConfig] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def speed(self, config: RunConfig) -> float:
+        rate = 100.0 * (config.batch_size / 4) ** 0.5  # grows with the batch, less than linearly
+        for (name, value), factor in self.factors.items():
+            now = config.options.get(name[8:]) if name.startswith("options.") else getattr(config, name)
+            if now == value:
+                rate *= factor
+        return rate
+
+    def measure(self, config: RunConfig, timeout_s):
+        self.now += self.trial_s
+        self.measured.append(config)
+        run_id = f"run-{len(self.measured)}"
+        if self.fail_start and len(self.measured) == 1:
+            return RunRecord.failed(config, "error", "injected: the model does not build", run_id).to_dict()
+        if self.oom_above and config.batch_size > self.oom_above:
+            return RunRecord.oom(config, f"out of memory at batch size {config.batch_size}", run_id).to_dict()
+        rng = np.random.default_rng(abs(hash(tune.change_key(config.to_dict()))) % 2**32)
+        rate = self.speed(config)
+        units = [float(config.batch_size)] * STEPS
+        step_s = [u / (rate * (1 + self.noise * rng.standard_normal())) for u in units]
+        return {"id": run_id, "status": "ok", "config": config.to_dict(), "workload": {"unit": "images"}, "environment": {"hostname": "fake"},
+                "metrics": {"images_per_s": rate, "warmup_steps": 0}, "samples": {"step_s": step_s, "units": units}, "method": {}}
+
+    def recommend(self, record):
+        return list(self.recommendations)
+
+
+def run(backend: FakeBackend, budget_s: float = 1e6, **kw) -> tune.TuneResult:
+    return tune.search(start_config(**kw.pop("start", {})), backend, budget_s=budget_s, clock=backend.clock, **kw)
+
+
+def by_change(result: tune.TuneResult) -> dict[str, tune.Trial]:
+    return {t.change: t for t in result.trail}
+
+
+def test_keeps_only_gains_beyond_the_confidence_interval_and_stops_when_nothing_is_left():
+    backend = FakeBackend({("channels_last", True): 1.30, ("compile", True): 1.003, ("precision", "bf16"): 0.8,
+                           ("options.optimizer", "fused"): 1.05}, noise_pct=2.0)
+    result = run(backend, batch_max=8)
+    trail = by_change(result)
+    assert trail["channels_last memory format"].kept
+    assert trail["channels_last memory format"].gain_ci95_pct[0] > 0  # the CI lies above 0
+    assert not trail["torch.compile"].kept and "within noise" in trail["torch.compile"].why  # +0.3% in 2% noise
+    assert not trail["precision fp32 -> bf16"].kept and "slower" in trail["precision fp32 -> bf16"].why
+    assert trail["optimizer kernels default -> fused"].kept
+    assert trail["batch 4 -> 8"].kept  # the batch stops at the confirmed maximum (8)
+    best = RunConfig.from_dict(result.best_config)
+    assert (best.channels_last, best.compile, best.precision, best.batch_size, best.options["optimizer"]) == (True, False, "fp32", 8, "fused")
+    assert result.stopped.startswith("nothing applicable is left")
+    assert result.speedup == pytest.approx(1.30 * 1.05 * 2 ** 0.5, rel=0.05)
+    changes = [t.change for t in result.trail]
+    assert len(changes) == len(set(changes))  # no change is measured twice
+    assert result.left_out["compile_mode"] == "applies on cuda only"
+
+
+def test_budget_ends_the_search():
+    backend = FakeBackend({("channels_last", True): 1.3}, trial_s=10.0)
+    result = run(backend, budget_s=35.0)
+    assert len(backend.measured) == 4  # the baseline and three trials started before 35 s
+    assert result.stopped == "the budget of 35 s ended"
+    assert result.elapsed_s == pytest.approx(40.0)
+
+
+def test_an_interrupt_ends_the_search_with_the_best_so_far():
+    class Interrupted(FakeBackend):
+        def measure(self, config, timeout_s):
+            if len(self.measured) == 2:
+                raise KeyboardInterrupt
+            return super().measure(config, timeout_s)
+
+    result = run(Interrupted({("precision", "bf16"): 1.5}))
+    assert result.interrupted and result.stopped.startswith("interrupted")
+    assert [t.kept for t in result.trail] == [True, True] and RunConfig.from_dict(result.best_config).precision == "bf16"
+    assert result.command and result.speedup == pytest.approx(1.5, rel=0.05)
+
+
+def test_keep_semantics_and_skip_leave_levers_out():
+    backend = FakeBackend({("precision", "bf16"): 2.0})
+    result = run(backend, keep_semantics=True, skip=("compile",))
+    assert not any(t.lever in ("precision", "batch_size", "compile") for t in result.trail)
+    assert "keep-semantics" in result.left_out["precision"] and "keep-semantics" in result.left_out["batch_size"]
+    assert result.left_out["compile"] == "--skip"
+    best = RunConfig.from_dict(result.best_config)
+    assert best.precision == "fp32" and best.batch_size == 4
+    with pytest.raises(UsageError, match="--skip compiel: no such lever .did you mean: compile"):
+        tune.check_skip(["compiel"], start_config())
+
+
+def test_recommended_changes_go_first_by_expected_gain():
+    recs = [{"action": "torch.compile", "expected_gain_pct": 40.0, "expected_gain_range_pct": [20.0, 80.0], "basis": "fusion", "apply": {"compile": True}},
+            {"action": "fused optimizer", "expected_gain_pct": 60.0, "basis": "optimizer time", "apply": {"options": {"optimizer": "fused"}}},
+            {"action": "more workers", "expected_gain_pct": 90.0, "basis": "input", "apply": None}]
+    backend = FakeBackend({("compile", True): 1.2}, recommendations=recs)
+    result = run(backend, budget_s=35.0)
+    assert [t.change for t in result.trail[1:3]] == ["optimizer kernels default -> fused", "torch.compile"]
+    assert result.trail[2].expected_gain_pct == 40.0 and "+20..+80%" in result.trail[2].expected_basis
+    assert result.trail[3].expected_gain_pct is None and result.trail[3].expected_basis.startswith("no estimate")
+
+
+def test_out_of_memory_bounds_the_batch_and_bisects_towards_it():
+    backend = FakeBackend({}, oom_above=12)
+    result = run(backend, skip=("precision", "channels_last", "compile", "optimizer", "threads"), start={"batch_size": 4})
+    batches = [(t.apply.get("batch_size"), t.kept) for t in result.trail if t.lever == "batch_size"]
+    # 8 fits and helps; 16 runs out of memory; then halfway: 12 fits; then 14 (halfway to 16) fails
+    assert batches == [(8, True), (16, False), (12, True), (14, False)]
+    assert "oom" in by_change(result)["batch 8 -> 16"].why
+    assert RunConfig.from_dict(result.best_config).batch_size == 12
+
+
+def test_a_starting_configuration_that_fails_ends_the_search_with_its_reason():
+    result = run(FakeBackend({}, fail_start=True))
+    assert result.best_run_id is None and len(result.trail) == 1
+    assert "did not run: injected" in result.stopped
+    record = tune.tune_record(result, None, {})
+    assert record.status == "failed" and record.kind == "tune"
+
+
+def test_the_answer_is_a_ready_command_line_a_sweep_file_and_a_record(tmp_path):
+    from tbd.cli import build_parser
+    from tbd.commands.options import config_from_args
+    from tbd.sweep import spec as sweep_spec
+
+    backend = FakeBackend({("channels_last", True): 1.3, ("options.optimizer", "foreach"): 1.2}, noise_pct=0.5)
+    result = run(backend, batch_max=4, start={"max_time_s": 5.0})
+    best = RunConfig.from_dict(result.best_config).validated()
+    assert best.channels_last and best.options == {"optimizer": "foreach"}
+    # the command line parses back to the same configuration
+    args = build_parser().parse_args(result.command.split()[1:])
+    assert config_from_args(args, args.workload).to_dict() == best.to_dict()
+    # the sweep file plans exactly that configuration
+    plan = sweep_spec.plan(sweep_spec.parse_text(result.toml, "tuned.toml"))
+    assert len(plan.lines) == 1 and plan.lines[0].batches == [best.batch_size]
+    planned = plan.lines[0].config(best.batch_size)
+    assert (planned.channels_last, planned.options, planned.precision, planned.max_time_s) == (True, {"optimizer": "foreach"}, "fp32", 5.0)
+    # the record: typed, with its config, method and trail, and read back the same
+    best_record = backend.measure(best, None)
+    record = tune.tune_record(result, best_record, {"budget_s": 1e6})
+    assert record.kind == "tune" and record.status == "ok" and record.config == best.to_dict()
+    assert record.metrics["speedup_x"] == result.speedup and "greedy search" in record.method["tune"]["search"]
+    back = RunRecord.from_dict(record.to_dict())
+    assert back.tune["trail"][1]["change"] == result.trail[1].change and back.kind == "tune"
+
+
+def test_levers_come_from_the_plugin_and_changes_merge_options():
+    names = [lv.name for lv in levers_for(start_config())]
+    assert names[:4] == ["precision", "batch_size", "channels_last", "compile"]
+    assert {"optimizer", "compile_mode", "cudnn_benchmark", "allocator", "threads", "ddp_bucket"} <= set(names)
+    jax = [lv.name for lv in levers_for(RunConfig(workload="resnet50", framework="jax"))]
+    assert "compile_mode" not in jax and "optimizer" not in jax
+    merged = apply_change(start_config(options={"compile_mode": "max-autotune"}), {"options": {"optimizer": "fused"}, "compile": True})
+    assert merged.options == {"compile_mode": "max-autotune", "optimizer": "fused"} and merged.compile
+
+
+@pytest.mark.parametrize("text,seconds", [("10m", 600.0), ("90s", 90.0), ("1h30m", 5400.0), ("45", 45.0)])
+def test_parse_budget(text, seconds):
+    assert tune.parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten minutes", "0", "5x", "-3m"])
+def test_parse_budget_rejects_bad_input(text):
+    with pytest.raises(UsageError, match="--budget"):
+        tune.parse_budget(text)
+
+
+def test_unknown_option_value_is_one_line_naming_the_valid_ones():
+    with pytest.raises(UsageError, match="optimizer=fast is not one of auto, fused, foreach, for-loop"):
+        start_config(options={"optimizer": "fast"})
+
+
+def test_torch_tune_options_reach_the_session():
+    """The framework settings the levers change are applied by the PyTorch session (in this
+    process, a tiny model): optimizer kernels on every optimizer the workload built (a second
+    one kept in its `extra`, as wgan's critic), intra-op threads, and a clear failure where a
+    workload's optimizer has no such kernel."""
+    import torch
+
+    from tbd import frameworks
+    from tbd.errors import RunFailure
+    from tbd.frameworks.torch.session import optimizers_of, set_optimizer_kernels
+
+    before = torch.get_num_threads()
+    try:
+        session = frameworks.open_session(start_config(workload="gpt", options={"optimizer": "fused", "threads": "1"}))
+        assert all(g["fused"] and not g["foreach"] for g in session.optimizer.param_groups)
+        assert session.info.method["optimizer_kernels"] == "fused" and session.info.method["intra_op_threads"] == 1
+        assert torch.get_num_threads() == 1
+        session.run_steps(1)  # the fused update runs
+        session.close()
+    finally:
+        torch.set_num_threads(before)
+    model = torch.nn.Linear(2, 2)
+    first, second = (torch.optim.Adam(model.parameters(), foreach=True) for _ in range(2))
+    assert optimizers_of(first, {"state": {"opt_d": second, "other": 1}}) == [first, second]
+    set_optimizer_kernels([first, second], "for-loop")
+    assert all(g["fused"] is False and g["foreach"] is False for g in second.param_groups)
+
+    class Plain(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {})
+
+    with pytest.raises(RunFailure, match="option optimizer=fused: Plain has no fused implementation"):
+        set_optimizer_kernels([Plain([torch.nn.Parameter(torch.zeros(1))])], "fused")
+
+
+def test_store_backend_runs_short_traced_isolated_trials_and_survives_a_failed_analysis(monkeypatch, tmp_path):
+    from tbd.harness import launcher
+    from tbd.results.store import Store
+
+    seen = []
+
+    def fake_run_isolated(config, progress=None, timeout_s=None):
+        seen.append((config, timeout_s))
+        return RunRecord.failed(config, "error", "not run here")
+
+    monkeypatch.setattr(launcher, "run_isolated", fake_run_isolated)
+    store = Store(tmp_path / "home")
+    backend = tune.StoreBackend(store, profile=True)
+    record = backend.measure(start_config(isolate=False), timeout_s=12.0)
+    config, timeout = seen[0]
+    assert (config.profile, config.profile_steps, config.isolate, timeout) == (True, tune.TRACE_STEPS, True, 12.0)
+    assert store.get(record["id"])["status"] == "failed"  # every trial is stored, failed ones too
+    assert backend.recommend({"id": "x", "status": "failed", "config": record["config"]}) == []
+    assert backend.notes and "no analysis" in backend.notes[0]
+
+
+def test_profile_steps_bounds_a_gpu_trace(monkeypatch):
+    from tbd.harness import profiling
+
+    got = []
+    monkeypatch.setattr(profiling, "trace_session", lambda session, config, run_id, steps=None, **kw: got.append(steps))
+    record = {"id": "r", "metrics": {"step_time_ms_p50": 10.0}}
+    profiling.trace_run(None, RunConfig(workload="gpt", device="cuda"), record)  # NVML's 3 s window: 300 steps, capped at 200
+    profiling.trace_run(None, RunConfig(workload="gpt", device="cuda", profile_steps=tune.TRACE_STEPS), record)
+    assert got == [profiling.MAX_GPU_STEPS, tune.TRACE_STEPS]
