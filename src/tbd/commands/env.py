@@ -53,7 +53,7 @@ def run_create(args) -> int:
     record = envs.create(args.name, args.framework, home=args.home, base_python=args.base_python, inherit=args.inherit,
                          system_site_packages=args.system_site_packages, folder=args.dir, force=args.force,
                          say=lambda line: console.print(f"[dim]{escape(line)}[/]"))
-    libs = ", ".join(f"{k} {v}" for k, v in record["libraries"].items() if k != "numpy" or "mxnet" in record["libraries"])
+    libs = ", ".join(f"{k} {v}" for k, v in record["libraries"].items())
     console.print(f"environment [bold]{escape(record['name'])}[/]: Python {record['python_version']}, {escape(libs)}")
     console.print(f"run there with: tbd run WORKLOAD --env {escape(record['name'])}   (or --python {escape(record['python'])})")
     return 0

@@ -195,3 +195,18 @@ def create(name: str, requirements: list[str], home: str | Path | None = None, b
     (venv / ENV_FILE).write_text(json.dumps(record, indent=1))
     record_path.write_text(json.dumps(record, indent=1))
     return record
+
+
+def label(python: str | None, record: dict[str, Any] | None = None) -> str:
+    """A short name for the interpreter of a run: 'current' for the one running tbd, else the
+    environment's name (from its record, or its venv folder's)."""
+    if python is None:
+        return "current"
+    env = (record or {}).get("environment") or {}
+    return env.get("env_name") or name_of(str(Path(python).parent.parent)) or str(Path(python).parent.parent.name or python)
+
+
+def tag(record: dict[str, Any]) -> str:
+    """' @NAME' for a run in another environment (config.python), '' otherwise: for labels."""
+    python = (record.get("config") or {}).get("python")
+    return "" if python is None else f" @{label(python, record)}"

@@ -37,7 +37,7 @@ from tbd.results.store import Store
 from tbd.sweep.spec import Line, Plan
 
 PROBE_STEPS = 3  # steps of a max-batch probe: enough to allocate a full step's memory
-POINT_KEYS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last")
+POINT_KEYS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last", "python")
 
 
 def point_key(config: dict[str, Any], probe: bool = False) -> tuple:
