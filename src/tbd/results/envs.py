@@ -193,6 +193,7 @@ def create(name: str, requirements: list[str], home: str | Path | None = None, b
               "inherit": inherit, "base_python": base, "tbd": str(checkout) if checkout else f"tbd=={__version__}",
               "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     (venv / ENV_FILE).write_text(json.dumps(record, indent=1))
+    record_path.parent.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=1))
     return record
 
