@@ -9,6 +9,7 @@ batch-one tests of the mxnet pairs run inside that environment too (the Makefile
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_resnet50_tiny_trains_and_lowers_the_loss():
         "config = RunConfig(workload='resnet50', framework='mxnet', flavor='tiny', device='cpu', isolate=False).validated()\n"
         "print(json.dumps(losses_on_fixed_batch(config, 30)))")
     first, later = losses[0], losses[5:]
-    assert all(x == x and x >= 0 for x in losses)
+    assert all(math.isfinite(x) for x in losses), losses
     # It memorizes its one batch: most later steps near zero. With BatchNorm over 4 images (1x1 maps
     # in the last stage) it then spikes now and then, more often in MXNet than in torch (seed 0: a
     # few steps above 100), so the check is how often it has learned the batch, not the last steps.
