@@ -6,9 +6,9 @@ and gpt, in one call, through tbd's own sweep across environments (docs/environm
 
 The second environment is whatever `--python` names: a venv with another torch (e.g. `tbd env
 create torch211 --framework torch==2.11.0` on a machine that can download it) and tbd's light
-core. `--make-env` instead makes one here with `tbd env create envs-bench --framework torch
---inherit`: the same torch at another path, nothing downloaded; it checks the plumbing (the ratio
-should then be 1 within its CI), not a version difference.
+core. `--make-env` instead makes one here without pip or a network: a venv whose .pth file lists this
+interpreter's site-packages and this checkout's src (the same torch and tbd at another path); it
+checks the plumbing (the ratio should then be 1 within its CI), not a version difference.
 
 Points: resnet50 paper flavor, batch 128, bf16, channels_last; gpt paper flavor (124M, its
 batch), bf16; each run in both environments, baseline first, as one sweep. Writes OUT/envs_gpu.json
@@ -37,7 +37,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--python", help="the second environment's interpreter (with tbd's light core and torch)")
-    where.add_argument("--make-env", action="store_true", help="make one here: the same torch at another path (tbd env create --inherit)")
+    where.add_argument("--make-env", action="store_true", help="make one here: the same torch at another path (no pip, no network)")
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--workloads", default=",".join(POINTS))
@@ -57,8 +57,8 @@ def main() -> int:
 
     started = time.time()
     if args.make_env:
-        print("making the second environment (tbd env create envs-bench --framework torch --inherit) ...", flush=True)
-        python = envs.create("envs-bench", ["torch"], inherit=True, force=True, say=lambda line: None)["python"]
+        python = make_env(out / "envs-bench")
+        print(f"made the second environment {python} (the same torch at another path)", flush=True)
     else:
         python = envs.resolve(args.python, None)
     workloads = [w for w in args.workloads.split(",") if w]
@@ -106,6 +106,23 @@ def main() -> int:
     write_report(result.records, out / "report.html", "tbd: torch against torch across environments")
     print(f"done in {time.time() - started:.0f} s: {len(pairs)} pair(s); {out / 'envs_gpu.json'}, {out / 'report.html'}", flush=True)
     return 0 if pairs else 1
+
+
+def make_env(folder: Path) -> str:
+    """A venv seeing this interpreter's packages and this checkout's tbd through a .pth file:
+    nothing installed, nothing downloaded (the GPU machine reaches no package index)."""
+    import site
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(folder)], check=True)
+    python = folder / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    src = Path(__file__).resolve().parents[1] / "src"
+    paths = [str(src)] + [p for p in site.getsitepackages() if os.path.isdir(p)]
+    Path(purelib, "_tbd_bench.pth").write_text("".join(f"{p}\n" for p in paths))
+    (folder / "tbd-env.json").write_text(json.dumps({"name": "envs-bench", "python": str(python)}))
+    return str(python)
 
 
 def _rate(record: dict) -> float | None:
