@@ -106,7 +106,7 @@ def test_cntk_is_listed_as_not_installable_and_refused_with_the_reason():
 
 def test_a_sweep_across_environments_and_the_report_section_comparing_them(registered_second, tmp_path):
     out = run_cli("sweep", "--name", "versions", "--workloads", WORKLOAD, "--frameworks", "torch", "--python", "current,second",
-                  "--devices", "cpu", "--max-steps", "12", "--max-time", "5", "--min-timed-steps", "4")
+                  "--devices", "cpu", "--max-steps", "20", "--max-time", "5", "--min-timed-steps", "4")
     assert out.returncode == 0, out.stderr + out.stdout
     assert "@second" in out.stdout
     records = Store().list()
