@@ -127,6 +127,17 @@ def plugin_for(requirement: str):
     return None
 
 
+def _setuptools_builds_wheels() -> bool:
+    """setuptools >= 70.1 here: what pyproject asks for (>= 68) with bdist_wheel built in (no `wheel` package needed)."""
+    from importlib import metadata
+
+    try:
+        version = tuple(int(x) for x in re.findall(r"\d+", metadata.version("setuptools"))[:2])
+    except metadata.PackageNotFoundError:
+        return False
+    return version >= (70, 1)
+
+
 def _run(cmd: list[str], what: str, say: Callable[[str], None]) -> None:
     say(f"{what}: {' '.join(cmd)}")
     try:
@@ -176,8 +187,9 @@ def create(name: str, requirements: list[str], home: str | Path | None = None, b
             (site_dir / "_tbd_inherit.pth").write_text("".join(f"{p}\n" for p in inherited))
         checkout = interpreters.source_checkout()
         tbd_req = ["-e", str(checkout)] if checkout else [f"tbd=={__version__}"]
-        # --no-build-isolation with --inherit: the inherited setuptools builds tbd, nothing is downloaded for it.
-        _run([python, "-m", "pip", "install", "--disable-pip-version-check", *(["--no-build-isolation"] if inherit else []),
+        # With --inherit and a recent enough setuptools there, that setuptools builds tbd: nothing is downloaded for it.
+        local_build = inherit and _setuptools_builds_wheels()
+        _run([python, "-m", "pip", "install", "--disable-pip-version-check", *(["--no-build-isolation"] if local_build else []),
               *tbd_req, *requirements, *pins], "installing tbd's core and " + " ".join(requirements), say)
         interpreters._cache.clear()
         facts = interpreters.probe(python, tuple(m for p in plugins for m in p.requires))
