@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-FRAMEWORKS = ("torch", "jax", "flax", "tensorflow", "optax", "torchvision")
+FRAMEWORKS = ("torch", "jax", "flax", "tensorflow", "optax", "torchvision", "mxnet")
 
 
 def test_core_imports_no_framework():
@@ -12,7 +12,7 @@ def test_core_imports_no_framework():
         "import tbd.cli, tbd.config, tbd.registry, tbd.harness.measure, tbd.harness.runner, tbd.harness.launcher\n"
         "import tbd.results.store, tbd.results.export, tbd.report.tables, tbd.metrics.sampling\n"
         "tbd.cli.build_parser()\n"
-        "import tbd.api, tbd.harness.child_process\n"
+        "import tbd.api, tbd.harness.child_process, tbd.results.interpreters, tbd.results.envs, tbd.frameworks.mxnet\n"
         "tbd.run, tbd.measure, tbd.results, tbd.RunResult\n"
         "from tbd import registry\n"
         "[registry.get_spec(w) for w in ('timm:resnet18', 'hf:gpt2', 'custom:x')]\n"

@@ -39,6 +39,9 @@ class RunConfig:
     target_ci_pct: float = 1.0  # half-width of the 95% CI of median throughput, in percent
     data_pool: int = 2  # synthetic batches kept on the device and rotated (1 = one fixed batch)
     isolate: bool = True  # run in a child process so a crash or OOM becomes a failed run
+    # The interpreter of the run's child: another environment's python (`--python`, `--env`), whose
+    # tbd and framework run the workload; None: the interpreter running tbd.
+    python: str | None = None
     # Analysis (tbd.analysis): a kernel trace of a few steady steps after the timed ones.
     profile: bool = False
     profile_steps: int = 0  # at most this many steps traced; 0: as the harness chooses (on a GPU, enough for NVML's window)
@@ -106,8 +109,11 @@ class RunConfig:
         if unknown_hp:
             raise unknown(f"hyperparameter of {self.workload}", unknown_hp[0], flavor.hparams)
         plugin.check(self, spec)
-        registry.check_runnable(self.workload, self.framework)
-        registry.check_model(self)  # timm:/hf: models: the name and config exist (imports the library)
+        if self.python is not None:  # the other interpreter has the framework, not necessarily this one
+            self._check_other_interpreter()
+        else:
+            registry.check_runnable(self.workload, self.framework)
+            registry.check_model(self)  # timm:/hf: models: the name and config exist (imports the library)
         if self.device == "cuda":
             from tbd.metrics.devices import cuda_available
 
@@ -115,6 +121,19 @@ class RunConfig:
                 raise UsageError("device cuda was asked for but no NVIDIA GPU is visible here; use --device cpu")
         topology.validate_topology(self)
         return self
+
+    def _check_other_interpreter(self) -> None:
+        from tbd.results import interpreters
+
+        self.python = interpreters.resolve_path(self.python)
+        if not registry.has_implementation(self.workload, self.framework):
+            have = ", ".join(registry.implementations(self.workload)) or "none"
+            raise UsageError(f"{self.workload} has no {self.framework} implementation yet; available: {have}")
+        if not self.isolate:
+            raise UsageError("--in-process runs in this interpreter; drop --in-process to run in --python/--env")
+        if topology.world_size(self) > 1:
+            raise UsageError("--python/--env runs one process; runs of several ranks use the interpreter running tbd (drop --nproc-per-node/--nnodes)")
+        interpreters.check_config(self)
 
     def resolved_hparams(self) -> dict[str, Any]:
         flavor = registry.get_spec(self.workload).flavor(self.flavor)

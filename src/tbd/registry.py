@@ -208,6 +208,13 @@ def workload_package(name: str) -> str:
 FRAMEWORKS: dict[str, str] = {
     "torch": "tbd.frameworks.torch",
     "jax": "tbd.frameworks.jax",
+    "mxnet": "tbd.frameworks.mxnet",
+}
+
+# Frameworks of the TBD paper that no environment tbd can run in has: name -> why (`tbd list`).
+UNAVAILABLE_FRAMEWORKS: dict[str, str] = {
+    "cntk": "CNTK (a framework of the TBD paper) cannot be installed beside tbd: its last release, 2.7.post2 (2020), "
+            "has wheels for CPython 3.5 and 3.6 only, and tbd's core needs Python 3.11 or newer",
 }
 
 
@@ -217,6 +224,8 @@ def framework_names() -> list[str]:
 
 def framework(name: str):
     """The `FrameworkPlugin` of a framework name (its package is imported, not the framework)."""
+    if name in UNAVAILABLE_FRAMEWORKS:
+        raise UsageError(f"{UNAVAILABLE_FRAMEWORKS[name]}; choose one of: {', '.join(FRAMEWORKS)}")
     if name not in FRAMEWORKS:
         raise unknown("framework", name, FRAMEWORKS)
     return importlib.import_module(FRAMEWORKS[name]).PLUGIN

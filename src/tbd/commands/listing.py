@@ -30,6 +30,7 @@ def as_json() -> dict:
                           "frameworks": list(registry.implementations(name)), "precisions": list(spec.precisions or ())})
     frameworks = [{"name": n, "installed": not registry.missing_modules(n), "missing": list(registry.missing_modules(n)),
                    "install": registry.framework(n).install} for n in registry.framework_names()]
+    frameworks += [{"name": n, "installed": False, "unavailable": why} for n, why in registry.UNAVAILABLE_FRAMEWORKS.items()]
     return {"workloads": workloads, "frameworks": frameworks}
 
 
@@ -71,6 +72,8 @@ def run(args) -> int:
     for name in registry.framework_names():
         missing = registry.missing_modules(name)
         fw.add_row(name, "[green]yes[/]" if not missing else f"[red]no[/] (missing {', '.join(missing)})", escape(registry.framework(name).install))
+    for name, why in registry.UNAVAILABLE_FRAMEWORKS.items():  # the paper's frameworks no supported Python can install
+        fw.add_row(name, "[red]cannot be installed[/]", escape(why))
     console.print(fw)
     from tbd.metrics.devices import best_device, gpu_info
 

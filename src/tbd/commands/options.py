@@ -12,6 +12,7 @@ from tbd.commands import add_home
 from tbd.config import MAX_SEED, PRECISIONS, RunConfig
 from tbd.errors import UsageError
 from tbd.metrics.devices import best_device
+from tbd.results import envs
 
 
 def positive_int(text: str) -> int:
@@ -86,6 +87,9 @@ def add_run_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BATCH_H
                    help="time budget for steady steps in seconds; compilation (step 0) is not counted, warm-up may add as much again (default: 60)")
     p.add_argument("--target-ci", type=positive_float, default=1.0, help="stop once the 95%% CI of throughput is within +-this %% (default: 1)")
     p.add_argument("--in-process", action="store_true", help="run in this process instead of a child process (for debugging)")
+    p.add_argument("--python", metavar="PATH", help="run in another environment: the child runs this interpreter's tbd and framework "
+                   "(e.g. /path/to/venv/bin/python; docs/environments.md)")
+    p.add_argument("--env", metavar="NAME", help="run in an environment made by 'tbd env create NAME' (as --python its bin/python)")
     p.add_argument("--wide", action="store_true", help="full-width table: every column, full ids, whatever the terminal")
     p.add_argument("--profile", action="store_true", help="trace a few steady steps after the timed ones for 'tbd analyze' (docs/analysis.md)")
     p.add_argument("--ncu", action="store_true", help="with --profile: also read tensor/FMA pipe utilization with Nsight Compute (needs ncu)")
@@ -148,6 +152,7 @@ def config_from_args(args, workload: str) -> RunConfig:
         precision=args.precision, compile=args.compile, channels_last=args.channels_last, seed=args.seed,
         hparams=model_hparams(args), options=framework_options(getattr(args, "option", [])),
         max_steps=args.max_steps, max_time_s=args.max_time, target_ci_pct=args.target_ci, isolate=not args.in_process,
+        python=envs.resolve(getattr(args, "python", None), getattr(args, "env", None), getattr(args, "home", None)),
         profile=getattr(args, "profile", False) or getattr(args, "ncu", False), ncu=getattr(args, "ncu", False),
         **topology_options(args, device),
     ).validated()

@@ -42,6 +42,7 @@ def register(sub) -> None:
                "  tbd sweep --workloads resnet50 --frameworks torch,jax --batch-sizes 4,8,16 --precisions fp32,bf16 --devices cpu\n"
                "  tbd sweep --file sweep.toml --max-time 20\n"
                "  tbd sweep --workloads resnet50 --flavors paper --devices cuda --max-batch 4096\n"
+               "  tbd sweep --workloads resnet50,gpt --python current,torch211 --devices cuda   (environments compared in 'tbd report')\n"
                "sweep files: see docs/sweeps.md",
     )
     src = p.add_mutually_exclusive_group()
@@ -55,6 +56,8 @@ def register(sub) -> None:
     p.add_argument("--precisions", help="comma-separated precisions: fp32, tf32, bf16, fp16 (default: fp32)")
     p.add_argument("--batch-sizes", help="comma-separated batch sizes (default: each flavor's)")
     p.add_argument("--compile", help="off, on or off,on: torch.compile as an axis (default: off)")
+    p.add_argument("--python", metavar="WHERE,...", help="interpreters as an axis: current, environment names (tbd env list) or paths, "
+                   "e.g. current,torch211 (default: current; docs/environments.md)")
     p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format where the workload supports it")
     p.add_argument("--max-batch", nargs="?", type=positive_int, const=65536, metavar="BOUND",
                    help="find the largest batch that fits by bisection (short runs), up to BOUND (default 65536)")
@@ -82,7 +85,7 @@ def spec_from_args(args) -> sweep_spec.SweepSpec:
     else:
         spec = sweep_spec.SweepSpec()
     names = sweep_spec.split_names
-    for key in ("workloads", "frameworks", "flavors", "devices", "precisions"):
+    for key in ("workloads", "frameworks", "flavors", "devices", "precisions", "python"):
         value = getattr(args, key)
         if value is not None:
             items = names(value)
@@ -111,7 +114,7 @@ def spec_from_args(args) -> sweep_spec.SweepSpec:
 def run(args) -> int:
     store = Store(args.home)
     console = make_console(args.wide)
-    plan = sweep_spec.plan(spec_from_args(args))
+    plan = sweep_spec.plan(spec_from_args(args), home=args.home)
     if args.resume:
         plan = _resumed(store, plan, args.resume, console, named=bool(args.name))
     else:

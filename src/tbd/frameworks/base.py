@@ -164,6 +164,7 @@ class Capabilities:
     recommendations read these instead of asking which framework it is."""
 
     devices: tuple[str, ...] = ("cpu", "cuda")
+    devices_note: str = ""  # why a device is missing
     precisions: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
     precisions_note: str = ""  # why a precision is missing, with the fix
     # What --compile does: a name ("torch.compile"), or "" where steps are always compiled.
@@ -202,6 +203,8 @@ class FrameworkPlugin:
     package: str  # tbd.frameworks.<name>: holds session, distributed, trace, memory modules
     capabilities: Capabilities = Capabilities()
     libraries: tuple[str, ...] = ()  # distributions whose versions a run's record carries
+    # Pins an environment of this framework needs beside it (`tbd env create` adds them).
+    env_requirements: tuple[str, ...] = ()
 
     # -- parts, imported on first use ---------------------------------------------------------
     def part(self, name: str) -> ModuleType:
@@ -249,7 +252,8 @@ class FrameworkPlugin:
         """Raise a one-line UsageError naming the fix when this framework cannot honour `config`."""
         caps = self.capabilities
         if config.device not in caps.devices:
-            raise UsageError(f"{self.title} runs here on {' or '.join(caps.devices)}, not {config.device}; use --device {caps.devices[0]}")
+            note = f" ({caps.devices_note})" if caps.devices_note else ""
+            raise UsageError(f"{self.title} runs here on {' or '.join(caps.devices)}, not {config.device}{note}; use --device {caps.devices[0]}")
         if config.precision not in caps.precisions:
             note = f" ({caps.precisions_note})" if caps.precisions_note else ""
             raise UsageError(f"precision {config.precision} is not supported for {self.title}{note}; use --precision {' or '.join(caps.precisions)}")

@@ -9,6 +9,11 @@ a main guard, `python -c`, stdin and notebooks all work.
 The parent writes the config as JSON to the child's stdin; the child sends JSON lines ({"progress":
 ...} while it runs, {"record": ...} last) through a pipe of its own (its stdout stays the
 user's). A child that dies or goes silent becomes a failed record, as with `run_isolated`.
+
+The child may be another interpreter (`RunConfig.python`, `tbd run --python/--env`): then it runs
+its own environment's tbd and framework (`tbd.results.interpreters` checked both beforehand), and
+this tbd's source is not put on its path. Either way the child ends with its parent
+(`tbd.harness.lifeline`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tbd.config import RunConfig
+from tbd.harness import lifeline, oom_evidence
 from tbd.harness.launcher import _died, _innermost, _stacks_of
 from tbd.harness.runner import execute
 from tbd.results.record import RunRecord, new_run_id
@@ -36,15 +42,21 @@ POLL_S = 0.5
 
 
 def run_in_fresh_interpreter(config: RunConfig, progress: Callable[[dict], None] | None = None, timeout_s: float | None = None) -> RunRecord:
-    """Run a validated config in a new `python -m tbd.harness.child_process`; its record, failed runs included."""
+    """Run a validated config in a new `python -m tbd.harness.child_process` (with `config.python`
+    where set); its record, failed runs included."""
     run_id = new_run_id(config.workload, config.framework)
     stacks = tempfile.NamedTemporaryFile(prefix="tbd-stacks-", suffix=".txt", delete=False)
     stacks.close()
     read_fd, write_fd = os.pipe()
-    # The child imports this tbd, whatever the child's working directory or sys.path would say.
-    src = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
-    child = subprocess.Popen([sys.executable, "-m", "tbd.harness.child_process", str(write_fd), run_id, stacks.name],
+    if config.python is None:
+        # The child imports this tbd, whatever the child's working directory or sys.path would say.
+        src = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    else:  # another environment: its own tbd and framework
+        env = dict(os.environ)
+    env[lifeline.PARENT_ENV] = str(os.getpid())
+    oom_before = oom_evidence.oom_kill_counters()
+    child = subprocess.Popen([config.python or sys.executable, "-m", "tbd.harness.child_process", str(write_fd), run_id, stacks.name],
                              stdin=subprocess.PIPE, pass_fds=(write_fd,), env=env)
     os.close(write_fd)
     messages: queue.Queue = queue.Queue()
@@ -72,7 +84,7 @@ def run_in_fresh_interpreter(config: RunConfig, progress: Callable[[dict], None]
                     return RunRecord.failed(config, "timeout", message, run_id, **({"stacks": stack} if stack else {}))
                 continue
             if message is None:  # the pipe closed without a record: the child died
-                return _died(config, run_id, child.wait())
+                return _died(config, run_id, child.wait(), child.pid, oom_before)
             if "progress" in message:
                 waited = 0.0
                 if progress:
@@ -107,6 +119,8 @@ def _jsonable(value: Any) -> Any:
 
 def main(argv: list[str]) -> int:
     fd, run_id, stack_path = argv
+    if os.environ.get(lifeline.PARENT_ENV, "").isdigit():  # ends with the process that started it
+        lifeline.end_with_parent(int(os.environ[lifeline.PARENT_ENV]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, file=open(stack_path, "w"), all_threads=True)

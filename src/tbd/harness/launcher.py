@@ -144,8 +144,13 @@ def _died(config: RunConfig, run_id: str, exitcode: int | None, pid: int | None 
 
 
 def launch(config: RunConfig, progress: Callable[[dict], None] | None = None) -> RunRecord:
-    """Run a validated config the way it asks: several ranks through torchrun, else a child
-    process (or this process with isolate=False). Returns its record, failed runs included."""
+    """Run a validated config the way it asks: several ranks through torchrun, a child in another
+    interpreter (config.python), else a child process (or this process with isolate=False).
+    Returns its record, failed runs included."""
+    if config.python is not None:  # another environment (tbd run --python/--env)
+        from tbd.harness.child_process import run_in_fresh_interpreter
+
+        return run_in_fresh_interpreter(config, progress)
     if world_size(config) > 1:  # several ranks: torchrun (tbd.harness.distributed)
         return launch_distributed(config, progress)
     return run_isolated(config, progress) if config.isolate else run_in_process(config, progress)

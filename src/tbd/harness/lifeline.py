@@ -23,6 +23,7 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 CHECK_S = 0.5
 ORPHAN_EXIT = 128 + signal.SIGTERM  # how an orphan ends: as if terminated
 LAUNCHER_ENV = "TBD_LAUNCHER_PID"
+PARENT_ENV = "TBD_PARENT_PID"  # the process a `python -m tbd.harness.child_process` child ends with
 
 
 def set_parent_death_signal(sig: int) -> bool:

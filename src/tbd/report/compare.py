@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from tbd.errors import UsageError
+from tbd.results import envs
 from tbd.results.record import has_result, headline
 from tbd.results.store import NoSuchRun, Store
 
 BASELINE_FORMAT = "tbd-baseline/1"
-KEY_FIELDS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last")
+KEY_FIELDS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last", "python")
 BOOTSTRAP_ROUNDS = 2000
 
 
@@ -181,9 +182,68 @@ def point_label(r: dict, fields: list[str]) -> str:
         elif f in ("compile", "channels_last"):
             if v:
                 parts.append(f.replace("_", "-"))
+        elif f == "python":
+            if v is not None:
+                parts.append(f"@{envs.label(v, r)}")
         else:
             parts.append(str(v))
     return "/".join(parts) or c["workload"]
+
+
+# ---- one set of runs across Python environments -------------------------------------------------
+
+
+@dataclass
+class EnvironmentComparison:
+    baseline: str  # label of the environment every other one is compared with
+    environments: dict[str, dict[str, str]]  # label -> what ran there (interpreter, Python, framework versions)
+    pairs: list[Pair]  # B = the other environment, A = the baseline, one per shared point
+    lonely: list[str]  # points measured in one environment only
+
+
+def environment_label(record: dict[str, Any]) -> str:
+    return envs.label((record.get("config") or {}).get("python"), record)
+
+
+def describe_environment(record: dict[str, Any]) -> dict[str, str]:
+    env = record.get("environment") or {}
+    c = record["config"]
+    return {"interpreter": str(env.get("interpreter") or c.get("python") or "?"), "Python": str(env.get("python") or "?"),
+            "framework": f"{c['framework']} {env.get('framework_version') or '?'}"}
+
+
+def across_environments(records: list[dict[str, Any]]) -> EnvironmentComparison | None:
+    """The runs of one sweep (or any set) that ran the same configuration in several interpreters
+    (config.python: `tbd sweep --python current,ENV`), each environment against the baseline: the
+    interpreter running tbd where it took part, else the first. Ratios of median throughput with
+    the same bootstrap CIs as `tbd compare`. None when the runs span fewer than two environments."""
+    measured = sorted((r for r in records if has_result(r)), key=lambda r: (r["created_at"], r["id"]))
+    pythons = list(dict.fromkeys(r["config"].get("python") for r in measured))
+    if len(pythons) < 2:
+        return None
+    base = None if None in pythons else pythons[0]
+    keep = [f for f in KEY_FIELDS if f != "python"]
+    newest: dict[tuple, dict[str, Any]] = {}
+    for r in measured:  # newest wins
+        newest[(r["config"].get("python"), tuple(r["config"].get(f) for f in keep))] = r
+    labels = {p: environment_label(next(r for r in measured if r["config"].get("python") == p)) for p in pythons}
+    described = {}
+    for (python, _), r in newest.items():
+        described.setdefault(labels[python], describe_environment(r))
+    points = list(dict.fromkeys(key for _, key in newest))
+    pairs, lonely = [], []
+    for key in points:
+        a = newest.get((base, key))
+        for other in (p for p in pythons if p != base):
+            b = newest.get((other, key))
+            if a is None or b is None:
+                if a is not None or b is not None:
+                    only = a or b
+                    lonely.append(f"{point_label(only, keep)} (only in {environment_label(only)})")
+                continue
+            ratio, lo, hi = ratio_ci(steady_rates(a), steady_rates(b))
+            pairs.append(Pair(f"{point_label(a, keep)}: {labels[other]} / {labels[base]}", a, b, ratio, lo, hi))
+    return EnvironmentComparison(labels[base], described, pairs, list(dict.fromkeys(lonely)))
 
 
 # ---- environments ---------------------------------------------------------------------------
@@ -193,7 +253,8 @@ def environment_facts(record: dict[str, Any]) -> dict[str, str]:
     env = record.get("environment") or {}
     gpu = env.get("gpu") or {}
     facts = {"host": env.get("hostname"), "cpu": env.get("cpu"), "gpu": gpu.get("name"), "driver": gpu.get("driver"),
-             "python": env.get("python"), "tbd": env.get("tbd_version"), "commit": (env.get("source") or {}).get("commit")}
+             "python": env.get("python"), "interpreter": env.get("interpreter"), "environment": env.get("env_name"),
+             "tbd": env.get("tbd_version"), "commit": (env.get("source") or {}).get("commit")}
     facts.update({f"library {k}": v for k, v in (env.get("libraries") or {}).items()})
     return {k: str(v) for k, v in facts.items() if v is not None}
 

@@ -24,6 +24,7 @@ from typing import Any
 from tbd.report import plots
 from tbd.report.compare import environment_facts
 from tbd.report.fmt import fmt_bytes, fmt_num
+from tbd.results import envs
 from tbd.results.record import has_result, headline
 
 CSS = """
@@ -44,6 +45,7 @@ SECTIONS = (("summary", "Summary"), ("throughput", "Throughput vs batch size"), 
             ("runs", "Runs"), ("environment", "Environment"), ("diagnoses", "Diagnoses"))
 COMPARISON = ("comparison", "Comparison: B against A")
 TUNING = ("tuning", "Tuning (tbd tune)")
+ENVIRONMENTS = ("environments", "Environments compared")
 
 
 def e(value: Any) -> str:
@@ -83,7 +85,7 @@ def summary(records: list[dict[str, Any]]) -> str:
     best: dict[str, dict] = {}
     for r in records:
         if plots.measured(r):
-            k = f"{r['config']['workload']}/{r['config']['framework']} {r['config']['precision']} {r['config']['device']}"
+            k = f"{r['config']['workload']}/{r['config']['framework']} {r['config']['precision']} {r['config']['device']}{envs.tag(r)}"
             if k not in best or headline(r)["throughput"] > headline(best[k])["throughput"]:
                 best[k] = r
     counts = defaultdict(int)
@@ -218,6 +220,38 @@ def comparison_section(comparison: dict[str, Any], folder: Path) -> str:
             + figure(plots.comparison(pairs), folder, "comparison", "throughput ratio B / A with 95% bootstrap CIs") + notes)
 
 
+def verdict_cell(p) -> str:
+    if not p.converged:
+        return f"<span class='unconverged'>not converged ({e(p.unconverged_sides)}): no verdict</span>"
+    if p.ci_low == p.ci_low and p.ci_high < 1:
+        return "<span class='failed'>slower (CI excludes 1)</span>"
+    if p.ci_low == p.ci_low and p.ci_low > 1:
+        return "<span class='ok'>faster (CI excludes 1)</span>"
+    return "within noise"
+
+
+def environments_section(found, folder: Path) -> str:
+    """The same configurations run in several Python environments (tbd sweep --python ...): each
+    environment's throughput against the baseline's, with 95% bootstrap CIs of the ratio."""
+    described = table(["environment", "interpreter", "Python", "framework"],
+                      [[e(label) + (" (baseline)" if label == found.baseline else ""), e(d["interpreter"]), e(d["Python"]), e(d["framework"])]
+                       for label, d in found.environments.items()])
+    rows = []
+    for p in found.pairs:
+        ha, hb = headline(p.a), headline(p.b)
+        ci = f"{p.ci_low:.3f} - {p.ci_high:.3f}" if p.ci_low == p.ci_low else "n/a"
+        rows.append([e(p.label), f"{fmt_num(ha['throughput'])} {e(ha['unit'])}/s", f"{fmt_num(hb['throughput'])} {e(hb['unit'])}/s",
+                     f"{p.ratio:.3f}", e(ci), verdict_cell(p)])
+    notes = "".join(f"<p class='note'>unpaired: {e(x)}</p>" for x in found.lonely)
+    head = (f"<p>Same workload and settings, run in each environment; ratio = environment / {e(found.baseline)} of median "
+            "throughput, 95% CI from a bootstrap over the steady per-step rates (as <code>tbd compare</code>).</p>")
+    if not found.pairs:
+        return head + described + "<p class='note'>No configuration was measured in two environments.</p>" + notes
+    return (head + described + table(["point: environment / baseline", "baseline", "environment", "ratio", "95% CI", "verdict"], rows, {1, 2, 3, 4})
+            + figure(plots.comparison(found.pairs), folder, "environments", "throughput ratio environment / baseline with 95% bootstrap CIs")
+            + notes)
+
+
 def diagnoses(records: list[dict[str, Any]]) -> str:
     parts = []
     for r in records:
@@ -303,6 +337,12 @@ def write_report(records: list[dict[str, Any]], output: Path, title: str, subtit
     if tunings:
         body[TUNING[0]] = tune_report.html_section(tunings, folder)
         shown = (shown[0], TUNING, *shown[1:])
+    from tbd.report.compare import across_environments
+
+    found = across_environments(records)
+    if found is not None:  # runs of several Python environments: compared right after the summary
+        body[ENVIRONMENTS[0]] = environments_section(found, folder)
+        shown = (shown[0], ENVIRONMENTS, *shown[1:])
     nav = "".join(f"<a href='#{sid}'>{e(name)}</a>" for sid, name in shown)
     sections = "".join(f"<section id='{sid}'><h2>{e(name)}</h2>{body[sid]}</section>" for sid, name in shown)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"

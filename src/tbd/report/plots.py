@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from tbd.results import envs
 from tbd.results.record import has_result, headline
 
 # Memory categories in stacking order (bottom first); names as MEASUREMENT.md defines them.
@@ -35,12 +36,13 @@ def _plt():
 def series_label(r: dict[str, Any]) -> str:
     c = r["config"]
     extra = (" +compile" if c.get("compile") else "") + (" NHWC" if c.get("channels_last") else "")
-    return f"{c['framework']} {c['precision']} {c['device']}{extra}" + ("" if c.get("flavor") in (None, "tiny", "paper") else f" {c['flavor']}")
+    return (f"{c['framework']} {c['precision']} {c['device']}{extra}" + ("" if c.get("flavor") in (None, "tiny", "paper") else f" {c['flavor']}")
+            + envs.tag(r))
 
 
 def run_label(r: dict[str, Any]) -> str:
     c = r["config"]
-    return f"{c['workload']}/{c['framework']} bs{c['batch_size']} {c['precision']}"
+    return f"{c['workload']}/{c['framework']} bs{c['batch_size']} {c['precision']}{envs.tag(r)}"
 
 
 def measured(r: dict[str, Any]) -> bool:
@@ -154,7 +156,7 @@ def utilization_rows(records: list[dict[str, Any]]) -> list[tuple[str, dict[str,
         if not has_result(r):
             continue
         c = r["config"]
-        key = f"{c['workload']}/{c['framework']} {c['precision']} {c['device']}"
+        key = f"{c['workload']}/{c['framework']} {c['precision']} {c['device']}{envs.tag(r)}"
         if key not in best or (headline(r)["throughput"] or 0) > (headline(best[key])["throughput"] or 0):
             best[key] = r
     rows = []

@@ -81,7 +81,8 @@ def ci_cell(h: dict[str, Any]) -> str:
 def run_label(h: dict[str, Any]) -> str:
     # every stored string is escaped: a name is never read as markup
     return (escape(f"{h['workload']}/{h['framework']}") + (" +c" if h["compile"] else "") + (f" x{h['nproc']}" if h["nproc"] > 1 else "")
-            + (" (tuned)" if h["kind"] == "tune" else ""))
+            + (" (tuned)" if h["kind"] == "tune" else "")
+            + (escape(f" @{h['env']}") if h.get("env") else ""))
 
 
 def results_table(records: list[dict[str, Any]], title: str | None = "tbd results", width: int = 120, wide: bool = False) -> tuple[Table, list[str]]:

@@ -66,11 +66,21 @@ def _ram_bytes() -> int | None:
         return None
 
 
+def _env_name() -> str | None:
+    """The name `tbd env create` gave this venv, None for any other interpreter."""
+    from tbd.results.envs import name_of
+
+    return name_of(sys.prefix) if sys.prefix != sys.base_prefix else None
+
+
 def capture(device: str, libraries: tuple[str, ...] = ()) -> dict[str, Any]:
     """The environment of a run on `device`, with the versions of the core's and `libraries`."""
     env: dict[str, Any] = {
         "tbd_version": __version__,
         "python": sys.version.split()[0],
+        # The interpreter of the run (another environment's with --python / --env) and its venv's name.
+        "interpreter": sys.executable,
+        "env_name": _env_name(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "cpu": cpu_model(),

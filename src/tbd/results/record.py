@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -255,4 +256,7 @@ def headline(record: RunRecord | dict[str, Any]) -> dict[str, Any]:
         "error": (record.get("error") or {}).get("message"),
         "error_kind": (record.get("error") or {}).get("kind"),
         "created_at": record["created_at"],
+        # The environment of a run in another interpreter (config.python): its name, else its venv folder's.
+        "env": None if cfg.get("python") is None else ((record.get("environment") or {}).get("env_name")
+                                                       or os.path.basename(os.path.dirname(os.path.dirname(cfg["python"])))),
     }

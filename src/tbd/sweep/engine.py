@@ -36,7 +36,7 @@ from tbd.results.record import RunRecord, has_result
 from tbd.results.store import Store
 from tbd.sweep.spec import Line, Plan
 
-POINT_KEYS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last")
+POINT_KEYS = ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last", "python")
 
 
 def point_key(config: dict[str, Any], probe: bool = False) -> tuple:

@@ -33,11 +33,12 @@ from typing import Any
 from tbd import registry
 from tbd.config import MAX_BATCH, MAX_SEED, RunConfig
 from tbd.errors import UsageError, closest
+from tbd.results import envs, interpreters
 
 PRESETS = ("quick", "paper")
 BUDGET_KEYS = {"max_steps": int, "max_time": float, "target_ci": float, "min_timed_steps": int, "seed": int}
 TOP_KEYS = ("name", "workloads", "frameworks", "flavors", "devices", "precisions", "batch_sizes", "batch_scale",
-            "compile", "channels_last", "max_batch", "budget", "options")
+            "compile", "channels_last", "max_batch", "budget", "options", "python")
 MAX_NAME_CHARS = 200  # a sweep's name is printed on every line; longer is a mistake (and slow to print)
 MAX_FILE_BYTES = 2**20  # sweep files are a few lines of TOML
 DEFAULT_BUDGET = {"max_steps": 300, "max_time": 60.0, "target_ci": 1.0, "min_timed_steps": 10, "seed": 0}
@@ -59,6 +60,9 @@ class SweepSpec:
     max_batch: int | None = None  # bisect the largest batch that fits, up to this bound
     budget: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_BUDGET))
     options: dict[str, str] = field(default_factory=dict)  # framework settings (--option KEY=VALUE), e.g. from `tbd tune`
+    # Interpreters each configuration runs in, one line each: "current" (the one running tbd), an
+    # environment's name (`tbd env create`) or an interpreter's path (docs/environments.md).
+    python: list[str] = field(default_factory=lambda: ["current"])
     isolate: bool = True
     source: str = "flags"
 
@@ -77,7 +81,8 @@ class Line:
     def label(self) -> str:
         b = self.base
         extra = (" +compile" if b["compile"] else "") + (" channels_last" if b["channels_last"] else "")
-        return f"{b['workload']}/{b['framework']}/{b['flavor']} {b['device']} {b['precision']}{extra}"
+        where = "" if b.get("python") is None else f" @{envs.label(b['python'])}"
+        return f"{b['workload']}/{b['framework']}/{b['flavor']} {b['device']} {b['precision']}{extra}{where}"
 
     def config(self, batch: int, **overrides: Any) -> RunConfig:
         return RunConfig(**{**self.base, "batch_size": batch, **overrides})
@@ -101,16 +106,18 @@ class Plan:
 # ---- expansion ---------------------------------------------------------------------------
 
 
-def plan(spec: SweepSpec) -> Plan:
+def plan(spec: SweepSpec, home: str | Path | None = None) -> Plan:
+    """The sweep's lines; `home` is where environment names of the `python` axis are looked up."""
     from tbd.metrics.devices import best_device
 
     lines: list[Line] = []
     notes: list[str] = []
     workloads = registry.workload_names() if "*" in spec.workloads else spec.workloads
     devices = [best_device() if d == "auto" else d for d in spec.devices]
-    for w in workloads:
+    pythons = list(dict.fromkeys(envs.resolve_word(word, home) for word in spec.python))
+    for w, python in ((w, p) for w in workloads for p in pythons):
         ws = registry.get_spec(w)  # unknown names are a UsageError naming the valid ones
-        for fw in _frameworks_for(w, spec.frameworks, notes):
+        for fw in _frameworks_for(w, spec.frameworks, notes, python):
             for flavor in spec.flavors:
                 if flavor not in ws.flavors:
                     notes.append(f"{w} has no flavor '{flavor}'{closest(flavor, ws.flavors)}")
@@ -122,7 +129,7 @@ def plan(spec: SweepSpec) -> Plan:
                                         channels_last=spec.channels_last and ws.convolutional,
                                         max_steps=spec.budget["max_steps"], max_time_s=float(spec.budget["max_time"]),
                                         target_ci_pct=float(spec.budget["target_ci"]), min_timed_steps=spec.budget["min_timed_steps"],
-                                        seed=spec.budget["seed"], isolate=spec.isolate)
+                                        seed=spec.budget["seed"], isolate=spec.isolate, python=python)
                             if spec.options:  # only then: the plans (and ids) of sweeps without options stay as they were
                                 base["options"] = dict(spec.options)
                             batches = _batches(spec, w, ws.flavor(flavor).batch_size)
@@ -131,7 +138,8 @@ def plan(spec: SweepSpec) -> Plan:
                             try:  # one check per line: validity does not depend on the batch size
                                 RunConfig(**base, batch_size=batches[0]).validated()
                             except UsageError as exc:
-                                notes.append(f"{w}/{fw}/{flavor} {device} {precision}: {exc}")
+                                where = "" if python is None else f" @{envs.label(python)}"
+                                notes.append(f"{w}/{fw}/{flavor} {device} {precision}{where}: {exc}")
                                 continue
                             lines.append(Line(base, batches))
     check_name(spec.name)
@@ -139,7 +147,7 @@ def plan(spec: SweepSpec) -> Plan:
     what = [[{k: v for k, v in line.base.items() if k != "isolate"}, line.batches] for line in lines]
     plan_hash = _hash(what + [spec.max_batch])
     name = spec.name or f"sweep-{plan_hash}"
-    ident = identity(sorted({line.base["framework"] for line in lines}))
+    ident = identity(sorted({line.base["framework"] for line in lines}), sorted({line.base["python"] for line in lines} - {None}))
     return Plan(spec, lines, notes, _hash([plan_hash, name, ident]), name, plan_hash, ident)
 
 
@@ -147,15 +155,22 @@ def _hash(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def identity(frameworks: list[str]) -> dict[str, Any]:
+def identity(frameworks: list[str], pythons: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """What a sweep's points were measured with: tbd's code revision and the library versions of
-    the core and of each framework in the sweep. Part of the sweep id, so new code measures again."""
+    the core and of each framework in the sweep, and those of each other interpreter it runs in.
+    Part of the sweep id, so new code or a new library version measures again."""
     from tbd.results import environment
 
     libraries: tuple[str, ...] = environment.CORE_LIBRARIES
     for fw in frameworks:
         libraries += registry.framework(fw).libraries
-    return {"source": environment.source_revision(with_diff=True), "libraries": environment.library_versions(libraries)}
+    out = {"source": environment.source_revision(with_diff=True), "libraries": environment.library_versions(libraries)}
+    if pythons:
+        out["interpreters"] = {}
+        for python in pythons:
+            facts = interpreters.probe(python)
+            out["interpreters"][python] = {"python": facts["python"], "libraries": facts.get("libraries", {})}
+    return out
 
 
 def check_name(name: str | None, where: str = "the sweep's name") -> None:
@@ -163,19 +178,26 @@ def check_name(name: str | None, where: str = "the sweep's name") -> None:
         raise UsageError(f"{where} is {len(name):,} characters long; give a name of at most {MAX_NAME_CHARS} (--name)")
 
 
-def _frameworks_for(workload: str, wanted: list[str], notes: list[str]) -> list[str]:
+def _frameworks_for(workload: str, wanted: list[str], notes: list[str], python: str | None = None) -> list[str]:
+    """Frameworks of `wanted` ("*": all) that implement the workload and are installed where it
+    runs: here, or in the other interpreter `python`."""
+    if python is None:
+        installed, where = registry.is_installed, ""
+    else:
+        have = set(interpreters.installed_frameworks(python))
+        installed, where = have.__contains__, f" in {envs.label(python)} ({python})"
     if "*" in wanted:
-        out = [f for f in registry.implementations(workload) if registry.is_installed(f)]
-        notes += [f"{workload}/{f}: {f} is not installed ({registry.framework(f).install})"
-                  for f in registry.implementations(workload) if not registry.is_installed(f)]
+        out = [f for f in registry.implementations(workload) if installed(f)]
+        notes += [f"{workload}/{f}: {f} is not installed{where} ({registry.framework(f).install})"
+                  for f in registry.implementations(workload) if not installed(f)]
         return out
     out = []
     for f in wanted:
         registry.framework(f)  # unknown framework: UsageError
         if not registry.has_implementation(workload, f):
             notes.append(f"{workload}/{f}: no {f} implementation yet")
-        elif not registry.is_installed(f):
-            notes.append(f"{workload}/{f}: {f} is not installed ({registry.framework(f).install})")
+        elif not installed(f):
+            notes.append(f"{workload}/{f}: {f} is not installed{where} ({registry.framework(f).install})")
         else:
             out.append(f)
     return out
@@ -243,8 +265,11 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
             if not isinstance(value, str) or not value.strip():
                 raise fail(None, key, "must be a non-empty string")
             spec.name = value.strip()
-        elif key in ("workloads", "frameworks", "flavors", "devices", "precisions"):
+        elif key in ("workloads", "frameworks", "flavors", "devices", "precisions", "python"):
             items = _str_list(value)
+            if items is None and key == "python":
+                raise fail(None, key, 'must be a list of interpreters: "current", environment names (tbd env list) or paths, '
+                                      'e.g. python = ["current", "torch211"]')
             if items is None:
                 raise fail(None, key, f'must be a list of names, e.g. {key} = ["a", "b"] (or "*")')
             setattr(spec, key, items)

@@ -31,6 +31,8 @@ PLUGIN = FrameworkPlugin(
     install="pip install 'tbd[torch]'",
     package="tbd.frameworks.torch",
     libraries=("torch", "torchvision", "triton"),
+    # An environment of another torch (`tbd env create NAME --framework torch==X`) gets the torchvision pip pairs with it.
+    env_requirements=("torchvision",),
     capabilities=Capabilities(
         precisions=("fp32", "tf32", "bf16", "fp16"),
         compile="torch.compile",
