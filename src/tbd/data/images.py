@@ -137,7 +137,7 @@ class ImageNetFolder(Dataset):
                 if img.format != "JPEG":
                     raise ValueError(f"not a JPEG ({img.format})")
                 width, height = img.size
-            return {"jpeg": np.frombuffer(data, np.uint8), "crop": np.array(crop_box(width, height, rng), np.int32),
+            return {"jpeg": np.frombuffer(bytearray(data), np.uint8), "crop": np.array(crop_box(width, height, rng), np.int32),
                     "flip": flip, "label": self.labels[index]}
         img = read_rgb(path)
         top, left, h, w = crop_box(img.width, img.height, rng)

@@ -56,6 +56,15 @@ FORMATS: dict[str, tuple[Callable[..., Dataset], str]] = {
 }
 
 
+# Formats whose samples the device can decode (`--decode gpu`): JPEGs cut by a random resized crop.
+GPU_DECODE_FORMATS = ("imagenet",)
+_checked: dict[tuple, str] = {}
+
+
+def gpu_decodable(spec) -> bool:
+    return spec.data_format in GPU_DECODE_FORMATS
+
+
 def supports(spec) -> bool:
     return spec.data_format in FORMATS
 
@@ -80,6 +89,17 @@ def open_dataset(spec, path: str | Path, hparams: dict[str, Any], batch_size: in
         raise UsageError(f"{dataset.path}: {len(dataset):,} samples make no batch of {dataset.batch_size} "
                          f"({spec.name} {spec.batch_counts} per step); give a smaller --batch-size or more data")
     return dataset
+
+
+def checked(spec, path: str | Path, hparams: dict[str, Any], batch_size: int, seed: int = 0, decode: str = "cpu") -> str:
+    """The absolute path of a dataset that passed its check (checked once per process: a sweep
+    validates the same dataset for each of its lines)."""
+    absolute = str(Path(path).expanduser().resolve())
+    key = (spec.name, absolute, tuple(sorted((k, str(v)) for k, v in hparams.items())), batch_size, decode)
+    if key not in _checked:
+        open_dataset(spec, absolute, hparams, batch_size, seed, decode)
+        _checked[key] = absolute
+    return _checked[key]
 
 
 def make(spec, out: str | Path, size: int, hparams: dict[str, Any], seed: int = 0, audio: str = "wav") -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Parts: `session.py` (eager or torch.compile, autocast, channels_last, CUDA-event timing),
 `distributed.py` (torchrun process groups, DDP / FSDP2), `trace.py` (torch.profiler),
 `memory.py` (the memory profiler), `custom.py` (clock and FLOP counter of a user's step for
-`tbd.measure`). Importing this package imports no torch.
+`tbd.measure`), `data.py` (DataLoader feeds for `--data`, GPU JPEG decoding). Importing this package imports no torch.
 """
 
 from tbd.frameworks.base import Capabilities, FrameworkPlugin
@@ -31,5 +31,7 @@ PLUGIN = FrameworkPlugin(
         fused_optimizer="pass fused=True to the optimizer in the workload's torch_impl",
         allocator_setting="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
         flop_counter="torch.utils.flop_counter.FlopCounterMode",
+        data_loader="torch.utils.data.DataLoader (worker processes, pinned memory, copies on a side CUDA stream)",
+        gpu_decode="torchvision.io.decode_jpeg on CUDA (nvJPEG), batched; random resized crop and flip on the GPU",
     ),
 )
