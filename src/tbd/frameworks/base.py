@@ -197,6 +197,13 @@ class FrameworkPlugin:
         """A session for `config`; `batch_size` is this process's share of the global batch."""
         return self.part("session").open_session(config, spec, impl, BuildContext.for_run(config, batch_size))
 
+    def open_loader(self, config, spec, impl, batch_size: int):
+        """The loader feed of a `--data` config alone, without a model (`tbd data bench`):
+        (feed, what the record would say about it, a function that waits for the device)."""
+        if not self.capabilities.data_loader:
+            raise UsageError(f"{self.title} has no loader for datasets on disk yet; use another --framework")
+        return self.part("data").open_loader(config, spec, impl, BuildContext.for_run(config, batch_size))
+
     def profiler_range(self, on: bool) -> None:
         self.part("session").profiler_range(on)
 

@@ -85,6 +85,11 @@ def decode_on_device(host: dict[str, Any], device: torch.device) -> dict[str, An
     return {"images": out.permute(0, 2, 3, 1), "labels": host["labels"]}
 
 
+def samples_in(host: dict[str, Any]) -> int:
+    """Samples in a collated host batch: the length of its first array or list."""
+    return next((len(v) for v in host.values() if isinstance(v, (torch.Tensor, list))), 0)
+
+
 def tensors_in(batch: Any):
     if isinstance(batch, torch.Tensor):
         yield batch
@@ -102,6 +107,7 @@ class Feed:
     def __init__(self, loader: DataLoader, convert, device: torch.device, depth: int):
         self.loader, self.convert, self.device = loader, convert, device
         self.iterator = iter(loader)
+        self.samples = 0  # samples taken from the loader so far (tbd data bench counts them)
         self.thread = None
         if device.type == "cuda":
             self.stream = torch.cuda.Stream(device)
@@ -112,6 +118,7 @@ class Feed:
 
     def _prepare(self, host: dict[str, Any]) -> tuple[Any, list[str]]:
         skipped = host.pop("skipped", [])
+        self.samples += samples_in(host)
         if "jpeg" in host:
             host = decode_on_device(host, self.device)
         return self.convert(host), skipped
@@ -186,3 +193,10 @@ def open_feed(config, spec, from_host, ctx, device: torch.device, finish=lambda 
         "notes": dataset.notes,
     }
     return feed, method
+
+
+def open_loader(config, spec, impl, ctx) -> tuple[Feed, dict[str, Any], Any]:
+    """The feed alone (tbd data bench): batches on the device, no model."""
+    device = torch.device(config.device)
+    feed, method = open_feed(config, spec, impl.from_host, ctx, device)
+    return feed, method, (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
