@@ -137,7 +137,7 @@ class ImageNetFolder(Dataset):
                 if img.format != "JPEG":
                     raise ValueError(f"not a JPEG ({img.format})")
                 width, height = img.size
-            return {"jpeg": np.frombuffer(bytearray(data), np.uint8), "crop": np.array(crop_box(width, height, rng), np.int32),
+            return {"jpeg": np.frombuffer(data, np.uint8), "crop": np.array(crop_box(width, height, rng), np.int32),
                     "flip": flip, "label": self.labels[index]}
         img = read_rgb(path)
         top, left, h, w = crop_box(img.width, img.height, rng)
@@ -148,9 +148,10 @@ class ImageNetFolder(Dataset):
 
     def collate(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         labels = np.array([s["label"] for s in samples], dtype=np.int64)
-        if self.decode == "gpu":
-            return {"jpeg": [s["jpeg"] for s in samples], "crop": np.stack([s["crop"] for s in samples]),
-                    "flip": np.array([s["flip"] for s in samples]), "labels": labels, "image_size": self.image_size}
+        if self.decode == "gpu":  # the files back to back in one buffer: one transfer from a worker, not one per image
+            return {"jpeg": np.concatenate([s["jpeg"] for s in samples]), "jpeg_sizes": np.array([len(s["jpeg"]) for s in samples], np.int64),
+                    "crop": np.stack([s["crop"] for s in samples]), "flip": np.array([s["flip"] for s in samples]), "labels": labels,
+                    "image_size": self.image_size}
         return {"images": np.stack([s["image"] for s in samples]), "labels": labels}  # (B, S, S, 3) uint8
 
 

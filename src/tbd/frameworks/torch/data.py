@@ -74,7 +74,8 @@ def decode_on_device(host: dict[str, Any], device: torch.device) -> dict[str, An
     [0, 255] on the device (an NHWC view of NCHW memory), "labels"}."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    decoded = decode_jpeg(host["jpeg"], mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8
+    files = list(torch.split(host["jpeg"], host["jpeg_sizes"].tolist()))  # views of the one buffer, each contiguous
+    decoded = decode_jpeg(files, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8
     s = int(host["image_size"])
     out = torch.empty((len(decoded), 3, s, s), dtype=torch.float32, device=device)
     for i, (img, (top, left, h, w)) in enumerate(zip(decoded, host["crop"].tolist())):
@@ -86,7 +87,9 @@ def decode_on_device(host: dict[str, Any], device: torch.device) -> dict[str, An
 
 
 def samples_in(host: dict[str, Any]) -> int:
-    """Samples in a collated host batch: the length of its first array or list."""
+    """Samples in a collated host batch: its labels, else the length of its first array or list."""
+    if "labels" in host and isinstance(host["labels"], torch.Tensor):
+        return len(host["labels"])
     return next((len(v) for v in host.values() if isinstance(v, (torch.Tensor, list))), 0)
 
 
