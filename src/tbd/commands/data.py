@@ -1,9 +1,11 @@
-"""`tbd data make | check | bench`: datasets on disk for `tbd run --data` (docs/data.md).
+"""`tbd data make | check | bench | resize`: datasets on disk for `tbd run --data` (docs/data.md).
 
 - `make WORKLOAD --out DIR [--size N]`: a small dataset in the workload's real format, with
   generated content and real encodings (JPEG files, VOC XML, WAV/FLAC, text, token files);
 - `check WORKLOAD --data PATH`: the check a run makes before it starts, and what it found;
-- `bench WORKLOAD --data PATH`: the loader's throughput alone, to the device, no model.
+- `bench WORKLOAD --data PATH`: the loader's throughput alone, to the device, no model;
+- `resize --data PATH --side N --out DIR`: a lower-resolution copy of an image folder (what the
+  analysis recommends when decoding large images makes a run input-bound).
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ def register(sub) -> None:
     make.add_argument("--audio", choices=("wav", "flac"), default="wav", help="deepspeech2: audio encoding (flac needs soundfile; default: wav)")
     make.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the content (default: 0)")
     make.set_defaults(func=make_cmd)
+    resize = actions.add_parser("resize", help="copy an ImageNet-style folder with the images' shorter side at most N px", formatter_class=EXAMPLES,
+                                epilog="example:\n  tbd data resize --data ~/imagenet/train --side 256 --out ~/imagenet-256")
+    resize.add_argument("--data", required=True, help="the ImageNet-style folder to copy")
+    resize.add_argument("--side", type=positive_int, required=True, help="shorter side of the copies, in pixels (larger images only are resized)")
+    resize.add_argument("--out", required=True, help="new folder for the copy")
+    resize.add_argument("--limit", type=positive_int, help="copy at most this many images, taken evenly from the classes")
+    resize.set_defaults(func=resize_cmd)
     for name, func, what in (("check", check_cmd, "check a dataset as a run would before it starts"),
                              ("bench", bench_cmd, "loader throughput alone (to the device, no model)")):
         q = actions.add_parser(name, help=what, formatter_class=EXAMPLES)
@@ -66,8 +75,21 @@ def make_cmd(args) -> int:
     spec = registry.get_spec(args.workload)
     made = recipes.make(spec, args.out, args.size, dict(spec.flavor(args.flavor).hparams), args.seed, args.audio)
     details = ", ".join(f"{k} {v}" for k, v in made.items() if k not in ("format", "path"))
-    print(f"wrote a {made['format']} dataset for {spec.name} ({details}) to {made['path']}")
+    print(f"wrote {spec.name}'s dataset format ({made['format']}: {details}) to {made['path']}")
     print(f"try: tbd run {spec.name} --data {made['path']}" + ("" if args.flavor == "tiny" else f" --flavor {args.flavor}"))
+    return 0
+
+
+def resize_cmd(args) -> int:
+    from pathlib import Path
+
+    from tbd.data.images import resized_copy
+
+    out = Path(args.out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty; give a new folder to --out")
+    made = resized_copy(args.data, out, args.side, args.limit)
+    print(f"wrote {made['images']:,} images in {made['classes']} classes at a shorter side of at most {args.side} px to {made['path']}")
     return 0
 
 

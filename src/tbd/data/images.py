@@ -233,3 +233,33 @@ def make_image_folder(out: Path, size: int, rng: np.random.Generator, mean_size:
         w, h = (max(16, int(v * rng.uniform(0.8, 1.2))) for v in mean_size)
         save_jpeg(synthetic_picture(rng, w, h, i), out / f"{i:06d}.jpg")
     return {"images": size}
+
+
+# -- lower-resolution copies (tbd data resize; tbd analyze --verify of "store the images smaller") --
+
+
+def _resize_one(job: tuple[str, str, int]) -> int:
+    source, target, side = job
+    img = read_rgb(source)
+    scale = side / min(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), _pil().Resampling.BILINEAR)
+    img.save(target, "JPEG", quality=90)
+    return 1
+
+
+def resized_copy(path: str | Path, out: str | Path, side: int, limit: int | None = None, processes: int | None = None) -> dict[str, Any]:
+    """A copy of an ImageNet-style folder with every image's shorter side at most `side` px
+    (JPEG quality 90), the same classes; `limit` images at most, taken evenly from the classes."""
+    root, classes, per_class = class_folders(path, "resize")
+    out = Path(out).expanduser()
+    jobs = []
+    per = None if limit is None else max(1, limit // len(classes))
+    for name, files in zip(classes, per_class):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        jobs += [(str(root / name / f), str(out / name / f), side) for f in files[:per]]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(processes or max(1, len(os.sched_getaffinity(0)))) as pool:
+        done = sum(pool.imap_unordered(_resize_one, jobs, chunksize=16))
+    return {"images": done, "classes": len(classes), "side": side, "path": str(out)}

@@ -37,7 +37,7 @@ from tbd.errors import UsageError, closest
 PRESETS = ("quick", "paper")
 BUDGET_KEYS = {"max_steps": int, "max_time": float, "target_ci": float, "min_timed_steps": int, "seed": int}
 TOP_KEYS = ("name", "workloads", "frameworks", "flavors", "devices", "precisions", "batch_sizes", "batch_scale",
-            "compile", "channels_last", "max_batch", "budget")
+            "compile", "channels_last", "max_batch", "budget", "data")
 MAX_NAME_CHARS = 200  # a sweep's name is printed on every line; longer is a mistake (and slow to print)
 MAX_FILE_BYTES = 2**20  # sweep files are a few lines of TOML
 DEFAULT_BUDGET = {"max_steps": 300, "max_time": 60.0, "target_ci": 1.0, "min_timed_steps": 10, "seed": 0}
@@ -58,6 +58,10 @@ class SweepSpec:
     channels_last: bool = False  # applied where the workload supports it
     max_batch: int | None = None  # bisect the largest batch that fits, up to this bound
     budget: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_BUDGET))
+    # Datasets on disk (docs/data.md): one path for every workload, or a path per workload
+    # (workloads without one train on synthetic data).
+    data: str | None = None
+    data_per_workload: dict[str, str] = field(default_factory=dict)
     isolate: bool = True
     source: str = "flags"
 
@@ -75,7 +79,7 @@ class Line:
     @property
     def label(self) -> str:
         b = self.base
-        extra = (" +compile" if b["compile"] else "") + (" channels_last" if b["channels_last"] else "")
+        extra = (" +compile" if b["compile"] else "") + (" channels_last" if b["channels_last"] else "") + (f" data={b['data']}" if b.get("data") else "")
         return f"{b['workload']}/{b['framework']}/{b['flavor']} {b['device']} {b['precision']}{extra}"
 
     def config(self, batch: int, **overrides: Any) -> RunConfig:
@@ -122,6 +126,9 @@ def plan(spec: SweepSpec) -> Plan:
                                         max_steps=spec.budget["max_steps"], max_time_s=float(spec.budget["max_time"]),
                                         target_ci_pct=float(spec.budget["target_ci"]), min_timed_steps=spec.budget["min_timed_steps"],
                                         seed=spec.budget["seed"], isolate=spec.isolate)
+                            data = spec.data_per_workload.get(w, spec.data)
+                            if data:  # only where given, so the plans (and ids) of synthetic sweeps stay as they were
+                                base["data"] = data
                             batches = _batches(spec, w, ws.flavor(flavor).batch_size)
                             if batches[-1] > MAX_BATCH:  # bad input, not a line that cannot run here
                                 raise UsageError(f"batch size {batches[-1]} is beyond any device (at most {MAX_BATCH:,}); give smaller batch sizes")
@@ -281,6 +288,16 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
                 spec.max_batch = value
             else:
                 raise fail(None, key, "must be true, false or the largest batch size to try")
+        elif key == "data":
+            if isinstance(value, str) and value.strip():
+                spec.data = value.strip()
+            elif isinstance(value, dict) and value and all(isinstance(v, str) and v.strip() for v in value.values()):
+                for w, path in value.items():
+                    if not registry.is_workload(w):
+                        raise fail("data", w, f"is not a registered workload{closest(w, registry.WORKLOADS)}")
+                    spec.data_per_workload[w] = path.strip()
+            else:
+                raise fail(None, key, 'must be a dataset path, or a table of paths per workload ([data] resnet50 = "/data/imagenet")')
         elif key == "budget":
             if not isinstance(value, dict):
                 raise fail(None, key, "must be a table, e.g. [budget] max_time = 30")
