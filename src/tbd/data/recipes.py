@@ -87,7 +87,7 @@ def open_dataset(spec, path: str | Path, hparams: dict[str, Any], batch_size: in
     dataset = FORMATS[spec.data_format][0](path, spec, hparams, batch_size, seed, decode)
     if not dataset.plan(0):
         raise UsageError(f"{dataset.path}: {len(dataset):,} samples make no batch of {dataset.batch_size} "
-                         f"({spec.name} {spec.batch_counts} per step); give a smaller --batch-size or more data")
+                         f"(what one {spec.name} step takes); give a smaller --batch-size or more data")
     return dataset
 
 

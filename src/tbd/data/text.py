@@ -79,7 +79,7 @@ class ParallelText(Dataset):
         self.max_len, self.by_tokens = max_len, by_tokens
         # Lengths in tokens with EOS, cut at max_len: what bucketing sorts by.
         self.lengths = np.array([[min(len(a.split()) + 1, max_len), min(len(b.split()) + 1, max_len)] for a, b in zip(self.src, self.tgt)], np.int64)
-        self.facts.update(samples=len(self.src), source=self.src_lang, target=self.tgt_lang,
+        self.facts.update(samples=len(self.src), source_language=self.src_lang, target_language=self.tgt_lang,
                           mean_tokens_per_pair=float(self.lengths.sum(axis=1).mean()), vocab_words=[len(v) for v in self.vocab])
         if len(sides[0]) > len(keep):
             self.notes.append(f"{len(sides[0]) - len(keep)} pair(s) with an empty side left out")

@@ -121,7 +121,7 @@ class VOCDetection(Dataset):
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        pixels = np.asarray(read_rgb(self.image_path(index)), dtype=np.uint8)
+        pixels = np.array(read_rgb(self.image_path(index)), dtype=np.uint8)  # a writable copy
         boxes = self.boxes[index].copy()
         if rng.random() < 0.5:
             width = pixels.shape[1]

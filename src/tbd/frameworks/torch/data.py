@@ -39,7 +39,7 @@ STOP_POLL_S = 0.2  # how often a blocked feed thread checks whether the session 
 def to_tensors(value: Any) -> Any:
     """NumPy arrays (in dicts and lists) as tensors sharing their memory."""
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(value)
+        return torch.from_numpy(value if value.flags.writeable else value.copy())
     if isinstance(value, list):
         return [to_tensors(v) for v in value]
     if isinstance(value, dict):
