@@ -4,7 +4,6 @@ training is skipped, replaced and counted in the record."""
 import shutil
 from pathlib import Path
 
-import pytest
 
 from tbd.cli import main
 from tbd.config import RunConfig

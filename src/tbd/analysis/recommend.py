@@ -88,7 +88,7 @@ def _rec(action: str, gain: float, basis: str, apply: dict[str, Any] | None, how
 # max(c, the loader's new time per batch).
 DECODE_SHARE = 0.8  # share of a CPU worker's time per JPEG spent decoding (PIL; crop/resize/flip the rest), a rough figure
 GPU_DECODE_DEVICE_COST = 0.05  # device time the GPU's crops and resizes add to a step, rough
-STORED_SIDE_FACTOR = 1.15  # a stored shorter side of 1.15x the crop size (256 px for 224) keeps random crops sharp
+STORED_SIDE_FACTOR = 256 / 224  # a stored shorter side of 256 px for 224 px crops (the usual ImageNet resize) keeps crops sharp
 
 
 def _input(facts: dict[str, Any]) -> list[dict[str, Any]]:
