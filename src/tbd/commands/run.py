@@ -24,11 +24,13 @@ from tbd.results.store import Store
 def register(sub) -> None:
     p = sub.add_parser(
         "run", help="measure one training workload", formatter_class=EXAMPLES,
-        description="Train WORKLOAD on synthetic data, detect warm-up, time steady steps until the throughput is known to +-1% "
+        description="Train WORKLOAD on synthetic data (or a dataset on disk: --data, docs/data.md), detect warm-up, "
+                    "time steady steps until the throughput is known to +-1% "
                     "(or the budget runs out: status unconverged, or insufficient with too few steps for a CI), store the run.",
         epilog="examples:\n  tbd run resnet50\n  tbd run resnet50 --framework jax --flavor tiny --max-time 20\n"
                "  tbd run resnet50 --device cuda --flavor paper -b 256 --precision bf16 --channels-last --compile\n"
-               "  tbd run resnet50 --device cuda --flavor paper -b 512 --nproc-per-node 8   (docs/distributed.md)",
+               "  tbd run resnet50 --device cuda --flavor paper -b 512 --nproc-per-node 8   (docs/distributed.md)\n"
+               "  tbd run resnet50 --data ./imgs --workers 4   ('tbd data make resnet50 --out ./imgs' writes one; docs/data.md)",
     )
     p.add_argument("workload", help="workload name (see 'tbd list')")
     add_run_options(p)
