@@ -195,6 +195,8 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
                           f"({fmt_num(v['samples_per_s_before'])} -> {fmt_num(v['samples_per_s_after'])} samples/s, run {v['run_id']})")
         else:
             console.print(f"[bold]verify[/]: {escape(v['action'])}: rerun {v['run_id']} failed: {escape(str(v.get('error')))}")
+        if v.get("note"):
+            console.print(f"  [dim]{escape(v['note'])}[/]")
     if a.get("trace"):
         console.print(f"trace: {escape(a['trace']['file'])} (open in https://ui.perfetto.dev or chrome://tracing)")
     console.print(f"analysis stored with run {record['id']} ('tbd results show {record['id']} --json')")
