@@ -81,6 +81,15 @@ def test_token_windows_and_spectrograms(datasets):
     assert one_second.shape == (161, 99)  # 100 frames per second of audio (n_fft 320, hop 160)
 
 
+def test_gpt_raw_text_with_a_tokenizer(tmp_path):
+    pytest.importorskip("tokenizers")
+    spec = registry.get_spec("gpt")
+    made = recipes.make(spec, tmp_path / "text", 8, tiny("gpt"), text_format="txt")
+    assert 0 < made["tokenizer_vocab"] <= tiny("gpt")["vocab"]
+    _, b = first_batch("gpt", tmp_path / "text", 4)
+    assert b["tokens"].shape == (4, tiny("gpt")["block_size"] + 1) and b["tokens"].max() < made["tokenizer_vocab"]
+
+
 def test_wgan_batch_holds_every_critic_iteration(datasets):
     hp = tiny("wgan")
     _, b = first_batch("wgan", datasets["wgan"], 8)

@@ -36,6 +36,8 @@ def register(sub) -> None:
     make.add_argument("--size", type=positive_int, default=64, help="samples to write (images, sentence pairs, utterances, windows; default: 64)")
     make.add_argument("--flavor", default="tiny", help="size the content for this flavor (image sizes, vocabularies, durations; default: tiny)")
     make.add_argument("--audio", choices=("wav", "flac"), default="wav", help="deepspeech2: audio encoding (flac needs soundfile; default: wav)")
+    make.add_argument("--text", choices=("bin", "txt"), default="bin",
+                      help="gpt: a uint16 train.bin (default), or raw train.txt with a BPE tokenizer.json trained on it (needs tokenizers)")
     make.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the content (default: 0)")
     make.set_defaults(func=make_cmd)
     resize = actions.add_parser("resize", help="copy an ImageNet-style folder with the images' shorter side at most N px", formatter_class=EXAMPLES,
@@ -73,7 +75,7 @@ def make_cmd(args) -> int:
     from tbd.data import recipes
 
     spec = registry.get_spec(args.workload)
-    made = recipes.make(spec, args.out, args.size, dict(spec.flavor(args.flavor).hparams), args.seed, args.audio)
+    made = recipes.make(spec, args.out, args.size, dict(spec.flavor(args.flavor).hparams), args.seed, args.audio, args.text)
     details = ", ".join(f"{k} {v}" for k, v in made.items() if k not in ("format", "path"))
     print(f"wrote {spec.name}'s dataset format ({made['format']}: {details}) to {made['path']}")
     print(f"try: tbd run {spec.name} --data {made['path']}" + ("" if args.flavor == "tiny" else f" --flavor {args.flavor}"))

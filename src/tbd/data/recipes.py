@@ -50,7 +50,7 @@ FORMATS: dict[str, tuple[Callable[..., Dataset], str]] = {
     "imagenet": (_imagenet, "an ImageNet-style folder of JPEGs (DIR/CLASS/IMAGE.JPEG)"),
     "voc": (_voc, voc.LAYOUT),
     "parallel_text": (_parallel, text.LAYOUT),
-    "tokens": (_tokens, "a token file of uint16 ids (nanoGPT's train.bin), or its folder"),
+    "tokens": (_tokens, "a token file of uint16 ids (nanoGPT's train.bin), or its folder; or a folder with train.txt and tokenizer.json"),
     "librispeech": (_speech, speech.LAYOUT),
     "images": (_gan, "a folder of images (any depth)"),
 }
@@ -102,7 +102,7 @@ def checked(spec, path: str | Path, hparams: dict[str, Any], batch_size: int, se
     return _checked[key]
 
 
-def make(spec, out: str | Path, size: int, hparams: dict[str, Any], seed: int = 0, audio: str = "wav") -> dict[str, Any]:
+def make(spec, out: str | Path, size: int, hparams: dict[str, Any], seed: int = 0, audio: str = "wav", text_format: str = "bin") -> dict[str, Any]:
     """Write `size` generated samples of `spec`'s format under `out`; what was written."""
     require(spec)
     out = Path(out).expanduser()
@@ -119,6 +119,8 @@ def make(spec, out: str | Path, size: int, hparams: dict[str, Any], seed: int = 
     elif fmt == "parallel_text":
         src, tgt = (hparams["src_vocab"], hparams["tgt_vocab"]) if "src_vocab" in hparams else (hparams["vocab"], hparams["vocab"])
         made = text.make_parallel(out, size, rng, src, tgt, mean_len=max(4.0, hparams["max_len"] / 3), max_len=hparams["max_len"])
+    elif fmt == "tokens" and text_format == "txt":
+        made = text.make_text(out, size * (hparams["block_size"] + 1), rng, min(hparams["vocab"], 50257))
     elif fmt == "tokens":
         made = text.make_tokens(out, size * (hparams["block_size"] + 1), rng, min(hparams["vocab"], 50257))
     elif fmt == "librispeech":

@@ -11,7 +11,9 @@ and cut into batches, fixed pairs per batch (seq2seq) or a padded-token budget (
 fairseq `--max-tokens` rule), then shuffled: the bucketing the synthetic batches imitate.
 
 Tokens for gpt: nanoGPT's `train.bin` (uint16 token ids, native byte order), or a folder with
-it; each sample is a random window of `block_size + 1` tokens.
+it; or raw text, a folder with `train.txt` and a Hugging Face `tokenizer.json` (read by the
+`tokenizers` library, which tokenizes the text when the dataset opens, in memory: for a large
+corpus write a train.bin once instead). Each sample is a random window of `block_size + 1` tokens.
 """
 
 from __future__ import annotations
@@ -145,10 +147,15 @@ def token_file(path: str | Path, workload: str = "gpt") -> Path:
     p = Path(path).expanduser()
     if p.is_dir() and (p / "train.bin").is_file():
         return p / "train.bin"
+    if p.is_dir() and (p / "train.txt").is_file():
+        if not (p / "tokenizer.json").is_file():
+            raise bad_data(p, "has train.txt but no tokenizer.json", "add the tokenizer (Hugging Face tokenizers' JSON) or a tokenized train.bin")
+        return p / "train.txt"
     if p.is_file():
         return p
     if p.is_dir():
-        raise bad_data(p, "has no train.bin", f"{workload} reads a token file (uint16 ids, as nanoGPT's prepare.py writes it)")
+        raise bad_data(p, "has no train.bin (nor train.txt with tokenizer.json)",
+                       f"{workload} reads a token file (uint16 ids, as nanoGPT's prepare.py writes it) or raw text with a tokenizer")
     raise UsageError(f"--data {path}: no such file or folder; give a .bin token file ('tbd data make {workload} --out DIR' writes one)")
 
 
@@ -158,6 +165,15 @@ class TokenFile(Dataset):
     def __init__(self, path, batch_size: int, seed: int = 0, block_size: int = 64, vocab: int = 50304, workload: str = "gpt"):
         super().__init__(path, batch_size, seed)
         self.file = token_file(path, workload)
+        self._data: np.ndarray | None = None  # opened in each loader process (a memory map does not pickle)
+        self.block = block_size
+        if self.file.suffix == ".txt":
+            self._data = tokenize(self.file, self.file.parent / "tokenizer.json", vocab)
+            self.tokens = len(self._data)
+            if self.tokens < block_size + 2:
+                raise bad_data(self.file, f"holds {self.tokens:,} tokens, fewer than one window of {block_size + 1}", "give more text")
+            self.facts.update(tokens=self.tokens, block_size=block_size, tokenizer=str(self.file.parent / "tokenizer.json"))
+            return
         size = self.file.stat().st_size
         if size % 2:
             raise bad_data(self.file, f"is {size:,} bytes, not a whole number of uint16 tokens", "give a file of uint16 token ids")
@@ -168,7 +184,6 @@ class TokenFile(Dataset):
         if int(head.max()) >= vocab:
             raise bad_data(self.file, f"has token id {int(head.max())}, beyond the flavor's vocabulary of {vocab}",
                            "use a flavor with a larger vocabulary (paper: GPT-2's 50,257) or tokenize with a smaller one")
-        self._data: np.ndarray | None = None  # opened in each loader process (a memory map does not pickle)
         self.facts.update(tokens=self.tokens, block_size=block_size)
 
     def __len__(self) -> int:
@@ -191,7 +206,34 @@ class TokenFile(Dataset):
         return {"tokens": np.stack([s["tokens"] for s in samples])}  # (B, T + 1)
 
     def __getstate__(self):
-        return {**self.__dict__, "_data": None}
+        return {**self.__dict__, "_data": self._data if isinstance(self._data, np.ndarray) and not isinstance(self._data, np.memmap) else None}
+
+
+def _tokenizers():
+    try:
+        import tokenizers
+    except ImportError:
+        raise UsageError("raw text for gpt needs the tokenizers package: pip install tokenizers (or give a tokenized train.bin)") from None
+    return tokenizers
+
+
+def tokenize(text: Path, tokenizer_file: Path, vocab: int) -> np.ndarray:
+    """The ids of a text file, line by line (lines joined by the tokenizer's own newline handling)."""
+    try:
+        tokenizer = _tokenizers().Tokenizer.from_file(str(tokenizer_file))
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise bad_data(tokenizer_file, f"is not a tokenizers JSON file ({type(exc).__name__}: {exc})", "save it with Tokenizer.save()") from None
+    if tokenizer.get_vocab_size() > vocab:
+        raise bad_data(tokenizer_file, f"has {tokenizer.get_vocab_size():,} tokens, beyond the flavor's vocabulary of {vocab}",
+                       "use a flavor with a larger vocabulary (paper: GPT-2's 50,257) or a smaller tokenizer")
+    try:
+        lines = text.read_text(encoding="utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError as exc:
+        raise bad_data(text, f"is not UTF-8 text (byte {exc.start})", "convert it to UTF-8") from None
+    ids = [i for enc in tokenizer.encode_batch(lines) for i in enc.ids]
+    return np.array(ids, np.uint16 if vocab <= 65536 else np.int32)
 
 
 # -- generated datasets ----------------------------------------------------------------------
@@ -218,6 +260,23 @@ def make_parallel(out: Path, size: int, rng: np.random.Generator, src_vocab: int
         (out / f"train.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (out / f"vocab.{lang}").write_text("\n".join(["<unk>", "<s>", "</s>", *vocab]) + "\n", encoding="utf-8")
     return {"pairs": size, "languages": list(langs)}
+
+
+def make_text(out: Path, size: int, rng: np.random.Generator, vocab: int = 512) -> dict[str, Any]:
+    """train.txt of about `size` tokens of made-up Zipf-distributed words and a byte-level BPE
+    tokenizer.json trained on it with the tokenizers library (at most `vocab` tokens)."""
+    tk = _tokenizers()
+    out.mkdir(parents=True, exist_ok=True)
+    words = [f"w{i}" for i in range(200)]
+    lines = [" ".join(_zipf_words(rng, words, int(rng.integers(5, 20)))) for _ in range(max(1, size // 8))]
+    (out / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tokenizer = tk.Tokenizer(tk.models.BPE())
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(vocab_size=min(vocab, 512), initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(lines, trainer)
+    tokenizer.save(str(out / "tokenizer.json"))
+    return {"lines": len(lines), "tokenizer_vocab": tokenizer.get_vocab_size()}
 
 
 def make_tokens(out: Path, size: int, rng: np.random.Generator, vocab: int = 512) -> dict[str, Any]:
