@@ -30,6 +30,7 @@ def test_sweep_file_data_key(datasets):
     spec = parse_text(f'workloads = ["resnet50", "gpt"]\nframeworks = ["torch"]\ndevices = ["cpu"]\n[data]\nresnet50 = "{datasets["resnet50"]}"\n', "s.toml")
     lines = {line.base["workload"]: line for line in plan(spec).lines}
     assert lines["resnet50"].base["data"] == datasets["resnet50"] and "data=" in lines["resnet50"].label
+    assert lines["resnet50"].config(4).workers >= 1  # the points run unvalidated: the loader's default is filled in
     assert "data" not in lines["gpt"].base  # no path for gpt: synthetic, and its plan unchanged
     bad = f'workloads = ["seq2seq"]\nframeworks = ["torch"]\ndevices = ["cpu"]\ndata = "{datasets["resnet50"]}"\n'
     notes = plan(parse_text(bad, "s.toml")).notes

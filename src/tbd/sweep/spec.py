@@ -133,10 +133,12 @@ def plan(spec: SweepSpec) -> Plan:
                             if batches[-1] > MAX_BATCH:  # bad input, not a line that cannot run here
                                 raise UsageError(f"batch size {batches[-1]} is beyond any device (at most {MAX_BATCH:,}); give smaller batch sizes")
                             try:  # one check per line: validity does not depend on the batch size
-                                RunConfig(**base, batch_size=batches[0]).validated()
+                                checked = RunConfig(**base, batch_size=batches[0]).validated()
                             except UsageError as exc:
                                 notes.append(f"{w}/{fw}/{flavor} {device} {precision}: {exc}")
                                 continue
+                            if data:  # the dataset's absolute path and the loader's default workers, as checked
+                                base.update(data=checked.data, workers=checked.workers)
                             lines.append(Line(base, batches))
     check_name(spec.name)
     # What is measured: how points are launched (isolate) does not change it.
