@@ -93,6 +93,29 @@ def loader_point(base: dict, seconds: float, **fields) -> dict:
         feed.close()
 
 
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def _shm_gib() -> float | None:
+    """Shared memory the loader's workers hand batches through (a small /dev/shm breaks them)."""
+    try:
+        st = os.statvfs("/dev/shm")
+        return st.f_bsize * st.f_blocks / 2**30
+    except OSError:
+        return None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -130,10 +153,13 @@ def main() -> int:
                 target_ci_pct=2.0, isolate=False)
     result = {
         "bench": "data_gpu", "date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
-        "torch": torch.__version__, "cpu_cores": cores, "cpu": platform.processor(), "python": sys.version.split()[0],
+        "torch": torch.__version__, "torchvision": _version("torchvision"), "pillow": _version("PIL"), "cpu_cores": cores,
+        "cpu": _cpu_model(), "python": sys.version.split()[0], "dev_shm_gib": _shm_gib(),
         "config": {k: v for k, v in base.items() if k != "isolate"}, "dataset": dataset, "points": [],
     }
     t_all = time.perf_counter()
+    print(f"{result['device']}, torch {result['torch']}, torchvision {result['torchvision']}, {cores} CPU cores ({result['cpu']}), "
+          f"/dev/shm {result['dev_shm_gib'] or 0:.0f} GiB", flush=True)
 
     def record(point: dict) -> None:
         result["points"].append(point)
