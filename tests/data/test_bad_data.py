@@ -81,25 +81,26 @@ def test_options_that_do_not_apply(datasets, capsys):
     assert "make no batch of 320" in run_error(capsys, "wgan", "--data", datasets["resnet50"] + "/train/n00000000", "-b", "64")
 
 
-def test_corrupt_sample_mid_run_is_skipped_and_counted(tmp_path):
-    """A file the check's sample missed (it decodes SCAN_SAMPLE files spread over the dataset) is
-    replaced by the next sample when training meets it; the record counts and names it."""
+def test_corrupt_sample_mid_run_is_skipped_and_counted(tmp_path, monkeypatch):
+    """A file the check's sample missed (it decodes SCAN_SAMPLE files spread over the dataset;
+    2 here) is replaced by the next sample when training meets it; the record counts and names it."""
     from tbd import registry
     from tbd.data import base, recipes
 
+    monkeypatch.setattr(base, "SCAN_SAMPLE", 2)
     root = tmp_path / "images"
-    recipes.make(registry.get_spec("resnet50"), root, 40, dict(registry.get_spec("resnet50").flavor("tiny").hparams))
+    recipes.make(registry.get_spec("resnet50"), root, 8, dict(registry.get_spec("resnet50").flavor("tiny").hparams))
     files = sorted((root / "train").rglob("*.JPEG"), key=lambda p: (p.parent.name, p.name))  # the dataset's order
     unchecked = sorted(set(range(len(files))) - set(base.spread(len(files))))
     victim = files[unchecked[0]]
     victim.write_bytes(b"\xff\xd8 broken")
-    # 5 steps of 8 images cover the 40 images once; the check's sample does not include the victim
-    config = RunConfig(workload="resnet50", data=str(root), workers=0, batch_size=8, max_steps=5, min_timed_steps=2, isolate=False).validated()
+    # 2 steps of 4 images cover the 8 images once; the check's sample does not include the victim
+    config = RunConfig(workload="resnet50", data=str(root), workers=0, max_steps=2, min_timed_steps=1, isolate=False).validated()
     record = execute(config)
     assert record.status != "failed", record.error
     assert record.metrics["data_skipped_samples"] >= 1
     assert any(str(victim) in name for name in record.method["data_skipped_files"])
     # the record says how the data came and how long each step waited for it
-    assert record.method["data"]["format"] == "imagenet" and record.method["data"]["samples"] == 40
+    assert record.method["data"]["format"] == "imagenet" and record.method["data"]["samples"] == 8
     assert 0 <= record.metrics["input_wait_host_pct"] <= 100 and record.metrics["input_wait_host_ms_per_step"] >= 0
-    assert len(record.samples["input_wait_s"]) == len(record.samples["step_s"]) == 5
+    assert len(record.samples["input_wait_s"]) == len(record.samples["step_s"]) == 2

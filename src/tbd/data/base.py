@@ -45,8 +45,9 @@ def bad_data(path: str | Path, problem: str, fix: str) -> UsageError:
     return UsageError(f"{path}: {problem}; {fix}")
 
 
-def spread(n: int, k: int = SCAN_SAMPLE) -> list[int]:
-    """k indices spread evenly over range(n) (all of them when n <= k)."""
+def spread(n: int, k: int | None = None) -> list[int]:
+    """k (default SCAN_SAMPLE) indices spread evenly over range(n) (all of them when n <= k)."""
+    k = SCAN_SAMPLE if k is None else k
     if n <= k:
         return list(range(n))
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
