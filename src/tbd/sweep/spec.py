@@ -293,7 +293,7 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
         elif key == "data":
             if isinstance(value, str) and value.strip():
                 spec.data = value.strip()
-            elif isinstance(value, dict) and value and all(isinstance(v, str) and v.strip() for v in value.values()):
+            elif isinstance(value, dict) and all(isinstance(v, str) and v.strip() for v in value.values()):
                 for w, path in value.items():
                     if not registry.is_workload(w):
                         raise fail("data", w, f"is not a registered workload{closest(w, registry.WORKLOADS)}")
