@@ -70,6 +70,14 @@ def measurement_notes(record: dict[str, Any]) -> list[str]:
                    f"against {window_s:.3g} s of steady steps; neither is in the throughput[/]")
     if record["status"] != "ok":
         out.append("raise --max-time (or --max-steps) for a converged number")
+    if m.get("input_wait_host_pct") is not None:  # a dataset on disk (docs/data.md)
+        device = m.get("input_stall_device_pct")
+        where = f"the device idle for input {device:.1f}%, " if device is not None and record["config"]["device"] == "cuda" else ""
+        out.append(f"[dim]input: {where}the training loop waited {m['input_wait_host_pct']:.1f}% of the steady window "
+                   f"({m['input_wait_host_ms_per_step']:.3g} ms per step)[/]")
+    if m.get("data_skipped_samples"):
+        out.append(f"[yellow]{m['data_skipped_samples']} corrupt sample(s) skipped and replaced; 'tbd results show {record['id']}' "
+                   "names them (method.data_skipped_files)[/]")
     return out
 
 
