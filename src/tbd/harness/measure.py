@@ -229,7 +229,9 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     metrics["mfu_pct"] = achieved / peak * 100.0 if peak and achieved is not None else None
     metrics.update(_window_readings(m, steady.start, cores, sum(timed_samples)))
     metrics.update(input_metrics(m, 0 if no_steady else steady.start))
-    recompiled = recompilations(m, config.data_pool)
+    # From a dataset on disk, batches of a new length bucket keep arriving and each compiles once:
+    # counting compilations after "the first pass" of a resident pool does not apply.
+    recompiled = None if getattr(config, "data", None) else recompilations(m, config.data_pool)
     if m.compiles is not None:
         metrics["compile_count"] = m.compiles[-1]
         metrics["compile_s"] = m.compile_s
