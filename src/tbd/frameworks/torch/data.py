@@ -34,6 +34,7 @@ from tbd.data import recipes
 from tbd.data.base import BatchStream
 
 STOP_POLL_S = 0.2  # how often a blocked feed thread checks whether the session closed
+BATCH_TIMEOUT_S = 600.0  # no batch for this long: the loader hangs (a stuck file system, a wedged worker)
 
 
 def to_tensors(value: Any) -> Any:
@@ -149,7 +150,10 @@ class Feed:
     def next(self) -> tuple[Any, list[str]]:
         if self.thread is None:
             return self._prepare(next(self.iterator))
-        item = self.ready.get()
+        try:
+            item = self.ready.get(timeout=BATCH_TIMEOUT_S)
+        except queue.Empty:
+            raise RuntimeError(f"the data loader gave no batch in {BATCH_TIMEOUT_S:.0f} s; check the dataset's storage and --workers") from None
         if isinstance(item, BaseException):
             raise item
         batch, skipped, done = item
