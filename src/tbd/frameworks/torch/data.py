@@ -66,7 +66,7 @@ def rank_shard() -> tuple[int, int]:
 def make_loader(dataset, workers: int, prefetch: int, pin: bool, context: str | None = None) -> DataLoader:
     kwargs: dict[str, Any] = dict(batch_sampler=BatchStream(dataset, rank_shard()), collate_fn=Collate(dataset), num_workers=workers, pin_memory=pin)
     if workers > 0:
-        kwargs.update(prefetch_factor=prefetch, multiprocessing_context=context)
+        kwargs.update(prefetch_factor=prefetch, multiprocessing_context=context, timeout=BATCH_TIMEOUT_S)
     return DataLoader(dataset, **kwargs)
 
 
