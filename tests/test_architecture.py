@@ -29,12 +29,13 @@ LAYER_TABLE: list[tuple[str, int]] = [
     ("tbd.errors", 0),
     ("tbd.metrics.*", 0),
     ("tbd.version", 0),
-    # 1 model: configuration, topology, the registry, result records and framework-free workload specs.
+    # 1 model: configuration, topology, the registry, result records, framework-free workload specs and dataset readers.
     ("tbd.config", 1),
     ("tbd.topology", 1),
     ("tbd.registry", 1),
     ("tbd.results.*", 1),
     ("tbd.workloads.*", 1),
+    ("tbd.data.*", 1),
     # 2 frameworks: the framework adapters (framework workload modules: first rule above).
     ("tbd.frameworks.*", 2),
     # 3 harness: runs and measures a workload through a framework adapter.

@@ -17,7 +17,7 @@ from tbd.errors import TbdError, Terminated, closest
 from tbd.results.store import one_warning
 from tbd.version import __version__
 
-COMMAND_MODULES = ("listing", "run", "demo", "results", "export", "sweep", "compare", "report", "memory", "analyze", "scale", "tune", "env")
+COMMAND_MODULES = ("listing", "run", "demo", "results", "export", "sweep", "compare", "report", "memory", "analyze", "scale", "tune", "env", "data")
 
 
 class Parser(argparse.ArgumentParser):

@@ -57,6 +57,13 @@ class RunConfig:
     # Settings of the framework's plugin that change speed, not the model (e.g. PyTorch's
     # compile_mode, sdpa_backend); the plugin's Capabilities.options names the valid keys.
     options: dict[str, Any] = field(default_factory=dict)
+    # A dataset on disk instead of synthetic batches (docs/data.md): its path, the loader's
+    # worker processes (None: a default for the machine, filled in by validated()), batches
+    # prepared ahead, and where JPEGs are decoded (cpu in the workers, gpu on the device).
+    data: str | None = None
+    workers: int | None = None
+    prefetch: int = 2
+    decode: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,6 +127,7 @@ class RunConfig:
             if not cuda_available():
                 raise UsageError("device cuda was asked for but no NVIDIA GPU is visible here; use --device cpu")
         topology.validate_topology(self)
+        self._validate_data(spec, plugin)
         return self
 
     def _check_other_interpreter(self) -> None:
@@ -134,6 +142,39 @@ class RunConfig:
         if topology.world_size(self) > 1:
             raise UsageError("--python/--env runs one process; runs of several ranks use the interpreter running tbd (drop --nproc-per-node/--nnodes)")
         interpreters.check_config(self)
+
+    def _validate_data(self, spec, plugin) -> None:
+        """Loader settings, and the dataset's fast check (layout, named files, a sample decoded)
+        before anything runs: bad data is one line naming the file."""
+        if self.data is None:
+            if self.decode != "cpu" or self.workers is not None:
+                raise UsageError("--workers and --decode set how a dataset on disk is read; add --data PATH (or drop them)")
+            return
+        from tbd.data import recipes
+        from tbd.data.base import default_workers
+
+        recipes.require(spec)
+        caps = plugin.capabilities
+        if not caps.data_loader:
+            raise UsageError(f"--data is not available for {plugin.title} yet; use another --framework")
+        registry.check_data(self.workload, self.framework)
+        if self.workers is None:
+            self.workers = default_workers(self.device, self.nproc_per_node)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise UsageError(f"--workers must be 0 (load in the training process) or more, got {self.workers}")
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 1:
+            raise UsageError(f"--prefetch must be at least 1 batch, got {self.prefetch}")
+        if self.decode not in recipes.DECODES:
+            raise unknown("--decode", self.decode, recipes.DECODES)
+        if self.decode == "gpu":
+            if not recipes.gpu_decodable(spec):
+                raise UsageError(f"--decode gpu applies to ImageNet-style JPEG folders (resnet50, inception_v3); {self.workload} "
+                                 f"reads {recipes.layout(spec)}: drop --decode gpu")
+            if not caps.gpu_decode:
+                raise UsageError(f"--decode gpu is not available for {plugin.title}; use --decode cpu")
+            if self.device != "cuda":
+                raise UsageError("--decode gpu decodes on the GPU; use --device cuda, or --decode cpu")
+        self.data = recipes.checked(spec, self.data, self.resolved_hparams(), self.batch_size, self.seed, self.decode)
 
     def resolved_hparams(self) -> dict[str, Any]:
         flavor = registry.get_spec(self.workload).flavor(self.flavor)

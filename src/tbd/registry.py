@@ -275,6 +275,13 @@ def check_model(config) -> None:
             check(config)
 
 
+def check_data(workload: str, framework: str) -> None:
+    """A workload trains from a dataset on disk in a framework when its implementation turns a
+    loader's host batch into its own batch (`from_host(host, ctx, device)`); it is imported here."""
+    if getattr(load_implementation(workload, framework), "from_host", None) is None:
+        raise UsageError(f"{workload} in {framework} has no dataset reader yet (only synthetic data); drop --data or use another --framework")
+
+
 def load_implementation(workload: str, framework: str):
     check_runnable(workload, framework)
     return resolve(workload).implementation(framework)

@@ -76,7 +76,7 @@ def framework_levers(framework: str) -> dict[str, Any]:
     except UsageError:
         return {}
     return {"compiler": caps.compile, "channels_last_lever": caps.channels_last, "fused_optimizer_how": caps.fused_optimizer,
-            "allocator_setting": caps.allocator_setting,
+            "allocator_setting": caps.allocator_setting, "gpu_decode_how": caps.gpu_decode,
             "fused_optimizer_apply": {"options": dict(caps.fused_optimizer_option)} if caps.fused_optimizer_option else None,
             "allocator_apply": {"options": dict(caps.allocator_option)} if caps.allocator_option else None}
 
@@ -124,6 +124,7 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
                       "tensor_core_share_pct": dev["tensor_core_share_pct"], "layout_transpose_share_pct": dev["layout_transpose_share_pct"],
                       "exposed_comm_pct": dev["exposed_comm_pct"], "optimizer_kind": dev["optimizer_kind"],
                       "gpu_idle_not_waiting_pct": host.get("gpu_idle_not_waiting_pct"), "gpu_idle_host_busy_pct": host.get("gpu_idle_host_busy_pct")})
+    f.update(data_facts(record))
     if ncu and not ncu.get("error"):
         f.update({"ncu_tensor_pipe_pct": ncu.get("tensor_pipe_pct"), "ncu_fma_pipe_pct": ncu.get("fma_pipe_pct"),
                   "ncu_dram_pct": ncu.get("dram_throughput_pct")})
@@ -135,6 +136,29 @@ def _variable_shapes(workload: str) -> bool:
         return bool(registry.get_spec(workload).variable_shapes)
     except UsageError:
         return False
+
+
+def data_facts(record: dict[str, Any]) -> dict[str, Any]:
+    """A run on a dataset on disk: the measured time waiting for input (it overrides a trace's
+    data-loading spans: the wait is measured at every step) and the loader's levers."""
+    data = (record.get("method") or {}).get("data")
+    if not isinstance(data, dict):
+        return {}
+    from tbd.data import recipes
+
+    cfg, met = record["config"], record.get("metrics") or {}
+    device_pct = met.get("input_stall_device_pct")
+    wait = device_pct if device_pct is not None else met.get("input_wait_host_pct")
+    how = ("the device idle waiting for the next batch" if device_pct is not None and cfg["device"] == "cuda"
+           else "the training loop blocked waiting for the next batch")
+    try:
+        decodable = recipes.gpu_decodable(registry.get_spec(cfg["workload"]))
+    except UsageError:
+        decodable = False
+    return {"input_wait_pct": wait, "input_wait_how": how, "input_wait_ms_per_step": met.get("input_stall_device_ms_per_step"),
+            "data_path": cfg.get("data"), "data_workers": cfg.get("workers"), "data_decode": cfg.get("decode"),
+            "data_format": data.get("format"), "data_mean_pixels": data.get("mean_pixels"), "image_size": data.get("image_size"),
+            "gpu_decodable": decodable, "data_skipped_samples": met.get("data_skipped_samples")}
 
 
 def _host_total(env: dict[str, Any]) -> int | None:

@@ -6,7 +6,8 @@ stability and an ncu pass); missing facts are None and the rules that need them 
 Rules, in order (the first that holds is the class; the others that hold at a lower bar are
 listed as secondary):
 1. memory-capacity-limited: the allocator ran out (OOMs) or had to free its cache and retry;
-2. input-bound: the host waits for input for >= 15% of the window;
+2. input-bound: the host waits for input for >= 15% of the window (a run on a dataset on disk
+   measures it at every step: the device idle until the next batch is ready);
 3. communication-bound: collectives not overlapped by compute take >= 15% of the window;
 4. host/launch-bound: the GPU is idle while the host is not waiting for it for >= 30% of the
    window (without a trace: NVML utilization < 50% while a CPU core is saturated); on a CPU run,
@@ -54,7 +55,8 @@ def diagnose(facts: dict[str, Any]) -> dict[str, Any]:
 
     inp = g("input_wait_pct")
     if inp is not None:
-        (found if inp >= INPUT_PCT else secondary if inp >= 5 else []).append(("input-bound", f"waiting for input {inp:.1f}% of the window"))
+        how = f" ({g('input_wait_how')})" if g("input_wait_how") else ""
+        (found if inp >= INPUT_PCT else secondary if inp >= 5 else []).append(("input-bound", f"waiting for input {inp:.1f}% of the window{how}"))
     comm = g("exposed_comm_pct")
     if comm is not None:
         ev = f"collectives not hidden behind compute {comm:.1f}% of the window"
@@ -94,6 +96,8 @@ def diagnose(facts: dict[str, Any]) -> dict[str, Any]:
         notes.append(f"periodic stall every {g('period_steps')} steps costs {stall:.1f}% of the time")
     if g("data_synthetic"):
         notes.append("input: synthetic batches resident on the device, so time waiting for input is ~0 by construction")
+    if g("data_skipped_samples"):
+        notes.append(f"input: {g('data_skipped_samples')} corrupt sample(s) skipped and replaced during the run (method.data_skipped_files names them)")
     return {
         "class": primary,
         "label": "host-bound (CPU training)" if primary == "host-bound" and g("device") == "cpu" else LABELS[primary],

@@ -40,7 +40,9 @@ def _gain(t_new: float, host_floor: float = 0.0) -> float:
 def recommend(facts: dict[str, Any]) -> list[dict[str, Any]]:
     g = facts.get
     recs = _cpu(facts) if g("device") == "cpu" else _gpu(facts)
-    if (g("input_wait_pct") or 0) >= 5:
+    if (g("input_wait_pct") or 0) >= 5 and g("data_path"):
+        recs += _input(facts)
+    elif (g("input_wait_pct") or 0) >= 5:
         i = g("input_wait_pct") / 100.0
         recs.append(_rec("more data-loader workers / prefetching", _gain(1 - 0.9 * i), f"input wait {i * 100:.0f}% of the window, 90% of it hidden",
                          None, "raise num_workers, pin_memory=True, prefetch to the device"))
@@ -77,6 +79,47 @@ def _rec(action: str, gain: float, basis: str, apply: dict[str, Any] | None, how
     factor = next((f for key, f in UNCERTAINTY_FACTOR.items() if action.startswith(key)), DEFAULT_UNCERTAINTY)
     return {"action": action, "expected_gain_pct": round(gain, 1), "expected_gain_range_pct": [round(gain / factor, 1), round(gain * factor, 1)],
             "basis": basis, "apply": apply, "how": how}
+
+
+# Input pipelines (runs on a dataset on disk). Time model of an input-bound step, normalized to 1:
+# the step's own work takes c = 1 - i (i: the share spent waiting for input) and the loader,
+# which sets the pace, delivers one batch per step, so a batch costs it 1 (with w workers in
+# parallel; with none, loading runs inside the step and costs i). The step after a change takes
+# max(c, the loader's new time per batch).
+DECODE_SHARE = 0.8  # share of a CPU worker's time per JPEG spent decoding (PIL; crop/resize/flip the rest), a rough figure
+GPU_DECODE_DEVICE_COST = 0.05  # device time the GPU's crops and resizes add to a step, rough
+STORED_SIDE_FACTOR = 256 / 224  # a stored shorter side of 256 px for 224 px crops (the usual ImageNet resize) keeps crops sharp
+
+
+def _input(facts: dict[str, Any]) -> list[dict[str, Any]]:
+    g = facts.get
+    recs: list[dict[str, Any]] = []
+    i = g("input_wait_pct") / 100.0
+    c = 1.0 - i
+    workers = g("data_workers") or 0
+    cores = g("cores") or 1
+    limit = max(1, cores - 1) if g("device") == "cuda" else max(1, cores // 2)  # a CPU run trains on the other cores
+    if workers < limit:
+        new = min(limit, max(2 * workers, 2))
+        t_new = max(c, 1.0 * workers / new) if workers else max(c, i / new)
+        recs.append(_rec(f"more loader workers ({workers} -> {new})", _gain(t_new),
+                         f"waiting for input {i * 100:.0f}% of the step; the loader's time per batch / {new / max(workers, 1):g} "
+                         f"({limit} usable cores)", {"workers": new}, f"--workers {new} (one process per core)"))
+    if g("device") == "cuda" and g("data_decode") == "cpu" and g("gpu_decodable") and g("gpu_decode_how"):
+        t_new = max(c * (1 + GPU_DECODE_DEVICE_COST), 1.0 - DECODE_SHARE)
+        recs.append(_rec("decode JPEGs on the GPU", _gain(t_new),
+                         f"decoding ~{DECODE_SHARE * 100:.0f}% of a worker's time per image moves to the GPU's JPEG decoder; "
+                         f"+{GPU_DECODE_DEVICE_COST * 100:.0f}% device time for crops", {"decode": "gpu"}, f"--decode gpu ({g('gpu_decode_how')})"))
+    pixels, size = g("data_mean_pixels"), g("image_size")
+    if pixels and size and g("data_decode") == "cpu":
+        side = int(round(size * STORED_SIDE_FACTOR))
+        stored = side * side * 4 / 3  # a 4:3 image with that shorter side
+        if pixels > 1.5 * stored:
+            t_new = max(c, DECODE_SHARE * stored / pixels + (1 - DECODE_SHARE))
+            recs.append(_rec(f"store the images at a shorter side of {side} px", _gain(t_new),
+                             f"images average {pixels / 1e3:.0f}k pixels, {pixels / stored:.1f}x a {side} px image; decoding time ~ pixels",
+                             {"data_resize": side}, f"tbd data resize WORKLOAD --data PATH --side {side} --out DIR, then --data DIR"))
+    return recs
 
 
 def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:

@@ -4,8 +4,10 @@ gain beside the expected one, and log the pair for `tbd analyze --calibration`.
 
 The gain is the ratio of median throughputs (samples per second over each run's steady
 window), both measured by the same harness on the same machine. A recommendation that needs a
-code change (more loader workers) cannot be applied by a flag and is skipped; framework settings
-(a fused optimizer: `--option optimizer=fused`) are merged into the run's options.
+code change cannot be applied by a flag and is skipped; framework settings (a fused optimizer:
+`--option optimizer=fused`) are merged into the run's options. Input pipelines (runs with
+--data): more loader workers and GPU decoding are flags; storing the images at a lower
+resolution is measured on a resized copy of the images that the store keeps.
 """
 
 from __future__ import annotations
@@ -43,11 +45,16 @@ def verify(record: dict[str, Any], analysis: dict[str, Any], store, progress: Ca
 def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress, facts: dict[str, Any] | None = None) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     base = RunConfig.from_dict({k: v for k, v in record["config"].items() if k in fields})
-    config = dataclasses.replace(apply_change(base, rec["apply"]), profile=False, ncu=False).validated()
+    apply, note = dict(rec["apply"]), None
+    if "data_resize" in apply:  # a dataset change, not a flag: measure on a lower-resolution copy
+        apply["data"], note = resized_dataset(record, apply.pop("data_resize"), store)
+    config = dataclasses.replace(apply_change(base, apply), profile=False, ncu=False).validated()
     new = launch(config, progress)
     store.save(new)
     out: dict[str, Any] = {"action": rec["action"], "apply": rec["apply"], "expected_gain_pct": rec["expected_gain_pct"],
                            "expected_gain_range_pct": rec.get("expected_gain_range_pct"), "run_id": new["id"]}
+    if note:
+        out["note"] = note
     if not has_result(new):
         out["error"] = (new.get("error") or {}).get("message", "failed")
         out["measured_gain_pct"] = None
@@ -59,6 +66,24 @@ def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress, fa
     if out["measured_gain_pct"] is not None:
         log_calibration(store, record, out, facts)
     return out
+
+
+def resized_dataset(record: dict[str, Any], side: int, store) -> tuple[str, str]:
+    """A copy of the run's image folder at a shorter side of `side` px in the store (made once,
+    kept for later verifications): enough images for the run's step budget."""
+    import hashlib
+
+    from tbd.data.images import resized_copy
+
+    cfg = record["config"]
+    out = Path(store.home) / "datasets" / f"{hashlib.sha1(cfg['data'].encode()).hexdigest()[:10]}-{side}px"
+    done = out / ".complete"
+    limit = max(1024, cfg.get("max_steps", 300) * cfg["batch_size"])
+    if not done.exists():
+        made = resized_copy(cfg["data"], out, side, limit)
+        done.write_text(json.dumps(made))
+    made = json.loads(done.read_text())
+    return str(out), f"measured on a copy of {made['images']:,} of the images at a shorter side of {side} px ({out})"
 
 
 def calibration_path(store) -> Path:

@@ -130,6 +130,9 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
     t.add_row("CPU utilization (process)", _pct(u["cpu_util_pct"]), f"CPU time / (cores x steady window); {fmt_num(u['cpu_cores_busy'])} cores busy")
     if u.get("cpu_util_trace_window_pct") is not None:
         t.add_row("CPU utilization (profiled window)", _pct(u["cpu_util_trace_window_pct"]), "same, over the traced steps (profiler overhead included)")
+    facts = a.get("facts") or {}
+    if facts.get("input_wait_how"):  # a run on a dataset on disk (docs/data.md)
+        t.add_row("waiting for input", _pct(facts.get("input_wait_pct")), f"{facts['input_wait_how']}, share of the steady window (measured every step)")
     console.print(t)
     k = a.get("kernels")
     if k:
@@ -195,6 +198,8 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
                           f"({fmt_num(v['samples_per_s_before'])} -> {fmt_num(v['samples_per_s_after'])} samples/s, run {v['run_id']})")
         else:
             console.print(f"[bold]verify[/]: {escape(v['action'])}: rerun {v['run_id']} failed: {escape(str(v.get('error')))}")
+        if v.get("note"):
+            console.print(f"  [dim]{escape(v['note'])}[/]")
     if a.get("trace"):
         console.print(f"trace: {escape(a['trace']['file'])} (open in https://ui.perfetto.dev or chrome://tracing)")
     console.print(f"analysis stored with run {record['id']} ('tbd results show {record['id']} --json')")

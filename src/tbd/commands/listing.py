@@ -27,7 +27,8 @@ def as_json() -> dict:
         spec = registry.get_spec(name)
         workloads.append({"name": name, "domain": spec.domain, "unit": spec.unit, "batch_unit": spec.batch_counts,
                           "flavors": {f.name: {"batch_size": f.batch_size} for f in spec.flavors.values()},
-                          "frameworks": list(registry.implementations(name)), "precisions": list(spec.precisions or ())})
+                          "frameworks": list(registry.implementations(name)), "precisions": list(spec.precisions or ()),
+                          "data_format": spec.data_format or None})
     frameworks = [{"name": n, "installed": not registry.missing_modules(n), "missing": list(registry.missing_modules(n)),
                    "install": registry.framework(n).install} for n in registry.framework_names()]
     frameworks += [{"name": n, "installed": False, "unavailable": why} for n, why in registry.UNAVAILABLE_FRAMEWORKS.items()]
@@ -66,6 +67,8 @@ def run(args) -> int:
     console.print(table)
     console.print("[dim]also: a file's object, e.g. 'tbd run ./my_workloads.py:MyNet'; packages add workloads through the "
                   f"'{registry.ENTRY_POINT_GROUP}' entry point group (docs/api.md)[/]")
+    readers = [n for n in registry.workload_names() if registry.get_spec(n).data_format]
+    console.print(f"[dim]--data PATH (a dataset on disk in its real format, docs/data.md): {', '.join(readers)}[/]")
     fw = Table(title="frameworks", header_style="bold")
     for col in ("framework", "installed", "needs"):
         fw.add_column(col)

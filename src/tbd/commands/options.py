@@ -100,7 +100,35 @@ def add_run_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BATCH_H
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, for --nnodes > 1")
     p.add_argument("--parallel", choices=("ddp", "fsdp2"), help="ddp (default) or fsdp2 (PyTorch: shards parameters, for large models)")
     p.add_argument("--ddp-bucket-mb", type=positive_float, help="DDP gradient bucket size in MiB (default 25): larger buckets, fewer all-reduces")
+    add_data_options(p)
     add_home(p)
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """A dataset on disk instead of synthetic batches (docs/data.md)."""
+    p.add_argument("--data", metavar="PATH", help="train from the dataset at PATH in the workload's real format (docs/data.md; "
+                                                  "'tbd data make WORKLOAD --out DIR' writes a small one)")
+    p.add_argument("--workers", type=non_negative_int, help="with --data: loader worker processes (0: load in the training process; "
+                                                             "default: a number for this machine)")
+    p.add_argument("--prefetch", type=positive_int, default=2, help="with --data: batches prepared ahead, per worker and on the device (default: 2)")
+    p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu", help="with --data: decode JPEGs in the loader's workers (cpu, default) "
+                                                                           "or on the GPU (nvJPEG; ImageNet-style folders)")
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def data_fields(args) -> dict:
+    """RunConfig fields of the data options (absent on commands without them)."""
+    return {"data": getattr(args, "data", None), "workers": getattr(args, "workers", None),
+            "prefetch": getattr(args, "prefetch", 2), "decode": getattr(args, "decode", "cpu")}
 
 
 def topology_options(args, device: str, env: dict[str, str] | None = None) -> dict:
@@ -154,5 +182,5 @@ def config_from_args(args, workload: str) -> RunConfig:
         max_steps=args.max_steps, max_time_s=args.max_time, target_ci_pct=args.target_ci, isolate=not args.in_process,
         python=envs.resolve(getattr(args, "python", None), getattr(args, "env", None), getattr(args, "home", None)),
         profile=getattr(args, "profile", False) or getattr(args, "ncu", False), ncu=getattr(args, "ncu", False),
-        **topology_options(args, device),
+        **topology_options(args, device), **data_fields(args),
     ).validated()

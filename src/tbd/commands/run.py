@@ -24,11 +24,13 @@ from tbd.results.store import Store
 def register(sub) -> None:
     p = sub.add_parser(
         "run", help="measure one training workload", formatter_class=EXAMPLES,
-        description="Train WORKLOAD on synthetic data, detect warm-up, time steady steps until the throughput is known to +-1% "
+        description="Train WORKLOAD on synthetic data (or a dataset on disk: --data, docs/data.md), detect warm-up, "
+                    "time steady steps until the throughput is known to +-1% "
                     "(or the budget runs out: status unconverged, or insufficient with too few steps for a CI), store the run.",
         epilog="examples:\n  tbd run resnet50\n  tbd run resnet50 --framework jax --flavor tiny --max-time 20\n"
                "  tbd run resnet50 --device cuda --flavor paper -b 256 --precision bf16 --channels-last --compile\n"
-               "  tbd run resnet50 --device cuda --flavor paper -b 512 --nproc-per-node 8   (docs/distributed.md)",
+               "  tbd run resnet50 --device cuda --flavor paper -b 512 --nproc-per-node 8   (docs/distributed.md)\n"
+               "  tbd run resnet50 --data ./imgs --workers 4   ('tbd data make resnet50 --out ./imgs' writes one; docs/data.md)",
     )
     p.add_argument("workload", help="workload name (see 'tbd list')")
     add_run_options(p)
@@ -68,6 +70,14 @@ def measurement_notes(record: dict[str, Any]) -> list[str]:
                    f"against {window_s:.3g} s of steady steps; neither is in the throughput[/]")
     if record["status"] != "ok":
         out.append("raise --max-time (or --max-steps) for a converged number")
+    if m.get("input_wait_host_pct") is not None:  # a dataset on disk (docs/data.md)
+        device = m.get("input_stall_device_pct")
+        where = f"the device idle for input {device:.1f}%, " if device is not None and record["config"]["device"] == "cuda" else ""
+        out.append(f"[dim]input: {where}the training loop waited {m['input_wait_host_pct']:.1f}% of the steady window "
+                   f"({m['input_wait_host_ms_per_step']:.3g} ms per step)[/]")
+    if m.get("data_skipped_samples"):
+        out.append(f"[yellow]{m['data_skipped_samples']} corrupt sample(s) skipped and replaced; 'tbd results show {record['id']}' "
+                   "names them (method.data_skipped_files)[/]")
     return out
 
 

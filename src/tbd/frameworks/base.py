@@ -13,7 +13,10 @@ used, and says what it can do (`Capabilities`):
   few steps in Chrome-trace JSON for `tbd analyze`;
 - memory (`<name>/memory.py`): `profile(config, warmup, **kwargs)`, the memory profile of one step;
 - custom (`<name>/custom.py`, optional): `step_clock(device)` and `count_flops(fn)` for a user's
-  own step measured with `tbd.measure` (without it: a host clock, no FLOP counter).
+  own step measured with `tbd.measure` (without it: a host clock, no FLOP counter);
+- data (`<name>/data.py`, where `Capabilities.data_loader` is set): `open_feed(config, spec, impl,
+  ctx, device)`, the framework's loader over a `tbd.data` dataset that hands the session one
+  device batch at a time (`next() -> (batch, skipped files)`, `close()`), for `--data` runs.
 `docs/architecture.md` says what adding a framework takes.
 """
 
@@ -38,6 +41,10 @@ class StepTimes:
     seconds: list[float]  # wall time of each step, device-synchronized at the window's edges
     units: list[float]  # throughput units each step consumed (images, tokens, ...)
     samples: list[float]  # samples each step consumed
+    # With a dataset on disk (RunConfig.data): host seconds each step waited for its batch, and
+    # seconds the device sat idle for it (None where the framework cannot tell them apart).
+    input_wait_s: list[float] | None = None
+    input_stall_s: list[float] | None = None
 
 
 @dataclass
@@ -192,6 +199,10 @@ class Capabilities:
     allocator_option: Mapping[str, str] = field(default_factory=dict)
     # How FLOPs of a user's step are counted (tbd.measure(count_flops=True)), "" if they cannot be.
     flop_counter: str = ""
+    # Datasets on disk (--data, docs/data.md): the loader that feeds tbd.data's datasets to the
+    # session ("" if none), and how JPEGs are decoded on the device under --decode gpu ("" if not).
+    data_loader: str = ""
+    gpu_decode: str = ""
 
 
 @dataclass(frozen=True)
@@ -213,6 +224,13 @@ class FrameworkPlugin:
     def open_session(self, config, spec, impl, batch_size: int):
         """A session for `config`; `batch_size` is this process's share of the global batch."""
         return self.part("session").open_session(config, spec, impl, BuildContext.for_run(config, batch_size))
+
+    def open_loader(self, config, spec, impl, batch_size: int):
+        """The loader feed of a `--data` config alone, without a model (`tbd data bench`):
+        (feed, what the record would say about it, a function that waits for the device)."""
+        if not self.capabilities.data_loader:
+            raise UsageError(f"{self.title} has no loader for datasets on disk yet; use another --framework")
+        return self.part("data").open_loader(config, spec, impl, BuildContext.for_run(config, batch_size))
 
     def profiler_range(self, on: bool) -> None:
         self.part("session").profiler_range(on)

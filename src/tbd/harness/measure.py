@@ -51,6 +51,10 @@ class Measurement:
     # The session's memory() when the first pass over the resident batches ended, before its peak
     # counter was reset (None: not reset, the final peak covers the whole run).
     warmup_memory: dict[str, Any] | None = None
+    # Runs on a dataset on disk: per step, host seconds blocked waiting for the batch and device
+    # seconds idle for it (None: synthetic data, nothing to wait for).
+    input_wait_s: list[float] | None = None
+    input_stall_s: list[float] | None = None
 
 
 def measure(session, config, progress: Callable[[dict], None] | None = None, probe: Probe | None = None) -> Measurement:
@@ -73,6 +77,9 @@ def _loop(m: Measurement, session, config, progress, probe) -> None:
         m.step_s += times.seconds
         m.units += times.units
         m.samples += times.samples
+        if times.input_wait_s is not None:
+            m.input_wait_s = (m.input_wait_s or []) + times.input_wait_s
+            m.input_stall_s = (m.input_stall_s or []) + (times.input_stall_s or [math.nan] * len(times.input_wait_s))
         m.chunk_ends.append(len(m.step_s))
         _read_compiles(session, m)
         if m.warmup_memory is None and len(m.step_s) >= max(1, config.data_pool):
@@ -238,7 +245,10 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     peak, peak_source = peak or peak_flops(device_name if config.device == "cuda" else None, config.precision)
     metrics["mfu_pct"] = achieved / peak * 100.0 if peak and achieved is not None else None
     metrics.update(_window_readings(m, steady.start, cores, sum(timed_samples)))
-    recompiled = recompilations(m, config.data_pool)
+    metrics.update(input_metrics(m, 0 if no_steady else steady.start))
+    # From a dataset on disk, batches of a new length bucket keep arriving and each compiles once:
+    # counting compilations after "the first pass" of a resident pool does not apply.
+    recompiled = None if getattr(config, "data", None) else recompilations(m, config.data_pool)
     if m.compiles is not None:
         metrics["compile_count"] = m.compiles[-1]
         metrics["compile_s"] = m.compile_s
@@ -260,6 +270,20 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
             f"the step compiled {recompiled} more time(s) after every one of the {config.data_pool} resident batches had "
             "been stepped once: it recompiles for shapes it has seen (bucket the shapes to a fixed set)")
     return metrics, method
+
+
+def input_metrics(m: Measurement, start: int) -> dict[str, Any]:
+    """Time waiting for input over the steady window (runs on a dataset on disk): per step in ms
+    and as a share of the window's time, on the host and on the device."""
+    if m.input_wait_s is None or len(m.input_wait_s) != len(m.step_s):
+        return {}
+    window = sum(m.step_s[start:])
+    out: dict[str, Any] = {}
+    for name, values in (("input_wait_host", m.input_wait_s[start:]), ("input_stall_device", (m.input_stall_s or [])[start:])):
+        values = [v for v in values if math.isfinite(v)]
+        out[f"{name}_ms_per_step"] = sum(values) / len(values) * 1e3 if values else None
+        out[f"{name}_pct"] = min(100.0, sum(values) / window * 100.0) if values and window > 0 else None
+    return out
 
 
 def _window_readings(m: Measurement, steady_start: int, cores: int, timed_samples: float) -> dict[str, Any]:

@@ -63,6 +63,12 @@ def fill_measurement(record: RunRecord, session, m, config: RunConfig, spec) -> 
     record.environment["conditions"] = {**m.conditions, "intra_op_threads": session.info.method.get("intra_op_threads")}
     record.workload["num_parameters"] = session.info.num_parameters
     record.samples = {"step_s": m.step_s, "units": m.units, "samples": m.samples, "chunk_ends": m.chunk_ends}
+    skipped = getattr(session, "data_skipped", None)
+    if m.input_wait_s is not None:  # a dataset on disk: the waits per step, and the corrupt files skipped
+        record.samples.update(input_wait_s=m.input_wait_s, input_stall_s=m.input_stall_s)
+        record.metrics["data_skipped_samples"] = len(skipped or [])
+        if skipped:
+            record.method["data_skipped_files"] = skipped[:20]
 
 
 def _inject_fault() -> None:

@@ -38,7 +38,7 @@ from tbd.results import envs, interpreters
 PRESETS = ("quick", "paper")
 BUDGET_KEYS = {"max_steps": int, "max_time": float, "target_ci": float, "min_timed_steps": int, "seed": int}
 TOP_KEYS = ("name", "workloads", "frameworks", "flavors", "devices", "precisions", "batch_sizes", "batch_scale",
-            "compile", "channels_last", "max_batch", "budget", "options", "python")
+            "compile", "channels_last", "max_batch", "budget", "options", "python", "data")
 MAX_NAME_CHARS = 200  # a sweep's name is printed on every line; longer is a mistake (and slow to print)
 MAX_FILE_BYTES = 2**20  # sweep files are a few lines of TOML
 DEFAULT_BUDGET = {"max_steps": 300, "max_time": 60.0, "target_ci": 1.0, "min_timed_steps": 10, "seed": 0}
@@ -63,6 +63,10 @@ class SweepSpec:
     # Interpreters each configuration runs in, one line each: "current" (the one running tbd), an
     # environment's name (`tbd env create`) or an interpreter's path (docs/environments.md).
     python: list[str] = field(default_factory=lambda: ["current"])
+    # Datasets on disk (docs/data.md): one path for every workload, or a path per workload
+    # (workloads without one train on synthetic data).
+    data: str | None = None
+    data_per_workload: dict[str, str] = field(default_factory=dict)
     isolate: bool = True
     source: str = "flags"
 
@@ -80,7 +84,7 @@ class Line:
     @property
     def label(self) -> str:
         b = self.base
-        extra = (" +compile" if b["compile"] else "") + (" channels_last" if b["channels_last"] else "")
+        extra = (" +compile" if b["compile"] else "") + (" channels_last" if b["channels_last"] else "") + (f" data={b['data']}" if b.get("data") else "")
         where = "" if b.get("python") is None else f" @{envs.label(b['python'])}"
         return f"{b['workload']}/{b['framework']}/{b['flavor']} {b['device']} {b['precision']}{extra}{where}"
 
@@ -132,15 +136,20 @@ def plan(spec: SweepSpec, home: str | Path | None = None) -> Plan:
                                         seed=spec.budget["seed"], isolate=spec.isolate, python=python)
                             if spec.options:  # only then: the plans (and ids) of sweeps without options stay as they were
                                 base["options"] = dict(spec.options)
+                            data = spec.data_per_workload.get(w, spec.data)
+                            if data:  # only where given, so the plans (and ids) of synthetic sweeps stay as they were
+                                base["data"] = data
                             batches = _batches(spec, w, ws.flavor(flavor).batch_size)
                             if batches[-1] > MAX_BATCH:  # bad input, not a line that cannot run here
                                 raise UsageError(f"batch size {batches[-1]} is beyond any device (at most {MAX_BATCH:,}); give smaller batch sizes")
                             try:  # one check per line: validity does not depend on the batch size
-                                RunConfig(**base, batch_size=batches[0]).validated()
+                                checked = RunConfig(**base, batch_size=batches[0]).validated()
                             except UsageError as exc:
                                 where = "" if python is None else f" @{envs.label(python)}"
                                 notes.append(f"{w}/{fw}/{flavor} {device} {precision}{where}: {exc}")
                                 continue
+                            if data:  # the dataset's absolute path and the loader's default workers, as checked
+                                base.update(data=checked.data, workers=checked.workers)
                             lines.append(Line(base, batches))
     check_name(spec.name)
     # What is measured: how points are launched (isolate) does not change it.
@@ -313,6 +322,16 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
             if not isinstance(value, dict) or not all(isinstance(v, (str, int, float, bool)) for v in value.values()):
                 raise fail(None, key, 'must be a table of framework settings, e.g. [options] compile_mode = "max-autotune"')
             spec.options = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        elif key == "data":
+            if isinstance(value, str) and value.strip():
+                spec.data = value.strip()
+            elif isinstance(value, dict) and all(isinstance(v, str) and v.strip() for v in value.values()):
+                for w, path in value.items():
+                    if not registry.is_workload(w):
+                        raise fail("data", w, f"is not a registered workload{closest(w, registry.WORKLOADS)}")
+                    spec.data_per_workload[w] = path.strip()
+            else:
+                raise fail(None, key, 'must be a dataset path, or a table of paths per workload ([data] resnet50 = "/data/imagenet")')
         elif key == "budget":
             if not isinstance(value, dict):
                 raise fail(None, key, "must be a table, e.g. [budget] max_time = 30")

@@ -66,6 +66,10 @@ class WorkloadSpec:
     # Precisions the workload can honour (None: all), and why where it is limited.
     precisions: tuple[str, ...] | None = None
     precisions_note: str = ""
+    # The dataset format `tbd run --data PATH` reads (tbd.data.recipes.FORMATS: "imagenet",
+    # "voc", ...); "" where the workload has none, and why (`data_note`).
+    data_format: str = ""
+    data_note: str = ""
 
     @property
     def batch_counts(self) -> str:

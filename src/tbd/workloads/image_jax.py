@@ -9,9 +9,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from tbd.data.images import MEAN, STD
 from tbd.frameworks.jax.session import JaxTask
+
+
+def from_host(host: dict, ctx, device):
+    """A loader's batch (uint8 images (B, S, S, 3), labels) on the device: images normalized
+    with ImageNet's mean and std there (the transfer stays uint8), labels int32."""
+    images = jax.device_put(host["images"], device)
+    mean, std = (jnp.asarray(v, jnp.float32) * 255 for v in (MEAN, STD))
+    return ((images.astype(jnp.float32) - mean) / std, jax.device_put(host["labels"].astype(np.int32), device))
 
 
 def torch_sgd(lr: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:

@@ -1,13 +1,28 @@
 """The PyTorch training task shared by the image classifiers (resnet50, inception_v3):
-synthetic ImageNet-shaped batches, cross-entropy, SGD with momentum and weight decay."""
+synthetic ImageNet-shaped batches (or batches of a dataset on disk, `from_host`),
+cross-entropy, SGD with momentum and weight decay."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from tbd.data.images import MEAN, STD
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
+
+_NORMALIZE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def from_host(host: dict, ctx: BuildContext, device: torch.device):
+    """A loader's batch (uint8 or 0-255 float images, (B, S, S, 3)) as (images (B, 3, S, S)
+    normalized with ImageNet's mean and std, labels), on the device; normalizing there keeps
+    the bytes crossing to it uint8."""
+    if device not in _NORMALIZE:
+        _NORMALIZE[device] = tuple(torch.tensor(v, device=device).mul(255).view(1, 3, 1, 1) for v in (MEAN, STD))
+    mean, std = _NORMALIZE[device]
+    images = host["images"].to(device, non_blocking=True).permute(0, 3, 1, 2).float()  # NCHW view of NHWC memory
+    return ((images - mean) / std, host["labels"].to(device, non_blocking=True))
 
 
 def classification_task(model: torch.nn.Module, ctx: BuildContext) -> TorchTask:

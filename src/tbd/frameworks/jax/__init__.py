@@ -15,6 +15,7 @@ PLUGIN = FrameworkPlugin(
     package="tbd.frameworks.jax",
     libraries=("jax", "jaxlib", "flax", "optax"),
     capabilities=Capabilities(
+        data_loader="torch.utils.data.DataLoader (spawned workers) feeding JAX arrays (jax.device_put)",
         precisions=("fp32", "tf32", "bf16"),
         precisions_note="fp16 needs loss scaling, which the JAX plugin does not do",
         always_compiled="XLA jit of the whole train step (always; --compile changes nothing)",

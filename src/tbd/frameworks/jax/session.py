@@ -126,7 +126,7 @@ def _device(kind: str):
 
 
 class JaxSession:
-    def __init__(self, config, spec, task: JaxTask, ctx: BuildContext):
+    def __init__(self, config, spec, task: JaxTask, ctx: BuildContext, from_host: Callable | None = None):
         self.config = config
         self.device = _device(config.device)
         self.precision = MATMUL_PRECISION[config.precision]
@@ -140,12 +140,26 @@ class JaxSession:
             opt_state = jax.device_put(jax.jit(task.optimizer.init)(params), self.device)
             self.state: TrainState | None = TrainState(params, opt_state, model_state, jax.device_put(step_key, self.device))
             del params, model_state, opt_state
-            keys = jax.random.split(jax_distributed.data_key(data_key), config.data_pool)
-            self.batches = [jax.device_put(task.make_batch(k, self.device), self.device) for k in keys]
+            self.feed = None  # a dataset on disk (--data): one batch from the loader per step
+            self.data_skipped: list[str] = []
+            if config.data:
+                if jax.process_count() > 1:
+                    raise RunFailure("--data with JAX runs in one process for now; drop --nproc-per-node/--nnodes")
+                from tbd.frameworks.jax.data import open_feed
+
+                self.feed, data_method = open_feed(config, spec, from_host, ctx, self.device)
+                self.batches = []
+            else:
+                keys = jax.random.split(jax_distributed.data_key(data_key), config.data_pool)
+                self.batches = [jax.device_put(task.make_batch(k, self.device), self.device) for k in keys]
+                data_method = f"synthetic, {config.data_pool} batch(es) resident on the device, rotated"
         self.num_parameters = int(sum(x.size for x in jax.tree_util.tree_leaves(self.state.params)))
         per_sample = spec.units_per_sample(spec.flavor(config.flavor))
-        self._units = [float(task.units(b)) if task.units else ctx.batch_size * per_sample for b in self.batches]
-        self._samples = [float(task.samples(b)) if task.samples else float(ctx.batch_size) for b in self.batches]
+        units_fn, samples_fn, n = task.units, task.samples, ctx.batch_size  # not `task`: it is dropped below
+        self._units_of = (lambda b: float(units_fn(b))) if units_fn else (lambda b: n * per_sample)
+        self._samples_of = (lambda b: float(samples_fn(b))) if samples_fn else (lambda b: float(n))
+        self._units = [self._units_of(b) for b in self.batches]
+        self._samples = [self._samples_of(b) for b in self.batches]
         # Several processes: replicated state, batches as shards of a global batch (no-op in one).
         self.state, self.batches = jax_distributed.globalize(self.state, self.batches)
         self._next = 0
@@ -165,7 +179,7 @@ class JaxSession:
             num_parameters=self.num_parameters,
             method={
                 "timing": "host clock per step up to jax.block_until_ready on the step's outputs (one host sync per step)",
-                "data": f"synthetic, {config.data_pool} batch(es) resident on the device, rotated",
+                "data": data_method,
                 "compile": "XLA jit of the whole train step (always; --compile changes nothing)",
                 "compile_flag": bool(config.compile),
                 "compile_count": "XLA backend compilations during the step calls (jax.monitoring events), with their "
@@ -186,6 +200,8 @@ class JaxSession:
         del task  # the jitted step holds what it needs; keep no other reference to the build
 
     def run_steps(self, n: int) -> StepTimes:
+        if self.feed is not None:
+            return self._run_fed_steps(n)
         seconds, units, samples = [], [], []
         step, batches = self.step_fn, self.batches
         with self._counting_compiles(), jax.default_matmul_precision(self.precision):  # part of the jit cache key: traced once
@@ -201,8 +217,33 @@ class JaxSession:
                 self._next = (i + 1) % len(batches)
         return StepTimes(seconds, units, samples)
 
+    def _run_fed_steps(self, n: int) -> StepTimes:
+        """Steps on batches from the loader; each step's time includes waiting for its batch."""
+        seconds, units, samples, waits = [], [], [], []
+        with self._counting_compiles(), jax.default_matmul_precision(self.precision):
+            for _ in range(n):
+                t0 = time.perf_counter()
+                batch = self._take()
+                waits.append(time.perf_counter() - t0)
+                units.append(self._units_of(batch))
+                samples.append(self._samples_of(batch))
+                out = self.step_fn(self.state, batch)
+                jax.block_until_ready(out)
+                seconds.append(time.perf_counter() - t0)
+                self.state, self._loss = out
+        return StepTimes(seconds, units, samples, input_wait_s=waits, input_stall_s=list(waits))
+
+    def _take(self) -> Batch:
+        batch, skipped = self.feed.next()
+        self.data_skipped += skipped
+        return batch
+
     def step(self) -> None:
         """One training step on the next batch of the pool (dispatched, not waited for)."""
+        if self.feed is not None:
+            with self._counting_compiles(), jax.default_matmul_precision(self.precision):
+                self.state, self._loss = self.step_fn(self.state, self._take())
+            return
         with self._counting_compiles(), jax.default_matmul_precision(self.precision):
             self.state, self._loss = self.step_fn(self.state, self.batches[self._next])
         self._next = (self._next + 1) % len(self.batches)
@@ -253,6 +294,9 @@ class JaxSession:
         if self._close is not None:
             close, self._close = self._close, None
             close()
+        if self.feed is not None:
+            feed, self.feed = self.feed, None
+            feed.close()
         self.state = None
         self._loss = None
         self.batches = []
@@ -269,7 +313,7 @@ def _precision_note(precision: str) -> str:
 
 
 def open_session(config, spec, impl, ctx: BuildContext) -> JaxSession:
-    return JaxSession(config, spec, impl.build(ctx), ctx)
+    return JaxSession(config, spec, impl.build(ctx), ctx, getattr(impl, "from_host", None))
 
 
 def profiler_range(on: bool) -> None:

@@ -3,7 +3,7 @@
 Parts: `session.py` (eager or torch.compile, autocast, channels_last, CUDA-event timing),
 `distributed.py` (torchrun process groups, DDP / FSDP2), `trace.py` (torch.profiler),
 `memory.py` (the memory profiler), `custom.py` (clock and FLOP counter of a user's step for
-`tbd.measure`). Importing this package imports no torch.
+`tbd.measure`), `data.py` (DataLoader feeds for `--data`, GPU JPEG decoding). Importing this package imports no torch.
 """
 
 from tbd.frameworks.base import Capabilities, FrameworkPlugin, Tunable
@@ -68,5 +68,7 @@ PLUGIN = FrameworkPlugin(
         fused_optimizer_option={"optimizer": "fused"},
         allocator_option={"allocator": "expandable_segments"},
         flop_counter="torch.utils.flop_counter.FlopCounterMode",
+        data_loader="torch.utils.data.DataLoader (worker processes, pinned memory, copies on a side CUDA stream)",
+        gpu_decode="torchvision.io.decode_jpeg on CUDA (nvJPEG), batched; random resized crop and flip on the GPU",
     ),
 )

@@ -143,7 +143,7 @@ def _compile_mode(options: dict[str, Any]) -> dict[str, Any]:
 
 
 class TorchSession:
-    def __init__(self, config, spec, task: TorchTask, ctx: BuildContext):
+    def __init__(self, config, spec, task: TorchTask, ctx: BuildContext, from_host: Callable | None = None):
         self.config = config
         self.device = torch.device(config.device)
         self.task = task
@@ -165,10 +165,23 @@ class TorchSession:
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
 
-        generator = torch.Generator(device=self.device).manual_seed(torch_distributed.data_seed(config))
-        self.batches = [_to_memory_format(task.make_batch(generator, self.device), memory_format) for _ in range(config.data_pool)]
-        self._units = [float(task.units(b)) if task.units else ctx.batch_size * spec.units_per_sample(spec.flavor(config.flavor)) for b in self.batches]
-        self._samples = [float(task.samples(b)) if task.samples else float(ctx.batch_size) for b in self.batches]
+        # A dataset on disk (--data): batches come from a loader feed, one per step; else
+        # synthetic batches made once and kept on the device.
+        self.feed = None
+        self.data_skipped: list[str] = []  # corrupt files the loader skipped (and replaced)
+        self._per_sample = spec.units_per_sample(spec.flavor(config.flavor))
+        self._batch_size = ctx.batch_size
+        if config.data:
+            from tbd.frameworks.torch.data import open_feed
+
+            self.feed, data_method = open_feed(config, spec, from_host, ctx, self.device, lambda b: _to_memory_format(b, memory_format))
+            self.batches = []
+        else:
+            generator = torch.Generator(device=self.device).manual_seed(torch_distributed.data_seed(config))
+            self.batches = [_to_memory_format(task.make_batch(generator, self.device), memory_format) for _ in range(config.data_pool)]
+            data_method = f"synthetic, {config.data_pool} batch(es) resident on the device, rotated"
+        self._units = [self._units_of(b) for b in self.batches]
+        self._samples = [self._samples_of(b) for b in self.batches]
         self._next = 0
         self._loss: torch.Tensor | None = None
         flops_per_sample = self._count_flops() if task.count_flops else None
@@ -184,7 +197,7 @@ class TorchSession:
             method={
                 "timing": ("CUDA events around each step, one host sync per chunk" if self.device.type == "cuda"
                            else "host clock per step (CPU ops are synchronous)"),
-                "data": f"synthetic, {config.data_pool} batch(es) resident on the device, rotated",
+                "data": data_method,
                 "compile": f"torch.compile ({compile_options or 'default mode'})" if config.compile else "eager",
                 "autocast": str(dtype).replace("torch.", "") if dtype else None,
                 "grad_scaler": self.scaler is not None,
@@ -198,10 +211,29 @@ class TorchSession:
             },
         )
 
+    def _units_of(self, batch: Batch) -> float:
+        return float(self.task.units(batch)) if self.task.units else self._batch_size * self._per_sample
+
+    def _samples_of(self, batch: Batch) -> float:
+        return float(self.task.samples(batch)) if self.task.samples else float(self._batch_size)
+
+    def _take(self) -> Batch:
+        """The next batch from the loader feed; counts the files it skipped."""
+        batch, skipped = self.feed.next()
+        self.data_skipped += skipped
+        return batch
+
     def step(self) -> None:
-        """One training step on the next batch of the pool (not timed, not synchronized)."""
+        """One training step on the next batch (of the pool, or from the loader), not timed and
+        not synchronized."""
+        if self.feed is not None:
+            self._train(self._take())
+            return
         batch = self.batches[self._next]
         self._next = (self._next + 1) % len(self.batches)
+        self._train(batch)
+
+    def _train(self, batch: Batch) -> None:
         if self.task.train_step is not None:
             self._loss = self.task.train_step(self, batch).detach()
             return
@@ -234,6 +266,8 @@ class TorchSession:
         return flops / self._samples[0]
 
     def run_steps(self, n: int) -> StepTimes:
+        if self.feed is not None:
+            return self._run_fed_steps(n)
         units, samples = [], []
         if self.device.type == "cuda":
             events = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)]
@@ -254,6 +288,38 @@ class TorchSession:
                 self.step()
                 seconds.append(time.perf_counter() - t0)
         return StepTimes(seconds, units, samples)
+
+    def _run_fed_steps(self, n: int) -> StepTimes:
+        """Steps on batches from the loader, with the time each waited for its batch: on the host
+        (blocked in the feed) and, on a GPU, on the device (idle from the previous step's last
+        kernel until the batch was ready: CUDA events, read after the one sync at the end)."""
+        units, samples, waits = [], [], []
+        cuda = self.device.type == "cuda"
+        if cuda:
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)]
+            ready = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+            ends[0].record()
+        seconds = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            batch = self._take()
+            t1 = time.perf_counter()
+            waits.append(t1 - t0)
+            units.append(self._units_of(batch))
+            samples.append(self._samples_of(batch))
+            if cuda:
+                ready[i].record()
+                self._train(batch)
+                ends[i + 1].record()
+            else:
+                self._train(batch)
+                seconds.append(time.perf_counter() - t0)  # the wait is part of the step's time
+        if not cuda:
+            return StepTimes(seconds, units, samples, input_wait_s=waits, input_stall_s=list(waits))
+        ends[-1].synchronize()
+        seconds = [ends[i].elapsed_time(ends[i + 1]) / 1e3 for i in range(n)]
+        stalls = [ends[i].elapsed_time(ready[i]) / 1e3 for i in range(n)]
+        return StepTimes(seconds, units, samples, input_wait_s=waits, input_stall_s=stalls)
 
     def last_loss(self) -> float:
         return float(self._loss) if self._loss is not None else float("nan")
@@ -287,6 +353,9 @@ class TorchSession:
         return True
 
     def close(self) -> None:
+        if self.feed is not None:
+            feed, self.feed = self.feed, None
+            feed.close()
         self.batches.clear()
         if self.task.close is not None:
             close, self.task.close = self.task.close, None
@@ -295,7 +364,7 @@ class TorchSession:
 
 def open_session(config, spec, impl, ctx: BuildContext) -> TorchSession:
     torch.manual_seed(config.seed)
-    return TorchSession(config, spec, impl.build(ctx), ctx)
+    return TorchSession(config, spec, impl.build(ctx), ctx, getattr(impl, "from_host", None))
 
 
 def profiler_range(on: bool) -> None:

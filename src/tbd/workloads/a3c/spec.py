@@ -121,4 +121,5 @@ SPEC = WorkloadSpec(
     install="pip install 'tbd[rl]'",
     precisions=("fp32", "tf32"),  # tf32 only touches the learner's update on a GPU
     precisions_note="actors act and compute gradients in fp32 on the CPU",
+    data_note="reinforcement learning: it makes its own experience by playing Atari environments",
 )

@@ -125,4 +125,5 @@ SPEC = WorkloadSpec(
         "checked against FlopCounterMode on the CPU, where the GRU runs as matrix products -- cuDNN's "
         "fused RNN kernel on the GPU is invisible to FlopCounterMode"
     ),
+    data_format="librispeech",
 )

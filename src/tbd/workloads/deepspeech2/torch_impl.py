@@ -63,6 +63,12 @@ def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device):
     return (spec, targets, torch.as_tensor(frames), torch.as_tensor(n_chars))
 
 
+def from_host(host: dict, ctx: BuildContext, device: torch.device):
+    """A loader's batch of spectrograms as the synthetic batch: (spec, targets) on the device,
+    frame and character counts on the host."""
+    return (host["spec"].to(device, non_blocking=True), host["targets"].to(device, non_blocking=True), host["frames"], host["n_chars"])
+
+
 def _python_dispatch_active() -> bool:
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 

@@ -170,4 +170,5 @@ SPEC = WorkloadSpec(
                "per image; left out: RoIAlign, NMS, anchor matching, box coding, BN and elementwise ops "
                "(torchvision ops FlopCounterMode cannot count, and a few % of the total)",
     convolutional=True,
+    data_format="voc",
 )

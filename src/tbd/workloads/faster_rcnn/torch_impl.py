@@ -81,6 +81,16 @@ def make_images(gen: torch.Generator, device: torch.device, hp: dict, n: int):
     return images, targets
 
 
+def from_host(host: dict, ctx: BuildContext, device: torch.device):
+    """A loader's VOC batch (uint8 HWC images at their own sizes, boxes, labels) as the
+    synthetic batches are: (3, H, W) images in [0, 1] and target dicts, on the device. The
+    model's transform resizes and pads them, as it does the synthetic ones."""
+    images = [img.to(device, non_blocking=True).permute(2, 0, 1).float().div_(255).contiguous() for img in host["images"]]
+    targets = [{"boxes": b.to(device, non_blocking=True), "labels": lab.to(device, non_blocking=True)}
+               for b, lab in zip(host["boxes"], host["labels"])]
+    return (images, targets)
+
+
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     n = ctx.batch_size

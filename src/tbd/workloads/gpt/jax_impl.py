@@ -102,6 +102,12 @@ def adamw(hp) -> optax.GradientTransformation:
     return optax.adamw(hp["lr"], b1=b1, b2=b2, eps=1e-8, weight_decay=hp["weight_decay"], mask=decay)
 
 
+def from_host(host: dict, ctx: BuildContext, device):
+    """Windows of T + 1 tokens from a token file: inputs the first T, targets the last T (int32)."""
+    stream = host["tokens"].astype("int32")
+    return jax.device_put((stream[:, :-1], stream[:, 1:]), device)
+
+
 def build(ctx: BuildContext) -> JaxTask:
     hp = dict(ctx.hparams)
     if hp.get("dropout", 0.0):

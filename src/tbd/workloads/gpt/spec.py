@@ -72,4 +72,5 @@ SPEC = WorkloadSpec(
     train_flops_per_sample=lambda flavor: flavor["block_size"] * train_flops_per_token(flavor.hparams),
     flops_note="6N + 12LdT per token (N: matmul weights incl. the tied output layer; PaLM appendix B, "
                "nanoGPT estimate_mfu), forward + backward",
+    data_format="tokens",
 )

@@ -123,6 +123,12 @@ def make_adamw(model: nn.Module, hp, device_type: str) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]), **kind)
 
 
+def from_host(host: dict, ctx: BuildContext, device: torch.device):
+    """Windows of T + 1 tokens from a token file: inputs are the first T, targets the last T."""
+    stream = host["tokens"].to(device, non_blocking=True)
+    return (stream[:, :-1].contiguous(), stream[:, 1:].contiguous())
+
+
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     backend = ctx.options.get("sdpa_backend", "auto")

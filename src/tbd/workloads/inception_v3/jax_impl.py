@@ -27,6 +27,7 @@ from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import torch_default_rule, torch_like_init
 from tbd.workloads.image_jax import classification_task
+from tbd.workloads.image_jax import from_host  # noqa: F401  (batches of a dataset on disk, --data)
 
 
 class BasicConv(nn.Module):

@@ -137,4 +137,5 @@ SPEC = WorkloadSpec(
     flops_note="convolutions and classifier, 2 FLOPs per multiply-add, backward = 2x forward "
                "(1x for the first convolution: no gradient w.r.t. the images); the auxiliary head is not built",
     convolutional=True,
+    data_format="imagenet",
 )

@@ -14,6 +14,7 @@ from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.image_torch import classification_task
+from tbd.workloads.image_torch import from_host  # noqa: F401  (batches of a dataset on disk, --data)
 
 
 def make_model(num_classes: int) -> torch.nn.Module:

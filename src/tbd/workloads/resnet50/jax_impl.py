@@ -23,7 +23,7 @@ import numpy as np
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
-from tbd.workloads.image_jax import classification_task, torch_sgd  # noqa: F401  (torch_sgd: the optimizer of this workload)
+from tbd.workloads.image_jax import classification_task, from_host, torch_sgd  # noqa: F401  (torch_sgd: the optimizer; from_host: --data batches)
 from tbd.workloads.resnet50.spec import EXPANSION, STAGES
 
 

@@ -70,4 +70,5 @@ SPEC = WorkloadSpec(
     train_flops_per_sample=train_flops_per_sample,
     flops_note="convolutions and classifier, 2 FLOPs per multiply-add, backward = 2x forward",
     convolutional=True,
+    data_format="imagenet",
 )

@@ -33,7 +33,7 @@ from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import PAD, bucket, host_generator, length_edges, torch_like_init
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
-from tbd.workloads.transformer.jax_impl import padded_pairs
+from tbd.workloads.transformer.jax_impl import pad_to_buckets, padded_pairs
 
 # lax.scan's unroll: 1 runs a loop. XLA's cost analysis counts a loop's body once, so the FLOPs
 # test sets True (fully unrolled, the same computation) to have every step counted.
@@ -132,6 +132,14 @@ class Seq2Seq(nn.Module):
         _, atts = jax.lax.scan(dstep, init, (jnp.swapaxes(pre, 0, 1), drop_keys), unroll=SCAN_UNROLL)
         att = self._dropout(jnp.swapaxes(atts, 0, 1), train)  # (B, T, H)
         return att @ self._p("project", H, hp["tgt_vocab"])  # (B, T, V)
+
+
+def from_host(host: dict, ctx: BuildContext, device):
+    """Bucketed batches of a dataset on disk, each side padded to its length bucket (as the
+    synthetic batches), sorted longest source first as the loader gives them."""
+    edges = length_edges(ctx.hparams["max_len"])
+    widths = (bucket(host["src"].shape[1], edges), bucket(host["tgt_out"].shape[1], edges))
+    return jax.device_put(pad_to_buckets(host, len(host["src"]), *widths), device)
 
 
 def build(ctx: BuildContext) -> JaxTask:

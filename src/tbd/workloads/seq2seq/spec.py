@@ -88,4 +88,5 @@ SPEC = WorkloadSpec(
     train_flops_per_sample=train_flops_per_sample,
     flops_note="matrix products of LSTMs, attention and output layer at each pair's own lengths "
                "(non-pad tokens), averaged over the length distribution; backward = 2x forward",
+    data_format="parallel_text",
 )

@@ -113,6 +113,16 @@ class Seq2Seq(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
 
 
+def from_host(host: dict, ctx: BuildContext, device: torch.device):
+    """A loader's bucketed batch (sorted longest source first, padded) as the synthetic batch:
+    (src, src_lens, tgt_in, tgt_out, tgt_lens), lengths left on the host for packing."""
+    src, tgt_in, tgt_out = (host[k].to(device, non_blocking=True) for k in ("src", "tgt_in", "tgt_out"))
+    for t in (src, tgt_in, tgt_out):
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch._dynamo.maybe_mark_dynamic(t, 1)
+    return (src, host["src_lens"], tgt_in, tgt_out, host["tgt_lens"])
+
+
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     lengths = LengthModel.from_hparams(hp)

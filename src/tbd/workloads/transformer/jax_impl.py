@@ -153,6 +153,29 @@ def padded_pairs(rng: np.random.Generator, pairs, rows: int, src_width: int, tgt
     return src, tgt_in, tgt_out, lens(0), lens(1)
 
 
+def pad_to_buckets(host: dict, rows: int, src_width: int, tgt_width: int):
+    """A loader's text batch (tbd.data's parallel text, padded to its longest sentence) padded
+    further to the fixed shapes the jitted step is compiled for: (src, tgt_in, tgt_out,
+    src_lens, tgt_lens), int32; sentences longer than a width (the largest bucket) are cut."""
+    def fit(a, width):
+        out = np.full((rows, width), PAD, np.int32)
+        n, w = min(rows, a.shape[0]), min(width, a.shape[1])
+        out[:n, :w] = a[:n, :w]
+        return out
+
+    lens = lambda key, width: fit(np.minimum(host[key], width)[:, None], 1)[:, 0]  # noqa: E731  (0: an empty row)
+    return (fit(host["src"], src_width), fit(host["tgt_in"], tgt_width), fit(host["tgt_out"], tgt_width),
+            lens("src_lens", src_width), lens("tgt_lens", tgt_width))
+
+
+def from_host(host: dict, ctx: BuildContext, device):
+    """Bucketed batches of a dataset on disk, padded like the synthetic ones: one width for both
+    sides (a length bucket), rows to a power of two (so the shapes stay few)."""
+    edges = length_edges(ctx.hparams["max_len"])
+    width = bucket(max(host["src"].shape[1], host["tgt_out"].shape[1]), edges)
+    return jax.device_put(pad_to_buckets(host, pow2_at_least(len(host["src"])), width, width), device)
+
+
 def build(ctx: BuildContext) -> JaxTask:
     hp = dict(ctx.hparams)
     lengths = LengthModel.from_hparams(hp)

@@ -86,4 +86,5 @@ SPEC = WorkloadSpec(
     train_flops_per_sample=train_flops_per_sample,
     flops_note="matrix products (attention over all keys, PaLM convention) at each pair's own lengths (non-pad "
                "tokens), averaged over the length distribution; backward = 2x forward",
+    data_format="parallel_text",
 )

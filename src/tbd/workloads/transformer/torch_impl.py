@@ -106,6 +106,15 @@ class Transformer(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, label_smoothing=self.label_smoothing)
 
 
+def from_host(host: dict, ctx: BuildContext, device: torch.device):
+    """A loader's bucketed batch as the synthetic batch: (src, tgt_in, tgt_out, src_lens, tgt_lens)."""
+    src, tgt_in, tgt_out = (host[k].to(device, non_blocking=True) for k in ("src", "tgt_in", "tgt_out"))
+    for t in (src, tgt_in, tgt_out):
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch._dynamo.maybe_mark_dynamic(t, 1)
+    return (src, tgt_in, tgt_out, host["src_lens"], host["tgt_lens"])
+
+
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     lengths = LengthModel.from_hparams(hp)

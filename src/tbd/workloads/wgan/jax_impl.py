@@ -152,6 +152,14 @@ def per_network(inner: optax.GradientTransformation) -> optax.GradientTransforma
     return optax.GradientTransformation(init, update)
 
 
+def from_host(host: dict, ctx: BuildContext, device):
+    """A loader's n_critic x B uint8 images (B, S, S, 3) as the synthetic batch: (n_critic, B, S, S, 3) in [-1, 1]."""
+    images = jax.device_put(host["images"], device)
+    n_critic = ctx.hparams["n_critic"]
+    images = images.reshape(n_critic, images.shape[0] // n_critic, *images.shape[1:])
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
 def build(ctx: BuildContext) -> JaxTask:
     hp = ctx.hparams
     check_sizes(hp)

@@ -120,4 +120,5 @@ SPEC = WorkloadSpec(
                "input and weight gradients; the gradient penalty's double backward counted as forward + input "
                "gradient + 4x forward (see spec.step_flops_per_image); norms, pooling and elementwise ops left out",
     convolutional=True,
+    data_format="images",
 )

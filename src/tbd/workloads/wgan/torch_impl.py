@@ -97,6 +97,12 @@ class WGAN(nn.Module):
         self.critic = Critic(hp["dim"], tuple(hp["d_mults"]))
 
 
+def from_host(host: dict, ctx: BuildContext, device: torch.device):
+    """A loader's n_critic x B uint8 images (B, S, S, 3) as n_critic real batches (B, 3, S, S) in [-1, 1]."""
+    images = host["images"].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+    return tuple(images.chunk(ctx.hparams["n_critic"]))
+
+
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     check_sizes(hp)

@@ -1,0 +1,209 @@
+"""Datasets on disk for PyTorch sessions (`tbd run WORKLOAD --data PATH`): a `DataLoader` over a
+`tbd.data` dataset, and the feed that hands the session one device batch per step.
+
+The loader: `--workers` processes decode and augment samples (`Dataset.__getitem__`) and
+collate them (`Dataset.batch`, NumPy arrays turned into tensors without a copy); batches come
+from one endless `BatchStream`, so epoch ends never drain the prefetch (`--prefetch` batches per
+worker); on a GPU the loader pins them.
+
+The feed, on a GPU: a thread takes pinned batches from the loader, copies them on a side CUDA
+stream (non-blocking), decodes JPEGs there under `--decode gpu`, turns them into the workload's
+batch (`from_host` of its torch_impl) and queues up to `--prefetch` ready batches, each with an
+event. The training step makes its stream wait for that event only, so copies and decoding
+overlap the previous step's kernels. On the CPU the feed is the loader itself.
+
+GPU decoding: the workers read the file's bytes and its JPEG header (for the crop box) only;
+`torchvision.io.decode_jpeg` decodes the whole batch on the device in one call (nvJPEG), and
+each image is cropped, resized (bilinear, antialiased, as torchvision's RandomResizedCrop) and
+flipped there.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from tbd.data import recipes
+from tbd.data.base import BatchStream
+
+STOP_POLL_S = 0.2  # how often a blocked feed thread checks whether the session closed
+BATCH_TIMEOUT_S = 600.0  # no batch for this long: the loader hangs (a stuck file system, a wedged worker)
+
+
+def to_tensors(value: Any) -> Any:
+    """NumPy arrays (in dicts and lists) as tensors sharing their memory."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value if value.flags.writeable else value.copy())
+    if isinstance(value, list):
+        return [to_tensors(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_tensors(v) for k, v in value.items()}
+    return value
+
+
+class Collate:
+    """The dataset's own collation, as tensors (a class, not a closure: workers may be spawned)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __call__(self, samples):
+        return to_tensors(self.dataset.batch(samples))
+
+
+def rank_shard() -> tuple[int, int]:
+    """(rank, world size) under torchrun, so each rank reads its own share of the batches."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def make_loader(dataset, workers: int, prefetch: int, pin: bool, context: str | None = None) -> DataLoader:
+    kwargs: dict[str, Any] = dict(batch_sampler=BatchStream(dataset, rank_shard()), collate_fn=Collate(dataset), num_workers=workers, pin_memory=pin)
+    if workers > 0:
+        kwargs.update(prefetch_factor=prefetch, multiprocessing_context=context, timeout=BATCH_TIMEOUT_S)
+    return DataLoader(dataset, **kwargs)
+
+
+def decode_on_device(host: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A batch of JPEG bytes with crop boxes and flips -> {"images": (B, S, S, 3) float in
+    [0, 255] on the device (an NHWC view of NCHW memory), "labels"}."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    files = list(torch.split(host["jpeg"], host["jpeg_sizes"].tolist()))  # views of the one buffer, each contiguous
+    decoded = decode_jpeg(files, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8
+    s = int(host["image_size"])
+    out = torch.empty((len(decoded), 3, s, s), dtype=torch.float32, device=device)
+    for i, (img, (top, left, h, w)) in enumerate(zip(decoded, host["crop"].tolist())):
+        patch = img[None, :, top : top + h, left : left + w].float()
+        out[i] = F.interpolate(patch, size=(s, s), mode="bilinear", antialias=True, align_corners=False)[0]
+    flip = host["flip"].to(device, non_blocking=True)
+    out = torch.where(flip[:, None, None, None], out.flip(-1), out).clamp_(0, 255)
+    return {"images": out.permute(0, 2, 3, 1), "labels": host["labels"]}
+
+
+def samples_in(host: dict[str, Any]) -> int:
+    """Samples in a collated host batch: its labels, else the length of its first array or list."""
+    if "labels" in host and isinstance(host["labels"], torch.Tensor):
+        return len(host["labels"])
+    return next((len(v) for v in host.values() if isinstance(v, (torch.Tensor, list))), 0)
+
+
+def tensors_in(batch: Any):
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, (list, tuple)):
+        for b in batch:
+            yield from tensors_in(b)
+    elif isinstance(batch, dict):
+        for b in batch.values():
+            yield from tensors_in(b)
+
+
+class Feed:
+    """Device batches, one per `next()`, with the files skipped in them."""
+
+    def __init__(self, loader: DataLoader, convert, device: torch.device, depth: int):
+        self.loader, self.convert, self.device = loader, convert, device
+        self.iterator = iter(loader)
+        self.samples = 0  # samples taken from the loader so far (tbd data bench counts them)
+        self.thread = None
+        if device.type == "cuda":
+            self.stream = torch.cuda.Stream(device)
+            self.ready: queue.Queue = queue.Queue(maxsize=depth)
+            self.closing = threading.Event()
+            self.thread = threading.Thread(target=self._fill, name="tbd-feed", daemon=True)
+            self.thread.start()
+
+    def _prepare(self, host: dict[str, Any]) -> tuple[Any, list[str]]:
+        skipped = host.pop("skipped", [])
+        self.samples += samples_in(host)
+        if "jpeg" in host:
+            host = decode_on_device(host, self.device)
+        return self.convert(host), skipped
+
+    def _fill(self) -> None:
+        """Feed thread: copy, decode and convert on the side stream, queue with an event."""
+        try:
+            with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+                while not self.closing.is_set():
+                    batch, skipped = self._prepare(next(self.iterator))
+                    done = torch.cuda.Event()
+                    done.record(self.stream)
+                    self._put((batch, skipped, done))
+        except BaseException as exc:  # handed to the training thread, raised by next()
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        while not self.closing.is_set():
+            try:
+                self.ready.put(item, timeout=STOP_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> tuple[Any, list[str]]:
+        if self.thread is None:
+            return self._prepare(next(self.iterator))
+        try:
+            item = self.ready.get(timeout=BATCH_TIMEOUT_S)
+        except queue.Empty:
+            raise RuntimeError(f"the data loader gave no batch in {BATCH_TIMEOUT_S:.0f} s; check the dataset's storage and --workers") from None
+        if isinstance(item, BaseException):
+            raise item
+        batch, skipped, done = item
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(done)
+        for t in tensors_in(batch):
+            if t.is_cuda:
+                t.record_stream(current)  # made on the side stream, freed after this stream used it
+        return batch, skipped
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.closing.set()
+            while True:  # unblock a thread waiting to queue
+                try:
+                    self.ready.get_nowait()
+                except queue.Empty:
+                    break
+            self.thread.join(timeout=10)
+        shutdown = getattr(self.iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self.iterator = None
+
+
+def open_feed(config, spec, from_host, ctx, device: torch.device, finish=lambda batch: batch) -> tuple[Feed, dict[str, Any]]:
+    """The feed of a `--data` run and what the record says about it (`method.data`)."""
+    dataset = recipes.open_dataset(spec, config.data, ctx.hparams, ctx.batch_size, config.seed, config.decode)
+    pin = device.type == "cuda"
+    loader = make_loader(dataset, config.workers, config.prefetch, pin)
+    feed = Feed(loader, lambda host: finish(from_host(host, ctx, device)), device, config.prefetch)
+    method = {
+        "source": "dataset on disk",
+        **dataset.facts,
+        "loader": f"torch.utils.data.DataLoader, {config.workers} worker process(es), prefetch {config.prefetch}, "
+                  f"pinned memory {'on' if pin else 'off'}, one endless batch stream",
+        "decode": ("GPU: torchvision.io.decode_jpeg (nvJPEG), crop/resize/flip on the device" if config.decode == "gpu"
+                   else "CPU: in the loader's workers (PIL)"),
+        "feed": ("a thread copies (non-blocking, side CUDA stream) and prepares up to "
+                 f"{config.prefetch} batch(es) ahead; the step waits on an event" if device.type == "cuda"
+                 else "batches taken from the loader in the training thread"),
+        "input_wait": ("host: time blocked taking the next ready batch; device: GPU idle from the previous step's end to the "
+                       "batch being ready (CUDA events)" if device.type == "cuda" else "time blocked taking the next batch (host clock)"),
+        "notes": dataset.notes,
+    }
+    return feed, method
+
+
+def open_loader(config, spec, impl, ctx) -> tuple[Feed, dict[str, Any], Any]:
+    """The feed alone (tbd data bench): batches on the device, no model."""
+    device = torch.device(config.device)
+    feed, method = open_feed(config, spec, impl.from_host, ctx, device)
+    return feed, method, (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)

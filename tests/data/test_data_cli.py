@@ -1,0 +1,37 @@
+"""`tbd data make | check | bench | resize`, and the `data` key of sweep files."""
+
+import json
+
+from tbd.cli import main
+from tbd.sweep.spec import parse_text, plan
+
+
+def test_make_check_bench(tmp_path, capsys):
+    out = tmp_path / "speech"
+    assert main(["data", "make", "deepspeech2", "--out", str(out), "--size", "8"]) == 0
+    assert "librispeech" in capsys.readouterr().out and len(list(out.rglob("*.wav"))) == 8
+    assert main(["data", "make", "deepspeech2", "--out", str(out)]) == 2  # not over an existing dataset
+    assert "not empty" in capsys.readouterr().err
+    assert main(["data", "check", "deepspeech2", "--data", str(out), "--device", "cpu", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["format"] == "librispeech" and facts["samples"] == 8 and facts["batches_per_epoch"] == 2
+    assert main(["data", "bench", "deepspeech2", "--data", str(out), "--device", "cpu", "--workers", "0", "--batches", "3",
+                 "--warmup", "1", "--json"]) == 0
+    bench = json.loads(capsys.readouterr().out)
+    assert bench["utterances_per_s"] > 0 and bench["batches"] == 3 and bench["method"]["format"] == "librispeech"
+
+
+def test_resize(datasets, tmp_path, capsys):
+    assert main(["data", "resize", "--data", datasets["resnet50"], "--side", "40", "--out", str(tmp_path / "small"), "--limit", "8"]) == 0
+    assert "wrote 8 images in 4 classes" in capsys.readouterr().out
+
+
+def test_sweep_file_data_key(datasets):
+    spec = parse_text(f'workloads = ["resnet50", "gpt"]\nframeworks = ["torch"]\ndevices = ["cpu"]\n[data]\nresnet50 = "{datasets["resnet50"]}"\n', "s.toml")
+    lines = {line.base["workload"]: line for line in plan(spec).lines}
+    assert lines["resnet50"].base["data"] == datasets["resnet50"] and "data=" in lines["resnet50"].label
+    assert lines["resnet50"].config(4).workers >= 1  # the points run unvalidated: the loader's default is filled in
+    assert "data" not in lines["gpt"].base  # no path for gpt: synthetic, and its plan unchanged
+    bad = f'workloads = ["seq2seq"]\nframeworks = ["torch"]\ndevices = ["cpu"]\ndata = "{datasets["resnet50"]}"\n'
+    notes = plan(parse_text(bad, "s.toml")).notes
+    assert any("train.* files" in n for n in notes)  # the dataset's check names the problem
