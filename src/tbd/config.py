@@ -41,6 +41,7 @@ class RunConfig:
     isolate: bool = True  # run in a child process so a crash or OOM becomes a failed run
     # Analysis (tbd.analysis): a kernel trace of a few steady steps after the timed ones.
     profile: bool = False
+    profile_steps: int | None = None  # steps to trace; None: enough for NVML's window on a GPU, a few on a CPU
     ncu: bool = False
     # Scale-out (tbd.harness.distributed): processes per node, nodes, this node's rank, rendezvous.
     nproc_per_node: int = 1
@@ -94,6 +95,8 @@ class RunConfig:
         for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1)):
             if getattr(self, name) < low:
                 raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+        if self.profile_steps is not None and (isinstance(self.profile_steps, bool) or not isinstance(self.profile_steps, int) or self.profile_steps < 1):
+            raise UsageError(f"profile-steps must be a positive integer, got {self.profile_steps!r}; e.g. --profile-steps 5")
         # nan and inf pass `> 0`; they would fail the run and reach the record (not strict JSON).
         for name, what in (("max_time_s", "max-time"), ("target_ci_pct", "target-ci"), ("ddp_bucket_mb", "ddp-bucket-mb"), ("min_window_s", "min-window")):
             value = getattr(self, name)
