@@ -291,6 +291,8 @@ def run_jobs(jobs: list[Job], results: Results, args, started: float) -> list[st
                     continue
                 results.add(point.key, result)
                 print(line(result), flush=True)
+                if point.variant == REFERENCE[0]:
+                    print(reference_verdict(point, results.data), flush=True)
 
     threads = [threading.Thread(target=slot, args=(gpu,), daemon=True) for gpu in range(args.gpus)]
     for t in threads:
@@ -324,8 +326,9 @@ def run_point(point: Point, gpu: int, args, started: float) -> dict[str, Any] | 
         spec, out = Path(tmp) / "point.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps(point.__dict__))
         t0 = time.time()
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec), "--result", str(out)],
-                                env=env, start_new_session=True)
+        # Its own process group (the deadline stops it whole); it ends with this process (lifeline).
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec), "--result", str(out),
+                                 "--parent", str(os.getpid())], env=env, start_new_session=True)
         hard = None if args.deadline is None else max(10.0, started + args.deadline + args.hard_grace - time.time())
         try:
             proc.wait(timeout=hard)
@@ -362,10 +365,25 @@ def line(result: dict[str, Any]) -> str:
     return f"[{result.get('finished_at_s', 0):5.0f} s] {r['key']} b{r['batch']}: {tp} {', '.join(extra)} [{r['status']}]{err} ({result['wall_s']:.0f} s)"
 
 
+def reference_verdict(point: Point, data: dict[str, Any]) -> str:
+    """tbd's JAX throughput over the plain Flax loop's, measured just before on the same GPU."""
+    ref = data["points"][point.key]["row"]
+    tbd = (data["points"].get(point.key.rsplit("/", 1)[0] + "/jax") or {}).get("row") or {}
+    if not ref.get("throughput") or not tbd.get("throughput"):
+        return f"  {point.workload} b{ref.get('batch')}: no ratio (plain Flax: {ref.get('status')}, tbd JAX: {tbd.get('status')})"
+    q = tbd["throughput"] / ref["throughput"]
+    return (f"  {point.workload} b{ref['batch']}: tbd JAX / plain Flax = {q:.3f}x ({tbd['throughput']:,.1f} vs {ref['throughput']:,.1f} "
+            f"{ref['unit']}/s; goal >= 1.0x: {'met' if q >= 1.0 else 'NOT met'})")
+
+
 # -- the worker: one point ------------------------------------------------------------------------
 
 
-def worker(point_file: Path, result_file: Path) -> None:
+def worker(point_file: Path, result_file: Path, parent: int | None) -> None:
+    if parent:  # a bench killed at a device's time limit must not leave a run on the GPU
+        from tbd.harness.lifeline import end_with_parent
+
+        end_with_parent(parent)
     point = Point(**json.loads(point_file.read_text()))
     if point.reference:
         result = reference_point(point)
@@ -497,9 +515,10 @@ def main() -> None:
     ap.add_argument("--quick", "--smoke", action="store_true", help="tiny flavors, fp32, on the CPU, a few steps (checks the script)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(Path(args.worker), Path(args.result))
+        worker(Path(args.worker), Path(args.result), args.parent)
         return
     started = time.time()
     out = Path(args.out)
