@@ -22,7 +22,9 @@ The models are what a Flax user writes for these two, sized to tbd's:
   AdamW lr 6e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on matrices and embeddings.
 Timing: the first call (compilation) and `warmup` more steps are excluded; then `windows`
 windows of the same number of steps (each at least `window_s` long), each between two
-`block_until_ready`s on the whole state; the throughput is the median window's.
+`block_until_ready`s on the whole state; the throughput is the median window's. One more window
+waits for every step (`synced_per_step_throughput`), as tbd's JAX session does to time each
+step: the difference is what a host sync per step costs.
 """
 
 from __future__ import annotations
@@ -256,6 +258,13 @@ def time_loop(loop: Loop, warmup: int = 10, window_s: float = 2.0, windows: int 
         dt = time.perf_counter() - t0
         seconds.append(dt)
         rates.append(loop.units_per_step * steps / dt)
+    # One more window that waits for every step, as tbd's JAX session times each step: what a
+    # host sync per step costs this loop (the next step's dispatch is no longer hidden).
+    t0 = time.perf_counter()
+    for i in range(steps):
+        state, loss = loop.step(state, batches[i % len(batches)])
+        jax.block_until_ready((state, loss))
+    synced = loop.units_per_step * steps / (time.perf_counter() - t0)
     final_loss = float(loss)
     del state
     return {
@@ -264,6 +273,7 @@ def time_loop(loop: Loop, warmup: int = 10, window_s: float = 2.0, windows: int 
         "window_throughputs": rates,
         "spread_pct": 100.0 * (max(rates) - min(rates)) / statistics.median(rates),
         "steps_per_window": steps,
+        "synced_per_step_throughput": synced,
         "step_ms": 1e3 * statistics.median(seconds) / steps,
         "first_step_s": first_step_s,
         "loss": final_loss,

@@ -32,11 +32,12 @@ def figure(data: dict):
     plt = _plt()
     from matplotlib.ticker import FuncFormatter
 
-    names = tables.workloads(data)
-    fig, axes = plt.subplots(len(kinds), 1, figsize=(max(6.5, 1.05 * len(names) + 2), 3.3 * len(kinds)), squeeze=False)
+    every = tables.workloads(data)
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(max(6.5, 1.05 * len(every) + 3.5), 3.3 * len(kinds)), squeeze=False)
     width = 0.8 / len(SERIES)
     for ax, kind in zip(axes[:, 0], kinds):
         labels, in_legend, ratios = [], set(), [1.0]
+        names = [w for w in every if any(k.startswith(f"{w}/{kind}/") for k in list(rows) + list(data["skipped"]))]
         for x, w in enumerate(names):
             base = rows.get(f"{w}/{kind}/eager")
             batch = next((r["batch"] for v in ("eager", "compile", "jax") if (r := rows.get(f"{w}/{kind}/{v}")) and r.get("batch")), None)
@@ -59,15 +60,16 @@ def figure(data: dict):
                 ratios.append(q)
                 ax.text(pos, q * (1.04 if q >= 1 else 0.96), f"{q:.2f}", ha="center", va="bottom" if q >= 1 else "top", fontsize=6)
         ax.set_yscale("log", base=2)
-        ax.set_ylim(min(ratios) / 1.5, max(ratios) * 1.5)
+        ax.set_ylim(min(ratios) / 1.6, max(ratios) * 1.6)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.axhline(1.0, color="black", lw=0.8, label="PyTorch eager (= 1)")
         ax.set_xticks(range(len(names)), labels, fontsize=7)
+        ax.set_xlim(-0.6, len(names) - 0.4)
         ax.set_ylabel("throughput / PyTorch eager's")
         ax.set_title(f"{kind} batch: throughput relative to PyTorch eager ({precisions(data, kind)})")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: it must not cover a bar
         if any(r["status"] != "ok" for r in rows.values() if r["kind"] == kind and tables.measured(r)):
-            ax.text(0.99, 0.98, "hatched: not converged", transform=ax.transAxes, ha="right", va="top", fontsize=7)
+            ax.text(1.01, 0.02, "hatched: not\nconverged", transform=ax.transAxes, ha="left", va="bottom", fontsize=7)
     fig.text(0.01, 0.005, tables.environment(data), fontsize=6, color="gray")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig

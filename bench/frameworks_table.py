@@ -136,7 +136,8 @@ def throughput_table(data: dict[str, Any], kind: str) -> str:
 
 def reference_table(data: dict[str, Any]) -> str:
     rs = rows(data)
-    out = ["| model | batch | plain Flax loop | tbd JAX | tbd / plain | goal (>= 1.0x) |", "|---|---|---|---|---|---|"]
+    out = ["| model | batch | parameters | plain Flax loop | same, synced every step | tbd JAX | tbd / plain | goal (>= 1.0x) |",
+           "|---|---|---|---|---|---|---|---|"]
     found = False
     for key, ref in rs.items():
         if ref["variant"] != "ref":
@@ -150,10 +151,16 @@ def reference_table(data: dict[str, Any]) -> str:
         tbd_cell = cell(tbd, data["skipped"].get(key.rsplit("/", 1)[0] + "/jax"))
         ref_cell = f"{_fmt_throughput(ref['throughput'])} {ref['unit']}/s{mfu}" if measured(ref) else f"{ref.get('status')}: {ref.get('error')}"
         verdict = "-" if q is None else ("met" if q >= 1.0 else "not met")
-        out.append(f"| {ref['workload']} | {ref['batch']:,} | {ref_cell} | {tbd_cell} | {_n(q, '{:.3f}x')} | {verdict} |")
+        p_ref, p_tbd = ref.get("params"), (tbd or {}).get("params")
+        params = _n(p_ref, "{:,}") if p_ref == p_tbd or p_tbd is None else f"{_n(p_ref, '{:,}')} (tbd: {_n(p_tbd, '{:,}')})"
+        synced = ((data["points"][key].get("reference") or {}).get("synced_per_step_throughput"))
+        synced_cell = f"{_fmt_throughput(synced)} ({synced / ref['throughput']:.3f}x)" if synced and measured(ref) else "-"
+        out.append(f"| {ref['workload']} | {ref['batch']:,} | {params} | {ref_cell} | {synced_cell} | {tbd_cell} | {_n(q, '{:.3f}x')} | {verdict} |")
     if not found:
         return "(no plain Flax reference in these results)"
-    return "\n".join(out) + "\n\nBoth on the same GPU in the same call, one after the other; the plain loop's figure is the median of three timed windows."
+    return "\n".join(out) + ("\n\nBoth on the same GPU in the same call, one after the other; the plain loop's figure is the median of three "
+                             "timed windows; 'synced every step' is one more window that waits for each step as tbd's JAX session does "
+                             "(what a host sync per step costs).")
 
 
 def details_table(data: dict[str, Any]) -> str:
@@ -214,8 +221,11 @@ def explain(workload: str, kind: str, data: dict[str, Any]) -> list[str]:
             continue
         head = f"- {workload} ({kind} batch {jax['row']['batch']:,}): JAX {q:.2f}x {LABELS[v]}"
         tj, tt = jax.get("trace"), other.get("trace")
-        if not tj or not tt or tj.get("error") or tt.get("error"):
-            lines.append(f"{head}; no trace of both runs at this batch (run with --profile {kind})")
+        if not tj or not tt:
+            lines.append(f"{head}; no trace of both runs at this batch (the bench's --profile {kind} traces them)")
+            continue
+        if tj.get("error") or tt.get("error"):
+            lines.append(f"{head}; no kernel figures: {tj.get('error') or tt.get('error')}")
             continue
         faster, slower = ((tj, "JAX"), (tt, LABELS[v])) if q >= 1 else ((tt, LABELS[v]), (tj, "JAX"))
         (f, fname), (s, sname) = faster, slower

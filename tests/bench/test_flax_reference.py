@@ -74,6 +74,6 @@ def test_gpt_loop_trains_and_times_on_the_cpu(ref):
     sizes = dict(layers=1, d_model=16, heads=2, block_size=8, vocab=32)
     result = ref.run_reference("gpt", batch=2, device="cpu", precision="fp32", quick=True, sizes=sizes, windows=2, warmup=1)
     assert result["params"] == (12 * 16 * 16 + 13 * 16) + 32 * 16 + 8 * 16 + 2 * 16  # one block, embeddings, final norm
-    assert result["throughput"] > 0 and len(result["window_throughputs"]) == 2
+    assert result["throughput"] > 0 and len(result["window_throughputs"]) == 2 and result["synced_per_step_throughput"] > 0
     assert result["unit"] == "tokens" and result["loss_finite"] and math.isfinite(result["step_ms"])
     assert result["sizes"]["attention"] == "xla"  # cuDNN's kernel only on a GPU in bf16
