@@ -179,6 +179,8 @@ def details_table(data: dict[str, Any]) -> str:
         out.append(f"| {r['workload']} | {_n(r.get('batch'), '{:,}')} | {LABELS[r['variant']]} | {tp} | {_n(r.get('mfu_pct'), '{:.1f}')} | "
                    f"{_n(r.get('peak_gib'), '{:.1f}')} | {_n(r.get('gpu_util_nvml_pct'), '{:.0f}')} | {_n(r.get('compile_s'), '{:.1f}')} | "
                    f"{_n(r.get('first_step_s'), '{:.1f}')} | {compiles} | {status} |")
+    if len(out) == 2:
+        return "(no tbd runs in these results)"
     return "\n".join(out) + ("\n\ncompile s: JAX's tracing, lowering and XLA compilation (jax.monitoring); torch.compile's first step and "
                              "warm-up steps (Dynamo, AOTAutograd, Inductor, Triton; an upper bound); eager compiles nothing. "
                              "first step: step 0 as timed (compilation and autotuning included).")
