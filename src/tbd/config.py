@@ -44,7 +44,7 @@ class RunConfig:
     python: str | None = None
     # Analysis (tbd.analysis): a kernel trace of a few steady steps after the timed ones.
     profile: bool = False
-    profile_steps: int = 0  # at most this many steps traced; 0: as the harness chooses (on a GPU, enough for NVML's window)
+    profile_steps: int | None = None  # steps to trace (--profile-steps, tbd tune); None: enough for NVML's window on a GPU, a few on a CPU
     ncu: bool = False
     # Scale-out (tbd.harness.distributed): processes per node, nodes, this node's rank, rendezvous.
     nproc_per_node: int = 1
@@ -102,9 +102,11 @@ class RunConfig:
             raise UsageError(f"--channels-last applies to convolutional workloads, not {self.workload}; drop the flag")
         if spec.precisions is not None and self.precision not in spec.precisions:
             raise UsageError(f"{self.workload} runs in {' or '.join(spec.precisions)} only ({spec.precisions_note}); drop --precision {self.precision}")
-        for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1), ("profile_steps", 0)):
+        for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1)):
             if getattr(self, name) < low:
                 raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+        if self.profile_steps is not None and (isinstance(self.profile_steps, bool) or not isinstance(self.profile_steps, int) or self.profile_steps < 1):
+            raise UsageError(f"profile-steps must be a positive integer, got {self.profile_steps!r}; e.g. --profile-steps 5")
         # nan and inf pass `> 0`; they would fail the run and reach the record (not strict JSON).
         for name, what in (("max_time_s", "max-time"), ("target_ci_pct", "target-ci"), ("ddp_bucket_mb", "ddp-bucket-mb"), ("min_window_s", "min-window")):
             value = getattr(self, name)

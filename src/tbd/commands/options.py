@@ -92,6 +92,7 @@ def add_run_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BATCH_H
     p.add_argument("--env", metavar="NAME", help="run in an environment made by 'tbd env create NAME' (as --python its bin/python)")
     p.add_argument("--wide", action="store_true", help="full-width table: every column, full ids, whatever the terminal")
     p.add_argument("--profile", action="store_true", help="trace a few steady steps after the timed ones for 'tbd analyze' (docs/analysis.md)")
+    p.add_argument("--profile-steps", type=positive_int, help="with --profile: steps to trace (default: 3 s of steps on a GPU, at most 200; a few on a CPU)")
     p.add_argument("--ncu", action="store_true", help="with --profile: also read tensor/FMA pipe utilization with Nsight Compute (needs ncu)")
     # Scale-out (docs/distributed.md): torchrun starts nproc-per-node x nnodes ranks; SLURM's environment fills these when absent.
     p.add_argument("--nproc-per-node", type=positive_int, help="processes (ranks) on this machine, one per GPU (default: 1)")
@@ -182,5 +183,6 @@ def config_from_args(args, workload: str) -> RunConfig:
         max_steps=args.max_steps, max_time_s=args.max_time, target_ci_pct=args.target_ci, isolate=not args.in_process,
         python=envs.resolve(getattr(args, "python", None), getattr(args, "env", None), getattr(args, "home", None)),
         profile=getattr(args, "profile", False) or getattr(args, "ncu", False), ncu=getattr(args, "ncu", False),
+        profile_steps=getattr(args, "profile_steps", None),
         **topology_options(args, device), **data_fields(args),
     ).validated()

@@ -57,8 +57,7 @@ def trace_session(session, config, run_id: str, steps: int | None = None, home: 
 
 
 def trace_run(session, config, record) -> dict[str, Any]:
-    """What the harness calls after the timed steps when `config.profile` is set."""
-    steps = choose_steps((record.get("metrics") or {}).get("step_time_ms_p50"), config.device)
-    if getattr(config, "profile_steps", 0):  # a bound asked for (tbd tune: a short trace per trial)
-        steps = min(steps, config.profile_steps)
+    """What the harness calls after the timed steps when `config.profile` is set; the config's
+    `profile_steps` (--profile-steps) overrides the automatic choice."""
+    steps = getattr(config, "profile_steps", None) or choose_steps((record.get("metrics") or {}).get("step_time_ms_p50"), config.device)
     return trace_session(session, config, record["id"], steps=steps)

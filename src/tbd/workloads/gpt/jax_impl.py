@@ -1,7 +1,7 @@
 """GPT (GPT-2 architecture) in JAX: Flax linen, optax AdamW, fused attention.
 
 `tbd run gpt --framework jax --flavor tiny` exercises it on the CPU; `tbd run gpt --framework jax
---device cuda --flavor paper --precision bf16` is the 124M setting of `bench/frameworks_gpu.py`.
+--device cuda --flavor paper --precision bf16` is the 124M setting of `bench/frameworks_compare_gpu.py`.
 
 The model is the torch implementation's layer for layer (same parameter count): learned
 positions, pre-LayerNorm blocks (eps 1e-5, as torch), one QKV product per layer, GELU in its
