@@ -106,12 +106,12 @@ class RunConfig:
             raise unknown(f"hyperparameter of {self.workload}", unknown_hp[0], flavor.hparams)
         plugin.check(self, spec)
         registry.check_runnable(self.workload, self.framework)
-        registry.check_model(self)  # timm:/hf: models: the name and config exist (imports the library)
-        if self.device == "cuda":
+        if self.device == "cuda":  # before check_model: no GPU is said at once, without importing timm or transformers
             from tbd.metrics.devices import cuda_available
 
             if not cuda_available():
                 raise UsageError("device cuda was asked for but no NVIDIA GPU is visible here; use --device cpu")
+        registry.check_model(self)  # timm:/hf: models: the name and config exist (imports the library)
         topology.validate_topology(self)
         return self
 
