@@ -177,8 +177,10 @@ def is_synopsis(words: list[str]) -> bool:
         if "|" in word and word != "|":
             return True
         value = word.split("=", 1)[1] if word.startswith("-") and "=" in word else word
-        if not value.startswith("-") and all(METAVAR.match(part) for part in value.split("=") if part):
-            return True
+        if value.startswith("-"):
+            continue
+        if METAVAR.match(value) or any(len(part) > 1 and METAVAR.match(part) for part in re.split(r"[=:,./]", value)):
+            return True  # A, ID, KEY=VALUE, FILE.py:OBJECT
     return False
 
 
@@ -186,10 +188,11 @@ def classify(cmd: DocCommand) -> tuple[str, str]:
     """(kind, detail): how the test checks the command.
 
     run       executed on the CPU (tests/docs/test_doc_commands.py says how it is shortened)
-    gpu       `--device cuda`, `--devices cuda` or a `[GPU]` tag: fails here with one line, exit 2
+    gpu       `--device cuda`, `--devices cuda` or a `[GPU]` tag (for srun, on its tbd command):
+              fails here with one line, exit 2
     synopsis  a usage line: the command and each of its flags exist
     mention   an inline `tbd COMMAND` naming a command: the command exists
-    static    bench scripts, make targets, pip extras, pytest paths, srun lines: what they name exists
+    static    bench scripts, make targets, pip extras, pytest paths: what they name exists
     not-run   a `[not run: REASON]` tag
     unknown   none of these: the test fails, naming the line
     """
@@ -209,7 +212,12 @@ def classify(cmd: DocCommand) -> tuple[str, str]:
         return "run", ""
     if program in ("python", "python3") and len(words) > 1 and words[1].startswith("bench/"):
         return "static", "bench"
-    if program in ("make", "pytest", "srun") or words[:2] == ["pip", "install"]:
+    if program == "srun" and "tbd" in words:  # SLURM starts tbd on GPU nodes: its tbd command is checked as GPU-only
+        inner = words[words.index("tbd"):]
+        if cmd.tag == "GPU" or needs_cuda(inner):
+            return "gpu", "srun"
+        return "unknown", "an srun line starts tbd on a cluster: give its tbd command --device cuda or tag it # [GPU]"
+    if program in ("make", "pytest") or words[:2] == ["pip", "install"]:
         return "static", program
     return "unknown", f"'{program}' is not a command the docs test knows; tag it # [not run: REASON] or teach tests/docs"
 
@@ -223,3 +231,14 @@ def needs_cuda(words: list[str]) -> bool:
             if set(value.split(",")) == {"cuda"}:
                 return True
     return False
+
+
+if __name__ == "__main__":  # python -m tests.docs.doc_commands: every command with its kind
+    from collections import Counter
+
+    kinds = Counter()
+    for command in find_commands():
+        kind, detail = classify(command)
+        kinds[kind] += 1
+        print(f"{command.where:28} {kind:9} {command.text}" + (f"   ({detail})" if kind in ("not-run", "unknown") else ""))
+    print(", ".join(f"{n} {kind}" for kind, n in kinds.most_common()))
