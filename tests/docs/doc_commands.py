@@ -172,14 +172,14 @@ def is_synopsis(words: list[str]) -> bool:
     """A usage line, not a command: metavariables (ID, NAME, KEY=VALUE), '...', [optional] parts
     or a|b choices."""
     for word in words[1:]:
-        if word == "..." or word.startswith("[") or (word.endswith("]") and "[" not in word):
+        if "..." in word or word.startswith("[") or (word.endswith("]") and "[" not in word):
             return True
         if "|" in word and word != "|":
             return True
         value = word.split("=", 1)[1] if word.startswith("-") and "=" in word else word
         if value.startswith("-"):
             continue
-        if METAVAR.match(value) or any(len(part) > 1 and METAVAR.match(part) for part in re.split(r"[=:,./]", value)):
+        if METAVAR.match(value) or any(METAVAR.match(part) for part in re.split(r"[=:,./]", value)):
             return True  # A, ID, KEY=VALUE, FILE.py:OBJECT
     return False
 

@@ -33,7 +33,7 @@ import pytest
 
 from tbd import cli, registry
 from tbd.metrics.devices import cuda_available
-from tests.docs.doc_commands import ROOT, DocCommand, classify, find_commands, needs_cuda
+from tests.docs.doc_commands import ROOT, DocCommand, classify, find_commands, is_synopsis, needs_cuda
 
 # --- how a documented command is made short enough for a test (visible in each test's failure) ---
 BUDGET = ("--max-steps", "3", "--max-time", "1")  # step 0 plus two timed steps: every part of a run, in seconds
@@ -255,20 +255,29 @@ def _subparsers() -> dict:
 def check_parses(cmd: DocCommand, where: str) -> None:
     commands = _subparsers()
     name = cmd.words[1]
+    if not _concrete(name):  # `tbd COMMAND`: any command
+        return
     assert name in commands, f"{where}: 'tbd {name}' is no command of tbd (its commands: {', '.join(commands)})"
     options = {o for action in commands[name]._actions for o in action.option_strings}
     named = {part.split("=")[0] for w in cmd.words[2:] for part in w.strip("[]").split("|") if part.startswith("-")}
     assert named <= options, f"{where}: 'tbd {name}' has no option {sorted(named - options)}"
 
 
+def _concrete(word: str) -> bool:
+    """Not a metavariable: `X.py`, `TARGET`, `tbd[EXTRA]` and `PATH` name nothing to check."""
+    return not is_synopsis(["tbd", word.removeprefix("tbd[").removesuffix("]")])
+
+
 def check_static(cmd: DocCommand, program: str, where: str) -> None:
-    words = cmd.words
+    words = [w for w in cmd.words if _concrete(w)]
     if program == "bench":
-        script = ROOT / words[1]
-        assert script.is_file(), f"{where}: no script {words[1]}"
+        script = ROOT / cmd.words[1]
+        if not _concrete(cmd.words[1]):
+            return
+        assert script.is_file(), f"{where}: no script {cmd.words[1]}"
         declared = _declared_options(script)
         given = {w.split("=")[0] for w in words[2:] if w.startswith("-")}
-        assert given <= declared, f"{where}: {words[1]} has no option {sorted(given - declared)}"
+        assert given <= declared, f"{where}: {cmd.words[1]} has no option {sorted(given - declared)}"
     elif program == "make":
         makefile = (ROOT / "Makefile").read_text()
         for target in (w for w in words[1:] if not w.startswith("-")):
