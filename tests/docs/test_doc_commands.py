@@ -8,7 +8,8 @@ lists every command with its kind.
   a visible way (`as_run`: a 3-step budget, in-process runs, sweeps over gpt/torch after a
   `--dry-run` of the whole sweep as written). Expected: exit 0 (EXPECTED_EXIT lists the commands
   the docs show failing on purpose), no traceback, no failed run stored. A command the store
-  setup already ran is not run again: its outcome then is checked.
+  setup already ran is not run again: its outcome then is checked. A command of a framework not
+  installed here must fail with one line naming the `pip install`. Commands that train are `slow`.
 - gpu: run as written without a GPU: exit 2, one line `tbd: error: ...` naming the GPU (or
   Nsight Compute), nothing stored. Skipped where a GPU is present.
 - synopsis, mention: the command, and each option the line names, exist in tbd's parser.
@@ -169,16 +170,19 @@ def own_store(prepared, tmp_path, monkeypatch) -> Path:
 COMMANDS = find_commands()
 
 
-def _groups() -> list[tuple[str, list[DocCommand]]]:
+def _params() -> list:
+    """One test per distinct command as the test runs it; those that train are marked slow."""
     groups: dict[tuple, list[DocCommand]] = {}
     for cmd in COMMANDS:
         kind, _ = classify(cmd)
         key = (kind, tuple(as_run(cmd.words[1:]) if kind == "run" else cmd.words))
         groups.setdefault(key, []).append(cmd)
-    return [(f"{cmds[0].where} {' '.join(cmds[0].words)[:70]}", cmds) for cmds in groups.values()]
-
-
-GROUPS = _groups()
+    params = []
+    for (kind, _), cmds in groups.items():
+        words = cmds[0].words
+        trains = kind == "run" and (words[1] in ("run", "scale", "memory") or "--verify" in words)
+        params.append(pytest.param(cmds, id=f"{cmds[0].where} {' '.join(words)[:70]}", marks=[pytest.mark.slow] if trains else []))
+    return params
 
 
 def test_the_docs_have_commands_and_every_one_is_classified():
@@ -188,7 +192,7 @@ def test_the_docs_have_commands_and_every_one_is_classified():
                          "takes an info string such as ```text; see docs/architecture.md, 'Commands in the docs'):\n" + "\n".join(unknown))
 
 
-@pytest.mark.parametrize("cmds", [cmds for _, cmds in GROUPS], ids=[name for name, _ in GROUPS])
+@pytest.mark.parametrize("cmds", _params())
 def test_doc_command(cmds: list[DocCommand], request):
     cmd = cmds[0]
     kind, detail = classify(cmd)
@@ -211,10 +215,8 @@ def check_runs(cmd: DocCommand, request, where: str) -> None:
     home = request.getfixturevalue("own_store")
     prepared = request.getfixturevalue("prepared")
     argv = cmd.words[1:]
-    framework = _option(argv, "--framework")
-    if framework in registry.framework_names() and registry.missing_modules(framework):
-        out = tbd(argv, home)  # a framework not installed here: one line naming the install
-        assert out.code == 2 and "pip install" in out.err and not out.new_runs, f"{where}\n{out}"
+    if _framework_missing(argv):
+        check_names_the_install(argv, home, where)
         return
     if argv[0] == "sweep":  # the whole sweep as written plans without error
         dry = tbd([*argv, "--dry-run"], home)
@@ -240,11 +242,26 @@ def check_gpu_only(cmd: DocCommand, request, where: str) -> None:
         pytest.skip("a GPU is present: GPU-only commands are checked on machines without one")
     home = request.getfixturevalue("own_store")
     words = cmd.words[cmd.words.index("tbd"):]  # an srun line: the tbd command it starts
+    if _framework_missing(words[1:]):
+        check_names_the_install(words[1:], home, where)
+        return
     out = tbd(words[1:], home)
     lines = out.err.strip().splitlines()
     assert out.code == 2 and len(lines) == 1 and lines[0].startswith("tbd: error:"), f"{where}: a GPU-only command must fail here with one line\n{out}"
     assert re.search(r"gpu|cuda|nvidia|ncu|nsight", lines[0], re.I), f"{where}: the line does not say a GPU is missing\n{out}"
     assert not out.new_runs, f"{where}: a run was stored\n{out}"
+
+
+def _framework_missing(argv: list[str]) -> bool:
+    framework = _option(argv, "--framework") or _option(argv, "-f")
+    return framework in registry.framework_names() and bool(registry.missing_modules(framework))
+
+
+def check_names_the_install(argv: list[str], home: Path, where: str) -> None:
+    """A command of a framework not installed here: one line naming the install, exit 2."""
+    out = tbd(argv, home)
+    lines = out.err.strip().splitlines()
+    assert out.code == 2 and len(lines) == 1 and "pip install" in lines[0] and not out.new_runs, f"{where}\n{out}"
 
 
 def _subparsers() -> dict:
