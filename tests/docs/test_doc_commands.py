@@ -121,10 +121,11 @@ def compilation_cache(request):
     """JAX's persistent compilation cache in pytest's cache folder: the JAX commands compile their
     steps once per machine, and again only when a model or JAX changes."""
     cache = getattr(request.config, "cache", None)
-    jax = pytest.importorskip("jax") if cache is not None and not registry.missing_modules("jax") else None
-    if jax is None:
+    if cache is None or registry.missing_modules("jax"):
         yield
         return
+    import jax
+
     settings = {"jax_compilation_cache_dir": str(cache.mkdir("tbd-docs-xla")), "jax_persistent_cache_min_compile_time_secs": 0.0}
     saved = {name: getattr(jax.config, name) for name in settings}
     for name, value in settings.items():
@@ -135,7 +136,7 @@ def compilation_cache(request):
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, compilation_cache) -> Prepared:
+def prepared(tmp_path_factory, compilation_cache):
     root = tmp_path_factory.mktemp("docs")
     home, work = root / "home", root / "work"
     work.mkdir()
@@ -143,6 +144,9 @@ def prepared(tmp_path_factory, compilation_cache) -> Prepared:
     for name in REPO_FOLDERS:
         (work / name).symlink_to(ROOT / name)
     outcomes = {}
+    import torch
+
+    threads = torch.get_num_threads()  # in-process runs set it for their run; later tests get it back
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TBD_HOME", str(home))
         mp.setenv("COLUMNS", "160")
@@ -151,7 +155,8 @@ def prepared(tmp_path_factory, compilation_cache) -> Prepared:
             outcome = tbd(as_run(list(argv)), home)
             assert outcome.code == 0, f"store setup failed: {outcome}"
             outcomes[tuple(outcome.argv)] = outcome
-    return Prepared(home, work, outcomes)
+    yield Prepared(home, work, outcomes)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
