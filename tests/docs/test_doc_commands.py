@@ -312,7 +312,11 @@ def check_static(cmd: DocCommand, program: str, where: str) -> None:
             missing = set(match.group(1).split(",")) - set(extras)
             assert not missing, f"{where}: pyproject.toml has no extra {sorted(missing)}"
     elif program == "pytest":
-        for path in (w.split("::")[0] for w in words[1:] if not w.startswith("-")):
+        takes_value = ("-m", "-k", "-p", "-c", "-o", "-n", "--durations", "--timeout", "--maxfail")
+        given = cmd.words
+        paths = [w.split("::")[0] for i, w in enumerate(given[1:], 1) if not w.startswith("-") and given[i - 1] not in takes_value]
+        assert paths, f"{where}: a pytest line names the tests it runs"
+        for path in filter(_concrete, paths):
             assert (ROOT / path).exists(), f"{where}: no test path {path}"
     else:
         pytest.fail(f"{where}: no static check for {program}")
