@@ -78,6 +78,10 @@ STORE_SETUP = (
     ("run", "gpt", "--profile"),  # last: `latest` is a profiled run, as after the README's `tbd run gpt --profile`
 )
 REPO_FOLDERS = ("tests",)  # linked into the work folder: `tbd run tests/plugins/my_workloads.py:TinyMLP`
+# The environment of every command: a wide table, and one intra-op thread per run (tbd honours
+# OMP_NUM_THREADS): tiny steps gain nothing from a second thread, and on a busy machine OpenMP's
+# spinning threads make a resnet50 tiny step 20x slower.
+ENVIRONMENT = {"COLUMNS": "160", "OMP_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -149,7 +153,8 @@ def prepared(tmp_path_factory, compilation_cache):
     threads = torch.get_num_threads()  # in-process runs set it for their run; later tests get it back
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TBD_HOME", str(home))
-        mp.setenv("COLUMNS", "160")
+        for key, value in ENVIRONMENT.items():
+            mp.setenv(key, value)
         mp.chdir(work)
         for argv in STORE_SETUP:
             outcome = tbd(as_run(list(argv)), home)
@@ -166,7 +171,8 @@ def own_store(prepared, tmp_path, monkeypatch) -> Path:
     shutil.copytree(prepared.home, home)
     shutil.copytree(prepared.work, work, symlinks=True)
     monkeypatch.setenv("TBD_HOME", str(home))
-    monkeypatch.setenv("COLUMNS", "160")
+    for key, value in ENVIRONMENT.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.chdir(work)
     return home
 
