@@ -122,12 +122,13 @@ class RunConfig:
             self._check_other_interpreter()
         else:
             registry.check_runnable(self.workload, self.framework)
-            registry.check_model(self)  # timm:/hf: models: the name and config exist (imports the library)
-        if self.device == "cuda":
+        if self.device == "cuda":  # before check_model: no GPU is said at once, without importing timm or transformers
             from tbd.metrics.devices import cuda_available
 
             if not cuda_available():
                 raise UsageError("device cuda was asked for but no NVIDIA GPU is visible here; use --device cpu")
+        if self.python is None:
+            registry.check_model(self)  # timm:/hf: models: the name and config exist (imports the library)
         topology.validate_topology(self)
         self._validate_data(spec, plugin)
         return self

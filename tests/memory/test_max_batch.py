@@ -8,6 +8,8 @@ import pytest
 
 from tbd.config import RunConfig
 from tbd.memory import max_batch
+from tbd.memory.batch_model import BatchModel
+from tbd.memory.profiler import unusable_fit
 from tbd.results.record import RunRecord
 
 
@@ -90,3 +92,16 @@ def test_memory_command_refuses_bad_input_in_one_line(tbd_home, capsys, argv, me
     assert cli.main(["memory", "resnet50", "--device", "cpu", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_line_that_grows_by_the_input_alone_predicts_nothing():
+    """resnet50 tiny on the CPU peaks in the optimizer step at batches 2-8: the line grows by the
+    input batch only (12 KiB per 32x32 image) and once predicted 1,366,558 images in 16 GiB."""
+    image = 32 * 32 * 3 * 4
+    profiles = [{"status": "ok", "batch_size": b, "peak": {"categories": {"input_batch": image * b}}} for b in (2, 4, 8)]
+    by_input = BatchModel(fixed_bytes=376e6, per_sample_bytes=float(image), points=[(2, 1), (4, 2), (8, 3)], max_residual_pct=0.0)
+    assert "no more than one sample's input" in unusable_fit(by_input, profiles)
+    with_activations = BatchModel(fixed_bytes=376e6, per_sample_bytes=40.0 * image, points=[(2, 1), (4, 2), (8, 3)], max_residual_pct=1.0)
+    assert unusable_fit(with_activations, profiles) is None
+    off_the_line = BatchModel(fixed_bytes=376e6, per_sample_bytes=40.0 * image, points=[(2, 1), (4, 2), (8, 3)], max_residual_pct=25.0)
+    assert "off the fitted line" in unusable_fit(off_the_line, profiles)

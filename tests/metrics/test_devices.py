@@ -38,3 +38,11 @@ def test_uuid_prefixes_are_resolved(monkeypatch):
 def test_empty_list_hides_every_gpu(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert devices.visible_count(FakeNvml()) == 0
+
+
+def test_a_gpu_hidden_by_cuda_visible_devices_is_not_available(monkeypatch):
+    monkeypatch.setattr(devices, "_nvml", lambda: FakeNvml())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert not devices.cuda_available() and devices.best_device() == "cpu"  # --device auto must not pick a hidden GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert devices.cuda_available() and devices.best_device() == "cuda"

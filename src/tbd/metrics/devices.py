@@ -24,9 +24,10 @@ def nvml():
 
 
 def cuda_available() -> bool:
+    """A GPU this process may use: NVML sees one and CUDA_VISIBLE_DEVICES does not hide them all."""
     lib = _nvml()
     try:
-        return bool(lib and lib.nvmlDeviceGetCount() > 0)
+        return bool(lib and visible_count(lib) > 0)
     except Exception:
         return False
 

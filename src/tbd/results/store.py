@@ -315,7 +315,8 @@ class Store:
             raise ValueError(f"unknown filter {bad[0]}")
         where = " AND ".join(f"{k} = ?" for k in filters if filters[k] is not None)
         args = [v for v in filters.values() if v is not None]
-        sql = "SELECT id, record FROM runs" + (f" WHERE {where}" if where else "") + " ORDER BY created_at DESC, id DESC"
+        # created_at has whole seconds: runs of one second are ordered as they were stored (rowid), not by their random ids
+        sql = "SELECT id, record FROM runs" + (f" WHERE {where}" if where else "") + " ORDER BY created_at DESC, rowid DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
         with self._connection() as conn:
@@ -356,7 +357,7 @@ class Store:
             if conn is None:
                 raise NoSuchRun(f"no runs stored in {self.home} yet; run 'tbd run resnet50' first")
             if run_id == "latest":
-                for row in conn.execute("SELECT id, record FROM runs ORDER BY created_at DESC, id DESC"):
+                for row in conn.execute("SELECT id, record FROM runs ORDER BY created_at DESC, rowid DESC"):
                     found = self._readable([row])
                     if found:
                         return found[0]
