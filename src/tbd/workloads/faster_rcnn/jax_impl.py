@@ -538,8 +538,8 @@ def roi_align(feats, boxes):
 
 # -- the loss ------------------------------------------------------------------------------------
 
-def detection_loss(model: FasterRCNN, variables, batch, rng, rois_per_image: int):
-    """The sum of torchvision's four training losses for one batch."""
+def detection_losses(model: FasterRCNN, variables, batch, rng, rois_per_image: int) -> dict[str, jax.Array]:
+    """torchvision's four training losses for one batch, under torchvision's names."""
     images, raw_hw, new_hw, gt_boxes, gt_labels = batch
     n = images.shape[0]
     x = transform(images, raw_hw, new_hw)
@@ -597,7 +597,8 @@ def detection_loss(model: FasterRCNN, variables, batch, rng, rois_per_image: int
     class_deltas = jnp.take_along_axis(box_deltas, jnp.maximum(labels, 0)[:, None, None], axis=1)[:, 0]
     positive = slot_valid & (labels > 0)
     loss_box = jnp.where(positive[:, None], smooth_l1(class_deltas, targets), 0.0).sum() / roi_count
-    return loss_objectness + loss_rpn_box + loss_classifier + loss_box
+    return {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box,
+            "loss_classifier": loss_classifier, "loss_box_reg": loss_box}
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -677,7 +678,8 @@ def build(ctx: BuildContext) -> JaxTask:
     def loss(params, frozen_bn, batch, rng, train=True):
         # Frozen layers: no gradient flows into them (and none is computed), as requires_grad=False.
         params = jax.tree_util.tree_map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen_tree(params))
-        return detection_loss(model, {"params": params, "frozen_bn": frozen_bn}, batch, rng, hp["rois_per_image"]), frozen_bn
+        losses = detection_losses(model, {"params": params, "frozen_bn": frozen_bn}, batch, rng, hp["rois_per_image"])
+        return sum(losses.values()), frozen_bn
 
     lr = hp["lr"]
     if hp["warmup_steps"] > 0:  # torch's LinearLR from warmup_factor to 1, stepped after each update
