@@ -46,7 +46,7 @@ def test_tiny_flavor_runs_through_the_harness(workload, framework):
 # learning draws its data from the policy itself (tests/workloads/test_a3c.py checks it).
 OWN_LEARNING_TEST = {"a3c": "tests/workloads/test_a3c.py"}
 # Steps of the fixed-batch check where the default 30 are slower than needed.
-LOSS_CHECK_STEPS = {"deepspeech2": 12}
+LOSS_CHECK_STEPS = {"deepspeech2": 12, "faster_rcnn": 20}
 
 
 @pytest.mark.parametrize("workload,framework", PAIRS)
