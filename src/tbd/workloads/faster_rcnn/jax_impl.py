@@ -41,8 +41,8 @@ Static shapes, so XLA compiles the step once per padded image shape:
 
 Differences from torch that remain: the flattening order of the 7x7x256 RoI features into the
 first box-head layer (NHWC here, CHW in torch: the same layer with its inputs permuted) and the
-random streams. Batches of one image orientation pad to at most four shapes per flavor (two
-widths, two orientations), each compiled once.
+random streams. Each batch has one orientation, so a flavor's batches pad to at most four shapes
+(two widths, two orientations), each compiled once.
 """
 
 from __future__ import annotations
