@@ -511,7 +511,9 @@ def roi_align(feats, boxes):
     heights = np.array([f.shape[0] for f in feats], np.int32)
     widths = np.array([f.shape[1] for f in feats], np.int32)
     offsets = np.concatenate([[0], np.cumsum(heights * widths)[:-1]]).astype(np.int32)
-    flat = jnp.concatenate([f.reshape(-1, f.shape[-1]) for f in feats])  # (sum H*W, C)
+    # fp32 whatever the compute dtype, as torch's autocast runs roi_align: the backward's
+    # scatter-add of many overlapping samples then also accumulates in fp32.
+    flat = jnp.concatenate([f.reshape(-1, f.shape[-1]) for f in feats]).astype(F32)  # (sum H*W, C)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     target = jnp.floor(CANONICAL_LEVEL + jnp.log2(jnp.sqrt(area) / CANONICAL_SCALE) + 1e-6)
     level = (jnp.clip(target, K_MIN, K_MIN + len(feats) - 1) - K_MIN).astype(jnp.int32)
@@ -531,7 +533,7 @@ def roi_align(feats, boxes):
     index = jnp.asarray(offsets)[level][:, None, None, None, None] + rows * w[:, :, None, None, None] + cols
     weight = jnp.stack([wy_lo, wy_hi], -1)[:, :, None, :, None] * jnp.stack([wx_lo, wx_hi], -1)[:, None, :, None, :]
     weight = jnp.where((y_out[:, :, None] | x_out[:, None, :])[..., None, None], 0.0, weight)
-    values = flat[index].astype(F32)  # (R, 14, 14, 2, 2, C)
+    values = flat[index]  # (R, 14, 14, 2, 2, C)
     points = (values * weight[..., None]).sum(axis=(3, 4))  # (R, 14, 14, C)
     r, c = boxes.shape[0], flat.shape[-1]
     return points.reshape(r, ROI_POOL, ROI_SAMPLING, ROI_POOL, ROI_SAMPLING, c).mean(axis=(2, 4))
