@@ -49,7 +49,7 @@ OWN_LEARNING_TEST = {"a3c": "tests/workloads/test_a3c.py"}
 # and then spikes now and then (BatchNorm over 1x1 maps), so its check counts the memorized steps.
 OWN_LEARNING_TEST_PAIRS = {("resnet50", "mxnet"): "tests/envs/test_mxnet.py"}
 # Steps of the fixed-batch check where the default 30 are slower than needed.
-LOSS_CHECK_STEPS = {"deepspeech2": 12}
+LOSS_CHECK_STEPS = {"deepspeech2": 12, "faster_rcnn": 20}
 
 
 @pytest.mark.parametrize("workload,framework", PAIRS)

@@ -16,6 +16,15 @@ REFERENCE_NUMBERS.md, is 512 (hparam `rois_per_image=512` reproduces it). The le
 up linearly (hparams `warmup_steps`, `warmup_factor`), as torchvision's detection references do:
 the freshly initialized heads diverge at a full 0.01 in the first steps. Throughput is in images;
 images differ in size, so the FLOPs per image are those of the nominal image (`nominal_size`).
+
+In JAX (`jax_impl.py`) the model is the same (parameter counts equal), with static shapes: each
+batch is padded to the `pad_multiple` grid (at most four shapes a flavor, each compiled once),
+and torchvision's variable-length lists are fixed counts with validity masks (2000 proposals per
+image, exactly `rois_per_image` RoI slots, a mask over the anchors for the RPN's sample), random
+subsets drawn by `top_k` of uniform keys instead of `randperm`. NMS keeps exactly what
+torchvision's greedy NMS keeps (tiled, a fixed-point loop per tile). What differs: the order in
+which the 7x7x256 RoI features are flattened into the box head (NHWC, torch CHW) and the random
+streams; sizes that would shrink an image are refused (the raw image must fit the padded canvas).
 """
 
 from __future__ import annotations
