@@ -6,7 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tbd-installed
 EXTRAS ?= all,dev
 
-.PHONY: install demo test clean
+# The TensorFlow leg: its own venv (TensorFlow's wheel and its pins stay out of .venv) and only
+# the tests marked `tf`, which `make test` leaves out.
+TF_VENV ?= .venv-tf
+TF_BIN := $(TF_VENV)/bin
+TF_STAMP := $(TF_VENV)/.tbd-installed
+TF_EXTRAS ?= tf,torch,dev
+
+.PHONY: install demo test test-tf clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +30,18 @@ demo: install
 
 test: install
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not tf"
+
+$(TF_BIN)/python:
+	$(PYTHON) -m venv $(TF_VENV)
+
+$(TF_STAMP): pyproject.toml | $(TF_BIN)/python
+	$(TF_BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(TF_EXTRAS)]'
+	touch $(TF_STAMP)
+
+# TBD_TF_LEG: a missing TensorFlow is an error here, not a skip (tests/conftest.py).
+test-tf: $(TF_STAMP)
+	TBD_TF_LEG=1 $(TF_BIN)/python -m pytest -q -m tf
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(TF_VENV) build *.egg-info src/*.egg-info
