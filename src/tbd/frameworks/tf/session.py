@@ -64,6 +64,9 @@ class TfTask:
     # Throughput units and samples in a batch; default: batch size x units per sample.
     units: Callable[[Batch], float] | None = None
     samples: Callable[[Batch], float] | None = None
+    # The variables `optimizer` trains (default: all of the model's trainable ones); a workload
+    # with several optimizers (wgan) names the main one's and builds the others itself.
+    variables: list | None = None
     # torch.optim.SGD's weight decay: `coupled_weight_decay x variable` added to every gradient
     # before the optimizer (Keras' own `weight_decay` is the decoupled, AdamW-style one).
     coupled_weight_decay: float = 0.0
@@ -131,12 +134,12 @@ class TfSession:
                     task.optimizer = keras.optimizers.LossScaleOptimizer(task.optimizer)
                 self.model, self.optimizer = task.model, task.optimizer
                 # Slots (momentum, Adam moments) now, not inside the first traced step.
-                self.optimizer.build(self.model.trainable_variables)
+                self.optimizer.build(task.variables if task.variables is not None else self.model.trainable_variables)
         finally:
             keras.mixed_precision.set_dtype_policy(previous)
         self.task = task
-        self.variables = list(self.model.trainable_variables)
-        self.num_parameters = int(sum(int(np.prod(v.shape)) for v in self.variables))
+        self.variables = list(task.variables if task.variables is not None else self.model.trainable_variables)
+        self.num_parameters = int(sum(int(np.prod(v.shape)) for v in self.model.trainable_variables))
         rng = np.random.default_rng([config.seed, tf_distributed.rank()])  # each rank draws its own data
         host_batches = [task.make_batch(rng) for _ in range(config.data_pool)]
         per_sample = spec.units_per_sample(spec.flavor(config.flavor))
@@ -191,11 +194,13 @@ class TfSession:
         return loss
 
     def apply(self, optimizer, grads, variables) -> None:
-        """The optimizer's update, with torch's coupled weight decay where the task asks for it
-        (also used by workloads' own steps)."""
+        """The optimizer's update, with torch's coupled weight decay where the task asks for it.
+        The gradients are of the loss divided by the replicas and, under fp16, multiplied by the
+        loss scale: the decay term is scaled the same way (the optimizer unscales and sums)."""
         wd = self.task.coupled_weight_decay
         if wd:
-            grads = [g + tf.cast(wd, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+            factor = self.optimizer.scale_loss(tf.constant(wd / self.strategy.num_replicas_in_sync, tf.float32))
+            grads = [g + tf.cast(factor, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
         optimizer.apply_gradients(zip(grads, variables))
 
     def _make_step(self):
