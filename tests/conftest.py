@@ -45,7 +45,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 def require_tf():
-    """tensorflow for a TF test module: skipped without it, except in the TF leg (an error)."""
+    """tensorflow for a TF test module: skipped without it, except in the TF leg (an error).
+
+    Where torchvision is installed it is imported first: it loads triton (through
+    torch._dynamo), whose LLVM crashes the process when it loads after TensorFlow's (seen with
+    tensorflow-cpu 2.21 and torch 2.14 wheels); the other order works."""
+    if not _missing(("torchvision",)):
+        import torchvision  # noqa: F401
     if os.environ.get(TF_LEG_ENV):
         import tensorflow
 

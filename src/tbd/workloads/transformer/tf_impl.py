@@ -61,14 +61,14 @@ class Attention(layers.Layer):
         self.out = dense(d, d, name="out")
         self.drop = layers.Dropout(dropout) if dropout > 0 else None
 
-    def call(self, x, memory=None, mask=None, causal=False, training=False):
+    def call(self, x, memory=None, key_mask=None, causal=False, training=False):
         B, T = tf.shape(x)[0], tf.shape(x)[1]
         if self.cross:
             q, (k, v) = self.q(x), tf.split(self.kv(memory), 2, axis=-1)
         else:
             q, k, v = tf.split(self.qkv(x), 3, axis=-1)
         split = lambda t: tf.transpose(tf.reshape(t, (B, -1, self.heads, self.d // self.heads)), (0, 2, 1, 3))  # noqa: E731  (B, h, T, dh)
-        y = attend(split(q), split(k), split(v), mask, causal, self.drop, training)
+        y = attend(split(q), split(k), split(v), key_mask, causal, self.drop, training)
         return self.out(tf.reshape(tf.transpose(y, (0, 2, 1, 3)), (B, T, self.d)))
 
 
@@ -85,9 +85,9 @@ class Layer(layers.Layer):
 
     def call(self, x, self_mask=None, memory=None, memory_mask=None, training=False):
         drop = lambda y: self.drop(y, training=training)  # noqa: E731
-        x = self.norms[0](x + drop(self.self_attn(x, mask=self_mask, causal=self.cross_attn is not None, training=training)))
+        x = self.norms[0](x + drop(self.self_attn(x, key_mask=self_mask, causal=self.cross_attn is not None, training=training)))
         if self.cross_attn is not None:
-            x = self.norms[1](x + drop(self.cross_attn(x, memory, mask=memory_mask, training=training)))
+            x = self.norms[1](x + drop(self.cross_attn(x, memory, key_mask=memory_mask, training=training)))
         h = self.ffn_out(drop(tf.nn.relu(self.ffn_in(x))))
         return self.norms[-1](x + drop(h))
 

@@ -33,9 +33,9 @@ from tbd.workloads.wgan.spec import check_sizes
 
 
 def _conv(filters: int, k: int, c_in: int, name: str):
-    pad = k // 2
+    """A k x k convolution padded k // 2 on each side (explicit, as torch's)."""
     conv = conv2d(filters, k, c_in, name=name)
-    return (lambda x: conv(tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]]))) if pad else conv
+    return keras.Sequential([layers.ZeroPadding2D(k // 2), conv], name=f"{name}_padded") if k > 1 else conv
 
 
 def _mean_pool(x):  # 2x2 mean pooling: (B, H, W, C) -> (B, H/2, W/2, C)
