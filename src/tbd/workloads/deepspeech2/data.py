@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from tbd.workloads.deepspeech2.spec import FRAMES_PER_S, feature_sizes
+from tbd.workloads.deepspeech2.spec import FRAMES_PER_S, NUM_CHARS, feature_sizes
+from tbd.workloads.text_host import bucket
 
 BUCKET_POOL = 256  # a batch is `batch` neighbours among BUCKET_POOL x batch sorted draws
 
@@ -62,9 +63,6 @@ def padded_batch(rng: np.random.Generator, n: int, hp, edges: list[int]) -> tupl
     """One bucket of n utterances padded to a frame edge, on the host: spectrograms (n, freq,
     frames, 1) N(0, 1) with silence (zeros) past each end, transcripts (n, label_width) of
     characters 1..28 (0 is the CTC blank) padded with 0, frame and character counts (int32)."""
-    from tbd.workloads.deepspeech2.spec import NUM_CHARS
-    from tbd.workloads.text_host import bucket
-
     frames, n_chars = utterance_lengths(rng, n, hp)
     width = bucket(int(frames.max()), edges)
     chars = label_width(hp, width)
