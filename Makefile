@@ -11,7 +11,7 @@ EXTRAS ?= all,dev
 TF_VENV ?= .venv-tf
 TF_BIN := $(TF_VENV)/bin
 TF_STAMP := $(TF_VENV)/.tbd-installed
-TF_EXTRAS ?= tf,torch,dev
+TF_EXTRAS ?= tf,torch,rl,dev
 
 .PHONY: install demo test test-tf clean
 
