@@ -106,3 +106,70 @@ def test_wgan_parameter_counts_equal(flavor):
     model.generator(np.zeros((1, hp["noise_dim"]), np.float32))
     model.critic(np.zeros((1, hp["image_size"], hp["image_size"], 3), np.float32))
     assert param_count(model) == expected
+
+
+@pytest.mark.parametrize("flavor", ["tiny", "paper"])
+def test_seq2seq_parameter_counts_differ_by_the_lstm_bias_only(flavor):
+    import numpy as np
+
+    from tbd.workloads.seq2seq import tf_impl, torch_impl
+
+    hp = _hp("seq2seq", flavor)
+    with torch.device("meta"):
+        expected = _torch_params(torch_impl.Seq2Seq(hp))
+    model = tf_impl.Seq2Seq(hp, seed=0)
+    ids = np.full((1, 2), 4, np.int32)
+    model(ids, ids)
+    # Keras' LSTM has one bias per layer, torch's (cuDNN's) two that only appear summed.
+    assert param_count(model) == expected - hp["layers"] * 4 * hp["hidden"]
+
+
+@pytest.mark.parametrize("flavor", ["tiny", "paper"])
+def test_deepspeech2_parameter_counts_equal(flavor):
+    import numpy as np
+
+    from tbd.workloads.deepspeech2 import tf_impl, torch_impl
+
+    hp = _hp("deepspeech2", flavor)
+    with torch.device("meta"):
+        expected = _torch_params(torch_impl.DeepSpeech2(hp["freq_bins"], hp["conv_channels"], hp["hidden"], hp["gru_layers"]))
+    model = tf_impl.DeepSpeech2(hp)
+    model(np.zeros((1, hp["freq_bins"], 16, 1), np.float32), np.full((1,), 16, np.int32))
+    assert param_count(model) == expected  # Keras' GRU(reset_after=True) keeps both biases, as cuDNN and torch
+    if flavor == "paper":
+        assert expected == 79_622_333
+
+
+def test_a3c_policy_parameters_are_torchs_tensor_for_tensor():
+    import numpy as np
+
+    from tbd.workloads.a3c import tf_impl, torch_impl
+    from tbd.workloads.a3c.spec import SCREEN, STACK
+
+    hp = _hp("a3c", "tiny")
+    model = tf_impl.Policy(hp["num_actions"])
+    model(np.zeros((1, STACK, SCREEN, SCREEN), np.uint8))
+    with torch.device("meta"):
+        shapes = [tuple(p.shape) for p in torch_impl.Policy(hp["num_actions"]).parameters()]
+    assert [tf_impl.torch_layout(v).shape for v in model.trainable_variables] == shapes  # what the actors read, in order
+
+
+def test_faster_rcnn_trainable_and_total_parameters_equal():
+    import numpy as np
+
+    from tbd.workloads.faster_rcnn import tf_impl, torch_impl
+
+    hp = _hp("faster_rcnn", "tiny")
+    model = torch_impl.make_model(hp)  # a real (small) model: torchvision calibrates on it
+    trainable, total = sum(p.numel() for p in model.parameters() if p.requires_grad), _torch_params(model)
+    task = tf_impl.build(_context("faster_rcnn", hp))
+    tf_model = task.model
+    frozen_convs = sum(int(np.prod(v.shape)) for v in tf_model.non_trainable_variables if "_bn" not in v.path)
+    assert param_count(tf_model) == trainable
+    assert param_count(tf_model) + frozen_convs == total  # frozen BatchNorm statistics are buffers in torch
+
+
+def _context(workload: str, hp: dict):
+    from tbd.frameworks.base import BuildContext
+
+    return BuildContext(hparams=hp, batch_size=2, device="cpu", precision="fp32", seed=0, flavor="tiny")

@@ -34,7 +34,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tbd.errors import RunFailure  # noqa: E402
+from tbd.errors import RunFailure, UsageError  # noqa: E402
 from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes  # noqa: E402
 from tbd.frameworks.tf import distributed as tf_distributed  # noqa: E402
 from tbd.metrics.conditions import intra_op_threads  # noqa: E402
@@ -75,6 +75,8 @@ class TfTask:
     train_step: Callable[["TfSession", Batch], tf.Tensor] | None = None
     # A step driven from the host (a3c: a round with actor processes), not traced: (session, batch) -> loss.
     host_step: Callable[["TfSession", Batch], Any] | None = None
+    # False where the step has data-dependent shapes (NMS, sampling) XLA cannot compile: --compile is refused.
+    xla_compatible: bool = True
     # Releases what build() started beyond tensors (actor processes); called once.
     close: Callable[[], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -138,6 +140,10 @@ class TfSession:
         finally:
             keras.mixed_precision.set_dtype_policy(previous)
         self.task = task
+        if config.compile and not task.xla_compatible:
+            if task.close is not None:
+                task.close()
+            raise UsageError(f"{config.workload} in TensorFlow has data-dependent shapes that XLA cannot compile; drop --compile")
         self.variables = list(task.variables if task.variables is not None else self.model.trainable_variables)
         self.num_parameters = int(sum(int(np.prod(v.shape)) for v in self.model.trainable_variables))
         rng = np.random.default_rng([config.seed, tf_distributed.rank()])  # each rank draws its own data
