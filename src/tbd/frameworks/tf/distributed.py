@@ -28,6 +28,7 @@ from tbd import topology
 
 _strategy = None  # the run's MultiWorkerMirroredStrategy, once `setup` made it
 _rank = 0
+_implementation = ""
 
 
 def strategy():
@@ -38,6 +39,13 @@ def strategy():
 
 def rank() -> int:
     return _rank
+
+
+def describe() -> str:
+    """How the step is distributed, for the run's record."""
+    if _strategy is None:
+        return "none (one process, TensorFlow's default strategy)"
+    return f"MultiWorkerMirroredStrategy ({_strategy.num_replicas_in_sync} workers, {_implementation} all-reduce of the gradients)"
 
 
 def _free_port() -> int:
@@ -74,7 +82,7 @@ def cluster_spec(addresses: list[str], index: int) -> dict[str, Any]:
 
 def setup(config):
     """Join torchrun's group for control messages, then build the strategy over all ranks."""
-    global _strategy, _rank
+    global _strategy, _rank, _implementation
     import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -101,4 +109,5 @@ def setup(config):
     options = tf.distribute.experimental.CommunicationOptions(implementation=implementation, timeout_seconds=timeout)
     _strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     _rank = comm.rank
+    _implementation = "NCCL" if config.device == "cuda" else "ring (gRPC)"
     return comm

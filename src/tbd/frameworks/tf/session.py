@@ -179,7 +179,7 @@ class TfSession:
                 "channels_last_flag": bool(config.channels_last),
                 "optimizer": type(self.optimizer).__name__,
                 "custom_train_step": task.train_step is not None or task.host_step is not None,
-                "distribution": type(self.strategy).__name__,
+                "distribution": tf_distributed.describe(),
                 "intra_op_threads": self.threads["intra_op"],
                 "threads": {**self.threads, "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or None},
                 "keras_version": keras.__version__,
