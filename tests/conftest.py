@@ -53,7 +53,9 @@ def require_tf():
     if not _missing(("torchvision",)):
         import torchvision  # noqa: F401
     if os.environ.get(TF_LEG_ENV):
-        import tensorflow
-
+        try:
+            import tensorflow
+        except ImportError as exc:
+            pytest.fail(f"the TensorFlow test leg needs tensorflow ({exc}); run `make test-tf`, which installs it into .venv-tf", pytrace=False)
         return tensorflow
     return pytest.importorskip("tensorflow", reason="TensorFlow is not installed here; `make test-tf` runs the TF tests in .venv-tf")
