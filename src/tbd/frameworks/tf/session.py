@@ -155,6 +155,7 @@ class TfSession:
         del host_batches
         self._next = 0
         self._loss = None
+        self._xla_gradients = None  # set by _make_step where XLA compiles only the gradients
         self.step_fn = self._make_step()
         self.trace_count = 0  # tf.function traces of the step (a step that retraces per shape is a defect)
         if config.device == "cuda":
@@ -168,7 +169,10 @@ class TfSession:
                            if config.device == "cuda" else "host clock per step (CPU kernels finish before the step's call returns)"),
                 "data": f"synthetic, {config.data_pool} batch(es) resident on the device, rotated",
                 "execution": ("eager (op by op)" if self.execution == "eager" else
-                              "graph: the whole train step is one tf.function" + (", compiled by XLA (jit_compile=True)" if config.compile else "")),
+                              "graph: the whole train step is one tf.function" + (
+                                  "" if not config.compile else ", compiled by XLA (jit_compile=True)" if self._xla_gradients is None
+                                  else "; XLA (jit_compile=True) compiles each replica's forward and backward, the all-reduce and "
+                                       "update run outside it (XLA has no kernels for the strategy's collectives)")),
                 "compile": "XLA (tf.function jit_compile=True)" if config.compile else ("none" if self.execution == "eager" else "tf.function graph (no XLA)"),
                 "compile_flag": bool(config.compile),
                 "precision": _precision_note(config.precision),
@@ -191,13 +195,16 @@ class TfSession:
         """Forward, backward and update on this replica's batch; returns the batch's loss."""
         if self.task.train_step is not None:
             return self.task.train_step(self, batch)
-        with tf.GradientTape() as tape:
-            loss = self.task.loss(self.model, batch, True)
-            # Gradients of the global mean: the strategy sums them over the replicas.
-            scaled = self.optimizer.scale_loss(loss / self.strategy.num_replicas_in_sync)
-        grads = tape.gradient(scaled, self.variables)
+        loss, grads = (self._xla_gradients or self._gradients)(batch)
         self.apply(self.optimizer, grads, self.variables)
         return loss
+
+    def _gradients(self, batch: Batch):
+        """The batch's loss and the gradients of the global mean (the strategy sums them)."""
+        with tf.GradientTape() as tape:
+            loss = self.task.loss(self.model, batch, True)
+            scaled = self.optimizer.scale_loss(loss / self.strategy.num_replicas_in_sync)
+        return loss, tape.gradient(scaled, self.variables)
 
     def apply(self, optimizer, grads, variables) -> None:
         """The optimizer's update, with torch's coupled weight decay where the task asks for it.
@@ -213,6 +220,11 @@ class TfSession:
         if self.task.host_step is not None:
             return lambda batch: self.task.host_step(self, batch)
         strategy = self.strategy
+        # XLA has no kernels for the strategy's collectives: over several processes it compiles
+        # each replica's forward and backward, and the all-reduce and the update run around it.
+        self._xla_gradients = (tf.function(self._gradients, jit_compile=True)
+                               if self.config.compile and strategy.num_replicas_in_sync > 1 else None)
+        whole_step_xla = bool(self.config.compile) and self._xla_gradients is None
 
         def step(*batch):
             self.trace_count += 1 if not tf.executing_eagerly() else 0  # Python runs only while tracing
@@ -220,7 +232,7 @@ class TfSession:
 
         if self.execution == "eager":
             return lambda batch: step(*batch)
-        compiled = tf.function(step, jit_compile=bool(self.config.compile), reduce_retracing=True)
+        compiled = tf.function(step, jit_compile=whole_step_xla, reduce_retracing=True)
         return lambda batch: compiled(*batch)
 
     def step(self) -> None:
