@@ -7,7 +7,13 @@ torchrun's ranks), `trace.py` (tf.profiler, converted to Chrome-trace JSON for `
 this package imports no tensorflow.
 """
 
+import os
+
 from tbd.frameworks.base import Capabilities, FrameworkPlugin
+
+# TensorFlow's C++ INFO and WARNING lines (a CPU-feature banner per process) would fill every run's
+# output; errors still show. Set here, before a workload's tf_impl imports tensorflow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PLUGIN = FrameworkPlugin(
     name="tf",

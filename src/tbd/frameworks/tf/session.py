@@ -20,25 +20,20 @@ batches drawn on the host); `open_session` turns it into a `TfSession`:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-# Keras 3 picks its backend at import; tbd's TF workloads are written for the TensorFlow one.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no banner of C++ INFO and WARNING lines per run
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from tbd.errors import RunFailure, UsageError  # noqa: E402
-from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes  # noqa: E402
-from tbd.frameworks.tf import distributed as tf_distributed  # noqa: E402
-from tbd.metrics.conditions import intra_op_threads  # noqa: E402
-from tbd.results.environment import cpu_model  # noqa: E402
+from tbd.errors import RunFailure, UsageError
+from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+from tbd.frameworks.tf import distributed as tf_distributed
+from tbd.metrics.conditions import intra_op_threads
+from tbd.results.environment import cpu_model
 
 Batch = tuple[Any, ...]
 
@@ -118,6 +113,9 @@ def _to_device(batch: Batch, device: str) -> Batch:
 class TfSession:
     def __init__(self, config, spec, impl, ctx: BuildContext):
         self.config = config
+        if keras.backend.backend() != "tensorflow":  # Keras 3 picks its backend at import (KERAS_BACKEND, ~/.keras/keras.json)
+            raise UsageError(f"Keras runs on its {keras.backend.backend()} backend here; tbd's TensorFlow workloads need "
+                             "KERAS_BACKEND=tensorflow")
         self.execution = config.options.get("execution", "graph")
         if self.execution not in EXECUTION_MODES:
             raise RunFailure(f"unknown TensorFlow option execution={self.execution}; use graph or eager")
