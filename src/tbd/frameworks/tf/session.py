@@ -156,6 +156,7 @@ class TfSession:
         self._xla_gradients = None  # set by _make_step where XLA compiles only the gradients
         self.step_fn = self._make_step()
         self.trace_count = 0  # tf.function traces of the step (a step that retraces per shape is a defect)
+        self.trace_s = 0.0
         if config.device == "cuda":
             tf.config.experimental.reset_memory_stats(self._memory_device())
         self.info = SessionInfo(
@@ -173,6 +174,8 @@ class TfSession:
                                        "update run outside it (XLA has no kernels for the strategy's collectives)")),
                 "compile": "XLA (tf.function jit_compile=True)" if config.compile else ("none" if self.execution == "eager" else "tf.function graph (no XLA)"),
                 "compile_flag": bool(config.compile),
+                "compile_count": "traces of the step's tf.function (each a new graph, XLA-compiled under --compile); compile_s: wall "
+                                 "time of the step calls that traced (tracing, graph optimization or XLA, and that step itself)",
                 "precision": _precision_note(config.precision),
                 "dtype_policy": POLICIES[config.precision],
                 "loss_scaling": "dynamic (keras.optimizers.LossScaleOptimizer)" if config.precision == "fp16" else None,
@@ -237,8 +240,20 @@ class TfSession:
         """One training step on the next batch of the pool (dispatched, not waited for)."""
         batch = self.batches[self._next]
         self._next = (self._next + 1) % len(self.batches)
+        traces, t0 = self.trace_count, time.perf_counter()
         with tf.device(self.device):
             self._loss = self.step_fn(batch)
+        if self.trace_count > traces:  # this call traced (and compiled) the step: its whole time counts as compilation
+            self.trace_s += time.perf_counter() - t0
+
+    # Read by the harness after each chunk: a step traced again for shapes it has seen is a defect.
+    @property
+    def compile_count(self) -> int | None:
+        return self.trace_count if self.execution == "graph" and self.task.host_step is None else None
+
+    @property
+    def compile_s(self) -> float | None:
+        return self.trace_s if self.compile_count is not None else None
 
     def _sync(self) -> None:
         if self.config.device == "cuda":
