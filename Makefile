@@ -35,13 +35,14 @@ test: install
 $(TF_BIN)/python:
 	$(PYTHON) -m venv $(TF_VENV)
 
+# pytest-xdist: two test processes, since tracing a tf.function is single-threaded Python.
 $(TF_STAMP): pyproject.toml | $(TF_BIN)/python
-	$(TF_BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(TF_EXTRAS)]'
+	$(TF_BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(TF_EXTRAS)]' 'pytest-xdist>=3'
 	touch $(TF_STAMP)
 
 # TBD_TF_LEG: a missing TensorFlow is an error here, not a skip (tests/conftest.py).
 test-tf: $(TF_STAMP)
-	TBD_TF_LEG=1 $(TF_BIN)/python -m pytest -q -m tf
+	TBD_TF_LEG=1 $(TF_BIN)/python -m pytest -q -m tf -n 2
 
 clean:
 	rm -rf $(VENV) $(TF_VENV) build *.egg-info src/*.egg-info
