@@ -16,6 +16,11 @@ REFERENCE_NUMBERS.md, is 512 (hparam `rois_per_image=512` reproduces it). The le
 up linearly (hparams `warmup_steps`, `warmup_factor`), as torchvision's detection references do:
 the freshly initialized heads diverge at a full 0.01 in the first steps. Throughput is in images;
 images differ in size, so the FLOPs per image are those of the nominal image (`nominal_size`).
+
+Implementations: PyTorch's is torchvision's own model. TensorFlow has no maintained equivalent
+with torchvision's design, so `tf_impl.py` writes it with TensorFlow ops, RoIAlign included
+(`tf.image.crop_and_resize` at roi_align's sample points, averaged; it reads zeros past the
+image border where roi_align clamps); the parameters are torchvision's. No JAX implementation yet.
 """
 
 from __future__ import annotations
