@@ -1,5 +1,6 @@
 # Quick start: `make demo` (install, then the quick benchmark on the best device present) and
 # `make test` (install with test tools, lint with ruff, then the tests). Both create .venv when it is missing.
+# `make test-tf`: the TensorFlow tests in their own .venv-tf (CI runs it after `make test`).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
