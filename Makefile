@@ -1,12 +1,20 @@
 # Quick start: `make demo` (install, then the quick benchmark on the best device present) and
 # `make test` (install with test tools, lint with ruff, then the tests). Both create .venv when it is missing.
+# `make test-tf`: the TensorFlow tests in their own .venv-tf (CI runs it after `make test`).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tbd-installed
 EXTRAS ?= all,dev
 
-.PHONY: install demo test test-mxnet clean
+# The TensorFlow leg: its own venv (TensorFlow's wheel and its pins stay out of .venv) and only
+# the tests marked `tf`, which `make test` leaves out.
+TF_VENV ?= .venv-tf
+TF_BIN := $(TF_VENV)/bin
+TF_STAMP := $(TF_VENV)/.tbd-installed
+TF_EXTRAS ?= tf,torch,rl,dev
+
+.PHONY: install demo test test-tf test-mxnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +31,19 @@ demo: install
 
 test: install
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not tf"
+
+$(TF_BIN)/python:
+	$(PYTHON) -m venv $(TF_VENV)
+
+# pytest-xdist: two test processes, since tracing a tf.function is single-threaded Python.
+$(TF_STAMP): pyproject.toml | $(TF_BIN)/python
+	$(TF_BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(TF_EXTRAS)]' 'pytest-xdist>=3'
+	touch $(TF_STAMP)
+
+# TBD_TF_LEG: a missing TensorFlow is an error here, not a skip (tests/conftest.py).
+test-tf: $(TF_STAMP)
+	TBD_TF_LEG=1 $(TF_BIN)/python -m pytest -q -m tf -n 2
 
 # MXNet 1.9.1 (the TBD paper's legacy framework) needs numpy<1.24, so it gets an environment of its
 # own (made once, about a minute); then its tests: from this environment through --python
@@ -35,4 +55,4 @@ test-mxnet: install
 	$(MXNET_ENV)/bin/python -m pytest -q tests/workloads/test_registry_workloads.py -k mxnet
 
 clean:
-	rm -rf $(VENV) $(MXNET_ENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(TF_VENV) $(MXNET_ENV) build *.egg-info src/*.egg-info

@@ -19,3 +19,43 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
         [sys.executable, "-m", "tbd.cli", *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
+
+
+# Frameworks whose tests carry their own pytest marker and run in their own CI leg, with the
+# modules they need. `make test` deselects them (-m "not tf"); `make test-tf` installs
+# TensorFlow into .venv-tf and runs only them with TBD_TF_LEG=1, where a missing module is an
+# error, not a skip. Elsewhere (a plain `pytest` without TensorFlow) they skip with the reason.
+FRAMEWORK_MARKERS = {"tf": ("tensorflow", "keras")}
+TF_LEG_ENV = "TBD_TF_LEG"
+
+
+def _missing(modules) -> list[str]:
+    import importlib.util
+
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get(TF_LEG_ENV):
+        return
+    missing = _missing(FRAMEWORK_MARKERS["tf"])
+    if missing and any(item.get_closest_marker("tf") for item in items):
+        raise pytest.UsageError(f"the TensorFlow test leg needs {', '.join(missing)}, not importable here; "
+                                f"run `make test-tf` (it installs them into .venv-tf)")
+
+
+def require_tf():
+    """tensorflow for a TF test module: skipped without it, except in the TF leg (an error).
+
+    Where torchvision is installed it is imported first: it loads triton (through
+    torch._dynamo), whose LLVM crashes the process when it loads after TensorFlow's (seen with
+    tensorflow-cpu 2.21 and torch 2.14 wheels); the other order works."""
+    if not _missing(("torchvision",)):
+        import torchvision  # noqa: F401
+    if os.environ.get(TF_LEG_ENV):
+        try:
+            import tensorflow
+        except ImportError as exc:
+            pytest.fail(f"the TensorFlow test leg needs tensorflow ({exc}); run `make test-tf`, which installs it into .venv-tf", pytrace=False)
+        return tensorflow
+    return pytest.importorskip("tensorflow", reason="TensorFlow is not installed here; `make test-tf` runs the TF tests in .venv-tf")

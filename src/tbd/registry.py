@@ -208,6 +208,7 @@ def workload_package(name: str) -> str:
 FRAMEWORKS: dict[str, str] = {
     "torch": "tbd.frameworks.torch",
     "jax": "tbd.frameworks.jax",
+    "tf": "tbd.frameworks.tf",
     "mxnet": "tbd.frameworks.mxnet",
 }
 

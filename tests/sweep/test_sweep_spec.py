@@ -83,6 +83,19 @@ def test_quick_preset_covers_the_registry():
     assert all(line.base["flavor"] == "tiny" and line.base["max_time_s"] <= 10 for line in plan.lines)
 
 
+def test_frameworks_preset_runs_every_workload_in_every_installed_framework():
+    plan = sweep_spec.plan(sweep_spec.load_preset("frameworks"))
+    pairs = {(line.base["workload"], line.base["framework"]) for line in plan.lines}
+    for w in registry.workload_names():
+        for f in registry.implementations(w):
+            if registry.is_installed(f) and registry.is_workload(w):
+                # runs here, or the plan says why not (an extra the workload needs is missing)
+                assert (w, f) in pairs or any(n.startswith(f"{w}/{f}") for n in plan.notes), (w, f)
+            elif not registry.is_installed(f):
+                assert any(n.startswith(f"{w}/{f}") and "not installed" in n for n in plan.notes), (w, f)
+    assert {line.base["flavor"] for line in plan.lines} == {"tiny", "paper"}
+
+
 def test_paper_preset_sweeps_batch_sizes_and_precisions():
     spec = sweep_spec.load_preset("paper")
     assert spec.batch_sizes_per_workload["resnet50"][0] == 4 and spec.batch_sizes_per_workload["resnet50"][-1] >= 64

@@ -14,6 +14,7 @@ from tbd.config import RunConfig
 from tbd.errors import UsageError
 from tbd.harness.runner import execute, losses_on_fixed_batch
 from tbd.results.record import MEASURED
+from tests.conftest import FRAMEWORK_MARKERS
 
 
 def _runnable_here(workload: str, framework: str) -> bool:
@@ -21,8 +22,15 @@ def _runnable_here(workload: str, framework: str) -> bool:
     return registry.is_installed(framework) and all(importlib.util.find_spec(m) for m in needs)
 
 
+def _marks(workload: str, framework: str) -> list:
+    # A framework's own pytest marker where it has one (`tf`: its tests run in the TF CI leg,
+    # `make test-tf`, which fails instead of skipping when TensorFlow is missing; tests/conftest.py).
+    own = [getattr(pytest.mark, framework)] if framework in FRAMEWORK_MARKERS else []
+    return own + [pytest.mark.skipif(not _runnable_here(workload, framework), reason=f"{framework} or what {workload} needs is not installed")]
+
+
 PAIRS = [
-    pytest.param(w, f, id=f"{w}-{f}", marks=pytest.mark.skipif(not _runnable_here(w, f), reason=f"{f} or what {w} needs is not installed"))
+    pytest.param(w, f, id=f"{w}-{f}", marks=_marks(w, f))
     for w in registry.workload_names()
     for f in registry.implementations(w)
 ]

@@ -1,4 +1,4 @@
-"""Framework-neutral parser of Chrome/Perfetto trace JSON (torch.profiler and jax.profiler).
+"""Framework-neutral parser of Chrome/Perfetto trace JSON (torch.profiler, jax.profiler, tf.profiler).
 
 `tbd analyze latest` reads a run's trace with `load_trace(path)`. The two profilers write the
 same event format (complete events, `ph: "X"`, microsecond `ts`/`dur`) but mark the device
@@ -8,7 +8,8 @@ differently:
   kernel's `args.correlation` matches the runtime call that launched it.
 - jax.profiler: a process named `/device:GPU:N` holds device activity on threads named
   `Stream ...` (other threads there, e.g. "XLA Ops", repeat the same time as annotations and
-  are skipped); `/host:CPU` holds host activity.
+  are skipped); `/host:CPU` holds host activity. tf.profiler's traces (converted from its XSpace
+  by the TensorFlow plugin) have the same layout and name their source.
 The measured window is the host annotation `tbd.profiled_steps` that the capture puts around
 the profiled steps; a trace without it uses the span of all its events.
 """
@@ -114,7 +115,8 @@ def load_trace(path: str | Path) -> Trace:
                 process_names[e.get("pid")] = str((e.get("args") or {}).get("name", ""))
             elif e.get("name") == "thread_name":
                 thread_names[(e.get("pid"), e.get("tid"))] = str((e.get("args") or {}).get("name", ""))
-    source = "torch" if ("deviceProperties" in data or "schemaVersion" in data) else (
+    # A capture may name its profiler ("source": TensorFlow's traces have jax.profiler's layout).
+    source = str(data["source"]) if isinstance(data.get("source"), str) else "torch" if ("deviceProperties" in data or "schemaVersion" in data) else (
         "jax" if any(n.startswith("/host:") or n.startswith("/device:") for n in process_names.values()) else "unknown")
     trace = Trace(path=str(path), source=source, window=(0.0, 0.0), has_window_marker=False)
     launches: dict = {}  # correlation id -> host ts of the runtime launch call (torch)

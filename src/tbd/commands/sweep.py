@@ -47,7 +47,8 @@ def register(sub) -> None:
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--file", help="a sweep file (TOML; format in docs/sweeps.md)")
-    src.add_argument("--preset", help="quick (tiny flavors, minutes) or paper (the paper's batch-size sweeps)")
+    src.add_argument("--preset", help="quick (tiny flavors, minutes), paper (the paper's batch-size sweeps) or frameworks "
+                                          "(every workload in every installed framework)")
     p.add_argument("--name", help="the sweep's name (default: the preset's, the file's stem, or sweep-<id>)")
     p.add_argument("--workloads", help="comma-separated workloads, or * for all (default: all)")
     p.add_argument("--frameworks", help="comma-separated frameworks, or * for every installed one (default: *)")

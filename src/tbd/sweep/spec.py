@@ -1,4 +1,4 @@
-"""What a sweep runs: `tbd sweep --file sweep.toml` (or flags, or `--preset quick|paper`).
+"""What a sweep runs: `tbd sweep --file sweep.toml` (or flags, or `--preset quick|paper|frameworks`).
 
 A `SweepSpec` holds the axes (workloads, frameworks, flavors, devices, precisions, compile) and
 the batch sizes; `plan()` expands it against the registry into `Line`s, one per configuration,
@@ -35,7 +35,7 @@ from tbd.config import MAX_BATCH, MAX_SEED, RunConfig
 from tbd.errors import UsageError, closest
 from tbd.results import envs, interpreters
 
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "paper", "frameworks")
 BUDGET_KEYS = {"max_steps": int, "max_time": float, "target_ci": float, "min_timed_steps": int, "seed": int}
 TOP_KEYS = ("name", "workloads", "frameworks", "flavors", "devices", "precisions", "batch_sizes", "batch_scale",
             "compile", "channels_last", "max_batch", "budget", "options", "python", "data")

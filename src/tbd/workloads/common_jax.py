@@ -1,14 +1,13 @@
 """JAX helpers shared by the workloads' `jax_impl.py` files: PyTorch-style initialization drawn
 in one small program, Zipf-distributed token ids, padded token batches and length buckets.
 
-`tbd run gpt --framework jax --flavor tiny` exercises them. Token ids follow Zipf's law as in
-`text_torch.py` (same vocabulary range and special tokens), drawn on the host with NumPy
-(seeded from the run's key) by inverting the cumulative distribution.
+`tbd run gpt --framework jax --flavor tiny` exercises them. The NumPy token helpers (Zipf ids,
+padded rows, length buckets) live in `text_host.py`, shared with TensorFlow; they are drawn on
+the host from a generator seeded with the run's key.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Callable, Sequence
 import jax
@@ -16,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from tbd.workloads.text_data import BOS, EOS, FIRST_WORD, PAD
+from tbd.workloads.text_host import bucket, length_edges, padded, pow2_at_least, zipf_tokens
 
-__all__ = ["BOS", "EOS", "FIRST_WORD", "PAD", "torch_like_init", "host_generator", "zipf_tokens", "padded", "bucket", "leaf_names", "param_count"]
+__all__ = ["BOS", "EOS", "FIRST_WORD", "PAD", "torch_like_init", "host_generator", "zipf_tokens", "padded", "bucket", "length_edges",
+           "pow2_at_least", "leaf_names", "param_count"]
 
 # rule(names, shape) -> (kind, scale): kind "normal" (std scale), "uniform" (+-scale), "zeros",
 # "ones" or "const" (every entry = scale).
@@ -75,27 +76,6 @@ def host_generator(key: jax.Array) -> np.random.Generator:
     return np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32).tolist())
 
 
-def zipf_tokens(rng: np.random.Generator, shape: tuple[int, ...], vocab: int, first: int = FIRST_WORD) -> np.ndarray:
-    """int32 ids in [first, vocab) with P(rank r) proportional to 1/r (as text_torch.zipf_tokens)."""
-    cdf = np.cumsum(1.0 / np.arange(1, vocab - first + 1, dtype=np.float64))
-    ids = np.searchsorted(cdf, rng.random(shape) * cdf[-1], side="right")
-    return (np.minimum(ids, vocab - first - 1) + first).astype(np.int32)
-
-
-def padded(rng: np.random.Generator, lengths: Sequence[int], rows: int, width: int, vocab: int, bos: bool = False, eos: bool = False) -> np.ndarray:
-    """(rows, width) ids: row i holds lengths[i] Zipf tokens then PAD; rows past len(lengths)
-    are all PAD (bucket padding). Optional BOS first / EOS last in each real row."""
-    lens = np.zeros(rows, np.int64)
-    lens[: len(lengths)] = lengths
-    ids = zipf_tokens(rng, (rows, width), vocab)
-    pos = np.arange(width)[None, :]
-    if bos:
-        ids[:, 0] = BOS
-    if eos:
-        ids = np.where(pos == lens[:, None] - 1, EOS, ids)
-    return np.where(pos >= lens[:, None], PAD, ids).astype(np.int32)
-
-
 def lookup(tree, names: Sequence[str]):
     """The subtree of a nested dict at `names` (a parameter's siblings, for fan-in rules)."""
     for name in names:
@@ -124,26 +104,6 @@ def torch_default_rule(shapes) -> InitRule:
         raise ValueError(f"no torch default for parameter {'/'.join(names)}")
 
     return rule
-
-
-def length_edges(max_len: int) -> list[int]:
-    """The fixed set of padded lengths a variable-length workload compiles for: multiples of 8
-    up to 64, then steps of a quarter up to `max_len` (which is always the last)."""
-    edges, n = [], 8
-    while n < max_len:
-        edges.append(n)
-        n = n + 8 if n < 64 else int(math.ceil(n * 1.25 / 8) * 8)
-    return edges + [max_len]
-
-
-def pow2_at_least(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def bucket(value: int, edges: Sequence[int]) -> int:
-    """The smallest edge >= value (the last edge if none is): lengths rounded up to a fixed set."""
-    i = bisect.bisect_left(list(edges), value)
-    return edges[min(i, len(edges) - 1)]
 
 
 def _size(shape: tuple[int, ...]) -> int:

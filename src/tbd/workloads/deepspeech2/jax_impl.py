@@ -37,30 +37,13 @@ import optax
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import bucket, host_generator, torch_default_rule, torch_like_init
-from tbd.workloads.deepspeech2.data import utterance_lengths
-from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out, feature_sizes
+from tbd.workloads.deepspeech2.data import frame_edges, label_width, utterance_lengths  # noqa: F401 (label_width: read by the tests)
+from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out
 from tbd.workloads.resnet50.jax_impl import batch_norm
 
 # lax.scan's unroll: 1 runs a loop. XLA's cost analysis counts a loop's body once, so the FLOPs
 # test sets True (fully unrolled, the same computation) to have every step counted.
 SCAN_UNROLL: int | bool = 1
-
-
-def frame_edges(max_frames: int) -> list[int]:
-    """The padded frame counts a run compiles for: multiples of 16 up to 128, then steps of an
-    eighth (rounded up to 16) up to `max_frames`, which is always the last."""
-    edges, n = [], 16
-    while n < max_frames:
-        edges.append(n)
-        n = n + 16 if n < 128 else int(math.ceil(n * 1.125 / 16) * 16)
-    return edges + [max_frames]
-
-
-def label_width(hp, frames: int) -> int:
-    """Transcript width for utterances of at most `frames` frames: no more characters than
-    round(seconds x chars_per_s) nor half the output frames (data.utterance_lengths' caps)."""
-    by_rate = int((frames + 0.5) / FRAMES_PER_S * hp["chars_per_s"] + 0.5)
-    return max(1, min(feature_sizes(hp["freq_bins"], frames)[-1][1] // 2, by_rate))
 
 
 def output_lengths(frames):
