@@ -12,6 +12,7 @@ docs/architecture.md ("Commands in the docs") and tests/docs/test_doc_commands.p
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from dataclasses import dataclass
@@ -191,7 +192,7 @@ def classify(cmd: DocCommand) -> tuple[str, str]:
     gpu       `--device cuda`, `--devices cuda` or a `[GPU]` tag (for srun, on its tbd command):
               fails here with one line, exit 2
     synopsis  a usage line: the command and each of its flags exist
-    mention   an inline `tbd COMMAND` naming a command: the command exists
+    mention   an inline `tbd COMMAND` (or `tbd GROUP COMMAND`, as `tbd data check`) naming a command: it exists
     static    bench scripts, make targets, pip extras, pytest paths: what they name exists
     not-run   a `[not run: REASON]` tag
     unknown   none of these: the test fails, naming the line
@@ -207,7 +208,7 @@ def classify(cmd: DocCommand) -> tuple[str, str]:
             return "synopsis", ""
         if cmd.tag == "GPU" or needs_cuda(words):
             return "gpu", ""
-        if cmd.inline and len(words) == 2 and not words[1].startswith("-"):
+        if cmd.inline and names_a_command(words):
             return "mention", ""
         return "run", ""
     if program in ("python", "python3") and len(words) > 1 and words[1].startswith("bench/"):
@@ -220,6 +221,26 @@ def classify(cmd: DocCommand) -> tuple[str, str]:
     if program in ("make", "pytest") or words[:2] == ["pip", "install"]:
         return "static", program
     return "unknown", f"'{program}' is not a command the docs test knows; tag it # [not run: REASON] or teach tests/docs"
+
+
+def names_a_command(words: list[str]) -> bool:
+    """`tbd COMMAND`, or `tbd GROUP COMMAND` of a command with commands of its own (`tbd data check`)."""
+    if len(words) == 2:
+        return not words[1].startswith("-")
+    return len(words) == 3 and words[2] in command_groups().get(words[1], ())
+
+
+def subcommands(parser) -> dict:
+    """The commands of an argparse parser ({} if it has none): tbd's, or those of `tbd data`."""
+    return next((a.choices for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"), {})
+
+
+@functools.cache
+def command_groups() -> dict[str, tuple[str, ...]]:
+    """tbd's commands that have commands of their own, from its parser: {'data': ('make', ...), ...}."""
+    from tbd import cli
+
+    return {name: tuple(subcommands(sub)) for name, sub in subcommands(cli.build_parser()).items() if subcommands(sub)}
 
 
 def needs_cuda(words: list[str]) -> bool:
