@@ -77,11 +77,7 @@ def _is_replaced(argv: list[str], i: int, flags: tuple[str, ...]) -> bool:
 
 
 # Commands the docs show failing on purpose: (exit code, what the one line says).
-EXPECTED_EXIT = {
-    # Until faster_rcnn has a JAX implementation: then docs/frameworks.md's sentence changes and this
-    # entry goes, and the command runs like the others (tiny flavor, BUDGET, --in-process).
-    "tbd run faster_rcnn --framework jax": (2, "no jax implementation"),
-}
+EXPECTED_EXIT: dict[str, tuple[int, str]] = {}
 
 # The store every `run` command starts from (each test gets its own copy), and the files of the
 # work folder: what the documented commands name (sweeps, a baseline, `latest`, nightly.toml).
