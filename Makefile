@@ -31,7 +31,9 @@ demo: install
 
 test: install
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q -m "not tf"
+	$(BIN)/python -m pytest -q -m "not tf" --ignore=tests/docs --durations=15
+	# The docs' commands in a process of their own (each runs in-process: a fresh interpreter's memory).
+	$(BIN)/python -m pytest -q -m "not tf" tests/docs --durations=5
 
 $(TF_BIN)/python:
 	$(PYTHON) -m venv $(TF_VENV)
