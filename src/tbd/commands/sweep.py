@@ -123,7 +123,10 @@ def run(args) -> int:
     for note in plan.notes:
         console.print(f"[dim]not run: {escape(note)}[/]")
     if not plan.lines:
-        raise UsageError("this sweep has no point that can run here (see 'not run' above); check the workloads, frameworks and devices")
+        gpu_missing = any("no NVIDIA GPU is visible" in note for note in plan.notes)
+        raise UsageError("this sweep has no point that can run here (see 'not run' above)"
+                         + ("; no NVIDIA GPU is visible here: run it on a GPU machine or use --devices cpu" if gpu_missing
+                            else "; check the workloads, frameworks and devices"))
     what = "max-batch search on" if plan.spec.max_batch else f"{plan.num_points} points in"
     name = escape(plan.name)
     console.print(f"sweep [bold]{name}[/] (id {plan.sweep_id}): {what} {len(plan.lines)} line(s); results in {escape(str(store.home))}")
