@@ -54,27 +54,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class TfComm:
-    """The harness's control channel: PyTorch's gloo group over torchrun's rendezvous."""
-
-    def __init__(self, group, local_rank: int, node_rank: int):
-        from tbd.frameworks.torch.distributed import TorchComm
-
-        self._channel = TorchComm(group, "tf", local_rank, node_rank)
-        self.backend = "tf"
-        self.rank, self.world_size = self._channel.rank, self._channel.world_size
-        self.local_rank, self.node_rank = local_rank, node_rank
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        return self._channel.all_gather(obj)
-
-    def broadcast(self, obj: Any, src: int = 0) -> Any:
-        return self._channel.broadcast(obj, src)
-
-    def close(self) -> None:
-        self._channel.close()
-
-
 def cluster_spec(addresses: list[str], index: int) -> dict[str, Any]:
     """The TF_CONFIG of worker `index` in a cluster of `addresses` (host:port each)."""
     return {"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}}
@@ -88,7 +67,10 @@ def setup(config):
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     timeout = topology.collective_timeout_s(config)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
-    comm = TfComm(dist.group.WORLD, local_rank, int(os.environ.get("GROUP_RANK", 0)))
+    # The harness's control channel: the PyTorch plugin's gloo group over torchrun's rendezvous.
+    from tbd.frameworks.torch.distributed import TorchComm
+
+    comm = TorchComm(dist.group.WORLD, "tf", local_rank, int(os.environ.get("GROUP_RANK", 0)))
     host = "127.0.0.1" if config.nnodes == 1 else socket.getfqdn()
     addresses = comm.all_gather(f"{host}:{_free_port()}")
     os.environ["TF_CONFIG"] = json.dumps(cluster_spec(addresses, comm.rank))
