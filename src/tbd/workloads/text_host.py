@@ -57,3 +57,14 @@ def bucket(value: int, edges: Sequence[int]) -> int:
     """The smallest edge >= value (the last edge if none is): lengths rounded up to a fixed set."""
     i = bisect.bisect_left(list(edges), value)
     return edges[min(i, len(edges) - 1)]
+
+
+def padded_pairs(rng: np.random.Generator, pairs, rows: int, src_width: int, tgt_width: int, src_vocab: int, tgt_vocab: int):
+    """(src, tgt_in, tgt_out, src_lens, tgt_lens) of the pairs on the host, padded to
+    (rows, width); the decoder input is <s> y1 .. y(n-1), its targets y1 .. y(n-1) </s>."""
+    src = padded(rng, [s for s, _ in pairs], rows, src_width, src_vocab, eos=True)
+    tgt_out = padded(rng, [t for _, t in pairs], rows, tgt_width, tgt_vocab, eos=True)
+    tgt_in = np.concatenate([np.full_like(tgt_out[:, :1], BOS), tgt_out[:, :-1]], axis=1)
+    tgt_in = np.where(tgt_out == PAD, PAD, tgt_in)
+    lens = lambda side: np.asarray([p[side] for p in pairs] + [0] * (rows - len(pairs)), np.int32)  # noqa: E731  (0: an empty row)
+    return src, tgt_in, tgt_out, lens(0), lens(1)

@@ -36,7 +36,7 @@ from tbd.frameworks.base import BuildContext
 from tbd.frameworks.tf.session import TfTask
 from tbd.workloads.text_data import PAD, LengthModel, draw_bucketed_batch
 from tbd.workloads.text_host import bucket, length_edges
-from tbd.workloads.transformer.tf_impl import padded_pairs
+from tbd.workloads.text_host import padded_pairs
 
 UNIFORM = keras.initializers.RandomUniform(-0.1, 0.1)  # TF NMT's initialization of every weight
 

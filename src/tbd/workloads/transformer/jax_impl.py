@@ -39,8 +39,9 @@ import optax
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
-from tbd.workloads.common_jax import BOS, PAD, bucket, host_generator, length_edges, padded, pow2_at_least, torch_default_rule, torch_like_init
+from tbd.workloads.common_jax import PAD, bucket, host_generator, length_edges, pow2_at_least, torch_default_rule, torch_like_init
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
+from tbd.workloads.text_host import padded_pairs
 
 
 def attend(q, k, v, mask, causal: bool, dropout: float, module: nn.Module, train: bool):
@@ -140,17 +141,6 @@ def smoothed_cross_entropy(logits, targets, smoothing: float):
     per_token = (1.0 - smoothing) * nll - smoothing * logp.mean(axis=-1)
     words = (targets != PAD).astype(jnp.float32)
     return (per_token * words).sum() / jnp.maximum(words.sum(), 1.0)
-
-
-def padded_pairs(rng: np.random.Generator, pairs, rows: int, src_width: int, tgt_width: int, src_vocab: int, tgt_vocab: int):
-    """(src, tgt_in, tgt_out, src_lens, tgt_lens) of the pairs on the host, padded to
-    (rows, width); the decoder input is <s> y1 .. y(n-1), its targets y1 .. y(n-1) </s>."""
-    src = padded(rng, [s for s, _ in pairs], rows, src_width, src_vocab, eos=True)
-    tgt_out = padded(rng, [t for _, t in pairs], rows, tgt_width, tgt_vocab, eos=True)
-    tgt_in = np.concatenate([np.full_like(tgt_out[:, :1], BOS), tgt_out[:, :-1]], axis=1)
-    tgt_in = np.where(tgt_out == PAD, PAD, tgt_in)
-    lens = lambda side: np.asarray([p[side] for p in pairs] + [0] * (rows - len(pairs)), np.int32)  # noqa: E731  (0: an empty row)
-    return src, tgt_in, tgt_out, lens(0), lens(1)
 
 
 def pad_to_buckets(host: dict, rows: int, src_width: int, tgt_width: int):

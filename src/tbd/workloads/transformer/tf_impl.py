@@ -32,8 +32,8 @@ from keras import layers
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.tf.session import TfTask
 from tbd.workloads.common_tf import dense
-from tbd.workloads.text_data import BOS, PAD, LengthModel, draw_bucketed_batch
-from tbd.workloads.text_host import bucket, length_edges, padded, pow2_at_least
+from tbd.workloads.text_data import PAD, LengthModel, draw_bucketed_batch
+from tbd.workloads.text_host import bucket, length_edges, padded_pairs, pow2_at_least
 
 
 def attend(q, k, v, mask, causal: bool, dropout: layers.Dropout | None, training: bool):
@@ -137,17 +137,6 @@ def smoothed_cross_entropy(logits, targets, smoothing: float):
     per_token = (1.0 - smoothing) * nll - smoothing * tf.reduce_mean(logp, axis=-1)
     words = tf.cast(targets != PAD, tf.float32)
     return tf.reduce_sum(per_token * words) / tf.maximum(tf.reduce_sum(words), 1.0)
-
-
-def padded_pairs(rng: np.random.Generator, pairs, rows: int, src_width: int, tgt_width: int, src_vocab: int, tgt_vocab: int):
-    """(src, tgt_in, tgt_out, src_lens, tgt_lens) of the pairs on the host, padded to
-    (rows, width); the decoder input is <s> y1 .. y(n-1), its targets y1 .. y(n-1) </s>."""
-    src = padded(rng, [s for s, _ in pairs], rows, src_width, src_vocab, eos=True)
-    tgt_out = padded(rng, [t for _, t in pairs], rows, tgt_width, tgt_vocab, eos=True)
-    tgt_in = np.concatenate([np.full_like(tgt_out[:, :1], BOS), tgt_out[:, :-1]], axis=1)
-    tgt_in = np.where(tgt_out == PAD, PAD, tgt_in)
-    lens = lambda side: np.asarray([p[side] for p in pairs] + [0] * (rows - len(pairs)), np.int32)  # noqa: E731  (0: an empty row)
-    return src, tgt_in, tgt_out, lens(0), lens(1)
 
 
 class WarmupInverseSqrt(keras.optimizers.schedules.LearningRateSchedule):
