@@ -213,7 +213,7 @@ def test_cli_writes_table_json_png_and_a_stored_record(tbd_home, capsys, monkeyp
     (["memory", "resnet5"], "unknown workload 'resnet5'"),
     (["memory", "resnet50", "--max-batch", "--memory", "80XB"], "cannot read memory size"),
     (["memory", "resnet50", "--memory", "8GiB"], "go with --max-batch"),
-    (["memory", "resnet50", "--framework", "tf"], "unknown framework"),
+    (["memory", "resnet50", "--framework", "caffe"], "unknown framework"),
     (["memory", "resnet50", "--max-batch", "--fit-batches", "4"], "two or more"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, words, tbd_home):

@@ -77,9 +77,11 @@ def _loop(m: Measurement, session, config, progress, probe) -> None:
         m.step_s += times.seconds
         m.units += times.units
         m.samples += times.samples
-        if times.input_wait_s is not None:
-            m.input_wait_s = (m.input_wait_s or []) + times.input_wait_s
-            m.input_stall_s = (m.input_stall_s or []) + (times.input_stall_s or [math.nan] * len(times.input_wait_s))
+        # (getattr: a user's session for tbd.measure may return its own record of step times)
+        wait, stall = getattr(times, "input_wait_s", None), getattr(times, "input_stall_s", None)
+        if wait is not None:
+            m.input_wait_s = (m.input_wait_s or []) + wait
+            m.input_stall_s = (m.input_stall_s or []) + (stall or [math.nan] * len(wait))
         m.chunk_ends.append(len(m.step_s))
         _read_compiles(session, m)
         if m.warmup_memory is None and len(m.step_s) >= max(1, config.data_pool):
