@@ -122,7 +122,7 @@ def _wait_until_training(proc: subprocess.Popen, cpu_s: float = 2.0, deadline_s:
 def test_interrupt_keeps_the_store_consistent(tbd_home):
     assert run_cli("run", "resnet50", "--device", "cpu", *QUICK).returncode == 0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tbd.cli", "run", "resnet50", "--device", "cpu", "--max-time", "60", "--max-steps", "100000", "--target-ci", "0.001"],
+        [sys.executable, "-m", "tbd.cli", "run", "resnet50", "--device", "cpu", "--max-time", "600", "--max-steps", "100000", "--target-ci", "0.001"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
     )
     _wait_until_training(proc)  # a readiness signal, not a fixed sleep: slow machines start late
