@@ -36,7 +36,7 @@ class RunConfig:
     max_time_s: float = 60.0
     min_timed_steps: int = 20
     min_window_s: float = 3.0  # at least this long steady, so NVML and energy readings mean something
-    target_ci_pct: float = 1.0  # half-width of the 95% CI of median throughput, in percent
+    target_ci_pct: float = 1.0  # half-width of the 95% CI of the throughput, in percent
     data_pool: int = 2  # synthetic batches kept on the device and rotated (1 = one fixed batch)
     isolate: bool = True  # run in a child process so a crash or OOM becomes a failed run
     # The interpreter of the run's child: another environment's python (`--python`, `--env`), whose

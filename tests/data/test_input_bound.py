@@ -3,11 +3,15 @@
 
 from pathlib import Path
 
+import pytest
+
 from tbd.analysis import verify
 from tbd.analysis.analyze import facts
 from tbd.analysis.diagnose import diagnose
 from tbd.analysis.recommend import recommend
-from tbd.harness.measure import Measurement, input_metrics
+from tbd.config import RunConfig
+from tbd.harness.measure import Measurement, derive_metrics, input_metrics
+from tbd.registry import get_spec
 
 
 def test_input_metrics_cover_the_steady_window():
@@ -16,6 +20,22 @@ def test_input_metrics_cover_the_steady_window():
     assert abs(out["input_wait_host_ms_per_step"] - 25.0) < 1e-9 and abs(out["input_wait_host_pct"] - 25.0) < 1e-9
     assert abs(out["input_stall_device_pct"] - 20.0) < 1e-9
     assert input_metrics(Measurement(step_s=[0.1]), 0) == {}  # synthetic data: nothing to wait for
+
+
+def test_a_run_fed_from_disk_reports_its_wall_clock_rate():
+    # Every fourth step waits for a wave of workers: its throughput is units over wall time, not
+    # the median step's rate (which would equal synthetic data's and hide the loader).
+    step_s = [2.0] + [0.05, 0.05, 0.05, 0.45] * 30
+    m = Measurement(step_s=step_s, units=[8.0] * len(step_s), samples=[8.0] * len(step_s),
+                    input_wait_s=[0.0] + [0.0, 0.0, 0.0, 0.4] * 30, input_stall_s=[0.0] + [0.0, 0.0, 0.0, 0.4] * 30)
+    config = RunConfig(workload="resnet50", flavor="tiny", device="cpu", min_timed_steps=5).validated()
+    metrics, method = derive_metrics(m, config, get_spec("resnet50"), "cpu", 1)
+    window = sum(step_s[metrics["warmup_steps"]:])
+    assert metrics["images_per_s"] == pytest.approx(8.0 * (len(step_s) - metrics["warmup_steps"]) / window)
+    assert metrics["images_per_s"] < 0.5 * 8.0 / 0.05
+    assert "wall time" in method["throughput"] and "delta method" in method["confidence_interval"]
+    synthetic = Measurement(step_s=step_s, units=[8.0] * len(step_s), samples=[8.0] * len(step_s))
+    assert derive_metrics(synthetic, config, get_spec("resnet50"), "cpu", 1)[0]["images_per_s"] == 8.0 / 0.05
 
 
 def gpu_record(wait_pct: float, workers: int = 4, decode: str = "cpu") -> dict:

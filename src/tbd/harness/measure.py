@@ -102,14 +102,19 @@ def _loop(m: Measurement, session, config, progress, probe) -> None:
             raise RunFailure(f"loss became {loss} at step {len(m.step_s)}; try a lower learning rate or another precision", kind="nan")
         steady = steady_state(m, config)
         timed = m.step_s[steady.start :]
-        rel = stats.relative_half_width([u / t for u, t in zip(m.units[steady.start :], timed)]) if len(timed) >= MIN_CI_STEPS else math.inf
+        if len(timed) < MIN_CI_STEPS:
+            rel = math.inf
+        elif fed_from_disk(m):
+            rel = stats.window_relative_half_width(m.units[steady.start :], timed)
+        else:
+            rel = stats.relative_half_width([u / t for u, t in zip(m.units[steady.start :], timed)])
         elapsed = time.perf_counter() - started
         window_s = sum(timed)  # the steady window: what the time budget is for
         if progress:
             progress({"steps": len(m.step_s), "max_steps": config.max_steps, "elapsed_s": elapsed, "ci_pct": rel * 100, "loss": loss})
         enough = len(timed) >= config.min_timed_steps and sum(timed) >= config.min_window_s
         if enough and rel * 100 <= config.target_ci_pct:
-            m.stop_reason = f"95% CI of median throughput within +-{config.target_ci_pct}% ({rel * 100:.2f}%)"
+            m.stop_reason = f"95% CI of the throughput within +-{config.target_ci_pct}% ({rel * 100:.2f}%)"
             break
         if len(m.step_s) >= config.max_steps:
             m.stop_reason = f"step budget reached ({config.max_steps} steps; CI +-{rel * 100:.2f}%)"
@@ -212,14 +217,16 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     if no_steady:  # too few steps: report what there is rather than nothing
         steady = stats.SteadyState(0, "no step left after warm-up; all steps used")
         timed_s, timed_units, timed_samples = m.step_s, m.units, m.samples
-    summary = stats.summarize_steps(timed_s, timed_units)
-    samples_med, samples_lo, samples_hi = stats.median_ci([s / t for s, t in zip(timed_samples, timed_s)])
+    window_rate = fed_from_disk(m)
+    summary = stats.summarize_steps(timed_s, timed_units, window_rate=window_rate)
+    samples_med, samples_lo, samples_hi = (stats.window_rate_ci(timed_samples, timed_s) if window_rate
+                                           else stats.median_ci([s / t for s, t in zip(timed_samples, timed_s)]))
     unit = spec.unit
     metrics: dict[str, Any] = {
         "samples_per_s": samples_med,
         "samples_per_s_ci95_low": samples_lo,
         "samples_per_s_ci95_high": samples_hi,
-        f"{unit}_per_s": summary["units_per_s_median"],
+        f"{unit}_per_s": summary["units_per_s"],
         f"{unit}_per_s_ci95_low": summary["units_per_s_ci95_low"],
         f"{unit}_per_s_ci95_high": summary["units_per_s_ci95_high"],
         f"{unit}_per_s_window_mean": summary["units_per_s_mean"],
@@ -261,8 +268,11 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
         "convergence": verdict,
         "noise": noise.assess(m.step_s, steady.start, m.conditions),
         "target_ci_pct": config.target_ci_pct,
-        "confidence_interval": "95% CI of the median from order statistics (distribution-free)",
-        "throughput": f"median over steady steps of {unit} per step / step time",
+        "confidence_interval": ("95% CI of the window rate by the delta method for a ratio of means" if window_rate
+                                else "95% CI of the median from order statistics (distribution-free)"),
+        "throughput": (f"{unit} over the steady window / its wall time (input from disk: batches arrive in bursts, "
+                       "so the median step would hide the waiting)" if window_rate
+                       else f"median over steady steps of {unit} per step / step time"),
         "flops": flops_note,
         "peak_flops": {"tflops": peak / 1e12 if peak else None, "source": peak_source, "precision": config.precision},
         "utilization_window": "whole chunks after warm-up (chunk edges are host sync points)",
@@ -272,6 +282,11 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
             f"the step compiled {recompiled} more time(s) after every one of the {config.data_pool} resident batches had "
             "been stepped once: it recompiles for shapes it has seen (bucket the shapes to a fixed set)")
     return metrics, method
+
+
+def fed_from_disk(m: Measurement) -> bool:
+    """Steps that took their batches from a loader (the session reported the waits)."""
+    return m.input_wait_s is not None and len(m.input_wait_s) == len(m.step_s)
 
 
 def input_metrics(m: Measurement, start: int) -> dict[str, Any]:

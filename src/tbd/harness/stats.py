@@ -85,20 +85,47 @@ def relative_half_width(values) -> float:
     return (hi - lo) / 2.0 / med
 
 
+def window_rate_ci(units, seconds, z: float = Z95) -> tuple[float, float, float]:
+    """Units per second over the whole window (sum of units / sum of seconds) and its CI by the
+    delta method for a ratio of means. This is the throughput of a run whose steps wait for input
+    in bursts (a loader's workers deliver batches in waves): most steps then wait for nothing, so
+    the median step would hide the waiting that the wall clock shows."""
+    u = np.asarray(units, dtype=float)
+    t = np.asarray(seconds, dtype=float)
+    n = len(t)
+    if n == 0 or t.sum() <= 0:
+        return math.nan, math.nan, math.nan
+    rate = float(u.sum() / t.sum())
+    if n < 3:
+        return rate, math.nan, math.nan
+    residual = u - rate * t  # the ratio's linearized error per step
+    se = float(np.std(residual, ddof=1) / math.sqrt(n) / t.mean())
+    return rate, rate - z * se, rate + z * se
+
+
+def window_relative_half_width(units, seconds) -> float:
+    rate, lo, hi = window_rate_ci(units, seconds)
+    if not rate or math.isnan(lo):
+        return math.inf
+    return (hi - lo) / 2.0 / rate
+
+
 def percentiles(values, qs=(50, 90, 99)) -> dict[int, float]:
     v = np.asarray(values, dtype=float)
     return {q: float(np.percentile(v, q)) for q in qs} if len(v) else {q: math.nan for q in qs}
 
 
-def summarize_steps(step_s, units_per_step) -> dict[str, float]:
-    """Throughput and step-time statistics of the steady window, with units in the names."""
+def summarize_steps(step_s, units_per_step, window_rate: bool = False) -> dict[str, float]:
+    """Throughput and step-time statistics of the steady window, with units in the names. The
+    throughput is the median of the per-step rates, or with `window_rate` the window's units over
+    its wall time (`window_rate_ci`)."""
     t = np.asarray(step_s, dtype=float)
     u = np.asarray(units_per_step, dtype=float)
     rate = u / t
-    med, lo, hi = median_ci(rate)
+    med, lo, hi = window_rate_ci(u, t) if window_rate else median_ci(rate)
     p = percentiles(t * 1e3, (10, 25, 50, 75, 90, 99))
     return {
-        "units_per_s_median": med,
+        "units_per_s": med,
         "units_per_s_ci95_low": lo,
         "units_per_s_ci95_high": hi,
         "units_per_s_ci95_half_width_pct": (hi - lo) / 2.0 / med * 100.0 if med else math.nan,

@@ -52,10 +52,10 @@ class NvmlSampler(threading.Thread):
         self._lock = threading.Lock()
         self._util: list[float] = []
         self._mem: list[float] = []
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.period_s):
+        while not self._stopping.wait(self.period_s):
             try:
                 rates = self.lib.nvmlDeviceGetUtilizationRates(self.handle)
             except Exception:
@@ -92,7 +92,7 @@ class NvmlSampler(threading.Thread):
             return None
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
 
 class Probe:
