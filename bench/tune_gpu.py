@@ -55,15 +55,16 @@ def tune_one(workload: str, args, out: Path, store: Path) -> dict:
     except UsageError as exc:  # e.g. a3c without gymnasium: say why, go on
         row["skipped"] = str(exc)
         return row
+    budget = budget_of(workload, args)
     cmd = [sys.executable, "-m", "tbd.cli", "tune", workload, "--device", args.device, "--flavor", args.flavor, "--precision", "fp32",
-           "--batch-size", str(config.batch_size), "--budget", f"{args.budget:g}s", "--max-time", f"{args.max_time:g}",
+           "--batch-size", str(config.batch_size), "--budget", f"{budget:g}s", "--max-time", f"{args.max_time:g}",
            "--home", str(store), "--json", "--markdown", str(out / f"{workload}.md"), *args.tune_args.split()]
     t0 = time.time()
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.budget * 2 + 240, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget * 2 + 240, env=env)
     except subprocess.TimeoutExpired:
-        row.update(error=f"tbd tune ran past {args.budget * 2 + 240:.0f} s", wall_s=time.time() - t0)
+        row.update(error=f"tbd tune ran past {budget * 2 + 240:.0f} s", wall_s=time.time() - t0)
         return row
     row["wall_s"] = time.time() - t0
     row["command"] = " ".join(cmd[2:])
@@ -83,6 +84,12 @@ def tune_one(workload: str, args, out: Path, store: Path) -> dict:
         row["best_peak_allocated_gib"] = ((best.get("memory") or {}).get("peak_allocated_bytes") or 0) / 2**30
         row["device_name"] = (best.get("environment") or {}).get("device_name")
     return row
+
+
+def budget_of(workload: str, args) -> float:
+    """--budgets W=S overrides --budget for workload W."""
+    per = {w: float(v) for w, v in (item.split("=", 1) for item in args.budgets.split(",") if item)}
+    return per.get(workload, args.budget)
 
 
 def line(row: dict) -> str:
@@ -160,6 +167,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench-out/tune")
     ap.add_argument("--workloads", default=",".join(SUITE), help="comma list (default: the suite)")
     ap.add_argument("--budget", type=float, default=55.0, help="seconds of tuning per workload (default: 55)")
+    ap.add_argument("--budgets", default="", help="per-workload budgets, W=SECONDS,... (e.g. resnet50=200,gpt=200)")
     ap.add_argument("--max-time", type=float, default=4.0, help="steady seconds per trial (default: 4)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--flavor", default="paper")
@@ -172,6 +180,11 @@ def main() -> None:
     from importlib.metadata import version
 
     from tbd.metrics.devices import gpu_info
+
+    if "a3c" in args.workloads.split(","):  # gymnasium and ale-py from carried wheels where the image lacks them
+        from suite_c_gpu import ensure_rl
+
+        print(f"gymnasium/ale-py: {ensure_rl(out / 'site')}", flush=True)
 
     info = gpu_info(0)  # NVML: no CUDA context in this process while the trials run
     gpu = f"{info['name']} (driver {info['driver']})" if info else "no GPU"

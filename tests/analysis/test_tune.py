@@ -32,6 +32,7 @@ class FakeBackend:
         self.recommendations, self.fail_start = recommendations or [], fail_start
         self.now = 0.0
         self.measured: list[RunConfig] = []
+        self.calibrated: list[tuple[str, float, float]] = []
 
     def clock(self) -> float:
         return self.now
@@ -61,6 +62,9 @@ class FakeBackend:
 
     def recommend(self, record):
         return list(self.recommendations)
+
+    def calibrate(self, base, record, trial):
+        self.calibrated.append((trial.change, trial.expected_gain_pct, trial.measured_gain_pct))
 
 
 def run(backend: FakeBackend, budget_s: float = 1e6, **kw) -> tune.TuneResult:
@@ -133,6 +137,9 @@ def test_recommended_changes_go_first_by_expected_gain():
     assert [t.change for t in result.trail[1:3]] == ["optimizer kernels default -> fused", "torch.compile"]
     assert result.trail[2].expected_gain_pct == 40.0 and "+20..+80%" in result.trail[2].expected_basis
     assert result.trail[3].expected_gain_pct is None and result.trail[3].expected_basis.startswith("no estimate")
+    # each recommended change measured is a calibration pair (expected, measured); the others are not
+    assert [(c, e) for c, e, _ in backend.calibrated] == [("optimizer kernels default -> fused", 60.0), ("torch.compile", 40.0)]
+    assert abs(backend.calibrated[1][2] - 20.0) < 3.0
 
 
 def test_out_of_memory_bounds_the_batch_and_bisects_towards_it():

@@ -57,6 +57,9 @@ class Backend(Protocol):
     def recommend(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         """The analysis' recommendations for a measured run (empty where there is none)."""
 
+    def calibrate(self, base: dict[str, Any], record: dict[str, Any], trial: Trial) -> None:
+        """A recommended change was measured: keep its (expected, measured) gain for calibration."""
+
 
 @dataclass
 class Trial:
@@ -241,6 +244,8 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
                 trial.measured_gain_pct = (ratio - 1) * 100.0
                 trial.gain_ci95_pct = [(low - 1) * 100.0, (high - 1) * 100.0] if not math.isnan(low) else None
                 trial.kept, trial.why = verdict(ratio, low, high, min_gain_pct)
+                if trial.expected_gain_pct is not None:
+                    backend.calibrate(best_record, record, trial)
             if on_trial:
                 on_trial(trial)
             if trial.kept:
@@ -428,6 +433,15 @@ class StoreBackend:
         record.setdefault("analysis", {})["report"] = analysis
         self.store.save(record)
         return analysis["recommendations"]
+
+    def calibrate(self, base: dict[str, Any], record: dict[str, Any], trial: Trial) -> None:
+        """Into the store's calibration log, as `tbd analyze --verify` does (`tbd analyze --calibration`)."""
+        from tbd.analysis.verify import log_calibration
+
+        report = (base.get("analysis") or {}).get("report") or {}
+        log_calibration(self.store, base, {"action": trial.change, "expected_gain_pct": trial.expected_gain_pct,
+                                           "measured_gain_pct": trial.measured_gain_pct, "run_id": record["id"], "source": "tbd tune"},
+                        report.get("facts"))
 
 
 def confirmed_max_batch(store, config: RunConfig) -> int | None:
