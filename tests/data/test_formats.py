@@ -52,6 +52,42 @@ def test_gpu_decode_path_matches_cpu_decode(datasets):
     assert float((decoded["images"] - torch.from_numpy(pixels["images"]).float()).abs().mean()) < 4.0
 
 
+def test_batched_gpu_crop_resize_matches_per_image_antialiased_resize():
+    """The GPU path resizes every crop of a batch in one roi_align (an area filter); a per-image
+    antialiased bilinear resize (torchvision's RandomResizedCrop) gives nearly the same pixels,
+    for crops smaller and larger than the output, flipped or not."""
+    import io
+
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from tbd.frameworks.torch.data import decode_on_device
+
+    rng = np.random.default_rng(0)
+    files, crops = [], []
+    for _ in range(6):
+        height, width = (int(v) for v in rng.integers(120, 300, 2))
+        yy, xx = np.mgrid[0:height, 0:width]
+        picture = np.stack([xx * 255 / width, yy * 255 / height, 128 + 100 * np.sin(xx / 7.0) * np.cos(yy / 5.0)], -1).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(picture).save(buffer, "JPEG", quality=90)
+        files.append(np.frombuffer(buffer.getvalue(), np.uint8))
+        h, w = int(rng.integers(30, height)), int(rng.integers(30, width))
+        crops.append([int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w])
+    flip = torch.tensor([False, True] * 3)
+    host = {"jpeg": torch.from_numpy(np.concatenate(files)), "jpeg_sizes": torch.tensor([len(f) for f in files]),
+            "crop": torch.tensor(crops, dtype=torch.int32), "flip": flip, "labels": torch.arange(6), "image_size": 64}
+    batched = decode_on_device(host, torch.device("cpu"))["images"].permute(0, 3, 1, 2)
+    decoded = decode_jpeg(list(torch.split(host["jpeg"], host["jpeg_sizes"].tolist())), mode=ImageReadMode.RGB)
+    one_by_one = torch.stack([F.interpolate(img[None, :, t : t + h, x : x + w].float(), size=(64, 64), mode="bilinear", antialias=True)[0]
+                              for img, (t, x, h, w) in zip(decoded, crops)])
+    one_by_one = torch.where(flip[:, None, None, None], one_by_one.flip(-1), one_by_one)
+    assert batched.shape == (6, 3, 64, 64)
+    assert float((batched - one_by_one).abs().mean()) < 1.0  # of 255 levels
+
+
 def test_voc_batches_group_orientation_and_flip_boxes(datasets):
     ds, b = first_batch("faster_rcnn", datasets["faster_rcnn"], 2)
     for batch in ds.plan(0):
