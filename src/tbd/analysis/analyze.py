@@ -118,7 +118,9 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         top = next(iter(host["op_classes"].items()), None)
         f["host_top_class"] = (top[0], top[1]["share_pct"]) if top else None
         if dev:
-            f.update({"kernels_per_window": dev.get("kernels"),
+            steps = summary.get("steps")
+            f.update({"kernels_per_window": dev.get("kernels"), "kernels_per_step": dev["kernels"] / steps if steps and dev.get("kernels") else None,
+                      "launches_per_step": host.get("launches_per_step"),
                       "mean_kernel_us": dev["kernel_time_ms"] * 1e3 / dev["kernels"] if dev.get("kernels") else None,
                       "gpu_util_trace_pct": dev["gpu_util_trace_pct"], "class_share": {k: v["share_pct"] for k, v in dev["classes"].items()},
                       "tensor_core_share_pct": dev["tensor_core_share_pct"], "layout_transpose_share_pct": dev["layout_transpose_share_pct"],

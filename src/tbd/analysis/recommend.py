@@ -4,11 +4,11 @@ config change `tbd analyze RUN --verify` applies.
 `pytest tests/analysis/test_diagnose.py` checks them on synthetic facts. The gains come from a
 simple time model of one step, normalized to 1: the device is busy a fraction u (kernel
 utilization) and idle 1 - u; a change that speeds up kernel time by a factor f (per class
-share s_c, f = sum s_c / k_c) gives T' = (1 - u) + u f, never below the host's own busy
-fraction; removing idle host time shrinks (1 - u). Gain = 1 / T' - 1. The speed-ups per class
-(k) are round figures from public measurements (REFERENCE_NUMBERS.md: ResNet-50 on an H100,
-fp32 NCHW 1,861 img/s vs bf16 channels_last 3,999, eager vs compiled 3,999 vs 5,659) and are
-stated with each recommendation: they are estimates to rank by, which --verify then measures.
+share s_c, f = sum s_c / k_c) gives T' = (1 - u) + u f, never below the host's own time per
+step (`host_floor`); removing idle host time shrinks (1 - u). Gain = 1 / T' - 1. The speed-ups
+per class (k) started as round figures from public measurements (REFERENCE_NUMBERS.md) and were
+revised from the pairs `tbd tune` and `--verify` measured on an H200 (docs/analysis.md,
+"Calibration"); they are estimates to rank by, which --verify then measures.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from typing import Any
 
 from tbd.analysis.kernels import BANDWIDTH_CLASSES
 
-# Assumed kernel speed-ups (k) per change.
-K_MATMUL = {("fp32", "bf16"): 3.0, ("tf32", "bf16"): 1.6, ("fp32", "tf32"): 2.5}
+# Assumed kernel speed-ups (k) per change. tbd's fp32 is true fp32 (no TF32), so bf16 moves the
+# matmuls from the FMA pipes to the tensor cores: gpt 124M fp32 -> bf16 on an H200 measured +607%,
+# which the model meets with k = 10 (the peak ratio is ~15x; bf16 kernels at batch 16 reach less
+# of their peak than fp32 ones do of theirs). tf32 -> bf16 stays the public figure (REFERENCE_NUMBERS:
+# ResNet-50 tf32 NCHW vs bf16 channels_last); fp32 -> tf32 follows as 10 / 1.6 (not measured yet).
+K_MATMUL = {("fp32", "bf16"): 10.0, ("tf32", "bf16"): 1.6, ("fp32", "tf32"): 6.0}
 K_BANDWIDTH_BF16 = 1.5  # half the bytes, but not everything is cast under autocast
 K_CONV_CHANNELS_LAST = 1.15
 FUSION_CUT = 0.4  # share of elementwise/normalization time torch.compile removes by fusing
@@ -30,6 +34,23 @@ MAX_BATCH_FACTOR = 4
 DDP_BUCKET_CUT = 0.7
 DDP_BUCKET_MAX_MB = 200.0
 MIN_GAIN_PCT = 1.0  # below this a recommendation is noise in the time model, not advice
+# The host's own time per kernel launched in eager PyTorch: the most seen on an H200 (transformer
+# fp32, whose step stayed host-bound at 0.75 of its time after bf16 cut its kernels' time).
+HOST_US_PER_KERNEL = 51.0
+
+
+def host_floor(facts: dict[str, Any]) -> float:
+    """The host's own share of a step, below which no device-side change takes it. The host's
+    busy time overstates it where the device is the bottleneck: launches block once CUDA's launch
+    queue is full, and that wait counts as busy (gpt fp32 on an H200: host "busy" 81% of a step
+    the GPU was busy 99.5% of, and bf16 then ran 7x faster). So it is capped by kernels per step x
+    HOST_US_PER_KERNEL."""
+    g = facts.get
+    busy = (g("host_busy_pct") or 0) / 100.0
+    kernels, step_ms = g("launches_per_step") or g("kernels_per_step"), g("step_ms")
+    if kernels and step_ms:
+        return min(busy, kernels * HOST_US_PER_KERNEL / (step_ms * 1e3))
+    return busy
 
 
 def _gain(t_new: float, host_floor: float = 0.0) -> float:
@@ -128,7 +149,7 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
     shares = {k: v / 100.0 for k, v in (g("class_share") or {}).items()}
     util = g("gpu_util_trace_pct") if g("gpu_util_trace_pct") is not None else g("gpu_util_nvml_pct")
     u = min(max(util / 100.0, 0.0), 1.0) if util is not None else None
-    floor = (g("host_busy_pct") or 0) / 100.0
+    floor = host_floor(facts)
     s_mm = shares.get("matmul/conv", 0.0) + shares.get("attention", 0.0)
     s_bw = sum(shares.get(c, 0.0) for c in BANDWIDTH_CLASSES)
     compiler = g("compiler")  # the framework's optional compiler ("torch.compile"); "" if always compiled

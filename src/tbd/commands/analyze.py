@@ -222,12 +222,19 @@ def show_calibration(store: Store, as_json: bool) -> int:
         console.print(f"no verified recommendation in {store.home} yet; run 'tbd analyze RUN --verify'")
         return 0
     t = Table(title="verified recommendations: expected against measured gain", header_style="bold")
-    for col in ("workload", "device", "precision", "batch", "action", "expected", "measured"):
+    for col in ("workload", "device", "precision", "batch", "action", "expected", "expected now", "measured"):
         t.add_column(col)
     for r in rows:
+        now = r.get("expected_now_pct")
         t.add_row(r["workload"], escape(str(r.get("device_name") or r["device"])), r["precision"], str(r["batch_size"]), escape(r["action"]),
-                  f"+{r['expected_gain_pct']:.0f}%", f"{r['measured_gain_pct']:+.0f}%")
+                  f"+{r['expected_gain_pct']:.0f}%", "-" if now is None else f"+{now:.0f}%", f"{r['measured_gain_pct']:+.0f}%")
     console.print(t)
-    error = summary["median_abs_error_pct_of_measured"]
-    console.print(f"{summary['pairs']} pairs; median |expected - measured| = {error:.0f}% of the measured gain" if error is not None else "")
+    console.print(f"{summary['pairs']} pairs; median |expected - measured| as a share of the measured gain: "
+                  f"{_pct_or_dash(summary['median_abs_error_pct_of_measured'])} as logged, "
+                  f"{_pct_or_dash(summary['median_abs_error_now_pct_of_measured'])} with the current model "
+                  "('expected now': the same change estimated from the same run's facts)")
     return 0
+
+
+def _pct_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
