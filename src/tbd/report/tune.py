@@ -130,7 +130,8 @@ def waterfall(record: dict[str, Any]):
 
 
 def speedups(records: list[dict[str, Any]]):
-    """One bar per tuning: tuned / start throughput with its 95% CI, a line at 1x."""
+    """One bar per tuning: tuned / start throughput with its 95% CI, a line at 1x. A tuning whose
+    budget ended before any change was measured has no bar, only a note (not a 1.00x)."""
     rows = [r for r in records if is_tune(r) and r["tune"].get("speedup")]
     if not rows:
         return None
@@ -138,16 +139,17 @@ def speedups(records: list[dict[str, Any]]):
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(rows) + 1.3))
-    ratios = [r["tune"]["speedup"] for r in rows]
-    cis = [r["tune"].get("speedup_ci95") or [s, s] for r, s in zip(rows, ratios)]
+    tried = [len(r["tune"].get("trail") or []) > 1 for r in rows]
+    ratios = [r["tune"]["speedup"] if t else 0.0 for r, t in zip(rows, tried)]
+    cis = [(r["tune"].get("speedup_ci95") or [s, s]) if t else [0.0, 0.0] for r, s, t in zip(rows, ratios, tried)]
     ax.barh(range(len(rows)), ratios, xerr=[[s - c[0] for s, c in zip(ratios, cis)], [c[1] - s for s, c in zip(ratios, cis)]],
             capsize=3, color="tab:green", edgecolor="black", linewidth=0.4)
     ax.axvline(1.0, color="black", lw=1)
     ax.set_yticks(range(len(rows)), [f"{r['tune']['start_config']['workload']}/{r['tune']['start_config']['framework']}" for r in rows], fontsize=8)
     ax.invert_yaxis()
-    for i, (s, c) in enumerate(zip(ratios, cis)):
-        ax.text(max(s, c[1]), i, f"  {s:.2f}x", va="center", fontsize=7)
-    ax.set_xlim(0, max(c[1] for c in cis) * 1.2)
+    for i, (s, c, t) in enumerate(zip(ratios, cis, tried)):
+        ax.text(max(s, c[1], 1.0), i, f"  {s:.2f}x" if t else "  no change measured in the budget", va="center", fontsize=7)
+    ax.set_xlim(0, max([c[1] for c in cis] + [2.0]) * 1.2)
     ax.set_xlabel("tuned throughput / starting throughput (95% bootstrap CI)")
     fig.tight_layout()
     return fig
