@@ -5,8 +5,8 @@ registered in `tbd.frameworks.PLUGINS`) that names the modules of its parts, imp
 used, and says what it can do (`Capabilities`):
 - session (`<name>/session.py`): `open_session(config, spec, impl, ctx) -> Session`, which owns
   the model, optimizer and synthetic data on the device and times steps the cheapest correct way
-  (CUDA events without per-step host syncs in PyTorch, `block_until_ready` in JAX), and
-  `profiler_range(on)` around the steps Nsight Compute profiles;
+  (CUDA events without per-step host syncs in PyTorch, `block_until_ready` in JAX), and, where
+  `Capabilities.ncu` is set, `profiler_range(on)` around the steps Nsight Compute profiles;
 - distributed (`<name>/distributed.py`): `setup(config) -> Comm` inside a rank, and
   `profile_comm(session, steps)` (per-rank communication time and overlap from its trace);
 - trace (`<name>/trace.py`): `capture(session, steps, path, host, meter)`, a kernel trace of a
@@ -233,6 +233,8 @@ class FrameworkPlugin:
         return self.part("data").open_loader(config, spec, impl, BuildContext.for_run(config, batch_size))
 
     def profiler_range(self, on: bool) -> None:
+        if not self.capabilities.ncu:
+            raise UsageError(f"--ncu is not available for {self.title}; drop --ncu")
         self.part("session").profiler_range(on)
 
     def setup_distributed(self, config) -> Comm:

@@ -317,9 +317,3 @@ def _precision_note(precision: str) -> str:
 
 def open_session(config, spec, impl, ctx: BuildContext) -> TfSession:
     return TfSession(config, spec, impl, ctx)
-
-
-def profiler_range(on: bool) -> None:
-    """cuProfilerStart/Stop (driver API, on the primary context TensorFlow uses) around the steps
-    Nsight Compute would profile; tbd does not offer --ncu for TensorFlow yet."""
-    raise RunFailure("--ncu is not available for TensorFlow")
