@@ -40,6 +40,9 @@ def test_help_everywhere_with_examples(command):
         (("run", "resnet50", "--device", "cuda"), "no NVIDIA GPU"),
         (("run", "resnet50", "--precision", "fp8"), "invalid choice"),
         (("run", "resnet50", "--precision", "fp16", "--device", "cpu"), "needs a GPU"),
+        # A framework's option values are checked before a run, from its plugin (TensorFlow need not be installed).
+        (("run", "gpt", "--framework", "tf", "--option", "execution=lazy"), "TensorFlow option execution=lazy is not one of graph, eager"),
+        (("run", "gpt", "--framework", "tf", "--option", "execution=eager", "--compile"), "--compile needs TensorFlow option execution=graph"),
         (("results", "show", "nope"), "no runs stored"),
         (("frobnicate",), "invalid choice"),
     ],

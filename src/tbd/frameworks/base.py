@@ -189,6 +189,8 @@ class Capabilities:
     options: Mapping[str, str] = field(default_factory=dict)
     # The values an option accepts where they form a closed set (checked before a run starts).
     option_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Option values --compile needs (name -> value), e.g. a graph to compile; checked before a run starts.
+    compile_needs: Mapping[str, str] = field(default_factory=dict)
     # Settings `tbd tune` tries beyond the framework-neutral levers (precision, compile, batch...).
     tunables: tuple[Tunable, ...] = ()
     # Levers the recommendations may suggest (tbd.analysis.recommend).
@@ -289,3 +291,6 @@ class FrameworkPlugin:
             allowed = caps.option_values.get(key)
             if allowed and str(value) not in allowed:
                 raise UsageError(f"{self.title} option {key}={value} is not one of {', '.join(allowed)}; e.g. --option {key}={allowed[0]}")
+        for key, needed in caps.compile_needs.items() if config.compile else ():
+            if key in config.options and str(config.options[key]) != needed:
+                raise UsageError(f"--compile needs {self.title} option {key}={needed}; drop --compile or use --option {key}={needed}")
