@@ -112,3 +112,30 @@ def test_gpu_run_analysis_renders_and_is_stored(tmp_path, capsys):
     assert report["diagnosis"]["class"] == "host-bound"  # GPU idle 40% of the window with the host not waiting
     assert report["utilization"]["flop_util_by_precision_pct"]["fp32"] == pytest.approx(20.0)
     assert report["recommendations"][0]["expected_gain_pct"] > 0
+
+
+def test_verify_with_nothing_to_verify_says_so_and_exits_0(tbd_home, capsys):
+    """No recommendation a run option applies: one line saying so, exit 0, nothing rerun; under
+    --json that line is on stderr and stdout is the analysis."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "sweep"))
+    from sweep_fakes import fake_record
+
+    from tbd.cli import main
+    from tbd.config import RunConfig
+    from tbd.results.store import Store
+
+    store = Store(tbd_home)
+    record = fake_record(RunConfig(workload="resnet50", device="cpu", batch_size=4))  # no trace: no recommendation
+    store.save(record)
+    assert main(["analyze", record["id"], "--verify"]) == 0
+    out, err = capsys.readouterr()
+    assert [line for line in out.splitlines() if "verify" in line] == [
+        f"nothing to verify: run {record['id']} has no recommendation that a run option can apply"]
+    assert err == ""
+    assert main(["analyze", record["id"], "--verify", "all", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["verify"] == [] and err.strip().startswith("nothing to verify:") and err.count("\n") == 1
+    assert [r["id"] for r in store.list()] == [record["id"]]  # nothing was rerun

@@ -30,3 +30,20 @@ def test_missing_ncu_is_a_usage_error(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(UsageError, match="ncu"):
         require_ncu("cuda")
+
+
+@pytest.mark.parametrize("name", __import__("tbd.registry").registry.framework_names())
+def test_profiler_range_exists_exactly_where_ncu_is_offered(name):
+    """A plugin without `Capabilities.ncu` needs no `profiler_range`: asking for it is the same
+    one-line usage error as --ncu, before its session module (and framework) is imported."""
+    import importlib.util
+    from pathlib import Path
+
+    from tbd import registry
+
+    plugin = registry.framework(name)
+    source = Path(importlib.util.find_spec(f"{plugin.package}.session").origin).read_text()
+    assert ("def profiler_range(" in source) == plugin.capabilities.ncu
+    if not plugin.capabilities.ncu:
+        with pytest.raises(UsageError, match="--ncu is not available"):
+            plugin.profiler_range(True)

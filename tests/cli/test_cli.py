@@ -40,6 +40,9 @@ def test_help_everywhere_with_examples(command):
         (("run", "resnet50", "--device", "cuda"), "no NVIDIA GPU"),
         (("run", "resnet50", "--precision", "fp8"), "invalid choice"),
         (("run", "resnet50", "--precision", "fp16", "--device", "cpu"), "needs a GPU"),
+        # A framework's option values are checked before a run, from its plugin (TensorFlow need not be installed).
+        (("run", "gpt", "--framework", "tf", "--option", "execution=lazy"), "TensorFlow option execution=lazy is not one of graph, eager"),
+        (("run", "gpt", "--framework", "tf", "--option", "execution=eager", "--compile"), "--compile needs TensorFlow option execution=graph"),
         (("results", "show", "nope"), "no runs stored"),
         (("frobnicate",), "invalid choice"),
     ],
@@ -124,8 +127,11 @@ def test_interrupt_keeps_the_store_consistent(tbd_home):
     proc = subprocess.Popen(
         [sys.executable, "-m", "tbd.cli", "run", "resnet50", "--device", "cpu", "--max-time", "600", "--max-steps", "100000", "--target-ci", "0.001"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
-        # A user's shell delivers Ctrl-C to a process that did not start with it ignored; an
-        # earlier test in this pytest process may have left SIGINT ignored, which children inherit.
+        # Ctrl-C as a user meets it: `tbd` started from an interactive shell, SIGINT at its default.
+        # Still needed although no test leaves SIGINT ignored any more (test_process_faults checks
+        # the run child's entry points): pytest itself may start with SIGINT ignored, as does every
+        # command a non-interactive shell starts in the background (`make test &` in a script),
+        # and this child would inherit that and ignore the signal.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_until_training(proc)  # a readiness signal, not a fixed sleep: slow machines start late

@@ -130,3 +130,29 @@ def test_wgan_batch_holds_every_critic_iteration(datasets):
     hp = tiny("wgan")
     _, b = first_batch("wgan", datasets["wgan"], 8)
     assert b["images"].shape == (8 * hp["n_critic"], hp["image_size"], hp["image_size"], 3)
+
+
+def test_formats_implement_the_abstract_dataset():
+    """A format that forgets a method fails when it is made, not mid-run; the formats of the
+    data workloads give them all."""
+    from tbd.data import base, images, text, voc  # noqa: F401  (speech is imported above)
+
+    def subclasses(cls):
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    formats = {c for c in subclasses(base.Dataset) if c.__module__.startswith("tbd.data.")}
+    assert {c.format for c in formats} == {registry.get_spec(w).data_format for w in DATA_WORKLOADS}
+    assert all(not c.__abstractmethods__ for c in formats)
+
+    class NoCollate(base.Dataset):
+        def __len__(self):
+            return 1
+
+        def load(self, index, rng):
+            return {}
+
+        def name_of(self, index):
+            return "x"
+
+    with pytest.raises(TypeError, match="collate"):
+        NoCollate(".", batch_size=1)

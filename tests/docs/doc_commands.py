@@ -158,6 +158,37 @@ def inline_commands(path: Path, lines: list[str]) -> list[DocCommand]:
     return out
 
 
+INVALID_TOML_TAG = re.compile(r"^#\s*\[invalid: [^\]]+\]")  # a ```toml block that shows broken TOML on purpose
+
+
+@dataclass(frozen=True)
+class DocToml:
+    """One ```toml block of the docs: its text (without the fences) and where it starts."""
+
+    text: str
+    path: Path
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+    @property
+    def invalid_on_purpose(self) -> bool:
+        return bool(INVALID_TOML_TAG.match(self.text.lstrip()))
+
+
+def find_toml_blocks(root: Path = ROOT) -> list[DocToml]:
+    """Every fenced ```toml block of README.md and docs/**/*.md."""
+    out = []
+    for path in doc_files(root):
+        lines = path.read_text().splitlines()
+        for start, end, info in code_regions(lines):
+            if info == "toml":
+                out.append(DocToml("\n".join(lines[start + 1 : end - 1]), path, start + 1))
+    return out
+
+
 def find_commands(root: Path = ROOT) -> list[DocCommand]:
     """Every command line of the docs in document order; `a && b` gives two commands."""
     out = []

@@ -4,6 +4,7 @@ evidence); allocation failures on the host."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -165,6 +166,42 @@ def test_a_sigkilled_run_says_what_the_evidence_says(log, counters, kind, words,
     config = RunConfig(workload="resnet50", device="cpu").validated()
     record = launcher._died(config, "r1", -signal.SIGKILL, 4242, {})
     assert record["error"]["kind"] == kind and words in record["error"]["message"]
+
+
+def test_a_run_childs_entry_points_leave_the_callers_sigint_as_it_was(monkeypatch, tmp_path):
+    """The child ignores Ctrl-C while it runs (its parent decides), but run in the caller's own
+    process, as a test may, neither entry point leaves SIGINT ignored: every later child of that
+    process would inherit it and be deaf to Ctrl-C."""
+    import io
+    import queue
+
+    from tbd.harness import child_process, launcher
+
+    monkeypatch.delenv("TBD_INJECT_FAULT", raising=False)
+    monkeypatch.delenv(child_process.lifeline.PARENT_ENV, raising=False)
+    seen = []
+
+    def fake_execute(config, progress=None, run_id=None):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return fake_record(config)
+
+    config = RunConfig(workload="resnet50", device="cpu", batch_size=2)
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(launcher, "execute", fake_execute)
+    out = queue.Queue()
+    launcher._child(config.to_dict(), "r1", out)
+    assert out.get_nowait()[0] == "record"
+    assert signal.getsignal(signal.SIGINT) is before
+
+    monkeypatch.setattr(child_process, "execute", fake_execute)
+    monkeypatch.setattr(child_process.faulthandler, "register", lambda *a, **k: None)  # no SIGUSR1 dump left armed in pytest
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(config.to_dict())))
+    read_fd, write_fd = os.pipe()
+    assert child_process.main([str(write_fd), "r2", str(tmp_path / "stacks.txt")]) == 0
+    with os.fdopen(read_fd) as pipe:
+        assert "record" in json.loads(pipe.read().splitlines()[-1])
+    assert signal.getsignal(signal.SIGINT) is before
+    assert seen == [signal.SIG_IGN, signal.SIG_IGN]  # while the run worked, Ctrl-C was the parent's
 
 
 # ---- allocation failures on the host ------------------------------------------------------

@@ -21,7 +21,6 @@ from typing import Any
 
 from tbd.analysis.levers import apply_change
 from tbd.config import RunConfig
-from tbd.errors import UsageError
 from tbd.harness.launcher import launch
 from tbd.results.record import has_result
 
@@ -35,11 +34,14 @@ def pick(recommendations: list[dict[str, Any]], count: int | None = 1) -> list[d
 def verify(record: dict[str, Any], analysis: dict[str, Any], store, progress: Callable[[dict], None] | None = None,
            count: int | None = 2) -> list[dict[str, Any]]:
     """Rerun with each of the top `count` applicable recommendations (None: all); each rerun is
-    stored, and each (expected, measured) pair is added to the store's calibration log."""
+    stored, and each (expected, measured) pair is added to the store's calibration log. None
+    applicable: nothing to rerun, an empty list (`nothing_to_verify` says so)."""
     picked = pick(analysis["recommendations"], count)
-    if not picked:
-        raise UsageError(f"run {record['id']} has no recommendation that a run option can apply; nothing to verify")
     return [_verify_one(record, rec, store, progress, analysis.get("facts")) for rec in picked]
+
+
+def nothing_to_verify(record: dict[str, Any]) -> str:
+    return f"nothing to verify: run {record['id']} has no recommendation that a run option can apply"
 
 
 def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress, facts: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the run (the record's `analysis.report`). Bad input (no such run, a trace that c
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -83,9 +84,20 @@ def run(args) -> int:
         record.setdefault("analysis", {})["ncu"] = run_ncu(config)
         analysis = analyze(record, store.home)
     if args.verify:
-        from tbd.analysis.verify import verify
+        from tbd.analysis.verify import nothing_to_verify, pick, verify
 
-        console.print(f"verifying: rerunning with the top {'applicable' if count is None else count} recommendation(s) ...")
+        # Not a usage error: the run is fine, there is just no run option to measure (exit 0).
+        # Under --json these lines go to stderr so that stdout stays one JSON document.
+        def say(line: str) -> None:
+            if args.json:
+                print(line, file=sys.stderr)
+            else:
+                console.print(escape(line), soft_wrap=True)
+
+        if pick(analysis["recommendations"], count):
+            say(f"verifying: rerunning with the top {'applicable' if count is None else count} recommendation(s) ...")
+        else:
+            say(nothing_to_verify(record))
         analysis["verify"] = verify(record, analysis, store, count=count)
     record.setdefault("analysis", {})["report"] = analysis
     store.save(record)

@@ -10,6 +10,7 @@ arrays or lists of them, plus `skipped`, the corrupt files replaced in it).
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,9 @@ def existing_dir(path: str | Path, workload: str, layout: str) -> Path:
     return p
 
 
-class Dataset:
-    """A dataset on disk; subclasses give `load`, `name_of`, `plan` and `collate`."""
+class Dataset(ABC):
+    """A dataset on disk; subclasses give `__len__`, `load`, `name_of` and `collate` (and may
+    replace `plan`)."""
 
     format = ""
     jpeg = False  # samples are JPEG files (GPU decoding applies)
@@ -76,24 +78,25 @@ class Dataset:
         self.notes: list[str] = []
 
     # -- what a format provides --------------------------------------------------------------
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
+    @abstractmethod
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """Sample `index`, decoded and augmented; raises on a corrupt file."""
-        raise NotImplementedError
 
+    @abstractmethod
     def name_of(self, index: int) -> str:
         """The file sample `index` comes from (named when it is skipped)."""
-        raise NotImplementedError
 
     def plan(self, epoch: int) -> list[list[int]]:
         """The batches of one epoch: shuffled, full batches only."""
         order = self.rng(epoch).permutation(len(self))
         return [order[i : i + self.batch_size].tolist() for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
 
+    @abstractmethod
     def collate(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The host batch of `samples`: a dict of NumPy arrays (or lists of them)."""
 
     # -- shared ----------------------------------------------------------------------------
     def rng(self, *salt: int) -> np.random.Generator:

@@ -5,8 +5,8 @@ registered in `tbd.frameworks.PLUGINS`) that names the modules of its parts, imp
 used, and says what it can do (`Capabilities`):
 - session (`<name>/session.py`): `open_session(config, spec, impl, ctx) -> Session`, which owns
   the model, optimizer and synthetic data on the device and times steps the cheapest correct way
-  (CUDA events without per-step host syncs in PyTorch, `block_until_ready` in JAX), and
-  `profiler_range(on)` around the steps Nsight Compute profiles;
+  (CUDA events without per-step host syncs in PyTorch, `block_until_ready` in JAX), and, where
+  `Capabilities.ncu` is set, `profiler_range(on)` around the steps Nsight Compute profiles;
 - distributed (`<name>/distributed.py`): `setup(config) -> Comm` inside a rank, and
   `profile_comm(session, steps)` (per-rank communication time and overlap from its trace);
 - trace (`<name>/trace.py`): `capture(session, steps, path, host, meter)`, a kernel trace of a
@@ -189,6 +189,8 @@ class Capabilities:
     options: Mapping[str, str] = field(default_factory=dict)
     # The values an option accepts where they form a closed set (checked before a run starts).
     option_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Option values --compile needs (name -> value), e.g. a graph to compile; checked before a run starts.
+    compile_needs: Mapping[str, str] = field(default_factory=dict)
     # Settings `tbd tune` tries beyond the framework-neutral levers (precision, compile, batch...).
     tunables: tuple[Tunable, ...] = ()
     # Levers the recommendations may suggest (tbd.analysis.recommend).
@@ -233,6 +235,8 @@ class FrameworkPlugin:
         return self.part("data").open_loader(config, spec, impl, BuildContext.for_run(config, batch_size))
 
     def profiler_range(self, on: bool) -> None:
+        if not self.capabilities.ncu:
+            raise UsageError(f"--ncu is not available for {self.title}; drop --ncu")
         self.part("session").profiler_range(on)
 
     def setup_distributed(self, config) -> Comm:
@@ -287,3 +291,6 @@ class FrameworkPlugin:
             allowed = caps.option_values.get(key)
             if allowed and str(value) not in allowed:
                 raise UsageError(f"{self.title} option {key}={value} is not one of {', '.join(allowed)}; e.g. --option {key}={allowed[0]}")
+        for key, needed in caps.compile_needs.items() if config.compile else ():
+            if key in config.options and str(config.options[key]) != needed:
+                raise UsageError(f"--compile needs {self.title} option {key}={needed}; drop --compile or use --option {key}={needed}")

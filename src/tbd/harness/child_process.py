@@ -121,18 +121,18 @@ def main(argv: list[str]) -> int:
     fd, run_id, stack_path = argv
     if os.environ.get(lifeline.PARENT_ENV, "").isdigit():  # ends with the process that started it
         lifeline.end_with_parent(int(os.environ[lifeline.PARENT_ENV]))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
-    if hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, file=open(stack_path, "w"), all_threads=True)
-    out = os.fdopen(int(fd), "w", buffering=1)
+    with lifeline.interrupts_left_to_parent():
+        if hasattr(signal, "SIGUSR1"):
+            faulthandler.register(signal.SIGUSR1, file=open(stack_path, "w"), all_threads=True)
+        out = os.fdopen(int(fd), "w", buffering=1)
 
-    def send(kind: str, payload: Any) -> None:
-        out.write(json.dumps({kind: payload}, default=_jsonable) + "\n")
+        def send(kind: str, payload: Any) -> None:
+            out.write(json.dumps({kind: payload}, default=_jsonable) + "\n")
 
-    config = RunConfig(**json.load(sys.stdin))
-    record = execute(config, progress=lambda p: send("progress", p), run_id=run_id)
-    send("record", record.to_dict())
-    out.close()
+        config = RunConfig(**json.load(sys.stdin))
+        record = execute(config, progress=lambda p: send("progress", p), run_id=run_id)
+        send("record", record.to_dict())
+        out.close()
     return 0
 
 

@@ -35,15 +35,15 @@ def _child(config_dict: dict, run_id: str, out: "mp.Queue", stacks=None, parent_
     global _stacks_pipe
     if parent_pid is not None:
         lifeline.end_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
-    if stacks is not None and hasattr(signal, "SIGUSR1"):
-        _stacks_pipe = stacks
-        faulthandler.register(signal.SIGUSR1, file=stacks.fileno(), all_threads=True)
-    if os.environ.get("TBD_INJECT_FAULT") == "hang":  # test hook: a run that never reports
-        time.sleep(3600)
-    config = RunConfig(**config_dict)
-    record = execute(config, progress=lambda p: out.put(("progress", p)), run_id=run_id)
-    out.put(("record", record))
+    with lifeline.interrupts_left_to_parent():
+        if stacks is not None and hasattr(signal, "SIGUSR1"):
+            _stacks_pipe = stacks
+            faulthandler.register(signal.SIGUSR1, file=stacks.fileno(), all_threads=True)
+        if os.environ.get("TBD_INJECT_FAULT") == "hang":  # test hook: a run that never reports
+            time.sleep(3600)
+        config = RunConfig(**config_dict)
+        record = execute(config, progress=lambda p: out.put(("progress", p)), run_id=run_id)
+        out.put(("record", record))
 
 
 def run_in_process(config: RunConfig, progress: Callable[[dict], None] | None = None) -> RunRecord:

@@ -12,6 +12,7 @@ $TBD_LAUNCHER_PID, for torchrun's workers) is still there and ends the process w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -24,6 +25,20 @@ CHECK_S = 0.5
 ORPHAN_EXIT = 128 + signal.SIGTERM  # how an orphan ends: as if terminated
 LAUNCHER_ENV = "TBD_LAUNCHER_PID"
 PARENT_ENV = "TBD_PARENT_PID"  # the process a `python -m tbd.harness.child_process` child ends with
+
+
+@contextlib.contextmanager
+def interrupts_left_to_parent():
+    """SIGINT ignored while a run's child works: Ctrl-C reaches the whole process group, and the
+    parent decides what it means (it stops the child and keeps the store consistent). The previous
+    handler comes back on the way out, so running a child's entry point in a process of its own
+    (a test, a tool) does not leave that process deaf to Ctrl-C, or its own children, which inherit
+    an ignored SIGINT."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def set_parent_death_signal(sig: int) -> bool:

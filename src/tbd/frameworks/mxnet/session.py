@@ -124,7 +124,3 @@ class MxnetSession:
 
 def open_session(config, spec, impl, ctx: BuildContext) -> MxnetSession:
     return MxnetSession(config, spec, impl.build(ctx), ctx)
-
-
-def profiler_range(on: bool) -> None:
-    raise NotImplementedError("the MXNet plugin has no Nsight Compute range (CPU only)")

@@ -15,6 +15,8 @@ from tbd.frameworks.base import Capabilities, FrameworkPlugin
 # output; errors still show. Set here, before a workload's tf_impl imports tensorflow.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+EXECUTION_MODES = ("graph", "eager")  # --option execution=...
+
 PLUGIN = FrameworkPlugin(
     name="tf",
     title="TensorFlow",
@@ -33,6 +35,8 @@ PLUGIN = FrameworkPlugin(
         options={
             "execution": "graph (default: the step is one tf.function) or eager (op by op, for debugging; --compile needs graph)",
         },
+        option_values={"execution": EXECUTION_MODES},
+        compile_needs={"execution": "graph"},
         fused_optimizer="run with --compile: XLA fuses the optimizer's per-variable updates",
         allocator_setting="TF_GPU_ALLOCATOR=cuda_malloc_async",
     ),

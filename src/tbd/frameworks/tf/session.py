@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from tbd.errors import RunFailure, UsageError
 from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+from tbd.frameworks.tf import EXECUTION_MODES
 from tbd.frameworks.tf import distributed as tf_distributed
 from tbd.metrics.conditions import intra_op_threads
 from tbd.results.environment import cpu_model
@@ -39,7 +40,6 @@ Batch = tuple[Any, ...]
 
 # Keras dtype policies of the precisions: variables stay fp32, layers compute in 16 bits.
 POLICIES = {"fp32": "float32", "tf32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-EXECUTION_MODES = ("graph", "eager")
 
 
 def compute_dtype(precision: str) -> str:
@@ -317,9 +317,3 @@ def _precision_note(precision: str) -> str:
 
 def open_session(config, spec, impl, ctx: BuildContext) -> TfSession:
     return TfSession(config, spec, impl, ctx)
-
-
-def profiler_range(on: bool) -> None:
-    """cuProfilerStart/Stop (driver API, on the primary context TensorFlow uses) around the steps
-    Nsight Compute would profile; tbd does not offer --ncu for TensorFlow yet."""
-    raise RunFailure("--ncu is not available for TensorFlow")
