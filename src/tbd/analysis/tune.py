@@ -406,6 +406,7 @@ class StoreBackend:
     def __init__(self, store, profile: bool = True, progress: Callable[[dict], None] | None = None):
         self.store, self.profile, self.progress = store, profile, progress
         self.notes: list[str] = []
+        self.last_store_s = 0.0  # seconds the last trial spent being stored after its process returned
 
     def measure(self, config: RunConfig, timeout_s: float | None) -> dict[str, Any]:
         from tbd.analysis.capture import adopt_trace
@@ -417,9 +418,11 @@ class StoreBackend:
             record = run_isolated(config, self.progress, timeout_s)
         else:
             record = launch(config, self.progress)
+        returned = time.monotonic()
         if config.profile:  # into this store; read by `recommend` if the trial is kept (or later by tbd analyze)
             adopt_trace(record, self.store)
         self.store.save(record)
+        self.last_store_s = time.monotonic() - returned
         return record.to_dict() if isinstance(record, RunRecord) else record
 
     def recommend(self, record: dict[str, Any]) -> list[dict[str, Any]]:
