@@ -296,6 +296,29 @@ def test_profile_steps_bounds_a_gpu_trace(monkeypatch):
     profiling.trace_run(None, RunConfig(workload="gpt", device="cuda"), record)  # NVML's 3 s window: 300 steps, capped at 200
     profiling.trace_run(None, RunConfig(workload="gpt", device="cuda", profile_steps=tune.TRACE_STEPS), record)
     assert got == [profiling.MAX_GPU_STEPS, tune.TRACE_STEPS]
+    # a trial's trace: about TRACE_MAX_S of steps (at least 2), and none for a trial too slow to be kept
+    trial = RunConfig(workload="gpt", device="cuda", profile_steps=tune.TRACE_STEPS, profile_max_s=tune.TRACE_MAX_S)
+    slow = {"id": "r", "workload": {"unit": "tokens"}, "metrics": {"step_time_ms_p50": 300.0, "tokens_per_s": 900.0}}
+    profiling.trace_run(None, trial, slow)
+    profiling.trace_run(None, trial, {**slow, "metrics": {"step_time_ms_p50": 900.0, "tokens_per_s": 300.0}})
+    assert got[2:] == [3, 2]
+    skipped = profiling.trace_run(None, RunConfig(workload="gpt", profile_min_rate=1000.0), slow)
+    assert skipped["trace"] is None and "900 tokens/s is below the 1000" in skipped["skipped"] and len(got) == 4
+    with pytest.raises(UsageError, match="profile_min_rate must be a finite positive number"):
+        start_config(profile_min_rate=0.0)
+
+
+def test_only_a_trial_that_may_become_the_best_is_traced():
+    class Recording(FakeBackend):
+        def measure(self, config, timeout_s):
+            self.floors = getattr(self, "floors", []) + [config.profile_min_rate]
+            return super().measure(config, timeout_s)
+
+    backend = Recording({("channels_last", True): 1.3}, noise_pct=0.5)
+    result = run(backend, batch_max=4, skip=("precision", "compile", "optimizer", "threads"))
+    assert backend.floors[0] is None  # the baseline is always traced
+    assert backend.floors[1] == pytest.approx(result.baseline_throughput * 1.01 * tune.TRACE_SLACK)
+    assert RunConfig.from_dict(result.best_config).profile_min_rate is None  # the answer carries no tuner setting
 
 
 def test_an_insufficient_baseline_is_measured_again_with_a_window_for_its_steps_and_keeps_it():

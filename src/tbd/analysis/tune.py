@@ -51,6 +51,10 @@ MIN_GAIN_PCT = 1.0  # a kept change must also gain this much at the point estima
 # A trial's trace covers at most this many steps after its timed ones: enough for the kernel shares
 # the recommendations use, and quick to write and read (a GPU run's default spans NVML's 3 s window).
 TRACE_STEPS = 10
+TRACE_MAX_S = 1.0  # ... and at most about this long (at least 2 steps): the profiler's export grows with the steps
+# A trial is traced only when its throughput could make it the best: at least the best's x (1 + min_gain),
+# less this slack (the child's median and the tuner's ratio come from the same steps; the slack is for rounding).
+TRACE_SLACK = 0.98
 # A measurement with too few steady steps for a CI ('insufficient') is measured again with a window
 # of (the steps a CI needs) x (the median step time) x this margin (warm-up detection may take some).
 WINDOW_MARGIN = 1.5
@@ -239,10 +243,12 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
         on_start(baseline_trial)
     window = start.max_time_s  # steady seconds per measurement; longer once the best needed more (slow steps)
 
-    def measure(config: RunConfig, trial: Trial) -> dict[str, Any]:
+    def measure(config: RunConfig, trial: Trial, trace_above: float | None = None) -> dict[str, Any]:
         """`config` measured with the current window, and once more with a longer one where the
-        first had too few steady steps for a CI (see `longer_window`)."""
+        first had too few steady steps for a CI (see `longer_window`); traced only where its
+        throughput reaches `trace_above` (units/s; None: always)."""
         t0 = clock()
+        config = dataclasses.replace(config, profile_min_rate=trace_above)
         record = backend.measure(dataclasses.replace(config, max_time_s=window), max(remaining(), 1.0))
         trial.window_s = window
         if record.get("status") == "insufficient":
@@ -313,7 +319,8 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
                 continue
             if on_start:
                 on_start(trial)
-            record = measure(config, trial)
+            # only a trial that may become the best needs a trace (the next recommendations come from the best's)
+            record = measure(config, trial, (result.best_throughput or 0.0) * (1 + min_gain_pct / 100.0) * TRACE_SLACK or None)
             result.trail.append(trial)
             if record.get("status") == "insufficient":  # too few steady steps even after a longer window: no decision
                 trial.throughput = throughput_of(record)
@@ -503,7 +510,8 @@ class StoreBackend:
         from tbd.harness.launcher import launch, run_isolated
 
         traceable = registry.framework(config.framework).capabilities.trace and world_size(config) == 1
-        config = dataclasses.replace(config, profile=self.profile and traceable, profile_steps=TRACE_STEPS, ncu=False, isolate=True)
+        config = dataclasses.replace(config, profile=self.profile and traceable, profile_steps=TRACE_STEPS, profile_max_s=TRACE_MAX_S,
+                                     ncu=False, isolate=True)
         if world_size(config) == 1:
             record = run_isolated(config, self.progress, timeout_s)
         else:
