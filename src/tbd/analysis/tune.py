@@ -194,8 +194,9 @@ def longer_window(record: dict[str, Any], window_s: float, took_s: float, left_s
     wanted = max(window_s * 2, need * median * WINDOW_MARGIN)
     longer = min(math.ceil(wanted), fits)  # whole seconds read better in the trail
     if longer < need * fastest or longer <= window_s:
-        return None, (f"{first}; at {median:.3g} s a step that needs a window of about {need * median * WINDOW_MARGIN:.0f} s "
-                      f"and {fits + overhead:.0f} s are left: not measurable in the budget")
+        return None, (f"{first}; at {median:.3g} s a step that needs a window of about {math.ceil(need * median * WINDOW_MARGIN)} s, "
+                      f"and the {left_s:.0f} s left hold {max(0.0, fits):.0f} s after the run's {overhead:.0f} s of start-up, build "
+                      f"and warm-up: not measurable in the budget")
     return longer, f"re-measured with a {longer:.0f} s window ({first}, at {median:.3g} s a step)"
 
 
@@ -497,8 +498,9 @@ def parse_budget(text: str) -> float:
 
 class StoreBackend:
     """Trials as runs in child processes through the harness, stored in `store`; with `profile`
-    each trial also traces a few steady steps after its timed ones (outside the measurement),
-    and the analysis of the trace gives the recommendations for the next step."""
+    each trial also traces about a second of steady steps after its timed ones (outside the
+    measurement; none where its throughput is below `config.profile_min_rate`, set by the search),
+    and the analysis of a kept trial's trace gives the recommendations for the next step."""
 
     def __init__(self, store, profile: bool = True, progress: Callable[[dict], None] | None = None):
         self.store, self.profile, self.progress = store, profile, progress
