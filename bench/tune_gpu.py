@@ -1,7 +1,8 @@
 """`tbd tune` on every workload of the suite from its paper configuration (paper flavor, fp32,
-eager, native layout), each with the same wall-time budget, through the CLI as users run it.
+eager, native layout), each with a wall-time budget and a per-trial window suited to its step time,
+through the CLI as users run it.
 
-    PYTHONPATH=src python3 bench/tune_gpu.py --out OUT                       # ~9 min on one H200 (8 x 55 s + overruns)
+    PYTHONPATH=src python3 bench/tune_gpu.py --out OUT                       # ~9 min on one H200 (480 s of budgets + overruns)
     PYTHONPATH=src python3 bench/tune_gpu.py --out OUT --workloads resnet50,gpt --budget 240
     PYTHONPATH=src python3 bench/tune_gpu.py --out OUT --device cpu --flavor tiny --budget 20 --workloads gpt   # smoke test
 
@@ -24,6 +25,15 @@ import sys
 import time
 from pathlib import Path
 
+# Per workload: (budget s, steady seconds per trial). Fast steps: a 3 s window holds the 20 steady
+# steps a CI needs, and 35-45 s buy the baseline and one or two trials (each 20-40 s of wall time on an
+# H200: start-up, build, warm-up, window, trace). Slow steps (measured on an H200, fp32 paper
+# configs): wgan 0.6 s a step -> 20 steps x 0.6 s, with room for warm-up; faster_rcnn autotunes each
+# new padded shape for seconds before its steps settle; deepspeech2 at ~0.35 s a step with a long
+# warm-up. The tuner re-measures a window that held too few steps (docs/tune.md), but a window
+# right from the start saves that second run. Sum of budgets: 480 s.
+DEFAULTS = {"resnet50": (45.0, 3.0), "inception_v3": (40.0, 3.0), "gpt": (45.0, 3.0), "transformer": (40.0, 3.0),
+            "seq2seq": (40.0, 3.0), "a3c": (35.0, 3.0), "wgan": (70.0, 14.0), "faster_rcnn": (80.0, 10.0), "deepspeech2": (85.0, 8.0)}
 SUITE = ("resnet50", "inception_v3", "gpt", "transformer", "seq2seq", "wgan", "deepspeech2", "faster_rcnn", "a3c")
 GOAL_SPEEDUP = 1.2
 GOALS = {"resnet50": ("images_per_s", 6900.0, "images/s"), "gpt": ("mfu_pct", 50.0, "% MFU")}
@@ -55,9 +65,10 @@ def tune_one(workload: str, args, out: Path, store: Path) -> dict:
     except UsageError as exc:  # e.g. a3c without gymnasium: say why, go on
         row["skipped"] = str(exc)
         return row
-    budget = budget_of(workload, args)
+    budget, max_time = budget_of(workload, args), max_time_of(workload, args)
+    row.update(budget_s=budget, max_time_s=max_time)
     cmd = [sys.executable, "-m", "tbd.cli", "tune", workload, "--device", args.device, "--flavor", args.flavor, "--precision", "fp32",
-           "--batch-size", str(config.batch_size), "--budget", f"{budget:g}s", "--max-time", f"{args.max_time:g}",
+           "--batch-size", str(config.batch_size), "--budget", f"{budget:g}s", "--max-time", f"{max_time:g}",
            "--home", str(store), "--json", "--markdown", str(out / f"{workload}.md"), *args.tune_args.split()]
     t0 = time.time()
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -86,10 +97,18 @@ def tune_one(workload: str, args, out: Path, store: Path) -> dict:
     return row
 
 
+def per_workload(text: str) -> dict[str, float]:
+    return {w: float(v) for w, v in (item.split("=", 1) for item in text.split(",") if item)}
+
+
 def budget_of(workload: str, args) -> float:
-    """--budgets W=S overrides --budget for workload W."""
-    per = {w: float(v) for w, v in (item.split("=", 1) for item in args.budgets.split(",") if item)}
-    return per.get(workload, args.budget)
+    """--budgets W=S, else --budget, else the workload's default."""
+    return per_workload(args.budgets).get(workload, args.budget or DEFAULTS.get(workload, (45.0, 3.0))[0])
+
+
+def max_time_of(workload: str, args) -> float:
+    """--max-times W=S, else --max-time, else the workload's default."""
+    return per_workload(args.max_times).get(workload, args.max_time or DEFAULTS.get(workload, (45.0, 3.0))[1])
 
 
 def line(row: dict) -> str:
@@ -166,9 +185,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="bench-out/tune")
     ap.add_argument("--workloads", default=",".join(SUITE), help="comma list (default: the suite)")
-    ap.add_argument("--budget", type=float, default=55.0, help="seconds of tuning per workload (default: 55)")
+    ap.add_argument("--budget", type=float, help="seconds of tuning per workload (default: each workload's, DEFAULTS)")
     ap.add_argument("--budgets", default="", help="per-workload budgets, W=SECONDS,... (e.g. resnet50=200,gpt=200)")
-    ap.add_argument("--max-time", type=float, default=4.0, help="steady seconds per trial (default: 4)")
+    ap.add_argument("--max-time", type=float, help="steady seconds per trial (default: each workload's, DEFAULTS)")
+    ap.add_argument("--max-times", default="", help="per-workload steady seconds per trial, W=SECONDS,...")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--flavor", default="paper")
     ap.add_argument("--tune-args", default="", help="more tbd tune options, given with '=': --tune-args='--no-profile --skip compile_mode'")
@@ -189,15 +209,18 @@ def main() -> None:
     info = gpu_info(0)  # NVML: no CUDA context in this process while the trials run
     gpu = f"{info['name']} (driver {info['driver']})" if info else "no GPU"
     torch_version = version("torch")
-    print(f"tbd tune over the suite: {gpu}, torch {torch_version}, {dt.date.today()}, budget {args.budget:g} s per workload, "
-          f"{args.max_time:g} s per trial", flush=True)
+    workloads = [w for w in args.workloads.split(",") if w]
+    plan = ", ".join(f"{w} {budget_of(w, args):g}/{max_time_of(w, args):g}" for w in workloads)
+    print(f"tbd tune over the suite: {gpu}, torch {torch_version}, {dt.date.today()}; budget/window s per workload: {plan} "
+          f"(expected about {sum(budget_of(w, args) for w in workloads) / 60 * 1.15:.0f} min)", flush=True)
     rows: list[dict] = []
-    for workload in [w for w in args.workloads.split(",") if w]:
+    for workload in workloads:
         row = tune_one(workload, args, out, store)
         rows.append(row)
         print(line(row), flush=True)
         (out / "tune_gpu.json").write_text(json.dumps({"device": gpu, "torch": torch_version, "date": str(dt.date.today()),
-                                                       "budget_s": args.budget, "max_time_s": args.max_time, "rows": rows},
+                                                       "budgets_s": {r["workload"]: r.get("budget_s") for r in rows},
+                                                       "max_time_s": {r["workload"]: r.get("max_time_s") for r in rows}, "rows": rows},
                                                       indent=1, default=str))
     write_summary(rows, out, store)
     for g in goals(rows):

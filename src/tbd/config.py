@@ -45,6 +45,10 @@ class RunConfig:
     # Analysis (tbd.analysis): a kernel trace of a few steady steps after the timed ones.
     profile: bool = False
     profile_steps: int | None = None  # steps to trace (--profile-steps, tbd tune); None: enough for NVML's window on a GPU, a few on a CPU
+    # tbd tune's trials: with profile_steps, fewer (at least 2) where they would take longer than
+    # profile_max_s; no trace at all where the throughput (units/s) stays below profile_min_rate.
+    profile_max_s: float | None = None
+    profile_min_rate: float | None = None
     ncu: bool = False
     # Scale-out (tbd.harness.distributed): processes per node, nodes, this node's rank, rendezvous.
     nproc_per_node: int = 1
@@ -107,6 +111,10 @@ class RunConfig:
                 raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
         if self.profile_steps is not None and (isinstance(self.profile_steps, bool) or not isinstance(self.profile_steps, int) or self.profile_steps < 1):
             raise UsageError(f"profile-steps must be a positive integer, got {self.profile_steps!r}; e.g. --profile-steps 5")
+        for name in ("profile_max_s", "profile_min_rate"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value <= 0):
+                raise UsageError(f"{name} must be a finite positive number or None, got {value!r}")
         # nan and inf pass `> 0`; they would fail the run and reach the record (not strict JSON).
         for name, what in (("max_time_s", "max-time"), ("target_ci_pct", "target-ci"), ("ddp_bucket_mb", "ddp-bucket-mb"), ("min_window_s", "min-window")):
             value = getattr(self, name)

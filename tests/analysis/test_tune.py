@@ -27,9 +27,13 @@ class FakeBackend:
     takes `trial_s` seconds of the fake clock."""
 
     def __init__(self, factors: dict, noise_pct: float = 1.0, trial_s: float = 10.0, oom_above: int | None = None,
-                 recommendations: list | None = None, fail_start: bool = False):
+                 recommendations: list | None = None, fail_start: bool = False, slow: float | None = None):
         self.factors, self.noise, self.trial_s, self.oom_above = factors, noise_pct / 100.0, trial_s, oom_above
         self.recommendations, self.fail_start = recommendations or [], fail_start
+        # `slow`: every step takes this many times longer, and the run steps only as many steps as
+        # fit its --max-time (fewer than a CI needs: status 'insufficient'); the fake clock then
+        # also advances by the steps' time.
+        self.slow = slow
         self.now = 0.0
         self.measured: list[RunConfig] = []
         self.calibrated: list[tuple[str, float, float]] = []
@@ -46,6 +50,8 @@ class FakeBackend:
         return rate
 
     def measure(self, config: RunConfig, timeout_s):
+        if self.slow:
+            return self.measure_slow(config)
         self.now += self.trial_s
         self.measured.append(config)
         run_id = f"run-{len(self.measured)}"
@@ -59,6 +65,19 @@ class FakeBackend:
         step_s = [u / (rate * (1 + self.noise * rng.standard_normal())) for u in units]
         return {"id": run_id, "status": "ok", "config": config.to_dict(), "workload": {"unit": "images"}, "environment": {"hostname": "fake"},
                 "metrics": {"images_per_s": rate, "warmup_steps": 0}, "samples": {"step_s": step_s, "units": units}, "method": {}}
+
+    def measure_slow(self, config: RunConfig):
+        self.measured.append(config)
+        rate = self.speed(config) / self.slow
+        step_s = config.batch_size / rate
+        steps = min(STEPS, int(config.max_time_s / step_s))
+        self.now += self.trial_s + steps * step_s
+        need = min(config.min_timed_steps, config.max_steps - 1)
+        status = "ok" if steps >= need else "insufficient"
+        return {"id": f"run-{len(self.measured)}", "status": status, "config": config.to_dict(), "workload": {"unit": "images"},
+                "metrics": {"images_per_s": rate, "warmup_steps": 0, "timed_steps": steps, "steady_window_s": steps * step_s},
+                "samples": {"step_s": [step_s * (1 + 0.01 * (i % 3 - 1)) for i in range(steps)], "units": [float(config.batch_size)] * steps},
+                "method": {"convergence": {"status": status, "min_timed_steps": need, "timed_steps": steps}}}
 
     def recommend(self, record):
         return list(self.recommendations)
@@ -277,3 +296,59 @@ def test_profile_steps_bounds_a_gpu_trace(monkeypatch):
     profiling.trace_run(None, RunConfig(workload="gpt", device="cuda"), record)  # NVML's 3 s window: 300 steps, capped at 200
     profiling.trace_run(None, RunConfig(workload="gpt", device="cuda", profile_steps=tune.TRACE_STEPS), record)
     assert got == [profiling.MAX_GPU_STEPS, tune.TRACE_STEPS]
+    # a trial's trace: about TRACE_MAX_S of steps (at least 2), and none for a trial too slow to be kept
+    trial = RunConfig(workload="gpt", device="cuda", profile_steps=tune.TRACE_STEPS, profile_max_s=tune.TRACE_MAX_S)
+    slow = {"id": "r", "workload": {"unit": "tokens"}, "metrics": {"step_time_ms_p50": 300.0, "tokens_per_s": 900.0}}
+    profiling.trace_run(None, trial, slow)
+    profiling.trace_run(None, trial, {**slow, "metrics": {"step_time_ms_p50": 900.0, "tokens_per_s": 300.0}})
+    assert got[2:] == [3, 2]
+    skipped = profiling.trace_run(None, RunConfig(workload="gpt", profile_min_rate=1000.0), slow)
+    assert skipped["trace"] is None and "900 tokens/s is below the 1000" in skipped["skipped"] and len(got) == 4
+    with pytest.raises(UsageError, match="profile_min_rate must be a finite positive number"):
+        start_config(profile_min_rate=0.0)
+
+
+def test_only_a_trial_that_may_become_the_best_is_traced():
+    class Recording(FakeBackend):
+        def measure(self, config, timeout_s):
+            self.floors = getattr(self, "floors", []) + [config.profile_min_rate]
+            return super().measure(config, timeout_s)
+
+    backend = Recording({("channels_last", True): 1.3}, noise_pct=0.5)
+    result = run(backend, batch_max=4, skip=("precision", "compile", "optimizer", "threads"))
+    assert backend.floors[0] is None  # the baseline is always traced
+    assert backend.floors[1] == pytest.approx(result.baseline_throughput * 1.01 * tune.TRACE_SLACK)
+    assert RunConfig.from_dict(result.best_config).profile_min_rate is None  # the answer carries no tuner setting
+
+
+def test_an_insufficient_baseline_is_measured_again_with_a_window_for_its_steps_and_keeps_it():
+    # steps of 1 s: a 10 s window holds 10 steady steps, a CI needs 20 -> once more with 20 x 1 s x 1.5 = 30 s
+    backend = FakeBackend({("channels_last", True): 1.3}, slow=25.0)
+    result = run(backend, budget_s=400.0, batch_max=4, skip=("precision", "compile", "optimizer", "threads"), start={"max_time_s": 10.0})
+    base = result.trail[0]
+    assert [c.max_time_s for c in backend.measured[:2]] == [10.0, 30.0]
+    assert base.window_s == 30.0 and base.run_id == "run-2" and result.baseline_run_id == "run-2"
+    assert "re-measured with a 30 s window (the 10 s window gave 10 steady step(s), a CI needs 20" in base.why
+    # later trials measure with the window the best needed; the answer keeps the user's --max-time
+    assert all(c.max_time_s == 30.0 for c in backend.measured[2:]) and len(backend.measured) > 2
+    assert result.trail[1].kept and not result.trail[1].remeasured
+    assert RunConfig.from_dict(result.best_config).max_time_s == 10.0
+
+
+def test_a_trial_without_enough_steps_in_the_budget_is_not_kept_nor_compared():
+    # bf16 makes steps 50x slower (2 s): 5 steps in the 10 s window; a longer window does not fit the 60 s budget
+    backend = FakeBackend({("precision", "bf16"): 0.02}, slow=1.0)
+    result = run(backend, budget_s=60.0, skip=("batch_size", "channels_last", "compile", "optimizer", "threads"), start={"max_time_s": 10.0})
+    trial = by_change(result)["precision fp32 -> bf16"]
+    assert not trial.kept and trial.measured_gain_pct is None and trial.gain_ci95_pct is None
+    assert trial.why.startswith("not kept: not measurable in the budget (the 10 s window gave 5 steady step(s), a CI needs 20")
+    assert sum(c.precision == "bf16" for c in backend.measured) == 1  # not measured again: it could not fit
+
+
+def test_a_baseline_that_cannot_be_measured_in_the_budget_ends_the_search_without_comparing():
+    backend = FakeBackend({("channels_last", True): 1.3}, slow=25.0)
+    result = run(backend, budget_s=40.0, start={"max_time_s": 10.0})
+    assert len(backend.measured) == 1 and len(result.trail) == 1  # no trial compared against a baseline without a CI
+    assert result.stopped.startswith("the starting configuration could not be measured to the steady steps a CI needs")
+    assert "not measurable in the budget" in result.stopped and "try --max-time 30" in result.stopped
+    assert result.speedup == 1.0 and result.best_run_id == result.baseline_run_id

@@ -43,7 +43,7 @@ def analyze(record: dict[str, Any], home: str | Path) -> dict[str, Any]:
             notes.append("distributed run: communication comes from each rank's trace (metrics comm_*, distributed.ranks[].comm); "
                          "for kernel-level analysis profile a single-process run")
         else:
-            why = f" ({stored['error']})" if stored.get("error") else ""
+            why = f" ({stored.get('error') or stored['skipped']})" if stored.get("error") or stored.get("skipped") else ""
             notes.append(f"no trace stored with this run{why}; {NO_TRACE}")
     samples = record.get("samples") or {}
     stability = analyze_steps(samples.get("step_s") or [], samples.get("chunk_ends"))

@@ -11,6 +11,11 @@ only when it helps beyond the 95% confidence interval; stop when no applicable c
 - A change is kept when the 95% CI of the throughput ratio new / best lies above 1 and the ratio
   is at least 1 + `min_gain_pct`. The ratio is of median throughputs over each run's steady
   window, its CI a percentile bootstrap over the per-step rates (`tbd compare`'s statistic).
+- No decision rests on a measurement with too few steady steps for a CI (status 'insufficient',
+  slow steps in a short window): such a run is measured once more with a window long enough for
+  the steps a CI needs (from its median step time, bounded by the budget left), and that longer
+  window stays for the later trials while its configuration is the best. A baseline that stays
+  insufficient ends the search; a trial that does is "not measurable in the budget", not kept.
 - A change that was measured is not tried again; a larger batch that ran out of memory bounds
   the batch lever from then on (it bisects towards that batch), as does a confirmed maximum batch
   in the store (`tbd memory --max-batch`).
@@ -33,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from tbd import registry
 from tbd.analysis.levers import Change, Context, Lever, apply_change, change_key, levers_for
 from tbd.config import RunConfig
@@ -44,6 +51,13 @@ MIN_GAIN_PCT = 1.0  # a kept change must also gain this much at the point estima
 # A trial's trace covers at most this many steps after its timed ones: enough for the kernel shares
 # the recommendations use, and quick to write and read (a GPU run's default spans NVML's 3 s window).
 TRACE_STEPS = 10
+TRACE_MAX_S = 1.0  # ... and at most about this long (at least 2 steps): the profiler's export grows with the steps
+# A trial is traced only when its throughput could make it the best: at least the best's x (1 + min_gain),
+# less this slack (the child's median and the tuner's ratio come from the same steps; the slack is for rounding).
+TRACE_SLACK = 0.98
+# A measurement with too few steady steps for a CI ('insufficient') is measured again with a window
+# of (the steps a CI needs) x (the median step time) x this margin (warm-up detection may take some).
+WINDOW_MARGIN = 1.5
 SHORTEST_TRIAL_SHARE = 0.5  # no trial starts with less budget left than this share of the shortest one so far
 METHOD = ("greedy search over run options: each trial a separate measured run (same harness as tbd run); a change is kept when the "
           "95% CI of the throughput ratio (new / current best: medians of the steady window, percentile bootstrap over per-step "
@@ -78,6 +92,8 @@ class Trial:
     kept: bool = False
     why: str = ""
     seconds: float = 0.0
+    window_s: float | None = None  # steady seconds (--max-time) of the measurement that counts
+    remeasured: str = ""  # why and how it was measured again (its first run had too few steady steps)
 
 
 @dataclass
@@ -141,6 +157,58 @@ def throughput_of(record: dict[str, Any]) -> float | None:
     return metrics.get(f"{unit}_per_s") or metrics.get("samples_per_s")
 
 
+def timed_steps(record: dict[str, Any]) -> int:
+    return int((record.get("metrics") or {}).get("timed_steps") or 0)
+
+
+def steps_for_ci(record: dict[str, Any]) -> int:
+    """The steady steps the run's convergence verdict asked for (`tbd.harness.measure.convergence`)."""
+    need = ((record.get("method") or {}).get("convergence") or {}).get("min_timed_steps")
+    if need:
+        return int(need)
+    config = record.get("config") or {}
+    return max(3, min(int(config.get("min_timed_steps") or 20), int(config.get("max_steps") or 300) - 1))
+
+
+def step_time_s(record: dict[str, Any]) -> tuple[float, float] | None:
+    """(median, fastest) seconds of the steps after step 0 (step 0 compiles)."""
+    steps = [float(t) for t in ((record.get("samples") or {}).get("step_s") or [])]
+    later = steps[1:] or steps
+    if not later:
+        return None
+    return float(np.median(later)), min(later)
+
+
+def longer_window(record: dict[str, Any], window_s: float, took_s: float, left_s: float) -> tuple[float | None, str]:
+    """(the --max-time to measure again with, what the trail says) for an 'insufficient' run that
+    took `took_s` with a `window_s` window, with `left_s` of the budget left; (None, why) when no
+    window that fits the budget can hold the steps a CI needs."""
+    need, got = steps_for_ci(record), timed_steps(record)
+    first = f"the {window_s:g} s window gave {got} steady step(s), a CI needs {need}"
+    times = step_time_s(record)
+    if times is None:
+        return None, f"{first}; no step time to size a longer window: not measurable in the budget"
+    median, fastest = times
+    overhead = max(0.0, took_s - float((record.get("metrics") or {}).get("steady_window_s") or 0.0))  # start-up, build, warm-up, trace
+    fits = left_s - overhead
+    wanted = max(window_s * 2, need * median * WINDOW_MARGIN)
+    longer = min(math.ceil(wanted), fits)  # whole seconds read better in the trail
+    if longer < need * fastest or longer <= window_s:
+        return None, (f"{first}; at {median:.3g} s a step that needs a window of about {math.ceil(need * median * WINDOW_MARGIN)} s, "
+                      f"and the {left_s:.0f} s left hold {max(0.0, fits):.0f} s after the run's {overhead:.0f} s of start-up, build "
+                      f"and warm-up: not measurable in the budget")
+    return longer, f"re-measured with a {longer:.0f} s window ({first}, at {median:.3g} s a step)"
+
+
+def budget_hint(record: dict[str, Any]) -> str:
+    """What budget would measure this run's configuration (from its step time)."""
+    times = step_time_s(record)
+    if times is None:
+        return "Raise --budget and --max-time."
+    window = steps_for_ci(record) * times[0] * WINDOW_MARGIN
+    return f"Its steps take {times[0]:.3g} s: try --max-time {math.ceil(window)} with a --budget of several times that."
+
+
 def check_skip(skip: list[str], config: RunConfig) -> None:
     names = [lever.name for lever in levers_for(config)]
     for name in skip:
@@ -174,9 +242,30 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
                            expected_basis="the baseline every gain is measured against")
     if on_start:
         on_start(baseline_trial)
-    t0 = clock()
-    base = backend.measure(start, max(remaining(), 1.0))
-    baseline_trial.seconds, baseline_trial.run_id = clock() - t0, base.get("id")
+    window = start.max_time_s  # steady seconds per measurement; longer once the best needed more (slow steps)
+
+    def measure(config: RunConfig, trial: Trial, trace_above: float | None = None) -> dict[str, Any]:
+        """`config` measured with the current window, and once more with a longer one where the
+        first had too few steady steps for a CI (see `longer_window`); traced only where its
+        throughput reaches `trace_above` (units/s; None: always)."""
+        t0 = clock()
+        config = dataclasses.replace(config, profile_min_rate=trace_above)
+        record = backend.measure(dataclasses.replace(config, max_time_s=window), max(remaining(), 1.0))
+        trial.window_s = window
+        if record.get("status") == "insufficient":
+            longer, why = longer_window(record, window, clock() - t0, remaining())
+            if longer is None:
+                trial.remeasured = why
+            else:
+                trial.remeasured = why + f" (run {record.get('id')})"
+                record = backend.measure(dataclasses.replace(config, max_time_s=longer), max(remaining(), 1.0))
+                trial.window_s = longer
+                if record.get("status") == "insufficient":
+                    trial.remeasured += f"; still {timed_steps(record)} steady step(s): not measurable in the budget"
+        trial.seconds, trial.run_id = clock() - t0, record.get("id")
+        return record
+
+    base = measure(start, baseline_trial)
     result.trail.append(baseline_trial)
     if not has_result(base):
         message = (base.get("error") or {}).get("message", "failed")
@@ -187,18 +276,23 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
             on_trial(baseline_trial)
         return result
     baseline_trial.throughput = throughput_of(base)
-    baseline_trial.kept, baseline_trial.why = True, "baseline"
+    baseline_trial.kept, baseline_trial.why = True, "baseline" + (f"; {baseline_trial.remeasured}" if baseline_trial.remeasured else "")
+    window = baseline_trial.window_s or window
     if on_trial:
         on_trial(baseline_trial)
     result.baseline_run_id = result.best_run_id = base["id"]
     result.baseline_throughput = result.best_throughput = baseline_trial.throughput
     best_record, best = base, start
-    recommendations = backend.recommend(base)
+    measurable = base.get("status") != "insufficient"
+    if not measurable:  # nothing can be decided against a baseline without a CI: no trial
+        result.stopped = (f"the starting configuration could not be measured to the steady steps a CI needs within the budget "
+                          f"({baseline_trial.remeasured or 'too few steady steps'}); nothing was compared. {budget_hint(base)}")
+    recommendations = backend.recommend(base) if measurable else []
     tried: set[str] = set()
     ctx = Context(config=best, batch_max=batch_max)
     step = 0
     try:
-        while True:
+        while measurable:
             if remaining() <= 0:
                 result.stopped = f"the budget of {budget_s:g} s ended"
                 break
@@ -226,11 +320,13 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
                 continue
             if on_start:
                 on_start(trial)
-            t0 = clock()
-            record = backend.measure(config, max(remaining(), 1.0))
-            trial.seconds, trial.run_id = clock() - t0, record.get("id")
+            # only a trial that may become the best needs a trace (the next recommendations come from the best's)
+            record = measure(config, trial, (result.best_throughput or 0.0) * (1 + min_gain_pct / 100.0) * TRACE_SLACK or None)
             result.trail.append(trial)
-            if not has_result(record):
+            if record.get("status") == "insufficient":  # too few steady steps even after a longer window: no decision
+                trial.throughput = throughput_of(record)
+                trial.why = f"not kept: not measurable in the budget ({trial.remeasured})"
+            elif not has_result(record):
                 error = record.get("error") or {}
                 if remaining() <= 0:
                     trial.why = f"not kept: the budget ended during the trial ({error.get('kind', 'failed')})"
@@ -244,12 +340,14 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
                 trial.measured_gain_pct = (ratio - 1) * 100.0
                 trial.gain_ci95_pct = [(low - 1) * 100.0, (high - 1) * 100.0] if not math.isnan(low) else None
                 trial.kept, trial.why = verdict(ratio, low, high, min_gain_pct)
+                if trial.remeasured:
+                    trial.why += f"; {trial.remeasured}"
                 if trial.expected_gain_pct is not None:
                     backend.calibrate(best_record, record, trial)
             if on_trial:
                 on_trial(trial)
-            if trial.kept:
-                best_record, best = record, config
+            if trial.kept:  # the window it needed stays while it is the best
+                best_record, best, window = record, config, trial.window_s or window
                 result.best_run_id, result.best_throughput, result.best_config = record["id"], trial.throughput, config.to_dict()
                 recommendations = backend.recommend(record)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the answer so far is still an answer (the command stores it)
@@ -400,26 +498,31 @@ def parse_budget(text: str) -> float:
 
 class StoreBackend:
     """Trials as runs in child processes through the harness, stored in `store`; with `profile`
-    each trial also traces a few steady steps after its timed ones (outside the measurement),
-    and the analysis of the trace gives the recommendations for the next step."""
+    each trial also traces about a second of steady steps after its timed ones (outside the
+    measurement; none where its throughput is below `config.profile_min_rate`, set by the search),
+    and the analysis of a kept trial's trace gives the recommendations for the next step."""
 
     def __init__(self, store, profile: bool = True, progress: Callable[[dict], None] | None = None):
         self.store, self.profile, self.progress = store, profile, progress
         self.notes: list[str] = []
+        self.last_store_s = 0.0  # seconds the last trial spent being stored after its process returned
 
     def measure(self, config: RunConfig, timeout_s: float | None) -> dict[str, Any]:
         from tbd.analysis.capture import adopt_trace
         from tbd.harness.launcher import launch, run_isolated
 
         traceable = registry.framework(config.framework).capabilities.trace and world_size(config) == 1
-        config = dataclasses.replace(config, profile=self.profile and traceable, profile_steps=TRACE_STEPS, ncu=False, isolate=True)
+        config = dataclasses.replace(config, profile=self.profile and traceable, profile_steps=TRACE_STEPS, profile_max_s=TRACE_MAX_S,
+                                     ncu=False, isolate=True)
         if world_size(config) == 1:
             record = run_isolated(config, self.progress, timeout_s)
         else:
             record = launch(config, self.progress)
+        returned = time.monotonic()
         if config.profile:  # into this store; read by `recommend` if the trial is kept (or later by tbd analyze)
             adopt_trace(record, self.store)
         self.store.save(record)
+        self.last_store_s = time.monotonic() - returned
         return record.to_dict() if isinstance(record, RunRecord) else record
 
     def recommend(self, record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -58,6 +58,19 @@ def trace_session(session, config, run_id: str, steps: int | None = None, home: 
 
 def trace_run(session, config, record) -> dict[str, Any]:
     """What the harness calls after the timed steps when `config.profile` is set; the config's
-    `profile_steps` (--profile-steps) overrides the automatic choice."""
-    steps = getattr(config, "profile_steps", None) or choose_steps((record.get("metrics") or {}).get("step_time_ms_p50"), config.device)
+    `profile_steps` (--profile-steps) overrides the automatic choice. For tbd tune's trials,
+    `profile_max_s` shortens a trace of slow steps (the profiler's stop and export grow with the
+    steps: seconds per step of a large model) and `profile_min_rate` skips the trace of a run too
+    slow to be kept (its trace would never be read)."""
+    metrics = record.get("metrics") or {}
+    floor = getattr(config, "profile_min_rate", None)
+    unit = (record.get("workload") or {}).get("unit", "samples")
+    rate = metrics.get(f"{unit}_per_s")
+    if floor and rate is not None and rate < floor:
+        return {"trace": None, "skipped": f"not traced: {rate:.4g} {unit}/s is below the {floor:.4g} a trace was asked for"}
+    step_ms = metrics.get("step_time_ms_p50")
+    steps = getattr(config, "profile_steps", None) or choose_steps(step_ms, config.device)
+    most_s = getattr(config, "profile_max_s", None)
+    if most_s and step_ms:
+        steps = max(2, min(steps, int(most_s * 1e3 / step_ms)))
     return trace_session(session, config, record["id"], steps=steps)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -26,20 +27,27 @@ from tbd.results.record import RunRecord
 
 
 def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, run_id: str | None = None) -> RunRecord:
+    began = time.time()
     spec = registry.get_spec(config.workload)
     plugin = registry.framework(config.framework)
     record = RunRecord.for_run(config, spec, run_id)
     record.environment = environment.capture(config.device, plugin.libraries)
     session = probe = warmup_memory = None
+    phases = Phases(began)
     try:
         probe = Probe(0 if config.device == "cuda" else None)
+        phases.mark("environment_s")
         session = frameworks.open_session(config)
+        phases.mark("build_s")
         _inject_fault()
         m = measure(session, config, progress, probe)
+        phases.mark("measure_s")
         warmup_memory = m.warmup_memory
         fill_measurement(record, session, m, config, spec)
         if config.profile:  # a kernel trace of a few more steady steps, outside the timed ones
             record.analysis = trace_run(session, config, record)
+            phases.mark("trace_s")
+        record.method["phases"] = phases.seconds
         record.succeed()
     except RunFailure as exc:
         record.fail(exc.kind, str(exc))
@@ -50,6 +58,20 @@ def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, r
         if session is not None:
             session.close()
     return record
+
+
+class Phases:
+    """Wall seconds of a run's phases, in order (`method.phases`: where a run's time went, beside
+    the measured window; `started_at` is the epoch time `execute` began, so a launcher can tell
+    the process's start-up from the rest)."""
+
+    def __init__(self, began: float):
+        self.last = began
+        self.seconds: dict[str, float] = {"started_at": began}
+
+    def mark(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name], self.last = now - self.last, now
 
 
 def fill_measurement(record: RunRecord, session, m, config: RunConfig, spec) -> None:
