@@ -107,7 +107,8 @@ def profiled_run(store, workload: str, point: dict) -> dict:
     if a:
         u, k = a["utilization"], a.get("kernels") or {}
         row.update({k2: u.get(k2) for k2 in ("gpu_util_trace_pct", "gpu_util_nvml_pct", "gpu_util_nvml_trace_window_pct", "mfu_pct",
-                                               "mfu_of_busy_time_pct", "tensor_core_share_pct", "cpu_util_pct", "cpu_cores_busy", "host_busy_trace_pct")})
+                                               "mfu_of_busy_time_pct", "tensor_core_share_pct", "cpu_util_pct", "cpu_cores_busy", "host_busy_trace_pct",
+                                               "gpu_util_nvml_trace_window_note", "trace_vs_nvml_note")})
         row["kernel_classes_pct"] = {c: v["share_pct"] for c, v in (k.get("classes") or {}).items()}
         row["kernels_in_trace"] = k.get("kernels")
         row["top_kernels"] = [{"name": t["short"], "class": t["class"], "share_pct": t["share_pct"]} for t in (k.get("top_kernels") or [])[:5]]
@@ -188,14 +189,19 @@ def _n(x, fmt="{:.1f}") -> str:
 
 
 def print_table(suite: list[dict], long: dict, figure: str) -> None:
-    head = f"{'workload':<14}{'batch':>6}{'samples/s':>11}{'GPU trace%':>11}{'GPU NVML%':>10}{'MFU%':>7}{'TC%':>6}{'CPU%':>7}  diagnosis"
+    head = (f"{'workload':<14}{'batch':>6}{'samples/s':>11}{'GPU trace%':>11}{'NVML same%':>11}{'GPU NVML%':>10}{'MFU%':>7}{'TC%':>6}{'CPU%':>7}"
+            "  diagnosis")
     print("\n" + head + "\n" + "-" * len(head))
     for r in suite:
         if r.get("status") not in MEASURED:
             print(f"{r['workload']:<14}  {r.get('status')}: {r.get('reason', '')[:90]}")
             continue
-        print(f"{r['workload']:<14}{r['batch_size']:>6}{_n(r.get('samples_per_s')):>11}{_n(r.get('gpu_util_trace_pct')):>11}{_n(r.get('gpu_util_nvml_pct')):>10}"
+        print(f"{r['workload']:<14}{r['batch_size']:>6}{_n(r.get('samples_per_s')):>11}{_n(r.get('gpu_util_trace_pct')):>11}"
+              f"{_n(r.get('gpu_util_nvml_trace_window_pct')):>11}{_n(r.get('gpu_util_nvml_pct')):>10}"
               f"{_n(r.get('mfu_pct')):>7}{_n(r.get('tensor_core_share_pct'), '{:.0f}'):>6}{_n(r.get('cpu_util_pct')):>7}  {r.get('diagnosis', '-')}")
+        for note in (r.get("gpu_util_nvml_trace_window_note"), r.get("trace_vs_nvml_note")):  # issue 15: within 5 points, or why not
+            if note:
+                print(f"{'':<14}  {note}")
     ok = [r for r in suite if r.get("status") in MEASURED and r.get("gpu_util_trace_pct") is not None]
     rnn = [r["gpu_util_trace_pct"] for r in ok if r["workload"] in RNN]
     img = [r["gpu_util_trace_pct"] for r in ok if r["workload"] in IMAGE]
