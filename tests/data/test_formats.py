@@ -1,5 +1,7 @@
 """Each format end to end on generated data: the check, a batch plan, samples and collation."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -50,6 +52,28 @@ def test_gpu_decode_path_matches_cpu_decode(datasets):
     assert decoded["images"].shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(decoded["labels"].numpy(), pixels["labels"])
     assert float((decoded["images"] - torch.from_numpy(pixels["images"]).float()).abs().mean()) < 4.0
+
+
+def test_flac_speech_reads_as_the_same_audio_as_wav(tmp_path):
+    """LibriSpeech ships FLAC: `tbd data make deepspeech2 --audio flac` writes real FLAC (lossless,
+    16-bit), which reads back to the samples of the same utterances written as WAV (within the
+    16-bit rounding of each writer) and batches like them."""
+    pytest.importorskip("soundfile", reason="FLAC needs the data extra (soundfile); `make test` installs it")
+    spec = registry.get_spec("deepspeech2")
+    hp = tiny("deepspeech2")
+    flac = Path(recipes.make(spec, tmp_path / "flac", 6, hp, seed=3, audio="flac")["path"])
+    wav = Path(recipes.make(spec, tmp_path / "wav", 6, hp, seed=3, audio="wav")["path"])
+    flac_files, wav_files = sorted(flac.rglob("*.flac")), sorted(wav.rglob("*.wav"))
+    assert len(flac_files) == len(wav_files) == 6 and not list(flac.rglob("*.wav"))
+    assert flac_files[0].read_bytes()[:4] == b"fLaC"
+    for f, w in zip(flac_files, wav_files):
+        np.testing.assert_allclose(speech.read_audio(f), speech.read_audio(w), atol=2 / 32768)
+    _, from_flac = first_batch("deepspeech2", str(flac), 4)
+    _, from_wav = first_batch("deepspeech2", str(wav), 4)
+    assert from_flac["skipped"] == []
+    for key, value in from_wav.items():
+        if isinstance(value, np.ndarray):
+            assert from_flac[key].shape == value.shape and from_flac[key].dtype == value.dtype
 
 
 def test_batched_gpu_crop_resize_matches_per_image_antialiased_resize():
