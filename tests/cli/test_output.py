@@ -93,6 +93,17 @@ def test_demo_picks_a_precision_each_workload_supports(monkeypatch):
     assert demo_config("resnet50", "torch", "tiny", "cpu", 5).precision == "fp32"
 
 
+def test_demo_names_the_extra_that_installs_a_missing_framework(tbd_home, capsys, monkeypatch):
+    # "pip install 'tbd[tf]'" printed through rich lost its "[tf]" as a markup tag
+    from tbd import registry
+
+    monkeypatch.setattr(registry, "workload_names", lambda: ["resnet50"])
+    monkeypatch.setattr(registry, "implementations", lambda workload: ["tf"])
+    monkeypatch.setattr(registry, "is_installed", lambda framework: False)
+    main(["demo", "--device", "cpu"])
+    assert "skipping resnet50/tf: tf is not installed (pip install 'tbd[tf]')" in capsys.readouterr().out
+
+
 def test_list_json_and_no_color(capsys, monkeypatch):
     assert main(["list", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -73,7 +73,7 @@ def demo(args) -> int:
     records = []
     for i, (workload, fw) in enumerate(pairs, 1):
         if not registry.is_installed(fw):
-            console.print(f"[{i}/{len(pairs)}] skipping {workload}/{fw}: {fw} is not installed ({registry.framework(fw).install})")
+            console.print(f"[{i}/{len(pairs)}] skipping {workload}/{fw}: {fw} is not installed ({escape(registry.framework(fw).install)})")
             continue
         try:
             config = demo_config(workload, fw, flavor, device, args.max_time)
