@@ -22,6 +22,22 @@ def test_ratio_ci_covers_the_true_ratio():
     assert np.isnan(cmp.ratio_ci(a, b[:1])[1])  # one sample: no interval, not a made-up one
 
 
+def test_runs_fed_from_disk_compare_window_rates_not_median_steps():
+    # Both runs step at 20 batches/s when a batch is ready; B waits 0.45 s every 4th step, A every 8th.
+    # The medians call them equal; the wall clock says B is slower: 8.0 vs 11.4 batches/s.
+    def fed(pattern):
+        steps = [0.5] + pattern * (96 // len(pattern))
+        return {"samples": {"step_s": steps, "units": [1.0] * len(steps), "input_wait_s": [0.0] * len(steps)},
+                "metrics": {"warmup_steps": 1}}
+
+    a, b = fed([0.05] * 7 + [0.5]), fed([0.05] * 3 + [0.5])
+    assert cmp.ratio_ci(cmp.steady_rates(a), cmp.steady_rates(b))[0] == 1.0
+    ratio, lo, hi = cmp.throughput_ratio_ci(a, b)
+    assert abs(ratio - (1 / 0.1625) / (1 / 0.10625)) < 1e-9 and lo < ratio < hi < 1.0
+    synthetic = {k: v for k, v in a.items()} | {"samples": {k: v for k, v in a["samples"].items() if k != "input_wait_s"}}
+    assert cmp.throughput_ratio_ci(synthetic, synthetic)[0] == 1.0  # no loader: median steps, as before
+
+
 def _save_sweep(store, name, rate, device="cpu", hostname="host-a", torch_version="2.14.1"):
     records = []
     for b in (4, 8):

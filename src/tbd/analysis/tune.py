@@ -10,7 +10,8 @@ only when it helps beyond the 95% confidence interval; stop when no applicable c
   detection, steady window, stop at the target CI), stored in the store like any run.
 - A change is kept when the 95% CI of the throughput ratio new / best lies above 1 and the ratio
   is at least 1 + `min_gain_pct`. The ratio is of median throughputs over each run's steady
-  window, its CI a percentile bootstrap over the per-step rates (`tbd compare`'s statistic).
+  window (of window rates for runs fed from disk), its CI a percentile bootstrap over the steps
+  (`tbd compare`'s statistic, `tbd.report.compare.throughput_ratio_ci`).
 - No decision rests on a measurement with too few steady steps for a CI (status 'insufficient',
   slow steps in a short window): such a run is measured once more with a window long enough for
   the steps a CI needs (from its median step time, bounded by the budget left), and that longer
@@ -129,9 +130,9 @@ class TuneResult:
 
 def gain(before: dict[str, Any], after: dict[str, Any]) -> tuple[float, float, float]:
     """Throughput ratio after / before with its 95% bootstrap CI (nan bounds: too few steps)."""
-    from tbd.report.compare import ratio_ci, steady_rates
+    from tbd.report.compare import throughput_ratio_ci
 
-    return ratio_ci(steady_rates(before), steady_rates(after))
+    return throughput_ratio_ci(before, after)
 
 
 def verdict(ratio: float, low: float, high: float, min_gain_pct: float) -> tuple[bool, str]:

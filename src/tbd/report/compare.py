@@ -103,15 +103,48 @@ def load_baseline(path: Path) -> list[dict[str, Any]]:
 
 def steady_rates(record: dict[str, Any]) -> np.ndarray:
     """Per-step throughput (units / s) of the steady window, from the raw samples."""
+    u, t = steady_steps(record)
+    return u / t
+
+
+def steady_steps(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(units, seconds) per step of the steady window, from the raw samples."""
     s = record.get("samples") or {}
     t = np.asarray(s.get("step_s") or [], dtype=float)
     u = np.asarray(s.get("units") or [], dtype=float)
     if len(t) == 0 or len(t) != len(u):
-        return np.asarray([], dtype=float)
+        return np.asarray([], dtype=float), np.asarray([], dtype=float)
     start = int((record.get("metrics") or {}).get("warmup_steps") or 0)
-    if start >= len(t):
-        start = 0
-    return u[start:] / t[start:]
+    return (u[start:], t[start:]) if start < len(t) else (u, t)
+
+
+def fed_from_disk(record: dict[str, Any]) -> bool:
+    """A run whose steps took batches from a loader: its throughput is the window rate (docs/metrics.md)."""
+    return bool((record.get("samples") or {}).get("input_wait_s"))
+
+
+def throughput_ratio_ci(before: dict[str, Any], after: dict[str, Any]) -> tuple[float, float, float]:
+    """after / before with its 95% bootstrap CI, in the statistic the records' throughputs use: the
+    ratio of window rates where either run was fed from disk (its waits come in bursts), else the
+    ratio of median per-step rates."""
+    if fed_from_disk(before) or fed_from_disk(after):
+        return window_ratio_ci(steady_steps(before), steady_steps(after))
+    return ratio_ci(steady_rates(before), steady_rates(after))
+
+
+def window_ratio_ci(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], rounds: int = BOOTSTRAP_ROUNDS,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """Ratio of window rates (units / seconds) b/a and its 95% percentile-bootstrap interval over steps."""
+    (ua, ta), (ub, tb) = a, b
+    if len(ta) == 0 or len(tb) == 0:
+        return math.nan, math.nan, math.nan
+    ratio = float((ub.sum() / tb.sum()) / (ua.sum() / ta.sum()))
+    if len(ta) < 2 or len(tb) < 2:
+        return ratio, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    ia, ib = rng.integers(0, len(ta), (rounds, len(ta))), rng.integers(0, len(tb), (rounds, len(tb)))
+    boots = (ub[ib].sum(1) / tb[ib].sum(1)) / (ua[ia].sum(1) / ta[ia].sum(1))
+    return ratio, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
 def ratio_ci(a: np.ndarray, b: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> tuple[float, float, float]:
@@ -164,7 +197,7 @@ def pair_up(a: list[dict], b: list[dict]) -> tuple[list[Pair], list[str], list[s
         if ra is None or rb is None:
             lonely.append(f"{label} (only in {'A' if rb is None else 'B'})")
             continue
-        ratio, lo, hi = ratio_ci(steady_rates(ra), steady_rates(rb))
+        ratio, lo, hi = throughput_ratio_ci(ra, rb)
         if math.isnan(ratio):  # no raw samples (old records): fall back to the stored medians
             ta, tb = headline(ra)["throughput"], headline(rb)["throughput"]
             ratio = tb / ta if ta and tb else math.nan
@@ -241,7 +274,7 @@ def across_environments(records: list[dict[str, Any]]) -> EnvironmentComparison 
                     only = a or b
                     lonely.append(f"{point_label(only, keep)} (only in {environment_label(only)})")
                 continue
-            ratio, lo, hi = ratio_ci(steady_rates(a), steady_rates(b))
+            ratio, lo, hi = throughput_ratio_ci(a, b)
             pairs.append(Pair(f"{point_label(a, keep)}: {labels[other]} / {labels[base]}", a, b, ratio, lo, hi))
     return EnvironmentComparison(labels[base], described, pairs, list(dict.fromkeys(lonely)))
 
