@@ -12,6 +12,7 @@ its tensor-core use is only known with `--ncu`.
 
 from __future__ import annotations
 
+import functools
 import re
 
 CLASSES = (
@@ -73,6 +74,13 @@ def classify(name: str, category: str = "") -> str:
     cat = category.lower()
     if cat in ("gpu_memcpy", "gpu_memset", "memcpy", "memset"):
         return "memcpy/memset"
+    return _class_of_name(name)
+
+
+@functools.lru_cache(maxsize=65536)
+def _class_of_name(name: str) -> str:
+    # A trace repeats a few hundred names hundreds of thousands of times (every step launches the
+    # same kernels): the rules' regular expressions run once per name, not once per event.
     for cls, pattern in RULES:
         if pattern.search(name):
             return cls
