@@ -37,7 +37,7 @@ import optax
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import bucket, host_generator, torch_default_rule, torch_like_init
-from tbd.workloads.deepspeech2.data import frame_edges, label_width, utterance_lengths  # noqa: F401 (label_width: read by the tests)
+from tbd.workloads.deepspeech2.data import frame_edges, label_width, padded_batch
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out
 from tbd.workloads.resnet50.jax_impl import batch_norm
 
@@ -175,18 +175,7 @@ def build(ctx: BuildContext) -> JaxTask:
         return (per_utterance / jnp.maximum(n_chars, 1)).mean(), batch_stats
 
     def make_batch(key, device):
-        rng = host_generator(key)
-        frames, n_chars = utterance_lengths(rng, n, hp)
-        width = bucket(int(frames.max()), edges)
-        chars = label_width(hp, width)
-        if n_chars.max() > chars:
-            raise RuntimeError(f"deepspeech2: {n_chars.max()} characters exceed the bucket's transcript width {chars}")
-        spec = rng.standard_normal((n, hp["freq_bins"], width, 1), dtype="float32")
-        spec *= (np.arange(width)[None, :] < frames[:, None])[:, None, :, None]  # silence past each end
-        labels = rng.integers(1, NUM_CHARS, (n, chars))  # 0 is the CTC blank
-        labels *= np.arange(chars)[None, :] < n_chars[:, None]
-        batch = (spec, labels.astype("int32"), frames.astype("int32"), n_chars.astype("int32"))
-        return jax.device_put(batch, device)
+        return jax.device_put(padded_batch(host_generator(key), n, hp, edges), device)
 
     return JaxTask(
         init=init,

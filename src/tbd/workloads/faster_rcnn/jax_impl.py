@@ -459,15 +459,20 @@ def _top_random(candidates, count: int, key):
     return jax.lax.top_k(jnp.where(candidates, u, -1.0), min(count, candidates.shape[0]))[1]
 
 
-def sample_mask(labels, total: int, positive_fraction: float, key):
-    """BalancedPositiveNegativeSampler as masks over `labels` (1 positive, 0 negative, -1 ignored):
-    min(#positive, total * fraction) random positives, then random negatives up to `total`."""
+def _sampled(labels, total: int, positive_fraction: float, key):
+    """BalancedPositiveNegativeSampler's draw: (positive indices, negative indices, how many of
+    each to keep): min(#positive, total * fraction) random positives, then negatives up to `total`."""
     positive, negative = labels >= 1, labels == 0
     k_pos, k_neg = jax.random.split(key)
     quota = int(total * positive_fraction)
     n_pos = jnp.minimum(positive.sum(), quota)
     n_neg = jnp.minimum(negative.sum(), total - n_pos)
-    pos_idx, neg_idx = _top_random(positive, quota, k_pos), _top_random(negative, total, k_neg)
+    return _top_random(positive, quota, k_pos), _top_random(negative, total, k_neg), n_pos, n_neg
+
+
+def sample_mask(labels, total: int, positive_fraction: float, key):
+    """The sampler as masks over `labels` (1 positive, 0 negative, -1 ignored)."""
+    pos_idx, neg_idx, n_pos, n_neg = _sampled(labels, total, positive_fraction, key)
     zeros = jnp.zeros(labels.shape, bool)
     pos = zeros.at[pos_idx].set(jnp.arange(pos_idx.shape[0]) < n_pos)
     neg = zeros.at[neg_idx].set(jnp.arange(neg_idx.shape[0]) < n_neg)
@@ -477,12 +482,7 @@ def sample_mask(labels, total: int, positive_fraction: float, key):
 def sample_slots(labels, total: int, positive_fraction: float, key):
     """The same sampler as `total` index slots: the positives first, then the negatives; slots
     left over when there are too few candidates are invalid."""
-    positive, negative = labels >= 1, labels == 0
-    k_pos, k_neg = jax.random.split(key)
-    quota = int(total * positive_fraction)
-    n_pos = jnp.minimum(positive.sum(), quota)
-    n_neg = jnp.minimum(negative.sum(), total - n_pos)
-    pos_idx, neg_idx = _top_random(positive, quota, k_pos), _top_random(negative, total, k_neg)
+    pos_idx, neg_idx, n_pos, n_neg = _sampled(labels, total, positive_fraction, key)
     slot = jnp.arange(total)
     idx = jnp.where(slot < n_pos, pos_idx[jnp.clip(slot, 0, pos_idx.shape[0] - 1)],
                     neg_idx[jnp.clip(slot - n_pos, 0, neg_idx.shape[0] - 1)])
