@@ -152,7 +152,7 @@ def test_verify_reruns_the_top_applicable_recommendations_and_logs_them(monkeypa
 
 def test_calibration_re_estimates_each_pair_with_the_current_model(tmp_path):
     """A pair logged under an older model is estimated again from its run's stored facts, so a
-    revised model is judged on the same pairs (tbd analyze --calibration: "expected now")."""
+    revised model is judged on the same pairs (tbd analyze --calibration: column "now")."""
     from tbd.analysis import verify as verify_mod
     from tbd.results.store import Store
 

@@ -234,8 +234,13 @@ def show_calibration(store: Store, as_json: bool) -> int:
         console.print(f"no verified recommendation in {store.home} yet; run 'tbd analyze RUN --verify'")
         return 0
     t = Table(title="verified recommendations: expected against measured gain", header_style="bold")
-    for col in ("workload", "device", "precision", "batch", "action", "expected", "expected now", "measured"):
-        t.add_column(col)
+    t.add_column("workload", no_wrap=True)
+    t.add_column("device")
+    t.add_column("prec.", no_wrap=True)
+    t.add_column("batch", no_wrap=True)
+    t.add_column("action", overflow="fold")
+    for col in ("expected", "now", "measured"):  # the figures the table is for: never cut
+        t.add_column(col, no_wrap=True, justify="right")
     for r in rows:
         now = r.get("expected_now_pct")
         t.add_row(r["workload"], escape(str(r.get("device_name") or r["device"])), r["precision"], str(r["batch_size"]), escape(r["action"]),
@@ -244,7 +249,7 @@ def show_calibration(store: Store, as_json: bool) -> int:
     console.print(f"{summary['pairs']} pairs; median |expected - measured| as a share of the measured gain: "
                   f"{_pct_or_dash(summary['median_abs_error_pct_of_measured'])} as logged, "
                   f"{_pct_or_dash(summary['median_abs_error_now_pct_of_measured'])} with the current model "
-                  "('expected now': the same change estimated from the same run's facts)")
+                  "('now': the current model's estimate of the same change from the same run's facts)")
     return 0
 
 
