@@ -52,6 +52,10 @@ def plain_loop(hp: dict, device: str, warmup: int, steps: int, batch: int, cudnn
 
     for i in range(warmup):
         step(i)
+    warmup_peak = None
+    if device == "cuda":  # the timed steps' own peak, apart from the first steps' (algorithm choices, allocator growth)
+        warmup_peak = torch.cuda.max_memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(steps):
         if device == "cuda":
@@ -63,7 +67,8 @@ def plain_loop(hp: dict, device: str, warmup: int, steps: int, batch: int, cudnn
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return {"images_per_s": batch * len(times) / sum(times), "step_ms_median": statistics.median(times) * 1e3,
-            "peak_allocated_bytes": peak, "steps": steps, "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_tf32": cudnn_tf32}
+            "peak_allocated_bytes": max(peak, warmup_peak) if peak is not None else None, "steady_peak_allocated_bytes": peak,
+            "warmup_peak_allocated_bytes": warmup_peak, "steps": steps, "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_tf32": cudnn_tf32}
 
 
 def main() -> None:
@@ -91,7 +96,8 @@ def main() -> None:
     met, mem = record.get("metrics") or {}, record.get("memory") or {}
     out["tbd"] = {"status": record["status"], "error": (record.get("error") or {}).get("message"), "images_per_s": met.get("images_per_s"),
                   "ci_pct": met.get("throughput_ci95_half_width_pct"), "step_ms_median": met.get("step_time_ms_p50"),
-                  "peak_allocated_bytes": mem.get("peak_allocated_bytes"), "stop_reason": (record.get("method") or {}).get("stop_reason")}
+                  "peak_allocated_bytes": mem.get("peak_allocated_bytes"), "steady_peak_allocated_bytes": mem.get("steady_peak_allocated_bytes"),
+                  "warmup_peak_allocated_bytes": mem.get("warmup_peak_allocated_bytes"), "stop_reason": (record.get("method") or {}).get("stop_reason")}
     if out["tbd"]["images_per_s"]:
         out["tbd"]["x_plain"] = out["tbd"]["images_per_s"] / out["plain"]["images_per_s"]
     if args.out:
@@ -101,6 +107,8 @@ def main() -> None:
     for name in ("plain", "tbd"):
         r = out[name]
         peak = f"{r['peak_allocated_bytes'] / gib:.1f} GiB" if r.get("peak_allocated_bytes") else "-"
+        if r.get("steady_peak_allocated_bytes"):
+            peak += f" (steady steps {r['steady_peak_allocated_bytes'] / gib:.1f} GiB)"
         ci = f" +-{r['ci_pct']:.1f}%" if r.get("ci_pct") is not None else ""
         print(f"{name:<6} {r.get('images_per_s') or 0:8.2f} img/s{ci}  step {r.get('step_ms_median') or 0:.1f} ms  peak {peak}")
     if out["tbd"].get("x_plain"):
