@@ -116,10 +116,15 @@ def test_keeps_only_gains_beyond_the_confidence_interval_and_stops_when_nothing_
 
 def test_budget_ends_the_search():
     backend = FakeBackend({("channels_last", True): 1.3}, trial_s=10.0)
-    result = run(backend, budget_s=35.0)
-    assert len(backend.measured) == 4  # the baseline and three trials started before 35 s
-    assert result.stopped == "the budget of 35 s ended"
+    result = run(backend, budget_s=38.0)
+    assert len(backend.measured) == 4  # the baseline and three trials, the last started with 8 s left (>= 3/4 of 10 s)
+    assert result.stopped == "the budget of 38 s ended"
     assert result.elapsed_s == pytest.approx(40.0)
+    # with 5 s left (< 3/4 of the 10 s a trial takes) no trial starts
+    backend = FakeBackend({("channels_last", True): 1.3}, trial_s=10.0)
+    result = run(backend, budget_s=35.0)
+    assert len(backend.measured) == 3
+    assert result.stopped.startswith("the budget of 35 s ends before another trial could finish (5 s left")
 
 
 def test_an_interrupt_ends_the_search_with_the_best_so_far():
@@ -152,7 +157,7 @@ def test_recommended_changes_go_first_by_expected_gain():
             {"action": "fused optimizer", "expected_gain_pct": 60.0, "basis": "optimizer time", "apply": {"options": {"optimizer": "fused"}}},
             {"action": "more workers", "expected_gain_pct": 90.0, "basis": "input", "apply": None}]
     backend = FakeBackend({("compile", True): 1.2}, recommendations=recs)
-    result = run(backend, budget_s=35.0)
+    result = run(backend, budget_s=38.0)
     assert [t.change for t in result.trail[1:3]] == ["optimizer kernels default -> fused", "torch.compile"]
     assert result.trail[2].expected_gain_pct == 40.0 and "+20..+80%" in result.trail[2].expected_basis
     assert result.trail[3].expected_gain_pct is None and result.trail[3].expected_basis.startswith("no estimate")
@@ -352,3 +357,21 @@ def test_a_baseline_that_cannot_be_measured_in_the_budget_ends_the_search_withou
     assert result.stopped.startswith("the starting configuration could not be measured to the steady steps a CI needs")
     assert "not measurable in the budget" in result.stopped and "try --max-time 30" in result.stopped
     assert result.speedup == 1.0 and result.best_run_id == result.baseline_run_id
+
+
+def test_a_trial_in_flight_at_the_budgets_end_gets_a_silence_limit_not_the_seconds_left():
+    # A run reports only after its build and warm-up: a trial started with 5 s left and stopped
+    # after 5 s of silence is lost whole. It gets TRIAL_SILENCE_S (COMPILE_SILENCE_S when compiling).
+    class Limits(FakeBackend):
+        def measure(self, config, timeout_s):
+            self.limits = getattr(self, "limits", []) + [(config.compile, timeout_s)]
+            return super().measure(config, timeout_s)
+
+    backend = Limits({("compile", True): 1.5, ("precision", "bf16"): 1.2})
+    result = run(backend, budget_s=400.0)
+    assert len(backend.limits) >= 3
+    for compiling, limit in backend.limits:
+        assert limit >= (tune.COMPILE_SILENCE_S if compiling else tune.TRIAL_SILENCE_S)
+    assert backend.limits[0][1] == pytest.approx(400.0)  # the baseline: the whole budget, more than the minimum
+    assert any(compiling for compiling, _ in backend.limits)
+    assert result.trail[-1].run_id

@@ -93,7 +93,7 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         **framework_levers(cfg["framework"]),
         "device": cfg["device"], "framework": cfg["framework"], "precision": cfg["precision"], "compile": cfg.get("compile"),
         "channels_last": cfg.get("channels_last"), "batch_size": cfg.get("batch_size"), "convolutional": supports_cl,
-        "variable_shapes": _variable_shapes(cfg["workload"]),
+        "variable_shapes": _variable_shapes(cfg["workload"]), "batch_on_host_cores": _batch_on_host_cores(cfg["workload"]),
         "has_trace": summary is not None,
         "gpu_util_nvml_pct": met.get("gpu_util_nvml_pct"), "gpu_mem_bw_util_nvml_pct": met.get("gpu_mem_bw_util_nvml_pct"),
         "mfu_pct": met.get("mfu_pct"), "cpu_util_pct": met.get("cpu_util_pct"), "cpu_cores_busy": met.get("cpu_cores_busy"),
@@ -131,6 +131,13 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         f.update({"ncu_tensor_pipe_pct": ncu.get("tensor_pipe_pct"), "ncu_fma_pipe_pct": ncu.get("fma_pipe_pct"),
                   "ncu_dram_pct": ncu.get("dram_throughput_pct")})
     return f
+
+
+def _batch_on_host_cores(workload: str) -> bool:
+    try:
+        return bool(registry.get_spec(workload).batch_on_host_cores)
+    except UsageError:
+        return False
 
 
 def _variable_shapes(workload: str) -> bool:

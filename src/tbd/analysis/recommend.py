@@ -23,6 +23,11 @@ from tbd.analysis.kernels import BANDWIDTH_CLASSES
 # of their peak than fp32 ones do of theirs). tf32 -> bf16 stays the public figure (REFERENCE_NUMBERS:
 # ResNet-50 tf32 NCHW vs bf16 channels_last); fp32 -> tf32 follows as 10 / 1.6 (not measured yet).
 K_MATMUL = {("fp32", "bf16"): 10.0, ("tf32", "bf16"): 1.6, ("fp32", "tf32"): 6.0}
+# Convolutional workloads gain far less: cuDNN's true-fp32 convolutions are closer to their peak
+# than fp32 GEMMs, and an NCHW model's bf16 convolutions transpose their inputs. Measured on an
+# H200 (fp32 -> bf16 from each run's kernel shares): resnet50 k = 1.8, inception_v3 2.3, wgan 3.5;
+# the model takes 2.5 (tf32 -> bf16 stays 1.6, so fp32 -> tf32 is 2.5 / 1.6).
+K_CONV = {("fp32", "bf16"): 2.5, ("tf32", "bf16"): 1.6, ("fp32", "tf32"): 2.5 / 1.6}
 K_BANDWIDTH_BF16 = 1.5  # half the bytes, but not everything is cast under autocast
 K_CONV_CHANNELS_LAST = 1.15
 FUSION_CUT = 0.4  # share of elementwise/normalization time torch.compile removes by fusing
@@ -34,19 +39,34 @@ MAX_BATCH_FACTOR = 4
 DDP_BUCKET_CUT = 0.7
 DDP_BUCKET_MAX_MB = 200.0
 MIN_GAIN_PCT = 1.0  # below this a recommendation is noise in the time model, not advice
-# The host's own time per kernel launched in eager PyTorch: the most seen on an H200 (transformer
-# fp32, whose step stayed host-bound at 0.75 of its time after bf16 cut its kernels' time).
-HOST_US_PER_KERNEL = 51.0
+# Host-bound: the GPU sits idle, not waiting on a sync, for this share of a step or more, so the
+# host's busy time is its own work and sets the pace (transformer and faster_rcnn fp32 on an
+# H200: 29% idle; bf16 then gained -1% and +21%, not the +30% and +44% the kernels allowed;
+# inception_v3 fp32, 16% idle, gained +70% from bf16: its host was not the limit).
+HOST_BOUND_IDLE = 0.25
+# Autocast adds a cast kernel per matmul input and per bf16 output used in fp32, each a launch:
+# the host's work per step grows by about this factor (faster_rcnn fp32 -> bf16 on an H200: +21%
+# measured against the 1 / 0.69 host-busy bound of +44%; 0.69 x 1.2 = 0.83 gives +20%).
+AUTOCAST_HOST_FACTOR = 1.2
+# Device-bound: the host's busy time includes launches that waited for room in CUDA's launch
+# queue, so its own work is capped by kernels per step x this: the most host time per kernel seen
+# in such a run once the device got faster (wgan fp32 -> bf16 on an H200: 10,004 kernels in a
+# 247 ms step, 24.7 us each; gpt fp32 read 81% busy on a GPU 99.5% busy, then ran 7x faster).
+HOST_US_PER_KERNEL = 25.0
 
 
-def host_floor(facts: dict[str, Any]) -> float:
-    """The host's own share of a step, below which no device-side change takes it. The host's
-    busy time overstates it where the device is the bottleneck: launches block once CUDA's launch
-    queue is full, and that wait counts as busy (gpt fp32 on an H200: host "busy" 81% of a step
-    the GPU was busy 99.5% of, and bf16 then ran 7x faster). So it is capped by kernels per step x
-    HOST_US_PER_KERNEL."""
+def host_floor(facts: dict[str, Any], adds_casts: bool = False) -> float:
+    """The host's own share of a step, below which no device-side change takes it.
+
+    Host-bound runs (the GPU idle and not waiting for HOST_BOUND_IDLE of the step or more): the
+    host's busy share, grown by AUTOCAST_HOST_FACTOR for a change that adds cast kernels. Device-
+    bound runs: the busy share overstates the host's own work (blocked launches count as busy),
+    so it is capped by kernels per step x HOST_US_PER_KERNEL."""
     g = facts.get
     busy = (g("host_busy_pct") or 0) / 100.0
+    idle = g("gpu_idle_not_waiting_pct")
+    if idle is not None and idle / 100.0 >= HOST_BOUND_IDLE:
+        return busy * (AUTOCAST_HOST_FACTOR if adds_casts else 1.0)
     kernels, step_ms = g("launches_per_step") or g("kernels_per_step"), g("step_ms")
     if kernels and step_ms:
         return min(busy, kernels * HOST_US_PER_KERNEL / (step_ms * 1e3))
@@ -158,13 +178,13 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
     precision = g("precision")
     if u is not None and shares:
         for target in ("bf16", "tf32"):
-            k = K_MATMUL.get((precision, target))
+            k = (K_CONV if g("convolutional") else K_MATMUL).get((precision, target))
             if not k:
                 continue
             k_bw = K_BANDWIDTH_BF16 if target == "bf16" else 1.0
             f = (1 - s_mm - s_bw) + s_mm / k + s_bw / k_bw
             how = "autocast to bfloat16 (weights and optimizer stay fp32)" if target == "bf16" else "TF32 tensor cores for fp32 matmuls and convolutions"
-            recs.append(_rec(f"precision {target}", _gain((1 - u) + u * f, floor),
+            recs.append(_rec(f"precision {target}", _gain((1 - u) + u * f, host_floor(facts, adds_casts=target == "bf16")),
                              f"matmul/conv {s_mm * 100:.0f}% of kernel time x1/{k:g},"
                              f" bandwidth-bound kernels {s_bw * 100:.0f}% x1/{k_bw:g}, GPU busy {u * 100:.0f}%",
                              {"precision": target}, how))
@@ -187,10 +207,14 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
     peak, total, batch = g("steady_peak_allocated_bytes") or g("peak_reserved_bytes"), g("device_total_bytes"), g("batch_size")
     if peak and total and batch and u is not None:
         factor = min(MAX_BATCH_FACTOR, int(0.85 * total / peak))
-        if factor >= 2:
-            recs.append(_rec(f"larger batch ({batch} -> {batch * factor})", (1 / (u + (1 - u) / factor) - 1) * 100,
-                             f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; idle {(1 - u) * 100:.0f}% per step amortized over {factor}x the samples"
-                             " (kernel time assumed linear in batch)",
+        gain = (1 / (u + (1 - u) / max(factor, 1)) - 1) * 100
+        why = f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; idle {(1 - u) * 100:.0f}% per step amortized over {factor}x the samples (kernel time assumed linear in batch)"
+        cores = g("cores")
+        if g("batch_on_host_cores") and cores:  # the batch's work runs on CPU cores (a3c's actors): no more parallel than the cores
+            gain = min(gain, (min(factor, cores / batch) - 1) * 100)
+            why = f"the batch runs on the host's {cores} cores: {batch} -> {batch * factor} gains at most {max(cores / batch, 1):.2g}x"
+        if factor >= 2 and gain >= MIN_GAIN_PCT:
+            recs.append(_rec(f"larger batch ({batch} -> {batch * factor})", gain, why,
                              {"batch_size": batch * factor}, "raise --batch-size (retune the learning rate for training to the same accuracy)"))
     kind = g("optimizer_kind")
     s_opt = shares.get("optimizer", 0.0)

@@ -21,8 +21,10 @@ only when it helps beyond the 95% confidence interval; stop when no applicable c
   the batch lever from then on (it bisects towards that batch), as does a confirmed maximum batch
   in the store (`tbd memory --max-batch`).
 - The budget is wall time from the start, the baseline included. No trial starts with less left
-  than half the shortest trial so far took; the trial in flight when the budget ends is stopped
-  once it stops reporting (so it may overrun by about its --max-time).
+  than three quarters of what the shortest trial so far took; the trial in flight when the budget
+  ends goes on while it reports, and is stopped after a silence of the budget left or
+  `TRIAL_SILENCE_S` (`COMPILE_SILENCE_S` when it compiles), whichever is more: the budget may be
+  overrun by the end of one trial, which is not thrown away.
 
 Measuring is behind `Backend` (`measure(config, timeout_s)` -> stored record, `recommend(record)`
 -> the analysis' recommendations), so the tests drive the search with a fake one.
@@ -59,7 +61,13 @@ TRACE_SLACK = 0.98
 # A measurement with too few steady steps for a CI ('insufficient') is measured again with a window
 # of (the steps a CI needs) x (the median step time) x this margin (warm-up detection may take some).
 WINDOW_MARGIN = 1.5
-SHORTEST_TRIAL_SHARE = 0.5  # no trial starts with less budget left than this share of the shortest one so far
+SHORTEST_TRIAL_SHARE = 0.75  # no trial starts with less budget left than this share of the shortest one so far
+# A trial in flight is stopped when it has sent nothing for the budget left or this long, whichever
+# is more: a run reports only after its build and warm-up (cuDNN autotuning, compilation), and a
+# trial stopped there is lost whole (an H200's resnet50 bf16 trial started with 22 s left was
+# stopped in its warm-up). Compiling runs get more: a compile reports nothing for a minute or two.
+TRIAL_SILENCE_S = 60.0
+COMPILE_SILENCE_S = 240.0
 METHOD = ("greedy search over run options: each trial a separate measured run (same harness as tbd run); a change is kept when the "
           "95% CI of the throughput ratio (new / current best: medians of the steady window, percentile bootstrap over per-step "
           "rates, as tbd compare) lies above 1 and the ratio is at least 1 + min_gain")
@@ -239,6 +247,9 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
     def remaining() -> float:
         return budget_s - (clock() - began)
 
+    def silence_limit(config: RunConfig) -> float:
+        return max(remaining(), COMPILE_SILENCE_S if config.compile else TRIAL_SILENCE_S)
+
     baseline_trial = Trial(step=0, lever="start", change="the starting configuration", apply={}, expected_gain_pct=None,
                            expected_basis="the baseline every gain is measured against")
     if on_start:
@@ -251,7 +262,7 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
         throughput reaches `trace_above` (units/s; None: always)."""
         t0 = clock()
         config = dataclasses.replace(config, profile_min_rate=trace_above)
-        record = backend.measure(dataclasses.replace(config, max_time_s=window), max(remaining(), 1.0))
+        record = backend.measure(dataclasses.replace(config, max_time_s=window), silence_limit(config))
         trial.window_s = window
         if record.get("status") == "insufficient":
             longer, why = longer_window(record, window, clock() - t0, remaining())
@@ -259,7 +270,7 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
                 trial.remeasured = why
             else:
                 trial.remeasured = why + f" (run {record.get('id')})"
-                record = backend.measure(dataclasses.replace(config, max_time_s=longer), max(remaining(), 1.0))
+                record = backend.measure(dataclasses.replace(config, max_time_s=longer), silence_limit(config))
                 trial.window_s = longer
                 if record.get("status") == "insufficient":
                     trial.remeasured += f"; still {timed_steps(record)} steady step(s): not measurable in the budget"
@@ -329,8 +340,8 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
                 trial.why = f"not kept: not measurable in the budget ({trial.remeasured})"
             elif not has_result(record):
                 error = record.get("error") or {}
-                if remaining() <= 0:
-                    trial.why = f"not kept: the budget ended during the trial ({error.get('kind', 'failed')})"
+                if remaining() <= 0 and error.get("kind") == "timeout":
+                    trial.why = f"not kept: the budget ended during the trial, which then sent nothing for {silence_limit(config):.0f} s"
                 else:
                     trial.why = f"not kept: the run failed ({error.get('kind', 'error')}: {str(error.get('message', ''))[:200]})"
                 if error.get("kind") == "oom" and "batch_size" in change.apply:

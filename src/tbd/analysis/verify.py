@@ -95,7 +95,10 @@ def calibration_path(store) -> Path:
 # The facts an estimate was made from, kept with each verified pair so the time model can be
 # revised from the log (docs/analysis.md, "Calibration").
 CALIBRATION_FACTS = ("gpu_util_trace_pct", "gpu_util_nvml_pct", "host_busy_pct", "gpu_idle_not_waiting_pct", "class_share",
-                     "mean_kernel_us", "kernels_per_window", "kernels_per_step", "launches_per_step", "step_ms", "variable_shapes", "mfu_pct")
+                     "mean_kernel_us", "kernels_per_window", "kernels_per_step", "launches_per_step", "step_ms", "variable_shapes", "mfu_pct",
+                     # the run's settings the estimate read, so a revised model can be re-run from the log alone
+                     "precision", "batch_size", "compile", "channels_last", "convolutional", "steady_peak_allocated_bytes",
+                     "peak_reserved_bytes", "device_total_bytes", "cores", "batch_on_host_cores")
 
 
 def log_calibration(store, record: dict[str, Any], result: dict[str, Any], facts: dict[str, Any] | None = None) -> None:

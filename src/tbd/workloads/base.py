@@ -59,6 +59,9 @@ class WorkloadSpec:
     # What `batch_size` counts, in the words the CLI and reports show: "images", "sentence
     # pairs", "actor processes" (default: the sample unit). Per-rank shares divide it.
     batch_unit: str = ""
+    # True where the batch counts processes on the host's CPU cores (a3c's actors): a larger
+    # batch then gains at most as much as there are idle cores for it (the analysis's estimate).
+    batch_on_host_cores: bool = False
     # Importable modules the workload needs beyond its framework (an environment, a tokenizer),
     # and the pip command that brings them; `registry.check_runnable` checks them without importing.
     requires: tuple[str, ...] = ()

@@ -110,6 +110,7 @@ SPEC = WorkloadSpec(
     sample_unit="agent_steps",
     unit="frames",
     batch_unit="actor processes",
+    batch_on_host_cores=True,
     units_per_sample=lambda flavor: float(flavor["frameskip"]),
     train_flops_per_sample=train_flops_per_sample,
     flops_note=(
