@@ -208,7 +208,8 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
     if peak and total and batch and u is not None:
         factor = min(MAX_BATCH_FACTOR, int(0.85 * total / peak))
         gain = (1 / (u + (1 - u) / max(factor, 1)) - 1) * 100
-        why = f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; idle {(1 - u) * 100:.0f}% per step amortized over {factor}x the samples (kernel time assumed linear in batch)"
+        why = (f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; idle {(1 - u) * 100:.0f}% per step amortized over {factor}x the samples"
+               " (kernel time assumed linear in batch)")
         cores = g("cores")
         if g("batch_on_host_cores") and cores:  # the batch's work runs on CPU cores (a3c's actors): no more parallel than the cores
             gain = min(gain, (min(factor, cores / batch) - 1) * 100)
