@@ -207,6 +207,36 @@ def test_calibration_re_estimates_each_pair_with_the_current_model(tmp_path):
     assert summary["median_abs_error_now_pct_of_measured"] == pytest.approx(abs(now - 607) / 607 * 100)
 
 
+def test_a_pair_whose_runs_are_elsewhere_is_re_estimated_from_its_logged_facts(tmp_path):
+    """A calibration log copied from another machine (docs/data/calibration_*.jsonl) has no runs in
+    this store: "now" comes from the facts logged with each pair, the change read from its action."""
+    import json
+
+    from tbd.analysis import verify as verify_mod
+    from tbd.results.store import Store
+
+    store = Store(tmp_path / "home")
+    wgan = {"gpu_util_trace_pct": 95.7, "host_busy_pct": 87.1, "gpu_idle_not_waiting_pct": 4.2, "kernels_per_step": 10004.0, "step_ms": 607.2,
+            "class_share": {"matmul/conv": 76.1, "elementwise": 17.6, "normalization": 3.2, "reduction": 1.7, "other": 1.1, "optimizer": 0.2}}
+    # an a3c pair logged before cores and the batch's meaning were facts: cores logged, the meaning from the spec
+    a3c = {"gpu_util_trace_pct": 0.4, "host_busy_pct": 13.6, "gpu_idle_not_waiting_pct": 99.3, "cores": 16, "batch_on_host_cores": None,
+           "class_share": {"memcpy/memset": 87.5, "optimizer": 12.5}}
+    pairs = [{"run_id": "a", "verify_run_id": "b", "workload": "wgan", "framework": "torch", "device": "cuda", "precision": "fp32",
+              "batch_size": 64, "action": "precision fp32 -> bf16", "expected_gain_pct": 19.0, "measured_gain_pct": 145.6, "facts": wgan},
+             {"run_id": "c", "verify_run_id": "d", "workload": "a3c", "framework": "torch", "device": "cuda", "precision": "fp32",
+              "batch_size": 8, "action": "larger batch (8 -> 32)", "expected_gain_pct": 295.1, "measured_gain_pct": 72.0, "facts": a3c},
+             {"run_id": "e", "verify_run_id": "f", "workload": "gpt", "framework": "torch", "device": "cuda", "precision": "bf16",
+              "batch_size": 16, "action": "remove a periodic stall", "expected_gain_pct": 3.0, "measured_gain_pct": 1.0, "facts": {}}]
+    verify_mod.calibration_path(store).parent.mkdir(parents=True, exist_ok=True)
+    verify_mod.calibration_path(store).write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    rows, summary = verify_mod.calibration(store)
+    expected_wgan = next(r for r in recommend(gpu(precision="fp32", channels_last=False, **wgan)) if r["action"] == "precision bf16")
+    assert rows[0]["expected_now_pct"] == expected_wgan["expected_gain_pct"]
+    assert rows[1]["expected_now_pct"] == 100.0  # 16 cores for 8 actors: at most 2x, whatever the idle GPU suggests
+    assert rows[2]["expected_now_pct"] is None  # no facts, and a change no run option expresses
+    assert summary["median_abs_error_now_pct_of_measured"] is not None
+
+
 def test_every_estimate_comes_with_its_range():
     for rec in recommend(gpu(precision="fp32", channels_last=False, peak_reserved_bytes=20 * GIB)):
         low, high = rec["expected_gain_range_pct"]

@@ -142,18 +142,16 @@ def _median_error(rows: list[dict[str, Any]], key: str) -> float | None:
 
 def re_estimate(store, row: dict[str, Any]) -> float | None:
     """The current model's expected gain for the pair's change, from the facts of the run it was
-    made on (its stored analysis); None where the run or its analysis is not in the store. A change
-    the model no longer recommends is expected to gain 0."""
-    from tbd.analysis.recommend import recommend
-
+    made on: its stored analysis, else the facts logged with the pair (`logged_facts`); None where
+    neither is there. A change the model no longer recommends is expected to gain 0."""
     try:
         base, new = store.get(row["run_id"]), store.get(row["verify_run_id"])
-    except Exception:  # pairs from another store, or runs removed since
-        return None
+    except Exception:  # pairs from another store, or runs removed since: the facts logged with the pair
+        return _re_estimate_logged(row)
     analysis = base.get("analysis") or {}
     facts = dict((analysis.get("report") or {}).get("facts") or {})
     if not facts:
-        return None
+        return _re_estimate_logged(row)
     steps = (analysis.get("trace") or {}).get("steps")
     if facts.get("kernels_per_step") is None and steps and facts.get("kernels_per_window"):  # analyses made before it was a fact
         facts["kernels_per_step"] = facts["kernels_per_window"] / steps
@@ -161,10 +159,67 @@ def re_estimate(store, row: dict[str, Any]) -> float | None:
     for option, value in (new["config"].get("options") or {}).items():
         if (base["config"].get("options") or {}).get(option) != value:
             change.setdefault("options", {})[option] = value
+    return _expected_for(facts, change)
+
+
+def _expected_for(facts: dict[str, Any], change: dict[str, Any]) -> float:
+    from tbd.analysis.recommend import recommend
+
     for rec in recommend(facts):
         if rec.get("apply") == change:
             return rec["expected_gain_pct"]
     return 0.0
+
+
+def _re_estimate_logged(row: dict[str, Any]) -> float | None:
+    """The estimate from the facts logged with a pair, where its runs are not in the store (a log
+    copied from another machine, as the calibration files under docs/data). Pairs logged before the
+    run's settings were facts get them from the pair and the workload's spec; the window's steps from
+    its kernel time (kernels x mean kernel time = busy share x step time x steps); and for a larger
+    batch, memory that allowed the batch the pair measured (it ran)."""
+    from tbd import registry
+    from tbd.errors import UsageError
+
+    facts = dict(row.get("facts") or {})
+    change = _logged_change(row)
+    if not facts or change is None:
+        return None
+    known = {k: row.get(k) for k in ("device", "precision", "batch_size", "framework")}
+    try:
+        spec = registry.get_spec(row["workload"])
+        known.update(convolutional=spec.convolutional, batch_on_host_cores=spec.batch_on_host_cores)
+    except (UsageError, KeyError):
+        pass
+    facts.update({k: v for k, v in known.items() if facts.get(k) is None})
+    from tbd.analysis.analyze import framework_levers
+
+    facts = {**framework_levers(row.get("framework") or ""), **facts}
+    if facts.get("kernels_per_step") is None and facts.get("kernels_per_window") and facts.get("mean_kernel_us") and facts.get("step_ms") \
+            and facts.get("gpu_util_trace_pct"):
+        steps = round(facts["kernels_per_window"] * facts["mean_kernel_us"] / (facts["gpu_util_trace_pct"] / 100 * facts["step_ms"] * 1e3))
+        facts["kernels_per_step"] = facts["kernels_per_window"] / max(steps, 1)
+    if "batch_size" in change and not (facts.get("device_total_bytes") and (facts.get("steady_peak_allocated_bytes") or facts.get("peak_reserved_bytes"))):
+        factor = change["batch_size"] / facts["batch_size"]
+        facts["device_total_bytes"], facts["steady_peak_allocated_bytes"] = 1.0, 0.85 / (factor + 0.5)
+    return _expected_for(facts, change)
+
+
+def _logged_change(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The run option a pair changed, read back from its action's words (pairs carry no config):
+    tune's "precision fp32 -> bf16", "batch 32 -> 128", "torch.compile", and --verify's
+    "precision bf16", "larger batch (32 -> 128)", "torch.compile (mode=...)", "channels_last ..."."""
+    import re
+
+    action = row.get("action", "")
+    if m := re.match(r"precision (?:\w+ -> )?(\w+)$", action):
+        return {"precision": m.group(1)}
+    if m := re.search(r"batch \(?(\d+) -> (\d+)\)?$", action):
+        return {"batch_size": int(m.group(2))}
+    if action.startswith("torch.compile"):
+        return {"compile": True}
+    if action.startswith("channels_last"):
+        return {"channels_last": True}
+    return None
 
 
 # The run options a recommendation changes (the rest of a verifying run's config is the base's, or bookkeeping).
