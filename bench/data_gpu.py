@@ -64,7 +64,8 @@ def run_point(base: dict, **fields) -> dict:
     config = RunConfig(**{**base, **fields}).validated()
     record = execute(config)
     m = record.metrics or {}
-    return {"images_per_s": m.get("images_per_s"), "status": record.status, "step_ms_p50": m.get("step_time_ms_p50"),
+    return {"images_per_s": m.get("images_per_s"), "ci95_half_width_pct": m.get("throughput_ci95_half_width_pct"),
+            "throughput_method": (record.method or {}).get("throughput"), "status": record.status, "step_ms_p50": m.get("step_time_ms_p50"),
             "input_stall_device_pct": m.get("input_stall_device_pct"), "input_wait_host_pct": m.get("input_wait_host_pct"),
             "cpu_cores_busy": m.get("cpu_cores_busy"), "gpu_util_nvml_pct": m.get("gpu_util_nvml_pct"),
             "data_skipped_samples": m.get("data_skipped_samples"),
@@ -167,7 +168,8 @@ def main() -> int:
         rate = point.get("images_per_s")
         loader = point.get("loader_images_per_s")
         print(f"{point['data']:9} decode={point.get('decode', '-'):3} workers={point.get('workers', '-')!s:>2}: "
-              f"train {rate or 0:8.1f} img/s" + (f", loader alone {loader:8.1f} img/s" if loader else "")
+              f"train {rate or 0:8.1f} img/s" + (f" +-{point['ci95_half_width_pct']:.1f}%" if point.get("ci95_half_width_pct") is not None else "")
+              + (f", loader alone {loader:8.1f} img/s" if loader else "")
               + (f", device idle for input {point['input_stall_device_pct']:.1f}%" if point.get("input_stall_device_pct") is not None else "")
               + f" [{point.get('status')}]" + (f" error: {point['error']}" if point.get("error") else ""), flush=True)
 
