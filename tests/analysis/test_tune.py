@@ -157,7 +157,7 @@ def test_recommended_changes_go_first_by_expected_gain():
             {"action": "fused optimizer", "expected_gain_pct": 60.0, "basis": "optimizer time", "apply": {"options": {"optimizer": "fused"}}},
             {"action": "more workers", "expected_gain_pct": 90.0, "basis": "input", "apply": None}]
     backend = FakeBackend({("compile", True): 1.2}, recommendations=recs)
-    result = run(backend, budget_s=38.0)
+    result = run(backend, budget_s=58.0)
     assert [t.change for t in result.trail[1:3]] == ["optimizer kernels default -> fused", "torch.compile"]
     assert result.trail[2].expected_gain_pct == 40.0 and "+20..+80%" in result.trail[2].expected_basis
     assert result.trail[3].expected_gain_pct is None and result.trail[3].expected_basis.startswith("no estimate")
@@ -375,3 +375,19 @@ def test_a_trial_in_flight_at_the_budgets_end_gets_a_silence_limit_not_the_secon
     assert backend.limits[0][1] == pytest.approx(400.0)  # the baseline: the whole budget, more than the minimum
     assert any(compiling for compiling, _ in backend.limits)
     assert result.trail[-1].run_id
+
+
+def test_a_trial_that_cannot_fit_the_budget_left_gives_way_to_one_that_can():
+    # trials take 10 s; a first compiling one is assumed to take 3 x 10 s: with 18 s left it does
+    # not fit (3/4 of 30 s > 18 s), so the next candidate goes first and compile is said left out
+    recs = [{"action": "torch.compile", "expected_gain_pct": 40.0, "basis": "fusion", "apply": {"compile": True}},
+            {"action": "channels_last", "expected_gain_pct": 10.0, "basis": "layout", "apply": {"channels_last": True}}]
+    backend = FakeBackend({("compile", True): 1.2, ("channels_last", True): 1.1}, recommendations=recs)
+    result = run(backend, budget_s=28.0)
+    assert result.trail[1].lever == "channels_last"
+    assert "did not fit" in result.left_out["compile"]
+    assert not any(c.compile for c in backend.measured)
+    # with the time for it, compile goes first (the top recommendation)
+    backend = FakeBackend({("compile", True): 1.2, ("channels_last", True): 1.1}, recommendations=recs)
+    result = run(backend, budget_s=40.0)
+    assert result.trail[1].lever == "compile"

@@ -21,7 +21,9 @@ only when it helps beyond the 95% confidence interval; stop when no applicable c
   the batch lever from then on (it bisects towards that batch), as does a confirmed maximum batch
   in the store (`tbd memory --max-batch`).
 - The budget is wall time from the start, the baseline included. No trial starts with less left
-  than three quarters of what the shortest trial so far took; the trial in flight when the budget
+  than three quarters of its estimated time: the shortest trial so far of its kind (compiling or
+  not; a first compiling one `COMPILE_COST_FACTOR` x the shortest), and where the top candidate
+  does not fit, the next that does goes first; the trial in flight when the budget
   ends goes on while it reports, and is stopped after a silence of the budget left or
   `TRIAL_SILENCE_S` (`COMPILE_SILENCE_S` when it compiles), whichever is more: the budget may be
   overrun by the end of one trial, which is not thrown away.
@@ -68,6 +70,9 @@ SHORTEST_TRIAL_SHARE = 0.75  # no trial starts with less budget left than this s
 # stopped in its warm-up). Compiling runs get more: a compile reports nothing for a minute or two.
 TRIAL_SILENCE_S = 60.0
 COMPILE_SILENCE_S = 240.0
+# Before the first compiling trial, one is assumed to take this many times the shortest trial so
+# far (an H200's eager runs of the suite take 17-55 s, compiled ones 39-170 s: bench/frameworks_compare_gpu.py's plan).
+COMPILE_COST_FACTOR = 3.0
 METHOD = ("greedy search over run options: each trial a separate measured run (same harness as tbd run); a change is kept when the "
           "95% CI of the throughput ratio (new / current best: medians of the steady window, percentile bootstrap over per-step "
           "rates, as tbd compare) lies above 1 and the ratio is at least 1 + min_gain")
@@ -250,6 +255,19 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
     def silence_limit(config: RunConfig) -> float:
         return max(remaining(), COMPILE_SILENCE_S if config.compile else TRIAL_SILENCE_S)
 
+    took: dict[bool, list[float]] = {False: [], True: []}  # seconds of the trials so far, by whether they compiled
+
+    def estimate_s(change: Change) -> float:
+        """About how long a trial of `change` from the current best takes (see the module docstring)."""
+        try:
+            compiles = bool(apply_change(best, change.apply).compile)
+        except UsageError:  # found out (and said) when it is tried
+            compiles = best.compile
+        if took[compiles]:
+            return min(took[compiles])
+        shortest = min(took[False] + took[True])
+        return shortest * COMPILE_COST_FACTOR if compiles else shortest
+
     baseline_trial = Trial(step=0, lever="start", change="the starting configuration", apply={}, expected_gain_pct=None,
                            expected_basis="the baseline every gain is measured against")
     if on_start:
@@ -275,6 +293,7 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
                 if record.get("status") == "insufficient":
                     trial.remeasured += f"; still {timed_steps(record)} steady step(s): not measurable in the budget"
         trial.seconds, trial.run_id = clock() - t0, record.get("id")
+        took[bool(config.compile)].append(trial.seconds)
         return record
 
     base = measure(start, baseline_trial)
@@ -308,17 +327,19 @@ def search(start: RunConfig, backend: Backend, *, budget_s: float, keep_semantic
             if remaining() <= 0:
                 result.stopped = f"the budget of {budget_s:g} s ended"
                 break
-            shortest = min(t.seconds for t in result.trail if t.run_id)
-            if remaining() < SHORTEST_TRIAL_SHARE * shortest:
-                result.stopped = (f"the budget of {budget_s:g} s ends before another trial could finish "
-                                  f"({remaining():.0f} s left, the shortest trial took {shortest:.0f} s)")
-                break
             ctx.config = best
             candidates = _candidates(active, ctx, recommendations, tried, result.left_out)
             if not candidates:
                 result.stopped = "nothing applicable is left to try: every lever's changes from the best configuration were measured"
                 break
-            change, expected, basis = candidates[0]
+            fitting = [c for c in candidates if remaining() >= SHORTEST_TRIAL_SHARE * estimate_s(c[0])]
+            if not fitting:
+                result.stopped = (f"the budget of {budget_s:g} s ends before another trial could finish "
+                                  f"({remaining():.0f} s left, the next would take about {estimate_s(candidates[0][0]):.0f} s)")
+                break
+            for skipped, _, _ in candidates[:candidates.index(fitting[0])]:
+                result.left_out.setdefault(skipped.lever, f"its trial (about {estimate_s(skipped):.0f} s) did not fit the {remaining():.0f} s left")
+            change, expected, basis = fitting[0]
             tried.add(change.key)
             step += 1
             trial = Trial(step=step, lever=change.lever, change=change.label, apply=change.apply, expected_gain_pct=expected, expected_basis=basis)
