@@ -391,3 +391,28 @@ def test_a_trial_that_cannot_fit_the_budget_left_gives_way_to_one_that_can():
     backend = FakeBackend({("compile", True): 1.2, ("channels_last", True): 1.1}, recommendations=recs)
     result = run(backend, budget_s=40.0)
     assert result.trail[1].lever == "compile"
+
+
+def test_a_run_reading_a_dataset_gets_the_loader_levers():
+    """--data runs: the loader's workers double up to the usable cores, and JPEG decoding moves to
+    the GPU where the framework (PyTorch: nvJPEG) and the dataset (JPEG images) allow it."""
+    import dataclasses
+
+    from tbd.analysis.levers import Context
+    from tbd.data.base import usable_loader_cores
+
+    def proposals(config):
+        ctx = Context(config=config)
+        return {lv.name: lv.propose(ctx) for lv in levers_for(config)}
+
+    synthetic = proposals(start_config())
+    assert "not reading a dataset" in synthetic["workers"] and "needs --data" in synthetic["decode"]
+    on_disk = dataclasses.replace(start_config(), data="/data/imagenet", workers=0, device="cuda")
+    got = proposals(on_disk)
+    limit = usable_loader_cores("cuda")
+    if limit >= 2:
+        assert [c.apply for c in got["workers"]] == [{"workers": min(limit, 2)}]
+    assert [c.apply for c in got["decode"]] == [{"decode": "gpu"}]
+    assert "needs --data" in proposals(dataclasses.replace(on_disk, workload="gpt"))["decode"]  # tokens, not JPEGs
+    full = dataclasses.replace(on_disk, workers=limit)
+    assert "every usable core" in proposals(full)["workers"]

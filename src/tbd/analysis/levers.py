@@ -6,10 +6,9 @@ of `tbd.analysis.recommend` carry, so a recommendation and a lever's proposal ma
 `apply` is equal. Framework-neutral levers are declared here; a framework's own settings come
 from its plugin (`Capabilities.tunables`), so nothing here names a framework.
 
-A lever over one config field is one line (`field_lever`). The data-loader workers of a run that
-reads real data are such a lever, added next to the DDP buckets once RunConfig has the fields:
-
-    field_lever("workers", "workers", lambda c: (max(2, 2 * c.config.workers),), when=lambda c: c.config.data != "synthetic"),
+A lever over one config field is one line (`field_lever`): the DDP bucket size of a distributed
+run, and for a run that reads a dataset from disk (--data) its loader workers (doubled, up to
+the usable cores) and JPEG decoding on the GPU (where the framework and the dataset allow it).
 
 `--keep-semantics` leaves out the levers marked `changes_semantics` (precision, batch size):
 the others change speed, not the training math (up to floating-point reassociation).
@@ -25,6 +24,8 @@ from typing import Any
 
 from tbd import registry
 from tbd.config import RunConfig
+from tbd.data import recipes
+from tbd.data.base import usable_loader_cores
 from tbd.topology import world_size
 
 # Precisions from slowest to fastest for training; fp16 and bf16 share a rank (fp16 adds loss scaling).
@@ -173,11 +174,26 @@ NEUTRAL_LEVERS: tuple[Lever, ...] = (
     Lever("compile", "compiler", ("compile",), _compile),
 )
 
-# After the framework's own settings: levers of distributed runs (and, later, of real data).
+def _loader_cores(ctx: Context) -> int:
+    return usable_loader_cores(ctx.config.device, ctx.config.nproc_per_node)
+
+
+def _gpu_decode_applies(ctx: Context) -> bool:
+    cfg = ctx.config
+    return (cfg.data is not None and cfg.device == "cuda" and cfg.decode == "cpu" and bool(ctx.caps.gpu_decode)
+            and recipes.gpu_decodable(ctx.spec))
+
+
+# After the framework's own settings: levers of distributed runs and of runs reading real data.
 LATE_LEVERS: tuple[Lever, ...] = (
     field_lever("ddp_bucket", "ddp_bucket_mb", lambda c: (min(DDP_BUCKET_MAX_MB, c.config.ddp_bucket_mb * 4),),
                 when=lambda c: world_size(c.config) > 1 and c.config.parallel == "ddp" and c.config.ddp_bucket_mb < DDP_BUCKET_MAX_MB,
                 title="DDP bucket MiB", why_not="not a multi-process DDP run (or its buckets are at the maximum)"),
+    field_lever("workers", "workers", lambda c: (min(_loader_cores(c), max(2, 2 * (c.config.workers or 0))),),
+                when=lambda c: c.config.data is not None and (c.config.workers or 0) < _loader_cores(c),
+                title="loader workers", why_not="not reading a dataset from disk (--data), or its workers use every usable core"),
+    field_lever("decode", "decode", lambda c: ("gpu",), when=_gpu_decode_applies, title="JPEG decoding",
+                why_not="needs --data with JPEG images (resnet50, inception_v3), a GPU and a framework that decodes on it"),
 )
 
 

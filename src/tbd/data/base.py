@@ -25,6 +25,18 @@ MAX_SKIPS = 16  # corrupt samples in a row before a batch gives up (the data is 
 Key = tuple[int, int]  # (sample index, epoch): augmentation is reproducible and differs per epoch
 
 
+def usable_loader_cores(device: str, processes: int = 1) -> int:
+    """The most loader processes worth running: on a GPU, the cores this process may use less one
+    for the training loop, shared among the ranks on the machine; on a CPU, half (training needs
+    the rest)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    cores = max(1, cores // max(1, processes))
+    return max(1, cores - 1) if device == "cuda" else max(1, cores // 2)
+
+
 def default_workers(device: str, processes: int = 1) -> int:
     """Loader processes when --workers is not given: on a GPU, the cores this process may use
     less one for the training loop (at most 16), shared among the ranks on the machine; on a
