@@ -15,7 +15,7 @@ from tbd.results.store import Store
 def test_tune_measures_stores_and_reports(tbd_home, tmp_path, capsys):
     markdown = tmp_path / "tune.md"
     code = main(["tune", "gpt", "--flavor", "tiny", "--device", "cpu", "--budget", "25s", "--max-time", "0.5", "--max-steps", "12",
-                 "--no-profile", "--skip", "precision", "--skip", "compile", "--skip", "optimizer", "--skip", "threads",
+                 "--no-profile", "--skip", "precision,compile", "--skip", "optimizer", "--skip", "threads",
                  "--markdown", str(markdown), "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)

@@ -40,7 +40,8 @@ def register(sub) -> None:
     p.add_argument("--budget", default="10m", help="wall time for the whole search, like 10m, 90s or 1h (default: 10m)")
     p.add_argument("--keep-semantics", action="store_true",
                    help="leave out the levers that change the training math (batch size, precision)")
-    p.add_argument("--skip", action="append", default=[], metavar="LEVER", help="a lever not to try (repeatable); an unknown name lists them")
+    p.add_argument("--skip", action="append", default=[], metavar="LEVER",
+                   help="a lever not to try (repeatable, or a comma list: --skip compile,precision); an unknown name lists them")
     p.add_argument("--min-gain", type=float, default=1.0, metavar="PCT",
                    help="a change is kept when its gain's 95%% CI lies above 0 and the gain is at least this (default: 1)")
     p.add_argument("--no-profile", action="store_true", help="do not trace the trials: faster, but the levers are tried without estimates")
@@ -64,6 +65,7 @@ def run(args) -> int:
     markdown = _markdown_path(args.markdown) if args.markdown else None
     store = Store(args.home)
     config = dataclasses.replace(config_from_args(args, args.workload), profile=False, ncu=False, isolate=True)
+    args.skip = [name for item in args.skip for name in item.split(",") if name]
     tune.check_skip(args.skip, config)
     store.prepare()  # a store that cannot take the trials fails here, before anything is measured
     batch_max = tune.confirmed_max_batch(store, config)
