@@ -198,6 +198,7 @@ def _re_estimate_logged(row: dict[str, Any]) -> float | None:
             and facts.get("gpu_util_trace_pct"):
         steps = round(facts["kernels_per_window"] * facts["mean_kernel_us"] / (facts["gpu_util_trace_pct"] / 100 * facts["step_ms"] * 1e3))
         facts["kernels_per_step"] = facts["kernels_per_window"] / max(steps, 1)
+        facts["kernels_per_step_from_utilization"] = True  # no figure of its own: the device share is the trace's utilization
     if "batch_size" in change and not (facts.get("device_total_bytes") and (facts.get("steady_peak_allocated_bytes") or facts.get("peak_reserved_bytes"))):
         factor = change["batch_size"] / facts["batch_size"]
         facts["device_total_bytes"], facts["steady_peak_allocated_bytes"] = 1.0, 0.85 / (factor + 0.5)
