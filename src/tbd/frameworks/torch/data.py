@@ -127,7 +127,12 @@ class Feed:
         self.samples = 0  # samples taken from the loader so far (tbd data bench counts them)
         self.thread = None
         if device.type == "cuda":
-            self.stream = torch.cuda.Stream(device)
+            # The feed's stream at a higher priority than training's (-1; the default is 0): its
+            # decode and crop kernels are then scheduled as soon as queued, between the training
+            # kernels, instead of waiting behind them until the step that needs the batch waits for
+            # its event (GPU decode on an H200: the device idle for input 3-8% of the window with
+            # both at the default priority).
+            self.stream = torch.cuda.Stream(device, priority=-1)
             self.ready: queue.Queue = queue.Queue(maxsize=depth)
             self.closing = threading.Event()
             self.thread = threading.Thread(target=self._fill, name="tbd-feed", daemon=True)
