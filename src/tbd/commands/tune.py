@@ -7,6 +7,7 @@ file), and stores a record of kind 'tune' beside the trials' own runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -18,6 +19,8 @@ from rich.table import Table
 from tbd.commands import EXAMPLES
 from tbd.commands.options import add_run_options, config_from_args
 from tbd.errors import UsageError
+from tbd.harness import launcher
+from tbd.topology import world_size
 
 TRIAL_MAX_TIME_S = 10.0  # steady seconds per trial unless --max-time says otherwise
 
@@ -92,8 +95,10 @@ def run(args) -> int:
                 bar.console.print(_trial_line(trial, config))
 
         backend = tune.StoreBackend(store, profile=not args.no_profile, progress=progress)
-        result = tune.search(config, backend, budget_s=budget, keep_semantics=args.keep_semantics, skip=tuple(args.skip),
-                             min_gain_pct=args.min_gain, batch_max=batch_max, on_trial=on_trial, on_start=on_start)
+        # each trial a fresh process, started ahead with the framework imported (launcher.warm_children)
+        with launcher.warm_children(config.framework) if world_size(config) == 1 else contextlib.nullcontext():
+            result = tune.search(config, backend, budget_s=budget, keep_semantics=args.keep_semantics, skip=tuple(args.skip),
+                                 min_gain_pct=args.min_gain, batch_max=batch_max, on_trial=on_trial, on_start=on_start)
     result.notes += backend.notes
     best_record = store.get(result.best_run_id) if result.best_run_id else None
     method = {"budget_s": budget, "keep_semantics": args.keep_semantics, "skip": list(args.skip), "min_gain_pct": args.min_gain,

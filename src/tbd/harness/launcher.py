@@ -11,6 +11,7 @@ called out of memory only on evidence (`tbd.harness.oom_evidence`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import faulthandler
 import multiprocessing as mp
@@ -46,19 +47,123 @@ def _child(config_dict: dict, run_id: str, out: "mp.Queue", stacks=None, parent_
         out.put(("record", record))
 
 
+def _warm_child(framework_module: str, out: "mp.Queue", stacks, parent_pid: int, jobs) -> None:
+    """A child started ahead of its run: it imports the framework (seconds of a trial's build)
+    while the run before it goes on, then takes one job and runs it as `_child` does."""
+    import importlib
+
+    lifeline.end_with_parent(parent_pid)
+    with lifeline.interrupts_left_to_parent(), contextlib.suppress(ImportError):
+        importlib.import_module(framework_module)  # a failure shows again, in the run, where it is reported
+    try:
+        config_dict, run_id = jobs.recv()
+    except EOFError:  # closed unused
+        return
+    _child(config_dict, run_id, out, stacks, None)
+
+
+class _Warm:
+    """One started child waiting for a run of its framework, with the queue and pipes it was
+    given at start (multiprocessing hands them over only then)."""
+
+    def __init__(self, framework: str, module: str):
+        ctx = mp.get_context("spawn")
+        self.framework, self.env = framework, dict(os.environ)
+        self.out = ctx.Queue()
+        self.stacks, stacks_writer = ctx.Pipe(duplex=False)
+        jobs_reader, self.jobs = ctx.Pipe(duplex=False)
+        # Not a daemon: a run may start processes of its own (loader workers, a3c's actors).
+        self.process = ctx.Process(target=_warm_child, args=(module, self.out, stacks_writer, os.getpid(), jobs_reader),
+                                   name=f"tbd-warm-{framework}")
+        self.process.start()
+        stacks_writer.close()
+        jobs_reader.close()
+
+    def usable_for(self, config: RunConfig) -> bool:
+        """Only for a run of its framework under the environment it was started in (a variable a
+        framework reads at import must not differ from what the run would have seen)."""
+        return self.framework == config.framework and self.env == dict(os.environ) and self.process.is_alive()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.jobs.close()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.out.close()
+        self.stacks.close()
+
+
+_warm: dict[str, _Warm] = {}  # framework -> the child started ahead for its next run (inside `warm_children`)
+_keep_warm: set[str] = set()
+
+
+@atexit.register
+def _close_warm() -> None:
+    """No started child outlives its parent's interpreter waiting for a job (multiprocessing would
+    wait for it at exit)."""
+    _keep_warm.clear()
+    while _warm:
+        _warm.popitem()[1].close()
+
+
+@contextlib.contextmanager
+def warm_children(framework: str):
+    """Within this block, each isolated run of `framework` takes a child started ahead of it (the
+    framework already imported) and starts the next one as it begins: a series of short runs
+    (tbd tune's trials, max-batch probes) saves the framework's import per run. Each run is still
+    a fresh process of its own; a run whose environment differs from the child's gets a new one."""
+    from tbd import registry
+
+    module = f"{registry.framework(framework).package}.session"
+    _keep_warm.add(module)
+    _warm[framework] = _Warm(framework, module)
+    try:
+        yield
+    finally:
+        _keep_warm.discard(module)
+        held = _warm.pop(framework, None)
+        if held is not None:
+            held.close()
+
+
+def _take_warm(config: RunConfig):
+    """(process, out queue, stacks pipe) of a started child for this run, sent its job; None if
+    there is none that fits. The next one is started at once, while this run builds."""
+    held = _warm.pop(config.framework, None)
+    if held is None:
+        return None
+    if not held.usable_for(config):
+        held.close()
+        held = None
+    from tbd import registry
+
+    module = f"{registry.framework(config.framework).package}.session"
+    if module in _keep_warm:
+        _warm[config.framework] = _Warm(config.framework, module)
+    return held
+
+
 def run_in_process(config: RunConfig, progress: Callable[[dict], None] | None = None) -> RunRecord:
     return execute(config, progress)
 
 
 def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = None, timeout_s: float | None = None) -> RunRecord:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
     run_id = new_run_id(config.workload, config.framework)
-    stacks, stacks_writer = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(config.to_dict(), run_id, out, stacks_writer, os.getpid()), name=f"tbd-{run_id}")
     oom_before = oom_evidence.oom_kill_counters()
-    child.start()
-    stacks_writer.close()
+    warm = _take_warm(config)
+    if warm is not None:  # started ahead (inside `warm_children`): send it the job
+        child, out, stacks = warm.process, warm.out, warm.stacks
+        warm.jobs.send((config.to_dict(), run_id))
+        warm.jobs.close()
+    else:
+        ctx = mp.get_context("spawn")
+        out = ctx.Queue()
+        stacks, stacks_writer = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_child, args=(config.to_dict(), run_id, out, stacks_writer, os.getpid()), name=f"tbd-{run_id}")
+        child.start()
+        stacks_writer.close()
     # Compilation can be slow; allow generous time beyond the measurement budget.
     deadline = timeout_s if timeout_s is not None else config.max_time_s * 3 + 600
     waited = 0.0
