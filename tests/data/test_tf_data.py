@@ -82,8 +82,7 @@ def test_corrupt_image_mid_run_is_skipped_and_counted_through_tf_data(tmp_path, 
     config = RunConfig(workload="resnet50", framework="tf", flavor="tiny", data=str(root), workers=2, device="cpu",
                        max_steps=3, min_timed_steps=1, isolate=False).validated()
     record = execute(config)
-    assert record.status != "failed", record.error
-    assert math.isfinite(record.metrics["final_loss"]) if "final_loss" in record.metrics else True
+    assert record.status != "failed", record.error  # a loss that is not finite fails the run
     assert record.method["data"]["loader"].startswith("tf.data") and record.method["data"]["format"] == "imagenet"
     assert record.metrics["data_skipped_samples"] >= 1
     assert any(str(victim) in name for name in record.method["data_skipped_files"])

@@ -198,7 +198,7 @@ def open_feed(config, spec, from_host, ctx, device: str) -> tuple[Feed, dict[str
         "source": "dataset on disk",
         **dataset.facts,
         "loader": f"{parallel}; {config.workers} loading thread(s), one endless batch stream",
-        "decode": "CPU: in tf.data's loading threads (PIL)",
+        "decode": "CPU: in tf.data's loading threads (PIL)" if config.workers else "CPU: in the training thread, as it takes the batch (PIL)",
         "feed": "batches taken from the tf.data iterator in the training thread and put on the device by the workload's from_host",
         "input_wait": "time blocked taking the next batch (host clock); each step is synchronized, so the device waits as long",
         "notes": dataset.notes,
