@@ -182,7 +182,10 @@ class RunConfig:
                 raise UsageError(f"--decode gpu applies to ImageNet-style JPEG folders (resnet50, inception_v3); {self.workload} "
                                  f"reads {recipes.layout(spec)}: drop --decode gpu")
             if not caps.gpu_decode:
-                raise UsageError(f"--decode gpu is not available for {plugin.title}; use --decode cpu")
+                able = [name for name in registry.framework_names()
+                        if name not in registry.UNAVAILABLE_FRAMEWORKS and registry.framework(name).capabilities.gpu_decode]
+                raise UsageError(f"--decode gpu is not available for {plugin.title} (its loader decodes on the CPU); drop --decode gpu"
+                                 + (f", or use --framework {' or '.join(able)}" if able else ""))
             if self.device != "cuda":
                 raise UsageError("--decode gpu decodes on the GPU; use --device cuda, or --decode cpu")
         self.data = recipes.checked(spec, self.data, self.resolved_hparams(), self.batch_size, self.seed, self.decode)

@@ -1,7 +1,8 @@
 """The TensorFlow training task shared by the image classifiers (resnet50, inception_v3):
 synthetic ImageNet-shaped batches (N(0, 1) images in NHWC, uniform labels, as the PyTorch side
-draws them), cross-entropy in fp32, and PyTorch's SGD: momentum, and weight decay added to the
-gradient of every variable (Keras' SGD `weight_decay` is the decoupled kind)."""
+draws them) or batches of a dataset on disk (`from_host`), cross-entropy in fp32, and PyTorch's
+SGD: momentum, and weight decay added to the gradient of every variable (Keras' SGD
+`weight_decay` is the decoupled kind)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tbd.data.images import MEAN, STD
 from tbd.frameworks.tf.session import TfTask
+
+
+def from_host(host: dict, ctx, device: str):
+    """A loader's batch (uint8 images (B, S, S, 3), labels) on the device as the synthetic one:
+    float32 NHWC images normalized with ImageNet's mean and std there (the copy stays uint8),
+    int32 labels."""
+    with tf.device(device):
+        images = tf.cast(tf.convert_to_tensor(host["images"]), tf.float32)
+        mean, std = (tf.constant(np.asarray(v, np.float32) * 255) for v in (MEAN, STD))
+        return ((images - mean) / std, tf.convert_to_tensor(host["labels"].astype(np.int32)))
 
 
 def torch_sgd(lr: float, momentum: float) -> keras.optimizers.SGD:

@@ -68,3 +68,18 @@ def padded_pairs(rng: np.random.Generator, pairs, rows: int, src_width: int, tgt
     tgt_in = np.where(tgt_out == PAD, PAD, tgt_in)
     lens = lambda side: np.asarray([p[side] for p in pairs] + [0] * (rows - len(pairs)), np.int32)  # noqa: E731  (0: an empty row)
     return src, tgt_in, tgt_out, lens(0), lens(1)
+
+
+def pad_to_buckets(host: dict, rows: int, src_width: int, tgt_width: int):
+    """A loader's text batch (tbd.data's parallel text, padded to its longest sentence) padded
+    further to the fixed shapes compiled steps (XLA, tf.function) are built for: (src, tgt_in, tgt_out,
+    src_lens, tgt_lens), int32; sentences longer than a width (the largest bucket) are cut."""
+    def fit(a, width):
+        out = np.full((rows, width), PAD, np.int32)
+        n, w = min(rows, a.shape[0]), min(width, a.shape[1])
+        out[:n, :w] = a[:n, :w]
+        return out
+
+    lens = lambda key, width: fit(np.minimum(host[key], width)[:, None], 1)[:, 0]  # noqa: E731  (0: an empty row)
+    return (fit(host["src"], src_width), fit(host["tgt_in"], tgt_width), fit(host["tgt_out"], tgt_width),
+            lens("src_lens", src_width), lens("tgt_lens", tgt_width))

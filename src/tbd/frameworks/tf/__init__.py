@@ -3,8 +3,8 @@
 Parts: `session.py` (one `tf.function` train step, XLA under --compile, Keras mixed-precision
 policies, device-synchronized timing), `distributed.py` (MultiWorkerMirroredStrategy behind
 torchrun's ranks), `trace.py` (tf.profiler, converted to Chrome-trace JSON for `tbd analyze`),
-`memory.py` (allocator peak plus the exact sizes of variables and optimizer slots). Importing
-this package imports no tensorflow.
+`memory.py` (allocator peak plus the exact sizes of variables and optimizer slots), `data.py`
+(tf.data feeds for `--data`). Importing this package imports no tensorflow.
 """
 
 import os
@@ -39,5 +39,7 @@ PLUGIN = FrameworkPlugin(
         compile_needs={"execution": "graph"},
         fused_optimizer="run with --compile: XLA fuses the optimizer's per-variable updates",
         allocator_setting="TF_GPU_ALLOCATOR=cuda_malloc_async",
+        data_loader="tf.data: tf.numpy_function loading and collating batches, map with num_parallel_calls=--workers "
+                    "(threads, in order), prefetch --prefetch; JPEGs decoded on the CPU",
     ),
 )

@@ -15,7 +15,9 @@ batches drawn on the host); `open_session` turns it into a `TfSession`:
 - timing: host clock per step up to a device synchronization (`tf.test.experimental.sync_devices`
   on a GPU; CPU kernels have finished when the step's call returns): one sync per step;
 - data: `data_pool` batches drawn on the host with NumPy from the run's seed, copied to the
-  device once, rotated.
+  device once, rotated; or, with `--data`, one batch per step from a tf.data pipeline over the
+  dataset on disk (`data.py`), made the workload's device batch by its `from_host`, the wait
+  for it timed inside the step (`input_wait_s`).
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def configure_runtime(config) -> dict[str, Any]:
     return threads
 
 
-def _to_device(batch: Batch, device: str) -> Batch:
+def to_device(batch: Batch, device: str) -> Batch:
+    """Host arrays (a workload's batch) as tensors on `device`."""
     with tf.device(device):
         return tuple(tf.identity(tf.convert_to_tensor(x)) for x in batch)
 
@@ -113,6 +116,7 @@ def _to_device(batch: Batch, device: str) -> Batch:
 class TfSession:
     def __init__(self, config, spec, impl, ctx: BuildContext):
         self.config = config
+        from_host = getattr(impl, "from_host", None)  # a dataset on disk's host batch -> this workload's device batch
         if keras.backend.backend() != "tensorflow":  # Keras 3 picks its backend at import (KERAS_BACKEND, ~/.keras/keras.json)
             raise UsageError(f"Keras runs on its {keras.backend.backend()} backend here; tbd's TensorFlow workloads need "
                              "KERAS_BACKEND=tensorflow")
@@ -144,12 +148,26 @@ class TfSession:
             raise UsageError(f"{config.workload} in TensorFlow has data-dependent shapes that XLA cannot compile; drop --compile")
         self.variables = list(task.variables if task.variables is not None else self.model.trainable_variables)
         self.num_parameters = int(sum(int(np.prod(v.shape)) for v in self.model.trainable_variables))
-        rng = np.random.default_rng([config.seed, tf_distributed.rank()])  # each rank draws its own data
-        host_batches = [task.make_batch(rng) for _ in range(config.data_pool)]
         per_sample = spec.units_per_sample(spec.flavor(config.flavor))
-        self._units = [float(task.units(b)) if task.units else ctx.batch_size * per_sample for b in host_batches]
-        self._samples = [float(task.samples(b)) if task.samples else float(ctx.batch_size) for b in host_batches]
-        self.batches = [_to_device(b, self.device) for b in host_batches]
+        units_fn, samples_fn, n = task.units, task.samples, ctx.batch_size
+        self._units_of = (lambda b: float(units_fn(b))) if units_fn else (lambda b: n * per_sample)
+        self._samples_of = (lambda b: float(samples_fn(b))) if samples_fn else (lambda b: float(n))
+        self.feed = None  # a dataset on disk (--data): one batch from the tf.data feed per step
+        self.data_skipped: list[str] = []
+        if config.data:
+            if from_host is None:
+                raise UsageError(f"{config.workload} in TensorFlow has no dataset reader yet (only synthetic data); drop --data")
+            from tbd.frameworks.tf.data import open_feed
+
+            self.feed, data_method = open_feed(config, spec, from_host, ctx, self.device)
+            host_batches = []
+        else:
+            rng = np.random.default_rng([config.seed, tf_distributed.rank()])  # each rank draws its own data
+            host_batches = [task.make_batch(rng) for _ in range(config.data_pool)]
+            data_method = f"synthetic, {config.data_pool} batch(es) resident on the device, rotated"
+        self._units = [self._units_of(b) for b in host_batches]
+        self._samples = [self._samples_of(b) for b in host_batches]
+        self.batches = [to_device(b, self.device) for b in host_batches]
         del host_batches
         self._next = 0
         self._loss = None
@@ -166,7 +184,7 @@ class TfSession:
             method={
                 "timing": ("host clock per step up to tf.test.experimental.sync_devices (one device sync per step)"
                            if config.device == "cuda" else "host clock per step (CPU kernels finish before the step's call returns)"),
-                "data": f"synthetic, {config.data_pool} batch(es) resident on the device, rotated",
+                "data": data_method,
                 "execution": ("eager (op by op)" if self.execution == "eager" else
                               "graph: the whole train step is one tf.function" + (
                                   "" if not config.compile else ", compiled by XLA (jit_compile=True)" if self._xla_gradients is None
@@ -237,9 +255,15 @@ class TfSession:
         return lambda batch: compiled(*batch)
 
     def step(self) -> None:
-        """One training step on the next batch of the pool (dispatched, not waited for)."""
+        """One training step on the next batch of the pool, or of the feed (dispatched, not waited for)."""
+        if self.feed is not None:
+            self._step_on(self._take())
+            return
         batch = self.batches[self._next]
         self._next = (self._next + 1) % len(self.batches)
+        self._step_on(batch)
+
+    def _step_on(self, batch: Batch) -> None:
         traces, t0 = self.trace_count, time.perf_counter()
         with tf.device(self.device):
             self._loss = self.step_fn(batch)
@@ -259,7 +283,14 @@ class TfSession:
         if self.config.device == "cuda":
             tf.test.experimental.sync_devices()
 
+    def _take(self) -> Batch:
+        batch, skipped = self.feed.next()
+        self.data_skipped += skipped
+        return batch
+
     def run_steps(self, n: int) -> StepTimes:
+        if self.feed is not None:
+            return self._run_fed_steps(n)
         seconds, units, samples = [], [], []
         for _ in range(n):
             units.append(self._units[self._next])
@@ -269,6 +300,21 @@ class TfSession:
             self._sync()
             seconds.append(time.perf_counter() - t0)
         return StepTimes(seconds, units, samples)
+
+    def _run_fed_steps(self, n: int) -> StepTimes:
+        """Steps on batches from the feed; each step's time includes waiting for its batch."""
+        seconds, units, samples, waits = [], [], [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            batch = self._take()
+            waits.append(time.perf_counter() - t0)
+            self._step_on(batch)
+            self._sync()
+            seconds.append(time.perf_counter() - t0)
+            # After the clock: a workload's count may read its batch's lengths back from the device.
+            units.append(self._units_of(batch))
+            samples.append(self._samples_of(batch))
+        return StepTimes(seconds, units, samples, input_wait_s=waits, input_stall_s=list(waits))
 
     def last_loss(self) -> float:
         return float(self._loss) if self._loss is not None else float("nan")
@@ -297,6 +343,9 @@ class TfSession:
         return {"peak_allocated_bytes": int(info["peak"]), "allocated_bytes": int(info["current"])}
 
     def close(self) -> None:
+        if self.feed is not None:
+            feed, self.feed = self.feed, None
+            feed.close()
         self.batches = []
         self._loss = None
         self.step_fn = None

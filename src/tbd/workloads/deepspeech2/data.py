@@ -73,3 +73,24 @@ def padded_batch(rng: np.random.Generator, n: int, hp, edges: list[int]) -> tupl
     labels = rng.integers(1, NUM_CHARS, (n, chars))
     labels *= np.arange(chars)[None, :] < n_chars[:, None]
     return spec, labels.astype("int32"), frames.astype("int32"), n_chars.astype("int32")
+
+
+def bucketed_host(host: dict, hp) -> tuple[np.ndarray, ...]:
+    """A loader's LibriSpeech batch (tbd.data.speech) as `padded_batch` gives the synthetic one:
+    (spec (B, F, T, 1) padded to the frame bucket, labels (B, chars) padded to its transcript
+    width, frames, characters), int32 counts. Utterances past the flavor's longest bucket (its
+    max_s) are cut to it, and transcripts to the bucket's width (CTC needs room for them)."""
+    edges = frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
+    width = bucket(int(host["frames"].max()), edges)
+    chars = label_width(hp, width)
+    n, freq = len(host["frames"]), host["spec"].shape[2]
+    spec = np.zeros((n, freq, width, 1), np.float32)
+    t = min(width, host["spec"].shape[3])
+    spec[:, :, :t, 0] = host["spec"][:, 0, :, :t]
+    frames = np.minimum(host["frames"], width).astype(np.int32)
+    n_chars = np.minimum(host["n_chars"], chars).astype(np.int32)
+    labels = np.zeros((n, chars), np.int32)
+    starts = np.concatenate([[0], np.cumsum(host["n_chars"])[:-1]])
+    for i, (start, count) in enumerate(zip(starts, n_chars)):
+        labels[i, :count] = host["targets"][start : start + count]
+    return spec, labels, frames, n_chars

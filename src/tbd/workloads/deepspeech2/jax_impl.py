@@ -31,13 +31,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
-from tbd.workloads.common_jax import bucket, host_generator, torch_default_rule, torch_like_init
-from tbd.workloads.deepspeech2.data import frame_edges, label_width, padded_batch
+from tbd.workloads.common_jax import host_generator, torch_default_rule, torch_like_init
+from tbd.workloads.deepspeech2.data import bucketed_host, frame_edges, padded_batch
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out
 from tbd.workloads.resnet50.jax_impl import batch_norm
 
@@ -127,25 +126,8 @@ def init_rule(shapes, hidden: int):
 
 
 def from_host(host: dict, ctx: BuildContext, device):
-    """Spectrograms of a dataset on disk as the synthetic batch: (spec (B, F, T, 1) padded to
-    the frame bucket, labels (B, chars) padded to its transcript width, frames, characters),
-    int32 counts. Utterances past the flavor's longest bucket (its max_s) are cut to it, and
-    transcripts to the bucket's width (CTC needs room for them)."""
-    hp = ctx.hparams
-    edges = frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
-    width = bucket(int(host["frames"].max()), edges)
-    chars = label_width(hp, width)
-    n, freq = len(host["frames"]), host["spec"].shape[2]
-    spec = np.zeros((n, freq, width, 1), np.float32)
-    t = min(width, host["spec"].shape[3])
-    spec[:, :, :t, 0] = host["spec"][:, 0, :, :t]
-    frames = np.minimum(host["frames"], width).astype(np.int32)
-    n_chars = np.minimum(host["n_chars"], chars).astype(np.int32)
-    labels = np.zeros((n, chars), np.int32)
-    starts = np.concatenate([[0], np.cumsum(host["n_chars"])[:-1]])
-    for i, (start, count) in enumerate(zip(starts, n_chars)):
-        labels[i, :count] = host["targets"][start : start + count]
-    return jax.device_put((spec, labels, frames, n_chars), device)
+    """Spectrograms of a dataset on disk as the synthetic batch (`data.bucketed_host`)."""
+    return jax.device_put(bucketed_host(host, ctx.hparams), device)
 
 
 def build(ctx: BuildContext) -> JaxTask:

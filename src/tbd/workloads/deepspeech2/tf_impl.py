@@ -34,9 +34,9 @@ import tensorflow as tf
 from keras import layers
 
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.tf.session import TfTask
+from tbd.frameworks.tf.session import TfTask, to_device
 from tbd.workloads.common_tf import conv2d, dense
-from tbd.workloads.deepspeech2.data import frame_edges, padded_batch
+from tbd.workloads.deepspeech2.data import bucketed_host, frame_edges, padded_batch
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out
 
 
@@ -79,6 +79,12 @@ class DeepSpeech2(keras.Model):
         return tf.cast(self.fc(x), tf.float32), lengths
 
 
+def from_host(host: dict, ctx: BuildContext, device: str):
+    """Spectrograms of a dataset on disk as the synthetic batch (`data.bucketed_host`: padded
+    to the same frame and transcript widths, so the step meets no new shapes)."""
+    return to_device(bucketed_host(host, ctx.hparams), device)
+
+
 def build(ctx: BuildContext) -> TfTask:
     hp, n = dict(ctx.hparams), ctx.batch_size
     edges = frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
@@ -99,7 +105,7 @@ def build(ctx: BuildContext) -> TfTask:
         optimizer=keras.optimizers.Adam(learning_rate=hp["lr"], beta_1=b1, beta_2=b2, epsilon=1e-8),
         make_batch=lambda rng: padded_batch(rng, n, hp, edges),
         loss=loss,
-        units=lambda batch: float(batch[2].sum()) / FRAMES_PER_S,  # seconds of audio
+        units=lambda batch: float(np.sum(batch[2])) / FRAMES_PER_S,  # seconds of audio (host arrays or tensors)
         samples=lambda batch: float(batch[2].shape[0]),  # utterances
         extra={"frame_edges": edges},
     )

@@ -45,7 +45,7 @@ from keras import layers
 
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.tf.session import TfTask
+from tbd.frameworks.tf.session import TfTask, to_device
 from tbd.workloads.common_tf import dense, kaiming_normal_fan_out
 from tbd.workloads.faster_rcnn.spec import BOX_HIDDEN, FPN_CHANNELS, RESNETS, ROI_POOL
 
@@ -310,32 +310,50 @@ def detection_loss(model: FasterRCNN, images, gt_boxes, gt_labels, sizes, hp, no
 
 
 def make_images(rng: np.random.Generator, hp, n: int):
-    """torch_impl.make_images' VOC-like images and boxes, resized, normalized and padded as
-    torchvision's transform does: (images (n, H, W, 3), boxes (n, max_boxes, 4), labels (n,
-    max_boxes) with 0 in the padding rows, sizes (n, 2) of the resized images)."""
+    """torch_impl.make_images' VOC-like images and boxes, as `transformed` makes any batch."""
     lo, hi = hp["image_short"]
     landscape = rng.random() < 0.7  # most VOC images are landscape
     shorts = rng.integers(lo, hi + 1, n)
-    resized, all_boxes, all_labels, sizes = [], np.zeros((n, hp["max_boxes"], 4), np.float32), np.zeros((n, hp["max_boxes"]), np.int32), []
-    for i, short in enumerate(shorts):
+    images, all_boxes, all_labels = [], [], []
+    for short in shorts:
         h, w = (int(short), hp["image_long"]) if landscape else (hp["image_long"], int(short))
-        image = rng.random((h, w, 3), dtype=np.float32)  # in [0, 1]
+        images.append(rng.random((h, w, 3), dtype=np.float32))  # in [0, 1]
         k = int(rng.integers(1, hp["max_boxes"] + 1))
         size = (0.1 + 0.8 * rng.random((k, 2), dtype=np.float32)) * np.array([w, h], np.float32)
         corner = rng.random((k, 2), dtype=np.float32) * (np.array([w, h], np.float32) - size)
-        boxes = np.concatenate([corner, corner + size], 1)  # (k, 4) as x1, y1, x2, y2
+        all_boxes.append(np.concatenate([corner, corner + size], 1))  # (k, 4) as x1, y1, x2, y2
+        all_labels.append(rng.integers(1, hp["num_classes"], k))  # 0 is background
+    return transformed(images, all_boxes, all_labels, hp)
+
+
+def transformed(images, boxes, labels, hp):
+    """Images (HWC in [0, 1]) at their own sizes with their boxes (x1, y1, x2, y2 in pixels) and
+    labels, resized, normalized and padded as torchvision's transform does: (images (n, H, W,
+    3), boxes (n, max_boxes, 4), labels (n, max_boxes) with 0 in the padding rows, sizes (n, 2)
+    of the resized images); an image with more than `max_boxes` boxes widens the two."""
+    n, width = len(images), max(hp["max_boxes"], *(len(b) for b in boxes))
+    resized, all_boxes, all_labels, sizes = [], np.zeros((n, width, 4), np.float32), np.zeros((n, width), np.int32), []
+    for i, (image, box, label) in enumerate(zip(images, boxes, labels)):
+        h, w = image.shape[:2]
         scale = min(hp["min_size"] / min(h, w), hp["max_size"] / max(h, w))
         nh, nw = int(h * scale), int(w * scale)
         resized.append(tf.image.resize((image - MEAN) / STD, (nh, nw)).numpy())
-        all_boxes[i, :k] = boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
-        all_labels[i, :k] = rng.integers(1, hp["num_classes"], k)  # 0 is background
+        all_boxes[i, : len(box)] = box * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+        all_labels[i, : len(label)] = label
         sizes.append((nh, nw))
     m = hp["pad_multiple"]
     H, W = (-(-max(s[0] for s in sizes) // m) * m, -(-max(s[1] for s in sizes) // m) * m)
-    images = np.zeros((n, H, W, 3), np.float32)
+    out = np.zeros((n, H, W, 3), np.float32)
     for i, img in enumerate(resized):
-        images[i, : img.shape[0], : img.shape[1]] = img
-    return images, all_boxes, all_labels, np.asarray(sizes, np.int32)
+        out[i, : img.shape[0], : img.shape[1]] = img
+    return out, all_boxes, all_labels, np.asarray(sizes, np.int32)
+
+
+def from_host(host: dict, ctx: BuildContext, device: str):
+    """A loader's VOC batch (uint8 HWC images at their own sizes, boxes, labels) made as the
+    synthetic batches are (`transformed`), on the device."""
+    images = [img.astype(np.float32) / 255 for img in host["images"]]
+    return to_device(transformed(images, host["boxes"], host["labels"], ctx.hparams), device)
 
 
 def calibrate_frozen_bn(model: FasterRCNN, rng: np.random.Generator, size: int = 128) -> None:

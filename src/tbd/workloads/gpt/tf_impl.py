@@ -21,7 +21,7 @@ from keras import layers
 
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.tf.session import TfTask
+from tbd.frameworks.tf.session import TfTask, to_device
 from tbd.workloads.gpt.spec import GPT2_VOCAB
 from tbd.workloads.text_host import zipf_tokens
 
@@ -78,6 +78,12 @@ def adamw(hp, model: keras.Model) -> keras.optimizers.AdamW:
     opt = keras.optimizers.AdamW(learning_rate=hp["lr"], beta_1=b1, beta_2=b2, epsilon=1e-8, weight_decay=hp["weight_decay"])
     opt.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
     return opt
+
+
+def from_host(host: dict, ctx: BuildContext, device: str):
+    """Windows of T + 1 tokens from a token file: inputs the first T, targets the last T (int32)."""
+    stream = host["tokens"].astype(np.int32)
+    return to_device((stream[:, :-1], stream[:, 1:]), device)
 
 
 def build(ctx: BuildContext) -> TfTask:

@@ -22,7 +22,7 @@ from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.tf.session import TfTask
 from tbd.workloads.common_tf import conv2d, dense
-from tbd.workloads.image_tf import classification_task
+from tbd.workloads.image_tf import classification_task, from_host  # noqa: F401  (from_host: batches of a dataset on disk, --data)
 
 # (name, kind, width) of the Mixed_* blocks, input to output (A: pool_features, C: channels_7x7).
 BLOCKS = (("Mixed_5b", "A", 32), ("Mixed_5c", "A", 64), ("Mixed_5d", "A", 64), ("Mixed_6a", "B", 0),

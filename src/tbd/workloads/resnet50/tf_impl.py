@@ -19,7 +19,7 @@ from keras import layers
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.tf.session import TfTask
 from tbd.workloads.common_tf import dense, kaiming_normal_fan_out
-from tbd.workloads.image_tf import classification_task
+from tbd.workloads.image_tf import classification_task, from_host  # noqa: F401  (from_host: batches of a dataset on disk, --data)
 from tbd.workloads.resnet50.spec import EXPANSION, STAGES
 
 

@@ -33,8 +33,7 @@ from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import PAD, bucket, host_generator, length_edges, torch_like_init
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
-from tbd.workloads.text_host import padded_pairs
-from tbd.workloads.transformer.jax_impl import pad_to_buckets
+from tbd.workloads.text_host import pad_to_buckets, padded_pairs
 
 # lax.scan's unroll: 1 runs a loop. XLA's cost analysis counts a loop's body once, so the FLOPs
 # test sets True (fully unrolled, the same computation) to have every step counted.

@@ -33,10 +33,10 @@ import tensorflow as tf
 from keras import layers
 
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.tf.session import TfTask
+from tbd.frameworks.tf.session import TfTask, to_device
 from tbd.workloads.text_data import PAD, LengthModel, draw_bucketed_batch
 from tbd.workloads.text_host import bucket, length_edges
-from tbd.workloads.text_host import padded_pairs
+from tbd.workloads.text_host import pad_to_buckets, padded_pairs
 
 UNIFORM = keras.initializers.RandomUniform(-0.1, 0.1)  # TF NMT's initialization of every weight
 
@@ -121,6 +121,14 @@ class Seq2Seq(keras.Model):
         return tf.matmul(att, w(self.project))  # (B, T, V)
 
 
+def from_host(host: dict, ctx: BuildContext, device: str):
+    """Bucketed batches of a dataset on disk, each side padded to its length bucket (as the
+    synthetic batches), sorted longest source first as the loader gives them."""
+    edges = length_edges(ctx.hparams["max_len"])
+    widths = (bucket(host["src"].shape[1], edges), bucket(host["tgt_out"].shape[1], edges))
+    return to_device(pad_to_buckets(host, len(host["src"]), *widths), device)
+
+
 def build(ctx: BuildContext) -> TfTask:
     hp = dict(ctx.hparams)
     lengths = LengthModel.from_hparams(hp)
@@ -146,7 +154,7 @@ def build(ctx: BuildContext) -> TfTask:
         optimizer=keras.optimizers.Adam(learning_rate=hp["lr"], epsilon=1e-8),  # torch.optim.Adam's defaults
         make_batch=make_batch,
         loss=loss,
-        units=lambda batch: float(batch[3].sum() + batch[4].sum()),  # source + target words, no pads
+        units=lambda batch: float(np.sum(batch[3]) + np.sum(batch[4])),  # source + target words, no pads (host arrays or tensors)
         samples=lambda batch: float(batch[3].shape[0]),
         extra={"length_edges": edges},
     )

@@ -41,7 +41,7 @@ from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import PAD, bucket, host_generator, length_edges, pow2_at_least, torch_default_rule, torch_like_init
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
-from tbd.workloads.text_host import padded_pairs
+from tbd.workloads.text_host import pad_to_buckets, padded_pairs
 
 
 def attend(q, k, v, mask, causal: bool, dropout: float, module: nn.Module, train: bool):
@@ -141,21 +141,6 @@ def smoothed_cross_entropy(logits, targets, smoothing: float):
     per_token = (1.0 - smoothing) * nll - smoothing * logp.mean(axis=-1)
     words = (targets != PAD).astype(jnp.float32)
     return (per_token * words).sum() / jnp.maximum(words.sum(), 1.0)
-
-
-def pad_to_buckets(host: dict, rows: int, src_width: int, tgt_width: int):
-    """A loader's text batch (tbd.data's parallel text, padded to its longest sentence) padded
-    further to the fixed shapes the jitted step is compiled for: (src, tgt_in, tgt_out,
-    src_lens, tgt_lens), int32; sentences longer than a width (the largest bucket) are cut."""
-    def fit(a, width):
-        out = np.full((rows, width), PAD, np.int32)
-        n, w = min(rows, a.shape[0]), min(width, a.shape[1])
-        out[:n, :w] = a[:n, :w]
-        return out
-
-    lens = lambda key, width: fit(np.minimum(host[key], width)[:, None], 1)[:, 0]  # noqa: E731  (0: an empty row)
-    return (fit(host["src"], src_width), fit(host["tgt_in"], tgt_width), fit(host["tgt_out"], tgt_width),
-            lens("src_lens", src_width), lens("tgt_lens", tgt_width))
 
 
 def from_host(host: dict, ctx: BuildContext, device):

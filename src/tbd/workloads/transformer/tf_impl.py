@@ -30,10 +30,10 @@ import tensorflow as tf
 from keras import layers
 
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.tf.session import TfTask
+from tbd.frameworks.tf.session import TfTask, to_device
 from tbd.workloads.common_tf import dense
 from tbd.workloads.text_data import PAD, LengthModel, draw_bucketed_batch
-from tbd.workloads.text_host import bucket, length_edges, padded_pairs, pow2_at_least
+from tbd.workloads.text_host import bucket, length_edges, pad_to_buckets, padded_pairs, pow2_at_least
 
 
 def attend(q, k, v, mask, causal: bool, dropout: layers.Dropout | None, training: bool):
@@ -154,6 +154,14 @@ class WarmupInverseSqrt(keras.optimizers.schedules.LearningRateSchedule):
         return {"scale": self.scale, "d_model": self.d_model, "warmup": self.warmup}
 
 
+def from_host(host: dict, ctx: BuildContext, device: str):
+    """Bucketed batches of a dataset on disk, padded like the synthetic ones: one width for both
+    sides (a length bucket), rows to a power of two (so the shapes stay few)."""
+    edges = length_edges(ctx.hparams["max_len"])
+    width = bucket(max(host["src"].shape[1], host["tgt_out"].shape[1]), edges)
+    return to_device(pad_to_buckets(host, pow2_at_least(len(host["src"])), width, width), device)
+
+
 def build(ctx: BuildContext) -> TfTask:
     hp = dict(ctx.hparams)
     lengths = LengthModel.from_hparams(hp)
@@ -177,7 +185,7 @@ def build(ctx: BuildContext) -> TfTask:
         optimizer=keras.optimizers.Adam(learning_rate=schedule, beta_1=b1, beta_2=b2, epsilon=hp["eps"]),
         make_batch=make_batch,
         loss=loss,
-        units=lambda batch: float(batch[3].sum() + batch[4].sum()),  # source + target words, no pads
-        samples=lambda batch: float((batch[3] > 0).sum()),  # real pairs, not the empty rows
+        units=lambda batch: float(np.sum(batch[3]) + np.sum(batch[4])),  # source + target words, no pads (host arrays or tensors)
+        samples=lambda batch: float(np.count_nonzero(np.asarray(batch[3]) > 0)),  # real pairs, not the empty rows
         extra={"length_edges": edges},
     )

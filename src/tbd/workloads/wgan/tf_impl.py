@@ -117,6 +117,14 @@ class WGAN(keras.Model):
         self.critic = Critic(hp["dim"], tuple(hp["d_mults"]), name="critic")
 
 
+def from_host(host: dict, ctx: BuildContext, device: str):
+    """A loader's n_critic x B uint8 images (B, S, S, 3) as the synthetic batch: n_critic real
+    batches (B, S, S, 3) float32 in [-1, 1], scaled on the device (the copy stays uint8)."""
+    with tf.device(device):
+        images = tf.cast(tf.convert_to_tensor(host["images"]), tf.float32) / 127.5 - 1.0
+        return tuple(tf.split(images, ctx.hparams["n_critic"]))
+
+
 def build(ctx: BuildContext) -> TfTask:
     hp = ctx.hparams
     check_sizes(hp)
