@@ -145,9 +145,12 @@ def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: 
             launch: Callable | None = None, upper: int | None = None) -> SearchResult:
     """Confirm the largest batch of `config` with real training steps, each probe a child
     process of `steps` steps (so an out-of-memory cannot poison the next probe)."""
+    import contextlib
     import dataclasses
 
+    from tbd.harness import launcher as launcher_module
     from tbd.harness.launcher import launch as default_launch
+    from tbd.topology import world_size
 
     launch = launch or default_launch
 
@@ -157,4 +160,7 @@ def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: 
         record = launch(short)
         return outcome_of(record), ((record.get("error") or {}).get("message") or "")[:200]
 
-    return search(probe, predicted or config.batch_size, upper=upper, deadline_s=deadline_s, predicted=predicted)
+    # each probe a fresh process, started ahead with the framework imported (where probes run through the default launcher)
+    warm = default_launch is launch and world_size(config) == 1 and config.python is None
+    with launcher_module.warm_children(config.framework) if warm else contextlib.nullcontext():
+        return search(probe, predicted or config.batch_size, upper=upper, deadline_s=deadline_s, predicted=predicted)
