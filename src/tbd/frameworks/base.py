@@ -14,9 +14,11 @@ used, and says what it can do (`Capabilities`):
 - memory (`<name>/memory.py`): `profile(config, warmup, **kwargs)`, the memory profile of one step;
 - custom (`<name>/custom.py`, optional): `step_clock(device)` and `count_flops(fn)` for a user's
   own step measured with `tbd.measure` (without it: a host clock, no FLOP counter);
-- data (`<name>/data.py`, where `Capabilities.data_loader` is set): `open_feed(config, spec, impl,
-  ctx, device)`, the framework's loader over a `tbd.data` dataset that hands the session one
-  device batch at a time (`next() -> (batch, skipped files)`, `close()`), for `--data` runs.
+- data (`<name>/data.py`, where `Capabilities.data_loader` is set): `open_feed(config, spec,
+  from_host, ctx, device) -> (feed, method)`, the framework's loader over a `tbd.data` dataset
+  that hands the session one device batch at a time (`next() -> (batch, skipped files)`,
+  `samples`, `close()`), for `--data` runs; `open_loader(config, spec, impl, ctx) -> (feed,
+  method, sync)`, the feed alone for `tbd data bench`.
 `docs/architecture.md` says what adding a framework takes.
 """
 
