@@ -255,6 +255,9 @@ def test_a_pair_whose_runs_are_elsewhere_is_re_estimated_from_its_logged_facts(t
     assert rows[1]["expected_now_pct"] == 100.0  # 16 cores for 8 actors: at most 2x, whatever the idle GPU suggests
     assert rows[2]["expected_now_pct"] is None  # no facts, and a change no run option expresses
     assert summary["median_abs_error_now_pct_of_measured"] is not None
+    # the same pairs judged by the throughput each estimate predicts: |1.19 / 2.456 - 1|, |3.951 / 1.72 - 1|, |1.03 / 1.01 - 1|
+    errors = sorted([abs(119.0 / 245.6 - 1) * 100, abs(395.1 / 172.0 - 1) * 100, abs(103.0 / 101.0 - 1) * 100])
+    assert summary["median_throughput_error_pct"] == pytest.approx(errors[1])
 
 
 def test_every_estimate_comes_with_its_range():

@@ -249,7 +249,9 @@ def show_calibration(store: Store, as_json: bool) -> int:
     console.print(f"{summary['pairs']} pairs; median |expected - measured| as a share of the measured gain: "
                   f"{_pct_or_dash(summary['median_abs_error_pct_of_measured'])} as logged, "
                   f"{_pct_or_dash(summary['median_abs_error_now_pct_of_measured'])} with the current model "
-                  "('now': the current model's estimate of the same change from the same run's facts)")
+                  "('now': the current model's estimate of the same change from the same run's facts); "
+                  f"median |expected / measured throughput - 1|: {_pct_or_dash(summary['median_throughput_error_pct'])} as logged, "
+                  f"{_pct_or_dash(summary['median_throughput_error_now_pct'])} now")
     return 0
 
 
