@@ -192,7 +192,7 @@ def test_deepspeech2_batches_come_in_a_small_fixed_set_of_shapes():
     # Shapes only (no compilation): each batch's frames are padded to an edge and its
     # transcripts to the width that edge fixes, so a run compiles once per edge it meets.
     from tbd.frameworks.base import BuildContext
-    from tbd.workloads.deepspeech2 import jax_impl
+    from tbd.workloads.deepspeech2 import data, jax_impl
 
     config = RunConfig(workload="deepspeech2", framework="jax", flavor="paper", isolate=False).validated()
     task = jax_impl.build(BuildContext.for_run(config, config.batch_size))
@@ -204,7 +204,7 @@ def test_deepspeech2_batches_come_in_a_small_fixed_set_of_shapes():
         spec, labels, frames, n_chars = task.make_batch(key, cpu)
         width = spec.shape[2]
         assert width in edges and int(frames.max()) <= width < 1.13 * int(frames.max()) + 16  # padding under an eighth
-        assert labels.shape[1] == jax_impl.label_width(config.resolved_hparams(), width) >= int(n_chars.max())
+        assert labels.shape[1] == data.label_width(config.resolved_hparams(), width) >= int(n_chars.max())
         shapes.add((spec.shape, labels.shape))
     assert len(shapes) == len({s[0][2] for s in shapes}) <= 12  # one shape per frame edge met
 
