@@ -128,3 +128,14 @@ def make(spec, out: str | Path, size: int, hparams: dict[str, Any], seed: int = 
     else:
         made = images.make_image_folder(out, size, rng, mean_size=(int(hparams["image_size"] * 1.5), int(hparams["image_size"] * 1.25)))
     return {"format": fmt, "path": str(out), **made}
+
+
+# Each step of a synchronized session waits for its batch on the host, and the device as long.
+SYNCHRONIZED_WAIT = "time blocked taking the next batch (host clock); each step is synchronized, so the device waits as long"
+
+
+def feed_method(dataset, *, loader: str, decode: str, feed: str, input_wait: str = SYNCHRONIZED_WAIT) -> dict[str, Any]:
+    """What a `--data` run's record says about its input (`method.data`): the dataset's facts and
+    notes, and how the framework's loader reads, decodes and hands over its batches."""
+    return {"source": "dataset on disk", **dataset.facts, "loader": loader, "decode": decode, "feed": feed,
+            "input_wait": input_wait, "notes": dataset.notes}

@@ -62,15 +62,11 @@ def open_feed(config, spec, from_host, ctx, device) -> tuple[Feed, dict[str, Any
     dataset = recipes.open_dataset(spec, config.data, ctx.hparams, ctx.batch_size, config.seed, config.decode)
     loader = torch_data.make_loader(dataset, config.workers, config.prefetch, pin=False, context="spawn" if config.workers else None)
     feed = Feed(loader, lambda host: from_host(host, ctx, device))
-    method = {
-        "source": "dataset on disk",
-        **dataset.facts,
-        "loader": f"torch.utils.data.DataLoader feeding JAX arrays, {config.workers} worker process(es) (spawned), prefetch {config.prefetch}",
-        "decode": "CPU: in the loader's workers (PIL)",
-        "feed": "batches taken from the loader in the training thread and put on the device (jax.device_put)",
-        "input_wait": "time blocked taking the next batch (host clock); each step is synchronized, so the device waits as long",
-        "notes": dataset.notes,
-    }
+    method = recipes.feed_method(
+        dataset,
+        loader=f"torch.utils.data.DataLoader feeding JAX arrays, {config.workers} worker process(es) (spawned), prefetch {config.prefetch}",
+        decode="CPU: in the loader's workers (PIL)",
+        feed="batches taken from the loader in the training thread and put on the device (jax.device_put)")
     return feed, method
 
 

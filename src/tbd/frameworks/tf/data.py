@@ -194,15 +194,11 @@ def open_feed(config, spec, from_host, ctx, device: str) -> tuple[Feed, dict[str
     parallel = (f"tf.data: map(tf.numpy_function(load and collate a batch), num_parallel_calls={config.workers}, deterministic), "
                 f"prefetch {config.prefetch}" if config.workers else
                 "tf.data: map(tf.numpy_function(load and collate a batch)) in the thread taking the batch, no prefetch")
-    method = {
-        "source": "dataset on disk",
-        **dataset.facts,
-        "loader": f"{parallel}; {config.workers} loading thread(s), one endless batch stream",
-        "decode": "CPU: in tf.data's loading threads (PIL)" if config.workers else "CPU: in the training thread, as it takes the batch (PIL)",
-        "feed": "batches taken from the tf.data iterator in the training thread and put on the device by the workload's from_host",
-        "input_wait": "time blocked taking the next batch (host clock); each step is synchronized, so the device waits as long",
-        "notes": dataset.notes,
-    }
+    method = recipes.feed_method(
+        dataset,
+        loader=f"{parallel}; {config.workers} loading thread(s), one endless batch stream",
+        decode="CPU: in tf.data's loading threads (PIL)" if config.workers else "CPU: in the training thread, as it takes the batch (PIL)",
+        feed="batches taken from the tf.data iterator in the training thread and put on the device by the workload's from_host")
     return feed, method
 
 

@@ -203,20 +203,17 @@ def open_feed(config, spec, from_host, ctx, device: torch.device, finish=lambda 
     pin = device.type == "cuda"
     loader = make_loader(dataset, config.workers, config.prefetch, pin)
     feed = Feed(loader, lambda host: finish(from_host(host, ctx, device)), device, config.prefetch)
-    method = {
-        "source": "dataset on disk",
-        **dataset.facts,
-        "loader": f"torch.utils.data.DataLoader, {config.workers} worker process(es), prefetch {config.prefetch}, "
-                  f"pinned memory {'on' if pin else 'off'}, one endless batch stream",
-        "decode": ("GPU: torchvision.io.decode_jpeg (nvJPEG), crop/resize/flip on the device" if config.decode == "gpu"
-                   else "CPU: in the loader's workers (PIL)"),
-        "feed": ("a thread copies (non-blocking, side CUDA stream) and prepares up to "
-                 f"{config.prefetch} batch(es) ahead; the step waits on an event" if device.type == "cuda"
-                 else "batches taken from the loader in the training thread"),
-        "input_wait": ("host: time blocked taking the next ready batch; device: GPU idle from the previous step's end to the "
-                       "batch being ready (CUDA events)" if device.type == "cuda" else "time blocked taking the next batch (host clock)"),
-        "notes": dataset.notes,
-    }
+    method = recipes.feed_method(
+        dataset,
+        loader=f"torch.utils.data.DataLoader, {config.workers} worker process(es), prefetch {config.prefetch}, "
+               f"pinned memory {'on' if pin else 'off'}, one endless batch stream",
+        decode=("GPU: torchvision.io.decode_jpeg (nvJPEG), crop/resize/flip on the device" if config.decode == "gpu"
+                else "CPU: in the loader's workers (PIL)"),
+        feed=("a thread copies (non-blocking, side CUDA stream at high priority) and prepares up to "
+              f"{config.prefetch} batch(es) ahead; the step waits on an event" if device.type == "cuda"
+              else "batches taken from the loader in the training thread"),
+        input_wait=("host: time blocked taking the next ready batch; device: GPU idle from the previous step's end to the "
+                    "batch being ready (CUDA events)" if device.type == "cuda" else "time blocked taking the next batch (host clock)"))
     return feed, method
 
 
