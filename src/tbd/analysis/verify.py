@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -154,7 +155,7 @@ def _median_error(rows: list[dict[str, Any]], key: str) -> float | None:
 
 def re_estimate(store, row: dict[str, Any]) -> float | None:
     """The current model's expected gain for the pair's change, from the facts of the run it was
-    made on: its stored analysis, else the facts logged with the pair (`logged_facts`); None where
+    made on: its stored analysis, else the facts logged with the pair (`_re_estimate_logged`); None where
     neither is there. A change the model no longer recommends is expected to gain 0."""
     try:
         base, new = store.get(row["run_id"]), store.get(row["verify_run_id"])
@@ -190,6 +191,7 @@ def _re_estimate_logged(row: dict[str, Any]) -> float | None:
     its kernel time (kernels x mean kernel time = busy share x step time x steps); and for a larger
     batch, memory that allowed the batch the pair measured (it ran)."""
     from tbd import registry
+    from tbd.analysis.analyze import framework_levers
     from tbd.errors import UsageError
 
     facts = dict(row.get("facts") or {})
@@ -203,8 +205,6 @@ def _re_estimate_logged(row: dict[str, Any]) -> float | None:
     except (UsageError, KeyError):
         pass
     facts.update({k: v for k, v in known.items() if facts.get(k) is None})
-    from tbd.analysis.analyze import framework_levers
-
     facts = {**framework_levers(row.get("framework") or ""), **facts}
     if facts.get("kernels_per_step") is None and facts.get("kernels_per_window") and facts.get("mean_kernel_us") and facts.get("step_ms") \
             and facts.get("gpu_util_trace_pct"):
@@ -221,8 +221,6 @@ def _logged_change(row: dict[str, Any]) -> dict[str, Any] | None:
     """The run option a pair changed, read back from its action's words (pairs carry no config):
     tune's "precision fp32 -> bf16", "batch 32 -> 128", "torch.compile", and --verify's
     "precision bf16", "larger batch (32 -> 128)", "torch.compile (mode=...)", "channels_last ..."."""
-    import re
-
     action = row.get("action", "")
     if m := re.match(r"precision (?:\w+ -> )?(\w+)$", action):
         return {"precision": m.group(1)}

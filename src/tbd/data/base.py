@@ -25,15 +25,19 @@ MAX_SKIPS = 16  # corrupt samples in a row before a batch gives up (the data is 
 Key = tuple[int, int]  # (sample index, epoch): augmentation is reproducible and differs per epoch
 
 
-def usable_loader_cores(device: str, processes: int = 1) -> int:
-    """The most loader processes worth running: on a GPU, the cores this process may use less one
-    for the training loop, shared among the ranks on the machine; on a CPU, half (training needs
-    the rest)."""
+def _cores_per_process(processes: int) -> int:
+    """The cores this process may use, shared among the ranks on the machine."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    cores = max(1, cores // max(1, processes))
+    return max(1, cores // max(1, processes))
+
+
+def usable_loader_cores(device: str, processes: int = 1) -> int:
+    """The most loader processes worth running: on a GPU, the cores this process may use less one
+    for the training loop; on a CPU, half (training needs the rest)."""
+    cores = _cores_per_process(processes)
     return max(1, cores - 1) if device == "cuda" else max(1, cores // 2)
 
 
@@ -41,11 +45,7 @@ def default_workers(device: str, processes: int = 1) -> int:
     """Loader processes when --workers is not given: on a GPU, the cores this process may use
     less one for the training loop (at most 16), shared among the ranks on the machine; on a
     CPU, training needs the cores itself, so a quarter of them (at least one)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    cores = max(1, cores // max(1, processes))
+    cores = _cores_per_process(processes)
     return max(1, min(16, cores - 1)) if device == "cuda" else max(1, cores // 4)
 
 

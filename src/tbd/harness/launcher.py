@@ -68,7 +68,7 @@ class _Warm:
 
     def __init__(self, framework: str, module: str):
         ctx = mp.get_context("spawn")
-        self.framework, self.env = framework, dict(os.environ)
+        self.framework, self.module, self.env = framework, module, dict(os.environ)
         self.out = ctx.Queue()
         self.stacks, stacks_writer = ctx.Pipe(duplex=False)
         jobs_reader, self.jobs = ctx.Pipe(duplex=False)
@@ -95,15 +95,13 @@ class _Warm:
         self.stacks.close()
 
 
-_warm: dict[str, _Warm] = {}  # framework -> the child started ahead for its next run (inside `warm_children`)
-_keep_warm: set[str] = set()
+_warm: dict[str, _Warm] = {}  # framework -> the child started ahead for its next run (only inside `warm_children`)
 
 
 @atexit.register
 def _close_warm() -> None:
     """No started child outlives its parent's interpreter waiting for a job (multiprocessing would
     wait for it at exit)."""
-    _keep_warm.clear()
     while _warm:
         _warm.popitem()[1].close()
 
@@ -116,32 +114,25 @@ def warm_children(framework: str):
     a fresh process of its own; a run whose environment differs from the child's gets a new one."""
     from tbd import registry
 
-    module = f"{registry.framework(framework).package}.session"
-    _keep_warm.add(module)
-    _warm[framework] = _Warm(framework, module)
+    _warm[framework] = _Warm(framework, f"{registry.framework(framework).package}.session")
     try:
         yield
     finally:
-        _keep_warm.discard(module)
         held = _warm.pop(framework, None)
         if held is not None:
             held.close()
 
 
-def _take_warm(config: RunConfig):
-    """(process, out queue, stacks pipe) of a started child for this run, sent its job; None if
-    there is none that fits. The next one is started at once, while this run builds."""
+def _take_warm(config: RunConfig) -> _Warm | None:
+    """The child started ahead for this run (inside `warm_children`), None where there is none or
+    it does not fit; the next one is started at once, while this run builds."""
     held = _warm.pop(config.framework, None)
     if held is None:
         return None
+    _warm[config.framework] = _Warm(config.framework, held.module)
     if not held.usable_for(config):
         held.close()
-        held = None
-    from tbd import registry
-
-    module = f"{registry.framework(config.framework).package}.session"
-    if module in _keep_warm:
-        _warm[config.framework] = _Warm(config.framework, module)
+        return None
     return held
 
 
