@@ -5,6 +5,8 @@ to use. No process is started here; tests/cli/test_tune_cli.py runs the real thi
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -59,7 +61,8 @@ class FakeBackend:
             return RunRecord.failed(config, "error", "injected: the model does not build", run_id).to_dict()
         if self.oom_above and config.batch_size > self.oom_above:
             return RunRecord.oom(config, f"out of memory at batch size {config.batch_size}", run_id).to_dict()
-        rng = np.random.default_rng(abs(hash(tune.change_key(config.to_dict()))) % 2**32)
+        # crc32, not hash(): str hashes differ per process (PYTHONHASHSEED); the noise must be the same each run
+        rng = np.random.default_rng(zlib.crc32(repr(tune.change_key(config.to_dict())).encode()))
         rate = self.speed(config)
         units = [float(config.batch_size)] * STEPS
         step_s = [u / (rate * (1 + self.noise * rng.standard_normal())) for u in units]
