@@ -28,6 +28,10 @@ def capture(session, steps: int, path: Path, host: bool = True, meter=None) -> d
     activities = ([ProfilerActivity.CPU] if host or not cuda else []) + ([ProfilerActivity.CUDA] if cuda else [])
     if cuda:
         torch.cuda.synchronize()
+    else:
+        # Kineto's C++ log (read when the profiler starts) would print "gpuGetDeviceCount failed"
+        # and its start/stop markers on a host without a GPU: nothing a CPU run needs to see.
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     # record_shapes/with_stack stay off: they multiply the trace size and the profiler's overhead.
     with profile(activities=activities, record_shapes=False, with_stack=False) as prof:
         with record_function(WINDOW_NAME), (meter or contextlib.nullcontext()):
