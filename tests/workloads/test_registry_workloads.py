@@ -10,6 +10,7 @@ import statistics
 import pytest
 
 from tbd import registry
+from tbd.analysis.analyze import analyze
 from tbd.config import RunConfig
 from tbd.errors import UsageError
 from tbd.harness.runner import execute, losses_on_fixed_batch
@@ -37,8 +38,10 @@ PAIRS = [
 
 
 @pytest.mark.parametrize("workload,framework", PAIRS)
-def test_tiny_flavor_runs_through_the_harness(workload, framework):
-    config = RunConfig(workload=workload, framework=framework, flavor="tiny", max_steps=6, max_time_s=60, isolate=False).validated()
+def test_tiny_flavor_runs_through_the_harness_and_its_trace_is_analyzed(workload, framework, tbd_home):
+    # --profile as a user runs it (two traced steps after the timed ones), then `tbd analyze`'s own function
+    config = RunConfig(workload=workload, framework=framework, flavor="tiny", max_steps=6, max_time_s=60, isolate=False,
+                       profile=True, profile_steps=2).validated()
     record = execute(config)
     assert record["status"] in MEASURED, record["error"]  # 6 steps: measured, converged or not
     m = record["metrics"]
@@ -48,6 +51,10 @@ def test_tiny_flavor_runs_through_the_harness(workload, framework):
     assert m["model_flops_per_sample"] > 0
     assert record["method"]["warmup"]["excluded_steps"][0] == 0
     assert m["cpu_util_pct"] is not None and m["cpu_util_pct"] > 0
+    assert record["analysis"]["trace"], record["analysis"]
+    report = analyze(record, tbd_home)
+    assert report["trace"] and report["host"], report["notes"]  # the trace was read and has the host's work
+    assert report["diagnosis"] and report["facts"]["step_ms"] > 0
 
 
 # Workloads whose learning is not "steps on one fixed batch lower the loss": reinforcement
@@ -90,3 +97,17 @@ def test_batch_one_trains_or_is_refused_up_front(workload, framework):
         elif flavor.name == "tiny":
             losses = losses_on_fixed_batch(config.validated(), 2)
             assert all(math.isfinite(x) for x in losses)
+
+
+@pytest.mark.parametrize("workload,framework", PAIRS)
+def test_memory_breakdown_of_the_tiny_flavor(workload, framework):
+    """`tbd memory W --framework F --flavor tiny`'s profile: every category counted, the peak's
+    categories adding up to it, and the weights and optimizer state non-empty."""
+    from tbd.memory import profiler
+
+    config = RunConfig(workload=workload, framework=framework, flavor="tiny", isolate=False).validated()
+    prof = profiler.profile(config)
+    assert prof["status"] == "ok", prof.get("error")
+    cats = prof["peak"]["categories"]
+    assert all(v >= 0 for v in cats.values()), cats
+    assert cats["weights"] > 0 and sum(cats.values()) == prof["peak"]["device_bytes"], (cats, prof["peak"])

@@ -117,7 +117,9 @@ def profile(config, warmup: int = 1) -> dict[str, Any]:
             prof["method"]["estimated"].append("feature_maps: 0 (the workload has its own train step; its activations are in workspace)")
         cats["gradients"], cats["feature_maps"], cats["workspace"] = grads, fmap, temp - grads - fmap
         # Whatever XLA's peak holds beyond these (the step's rng key, code) is shown, not dropped.
-        cats["unattributed"] = peak - sum(cats.values())
+        # It can also hold less: XLA drops arguments the step never reads (seq2seq's and the
+        # transformer's batch lengths, a few bytes), which are resident all the same.
+        cats["unattributed"] = max(0, peak - sum(cats.values()))
         if config.device == "cuda":
             _measure_on_device(session, warmup, cats, prof)
     except Exception as exc:
