@@ -39,10 +39,16 @@ PAIRS = [
 
 @pytest.mark.parametrize("workload,framework", PAIRS)
 def test_tiny_flavor_runs_through_the_harness_and_its_trace_is_analyzed(workload, framework, tbd_home):
-    # --profile as a user runs it (two traced steps after the timed ones), then `tbd analyze`'s own function
+    # --profile as a user runs it (two traced steps after the timed ones), then `tbd analyze`'s own
+    # function; a framework without a trace capture refuses --profile before the run
+    traced = registry.framework(framework).capabilities.trace
     config = RunConfig(workload=workload, framework=framework, flavor="tiny", max_steps=6, max_time_s=60, isolate=False,
-                       profile=True, profile_steps=2).validated()
-    record = execute(config)
+                       profile=True, profile_steps=2)
+    if not traced:
+        with pytest.raises(UsageError, match="--profile has no trace capture for .* drop --profile"):
+            config.validated()
+        config.profile = False
+    record = execute(config.validated())
     assert record["status"] in MEASURED, record["error"]  # 6 steps: measured, converged or not
     m = record["metrics"]
     unit = registry.get_spec(workload).unit
@@ -51,6 +57,8 @@ def test_tiny_flavor_runs_through_the_harness_and_its_trace_is_analyzed(workload
     assert m["model_flops_per_sample"] > 0
     assert record["method"]["warmup"]["excluded_steps"][0] == 0
     assert m["cpu_util_pct"] is not None and m["cpu_util_pct"] > 0
+    if not traced:
+        return
     assert record["analysis"]["trace"], record["analysis"]
     report = analyze(record, tbd_home)
     assert report["trace"] and report["host"], report["notes"]  # the trace was read and has the host's work
@@ -106,6 +114,10 @@ def test_memory_breakdown_of_the_tiny_flavor(workload, framework):
     from tbd.memory import profiler
 
     config = RunConfig(workload=workload, framework=framework, flavor="tiny", isolate=False).validated()
+    if not registry.framework(framework).capabilities.memory_profile:
+        with pytest.raises(UsageError, match="tbd memory has no profiler for .* use another --framework"):
+            profiler.profile(config)
+        return
     prof = profiler.profile(config)
     assert prof["status"] == "ok", prof.get("error")
     cats = prof["peak"]["categories"]

@@ -283,6 +283,8 @@ class FrameworkPlugin:
             raise UsageError(f"precision {config.precision} is not supported for {self.title}{note}; use --precision {' or '.join(caps.precisions)}")
         if config.parallel not in caps.parallel:
             raise UsageError(f"--parallel {config.parallel} is not available for {self.title}; use --parallel {' or '.join(caps.parallel)}")
+        if config.profile and not caps.trace:
+            raise UsageError(f"--profile has no trace capture for {self.title} yet; drop --profile")
         if config.ncu and not caps.ncu:
             raise UsageError(f"--ncu is not available for {self.title}; drop --ncu")
         bad = [k for k in config.options if k not in caps.options]
