@@ -130,6 +130,24 @@ def finish_peak(profile: dict[str, Any], categories: dict[str, int]) -> None:
     peak["shares_pct"] = shares(peak["categories"])
 
 
+def mark_oom(profile: dict[str, Any], batch_size: int, exc: BaseException) -> None:
+    """A profile whose step ran out of memory: what was known up to then, and the fix."""
+    profile["status"] = "oom"
+    profile["error"] = (f"out of memory at batch size {batch_size} ({str(exc).splitlines()[0][:200]});"
+                        " the breakdown is what was known up to then; try a smaller --batch-size")
+
+
+RESIDENT = ("weights", "optimizer_state", "input_batch")  # held from one step to the next
+
+
+def three_point_timeline(categories: dict[str, int], axis: str) -> dict[str, Any]:
+    """A timeline of the step's start, peak and end, where the framework has no trace of its
+    allocations (XLA's analysis, TensorFlow's allocator peak): only resident bytes at the ends."""
+    start = {k: (categories[k] if k in RESIDENT else 0) for k in categories}
+    return {"axis": axis, "index": [0, 1, 2], "phase": ["start", "peak", "end"], "op": ["step start", "peak", "step end"],
+            "categories": {k: [start[k], categories[k], start[k]] for k in categories}}
+
+
 def nvml_process_bytes(index: int) -> int | None:
     """Device memory NVML charges to this process (None where NVML cannot see it, e.g. in some
     containers whose process ids differ from the host's)."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from tbd import frameworks, registry
 from tbd.frameworks.base import BuildContext
-from tbd.results.memory_profile import empty_categories, finish_peak, new_profile, nvml_process_bytes
+from tbd.results.memory_profile import empty_categories, finish_peak, mark_oom, new_profile, nvml_process_bytes, three_point_timeline
 
 
 def tree_bytes(tree: Any) -> int:
@@ -125,18 +125,13 @@ def profile(config, warmup: int = 1) -> dict[str, Any]:
     except Exception as exc:
         if not _is_oom(exc):
             raise
-        prof["status"] = "oom"
-        prof["error"] = (f"out of memory at batch size {config.batch_size} ({str(exc).splitlines()[0][:200]});"
-                         " the breakdown is what was known up to then; try a smaller --batch-size")
+        mark_oom(prof, config.batch_size, exc)
     finally:
         if session is not None:
             session.close()
     finish_peak(prof, cats)
     prof["peak"].update(phase="backward", op="XLA buffer assignment peak", index=1)
-    start = {k: (cats[k] if k in ("weights", "optimizer_state", "input_batch") else 0) for k in cats}
-    prof["timeline"] = {"axis": "point of the step (from XLA's analysis)", "index": [0, 1, 2],
-                        "phase": ["start", "peak", "end"], "op": ["step start", "peak", "step end"],
-                        "categories": {k: [start[k], cats[k], start[k]] for k in cats}}
+    prof["timeline"] = three_point_timeline(cats, "point of the step (from XLA's analysis)")
     return prof
 
 

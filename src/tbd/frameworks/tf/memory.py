@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tbd import frameworks
-from tbd.results.memory_profile import empty_categories, finish_peak, new_profile, nvml_process_bytes
+from tbd.results.memory_profile import empty_categories, finish_peak, mark_oom, new_profile, nvml_process_bytes, three_point_timeline
 
 
 def variable_bytes(variables) -> int:
@@ -71,17 +71,13 @@ def profile(config, warmup: int = 1) -> dict[str, Any]:
     except Exception as exc:
         if not _is_oom(exc):
             raise
-        prof["status"] = "oom"
-        prof["error"] = (f"out of memory at batch size {config.batch_size} ({str(exc).splitlines()[0][:200]});"
-                         " the breakdown is what was known up to then; try a smaller --batch-size")
+        mark_oom(prof, config.batch_size, exc)
     finally:
         if session is not None:
             session.close()
     finish_peak(prof, cats)
     prof["peak"].update(phase="backward", op="allocator peak of one step" if config.device == "cuda" else "exact categories only", index=1)
-    start = {k: (cats[k] if k in ("weights", "optimizer_state", "input_batch") else 0) for k in cats}
-    prof["timeline"] = {"axis": "point of the step", "index": [0, 1, 2], "phase": ["start", "peak", "end"],
-                        "op": ["step start", "peak", "step end"], "categories": {k: [start[k], cats[k], start[k]] for k in cats}}
+    prof["timeline"] = three_point_timeline(cats, 'point of the step')
     return prof
 
 
