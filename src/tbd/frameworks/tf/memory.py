@@ -77,7 +77,7 @@ def profile(config, warmup: int = 1) -> dict[str, Any]:
             session.close()
     finish_peak(prof, cats)
     prof["peak"].update(phase="backward", op="allocator peak of one step" if config.device == "cuda" else "exact categories only", index=1)
-    prof["timeline"] = three_point_timeline(cats, 'point of the step')
+    prof["timeline"] = three_point_timeline(cats, "point of the step")
     return prof
 
 
