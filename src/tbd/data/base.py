@@ -25,6 +25,15 @@ MAX_SKIPS = 16  # corrupt samples in a row before a batch gives up (the data is 
 Key = tuple[int, int]  # (sample index, epoch): augmentation is reproducible and differs per epoch
 
 
+def samples_in(host: dict[str, Any]) -> int:
+    """Samples in a collated host batch (numpy arrays, framework tensors or lists): its labels,
+    else the length of its first array or list."""
+    labels = host.get("labels")
+    if getattr(labels, "ndim", 0):
+        return len(labels)
+    return next((len(v) for v in host.values() if isinstance(v, list) or getattr(v, "ndim", 0)), 0)
+
+
 def _cores_per_process(processes: int) -> int:
     """The cores this process may use, shared among the ranks on the machine."""
     try:
@@ -45,8 +54,9 @@ def default_workers(device: str, processes: int = 1) -> int:
     """Loader processes when --workers is not given: on a GPU, the cores this process may use
     less one for the training loop (at most 16), shared among the ranks on the machine; on a
     CPU, training needs the cores itself, so a quarter of them (at least one)."""
-    cores = _cores_per_process(processes)
-    return max(1, min(16, cores - 1)) if device == "cuda" else max(1, cores // 4)
+    if device == "cuda":
+        return min(16, usable_loader_cores(device, processes))
+    return max(1, _cores_per_process(processes) // 4)
 
 
 class DataBroken(RuntimeError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from tbd.data import recipes
+from tbd.data.base import samples_in
 from tbd.errors import UsageError
 
 
@@ -35,8 +36,7 @@ class Feed:
     def next(self) -> tuple[Any, list[str]]:
         host = next(self.iterator)
         skipped = host.pop("skipped", [])
-        torch_data = _torch_loader()
-        self.samples += torch_data.samples_in(host)
+        self.samples += samples_in(host)
         self.last = self.convert(_numpy(host))
         return self.last, skipped
 

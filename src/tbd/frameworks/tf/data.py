@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbd.data import recipes
-from tbd.data.base import BatchStream
+from tbd.data.base import BatchStream, samples_in
 
 SKIPPED = "skipped"  # Dataset.batch's list of the corrupt files replaced in the batch
 
@@ -112,13 +112,6 @@ def _pad(f: Field, arrays: list) -> list[np.ndarray]:
     for j, a in enumerate(arrays):
         padded[(j, *(slice(0, n) for n in a.shape))] = a
     return [padded, shapes]
-
-
-def samples_in(host: dict[str, Any]) -> int:
-    """Samples in a collated host batch: its labels, else the length of its first array or list."""
-    if isinstance(host.get("labels"), np.ndarray):
-        return len(host["labels"])
-    return next((len(v) for v in host.values() if isinstance(v, list) or (isinstance(v, np.ndarray) and v.ndim)), 0)
 
 
 class Feed:

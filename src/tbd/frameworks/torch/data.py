@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tbd.data import recipes
-from tbd.data.base import BatchStream
+from tbd.data.base import BatchStream, samples_in
 
 STOP_POLL_S = 0.2  # how often a blocked feed thread checks whether the session closed
 BATCH_TIMEOUT_S = 600.0  # no batch for this long: the loader hangs (a stuck file system, a wedged worker)
@@ -98,13 +98,6 @@ def decode_on_device(host: dict[str, Any], device: torch.device) -> dict[str, An
     flip = host["flip"].to(device, non_blocking=True)
     out = torch.where(flip[:, None, None, None], out.flip(-1), out).clamp_(0, 255)
     return {"images": out.permute(0, 2, 3, 1), "labels": host["labels"]}
-
-
-def samples_in(host: dict[str, Any]) -> int:
-    """Samples in a collated host batch: its labels, else the length of its first array or list."""
-    if "labels" in host and isinstance(host["labels"], torch.Tensor):
-        return len(host["labels"])
-    return next((len(v) for v in host.values() if isinstance(v, (torch.Tensor, list))), 0)
 
 
 def tensors_in(batch: Any):
