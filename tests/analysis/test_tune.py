@@ -29,8 +29,9 @@ class FakeBackend:
     takes `trial_s` seconds of the fake clock."""
 
     def __init__(self, factors: dict, noise_pct: float = 1.0, trial_s: float = 10.0, oom_above: int | None = None,
-                 recommendations: list | None = None, fail_start: bool = False, slow: float | None = None):
+                 recommendations: list | None = None, fail_start: bool = False, slow: float | None = None, compile_s: float | None = None):
         self.factors, self.noise, self.trial_s, self.oom_above = factors, noise_pct / 100.0, trial_s, oom_above
+        self.compile_s = compile_s  # a compiling trial's seconds (default: trial_s)
         self.recommendations, self.fail_start = recommendations or [], fail_start
         # `slow`: every step takes this many times longer, and the run steps only as many steps as
         # fit its --max-time (fewer than a CI needs: status 'insufficient'); the fake clock then
@@ -54,7 +55,7 @@ class FakeBackend:
     def measure(self, config: RunConfig, timeout_s):
         if self.slow:
             return self.measure_slow(config)
-        self.now += self.trial_s
+        self.now += self.compile_s if config.compile and self.compile_s else self.trial_s
         self.measured.append(config)
         run_id = f"run-{len(self.measured)}"
         if self.fail_start and len(self.measured) == 1:
@@ -112,8 +113,17 @@ def test_keeps_only_gains_beyond_the_confidence_interval_and_stops_when_nothing_
     assert (best.channels_last, best.compile, best.precision, best.batch_size, best.options["optimizer"]) == (True, False, "fp32", 8, "fused")
     assert result.stopped.startswith("nothing applicable is left")
     assert result.speedup == pytest.approx(1.30 * 1.05 * 2 ** 0.5, rel=0.05)
-    changes = [t.change for t in result.trail]
-    assert len(changes) == len(set(changes))  # no change is measured twice
+    # a rejected change is measured once more only after a change was kept since, and says so; none a third time
+    measured = [tune.change_key(t.apply) for t in result.trail[1:]]
+    assert max(measured.count(k) for k in measured) == 2
+    for t in result.trail:
+        assert (t.retry_of is not None) == ("(retried after " in t.change)
+        if t.retry_of is not None:
+            assert any(u.kept and u.step > t.retry_of for u in result.trail) and not result.trail[t.retry_of].kept
+    last_kept = max(t.step for t in result.trail if t.kept)
+    late = [tune.change_key(t.apply) for t in result.trail if t.step > last_kept]
+    # a change first measured after the last kept one is not retried: nothing was kept since
+    assert late and all(measured.count(k) == 1 for k in late if k not in measured[:last_kept])
     assert result.left_out["compile_mode"] == "applies on cuda only"
 
 
@@ -163,10 +173,101 @@ def test_recommended_changes_go_first_by_expected_gain():
     result = run(backend, budget_s=58.0)
     assert [t.change for t in result.trail[1:3]] == ["optimizer kernels default -> fused", "torch.compile"]
     assert result.trail[2].expected_gain_pct == 40.0 and "+20..+80%" in result.trail[2].expected_basis
-    assert result.trail[3].expected_gain_pct is None and result.trail[3].expected_basis.startswith("no estimate")
+    # the fused optimizer, rejected before compile was kept, is still recommended: retried before the unestimated changes
+    assert result.trail[3].change == "optimizer kernels default -> fused (retried after torch.compile)" and result.trail[3].retry_of == 1
+    assert result.trail[4].expected_gain_pct is None and result.trail[4].expected_basis.startswith("no estimate")
     # each recommended change measured is a calibration pair (expected, measured); the others are not
-    assert [(c, e) for c, e, _ in backend.calibrated] == [("optimizer kernels default -> fused", 60.0), ("torch.compile", 40.0)]
+    assert [(c, e) for c, e, _ in backend.calibrated] == [("optimizer kernels default -> fused", 60.0), ("torch.compile", 40.0),
+                                                        ("optimizer kernels default -> fused (retried after torch.compile)", 60.0)]
     assert abs(backend.calibrated[1][2] - 20.0) < 3.0
+
+
+def rec(action: str, gain_pct: float, apply: dict) -> dict:
+    return {"action": action, "expected_gain_pct": gain_pct, "basis": "fake", "apply": apply}
+
+
+def test_recommended_changes_go_by_expected_gain_per_second_of_trial():
+    # A first compiling trial is estimated at 3 x the 10 s of the others: +90% in 30 s ranks after
+    # +60% and +34% in 10 s each (log(1.9)/30 < log(1.34)/10); of equal costs the larger gain goes first.
+    recs = [rec("torch.compile", 90.0, {"compile": True}), rec("bf16", 34.0, {"precision": "bf16"}),
+            rec("channels_last", 60.0, {"channels_last": True})]
+    backend = FakeBackend({("compile", True): 1.9, ("precision", "bf16"): 1.34, ("channels_last", True): 1.6},
+                          recommendations=recs, compile_s=40.0)
+    result = run(backend, budget_s=1e6, skip=("batch_size",))
+    assert [t.lever for t in result.trail[1:5]] == ["channels_last", "precision", "compile", "optimizer"]
+    assert result.trail[4].expected_gain_pct is None  # the unestimated ones after every estimated one
+    # with 40 s the compile trial (about 30 s) no longer fits after the two cheap ones: the budget decides
+    backend = FakeBackend({("compile", True): 1.9, ("precision", "bf16"): 1.34, ("channels_last", True): 1.6},
+                          recommendations=recs, compile_s=40.0)
+    result = run(backend, budget_s=40.0, skip=("batch_size",))
+    assert [t.lever for t in result.trail[1:]] == ["channels_last", "precision", "optimizer"] and not any(c.compile for c in backend.measured)
+    assert "did not fit" in result.left_out["compile"] and result.elapsed_s == 40.0
+    # the candidates alone: a +90% trial of 25 s goes before a +34% one of 120 s, and not without the costs
+    ctx = tune.Context(config=start_config())
+    seconds = {"compile": 120.0, "precision": 25.0}
+    ranked = tune._candidates(levers_for(start_config())[:4], ctx, [rec("c", 34.0, {"compile": True}), rec("p", 90.0, {"precision": "bf16"})],
+                              set(), {}, cost=lambda change: seconds[change.lever])
+    assert [(c.lever, gain) for c, gain, _ in ranked[:2]] == [("precision", 90.0), ("compile", 34.0)]
+    recs = [rec("c", 90.0, {"compile": True}), rec("p", 34.0, {"precision": "bf16"})]
+    assert [c.lever for c, _, _ in tune._candidates(levers_for(start_config())[:4], ctx, recs, set(), {}, cost=lambda c: seconds[c.lever])][:2] \
+        == ["precision", "compile"]
+    assert [c.lever for c, _, _ in tune._candidates(levers_for(start_config())[:4], ctx, recs, set(), {})][:2] == ["compile", "precision"]
+
+
+class Interacting(FakeBackend):
+    """torch.compile slows the run down by 20% in the NCHW layout and speeds it up by 50% in
+    channels_last (resnet50 on an H200: -19% at batch 32, +58% at batch 256, bf16, channels_last);
+    with `compile_fails` a compiling NCHW run fails instead."""
+
+    def __init__(self, *args, compile_fails: bool = False, **kw):
+        super().__init__({("channels_last", True): 1.3}, *args, **kw)
+        self.compile_fails = compile_fails
+
+    def speed(self, config):
+        rate = super().speed(config)
+        return rate * (1.5 if config.channels_last else 0.8) if config.compile else rate
+
+    def measure(self, config, timeout_s):
+        if self.compile_fails and config.compile and not config.channels_last:
+            self.now += self.trial_s
+            self.measured.append(config)
+            return RunRecord.failed(config, "error", "injected: the compiler crashed", f"run-{len(self.measured)}").to_dict()
+        return super().measure(config, timeout_s)
+
+
+ONLY_LAYOUT_AND_COMPILE = ("precision", "batch_size", "optimizer", "threads")
+
+
+def test_a_rejected_change_is_retried_once_after_a_change_was_kept_and_says_so():
+    recs = [rec("torch.compile", 40.0, {"compile": True})]
+    backend = Interacting(recommendations=recs)
+    result = run(backend, skip=ONLY_LAYOUT_AND_COMPILE)
+    assert [(t.change, t.kept) for t in result.trail[1:]] == [
+        ("torch.compile", False), ("channels_last memory format", True),
+        ("torch.compile (retried after channels_last memory format)", True)]
+    assert "slower" in result.trail[1].why and result.trail[3].retry_of == 1 and result.trail[3].expected_gain_pct == 40.0
+    assert result.trail[3].measured_gain_pct == pytest.approx(50.0, abs=3.0)
+    best = RunConfig.from_dict(result.best_config)
+    assert best.compile and best.channels_last and result.speedup == pytest.approx(1.3 * 1.5, rel=0.05)
+    assert sum(c.compile for c in backend.measured) == 2
+    # the budget still bounds the search: compiling trials of 20 s and a budget of 45 s leave 5 s for the retry
+    backend = Interacting(recommendations=recs, compile_s=20.0)
+    result = run(backend, budget_s=45.0, skip=ONLY_LAYOUT_AND_COMPILE)
+    assert [t.change for t in result.trail[1:]] == ["torch.compile", "channels_last memory format"] and len(backend.measured) == 3
+    assert result.stopped.startswith("the budget of 45 s ends before another trial could finish (5 s left, the next would take about 20 s)")
+
+
+def test_no_retry_when_nothing_was_kept_since_nor_of_a_run_that_failed():
+    recs = [rec("torch.compile", 40.0, {"compile": True})]
+    backend = Interacting(recommendations=recs)
+    result = run(backend, skip=ONLY_LAYOUT_AND_COMPILE + ("channels_last",))
+    assert [(t.change, t.kept) for t in result.trail[1:]] == [("torch.compile", False)]
+    assert result.stopped.startswith("nothing applicable is left")
+    # a trial that failed to run has no measured gain to revise: not retried after channels_last is kept
+    backend = Interacting(recommendations=recs, compile_fails=True)
+    result = run(backend, skip=ONLY_LAYOUT_AND_COMPILE)
+    assert [(t.change, t.kept) for t in result.trail[1:]] == [("torch.compile", False), ("channels_last memory format", True)]
+    assert "the run failed" in result.trail[1].why and sum(c.compile for c in backend.measured) == 1
 
 
 def test_out_of_memory_bounds_the_batch_and_bisects_towards_it():
