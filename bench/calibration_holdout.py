@@ -5,7 +5,7 @@ import statistics
 import sys
 import tbd.analysis.recommend as R
 from tbd.analysis.verify import _re_estimate_logged
-rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [json.loads(line) for line in open(sys.argv[1])]
 # constant -> (workloads it came from, value without them)
 HELD = {"K_NORM_CHANNELS_LAST_LOW_PRECISION": ({"resnet50"}, 1.0),
         "HOST_PER_SAMPLE_SHARE": ({"faster_rcnn"}, 0.0),
