@@ -94,6 +94,7 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         "device": cfg["device"], "framework": cfg["framework"], "precision": cfg["precision"], "compile": cfg.get("compile"),
         "channels_last": cfg.get("channels_last"), "batch_size": cfg.get("batch_size"), "convolutional": supports_cl,
         "variable_shapes": _variable_shapes(cfg["workload"]), "batch_on_host_cores": _batch_on_host_cores(cfg["workload"]),
+        "host_work_per_sample": _spec_flag(cfg["workload"], "host_work_per_sample"),
         "has_trace": summary is not None,
         "gpu_util_nvml_pct": met.get("gpu_util_nvml_pct"), "gpu_mem_bw_util_nvml_pct": met.get("gpu_mem_bw_util_nvml_pct"),
         "mfu_pct": met.get("mfu_pct"), "cpu_util_pct": met.get("cpu_util_pct"), "cpu_cores_busy": met.get("cpu_cores_busy"),
@@ -136,6 +137,13 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
 def _batch_on_host_cores(workload: str) -> bool:
     try:
         return bool(registry.get_spec(workload).batch_on_host_cores)
+    except UsageError:
+        return False
+
+
+def _spec_flag(workload: str, name: str) -> bool:
+    try:
+        return bool(getattr(registry.get_spec(workload), name))
     except UsageError:
         return False
 

@@ -30,11 +30,39 @@ K_MATMUL = {("fp32", "bf16"): 10.0, ("tf32", "bf16"): 1.6, ("fp32", "tf32"): 6.0
 K_CONV = {("fp32", "bf16"): 2.5, ("tf32", "bf16"): 1.6, ("fp32", "tf32"): 2.5 / 1.6}
 K_BANDWIDTH_BF16 = 1.5  # half the bytes, but not everything is cast under autocast
 K_CONV_CHANNELS_LAST = 1.15
-FUSION_CUT = 0.4  # share of elementwise/normalization time torch.compile removes by fusing
-LAUNCH_CUT = 0.6  # share of launch-bound idle time compile (fewer kernels) / CUDA graphs remove
+# Under autocast, PyTorch runs batch norm on bf16 NCHW tensors in its own generic kernels
+# (cuDNN's serve fp32), which read channel planes with strides; NHWC has vectorized kernels.
+# resnet50 bf16 batch 128 on an H200: normalization 299 -> 124 ms per 10 steps with
+# channels_last (x1/2.4), step 54.7 -> 29.7 ms (+84%, expected +15% without this term).
+K_NORM_CHANNELS_LAST_LOW_PRECISION = 2.4
+# torch.compile as applied (default mode: Triton fusion, no CUDA graphs) cuts a step by this share
+# of its fusable kernels' share (elementwise, reductions; normalization outside convolutional
+# models), on the device and on the host alike: a host-bound step shrinks with the launches
+# fused away, a device-bound one with the kernel time. gpt bf16 (fusable 48%): +30% measured
+# twice (model +28%); transformer fp32 (15%): +6% (model +7%). The former model (fusion x0.4 plus
+# 60% of the launch-bound idle removed, as CUDA graphs would) expected +38% and +39%.
+FUSION_CUT = 0.45
+# In convolutional models compile leaves the convolutions to cuDNN, with the layout transposes
+# cuDNN adds around them, and training-mode batch norm (batch statistics, a reduction per
+# channel) gains nothing from Triton: resnet50 bf16 NCHW gained -19% (expected +107%),
+# inception_v3 fp32 -1% (expected +34%). Only their other elementwise kernels count as fusable.
 OPTIMIZER_FACTOR = {"per-parameter": 0.3, "foreach": 0.6}
 CPU_OP_OVERHEAD_US = 10.0  # eager dispatch + Python per op on a CPU, a rough figure
 MAX_BATCH_FACTOR = 4
+# A kernel's time has a part that does not grow with the batch (launch latency, ramp-up, the
+# last wave): with it, kernel time grows less than the batch. resnet50 bf16 32 -> 128 on an H200:
+# kernels of 15.0 us -> 53.6 us (3.6x for 4x); gpt bf16 16 -> 64: 47.3 -> 179.6 us (3.8x); seq2seq
+# fp32 512 -> 2048: 15.0 -> 44.1 us (2.9x). 2 us reproduces these within 10%.
+KERNEL_FIXED_US = 2.0
+# Host work that runs per sample (host_work_per_sample: torchvision's detection heads handle
+# each image's proposals apart) makes this share of a host-bound step grow with the batch:
+# faster_rcnn bf16 2 -> 8 on an H200, step 80.9 -> 177.8 ms, i.e. 48.6 ms + 16.2 ms per image,
+# 40% of the batch-2 step (expected +202% with a constant host time; measured +82%). One pair.
+HOST_PER_SAMPLE_SHARE = 0.4
+# Where the batch is processes on the host's cores (a3c's actors), each added process yields
+# this share of the first ones' rate: they share the cores with the learner and each other
+# (SMT siblings). a3c 8 -> 32 actors on 16 cores (at most 2x): 1.72x and 1.56x measured.
+HOST_CORE_YIELD = 0.65
 # gpt 124M on 2 H100s (docs/results.md): 25 -> 100 MiB buckets cut exposed comm from 5.3 to 1.6 ms per step.
 DDP_BUCKET_CUT = 0.7
 DDP_BUCKET_MAX_MB = 200.0
@@ -128,12 +156,19 @@ def recommend(facts: dict[str, Any]) -> list[dict[str, Any]]:
 # estimate (the host floor of small-batch CNNs overstated), so precision gets 2.5.
 UNCERTAINTY_FACTOR = {"larger batch": 3.0, "precision": 2.5}
 DEFAULT_UNCERTAINTY = 2.0
+# torch.compile's measured / expected gain on the H200 pairs (current model): 1.1 (gpt, twice),
+# 0.85 (transformer), -0.1 (inception_v3) and -2.9 (resnet50 bf16 NCHW, 19% slower): it can lose.
+COMPILE_SPREAD = (-3.0, 1.5)
 
 
-def _rec(action: str, gain: float, basis: str, apply: dict[str, Any] | None, how: str) -> dict[str, Any]:
+def _rec(action: str, gain: float, basis: str, apply: dict[str, Any] | None, how: str,
+         spread: tuple[float, float] | None = None) -> dict[str, Any]:
+    """One recommendation; its range is the gain x `spread` (low, high: the measured / expected
+    ratios seen for the lever, a low below 0 where it was measured to lose), else / and x its factor."""
     gain = max(gain, 0.0)
     factor = next((f for key, f in UNCERTAINTY_FACTOR.items() if action.startswith(key)), DEFAULT_UNCERTAINTY)
-    return {"action": action, "expected_gain_pct": round(gain, 1), "expected_gain_range_pct": [round(gain / factor, 1), round(gain * factor, 1)],
+    low, high = spread or (1 / factor, factor)
+    return {"action": action, "expected_gain_pct": round(gain, 1), "expected_gain_range_pct": [round(gain * low, 1), round(gain * high, 1)],
             "basis": basis, "apply": apply, "how": how}
 
 
@@ -203,18 +238,24 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
                              {"precision": target}, how))
         if g("convolutional") and not g("channels_last") and g("channels_last_lever"):
             s_tr = (g("layout_transpose_share_pct") or 0) / 100.0
-            f = 1 - s_tr - shares.get("matmul/conv", 0.0) * (1 - 1 / K_CONV_CHANNELS_LAST)
+            k_norm = K_NORM_CHANNELS_LAST_LOW_PRECISION if precision in ("bf16", "fp16") else 1.0
+            s_norm = shares.get("normalization", 0.0)
+            f = 1 - s_tr - shares.get("matmul/conv", 0.0) * (1 - 1 / K_CONV_CHANNELS_LAST) - s_norm * (1 - 1 / k_norm)
             recs.append(_rec("channels_last memory format", _gain((1 - u) + u * f, floor),
-                             f"layout transposes {s_tr * 100:.1f}% of kernel time removed, convolutions x1/{K_CONV_CHANNELS_LAST:g}",
+                             f"layout transposes {s_tr * 100:.1f}% of kernel time removed, convolutions x1/{K_CONV_CHANNELS_LAST:g}"
+                             + (f", {precision} normalization {s_norm * 100:.0f}% x1/{k_norm:g} (NHWC kernels)" if k_norm > 1 else ""),
                              {"channels_last": True}, "model and inputs in NHWC (torch.channels_last)"))
     if compiler and not g("compile") and u is not None:
-        idle_host = (g("gpu_idle_not_waiting_pct") or 0) / 100.0
-        s_fuse = shares.get("elementwise", 0.0) + shares.get("normalization", 0.0)
-        t_new = (1 - u) - LAUNCH_CUT * idle_host + u * (1 - FUSION_CUT * s_fuse)
-        recs.append(_rec(f"{compiler} (mode='reduce-overhead' adds CUDA graphs)", _gain(t_new),
-                         f"elementwise+normalization {s_fuse * 100:.0f}% of kernel time x(1-{FUSION_CUT}),"
-                         f" launch-bound idle {idle_host * 100:.0f}% x(1-{LAUNCH_CUT})",
-                         {"compile": True}, f"{compiler}(model); CUDA graphs when the GPU waits on launches"))
+        conv = bool(g("convolutional"))
+        s_fuse = shares.get("elementwise", 0.0) + shares.get("reduction", 0.0) + (0.0 if conv else shares.get("normalization", 0.0))
+        if conv:  # cuDNN's own layout transposes are elementwise by name and stay
+            s_fuse = max(0.0, s_fuse - (g("layout_transpose_share_pct") or 0) / 100.0)
+        what = "elementwise+reduction" + ("" if conv else "+normalization")
+        recs.append(_rec(compiler, _gain(1 - FUSION_CUT * s_fuse),
+                         f"{what} {s_fuse * 100:.0f}% of kernel time (and of launches) x(1-{FUSION_CUT}); convolutions"
+                         f"{' and batch norm' if conv else ''} stay as they are",
+                         {"compile": True}, f"{compiler}(model) (mode='reduce-overhead' adds CUDA graphs where the GPU waits on launches)",
+                         spread=COMPILE_SPREAD))
     # The steady steps' own peak where the run counted the warm-up's (autotuner workspaces) apart:
     # the autotuner picks algorithms that fit what is free, so it does not bound the batch.
     peak, total, batch = g("steady_peak_allocated_bytes") or g("peak_reserved_bytes"), g("device_total_bytes"), g("batch_size")
@@ -222,17 +263,24 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
         factor = min(MAX_BATCH_FACTOR, int(0.85 * total / peak))
         d = device_share(facts)
         if d is not None:  # host and device overlap: a step is max(host, device); below 1 the host sets it
-            gain = (factor / max(1.0, d * factor) - 1) * 100
-            why = (f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; kernels fill {d * 100:.0f}% of an unprofiled step: the host's"
-                   f" time per step is amortized over {factor}x the samples until the kernels fill the step (kernel time linear in batch)")
+            mean_us = g("mean_kernel_us")
+            fixed = min(KERNEL_FIXED_US, mean_us)
+            kernel_growth = (fixed + (mean_us - fixed) * factor) / mean_us
+            host = 1.0 + (HOST_PER_SAMPLE_SHARE * (factor - 1) if g("host_work_per_sample") else 0.0)
+            gain = (factor / max(host, d * kernel_growth) - 1) * 100
+            why = (f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; kernels fill {d * 100:.0f}% of an unprofiled step and take"
+                   f" {kernel_growth:.1f}x as long at {factor}x the batch ({KERNEL_FIXED_US:g} us of each does not grow); the host's"
+                   + (f" step grows {host:.1f}x (per-sample host work)" if host > 1 else " time per step is amortized over the samples"))
         else:
             gain = (1 / (u + (1 - u) / max(factor, 1)) - 1) * 100
             why = (f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; idle {(1 - u) * 100:.0f}% per step amortized over {factor}x the samples"
                    " (kernel time assumed linear in batch)")
         cores = g("cores")
         if g("batch_on_host_cores") and cores:  # the batch's work runs on CPU cores (a3c's actors): no more parallel than the cores
-            gain = min(gain, (min(factor, cores / batch) - 1) * 100)
-            why = f"the batch runs on the host's {cores} cores: {batch} -> {batch * factor} gains at most {max(cores / batch, 1):.2g}x"
+            parallel = min(factor, cores / batch)
+            gain = min(gain, (parallel - 1) * HOST_CORE_YIELD * 100)
+            why = (f"the batch runs on the host's {cores} cores: {batch} -> {batch * factor} runs at most {max(parallel, 1):.2g}x as many"
+                   f" at once, each added one at {HOST_CORE_YIELD:g} of the first ones' rate")
         if factor >= 2 and gain >= MIN_GAIN_PCT:
             recs.append(_rec(f"larger batch ({batch} -> {batch * factor})", gain, why,
                              {"batch_size": batch * factor}, "raise --batch-size (retune the learning rate for training to the same accuracy)"))

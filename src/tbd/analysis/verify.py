@@ -99,7 +99,9 @@ CALIBRATION_FACTS = ("gpu_util_trace_pct", "gpu_util_nvml_pct", "host_busy_pct",
                      "mean_kernel_us", "kernels_per_window", "kernels_per_step", "launches_per_step", "step_ms", "variable_shapes", "mfu_pct",
                      # the run's settings the estimate read, so a revised model can be re-run from the log alone
                      "precision", "batch_size", "compile", "channels_last", "convolutional", "steady_peak_allocated_bytes",
-                     "peak_reserved_bytes", "device_total_bytes", "cores", "batch_on_host_cores")
+                     "peak_reserved_bytes", "device_total_bytes", "cores", "batch_on_host_cores", "host_work_per_sample",
+                     # kernel-time shares the channels_last estimate reads (logged since the third tuning run)
+                     "layout_transpose_share_pct")
 
 
 def log_calibration(store, record: dict[str, Any], result: dict[str, Any], facts: dict[str, Any] | None = None) -> None:
@@ -201,7 +203,8 @@ def _re_estimate_logged(row: dict[str, Any]) -> float | None:
     known = {k: row.get(k) for k in ("device", "precision", "batch_size", "framework")}
     try:
         spec = registry.get_spec(row["workload"])
-        known.update(convolutional=spec.convolutional, batch_on_host_cores=spec.batch_on_host_cores)
+        known.update(convolutional=spec.convolutional, batch_on_host_cores=spec.batch_on_host_cores,
+                     host_work_per_sample=spec.host_work_per_sample)
     except (UsageError, KeyError):
         pass
     facts.update({k: v for k, v in known.items() if facts.get(k) is None})

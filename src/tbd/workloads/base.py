@@ -62,6 +62,10 @@ class WorkloadSpec:
     # True where the batch counts processes on the host's CPU cores (a3c's actors): a larger
     # batch then gains at most as much as there are idle cores for it (the analysis's estimate).
     batch_on_host_cores: bool = False
+    # True where part of the host's work per step runs once per sample (torchvision's detection
+    # heads decode and filter each image's proposals on their own): a larger batch then
+    # lengthens the host's step too (the analysis's estimate).
+    host_work_per_sample: bool = False
     # Importable modules the workload needs beyond its framework (an environment, a tokenizer),
     # and the pip command that brings them; `registry.check_runnable` checks them without importing.
     requires: tuple[str, ...] = ()

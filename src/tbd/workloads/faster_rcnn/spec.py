@@ -171,6 +171,7 @@ SPEC = WorkloadSpec(
     # (640 x 896/1024 and its transpose), as detection training's aspect-ratio grouping does, so
     # kernels are tuned once per shape instead of every step.
     variable_shapes=False,
+    host_work_per_sample=True,
     flavors=FLAVORS,
     sample_unit="images",
     unit="images",
