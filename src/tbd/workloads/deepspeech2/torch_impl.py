@@ -81,6 +81,9 @@ def build(ctx: BuildContext) -> TorchTask:
 
     def loss(model, batch):
         spec, targets, lengths, target_lengths = batch
+        # Each batch is packed at its own length: under --compile, one graph with a dynamic
+        # time dimension serves every length (marked here, after any memory-format copy).
+        torch._dynamo.maybe_mark_dynamic(spec, 3)
         log_probs, out_lengths = model(spec, lengths)
         if _python_dispatch_active():
             # Under a dispatch mode (tbd memory's tracker) ctc_loss takes its tensor-subclass path,
