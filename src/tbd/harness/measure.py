@@ -281,7 +281,8 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     if recompiled:
         method["recompilation_defect"] = (
             f"the step compiled {recompiled} more time(s) after every one of the {config.data_pool} resident batches had "
-            "been stepped once: it recompiles for shapes it has seen (bucket the shapes to a fixed set)")
+            "been stepped once: it recompiles for shapes it has seen, or for sizes inside the step that change with the data "
+            "(bucket the shapes to a fixed set, or mark the varying dimensions dynamic)")
     return metrics, method
 
 

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 
 _totals = {"compiles": 0, "seconds": 0.0}
 _started: list[float] = []  # perf_counter of the compilation in progress (nested ones are not reported)
-_listening = False
 
 
 def _on_start(*_args) -> None:
@@ -31,14 +30,13 @@ def _on_end(*_args) -> None:
 
 
 def listen() -> None:
-    """Register the counting callbacks once per process."""
-    global _listening
-    if not _listening:
-        from torch._dynamo.callback import on_compile_end, on_compile_start
+    """Register the counting callbacks, once (torch._dynamo.reset() drops them, so checked anew)."""
+    from torch._dynamo.callback import callback_handler
 
-        on_compile_start(_on_start)
-        on_compile_end(_on_end)
-        _listening = True
+    if _on_end not in callback_handler.end_callbacks:
+        _started.clear()
+        callback_handler.register_start_callback(_on_start)
+        callback_handler.register_end_callback(_on_end)
 
 
 class CompileCounter:
@@ -51,6 +49,7 @@ class CompileCounter:
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[None]:
+        listen()
         compiles, seconds = _totals["compiles"], _totals["seconds"]
         try:
             yield
