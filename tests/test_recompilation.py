@@ -4,6 +4,8 @@ A fake session (no framework) exposes `compile_count` / `compile_s` as a compili
 
 from __future__ import annotations
 
+import pytest
+
 from tbd.config import RunConfig
 from tbd.frameworks.base import SessionInfo, StepTimes
 from tbd.harness.measure import derive_metrics, measure
@@ -81,3 +83,71 @@ def test_a_slow_compile_of_the_second_batch_is_warm_up_not_measurement():
     metrics, method = derive_metrics(m, config, get_spec("resnet50"), "cpu", 1)
     assert metrics["warmup_steps"] >= 2 and metrics["images_per_s"] > 50  # the compiles are not in the median
     assert not method["stop_reason"].startswith("no steady state")
+
+
+# -- torch.compile: the PyTorch session reports its compilations -------------------------------
+
+
+def _torch_session(loss, compile_options=None, compile=True, workload="resnet50"):
+    pytest.importorskip("torch")
+    import torch
+
+    from tbd.frameworks.base import BuildContext
+    from tbd.frameworks.torch.session import TorchSession, TorchTask
+
+    torch._dynamo.reset()  # Linear.forward's cache entries from another test count towards the recompile limit
+    config = RunConfig(workload=workload, compile=compile, data_pool=2, max_steps=8, max_time_s=5, min_window_s=0.0,
+                       isolate=False).validated()
+    task = TorchTask(
+        model=torch.nn.Linear(4, 1),
+        make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.01),
+        make_batch=lambda gen, device: (torch.randn(16, 4, generator=gen, device=device),),
+        loss=loss,
+        compile_options=compile_options or {},
+    )
+    return config, TorchSession(config, get_spec(workload), task, BuildContext.for_run(config, 16))
+
+
+def test_torch_compile_reports_its_compilations_and_a_steady_step_is_not_flagged():
+    config, session = _torch_session(lambda model, batch: model(batch[0]).square().mean())
+    metrics, method = derive_metrics(measure(session, config), config, get_spec("resnet50"), "cpu", 1)
+    assert metrics["compile_count"] >= 1 and metrics["compile_s"] > 0  # step 0 compiled the model (and its backward)
+    assert metrics["recompiles_after_first_pass"] == 0 and "recompilation_defect" not in method
+    assert "compile callbacks" in session.info.method["compile_count"]
+
+
+def test_torch_eager_reports_no_compile_count():
+    config, session = _torch_session(lambda model, batch: model(batch[0]).square().mean(), compile=False)
+    session.run_steps(2)
+    assert session.compile_count is None and "compile_count" not in session.info.method
+
+
+def test_a_torch_step_that_recompiles_for_new_shapes_is_flagged():
+    """Each call slices the batch to a new number of rows; with static shapes every call
+    recompiles (under Dynamo's recompile limit of 8 in these 8 steps)."""
+    rows = iter(range(2, 100))
+    config, session = _torch_session(lambda model, batch: model(batch[0][: next(rows)]).square().mean(),
+                                     compile_options={"dynamic": False})
+    metrics, method = derive_metrics(measure(session, config), config, get_spec("resnet50"), "cpu", 1)
+    assert metrics["total_steps"] == 8
+    assert metrics["recompiles_after_first_pass"] >= 6  # one per step after the pool's two
+    assert "recompiles" in method["recompilation_defect"]
+
+
+def test_deepspeech2_compiles_once_per_frame_edge_on_torch():
+    """The padded widths repeat (frame edges), so the pool's batches compile the convolutional
+    front end at most once per width, and no step after the first pass compiles."""
+    pytest.importorskip("torch")
+    from tbd import frameworks
+    from tbd.workloads.deepspeech2.data import frame_edges
+
+    config = RunConfig(workload="deepspeech2", compile=True, data_pool=3, isolate=False).validated()
+    session = frameworks.open_session(config)
+    widths = {int(batch[0].shape[3]) for batch in session.batches}
+    assert widths <= set(frame_edges(80))
+    session.run_steps(3)
+    first_pass = session.compile_count
+    assert first_pass >= 1
+    session.run_steps(3)
+    assert session.compile_count == first_pass
+    session.close()

@@ -193,15 +193,16 @@ def _read_compiles(session, m: Measurement) -> None:
 
 
 def recompilations(m: Measurement, data_pool: int) -> int | None:
-    """Compilations beyond one per step of the first pass through the pool. Once every resident
-    batch has been stepped, each input shape has been seen, so a further compilation means the
-    step is compiled again for shapes it already had, or at every step (a defect)."""
+    """Compilations after the first pass through the pool. Once every resident batch has been
+    stepped, each input shape has been seen, so a further compilation means the step is compiled
+    again for shapes it already had, or at every step (a defect). A step of the first pass may
+    compile several times (torch.compile: one graph per graph break, the backward graph), so
+    chunks that start within the first pass are not counted."""
     if m.compiles is None:
         return None
     starts = [0] + m.chunk_ends[:-1]
     before = [0] + m.compiles[:-1]
-    first_pass = [max(0, min(end, data_pool) - start) for start, end in zip(starts, m.chunk_ends)]
-    return sum(max(0, after - b - allowed) for b, after, allowed in zip(before, m.compiles, first_pass))
+    return sum(max(0, after - b) for start, b, after in zip(starts, before, m.compiles) if start >= data_pool)
 
 
 def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, counted_flops: tuple[float, str] | None = None,
@@ -280,7 +281,8 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     if recompiled:
         method["recompilation_defect"] = (
             f"the step compiled {recompiled} more time(s) after every one of the {config.data_pool} resident batches had "
-            "been stepped once: it recompiles for shapes it has seen (bucket the shapes to a fixed set)")
+            "been stepped once: it recompiles for shapes it has seen, or for sizes inside the step that change with the data "
+            "(bucket the shapes to a fixed set, or mark the varying dimensions dynamic)")
     return metrics, method
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from tbd.frameworks.torch import distributed as torch_distributed
 from tbd.errors import RunFailure, UsageError
 from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+from tbd.frameworks.torch.compiles import CompileCounter
 from tbd.metrics.conditions import intra_op_threads
 from tbd.results.environment import cpu_model
 
@@ -161,6 +162,8 @@ class TorchSession:
         optimizer_kernels = set_optimizer_kernels(optimizers_of(self.optimizer, task.extra), config.options.get("optimizer", "auto"))
         compile_options = {**task.compile_options, **_compile_mode(config.options)}
         self.train_model = torch.compile(self.model, **compile_options) if config.compile else self.model
+        # Under --compile, compilations during the steps (the harness flags a step that keeps recompiling).
+        self._compiles = CompileCounter() if config.compile else None
         dtype = PRECISION_DTYPES.get(config.precision)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
@@ -199,6 +202,9 @@ class TorchSession:
                            else "host clock per step (CPU ops are synchronous)"),
                 "data": data_method,
                 "compile": f"torch.compile ({compile_options or 'default mode'})" if config.compile else "eager",
+                **({"compile_count": "torch.compile compilations during the step calls (Dynamo's compile callbacks: frames "
+                                     "traced or retraced, lazy backward graphs, CUDA graph recordings), with their seconds"}
+                   if config.compile else {}),
                 "autocast": str(dtype).replace("torch.", "") if dtype else None,
                 "grad_scaler": self.scaler is not None,
                 "memory_format": "channels_last" if config.channels_last else "contiguous",
@@ -233,7 +239,20 @@ class TorchSession:
         self._next = (self._next + 1) % len(self.batches)
         self._train(batch)
 
+    @property
+    def compile_count(self) -> int | None:
+        """Compilations so far under --compile (None in eager mode: nothing compiles)."""
+        return self._compiles.count if self._compiles is not None else None
+
+    @property
+    def compile_s(self) -> float | None:
+        return self._compiles.seconds if self._compiles is not None else None
+
     def _train(self, batch: Batch) -> None:
+        with self._compiles.counting() if self._compiles is not None else contextlib.nullcontext():
+            self._train_step(batch)
+
+    def _train_step(self, batch: Batch) -> None:
         if self.task.train_step is not None:
             self._loss = self.task.train_step(self, batch).detach()
             return

@@ -3,6 +3,14 @@
 `tbd run deepspeech2 --flavor tiny` exercises it; the architecture and data are described in
 `spec.py`. Padded frames never reach the GRUs (the batch is packed by length) and CTC sees each
 utterance's true output length, so bucketed batches of unequal lengths train correctly.
+
+Shapes: each batch's frames are padded to the next of a fixed set of widths (`data.frame_edges`,
+as in JAX and TensorFlow: under an eighth of padding for paper-length utterances), in eager mode
+too, so both do the same work. Under --compile a new width recompiles the convolutional front end
+(the backward graph's layout checks pin even a dynamic graph to its length), so unpadded batches
+would recompile for every new length (up to Dynamo's recompile limit); with the edges a run
+compiles at most once per edge it meets. The GRUs, which do most of the work, run eagerly on the
+packed true lengths either way (Dynamo does not trace RNN modules).
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
-from tbd.workloads.deepspeech2.data import bucketed_batch, sample_durations, utterance_lengths  # noqa: F401 (re-exported)
+from tbd.workloads.deepspeech2.data import bucketed_batch, frame_edges, sample_durations, utterance_lengths  # noqa: F401 (re-exported)
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out, feature_sizes
+from tbd.workloads.text_host import bucket
 
 
 class DeepSpeech2(nn.Module):
@@ -50,13 +59,19 @@ class DeepSpeech2(nn.Module):
         return F.log_softmax(self.fc(y).float(), dim=-1), out_lengths
 
 
+def padded_width(hp, frames: int) -> int:
+    """The frame edge a batch whose longest utterance has `frames` frames is padded to (a batch
+    from disk longer than the flavor's longest edge keeps its own length)."""
+    return max(frames, bucket(frames, frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))))
+
+
 def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device):
     # The generator lives on the batch's device; its first draw seeds the host-side sampler.
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
     frames, n_chars = utterance_lengths(np.random.default_rng(seed), n, hp)
-    t_max = int(frames.max())
-    spec = torch.randn(n, 1, hp["freq_bins"], t_max, generator=gen, device=device)
-    mask = torch.arange(t_max, device=device)[None, :] < torch.as_tensor(frames, device=device)[:, None]
+    width = padded_width(hp, int(frames.max()))
+    spec = torch.randn(n, 1, hp["freq_bins"], width, generator=gen, device=device)
+    mask = torch.arange(width, device=device)[None, :] < torch.as_tensor(frames, device=device)[:, None]
     spec = spec * mask[:, None, None, :]  # silence (zeros after normalization) past each end
     targets = torch.randint(1, NUM_CHARS, (int(n_chars.sum()),), generator=gen, device=device)
     # (spec, targets on the device; frame and character counts on the host)
@@ -65,8 +80,10 @@ def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device):
 
 def from_host(host: dict, ctx: BuildContext, device: torch.device):
     """A loader's batch of spectrograms as the synthetic batch: (spec, targets) on the device,
-    frame and character counts on the host."""
-    return (host["spec"].to(device, non_blocking=True), host["targets"].to(device, non_blocking=True), host["frames"], host["n_chars"])
+    frame and character counts on the host; the frames padded to their edge (`padded_width`)."""
+    spec = host["spec"].to(device, non_blocking=True)
+    spec = F.pad(spec, (0, padded_width(ctx.hparams, spec.shape[-1]) - spec.shape[-1]))
+    return (spec, host["targets"].to(device, non_blocking=True), host["frames"], host["n_chars"])
 
 
 def _python_dispatch_active() -> bool:
@@ -81,6 +98,9 @@ def build(ctx: BuildContext) -> TorchTask:
 
     def loss(model, batch):
         spec, targets, lengths, target_lengths = batch
+        # Each batch is packed at its own length: under --compile, one graph with a dynamic
+        # time dimension serves every length (marked here, after any memory-format copy).
+        torch._dynamo.maybe_mark_dynamic(spec, 3)
         log_probs, out_lengths = model(spec, lengths)
         if _python_dispatch_active():
             # Under a dispatch mode (tbd memory's tracker) ctc_loss takes its tensor-subclass path,
