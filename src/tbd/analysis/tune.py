@@ -21,7 +21,8 @@ only when it helps beyond the 95% confidence interval; stop when no applicable c
   window stays for the later trials while its configuration is the best. A baseline that stays
   insufficient ends the search; a trial that does is "not measurable in the budget", not kept.
 - A change that was measured and not kept may help once other changes are kept (torch.compile
-  on resnet50 was -19% at fp32, batch 32, NCHW and +58% at bf16, batch 256, channels_last): it is
+  on resnet50 on an H200 was -19% at bf16, batch 32, NCHW; compiled at bf16, batch 256,
+  channels_last it ran at 6,795 images/s, against 4,310 uncompiled at batch 128): it is
   measured once more after a change was kept since, at most once, after the never-tried changes
   of its kind (estimated or not), its trail label saying "retried after <the changes kept since>".
   A change that failed to run, was not applicable or could not be measured is not retried. A
