@@ -1,8 +1,22 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
+
+# JAX's persistent compilation cache, for this test session only (a fresh folder, removed at
+# exit; child processes inherit it): the registry tests compile the same tiny JAX steps several
+# times (smoke run, loss check, memory breakdown, batch 1), and reusing those executables cut the
+# JAX tests' time by about 40% on 2 cores. Compile counts are unchanged (JAX reports a cache hit
+# as a backend compile, a short one). A folder the user set is left alone.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _jax_cache = tempfile.mkdtemp(prefix="tbd-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_jax_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
 
 @pytest.fixture(autouse=True)
