@@ -24,10 +24,11 @@ used, and says what it can do (`Capabilities`):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -128,6 +129,27 @@ class HostClock:
 
     def stop(self) -> list[float]:
         return [b - a for a, b in zip(self.times, self.times[1:])]
+
+
+class CompileTally:
+    """A session's compilations and their seconds: what a framework's process-wide compile
+    listener added to `totals` ({"compiles": int, "seconds": float}) inside `counting()` blocks
+    (the session's step calls). The harness reads `count` and `seconds` as the session's
+    `compile_count` and `compile_s` (a step that keeps recompiling is a defect it reports)."""
+
+    def __init__(self, totals: dict[str, float]):
+        self.totals = totals
+        self.count = 0
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        compiles, seconds = self.totals["compiles"], self.totals["seconds"]
+        try:
+            yield
+        finally:
+            self.count += int(self.totals["compiles"] - compiles)
+            self.seconds += self.totals["seconds"] - seconds
 
 
 @dataclass(frozen=True)

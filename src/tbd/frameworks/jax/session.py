@@ -9,7 +9,6 @@ the host clock up to `block_until_ready` on the step's outputs: the one host syn
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time
@@ -23,7 +22,7 @@ import optax
 
 from tbd.errors import RunFailure
 from tbd.frameworks.jax import distributed as jax_distributed
-from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+from tbd.frameworks.base import BuildContext, CompileTally, SessionInfo, StepTimes
 from tbd.results.environment import cpu_model
 
 Batch = Any  # a pytree of arrays on the run's device
@@ -167,8 +166,7 @@ class JaxSession:
         # Compilations of the train step (read by the harness: a step that keeps recompiling,
         # e.g. for every new sequence length, is a defect it reports).
         _listen_to_compilations()
-        self.compile_count = 0
-        self.compile_s = 0.0
+        self._compiles = CompileTally(_compile_totals)
         # One executable for the whole step; the state is donated so it is updated in place.
         self.step_fn = (functools.partial(task.host_step, self) if task.host_step is not None
                         else jax.jit(task.train_step or _default_step(task), donate_argnums=0))
@@ -204,7 +202,7 @@ class JaxSession:
             return self._run_fed_steps(n)
         seconds, units, samples = [], [], []
         step, batches = self.step_fn, self.batches
-        with self._counting_compiles(), jax.default_matmul_precision(self.precision):  # part of the jit cache key: traced once
+        with self._compiles.counting(), jax.default_matmul_precision(self.precision):  # part of the jit cache key: traced once
             for _ in range(n):
                 i = self._next
                 units.append(self._units[i])
@@ -220,7 +218,7 @@ class JaxSession:
     def _run_fed_steps(self, n: int) -> StepTimes:
         """Steps on batches from the loader; each step's time includes waiting for its batch."""
         seconds, units, samples, waits = [], [], [], []
-        with self._counting_compiles(), jax.default_matmul_precision(self.precision):
+        with self._compiles.counting(), jax.default_matmul_precision(self.precision):
             for _ in range(n):
                 t0 = time.perf_counter()
                 batch = self._take()
@@ -241,21 +239,20 @@ class JaxSession:
     def step(self) -> None:
         """One training step on the next batch of the pool (dispatched, not waited for)."""
         if self.feed is not None:
-            with self._counting_compiles(), jax.default_matmul_precision(self.precision):
+            with self._compiles.counting(), jax.default_matmul_precision(self.precision):
                 self.state, self._loss = self.step_fn(self.state, self._take())
             return
-        with self._counting_compiles(), jax.default_matmul_precision(self.precision):
+        with self._compiles.counting(), jax.default_matmul_precision(self.precision):
             self.state, self._loss = self.step_fn(self.state, self.batches[self._next])
         self._next = (self._next + 1) % len(self.batches)
 
-    @contextlib.contextmanager
-    def _counting_compiles(self):
-        seconds, compiles = _compile_totals["seconds"], _compile_totals["compiles"]
-        try:
-            yield
-        finally:
-            self.compile_s += _compile_totals["seconds"] - seconds
-            self.compile_count += _compile_totals["compiles"] - compiles
+    @property
+    def compile_count(self) -> int:
+        return self._compiles.count
+
+    @property
+    def compile_s(self) -> float:
+        return self._compiles.seconds
 
     def compiled_step(self):
         """The step as XLA compiled it for the first resident batch (its memory analysis)."""

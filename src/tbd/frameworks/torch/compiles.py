@@ -15,6 +15,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 
+from tbd.frameworks.base import CompileTally
+
 _totals = {"compiles": 0, "seconds": 0.0}
 _started: list[float] = []  # perf_counter of the compilation in progress (nested ones are not reported)
 
@@ -39,20 +41,15 @@ def listen() -> None:
         callback_handler.register_end_callback(_on_end)
 
 
-class CompileCounter:
+class CompileCounter(CompileTally):
     """Compilations and their seconds inside `counting()` blocks (a session's step calls)."""
 
     def __init__(self) -> None:
         listen()
-        self.count = 0
-        self.seconds = 0.0
+        super().__init__(_totals)
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[None]:
         listen()
-        compiles, seconds = _totals["compiles"], _totals["seconds"]
-        try:
+        with super().counting():
             yield
-        finally:
-            self.count += _totals["compiles"] - compiles
-            self.seconds += _totals["seconds"] - seconds
