@@ -1,33 +1,63 @@
-"""Leave one workload out on a calibration log (CPU, < 5 s): the time-model constants fitted from a workload's own pairs
-take the value the other pairs give. `PYTHONPATH=src python3 bench/calibration_holdout.py docs/data/calibration_2026-11-29_h200_all.jsonl`."""
+"""Leave one workload out on a calibration log (CPU, under 5 s): each pair is re-estimated with the
+time-model constants that were fitted from its own workload's pairs set to what the other pairs
+give, so the error says how the model does on a workload it was not fitted to.
+
+    PYTHONPATH=src python3 bench/calibration_holdout.py docs/data/calibration_2026-11-29_h200_all.jsonl
+"""
+
+from __future__ import annotations
+
 import json
 import statistics
 import sys
-import tbd.analysis.recommend as R
+
+import tbd.analysis.recommend as model
 from tbd.analysis.verify import _re_estimate_logged
-rows = [json.loads(line) for line in open(sys.argv[1])]
-# constant -> (workloads it came from, value without them)
-HELD = {"K_NORM_CHANNELS_LAST_LOW_PRECISION": ({"resnet50"}, 1.0),
-        "HOST_PER_SAMPLE_SHARE": ({"faster_rcnn"}, 0.0),
-        "HOST_CORE_YIELD": ({"a3c"}, 1.0)}
-FUSION_WITHOUT = {"gpt": 0.38, "transformer": 0.48}  # the cut the other one alone gives
-def err(e, m): return abs(e - m) / abs(m) * 100
-def terr(e, m): return abs((100 + e) / (100 + m) - 1) * 100
-res = []
-for i, r in enumerate(rows):
-    saved = {k: getattr(R, k) for k in list(HELD) + ["FUSION_CUT"]}
-    for k, (ws, v) in HELD.items():
-        if r["workload"] in ws:
-            setattr(R, k, v)
-    if r["workload"] in FUSION_WITHOUT:
-        R.FUSION_CUT = FUSION_WITHOUT[r["workload"]]
-    n = _re_estimate_logged(r)
-    for k, v in saved.items():
-        setattr(R, k, v)
-    res.append(("old" if i < 13 else "new", r["workload"], r["action"], n, r["measured_gain_pct"]))
-    measured = r["measured_gain_pct"]
-    print(f"{res[-1][0]} {r['workload']:12s} {r['action']:28s} held-out {n:+7.1f} measured {measured:+7.1f} error {err(n, measured):5.0f}%")
-for part in ("old", "new", None):
-    xs = [x for x in res if part is None or x[0] == part]
-    print(part or "all", len(xs), "held-out median err %.0f%%, throughput %.0f%%" % (
-        statistics.median(err(x[3], x[4]) for x in xs), statistics.median(terr(x[3], x[4]) for x in xs)))
+
+# constant -> (the workloads it was fitted from, its value without them)
+FITTED_FROM = {"K_NORM_CHANNELS_LAST_LOW_PRECISION": ({"resnet50"}, 1.0),
+               "HOST_PER_SAMPLE_SHARE": ({"faster_rcnn"}, 0.0),
+               "HOST_CORE_YIELD": ({"a3c"}, 1.0)}
+FUSION_CUT_WITHOUT = {"gpt": 0.38, "transformer": 0.48}  # the cut the other of the two gives alone
+EARLIER_PAIRS = 13  # the log's first lines, from the first two tuning runs (docs/analysis.md)
+
+
+def gain_error_pct(expected: float, measured: float) -> float:
+    return abs(expected - measured) / abs(measured) * 100
+
+
+def throughput_error_pct(expected: float, measured: float) -> float:
+    return abs((100 + expected) / (100 + measured) - 1) * 100
+
+
+def held_out_estimate(row: dict) -> float:
+    saved = {name: getattr(model, name) for name in [*FITTED_FROM, "FUSION_CUT"]}
+    try:
+        for name, (workloads, value) in FITTED_FROM.items():
+            if row["workload"] in workloads:
+                setattr(model, name, value)
+        if row["workload"] in FUSION_CUT_WITHOUT:
+            model.FUSION_CUT = FUSION_CUT_WITHOUT[row["workload"]]
+        return _re_estimate_logged(row)
+    finally:
+        for name, value in saved.items():
+            setattr(model, name, value)
+
+
+def main(path: str) -> None:
+    rows = [json.loads(line) for line in open(path)]
+    results = []  # (part, expected held out, measured)
+    for i, row in enumerate(rows):
+        part = "old" if i < EARLIER_PAIRS else "new"
+        expected, measured = held_out_estimate(row), row["measured_gain_pct"]
+        results.append((part, expected, measured))
+        print(f"{part} {row['workload']:12s} {row['action']:28s} held-out {expected:+7.1f} measured {measured:+7.1f} "
+              f"error {gain_error_pct(expected, measured):5.0f}%")
+    for part in ("old", "new", None):
+        chosen = [r for r in results if part is None or r[0] == part]
+        print(f"{part or 'all'} {len(chosen)} held-out median err {statistics.median(gain_error_pct(e, m) for _, e, m in chosen):.0f}%, "
+              f"throughput {statistics.median(throughput_error_pct(e, m) for _, e, m in chosen):.0f}%")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

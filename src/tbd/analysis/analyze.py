@@ -93,7 +93,8 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         **framework_levers(cfg["framework"]),
         "device": cfg["device"], "framework": cfg["framework"], "precision": cfg["precision"], "compile": cfg.get("compile"),
         "channels_last": cfg.get("channels_last"), "batch_size": cfg.get("batch_size"), "convolutional": supports_cl,
-        "variable_shapes": _variable_shapes(cfg["workload"]), "batch_on_host_cores": _batch_on_host_cores(cfg["workload"]),
+        "variable_shapes": _spec_flag(cfg["workload"], "variable_shapes"),
+        "batch_on_host_cores": _spec_flag(cfg["workload"], "batch_on_host_cores"),
         "host_work_per_sample": _spec_flag(cfg["workload"], "host_work_per_sample"),
         "has_trace": summary is not None,
         "gpu_util_nvml_pct": met.get("gpu_util_nvml_pct"), "gpu_mem_bw_util_nvml_pct": met.get("gpu_mem_bw_util_nvml_pct"),
@@ -134,23 +135,10 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
     return f
 
 
-def _batch_on_host_cores(workload: str) -> bool:
-    try:
-        return bool(registry.get_spec(workload).batch_on_host_cores)
-    except UsageError:
-        return False
-
-
 def _spec_flag(workload: str, name: str) -> bool:
+    """A flag of the workload's spec (False for a workload this install does not know)."""
     try:
         return bool(getattr(registry.get_spec(workload), name))
-    except UsageError:
-        return False
-
-
-def _variable_shapes(workload: str) -> bool:
-    try:
-        return bool(registry.get_spec(workload).variable_shapes)
     except UsageError:
         return False
 
