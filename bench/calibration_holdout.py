@@ -19,7 +19,16 @@ FITTED_FROM = {"K_NORM_CHANNELS_LAST_LOW_PRECISION": ({"resnet50"}, 1.0),
                "HOST_PER_SAMPLE_SHARE": ({"faster_rcnn"}, 0.0),
                "HOST_CORE_YIELD": ({"a3c"}, 1.0)}
 FUSION_CUT_WITHOUT = {"gpt": 0.38, "transformer": 0.48}  # the cut the other of the two gives alone
-EARLIER_PAIRS = 13  # the log's first lines, from the first two tuning runs (docs/analysis.md)
+# The log's parts, in order (docs/analysis.md): the first two tuning runs, the third, the fourth.
+PARTS = (("first", 13), ("third", 17), ("fourth", 8))
+
+
+def part_of(index: int) -> str:
+    for name, size in PARTS:
+        if index < size:
+            return name
+        index -= size
+    return "later"
 
 
 def gain_error_pct(expected: float, measured: float) -> float:
@@ -48,12 +57,12 @@ def main(path: str) -> None:
     rows = [json.loads(line) for line in open(path)]
     results = []  # (part, expected held out, measured)
     for i, row in enumerate(rows):
-        part = "old" if i < EARLIER_PAIRS else "new"
+        part = part_of(i)
         expected, measured = held_out_estimate(row), row["measured_gain_pct"]
         results.append((part, expected, measured))
         print(f"{part} {row['workload']:12s} {row['action']:28s} held-out {expected:+7.1f} measured {measured:+7.1f} "
               f"error {gain_error_pct(expected, measured):5.0f}%")
-    for part in ("old", "new", None):
+    for part in (*(name for name, _ in PARTS), None):
         chosen = [r for r in results if part is None or r[0] == part]
         print(f"{part or 'all'} {len(chosen)} held-out median err {statistics.median(gain_error_pct(e, m) for _, e, m in chosen):.0f}%, "
               f"throughput {statistics.median(throughput_error_pct(e, m) for _, e, m in chosen):.0f}%")

@@ -6,6 +6,7 @@ through the CLI as users run it.
     PYTHONPATH=src python3 bench/tune_gpu.py --out OUT --workloads resnet50,gpt --budget 240
     PYTHONPATH=src python3 bench/tune_gpu.py --out OUT --call 1      # 1, 2, 3: the suite in three device calls (CALLS), ~9 min each
     PYTHONPATH=src python3 bench/tune_gpu.py --out OUT --device cpu --flavor tiny --budget 20 --workloads gpt   # smoke test
+    PYTHONPATH=src python3 bench/tune_gpu.py --out OUT --combine A.json B.json  # one table and figure, the newest tuning per workload
 
 Writes into OUT: tune_gpu.json (per workload: the whole `tbd tune --json` answer, the best run's
 metrics, wall time; rewritten after each workload), WORKLOAD.md (the trail, from --markdown),
@@ -164,8 +165,9 @@ def goals(rows: list[dict]) -> list[str]:
     return out
 
 
-def write_summary(rows: list[dict], out: Path, store: Path) -> None:
-    """One Markdown table, the speedup figure and the HTML report of the tunings with their trials."""
+def write_summary(rows: list[dict], out: Path, store: Path | None) -> None:
+    """One Markdown table, the speedup figure and the HTML report of the tunings with their trials
+    (without a store, the trials' runs are elsewhere: the table and the figure only)."""
     lines = ["| workload | start | tuned | unit/s | speedup (95% CI) | MFU tuned | kept changes | best command |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r.get("tune") or {}
@@ -187,6 +189,11 @@ def write_summary(rows: list[dict], out: Path, store: Path) -> None:
         from tbd.report.html import write_report
         from tbd.results.store import Store
 
+        if store is None:
+            fig = tune_view.speedups([{"kind": "tune", "id": r["tune"]["id"], "tune": r["tune"]} for r in rows if r.get("tune", {}).get("id")])
+            if fig is not None:
+                plots.save(fig, out, "tune_speedups")
+            return
         s = Store(store)
         records = s.records(set(ids))
         fig = tune_view.speedups(records)
@@ -195,6 +202,24 @@ def write_summary(rows: list[dict], out: Path, store: Path) -> None:
         write_report(records + trial_runs(s, records), out / "report.html", "tbd tune: the suite from its paper configurations")
     except ImportError as exc:  # matplotlib missing: the JSON and Markdown stand alone
         print(f"no figure or report: {exc}")
+
+
+def combine(files: list[str], out: Path) -> None:
+    """The table, figure and goals of several calls' tune_gpu.json (the suite tuned over more than one
+    device call or session): per workload its tuning from the last file that has one."""
+    newest: dict[str, dict] = {}
+    sources = []
+    for name in files:
+        data = json.loads(Path(name).read_text())
+        sources.append(f"{name}: {data['device']}, torch {data['torch']}, {data['date']}")
+        newest.update({r["workload"]: r for r in data["rows"]})
+    rows = [newest[w] for w in SUITE if w in newest]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune_gpu.json").write_text(json.dumps({"sources": sources, "rows": rows}, indent=1, default=str))
+    write_summary(rows, out, store=None)
+    for g in goals(rows):
+        print(g)
+    print(f"wrote {out}/tune_gpu.json, tune_gpu.md and tune_speedups.png from {len(files)} file(s)")
 
 
 def main() -> None:
@@ -210,7 +235,11 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--flavor", default="paper")
     ap.add_argument("--tune-args", default="", help="more tbd tune options, given with '=': --tune-args='--no-profile --skip compile_mode'")
+    ap.add_argument("--combine", nargs="+", metavar="TUNE_GPU_JSON", help="no runs: one table and figure from these files' tunings (later files win)")
     args = ap.parse_args()
+    if args.combine:
+        sys.path.insert(0, SRC)
+        return combine(args.combine, Path(args.out))
     if args.call:
         args.budgets = ",".join(filter(None, [CALLS[args.call], args.budgets]))
         args.workloads = ",".join(item.split("=")[0] for item in CALLS[args.call].split(","))

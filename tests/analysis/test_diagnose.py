@@ -69,9 +69,14 @@ def test_fp32_compute_bound_recommends_bf16_first():
     assert recs[0]["expected_gain_pct"] == 150.0
     no_host = recommend(gpu(precision="fp32", channels_last=False, convolutional=False, peak_reserved_bytes=20 * GIB, host_busy_pct=10.0))
     assert 215 < no_host[0]["expected_gain_pct"] < 235
-    # a convolutional model's kernels gain 2.5x, not 10x: T' = 0.05 + 0.95 * (0.3/1.5 + 0.7/2.5) = 0.506 -> +97.6%
+    # a convolutional model's kernels gain 2.5x, not 10x; in NHWC: T' = 0.05 + 0.95 * (0.3/1.5 + 0.7/2.5) = 0.506 -> +97.6%
+    nhwc = recommend(gpu(precision="fp32", channels_last=True, peak_reserved_bytes=20 * GIB))
+    assert next(r for r in nhwc if r["action"] == "precision bf16")["expected_gain_pct"] == 97.6
+    # in NCHW its batch norm (10%) moves to generic kernels, x2.4 / 1.5 = 1.6 slower:
+    # T' = 0.05 + 0.95 * (0.2/1.5 + 0.1 * 1.6 + 0.7/2.5) = 0.595 -> +68.2%
     conv = recommend(gpu(precision="fp32", channels_last=False, peak_reserved_bytes=20 * GIB))
-    assert next(r for r in conv if r["action"] == "precision bf16")["expected_gain_pct"] == 97.6
+    bf16 = next(r for r in conv if r["action"] == "precision bf16")
+    assert bf16["expected_gain_pct"] == 68.2 and "NCHW batch norm 10% x1.6" in bf16["basis"]
     assert "channels_last memory format" in [r["action"] for r in conv]
 
 
@@ -85,13 +90,14 @@ def test_a_host_busy_only_because_launches_block_does_not_cap_the_gain():
     bf16 = next(r for r in recommend(facts) if r["action"] == "precision bf16")
     assert 500 < bf16["expected_gain_pct"] < 650
     # ... and wgan fp32's 10,004 kernels in a 607 ms step (GPU 95.7% busy, host "busy" 87%) take
-    # 25 us each of host time at most: floor 0.41, below the convolutions' own T' = 0.491 -> +104%
-    # (measured +146%; the host-busy floor gave +19%)
+    # 25 us each of host time at most: floor 0.41, below the convolutions' own T' = 0.52 -> +93%
+    # (measured +146%; the host-busy floor gave +19%); its normalization (3.2%, batch and group
+    # norm in NCHW) counts as PyTorch's generic bf16 kernels, 1.6x slower than in fp32
     wgan = gpu(precision="fp32", channels_last=False, gpu_util_trace_pct=95.7, host_busy_pct=87.1, gpu_idle_not_waiting_pct=4.2,
                class_share={"matmul/conv": 76.1, "elementwise": 17.6, "normalization": 3.2, "reduction": 1.7, "other": 1.1, "optimizer": 0.2},
                kernels_per_step=10004, step_ms=607.2)
     bf16 = next(r for r in recommend(wgan) if r["action"] == "precision bf16")
-    assert 100 < bf16["expected_gain_pct"] < 110
+    assert 88 < bf16["expected_gain_pct"] < 97
 
 
 def test_a_host_bound_step_stays_host_bound_and_autocast_adds_to_it():

@@ -230,11 +230,17 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
             if not k:
                 continue
             k_bw = K_BANDWIDTH_BF16 if target == "bf16" else 1.0
-            f = (1 - s_mm - s_bw) + s_mm / k + s_bw / k_bw
+            # NCHW batch norm leaves cuDNN for PyTorch's generic kernels under bf16 autocast: it
+            # gets slower, not faster (the channels_last term's x2.4 over the bandwidth gain).
+            s_norm_generic = shares.get("normalization", 0.0) if target == "bf16" and g("convolutional") and not g("channels_last") else 0.0
+            k_norm = k_bw / K_NORM_CHANNELS_LAST_LOW_PRECISION
+            f = (1 - s_mm - s_bw) + s_mm / k + (s_bw - s_norm_generic) / k_bw + s_norm_generic / k_norm
             how = "autocast to bfloat16 (weights and optimizer stay fp32)" if target == "bf16" else "TF32 tensor cores for fp32 matmuls and convolutions"
             recs.append(_rec(f"precision {target}", _gain((1 - u) + u * f, host_floor(facts, adds_casts=target == "bf16")),
                              f"matmul/conv {s_mm * 100:.0f}% of kernel time x1/{k:g},"
-                             f" bandwidth-bound kernels {s_bw * 100:.0f}% x1/{k_bw:g}, GPU busy {u * 100:.0f}%",
+                             f" bandwidth-bound kernels {(s_bw - s_norm_generic) * 100:.0f}% x1/{k_bw:g}"
+                             + (f", NCHW batch norm {s_norm_generic * 100:.0f}% x{1 / k_norm:.2g} (generic kernels)" if s_norm_generic else "")
+                             + f", GPU busy {u * 100:.0f}%",
                              {"precision": target}, how))
         if g("convolutional") and not g("channels_last") and g("channels_last_lever"):
             s_tr = (g("layout_transpose_share_pct") or 0) / 100.0
