@@ -90,5 +90,5 @@ def run(args) -> int:
         path = write_report(records, output, args.title or f"tbd report: {name}", subtitle=f"{desc}.", comparison=comparison)
     except OSError as exc:
         raise UsageError(f"cannot write the report to {output} ({exc.strerror or exc}); choose another --output") from None
-    make_console().print(f"report of {len(records)} runs: {escape(str(path.resolve()))}")
+    make_console().print(f"report of {len(records)} runs: {escape(str(path.resolve()))}", soft_wrap=True)  # a path stays one line to copy
     return 0
