@@ -104,12 +104,17 @@ def environment(data: dict[str, Any]) -> str:
         for name in ("torch", "jax", "jaxlib", "flax", "optax", "triton"):
             if libs.get(name):
                 versions[name] = libs[name]
+        # The framework's own version string also names its CUDA build (torch's '+cu130').
+        framework_version = (rec.get("environment") or {}).get("framework_version") or ""
+        if framework_version.startswith(f"{versions.get('torch')}+"):
+            versions["torch"] = framework_version
     dates = sorted({(rec.get("created_at") or "")[:10] for rec in recs if rec.get("created_at")})
     date = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}" if dates else "?"
     device = gpu.get("name") or env.get("device_name") or env.get("cpu") or "?"
+    memory = f" ({gpu['memory_total_bytes'] / 2**20:,.0f} MiB)" if gpu.get("memory_total_bytes") else ""
     driver = f", driver {gpu['driver']}" if gpu.get("driver") else ""
     libs = ", ".join(f"{k} {v}" for k, v in versions.items())
-    return f"{device}{driver}, {env.get('cpu_cores', '?')} CPU cores; {libs}; tbd {env.get('tbd_version', '?')}; {date}"
+    return f"{device}{memory}{driver}, {env.get('cpu_cores', '?')} CPU cores; {libs}; tbd {env.get('tbd_version', '?')}; {date}"
 
 
 def throughput_table(data: dict[str, Any], kind: str) -> str:
@@ -187,8 +192,8 @@ def details_table(data: dict[str, Any]) -> str:
 
 
 def traces_table(data: dict[str, Any]) -> str:
-    out = ["| workload | batch | framework | traced step ms | kernels / step | GEMM/conv/attn ms | element-wise/fusion ms | copies ms | "
-           "GPU idle ms | tensor-core share % | top kernel (share) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| workload | batch | framework | timed step ms | traced step ms | kernels / step | GEMM/conv/attn ms | element-wise/fusion ms | "
+           "copies ms | GPU idle ms | tensor-core share % | top kernel (share) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     found = False
     for key in ordered(data):
         result = data["points"][key]
@@ -197,16 +202,19 @@ def traces_table(data: dict[str, Any]) -> str:
             continue
         found = True
         if t.get("error"):
-            out.append(f"| {r['workload']} | {_n(r.get('batch'), '{:,}')} | {LABELS[r['variant']]} | {t['error'][:80]} |" + " |" * 7)
+            out.append(f"| {r['workload']} | {_n(r.get('batch'), '{:,}')} | {LABELS[r['variant']]} | {_n(r.get('step_ms'), '{:.2f}')} | "
+                       f"{t['error'][:80]} |" + " |" * 7)
             continue
         top = t["top_kernels"][0] if t.get("top_kernels") else None
         top_s = f"{top['name'][:48]} ({top['share_pct']:.0f}%)" if top else "-"
-        out.append(f"| {r['workload']} | {_n(r.get('batch'), '{:,}')} | {LABELS[r['variant']]} | {t['step_ms']:.2f} | {t['kernels_per_step']:,.0f} | "
+        out.append(f"| {r['workload']} | {_n(r.get('batch'), '{:,}')} | {LABELS[r['variant']]} | {_n(r.get('step_ms'), '{:.2f}')} | {t['step_ms']:.2f} | "
+                   f"{t['kernels_per_step']:,.0f} | "
                    f"{t['gemm_conv_attention_ms']:.2f} | {t['elementwise_fusion_ms']:.2f} | {t['copies_ms']:.2f} | {t['idle_ms']:.2f} | "
                    f"{_n(t.get('tensor_core_share_pct'), '{:.0f}')} | {top_s.replace('|', '/')} |")
     if not found:
         return "(no traced runs in these results)"
-    return "\n".join(out) + ("\n\nPer step over the traced steps (after the timed ones, under the profiler): kernel time summed by kind "
+    return "\n".join(out) + ("\n\ntimed step: the run's median step without the profiler; the other columns per step over the traced "
+                             "steps (after the timed ones, under the profiler, which adds host time per launch): kernel time summed by kind "
                              "(tbd.analysis.kernels classes: element-wise/fusion also holds normalization, reductions and the optimizer), "
                              "GPU idle = traced window minus the union of kernel intervals.")
 
@@ -232,6 +240,13 @@ def explain(workload: str, kind: str, data: dict[str, Any]) -> list[str]:
         faster, slower = ((tj, "JAX"), (tt, LABELS[v])) if q >= 1 else ((tt, LABELS[v]), (tj, "JAX"))
         (f, fname), (s, sname) = faster, slower
         gap = s["step_ms"] - f["step_ms"]
+        if gap <= 0 and abs(q - 1) >= 0.03:
+            # The profiler's host overhead differs between frameworks: its steps can order them
+            # the other way round from the timed ones, and then they explain nothing.
+            lines.append(f"{head}; the traced steps order them the other way ({sname} {s['step_ms']:.1f} vs {fname} "
+                         f"{f['step_ms']:.1f} ms under the profiler; timed {jax['row']['step_ms']:.1f} ms JAX vs "
+                         f"{other['row']['step_ms']:.1f} ms): no attribution from these traces")
+            continue
         diffs = {name: s[field] - f[field] for field, name in TIME_KINDS}
         field, name = max(TIME_KINDS, key=lambda fn: s[fn[0]] - f[fn[0]])
         kernels = f"kernels/step {s['kernels_per_step']:,.0f} ({sname}) vs {f['kernels_per_step']:,.0f}"
