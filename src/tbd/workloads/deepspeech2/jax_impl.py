@@ -31,13 +31,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
-from tbd.workloads.common_jax import host_generator, torch_default_rule, torch_like_init
+from tbd.workloads.common_jax import torch_default_rule, torch_like_init
 from tbd.workloads.deepspeech2.data import bucketed_host, frame_edges, padded_batch
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out
+from tbd.workloads.draws import shape_seeds
 from tbd.workloads.resnet50.jax_impl import batch_norm
 
 # lax.scan's unroll: 1 runs a loop. XLA's cost analysis counts a loop's body once, so the FLOPs
@@ -133,6 +135,7 @@ def from_host(host: dict, ctx: BuildContext, device):
 def build(ctx: BuildContext) -> JaxTask:
     hp, n = dict(ctx.hparams), ctx.batch_size
     edges = frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
+    seeds = shape_seeds("deepspeech2", ctx.seed)
     model = DeepSpeech2(hp, compute_dtype(ctx.precision))
 
     def init(rng):
@@ -157,7 +160,8 @@ def build(ctx: BuildContext) -> JaxTask:
         return (per_utterance / jnp.maximum(n_chars, 1)).mean(), batch_stats
 
     def make_batch(key, device):
-        return jax.device_put(padded_batch(host_generator(key), n, hp, edges), device)
+        # the same batch (lengths and values) in every framework for the run's seed (tbd.workloads.draws)
+        return jax.device_put(padded_batch(np.random.default_rng(next(seeds)), n, hp, edges), device)
 
     return JaxTask(
         init=init,

@@ -38,6 +38,7 @@ from tbd.frameworks.tf.session import TfTask, to_device
 from tbd.workloads.common_tf import conv2d, dense
 from tbd.workloads.deepspeech2.data import bucketed_host, frame_edges, padded_batch
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out
+from tbd.workloads.draws import shape_seeds
 
 
 def output_lengths(frames):
@@ -88,6 +89,7 @@ def from_host(host: dict, ctx: BuildContext, device: str):
 def build(ctx: BuildContext) -> TfTask:
     hp, n = dict(ctx.hparams), ctx.batch_size
     edges = frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
+    seeds = shape_seeds("deepspeech2", ctx.seed)
     model = DeepSpeech2(hp, name="deepspeech2")
     model(np.zeros((1, hp["freq_bins"], 16, 1), np.float32), np.full((1,), 16, np.int32))  # creates the variables
 
@@ -103,7 +105,7 @@ def build(ctx: BuildContext) -> TfTask:
     return TfTask(
         model=model,
         optimizer=keras.optimizers.Adam(learning_rate=hp["lr"], beta_1=b1, beta_2=b2, epsilon=1e-8),
-        make_batch=lambda rng: padded_batch(rng, n, hp, edges),
+        make_batch=lambda rng: padded_batch(np.random.default_rng(next(seeds)), n, hp, edges),  # the same batch in every framework (tbd.workloads.draws)
         loss=loss,
         units=lambda batch: float(np.sum(batch[2])) / FRAMES_PER_S,  # seconds of audio (host arrays or tensors)
         samples=lambda batch: float(batch[2].shape[0]),  # utterances

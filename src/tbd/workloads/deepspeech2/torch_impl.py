@@ -25,6 +25,7 @@ from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.deepspeech2.data import bucketed_batch, frame_edges, sample_durations, utterance_lengths  # noqa: F401 (re-exported)
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out, feature_sizes
+from tbd.workloads.draws import shape_seeds
 from tbd.workloads.text_host import bucket
 
 
@@ -65,10 +66,10 @@ def padded_width(hp, frames: int) -> int:
     return max(frames, bucket(frames, frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))))
 
 
-def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device):
-    # The generator lives on the batch's device; its first draw seeds the host-side sampler.
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
-    frames, n_chars = utterance_lengths(np.random.default_rng(seed), n, hp)
+def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device, shape_seed: int):
+    # The lengths from the batch's shape seed (tbd.workloads.draws: the same in every framework),
+    # the spectrogram and transcripts from the framework's generator on the device.
+    frames, n_chars = utterance_lengths(np.random.default_rng(shape_seed), n, hp)
     width = padded_width(hp, int(frames.max()))
     spec = torch.randn(n, 1, hp["freq_bins"], width, generator=gen, device=device)
     mask = torch.arange(width, device=device)[None, :] < torch.as_tensor(frames, device=device)[:, None]
@@ -94,6 +95,7 @@ def _python_dispatch_active() -> bool:
 
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
+    seeds = shape_seeds("deepspeech2", ctx.seed)
     model = DeepSpeech2(hp["freq_bins"], hp["conv_channels"], hp["hidden"], hp["gru_layers"])
 
     def loss(model, batch):
@@ -113,7 +115,7 @@ def build(ctx: BuildContext) -> TorchTask:
     return TorchTask(
         model=model,
         make_optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=hp["lr"], betas=tuple(hp["betas"])),
-        make_batch=lambda gen, device: make_batch_for(hp, ctx.batch_size, gen, device),
+        make_batch=lambda gen, device: make_batch_for(hp, ctx.batch_size, gen, device, next(seeds)),
         loss=loss,
         units=lambda batch: float(batch[2].sum()) / FRAMES_PER_S,  # seconds of audio
         samples=lambda batch: float(batch[2].numel()),  # utterances

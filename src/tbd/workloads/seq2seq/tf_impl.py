@@ -34,6 +34,7 @@ from keras import layers
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.tf.session import TfTask, to_device
+from tbd.workloads.draws import shape_seeds
 from tbd.workloads.text_data import PAD, LengthModel, draw_bucketed_batch
 from tbd.workloads.text_host import bucket, length_edges
 from tbd.workloads.text_host import pad_to_buckets, padded_pairs
@@ -132,13 +133,14 @@ def from_host(host: dict, ctx: BuildContext, device: str):
 def build(ctx: BuildContext) -> TfTask:
     hp = dict(ctx.hparams)
     lengths = LengthModel.from_hparams(hp)
+    seeds = shape_seeds("seq2seq", ctx.seed)
     edges = length_edges(hp["max_len"])
     model = Seq2Seq(hp, ctx.seed, name="seq2seq")
     ids = np.full((1, 2), 4, np.int32)
     model(ids, ids)  # creates the variables
 
     def make_batch(rng: np.random.Generator):
-        pairs = draw_bucketed_batch(random.Random(int(rng.integers(2**62))), lengths, batch_size=ctx.batch_size)
+        pairs = draw_bucketed_batch(random.Random(next(seeds)), lengths, batch_size=ctx.batch_size)
         src_w, tgt_w = bucket(max(s for s, _ in pairs), edges), bucket(max(t for _, t in pairs), edges)
         return padded_pairs(rng, pairs, len(pairs), src_w, tgt_w, hp["src_vocab"], hp["tgt_vocab"])
 

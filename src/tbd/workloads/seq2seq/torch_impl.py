@@ -21,6 +21,7 @@ state (the decoder's initial state) is taken at its own length, not after the pa
 
 from __future__ import annotations
 
+import random
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,8 +29,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
+from tbd.workloads.draws import shape_seeds
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
-from tbd.workloads.text_torch import BOS, PAD, host_rng, padded
+from tbd.workloads.text_torch import BOS, PAD, padded
 
 
 class AttentionDecoder(nn.Module):
@@ -126,9 +128,10 @@ def from_host(host: dict, ctx: BuildContext, device: torch.device):
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     lengths = LengthModel.from_hparams(hp)
+    seeds = shape_seeds("seq2seq", ctx.seed)
 
     def make_batch(gen: torch.Generator, device: torch.device):
-        pairs = draw_bucketed_batch(host_rng(gen), lengths, batch_size=ctx.batch_size)
+        pairs = draw_bucketed_batch(random.Random(next(seeds)), lengths, batch_size=ctx.batch_size)
         src_lens = [s for s, _ in pairs]
         tgt_lens = [t for _, t in pairs]
         src = padded(src_lens, hp["src_vocab"], gen, device, eos=True)

@@ -16,6 +16,7 @@ step x warmup^-1.5), stepped after every update: this needs a custom `train_step
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,9 @@ from torch import nn
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
+from tbd.workloads.draws import shape_seeds
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
-from tbd.workloads.text_torch import BOS, PAD, host_rng, padded
+from tbd.workloads.text_torch import BOS, PAD, padded
 
 
 class Attention(nn.Module):
@@ -118,11 +120,12 @@ def from_host(host: dict, ctx: BuildContext, device: torch.device):
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     lengths = LengthModel.from_hparams(hp)
+    seeds = shape_seeds("transformer", ctx.seed)
     on_cuda = ctx.device.startswith("cuda")
     state = {}
 
     def make_batch(gen: torch.Generator, device: torch.device):
-        pairs = draw_bucketed_batch(host_rng(gen), lengths, max_tokens=ctx.batch_size)
+        pairs = draw_bucketed_batch(random.Random(next(seeds)), lengths, max_tokens=ctx.batch_size)
         src_lens = [s for s, _ in pairs]
         tgt_lens = [t for _, t in pairs]
         src = padded(src_lens, hp["vocab"], gen, device, eos=True)
