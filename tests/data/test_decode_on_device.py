@@ -13,6 +13,7 @@ from PIL import Image
 from tbd.frameworks.torch import data as torch_data
 
 S = 48  # output size: some crops below it (upscaled), most above (antialiased downscale)
+ROUNDING = 1e-3  # of 255 levels: float32 sums of the same samples in another order
 
 
 def jpeg_batch(seed: int, count: int = 10) -> dict:
@@ -61,39 +62,63 @@ def new_images(host: dict) -> torch.Tensor:
     return images.permute(0, 3, 1, 2)
 
 
+def image_sizes(host: dict) -> list[tuple[int, int]]:
+    """(height, width) of each JPEG of the batch, from its header."""
+    files = torch.split(host["jpeg"], host["jpeg_sizes"].tolist())
+    return [Image.open(io.BytesIO(f.numpy().tobytes())).size[::-1] for f in files]
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_same_pixels_as_the_replaced_decode(seed):
-    """Bit for bit the previous result, except where the previous one depended on the batch: the
-    batch's tallest (widest) image had no zero row (column) below (right of) it, so roi_align
-    repeated its edge there, while every other image's border samples met zeros. Now every image
-    meets zeros; only the pixels whose samples reach past such an image's edge differ, and only darker."""
+    """The previous result (to float32 rounding: the padded batch's shape differs, so roi_align's
+    sums may round differently), except where the previous one read the padding: a crop
+    reaching the bottom (right) edge of an image shorter (narrower) than the batch's largest
+    blended zeros into its last output rows (columns); now the image's edge is repeated there, as
+    roi_align did for the batch's largest image. Those pixels only get brighter."""
     host = jpeg_batch(seed)
     new, old = new_images(host), previous_decode_on_device(host)
-    sizes = [Image.open(io.BytesIO(f.numpy().tobytes())).size for f in torch.split(host["jpeg"], host["jpeg_sizes"].tolist())]
-    w_max, h_max = max(w for w, _ in sizes), max(h for _, h in sizes)
-    edge_cases = 0
-    for i, ((width, height), (top, left, h, w)) in enumerate(zip(sizes, host["crop"].tolist())):
-        at_bottom, at_right = height == h_max and top + h == height, width == w_max and left + w == width
+    sizes = image_sizes(host)
+    h_max, w_max = max(h for h, _ in sizes), max(w for _, w in sizes)
+    leaked = 0
+    for i, ((height, width), (top, left, h, w)) in enumerate(zip(sizes, host["crop"].tolist())):
+        at_bottom, at_right = top + h == height < h_max, left + w == width < w_max
         if not (at_bottom or at_right):
-            assert torch.equal(new[i], old[i]), f"image {i}"
+            torch.testing.assert_close(new[i], old[i], rtol=0, atol=ROUNDING, msg=f"image {i}")
             continue
-        edge_cases += 1
-        assert (new[i] <= old[i] + 1e-3).all()
+        leaked += 1
+        assert (new[i] >= old[i] - ROUNDING).all() and float((new[i] - old[i]).max()) > 1
         # Output rows (columns) whose samples stay above (left of) the image's last pixel centre agree.
         rows = S - (-(-S // h) + 1) if at_bottom else S
         cols = S - (-(-S // w) + 1) if at_right else S
         unflipped_new, unflipped_old = (new[i].flip(-1), old[i].flip(-1)) if host["flip"][i] else (new[i], old[i])
-        assert torch.equal(unflipped_new[:, :rows, :cols], unflipped_old[:, :rows, :cols]), f"image {i}"
-    assert edge_cases < len(sizes)  # the batch holds both kinds
+        torch.testing.assert_close(unflipped_new[:, :rows, :cols], unflipped_old[:, :rows, :cols], rtol=0, atol=ROUNDING, msg=f"image {i}")
+    assert 0 < leaked < len(sizes)  # the batch holds both kinds
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_crops_at_the_edge_match_torchvision_resized_crop(seed):
+    """Against torchvision's RandomResizedCrop computation (crop, antialiased bilinear resize,
+    flip) the area filter differs by a few levels where the texture is sharp (up to 12 of 255
+    seen on these images, mean 0.2); with zeros at the edges the previous version was off by up
+    to 144 levels on border pixels (mean 0.6)."""
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    host = jpeg_batch(seed)
+    decoded = decode_jpeg(list(torch.split(host["jpeg"], host["jpeg_sizes"].tolist())), mode=ImageReadMode.RGB)
+    reference = torch.stack([TF.resized_crop(img.float(), t, x, h, w, [S, S], antialias=True) for img, (t, x, h, w) in zip(decoded, host["crop"].tolist())])
+    reference = torch.where(host["flip"][:, None, None, None], reference.flip(-1), reference)
+    error = (new_images(host) - reference).abs()
+    assert float(error.max()) < 16 and float(error.mean()) < 0.3
 
 
 def test_groups_give_the_pixels_of_one_padded_batch(monkeypatch):
-    """A batch too large for one padded tensor is padded in groups, smallest images first; with a
-    zero row and column past every image, each image's pixels are the same either way."""
+    """A batch too large for one padded tensor is padded in groups, smallest images first; an
+    image's pixels do not depend on its batch mates, so they are the same either way."""
     host = jpeg_batch(2, count=12)
     whole = new_images(host)
     monkeypatch.setattr(torch_data, "PADDED_ELEMENTS_MAX", 3 * 141 * 141 * 3)  # about three images per group
-    shapes = [tuple(Image.open(io.BytesIO(f.numpy().tobytes())).size[::-1]) for f in torch.split(host["jpeg"], host["jpeg_sizes"].tolist())]
+    shapes = image_sizes(host)
     groups = torch_data.padded_groups(shapes)
     assert len(groups) > 2 and sorted(i for g in groups for i in g) == list(range(12))
     for g in groups:
