@@ -15,7 +15,8 @@ overlap the previous step's kernels. On the CPU the feed is the loader itself.
 GPU decoding: the workers read the file's bytes and its JPEG header (for the crop box) only;
 `torchvision.io.decode_jpeg` decodes the whole batch on the device in one call (nvJPEG), and
 each image is cropped, resized (bilinear, antialiased, as torchvision's RandomResizedCrop) and
-flipped there, in about ten kernels per batch whatever its size (`decode_on_device`):
+flipped there, in about fifteen kernels per batch (`decode_on_device`; bench/decode_gpu.py
+counts them), where the previous version took two or three per image:
 - nvJPEG returns one contiguous (3, H, W) uint8 tensor per image. A nested tensor of them is one
   concatenation (batched copy kernels) and one conversion to the crop's dtype (half on a GPU),
   and its `to_padded_tensor` in that dtype is one CUDA kernel that writes every element of the
@@ -125,7 +126,8 @@ def decode_on_device(host: dict[str, Any], device: torch.device) -> dict[str, An
 
     A handful of launches per batch, not a few per image (see the module docstring): nvJPEG decodes
     the batch; the images become one padded batch in the crop's dtype (a nested tensor: one
-    concatenation, one conversion, one padding kernel); one `roi_align` resizes every crop (its
+    concatenation, one conversion, one padding kernel), each image's edge repeated once past it;
+    one `roi_align` resizes every crop (its
     adaptive sampling, ceil(crop / S) samples per output pixel per axis, averaged, is an area filter,
     so a downscale is antialiased as torchvision's RandomResizedCrop does); the flips and the clamp
     follow on the small (B, 3, S, S) output."""
@@ -151,8 +153,8 @@ def decode_on_device(host: dict[str, Any], device: torch.device) -> dict[str, An
                 0.0, output_size=(len(group), 3, h_max + 1, w_max + 1))
         # A crop reaching an image's bottom or right edge samples up to half a pixel past its last pixel
         # centre, so bilinear taps read the row (column) after it: repeat the edge there, as roi_align
-        # itself does at the padded batch's edge (else zeros darken the border pixels, by up to ~70 of
-        # 255 levels, in every image but the batch's largest).
+        # itself does at the padded batch's edge (else zeros darken the border pixels, by up to half
+        # their value, three quarters at a corner, in every image but the batch's largest).
         b, h, h_last, w, w_last = to_device(torch.tensor([[j, shapes[i][0], shapes[i][0] - 1, shapes[i][1], shapes[i][1] - 1]
                                                           for j, i in enumerate(group)]).T.contiguous(), device)
         padded[b, :, :, w] = padded[b, :, :, w_last]
