@@ -15,7 +15,24 @@ overlap the previous step's kernels. On the CPU the feed is the loader itself.
 GPU decoding: the workers read the file's bytes and its JPEG header (for the crop box) only;
 `torchvision.io.decode_jpeg` decodes the whole batch on the device in one call (nvJPEG), and
 each image is cropped, resized (bilinear, antialiased, as torchvision's RandomResizedCrop) and
-flipped there.
+flipped there, in about fifteen kernels per batch (`decode_on_device`; bench/decode_gpu.py
+counts them), where the previous version took two or three per image:
+- nvJPEG returns one contiguous (3, H, W) uint8 tensor per image. A nested tensor of them is one
+  concatenation (batched copy kernels) and one conversion to the crop's dtype (half on a GPU),
+  and its `to_padded_tensor` in that dtype is one CUDA kernel that writes every element of the
+  padded batch once, image or zero. (The previous version padded the uint8 images: PyTorch's
+  generic path, a fill and a copy per image and a stack, then converted the padded batch, so it
+  wrote the padded batch three times and launched 2-3 kernels per image: 6.0 ms of the feed
+  stream's kernels per resnet50 batch of 256 on an H200, competing with training's.)
+- Each image's last row and column are repeated once past it (four small indexing kernels):
+  roi_align's bilinear taps for a crop at the image's edge read there, and the zeros of the
+  padding darkened such border pixels in every image but the batch's largest (whose edge
+  roi_align itself repeats, at the padded batch's edge). So an image's pixels no longer depend
+  on its batch mates' sizes.
+- `roi_align` resizes all crops in one kernel; it reads only the crops, so the padding costs
+  one write.
+- Flip, conversion to float and clamp act on the small (B, 3, S, S) output. (roi_align cannot
+  flip: a box with x1 > x2 gets no samples on the GPU and fails on the CPU.)
 """
 
 from __future__ import annotations
@@ -70,33 +87,88 @@ def make_loader(dataset, workers: int, prefetch: int, pin: bool, context: str | 
     return DataLoader(dataset, **kwargs)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor made here, copied without blocking: from pinned memory (a copy from pageable
+    memory waits for the stream's queued work first)."""
+    return (tensor.pin_memory() if device.type == "cuda" else tensor).to(device, non_blocking=True)
+
+
+# The padded batch's elements per group: roi_align and the nested tensor's padding kernel index with
+# 32-bit ints (overflow past 2**31), and a bound keeps the padded copy's memory in check (2 GiB in halves).
+PADDED_ELEMENTS_MAX = 2**30
+
+
+def padded_groups(shapes: list[tuple[int, int]]) -> list[list[int]]:
+    """The batch's image indices in groups, each padded to its largest height and width (+1) with at
+    most PADDED_ELEMENTS_MAX elements: the whole batch in order when it fits (ImageNet-sized images,
+    batch 256: about a third of it), else smallest first, so large images share padding with each other."""
+    def padded(h: int, w: int, n: int) -> int:
+        return 3 * (h + 1) * (w + 1) * n
+
+    everything = list(range(len(shapes)))
+    if padded(max(h for h, _ in shapes), max(w for _, w in shapes), len(shapes)) <= PADDED_ELEMENTS_MAX:
+        return [everything]
+    groups: list[list[int]] = [[]]
+    h_max = w_max = 0
+    for i in sorted(everything, key=lambda i: shapes[i][0] * shapes[i][1]):
+        h, w = shapes[i]
+        if groups[-1] and padded(max(h_max, h), max(w_max, w), len(groups[-1]) + 1) > PADDED_ELEMENTS_MAX:
+            groups.append([])
+            h_max = w_max = 0
+        groups[-1].append(i)
+        h_max, w_max = max(h_max, h), max(w_max, w)
+    return groups
+
+
 def decode_on_device(host: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """A batch of JPEG bytes with crop boxes and flips -> {"images": (B, S, S, 3) float in
     [0, 255] on the device (an NHWC view of NCHW memory), "labels"}.
 
-    A handful of launches per batch, not a few per image: the feed runs in a Python thread of the
-    training process, and a per-image loop (~1,000 launches for 256 images) contended with the
-    training thread for the GIL and the launch queue (86% of synthetic throughput on an H200).
-    The decoded images are padded into one tensor and every crop is resized by one `roi_align`
-    whose adaptive sampling (ceil(crop / S) samples per output pixel per axis, averaged) is an
-    area filter, so a downscale is antialiased as torchvision's RandomResizedCrop does."""
+    A handful of launches per batch, not a few per image (see the module docstring): nvJPEG decodes
+    the batch; the images become one padded batch in the crop's dtype (a nested tensor: one
+    concatenation, one conversion, one padding kernel), each image's edge repeated once past it;
+    one `roi_align` resizes every crop (its
+    adaptive sampling, ceil(crop / S) samples per output pixel per axis, averaged, is an area filter,
+    so a downscale is antialiased as torchvision's RandomResizedCrop does); the flips and the clamp
+    follow on the small (B, 3, S, S) output."""
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.ops import roi_align
 
     files = list(torch.split(host["jpeg"], host["jpeg_sizes"].tolist()))  # views of the one buffer, each contiguous
-    decoded = decode_jpeg(files, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8
-    s = int(host["image_size"])
-    # The padded batch is large: halves hold 0-255 and the boxes' pixel and batch indices exactly (up to 2048).
-    dtype = torch.float16 if device.type == "cuda" and len(decoded) <= 2048 else torch.float32
-    with warnings.catch_warnings():  # strided nested tensors are a "prototype"; the jagged layout allows one ragged dim, images have two
-        warnings.simplefilter("ignore", UserWarning)
-        padded = torch.nested.nested_tensor(decoded).to_padded_tensor(0).to(dtype)  # (B, 3, Hmax, Wmax)
-    top, left, h, w = host["crop"].to(device, non_blocking=True).to(dtype).unbind(1)
-    index = torch.arange(len(decoded), device=device, dtype=dtype)
-    boxes = torch.stack([index, left, top, left + w, top + h], dim=1)  # (batch index, x1, y1, x2, y2) in pixel edges
-    out = roi_align(padded, boxes, output_size=(s, s), spatial_scale=1.0, sampling_ratio=-1, aligned=True).float()
-    flip = host["flip"].to(device, non_blocking=True)
-    out = torch.where(flip[:, None, None, None], out.flip(-1), out).clamp_(0, 255)
+    decoded = decode_jpeg(files, mode=ImageReadMode.RGB, device=device)  # list of contiguous (3, H, W) uint8
+    s, n = int(host["image_size"]), len(decoded)
+    shapes = [(int(img.shape[1]), int(img.shape[2])) for img in decoded]
+    # Halves hold 0-255, pixel edges and batch indices exactly up to 2048: half the padded batch's memory traffic.
+    exact_in_half = n <= 2048 and max(max(h, w) for h, w in shapes) + 1 <= 2048
+    dtype = torch.float16 if device.type == "cuda" and exact_in_half else torch.float32
+    crop = host["crop"].to(torch.int64)  # (B, 4): top, left, h, w, on the host
+    corners = torch.cat([crop[:, [1, 0]], crop[:, [1, 0]] + crop[:, [3, 2]]], dim=1)  # x1, y1, x2, y2 in pixel edges
+    groups = padded_groups(shapes)
+    out = None if len(groups) == 1 else torch.empty((n, 3, s, s), dtype=dtype, device=device)
+    for group in groups:
+        h_max, w_max = max(shapes[i][0] for i in group), max(shapes[i][1] for i in group)
+        with warnings.catch_warnings():  # strided nested tensors are a "prototype"; the jagged layout allows one ragged dim, images have two
+            warnings.simplefilter("ignore", UserWarning)
+            padded = torch.nested.nested_tensor([decoded[i] for i in group]).to(dtype).to_padded_tensor(
+                0.0, output_size=(len(group), 3, h_max + 1, w_max + 1))
+        # A crop reaching an image's bottom or right edge samples up to half a pixel past its last pixel
+        # centre, so bilinear taps read the row (column) after it: repeat the edge there, as roi_align
+        # itself does at the padded batch's edge (else zeros darken the border pixels, by up to half
+        # their value, three quarters at a corner, in every image but the batch's largest).
+        b, h, h_last, w, w_last = to_device(torch.tensor([[j, shapes[i][0], shapes[i][0] - 1, shapes[i][1], shapes[i][1] - 1]
+                                                          for j, i in enumerate(group)]).T.contiguous(), device)
+        padded[b, :, :, w] = padded[b, :, :, w_last]
+        padded[b, :, h] = padded[b, :, h_last]  # after the columns: the corner too
+        index = torch.tensor(group)
+        boxes = torch.cat([torch.arange(len(group))[:, None], corners[index]], dim=1).to(dtype)  # (batch index, x1, y1, x2, y2)
+        boxes = to_device(boxes, device)
+        resized = roi_align(padded, boxes, output_size=(s, s), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        if out is None:
+            out = resized
+        else:
+            out[to_device(index, device)] = resized
+    flip = host["flip"].to(device, non_blocking=True)[:, None, None, None]
+    out = torch.where(flip, out.flip(-1), out).float().clamp_(0, 255)
     return {"images": out.permute(0, 2, 3, 1), "labels": host["labels"]}
 
 
