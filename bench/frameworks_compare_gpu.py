@@ -238,7 +238,8 @@ def load_results(paths: list[Path]) -> dict[str, Any]:
             continue
         data["points"].update(old.get("points", {}))
         data["skipped"].update(old.get("skipped", {}))
-        data["calls"] += old.get("calls", [])
+        # the same call met again (a resumed file that is also the --out file, or its copy): once
+        data["calls"] += [c for c in old.get("calls", []) if c not in data["calls"]]
     return data
 
 

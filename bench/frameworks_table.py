@@ -164,8 +164,8 @@ def reference_table(data: dict[str, Any]) -> str:
     if not found:
         return "(no plain Flax reference in these results)"
     return "\n".join(out) + ("\n\nBoth on the same GPU in the same call, one after the other; the plain loop's figure is the median of three "
-                             "timed windows; 'synced every step' is one more window that waits for each step as tbd's JAX session does "
-                             "(what a host sync per step costs).")
+                             "timed windows; 'synced every step' is one more window that waits for each step before dispatching the next "
+                             "(what a host sync per step costs; tbd's JAX session did so in the runs of 2026-11-29; it now keeps one step in flight).")
 
 
 def details_table(data: dict[str, Any]) -> str:

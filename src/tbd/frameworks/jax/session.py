@@ -3,8 +3,11 @@
 `tbd run resnet50 --framework jax` exercises it. A workload's `jax_impl.build(ctx)` returns a
 `JaxTask`; `open_session` turns it into a `JaxSession`. The whole step (forward, backward,
 optimizer update) is one XLA executable whose state arguments are donated, so parameters and
-optimizer state are updated in place. JAX dispatches asynchronously, so each step is timed with
-the host clock up to `block_until_ready` on the step's outputs: the one host sync per step.
+optimizer state are updated in place. JAX dispatches asynchronously; a step is timed with the
+host clock from the previous step's completion to its own, and the next step is dispatched before
+the host waits for it (one step in flight, as a plain training loop runs): waiting for each step
+before dispatching the next left the GPU idle while the host dispatched, 9% of resnet50's batch-256
+step on an H200 (a plain Flax loop, synced every step: 0.884x of the same loop not synced).
 """
 
 from __future__ import annotations
@@ -176,7 +179,8 @@ class JaxSession:
             framework_version=jax.__version__,
             num_parameters=self.num_parameters,
             method={
-                "timing": "host clock per step up to jax.block_until_ready on the step's outputs (one host sync per step)",
+                "timing": "host clock between consecutive steps' completions (jax.block_until_ready on each step's loss "
+                          "after the next step is dispatched: one step in flight)",
                 "data": data_method,
                 "compile": "XLA jit of the whole train step (always; --compile changes nothing)",
                 "compile_flag": bool(config.compile),
@@ -203,16 +207,22 @@ class JaxSession:
         seconds, units, samples = [], [], []
         step, batches = self.step_fn, self.batches
         with self._compiles.counting(), jax.default_matmul_precision(self.precision):  # part of the jit cache key: traced once
+            done = time.perf_counter()  # the device is idle: the last call ended with its last step complete
+            in_flight = None
             for _ in range(n):
                 i = self._next
                 units.append(self._units[i])
                 samples.append(self._samples[i])
-                t0 = time.perf_counter()
-                out = step(self.state, batches[i])
-                jax.block_until_ready(out)
-                seconds.append(time.perf_counter() - t0)
-                self.state, self._loss = out
+                self.state, loss = step(self.state, batches[i])  # queued behind the step in flight
+                if in_flight is not None:
+                    jax.block_until_ready(in_flight)
+                    seconds.append(time.perf_counter() - done)
+                    done = time.perf_counter()
+                in_flight = self._loss = loss
                 self._next = (i + 1) % len(batches)
+            if in_flight is not None:
+                jax.block_until_ready((self.state, in_flight))
+                seconds.append(time.perf_counter() - done)
         return StepTimes(seconds, units, samples)
 
     def _run_fed_steps(self, n: int) -> StepTimes:
