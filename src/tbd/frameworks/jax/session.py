@@ -165,6 +165,7 @@ class JaxSession:
         # Several processes: replicated state, batches as shards of a global batch (no-op in one).
         self.state, self.batches = jax_distributed.globalize(self.state, self.batches)
         self._next = 0
+        self._steps_run = 0  # steps dispatched on the resident batches (the first pass compiles)
         self._loss: jax.Array | None = None
         # Compilations of the train step (read by the harness: a step that keeps recompiling,
         # e.g. for every new sequence length, is a defect it reports).
@@ -209,20 +210,32 @@ class JaxSession:
         with self._compiles.counting(), jax.default_matmul_precision(self.precision):  # part of the jit cache key: traced once
             done = time.perf_counter()  # the device is idle: the last call ended with its last step complete
             in_flight = None
+
+            def complete(loss) -> None:
+                nonlocal done
+                jax.block_until_ready(loss)
+                now = time.perf_counter()
+                seconds.append(now - done)
+                done = now
+
             for _ in range(n):
                 i = self._next
                 units.append(self._units[i])
                 samples.append(self._samples[i])
-                self.state, loss = step(self.state, batches[i])  # queued behind the step in flight
+                self.state, self._loss = step(self.state, batches[i])  # queued behind the step in flight
                 if in_flight is not None:
-                    jax.block_until_ready(in_flight)
-                    seconds.append(time.perf_counter() - done)
-                    done = time.perf_counter()
-                in_flight = self._loss = loss
+                    complete(in_flight)
+                    in_flight = None
+                if self._steps_run < len(batches):
+                    # The first pass compiles each resident batch's shape when it is dispatched: a
+                    # step waited for before the next is dispatched keeps that compile in its own time.
+                    complete(self._loss)
+                else:
+                    in_flight = self._loss
+                self._steps_run += 1
                 self._next = (i + 1) % len(batches)
             if in_flight is not None:
-                jax.block_until_ready((self.state, in_flight))
-                seconds.append(time.perf_counter() - done)
+                complete((self.state, in_flight))
         return StepTimes(seconds, units, samples)
 
     def _run_fed_steps(self, n: int) -> StepTimes:
@@ -254,6 +267,7 @@ class JaxSession:
             return
         with self._compiles.counting(), jax.default_matmul_precision(self.precision):
             self.state, self._loss = self.step_fn(self.state, self.batches[self._next])
+        self._steps_run += 1
         self._next = (self._next + 1) % len(self.batches)
 
     @property
