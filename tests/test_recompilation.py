@@ -255,3 +255,18 @@ def test_deepspeech2_paper_batches_take_a_frame_edge():
         assert spec.shape[3] in edges and spec.shape[3] >= int(frames.max())
         shortest = int(frames.argmin())
         assert spec[shortest, ..., int(frames[shortest]):].eq(0).all()  # silence past its end
+
+
+def test_deepspeech2_lets_dynamo_compile_every_frame_edge():
+    """Static shapes compile once per edge: Dynamo's recompile limit must not send the widths
+    past the eighth to eager mode (a run from disk meets all 27 paper edges)."""
+    pytest.importorskip("torch")
+    import torch
+
+    from tbd.frameworks.base import BuildContext
+    from tbd.workloads.deepspeech2 import torch_impl
+
+    config = RunConfig(workload="deepspeech2", isolate=False).validated()
+    ctx = BuildContext.for_run(config, 2)
+    torch_impl.build(BuildContext(**{**ctx.__dict__, "hparams": {**ctx.hparams, "max_s": 17.0}}))  # tiny model, paper lengths
+    assert torch._dynamo.config.recompile_limit >= len(torch_impl.flavor_edges({"max_s": 17.0})) == 27

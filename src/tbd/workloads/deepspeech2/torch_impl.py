@@ -67,7 +67,11 @@ class DeepSpeech2(nn.Module):
 def padded_width(hp, frames: int) -> int:
     """The frame edge a batch whose longest utterance has `frames` frames is padded to (a batch
     from disk longer than the flavor's longest edge keeps its own length)."""
-    return max(frames, bucket(frames, frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))))
+    return max(frames, bucket(frames, flavor_edges(hp)))
+
+
+def flavor_edges(hp) -> list[int]:
+    return frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
 
 
 def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device):
@@ -100,6 +104,10 @@ def _python_dispatch_active() -> bool:
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     model = DeepSpeech2(hp["freq_bins"], hp["conv_channels"], hp["hidden"], hp["gru_layers"])
+    # One compiled front end per frame edge (27 in paper): past Dynamo's recompile limit (8) a
+    # new width would silently run eagerly, e.g. from a dataset on disk, which meets them all.
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, len(flavor_edges(hp)) + 1)
 
     def loss(model, batch):
         spec, targets, lengths, target_lengths = batch
