@@ -1,6 +1,6 @@
 """torch.compile on the variable-length workloads: compile counts and steady step times.
 
-    PYTHONPATH=src python3 bench/compile_recompiles_gpu.py --out OUT             # one H200: 4-8 minutes (at most 14)
+    PYTHONPATH=src python3 bench/compile_recompiles_gpu.py --out OUT             # one H200: 4-8 minutes (at most 17)
     PYTHONPATH=src python3 bench/compile_recompiles_gpu.py --out OUT --only transformer   # the runs whose label has it
     PYTHONPATH=src python3 bench/compile_recompiles_gpu.py --out OUT --device cpu --quick   # smoke test
 

@@ -4,6 +4,8 @@ A fake session (no framework) exposes `compile_count` / `compile_s` as a compili
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tbd.config import RunConfig
@@ -164,8 +166,8 @@ def _transformer_task(flavor: str, **small):
 
     config = RunConfig(workload="transformer", flavor=flavor, isolate=False).validated()
     ctx = BuildContext.for_run(config, config.batch_size)
-    ctx = BuildContext(**{**ctx.__dict__, "hparams": {**ctx.hparams, **small}})
-    return config, ctx, torch_impl.build(ctx)
+    ctx = dataclasses.replace(ctx, hparams={**ctx.hparams, **small})
+    return ctx, torch_impl.build(ctx)
 
 
 def test_transformer_torch_batches_take_a_length_edge_and_count_only_real_tokens():
@@ -175,7 +177,7 @@ def test_transformer_torch_batches_take_a_length_edge_and_count_only_real_tokens
 
     from tbd.workloads.text_host import length_edges
 
-    _, ctx, task = _transformer_task("paper", d_model=16, ff=32, heads=2, enc_layers=1, dec_layers=1, vocab=64)
+    ctx, task = _transformer_task("paper", d_model=16, ff=32, heads=2, enc_layers=1, dec_layers=1, vocab=64)
     gen = torch.Generator().manual_seed(0)
     edges, widths = length_edges(ctx.hparams["max_len"]), set()
     for _ in range(12):
@@ -191,7 +193,7 @@ def test_transformer_torch_batches_take_a_length_edge_and_count_only_real_tokens
 def test_transformer_padding_to_the_edge_leaves_the_eager_loss_unchanged():
     import torch
 
-    _, ctx, task = _transformer_task("tiny")
+    _, task = _transformer_task("tiny")
     gen = torch.Generator().manual_seed(1)
     batch = task.make_batch(gen, torch.device("cpu"))
     longest = int(max(batch[3].max(), batch[4].max()))
@@ -207,7 +209,7 @@ def test_transformer_torch_from_disk_pads_to_the_edge():
 
     from tbd.workloads.transformer import torch_impl
 
-    _, ctx, _ = _transformer_task("tiny")
+    ctx, _ = _transformer_task("tiny")
     ids = torch.tensor([[5, 6, 7, 2, 0], [5, 6, 2, 0, 0]])
     host = {"src": ids, "tgt_in": ids, "tgt_out": ids, "src_lens": torch.tensor([4, 3]), "tgt_lens": torch.tensor([4, 3])}
     src, tgt_in, tgt_out, src_lens, _ = torch_impl.from_host(host, ctx, torch.device("cpu"))
@@ -219,14 +221,12 @@ def test_transformer_compiles_once_for_every_bucket_on_torch():
     """Under --compile the batch and length dims are dynamic: the pool's batches (each its own
     number of pairs) compile one graph, and no step after the first pass compiles. Dynamo's
     tracing and AOT autograd (backend aot_eager) decide the guards; inductor's C++ is skipped."""
-    import dataclasses
-
     import torch
 
     from tbd.frameworks.torch.session import TorchSession
 
     torch._dynamo.reset()
-    config, ctx, task = _transformer_task("tiny")
+    ctx, task = _transformer_task("tiny")
     config = RunConfig(workload="transformer", compile=True, data_pool=4, isolate=False).validated()
     session = TorchSession(config, get_spec("transformer"), dataclasses.replace(task, compile_options={"backend": "aot_eager"}), ctx)
     assert len({tuple(batch[0].shape) for batch in session.batches}) >= 2  # the pool does hold several shapes
@@ -268,5 +268,5 @@ def test_deepspeech2_lets_dynamo_compile_every_frame_edge():
 
     config = RunConfig(workload="deepspeech2", isolate=False).validated()
     ctx = BuildContext.for_run(config, 2)
-    torch_impl.build(BuildContext(**{**ctx.__dict__, "hparams": {**ctx.hparams, "max_s": 17.0}}))  # tiny model, paper lengths
+    torch_impl.build(dataclasses.replace(ctx, hparams={**ctx.hparams, "max_s": 17.0}))  # tiny model, paper lengths
     assert torch._dynamo.config.recompile_limit >= len(torch_impl.flavor_edges({"max_s": 17.0})) == 27
