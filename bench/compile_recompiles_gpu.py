@@ -1,20 +1,27 @@
 """torch.compile on the variable-length workloads: compile counts and steady step times.
 
-    PYTHONPATH=src python3 bench/compile_recompiles_gpu.py --out OUT             # one H200: under 4 minutes
+    PYTHONPATH=src python3 bench/compile_recompiles_gpu.py --out OUT             # one H200: 4-8 minutes (at most 17)
+    PYTHONPATH=src python3 bench/compile_recompiles_gpu.py --out OUT --only transformer   # the runs whose label has it
     PYTHONPATH=src python3 bench/compile_recompiles_gpu.py --out OUT --device cpu --quick   # smoke test
 
 Runs deepspeech2 paper fp32 batch 8 eager and with --compile, and seq2seq and transformer paper
 with --compile, each as one `tbd run` (a child process, as the CLI launches it) into OUT/home,
 then prints one line per run and writes OUT/compile_recompiles.json: throughput, median step,
 compile_count, compile_s, recompiles_after_first_pass and any recompilation_defect. A run past
-its time limit is killed and reported as such. What to look for: deepspeech2 --compile with
-recompiles_after_first_pass 0 and a median step near the eager one.
+its time limit (--limit: 120 s eager, 300 s compiled; a cold inductor compile of the paper
+transformer's 6+6 layers, forward and backward, may take a few minutes) is killed and reported
+as such. Each compiled run logs Dynamo's recompilations and graph breaks (TORCH_LOGS) to
+OUT/logs/LABEL.log, killed or not; `recompile_events` counts them ("Recompiling function"
+lines, the first pass's included). What to look for: deepspeech2 --compile with
+recompiles_after_first_pass 0 and a median step near the eager one; transformer --compile done,
+with compile_count 1-2 and compile_s the bulk of its wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,25 +40,37 @@ def main() -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="tiny flavors, short budgets (a CPU smoke test)")
+    parser.add_argument("--only", default="", help="run only the runs whose label contains this")
+    parser.add_argument("--limit", type=float, default=300, help="seconds before a compiled run is killed (eager: 120)")
     args = parser.parse_args()
-    home = args.out / "home"
+    home, logs = args.out / "home", args.out / "logs"
     home.mkdir(parents=True, exist_ok=True)
-    flavor, budget, limit = ("tiny", "2", 120) if args.quick else ("paper", "15", 75)
+    logs.mkdir(exist_ok=True)
+    flavor, budget = ("tiny", "2") if args.quick else ("paper", "15")
     rows = []
     for label, workload, flags in RUNS:
+        if args.only not in label:
+            continue
+        compiled = "--compile" in flags
+        limit = args.limit if compiled else 120
         flags = [f for f in flags if not (args.quick and f in ("--batch-size", "8"))]
         before = set((home / "runs").glob("*.json")) if (home / "runs").exists() else set()
         cmd = [sys.executable, "-m", "tbd.cli", "run", workload, "--flavor", flavor, "--device", args.device,
                "--max-time", budget, "--home", str(home), *flags]
+        env = {**os.environ, "TORCH_LOGS": "recompiles,graph_breaks"} if compiled else None
+        log = logs / f"{label.replace(' ', '_')}.log"
         started = time.perf_counter()
-        try:
-            subprocess.run(cmd, timeout=limit, capture_output=True, text=True)
-            status = "done"
-        except subprocess.TimeoutExpired:
-            status = f"killed after {limit} s"
+        with log.open("w") as out:  # the child's output, kept when it is killed too
+            try:
+                subprocess.run(cmd, timeout=limit, stdout=out, stderr=subprocess.STDOUT, env=env)
+                status = "done"
+            except subprocess.TimeoutExpired:
+                status = f"killed after {limit:g} s"
         wall = time.perf_counter() - started
         new = sorted(set((home / "runs").glob("*.json")) - before) if (home / "runs").exists() else []
         row = {"run": label, "status": status, "wall_s": round(wall, 1)}
+        if compiled:
+            row["recompile_events"] = log.read_text(errors="replace").count("Recompiling function")
         if new:
             record = json.loads(new[-1].read_text())
             metrics, method = record.get("metrics") or {}, record.get("method") or {}

@@ -4,6 +4,8 @@ A fake session (no framework) exposes `compile_count` / `compile_s` as a compili
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tbd.config import RunConfig
@@ -151,3 +153,120 @@ def test_deepspeech2_compiles_once_per_frame_edge_on_torch():
     session.run_steps(3)
     assert session.compile_count == first_pass
     session.close()
+
+
+# -- transformer: lengths padded to the length edges, one dynamic graph for every bucket --------
+
+
+def _transformer_task(flavor: str, **small):
+    """The torch transformer's task with `flavor`'s lengths and batch size and a small model."""
+    pytest.importorskip("torch")
+    from tbd.frameworks.base import BuildContext
+    from tbd.workloads.transformer import torch_impl
+
+    config = RunConfig(workload="transformer", flavor=flavor, isolate=False).validated()
+    ctx = BuildContext.for_run(config, config.batch_size)
+    ctx = dataclasses.replace(ctx, hparams={**ctx.hparams, **small})
+    return ctx, torch_impl.build(ctx)
+
+
+def test_transformer_torch_batches_take_a_length_edge_and_count_only_real_tokens():
+    """Paper-shaped batches (4096 tokens, lengths up to 256): every batch is its own (pairs,
+    length), but the lengths fed to the step are the spec's edges, one for both sides."""
+    import torch
+
+    from tbd.workloads.text_host import length_edges
+
+    ctx, task = _transformer_task("paper", d_model=16, ff=32, heads=2, enc_layers=1, dec_layers=1, vocab=64)
+    gen = torch.Generator().manual_seed(0)
+    edges, widths = length_edges(ctx.hparams["max_len"]), set()
+    for _ in range(12):
+        src, tgt_in, tgt_out, src_lens, tgt_lens = task.make_batch(gen, torch.device("cpu"))
+        assert src.shape == tgt_in.shape == tgt_out.shape and src.shape[0] == len(src_lens) == len(tgt_lens)
+        width = src.shape[1]
+        assert width in edges and width >= max(int(src_lens.max()), int(tgt_lens.max()))
+        assert task.units((src, tgt_in, tgt_out, src_lens, tgt_lens)) == int((src != 0).sum() + (tgt_out != 0).sum())
+        widths.add(width)
+    assert len(widths) >= 3  # the draws do span several buckets
+
+
+def test_transformer_padding_to_the_edge_leaves_the_eager_loss_unchanged():
+    import torch
+
+    _, task = _transformer_task("tiny")
+    gen = torch.Generator().manual_seed(1)
+    batch = task.make_batch(gen, torch.device("cpu"))
+    longest = int(max(batch[3].max(), batch[4].max()))
+    trimmed = (batch[0][:, :longest], batch[1][:, :longest], batch[2][:, :longest], batch[3], batch[4])
+    assert batch[0].shape[1] > longest or longest in (8, 16)  # padded past the longest unless it sits on an edge
+    task.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(task.loss(task.model, batch), task.loss(task.model, trimmed), rtol=1e-5, atol=1e-6)
+
+
+def test_transformer_torch_from_disk_pads_to_the_edge():
+    import torch
+
+    from tbd.workloads.transformer import torch_impl
+
+    ctx, _ = _transformer_task("tiny")
+    ids = torch.tensor([[5, 6, 7, 2, 0], [5, 6, 2, 0, 0]])
+    host = {"src": ids, "tgt_in": ids, "tgt_out": ids, "src_lens": torch.tensor([4, 3]), "tgt_lens": torch.tensor([4, 3])}
+    src, tgt_in, tgt_out, src_lens, _ = torch_impl.from_host(host, ctx, torch.device("cpu"))
+    assert src.shape == tgt_out.shape == (2, 8) and src[:, 5:].eq(0).all() and src[:, :5].equal(ids)
+    assert src_lens.tolist() == [4, 3]
+
+
+def test_transformer_compiles_once_for_every_bucket_on_torch():
+    """Under --compile the batch and length dims are dynamic: the pool's batches (each its own
+    number of pairs) compile one graph, and no step after the first pass compiles. Dynamo's
+    tracing and AOT autograd (backend aot_eager) decide the guards; inductor's C++ is skipped."""
+    import torch
+
+    from tbd.frameworks.torch.session import TorchSession
+
+    torch._dynamo.reset()
+    ctx, task = _transformer_task("tiny")
+    config = RunConfig(workload="transformer", compile=True, data_pool=4, isolate=False).validated()
+    session = TorchSession(config, get_spec("transformer"), dataclasses.replace(task, compile_options={"backend": "aot_eager"}), ctx)
+    assert len({tuple(batch[0].shape) for batch in session.batches}) >= 2  # the pool does hold several shapes
+    session.run_steps(4)
+    first_pass = session.compile_count
+    assert 1 <= first_pass <= 2
+    session.run_steps(8)
+    assert session.compile_count == first_pass
+    session.close()
+
+
+def test_deepspeech2_paper_batches_take_a_frame_edge():
+    """Paper-length utterances (1.5-17 s): the widths fed to the compiled front end are the
+    spec's frame edges, whatever each batch's longest utterance."""
+    import torch
+
+    from tbd.workloads.deepspeech2.data import frame_edges
+    from tbd.workloads.deepspeech2.spec import FRAMES_PER_S
+    from tbd.workloads.deepspeech2.torch_impl import make_batch_for
+
+    hp = get_spec("deepspeech2").flavor("paper").hparams
+    gen = torch.Generator().manual_seed(0)
+    edges = frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
+    for _ in range(6):
+        spec, _, frames, _ = make_batch_for({**hp, "freq_bins": 8}, 2, gen, torch.device("cpu"))
+        assert spec.shape[3] in edges and spec.shape[3] >= int(frames.max())
+        shortest = int(frames.argmin())
+        assert spec[shortest, ..., int(frames[shortest]):].eq(0).all()  # silence past its end
+
+
+def test_deepspeech2_lets_dynamo_compile_every_frame_edge():
+    """Static shapes compile once per edge: Dynamo's recompile limit must not send the widths
+    past the eighth to eager mode (a run from disk meets all 27 paper edges)."""
+    pytest.importorskip("torch")
+    import torch
+
+    from tbd.frameworks.base import BuildContext
+    from tbd.workloads.deepspeech2 import torch_impl
+
+    config = RunConfig(workload="deepspeech2", isolate=False).validated()
+    ctx = BuildContext.for_run(config, 2)
+    torch_impl.build(dataclasses.replace(ctx, hparams={**ctx.hparams, "max_s": 17.0}))  # tiny model, paper lengths
+    assert torch._dynamo.config.recompile_limit >= len(torch_impl.flavor_edges({"max_s": 17.0})) == 27

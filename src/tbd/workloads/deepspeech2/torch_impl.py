@@ -6,11 +6,13 @@ utterance's true output length, so bucketed batches of unequal lengths train cor
 
 Shapes: each batch's frames are padded to the next of a fixed set of widths (`data.frame_edges`,
 as in JAX and TensorFlow: under an eighth of padding for paper-length utterances), in eager mode
-too, so both do the same work. Under --compile a new width recompiles the convolutional front end
-(the backward graph's layout checks pin even a dynamic graph to its length), so unpadded batches
-would recompile for every new length (up to Dynamo's recompile limit); with the edges a run
-compiles at most once per edge it meets. The GRUs, which do most of the work, run eagerly on the
-packed true lengths either way (Dynamo does not trace RNN modules).
+too, so both do the same work. Under --compile the convolutional front end is compiled with
+static shapes, once per width it meets: a time dimension marked dynamic does not survive tracing
+(the convolutions' channels-last layout check guards on the exact width, so every new width
+recompiled anyway, each time as a slower symbolic-shape compile). The output lengths are
+computed on the host outside the compiled graph (a CPU tensor in it would make a GPU graph
+compile a C++ kernel too). The GRUs, which do most of the work, run eagerly on the packed true
+lengths either way (Dynamo does not trace RNN modules).
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ from tbd.workloads.draws import shape_seeds
 from tbd.workloads.text_host import bucket
 
 
+@torch.compiler.disable
+def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """Frames after the convolutions, (B,) on the host; under --compile it stays out of the graph."""
+    for (_, kt), (_, st), (_, pt) in CONVS:
+        lengths = conv_out(lengths, kt, st, pt)  # integer arithmetic works on tensors too
+    return lengths
+
+
 class DeepSpeech2(nn.Module):
     def __init__(self, freq_bins: int, conv_channels: int, hidden: int, gru_layers: int):
         super().__init__()
@@ -41,19 +51,14 @@ class DeepSpeech2(nn.Module):
         self.rnn = nn.GRU(c * f, hidden, num_layers=gru_layers, bidirectional=True)
         self.fc = nn.Linear(2 * hidden, NUM_CHARS)
 
-    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        for (_, kt), (_, st), (_, pt) in CONVS:
-            lengths = conv_out(lengths, kt, st, pt)  # integer arithmetic works on tensors too
-        return lengths
-
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """spec (B, 1, F, T), lengths (B,) frames on the host -> log-probs (T', B, chars), lengths (B,).
 
         Lengths stay on the host: packing needs them there, and a device copy would cost a sync."""
+        out_lengths = output_lengths(lengths)
         x = self.conv(spec)  # (B, C, F', T')
         b, c, f, t = x.shape
         x = x.reshape(b, c * f, t).permute(2, 0, 1)  # (T', B, C*F')
-        out_lengths = self.output_lengths(lengths)
         packed = pack_padded_sequence(x, out_lengths, enforce_sorted=False)
         y, _ = self.rnn(packed)
         y, _ = pad_packed_sequence(y, total_length=t)  # (T', B, 2H), zeros past each length
@@ -63,7 +68,11 @@ class DeepSpeech2(nn.Module):
 def padded_width(hp, frames: int) -> int:
     """The frame edge a batch whose longest utterance has `frames` frames is padded to (a batch
     from disk longer than the flavor's longest edge keeps its own length)."""
-    return max(frames, bucket(frames, frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))))
+    return max(frames, bucket(frames, flavor_edges(hp)))
+
+
+def flavor_edges(hp) -> list[int]:
+    return frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
 
 
 def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device, shape_seed: int):
@@ -97,12 +106,13 @@ def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     seeds = shape_seeds("deepspeech2", ctx.seed)
     model = DeepSpeech2(hp["freq_bins"], hp["conv_channels"], hp["hidden"], hp["gru_layers"])
+    # One compiled front end per frame edge (27 in paper): past Dynamo's recompile limit (8) a
+    # new width would silently run eagerly, e.g. from a dataset on disk, which meets them all.
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, len(flavor_edges(hp)) + 1)
 
     def loss(model, batch):
         spec, targets, lengths, target_lengths = batch
-        # Each batch is packed at its own length: under --compile, one graph with a dynamic
-        # time dimension serves every length (marked here, after any memory-format copy).
-        torch._dynamo.maybe_mark_dynamic(spec, 3)
         log_probs, out_lengths = model(spec, lengths)
         if _python_dispatch_active():
             # Under a dispatch mode (tbd memory's tracker) ctc_loss takes its tensor-subclass path,
@@ -117,6 +127,8 @@ def build(ctx: BuildContext) -> TorchTask:
         make_optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=hp["lr"], betas=tuple(hp["betas"])),
         make_batch=lambda gen, device: make_batch_for(hp, ctx.batch_size, gen, device, next(seeds)),
         loss=loss,
+        # Static shapes: one compile per frame edge met (see the module docstring).
+        compile_options={"dynamic": False},
         units=lambda batch: float(batch[2].sum()) / FRAMES_PER_S,  # seconds of audio
         samples=lambda batch: float(batch[2].numel()),  # utterances
     )

@@ -10,10 +10,10 @@ same places, label-smoothed cross-entropy over the non-pad target words, Adam (0
 with lr = scale x d^-0.5 x min(step^-0.5, step x warmup^-1.5). As with `padding_idx` in torch,
 the PAD row of the embedding gets no gradient from the lookups.
 
-Shapes: torch pads each token-budget batch to its own longest sentence; XLA compiles one
-program per shape, so here a batch is padded to a fixed set of shapes: source and target to the
-same length, rounded up to `common_jax.length_edges` (8, 16, ..., 64, 80, 104, ... max_len),
-and the number of pairs rounded up to a power of two with empty (all-PAD) rows. Padded rows and
+Shapes: XLA compiles one program per shape, so a batch is padded to a fixed set of shapes:
+source and target to the same length, rounded up to `common_jax.length_edges` (8, 16, ..., 64,
+80, 104, ... max_len), as torch does too, and the number of pairs rounded up to a power of two
+with empty (all-PAD) rows (torch keeps its pairs: its compiled graph has a dynamic batch dim). Padded rows and
 positions are masked out of attention and loss, so the loss is torch's; the padding costs
 compute (at most 2x rows, less than 1.25x length) and a handful of compilations per run
 (`compile_count` in the record). Throughput counts the real tokens only, as in torch.

@@ -9,6 +9,14 @@ target and pre-softmax weights) as in the paper. Padding: batches are right-padd
 decoder's causal mask alone keeps every real query off the pads (the pad rows are masked in
 the loss); the encoder and cross-attention get a key-padding mask.
 
+Shapes: each batch is padded to one width for source and target, the next of a fixed set of
+lengths (`text_host.length_edges` of the flavor's max_len: multiples of 8, steps of a quarter
+past 64, as JAX pads its batches), in eager mode too, so both do the same work; the loss and the
+throughput count the real tokens only. Under --compile the batch and length dimensions are
+dynamic, so one graph serves every bucket; the edges keep the lengths it sees few (a guard that
+specializes a length, on some device or torch version, then costs a compile per edge, not one
+per step) and multiples of 8 (tensor-core and fused-attention alignment).
+
 The learning rate follows the paper's schedule, lr = scale x d^-0.5 x min(step^-0.5,
 step x warmup^-1.5), stepped after every update: this needs a custom `train_step`.
 """
@@ -26,6 +34,7 @@ from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.draws import shape_seeds
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
+from tbd.workloads.text_host import bucket, length_edges
 from tbd.workloads.text_torch import BOS, PAD, padded
 
 
@@ -108,12 +117,25 @@ class Transformer(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, label_smoothing=self.label_smoothing)
 
 
+def padded_width(hp, longest: int) -> int:
+    """The length a batch whose longest sentence (either side) has `longest` tokens is padded to
+    (a sentence from disk longer than max_len keeps its own length)."""
+    return max(longest, bucket(longest, length_edges(hp["max_len"])))
+
+
+def to_width(ids: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, T) ids right-padded with PAD to (B, width); under --compile B and width are dynamic."""
+    ids = F.pad(ids, (0, width - ids.shape[1]), value=PAD)
+    torch._dynamo.maybe_mark_dynamic(ids, 0)
+    torch._dynamo.maybe_mark_dynamic(ids, 1)
+    return ids
+
+
 def from_host(host: dict, ctx: BuildContext, device: torch.device):
-    """A loader's bucketed batch as the synthetic batch: (src, tgt_in, tgt_out, src_lens, tgt_lens)."""
-    src, tgt_in, tgt_out = (host[k].to(device, non_blocking=True) for k in ("src", "tgt_in", "tgt_out"))
-    for t in (src, tgt_in, tgt_out):
-        torch._dynamo.maybe_mark_dynamic(t, 0)
-        torch._dynamo.maybe_mark_dynamic(t, 1)
+    """A loader's bucketed batch as the synthetic batch: (src, tgt_in, tgt_out, src_lens, tgt_lens),
+    padded to the batch's length edge (`padded_width`)."""
+    width = padded_width(ctx.hparams, max(host["src"].shape[1], host["tgt_out"].shape[1]))
+    src, tgt_in, tgt_out = (to_width(host[k].to(device, non_blocking=True), width) for k in ("src", "tgt_in", "tgt_out"))
     return (src, tgt_in, tgt_out, host["src_lens"], host["tgt_lens"])
 
 
@@ -131,12 +153,8 @@ def build(ctx: BuildContext) -> TorchTask:
         src = padded(src_lens, hp["vocab"], gen, device, eos=True)
         tgt_out = padded(tgt_lens, hp["vocab"], gen, device, eos=True)
         tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], BOS), tgt_out[:, :-1]], dim=1).masked_fill(tgt_out == PAD, PAD)
-        # Every bucket has its own shape: under --compile, one graph with dynamic sizes serves all
-        # instead of a recompilation per shape.
-        for t in (src, tgt_in, tgt_out):
-            torch._dynamo.maybe_mark_dynamic(t, 0)
-            torch._dynamo.maybe_mark_dynamic(t, 1)
-        return (src, tgt_in, tgt_out, torch.tensor(src_lens), torch.tensor(tgt_lens))
+        width = padded_width(hp, max(src_lens + tgt_lens))
+        return (*(to_width(t, width) for t in (src, tgt_in, tgt_out)), torch.tensor(src_lens), torch.tensor(tgt_lens))
 
     def schedule(step: int) -> float:
         step += 1  # LambdaLR counts from 0
