@@ -69,7 +69,7 @@ def test_deepspeech2_data_have_librispeech_like_lengths_and_units():
     bucket = ds2.bucketed_batch(np.random.default_rng(1), 8, hp)
     assert bucket.max() - bucket.min() < 1.0
     tiny = ds2_spec.FLAVORS["tiny"].hparams
-    spec, targets, frames, chars = ds2.make_batch_for(tiny, 4, torch.Generator().manual_seed(0), torch.device("cpu"))
+    spec, targets, frames, chars = ds2.make_batch_for(tiny, 4, torch.Generator().manual_seed(0), torch.device("cpu"), 0)
     # Frames padded to a fixed edge (one compilation per edge under --compile), silence past each end.
     edges = ds2.frame_edges(int(tiny["max_s"] * 100))
     assert spec.shape[:3] == (4, 1, 161) and spec.shape[3] in edges and int(frames.max()) <= spec.shape[3]
