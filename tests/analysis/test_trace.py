@@ -71,6 +71,19 @@ def test_kineto_gpu_trace_numbers(tmp_path):
     assert "_kernel_union" not in dev
 
 
+def test_kernel_time_by_grid_fill(tmp_path):
+    """CUPTI's "blocks per SM" in torch's traces: kernel time by how much of the GPU a grid covers."""
+    data = kineto_gpu_trace()
+    fills = iter([8.0, 0.5, 0.1])  # the GEMM fills the GPU; the add half of it; the optimizer kernel a tenth
+    for e in data["traceEvents"]:
+        if e.get("cat") == "kernel":
+            e["args"]["blocks per SM"] = next(fills)
+    s = summarize(load_trace(_write(tmp_path / "t.json.gz", data)), steps=1)
+    assert s["device"]["kernel_fill_share_pct"] == pytest.approx({"under_quarter": 100 / 6, "quarter_to_one": 200 / 6, "one_or_more": 300 / 6})
+    # without grid sizes (JAX's traces, older torch): no figure rather than a made-up one
+    assert summarize(load_trace(_write(tmp_path / "u.json.gz", kineto_gpu_trace())), steps=1)["device"]["kernel_fill_share_pct"] is None
+
+
 def xla_gpu_trace():
     """jax.profiler's layout: a /device:GPU:0 process with a stream thread (kernels) and an
     'XLA Ops' thread (the same time again, to be skipped), and a /host:CPU process."""

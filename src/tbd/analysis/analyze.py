@@ -127,6 +127,7 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
                       "gpu_util_trace_pct": dev["gpu_util_trace_pct"], "class_share": {k: v["share_pct"] for k, v in dev["classes"].items()},
                       "tensor_core_share_pct": dev["tensor_core_share_pct"], "layout_transpose_share_pct": dev["layout_transpose_share_pct"],
                       "exposed_comm_pct": dev["exposed_comm_pct"], "optimizer_kind": dev["optimizer_kind"],
+                      "kernel_fill_share_pct": dev.get("kernel_fill_share_pct"),
                       "gpu_idle_not_waiting_pct": host.get("gpu_idle_not_waiting_pct"), "gpu_idle_host_busy_pct": host.get("gpu_idle_host_busy_pct")})
     f.update(data_facts(record))
     if ncu and not ncu.get("error"):

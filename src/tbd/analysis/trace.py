@@ -44,6 +44,7 @@ class DeviceEvent:
     cls: str = "other"
     tensor_cores: bool = False
     launch_ts: float | None = None  # host time of the launching runtime call (torch)
+    blocks_per_sm: float | None = None  # the kernel's grid over the GPU's SMs (CUPTI, in torch's traces)
 
     @property
     def end(self) -> float:
@@ -142,6 +143,8 @@ def load_trace(path: str | Path) -> Trace:
             detail = str(args.get("long_name", "") or args.get("hlo_op", ""))
             ev.cls = kernels.classify(name) if device_kind == "kernel" else "memcpy/memset"
             ev.tensor_cores = kernels.uses_tensor_cores(name, ev.cls, detail)
+            if isinstance(args.get("blocks per SM"), (int, float)):
+                ev.blocks_per_sm = float(args["blocks per SM"])
             trace.device.append(ev)
             pending.append((ev, args.get("correlation")))
             continue
