@@ -7,8 +7,6 @@ gives embedding gradients and the softmax the skew they have on real data.
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from tbd.workloads.text_data import BOS, EOS, FIRST_WORD, PAD, UNK  # noqa: F401  (re-exported: ids below FIRST_WORD are special tokens)
@@ -23,13 +21,6 @@ def zipf_tokens(shape: tuple[int, ...], vocab: int, gen: torch.Generator, device
         n *= s
     ids = torch.multinomial(probs, n, replacement=True, generator=gen)
     return (ids + first).view(shape)
-
-
-def host_rng(gen: torch.Generator) -> random.Random:
-    """A Python RNG seeded from the torch generator: lengths are drawn on the host (they decide
-    shapes) and stay reproducible from the run's seed."""
-    seed = torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)
-    return random.Random(int(seed))
 
 
 def padded(lengths: list[int], vocab: int, gen: torch.Generator, device: torch.device, bos: bool = False, eos: bool = False) -> torch.Tensor:
