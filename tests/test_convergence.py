@@ -17,24 +17,25 @@ class ScriptedSession:
     """Reports the step times of `times` (seconds) one after another, without sleeping; the clock
     the loop reads is moved by the same amount, so the time budget behaves as in a real run."""
 
-    def __init__(self, times, clock):
+    def __init__(self, times, clock, units=None):
         self.times, self.clock, self.i = list(times), clock, 0
+        self.units = list(units) if units is not None else [8.0] * len(self.times)
 
     def run_steps(self, n):
-        out = self.times[self.i : self.i + n]
+        out, units = self.times[self.i : self.i + n], self.units[self.i : self.i + n]
         self.i += len(out)
         self.clock.now += sum(out)
-        return SimpleNamespace(seconds=out, units=[8.0] * len(out), samples=[8.0] * len(out))
+        return SimpleNamespace(seconds=out, units=units, samples=[8.0] * len(out))
 
     def last_loss(self):
         return 1.0
 
 
-def _run(times, monkeypatch, **budget):
+def _run(times, monkeypatch, units=None, **budget):
     clock = SimpleNamespace(now=0.0)
     monkeypatch.setattr(measure_mod.time, "perf_counter", lambda: clock.now)
     config = RunConfig("resnet50", batch_size=8, **budget)
-    m = measure(ScriptedSession(times, clock), config)
+    m = measure(ScriptedSession(times, clock, units), config)
     metrics, method = derive_metrics(m, config, registry.get_spec("resnet50"), "cpu", 2)
     return metrics, method
 
@@ -45,6 +46,23 @@ def test_a_quiet_run_converges(monkeypatch):
     metrics, method = _run(times, monkeypatch, max_time_s=30, min_window_s=1.0)
     assert method["convergence"]["status"] == "ok" and metrics["throughput_ci95_half_width_pct"] <= 1.0
     assert metrics["compile_time_s"] == 5.0  # step 0 reported, and not counted against the budget
+
+
+def test_batches_of_different_sizes_are_rated_over_the_window_and_converge(monkeypatch):
+    # Two resident batches of different lengths, stepped in turn (seq2seq's pool of two): the
+    # per-step rates alternate between 10,000 and 11,111 units/s, so their median's CI would span
+    # both (about +-5%) however long the run; the window's units over its time converge.
+    rng = np.random.default_rng(2)
+    n = 400
+    units = [1000.0 if i % 2 else 3000.0 for i in range(n)]
+    times = [u / (10_000.0 if u == 1000.0 else 11_111.0) * (1 + 0.002 * rng.standard_normal()) for u in units]
+    times[0] = 5.0
+    metrics, method = _run(times, monkeypatch, units=units, max_time_s=30, min_window_s=1.0)
+    assert method["convergence"]["status"] == "ok" and metrics["throughput_ci95_half_width_pct"] <= 1.0
+    start, stop = metrics["warmup_steps"], metrics["total_steps"]
+    window = sum(units[start:stop]) / sum(times[start:stop])
+    assert abs(metrics["images_per_s"] - window) <= 1e-9 * window
+    assert "different sizes" in method["throughput"]
 
 
 def test_a_noisy_run_that_runs_out_of_time_is_unconverged_with_its_ci(monkeypatch):

@@ -104,7 +104,7 @@ def _loop(m: Measurement, session, config, progress, probe) -> None:
         timed = m.step_s[steady.start :]
         if len(timed) < MIN_CI_STEPS:
             rel = math.inf
-        elif fed_from_disk(m):
+        elif window_rated(m):
             rel = stats.window_relative_half_width(m.units[steady.start :], timed)
         else:
             rel = stats.relative_half_width([u / t for u, t in zip(m.units[steady.start :], timed)])
@@ -218,7 +218,7 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     if no_steady:  # too few steps: report what there is rather than nothing
         steady = stats.SteadyState(0, "no step left after warm-up; all steps used")
         timed_s, timed_units, timed_samples = m.step_s, m.units, m.samples
-    window_rate = fed_from_disk(m)
+    window_rate = window_rated(m)
     summary = stats.summarize_steps(timed_s, timed_units, window_rate=window_rate)
     samples_med, samples_lo, samples_hi = (stats.window_rate_ci(timed_samples, timed_s) if window_rate
                                            else stats.median_ci([s / t for s, t in zip(timed_samples, timed_s)]))
@@ -271,8 +271,7 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
         "target_ci_pct": config.target_ci_pct,
         "confidence_interval": ("95% CI of the window rate by the delta method for a ratio of means" if window_rate
                                 else "95% CI of the median from order statistics (distribution-free)"),
-        "throughput": (f"{unit} over the steady window / its wall time (input from disk: batches arrive in bursts, "
-                       "so the median step would hide the waiting)" if window_rate
+        "throughput": (f"{unit} over the steady window / its wall time ({_window_reason(m)})" if window_rate
                        else f"median over steady steps of {unit} per step / step time"),
         "flops": flops_note,
         "peak_flops": {"tflops": peak / 1e12 if peak else None, "source": peak_source, "precision": config.precision},
@@ -289,6 +288,20 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
 def fed_from_disk(m: Measurement) -> bool:
     """Steps that took their batches from a loader (the session reported the waits)."""
     return m.input_wait_s is not None and len(m.input_wait_s) == len(m.step_s)
+
+
+def window_rated(m: Measurement) -> bool:
+    """Whether the throughput is the window's units over its wall time rather than the median
+    per-step rate: for steps fed from disk (waits come in bursts) and for steps of different sizes
+    (variable-length batches: the per-step rates then alternate between the batches' own rates, and
+    their median neither converges nor weighs each batch by its work)."""
+    return fed_from_disk(m) or stats.sizes_vary(m.units)
+
+
+def _window_reason(m: Measurement) -> str:
+    if fed_from_disk(m):
+        return "input from disk: batches arrive in bursts, so the median step would hide the waiting"
+    return "batches of different sizes: the median of per-step rates would alternate between them"
 
 
 def input_metrics(m: Measurement, start: int) -> dict[str, Any]:

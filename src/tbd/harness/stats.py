@@ -103,6 +103,13 @@ def window_rate_ci(units, seconds, z: float = Z95) -> tuple[float, float, float]
     return rate, rate - z * se, rate + z * se
 
 
+def sizes_vary(units) -> bool:
+    """Whether steps carried different amounts of work (tokens, audio seconds): more than one
+    distinct unit count, beyond float rounding."""
+    u = np.asarray(units, dtype=float)
+    return len(u) > 1 and float(u.max() - u.min()) > 1e-9 * max(1.0, float(np.abs(u).max()))
+
+
 def window_relative_half_width(units, seconds) -> float:
     rate, lo, hi = window_rate_ci(units, seconds)
     if not rate or math.isnan(lo):

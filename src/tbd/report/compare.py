@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from tbd.errors import UsageError
+from tbd.harness.stats import sizes_vary
 from tbd.results import envs
 from tbd.results.record import has_result, headline
 from tbd.results.store import NoSuchRun, Store
@@ -123,11 +124,17 @@ def fed_from_disk(record: dict[str, Any]) -> bool:
     return bool((record.get("samples") or {}).get("input_wait_s"))
 
 
+def window_rated(record: dict[str, Any]) -> bool:
+    """The record's throughput is the window rate: fed from disk, or steps of different sizes
+    (as `tbd.harness.measure.window_rated` decides for the run)."""
+    return fed_from_disk(record) or sizes_vary((record.get("samples") or {}).get("units") or [])
+
+
 def throughput_ratio_ci(before: dict[str, Any], after: dict[str, Any]) -> tuple[float, float, float]:
     """after / before with its 95% bootstrap CI, in the statistic the records' throughputs use: the
     ratio of window rates where either run was fed from disk (its waits come in bursts), else the
     ratio of median per-step rates."""
-    if fed_from_disk(before) or fed_from_disk(after):
+    if window_rated(before) or window_rated(after):
         return window_ratio_ci(steady_steps(before), steady_steps(after))
     return ratio_ci(steady_rates(before), steady_rates(after))
 
