@@ -13,6 +13,17 @@ Attention is `jax.nn.dot_product_attention(is_causal=True)`: on a GPU in bf16 it
 (flash) kernel, elsewhere XLA's own (scores over all keys, masked); the JAX option `attention`
 (auto, cudnn, xla) forces one. bf16: activations and matrix products in bf16, parameters and
 AdamW state in fp32, the logits upcast to fp32 for the cross-entropy (as torch's autocast).
+
+The JAX option `loss` picks how the same cross-entropy is computed (the same loss, parameters
+and model FLOPs; `bench/gpt_jax_variants_gpu.py` times them on a GPU):
+- `fp32_logits` (default): the logits cast to fp32, then optax's cross-entropy;
+- `bf16_logits`: the bf16 logits reduced with fp32 accumulation (logsumexp of their upcast,
+  the target's logit gathered from the bf16 tensor), so XLA can fuse the cast into the reduction;
+- `fused`: the same with a hand-written gradient (softmax - one-hot, computed from the bf16
+  logits and the fp32 log-normalizers, written in bf16): no fp32 (B, T, V) tensor is stored;
+- `chunked`: the output layer and the cross-entropy per chunk of `loss_chunk` tokens (default
+  4096) under `jax.checkpoint` (the chunk's logits recomputed in the backward pass), so the
+  full (B, T, V) logits never exist.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from tbd.workloads.common_jax import host_generator, torch_like_init, zipf_token
 from tbd.workloads.gpt.spec import GPT2_VOCAB
 
 ATTENTION = ("auto", "cudnn", "xla")
+LOSSES = ("fp32_logits", "bf16_logits", "fused", "chunked")
+DEFAULT_LOSS_CHUNK = 4096  # tokens per chunk of the `chunked` loss
 
 
 def attention_implementation(option: str, device: str, precision: str) -> str | None:
@@ -66,6 +79,9 @@ class GPT(nn.Module):
     hp: dict
     attention: str | None = "xla"
     dtype: Any = jnp.float32
+    # False: return (final hidden states, the fp32 embedding) instead of the logits, for a loss
+    # that applies the tied output layer itself (the `chunked` loss); the parameters are the same.
+    logits: bool = True
 
     @nn.compact
     def __call__(self, idx):
@@ -77,7 +93,86 @@ class GPT(nn.Module):
         for i in range(hp["layers"]):
             x = Block(hp["d_model"], hp["heads"], self.attention, self.dtype, name=f"block{i}")(x)
         x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32, name="ln_f")(x)
+        if not self.logits:
+            return x, wte
         return x @ wte.astype(self.dtype).T  # (B, T, V): the output layer tied to the embedding
+
+
+# -- the cross-entropy, four ways ----------------------------------------------------------------
+
+
+def _token_losses_bf16(logits, targets):
+    """Per-token cross-entropy (fp32) from logits of any dtype, accumulated in fp32."""
+    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    return lse - target
+
+
+@jax.custom_vjp
+def _token_losses_fused(logits, targets):
+    return _token_losses_bf16(logits, targets)
+
+
+def _fused_fwd(logits, targets):
+    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    return lse - target, (logits, lse, targets)
+
+
+def _fused_bwd(residuals, g):
+    # d loss_i / d logits_ij = softmax_ij - [j == target_i]: one element-wise pass over the
+    # logits' own dtype in and out, fp32 inside.
+    logits, lse, targets = residuals
+    probs = jnp.exp(logits.astype(jnp.float32) - lse[..., None])
+    one_hot = jnp.arange(logits.shape[-1], dtype=targets.dtype) == targets[..., None]
+    return ((probs - one_hot) * g[..., None]).astype(logits.dtype), None
+
+
+_token_losses_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _chunk_size(tokens: int, wanted: int) -> int:
+    """The largest divisor of `tokens` not above `wanted`: chunks of equal size, no padding."""
+    size = max(1, min(wanted, tokens))
+    while tokens % size:
+        size -= 1
+    return size
+
+
+def chunked_loss(hidden, wte, targets, dtype, chunk: int):
+    """Mean cross-entropy of the tied output layer over chunks of `chunk` tokens; each chunk's
+    logits live only inside its (checkpointed) step, recomputed for the backward pass."""
+    C = hidden.shape[-1]
+    h, t = hidden.reshape(-1, C), targets.reshape(-1)
+    size = _chunk_size(h.shape[0], chunk)
+
+    @jax.checkpoint
+    def one_chunk(h_t):
+        h_c, t_c = h_t
+        return _token_losses_fused(h_c @ wte.astype(dtype).T, t_c).sum()
+
+    sums = jax.lax.map(one_chunk, (h.reshape(-1, size, C), t.reshape(-1, size)))
+    return sums.sum() / h.shape[0]
+
+
+def loss_function(option: str, chunk: int):
+    """(model, params, idx, targets) -> mean cross-entropy, computed the way `option` names."""
+    if option not in LOSSES:
+        raise UsageError(f"unknown loss '{option}'; valid: {', '.join(LOSSES)} (--option loss=...)")
+    if chunk < 1:
+        raise UsageError(f"loss_chunk must be a positive number of tokens, not {chunk}; e.g. --option loss_chunk=4096")
+
+    def mean_loss(model, params, idx, targets):
+        if option == "chunked":
+            hidden, wte = model.clone(logits=False).apply({"params": params}, idx)
+            return chunked_loss(hidden, wte, targets, model.dtype, chunk)
+        logits = model.apply({"params": params}, idx)
+        if option == "fp32_logits":
+            return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+        token_losses = _token_losses_bf16 if option == "bf16_logits" else _token_losses_fused
+        return token_losses(logits, targets).mean()
+
+    return mean_loss
 
 
 def gpt2_rule(layers: int):
@@ -114,6 +209,11 @@ def build(ctx: BuildContext) -> JaxTask:
         raise UsageError("the JAX gpt has no dropout; use --hparam dropout=0 (every flavor's default)")
     n, T = ctx.batch_size, hp["block_size"]
     model = GPT(hp, attention_implementation(ctx.options.get("attention", "auto"), ctx.device, ctx.precision), compute_dtype(ctx.precision))
+    try:
+        chunk = int(ctx.options.get("loss_chunk", DEFAULT_LOSS_CHUNK))
+    except ValueError:
+        raise UsageError(f"loss_chunk must be a number of tokens, not {ctx.options['loss_chunk']!r}; e.g. --option loss_chunk=4096") from None
+    mean_loss = loss_function(str(ctx.options.get("loss", "fp32_logits")), chunk)
 
     def init(rng):
         shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, T), jnp.int32))
@@ -121,8 +221,7 @@ def build(ctx: BuildContext) -> JaxTask:
 
     def loss(params, model_state, batch, rng, train=True):
         idx, targets = batch
-        logits = model.apply({"params": params}, idx).astype(jnp.float32)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(), model_state
+        return mean_loss(model, params, idx, targets), model_state
 
     def make_batch(key, device):
         # One stream of T + 1 ids per row (inputs its first T, targets its last T), below
