@@ -1,13 +1,14 @@
 """tbd's JAX GPT-2 124M with each way of computing its loss, and with XLA flags: which is fastest.
 
-    PYTHONPATH=src python3 bench/gpt_jax_variants_gpu.py --out OUT                  # H200: batches 16 and 64, < 4 min
-    PYTHONPATH=src python3 bench/gpt_jax_variants_gpu.py --out OUT --batches 16     # batch 16 only (~2 min)
+    PYTHONPATH=src python3 bench/gpt_jax_variants_gpu.py --out OUT                  # H200: batch 16, then 64 while time is left; < 4 min
+    PYTHONPATH=src python3 bench/gpt_jax_variants_gpu.py --out OUT2 --batches 64    # batch 64's variants (< 4 min)
     PYTHONPATH=src python3 bench/gpt_jax_variants_gpu.py --out OUT --quick          # tiny flavor on the CPU (checks the script)
 
 Variants (each the same loss, parameters and model FLOPs; `tests/workloads/test_gpt_jax_losses.py`
 checks the losses and gradients equal on the CPU):
 - `fp32_logits`: tbd's default (logits cast to fp32, optax's cross-entropy);
-- `bf16_logits`, `fused`, `chunked`: tbd's `--option loss=...` (src/tbd/workloads/gpt/jax_impl.py);
+- `fused`, `fused_linear`, `chunked`, `bf16_logits`: tbd's `--option loss=...`
+  (src/tbd/workloads/gpt/jax_impl.py says what each does);
 - `lhs`: the default loss with `XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true`
   (more flag sets: `--xla NAME=FLAGS`, e.g. `--xla 'nocmdbuf=--xla_gpu_enable_command_buffer='`).
 Each (variant, batch) runs in its own child process (this script with --child), so XLA_FLAGS
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "gpt_jax_variants.json"
-LOSS_VARIANTS = ("fp32_logits", "fused", "chunked", "bf16_logits")  # the most promising first
+LOSS_VARIANTS = ("fp32_logits", "fused", "fused_linear", "chunked", "bf16_logits")  # the most promising first
 BASELINE = "fp32_logits"
 # XLA flag sets (name -> XLA_FLAGS), run with the default loss. Flags that exist in jaxlib 0.10
 # (an unknown flag aborts the child, which is then reported as failed).
@@ -138,6 +139,14 @@ def _points(args) -> list[dict[str, Any]]:
     return points
 
 
+def _first_estimate(args, device: str, batch: int, seen_s: dict[int, float]) -> float:
+    """Seconds of the first point at `batch`: a smaller batch's point (x 1.2 for the larger
+    compile), or START_S, plus its warm-up and windows (a step of ~2 ms per sequence on an H200)."""
+    start = 1.2 * max(seen_s.values()) if seen_s else START_S[device]
+    step_s = 0.05 if device == "cpu" else 0.0021 * batch
+    return start + args.warmup * step_s + args.windows * max(args.window_s, step_s * 3)
+
+
 def _line(r: dict[str, Any], base: dict[str, Any] | None) -> str:
     if r.get("status") != "ok":
         return f"{r['variant']:>12} batch {r['batch']:>3}: {r['status']} ({r.get('reason', '')})"
@@ -185,7 +194,7 @@ def main() -> None:
     seen_s: dict[int, float] = {}  # batch -> longest point so far (s): the next points' estimate
     for point in _points(args):
         batch = point["batch"]
-        estimate = seen_s.get(batch) or START_S[device] + (args.warmup + args.windows * max(args.window_s, 1.0)) * (batch / 16 if not args.quick else 1)
+        estimate = seen_s.get(batch) or _first_estimate(args, device, batch, seen_s)
         left = args.deadline - (time.monotonic() - t_begin)
         row: dict[str, Any] = dict(point)
         if estimate > left:

@@ -1,7 +1,7 @@
 """gpt's JAX loss variants (`--option loss=...`) are the same loss: `pytest -q tests/workloads/test_gpt_jax_losses.py`.
 
 On a small gpt (one layer of the tiny flavor's width, 4 x 32 tokens) in fp32 on the CPU, the loss
-and every parameter's gradient of `bf16_logits`, `fused` and `chunked` (chunks of 32 tokens, and
+and every parameter's gradient of `bf16_logits`, `fused`, `chunked` and `fused_linear` (chunks of 32 tokens, and
 of 48, which falls back to 32: the largest divisor of the 128 tokens) equal the default's
 (`fp32_logits`). All variants are differentiated in one jitted function: one compilation.
 """
@@ -19,7 +19,8 @@ from tbd.errors import UsageError  # noqa: E402
 from tbd.frameworks.base import BuildContext  # noqa: E402
 from tbd.workloads.gpt import jax_impl  # noqa: E402
 
-VARIANTS = (("fp32_logits", 32), ("bf16_logits", 32), ("fused", 32), ("chunked", 32), ("chunked", 48))
+VARIANTS = (("fp32_logits", 32), ("bf16_logits", 32), ("fused", 32), ("chunked", 32), ("chunked", 48), ("fused_linear", 32),
+            ("fused_linear", 48))
 
 
 def _task(loss: str, chunk: int = 32, precision: str = "fp32"):
@@ -62,7 +63,7 @@ def test_chunks_divide_the_tokens():
 
 
 def test_bad_loss_options_name_the_fix():
-    with pytest.raises(UsageError, match="fp32_logits, bf16_logits, fused, chunked"):
+    with pytest.raises(UsageError, match="fp32_logits, bf16_logits, fused, chunked, fused_linear"):
         _task("nope")
     with pytest.raises(UsageError, match="loss_chunk=4096"):
         _task("chunked", chunk=0)

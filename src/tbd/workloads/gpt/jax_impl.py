@@ -23,11 +23,15 @@ and model FLOPs; `bench/gpt_jax_variants_gpu.py` times them on a GPU):
   logits and the fp32 log-normalizers, written in bf16): no fp32 (B, T, V) tensor is stored;
 - `chunked`: the output layer and the cross-entropy per chunk of `loss_chunk` tokens (default
   4096) under `jax.checkpoint` (the chunk's logits recomputed in the backward pass), so the
-  full (B, T, V) logits never exist.
+  full (B, T, V) logits never exist;
+- `fused_linear`: chunks too, each chunk's gradients (of the hidden states and of the output
+  layer) computed in the forward pass from its logits, which are then dropped (as Liger's fused
+  linear cross-entropy): no recomputation, no (B, T, V) tensor.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -43,7 +47,7 @@ from tbd.workloads.common_jax import host_generator, torch_like_init, zipf_token
 from tbd.workloads.gpt.spec import GPT2_VOCAB
 
 ATTENTION = ("auto", "cudnn", "xla")
-LOSSES = ("fp32_logits", "bf16_logits", "fused", "chunked")
+LOSSES = ("fp32_logits", "bf16_logits", "fused", "chunked", "fused_linear")
 DEFAULT_LOSS_CHUNK = 4096  # tokens per chunk of the `chunked` loss
 
 
@@ -119,13 +123,17 @@ def _fused_fwd(logits, targets):
     return lse - target, (logits, lse, targets)
 
 
-def _fused_bwd(residuals, g):
-    # d loss_i / d logits_ij = softmax_ij - [j == target_i]: one element-wise pass over the
-    # logits' own dtype in and out, fp32 inside.
-    logits, lse, targets = residuals
+def _logit_grads(logits, lse, targets, scale):
+    """d loss_i / d logits_ij = softmax_ij - [j == target_i], times `scale`: one element-wise pass,
+    the logits' own dtype in and out, fp32 inside."""
     probs = jnp.exp(logits.astype(jnp.float32) - lse[..., None])
     one_hot = jnp.arange(logits.shape[-1], dtype=targets.dtype) == targets[..., None]
-    return ((probs - one_hot) * g[..., None]).astype(logits.dtype), None
+    return ((probs - one_hot) * scale).astype(logits.dtype)
+
+
+def _fused_bwd(residuals, g):
+    logits, lse, targets = residuals
+    return _logit_grads(logits, lse, targets, g[..., None]), None
 
 
 _token_losses_fused.defvjp(_fused_fwd, _fused_bwd)
@@ -155,6 +163,40 @@ def chunked_loss(hidden, wte, targets, dtype, chunk: int):
     return sums.sum() / h.shape[0]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def fused_linear_loss(hidden, wte, targets, dtype, chunk: int):
+    """Mean cross-entropy of the tied output layer (`hidden` (N, C), `wte` (V, C) fp32)."""
+    return _fused_linear_fwd(hidden, wte, targets, dtype, chunk)[0]
+
+
+def _fused_linear_fwd(hidden, wte, targets, dtype, chunk):
+    n, C = hidden.shape
+    size = _chunk_size(n, chunk)
+    w = wte.astype(dtype)
+
+    def one_chunk(carry, h_t):
+        loss_sum, dw = carry
+        h_c, t_c = h_t
+        logits = h_c @ w.T  # (size, V), dropped after this chunk
+        lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+        target = jnp.take_along_axis(logits, t_c[:, None], axis=-1)[:, 0].astype(jnp.float32)
+        d_logits = _logit_grads(logits, lse, t_c, 1.0 / n)  # of the mean loss
+        dw = dw + jnp.dot(d_logits.T, h_c, preferred_element_type=jnp.float32)
+        return (loss_sum + (lse - target).sum(), dw), d_logits @ w
+
+    start = (jnp.zeros((), jnp.float32), jnp.zeros(wte.shape, jnp.float32))
+    (loss_sum, dw), dh = jax.lax.scan(one_chunk, start, (hidden.reshape(-1, size, C), targets.reshape(-1, size)))
+    return loss_sum / n, (dh.reshape(n, C), dw)
+
+
+def _fused_linear_bwd(dtype, chunk, residuals, g):
+    dh, dw = residuals
+    return (dh * g).astype(dh.dtype), dw * g, None
+
+
+fused_linear_loss.defvjp(_fused_linear_fwd, _fused_linear_bwd)
+
+
 def loss_function(option: str, chunk: int):
     """(model, params, idx, targets) -> mean cross-entropy, computed the way `option` names."""
     if option not in LOSSES:
@@ -163,8 +205,10 @@ def loss_function(option: str, chunk: int):
         raise UsageError(f"loss_chunk must be a positive number of tokens, not {chunk}; e.g. --option loss_chunk=4096")
 
     def mean_loss(model, params, idx, targets):
-        if option == "chunked":
+        if option in ("chunked", "fused_linear"):
             hidden, wte = model.clone(logits=False).apply({"params": params}, idx)
+            if option == "fused_linear":
+                return fused_linear_loss(hidden.reshape(-1, hidden.shape[-1]), wte, targets.reshape(-1), model.dtype, chunk)
             return chunked_loss(hidden, wte, targets, model.dtype, chunk)
         logits = model.apply({"params": params}, idx)
         if option == "fp32_logits":
