@@ -11,6 +11,8 @@ checks the losses and gradients equal on the CPU):
   (src/tbd/workloads/gpt/jax_impl.py says what each does);
 - `lhs`: the default loss with `XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true`
   (more flag sets: `--xla NAME=FLAGS`, e.g. `--xla 'nocmdbuf=--xla_gpu_enable_command_buffer='`).
+`chunked` and `fused_linear` take chunks of 4096 tokens (tbd's default; `--loss-chunk` for all,
+or a variant `fused_linear@8192`), e.g. `--variants fp32_logits,fused_linear,fused_linear@8192`.
 Each (variant, batch) runs in its own child process (this script with --child), so XLA_FLAGS
 apply from the start and the device's peak memory is that variant's own. The child builds the
 run as `tbd run gpt --framework jax --flavor paper --device cuda --precision bf16 --option
@@ -46,6 +48,7 @@ from typing import Any
 RESULT_FILE = "gpt_jax_variants.json"
 LOSS_VARIANTS = ("fp32_logits", "fused", "fused_linear", "chunked", "bf16_logits")  # the most promising first
 BASELINE = "fp32_logits"
+CHUNKED = ("chunked", "fused_linear")  # the losses that take a chunk size (NAME@TOKENS)
 # XLA flag sets (name -> XLA_FLAGS), run with the default loss. Flags that exist in jaxlib 0.10
 # (an unknown flag aborts the child, which is then reported as failed).
 XLA_VARIANTS = {"lhs": "--xla_gpu_enable_latency_hiding_scheduler=true"}
@@ -122,20 +125,24 @@ def child(args) -> None:
 
 
 def _points(args) -> list[dict[str, Any]]:
-    """(variant, batch) points, batch by batch; an unknown variant name stops the call."""
+    """(variant, batch) points, batch by batch; ValueError names an unknown variant and the valid ones."""
     xla = dict(XLA_VARIANTS)
     for item in args.xla:
         name, _, flags = item.partition("=")
         xla[name] = flags
     names = [*LOSS_VARIANTS, *xla] if args.variants == "all" else [v for v in args.variants.split(",") if v]
-    unknown = [n for n in names if n not in LOSS_VARIANTS and n not in xla]
-    if unknown:
-        raise SystemExit(f"unknown variant {unknown[0]!r}; valid: {', '.join([*LOSS_VARIANTS, *xla])} (or --xla NAME=FLAGS)")
     points = []
     for batch in [int(b) for b in args.batches.split(",") if b]:
         for name in names:
-            loss, flags = (name, None) if name in LOSS_VARIANTS else (BASELINE, xla[name])
-            points.append({"variant": name, "batch": batch, "loss": loss, "xla_flags": flags})
+            loss, _, chunk = name.partition("@")  # e.g. fused_linear@8192: that loss with chunks of 8192 tokens
+            if loss in LOSS_VARIANTS and (not chunk or (loss in CHUNKED and chunk.isdigit() and int(chunk) > 0)):
+                points.append({"variant": name, "batch": batch, "loss": loss, "xla_flags": None,
+                               "loss_chunk": int(chunk) if chunk else (args.loss_chunk if loss in CHUNKED else 0)})
+            elif name in xla:
+                points.append({"variant": name, "batch": batch, "loss": BASELINE, "xla_flags": xla[name], "loss_chunk": 0})
+            else:
+                raise ValueError(f"unknown variant {name!r}; valid: {', '.join([*LOSS_VARIANTS, *xla])}, "
+                                 f"{' or '.join(CHUNKED)}@TOKENS, or a flag set of --xla NAME=FLAGS")
     return points
 
 
@@ -164,8 +171,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="one batch (sequences of 1024 tokens); same as --batches N")
     ap.add_argument("--batches", default="16,64", help="comma-separated batches, run in this order (default 16,64)")
     ap.add_argument("--variants", default="all",
-                    help=f"comma-separated: loss variants {', '.join(LOSS_VARIANTS)} and XLA flag sets ({', '.join(XLA_VARIANTS)} "
-                         "and --xla names), run in this order; default all: every loss variant, then every flag set")
+                    help=f"comma-separated: loss variants {', '.join(LOSS_VARIANTS)} ({' and '.join(CHUNKED)} also as NAME@TOKENS: "
+                         f"chunks of TOKENS), XLA flag sets ({', '.join(XLA_VARIANTS)} and --xla names), run in this order; "
+                         "default all: every loss variant, then every flag set")
     ap.add_argument("--xla", action="append", default=[], help="another flag set NAME=XLA_FLAGS (run with the default loss)")
     ap.add_argument("--loss-chunk", type=int, default=0, help="tokens per chunk of loss=chunked (default: tbd's 4096)")
     ap.add_argument("--deadline", type=float, default=225.0, help="seconds for the whole call; points that no longer fit are skipped")
@@ -186,13 +194,17 @@ def main() -> None:
     if args.quick:
         args.batches = "4" if args.batches == "16,64" else args.batches
         args.window_s, args.windows, args.warmup = min(args.window_s, 0.2), min(args.windows, 2), min(args.warmup, 2)
+    try:
+        points = _points(args)
+    except ValueError as e:
+        ap.error(str(e))  # exit 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.quick else "cuda"
     t_begin = time.monotonic()
     results: list[dict[str, Any]] = []
     seen_s: dict[int, float] = {}  # batch -> longest point so far (s): the next points' estimate
-    for point in _points(args):
+    for point in points:
         batch = point["batch"]
         estimate = seen_s.get(batch) or _first_estimate(args, device, batch, seen_s)
         left = args.deadline - (time.monotonic() - t_begin)
@@ -206,7 +218,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", "--loss", point["loss"], "--batches", str(batch),
                    "--warmup", str(args.warmup), "--windows", str(args.windows), "--window-s", str(args.window_s)]
             cmd += ["--quick"] if args.quick else []
-            cmd += ["--loss-chunk", str(args.loss_chunk)] if args.loss_chunk else []
+            cmd += ["--loss-chunk", str(point["loss_chunk"])] if point["loss_chunk"] else []
             t0 = time.monotonic()
             try:
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(left, 1.0))
@@ -222,7 +234,8 @@ def main() -> None:
             took = time.monotonic() - t0
             row["child_s"] = took
             seen_s[batch] = max(seen_s.get(batch, 0.0), took)
-            row["command"] = (f"XLA_FLAGS={shlex.quote(env['XLA_FLAGS'])} " if point["xla_flags"] else "") + shlex.join(cmd[1:])
+            flags = f"XLA_FLAGS={shlex.quote(env['XLA_FLAGS'])} " if point["xla_flags"] else ""
+            row["command"] = flags + shlex.join(["python3", os.path.relpath(cmd[1]), *cmd[2:]])  # one point again, by hand
         base = next((r for r in results if r["batch"] == batch and r["variant"] == BASELINE and r.get("status") == "ok"), None)
         if row.get("status") == "ok" and base is not None:
             row["speedup_vs_baseline"] = base["step_ms"] / row["step_ms"]
