@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "gpt_jax_variants.json"
+GOAL_MFU_PCT = 45.0  # issue 13: tbd's JAX gpt 124M at 16 x 1024 tokens on an H200
 LOSS_VARIANTS = ("fp32_logits", "fused", "fused_linear", "chunked", "bf16_logits")  # the most promising first
 BASELINE = "fp32_logits"
 CHUNKED = ("chunked", "fused_linear")  # the losses that take a chunk size (NAME@TOKENS)
@@ -242,6 +243,12 @@ def main() -> None:
         results.append(row)
         print(_line(row, base if base is not row else None), flush=True)
         (out / RESULT_FILE).write_text(json.dumps({"deadline_s": args.deadline, "points": results}, indent=1))
+    for batch in dict.fromkeys(r["batch"] for r in results):
+        done = [r for r in results if r["batch"] == batch and r.get("status") == "ok"]
+        if done:
+            best = min(done, key=lambda r: r["step_ms"])
+            mfu = f", MFU {best['mfu_pct']:.1f}% (issue 13's goal: >= {GOAL_MFU_PCT:.0f}%)" if best["mfu_pct"] is not None else ""
+            print(f"fastest at batch {batch}: {best['variant']}, {best['step_ms']:.2f} ms/step{mfu}")
     print(f"{len(results)} points in {time.monotonic() - t_begin:.0f} s -> {out / RESULT_FILE}")
 
 
