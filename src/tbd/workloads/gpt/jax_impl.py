@@ -48,7 +48,7 @@ from tbd.workloads.gpt.spec import GPT2_VOCAB
 
 ATTENTION = ("auto", "cudnn", "xla")
 LOSSES = ("fp32_logits", "bf16_logits", "fused", "chunked", "fused_linear")
-DEFAULT_LOSS_CHUNK = 4096  # tokens per chunk of the `chunked` loss
+DEFAULT_LOSS_CHUNK = 4096  # tokens per chunk of the `chunked` and `fused_linear` losses
 
 
 def attention_implementation(option: str, device: str, precision: str) -> str | None:
@@ -84,7 +84,7 @@ class GPT(nn.Module):
     attention: str | None = "xla"
     dtype: Any = jnp.float32
     # False: return (final hidden states, the fp32 embedding) instead of the logits, for a loss
-    # that applies the tied output layer itself (the `chunked` loss); the parameters are the same.
+    # that applies the tied output layer itself (`chunked`, `fused_linear`); the parameters are the same.
     logits: bool = True
 
     @nn.compact
@@ -102,13 +102,19 @@ class GPT(nn.Module):
         return x @ wte.astype(self.dtype).T  # (B, T, V): the output layer tied to the embedding
 
 
-# -- the cross-entropy, four ways ----------------------------------------------------------------
+# -- the cross-entropy, five ways ----------------------------------------------------------------
+
+
+def _lse_and_target(logits, targets):
+    """(log-normalizer, target's logit) per token in fp32, from logits of any dtype."""
+    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    return lse, target
 
 
 def _token_losses_bf16(logits, targets):
     """Per-token cross-entropy (fp32) from logits of any dtype, accumulated in fp32."""
-    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    lse, target = _lse_and_target(logits, targets)
     return lse - target
 
 
@@ -118,8 +124,7 @@ def _token_losses_fused(logits, targets):
 
 
 def _fused_fwd(logits, targets):
-    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    lse, target = _lse_and_target(logits, targets)
     return lse - target, (logits, lse, targets)
 
 
@@ -165,7 +170,8 @@ def chunked_loss(hidden, wte, targets, dtype, chunk: int):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def fused_linear_loss(hidden, wte, targets, dtype, chunk: int):
-    """Mean cross-entropy of the tied output layer (`hidden` (N, C), `wte` (V, C) fp32)."""
+    """Mean cross-entropy of the tied output layer (`hidden` (N, C), `wte` (V, C) fp32). Its
+    forward pass computes the gradients too (for training: a loss alone costs them as well)."""
     return _fused_linear_fwd(hidden, wte, targets, dtype, chunk)[0]
 
 
@@ -178,8 +184,7 @@ def _fused_linear_fwd(hidden, wte, targets, dtype, chunk):
         loss_sum, dw = carry
         h_c, t_c = h_t
         logits = h_c @ w.T  # (size, V), dropped after this chunk
-        lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-        target = jnp.take_along_axis(logits, t_c[:, None], axis=-1)[:, 0].astype(jnp.float32)
+        lse, target = _lse_and_target(logits, t_c)
         d_logits = _logit_grads(logits, lse, t_c, 1.0 / n)  # of the mean loss
         dw = dw + jnp.dot(d_logits.T, h_c, preferred_element_type=jnp.float32)
         return (loss_sum + (lse - target).sum(), dw), d_logits @ w
