@@ -77,9 +77,12 @@ def layer_norm(channels: int, kind: str) -> nn.Module:
 
 def mean_pool_reshape(x):
     """2x2 mean pooling as the mean over the window axes of a view: backward is one broadcast
-    divide (no avg_pool2d backward kernel), and in channels_last the view keeps C innermost."""
+    divide (no avg_pool2d backward kernel). A channels_last tensor is viewed as (B, H, W, C), so
+    the result (and the gradients) stay channels_last with C innermost."""
     b, c, h, w = x.shape
-    return x.view(b, c, h // 2, 2, w // 2, 2).mean(dim=(3, 5))
+    if c > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).view(b, h // 2, 2, w // 2, 2, c).mean(dim=(2, 4)).permute(0, 3, 1, 2)
+    return x.reshape(b, c, h // 2, 2, w // 2, 2).mean(dim=(3, 5))
 
 
 def mean_pool_avg(x):
