@@ -6,8 +6,9 @@
 Each variant opens tbd's own session (`tbd.frameworks.open_session`: the harness's build, bf16
 autocast, channels_last, cuDNN autotuning, synthetic batches resident on the device), runs
 warm-up steps, times steps with the session's own `run_steps` (CUDA events around each step, one
-sync per call), then traces a few more with the plugin's `trace.capture` and summarizes them with
-tbd's analysis (kernels per step, kernel time by class, the top kernels, GPU idle time).
+sync per call), then traces a few more with the plugin's `trace.capture` (kernels only unless
+--host-trace) and summarizes them with tbd's analysis (kernels per step, kernel time by class, the
+top kernels, GPU idle time between the first and last kernel).
 
 Variants (one step = 5 critic iterations with the gradient penalty + 1 generator iteration):
   a          as tbd runs it (channels_last, GroupNorm(1, C), F.avg_pool2d, Adam foreach)
@@ -15,6 +16,7 @@ Variants (one step = 5 critic iterations with the gradient penalty + 1 generator
   c          --option layer_norm=ops: the critic's layer norm as plain ops
   d_reshape  --option mean_pool=reshape: 2x2 mean pooling as a mean over a reshaped view
   d_conv     mean pooling as a stride-2 depthwise conv with fixed weights 1/4 (a patch here)
+  cd         c and d_reshape together: the critic's ops as tbd's JAX implementation writes them
   f          --option optimizer=fused: both Adams fused
   e          the faster choice on each axis above (channels_last, norm, pool, optimizer) together
   a_again    `a` once more at the end: the drift between the first and last variant
@@ -74,6 +76,8 @@ def base_variants() -> list[Variant]:
         Variant("c", "layer_norm=ops", options={"layer_norm": "ops"}),
         Variant("d_reshape", "mean_pool=reshape", options={"mean_pool": "reshape"}),
         Variant("d_conv", "mean pool as depthwise stride-2 conv", conv_pool=True),
+        Variant("cd", "layer_norm=ops + mean_pool=reshape (the JAX impl's formulation)",
+                options={"layer_norm": "ops", "mean_pool": "reshape"}),
         Variant("f", "Adam fused", options={"optimizer": "fused"}),
     ]
 
@@ -154,7 +158,7 @@ def measure(v: Variant, args, out_dir: Path, n_params_expected: int | None) -> d
            "step_ms_min": min(step_ms), "step_ms_max": max(step_ms), "loss": session.last_loss()}
     row["images_per_s"] = images / (row["step_ms_median"] / 1e3)
     if args.profile_steps:
-        row["profile"] = kernel_summary(session, args.profile_steps, out_dir, v.name, host=not args.no_host_trace,
+        row["profile"] = kernel_summary(session, args.profile_steps, out_dir, v.name, host=args.host_trace or args.device == "cpu",
                                         keep=args.keep_traces)
     row["memory"] = session.memory()
     session.close()
@@ -183,9 +187,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default 6)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 20)")
     ap.add_argument("--profile-steps", type=int, default=None, help="traced steps per variant (default 2; 0: no trace)")
-    ap.add_argument("--no-host-trace", action="store_true", help="trace kernels only (smaller, faster; no host-side numbers)")
+    ap.add_argument("--host-trace", action="store_true",
+                    help="trace the host too (host ops and launches per step; a larger trace, slower to read)")
     ap.add_argument("--keep-traces", action="store_true", help="keep each variant's trace (gzipped Chrome JSON) in --out")
-    ap.add_argument("--variants", default="", help="comma-separated subset of a,b,c,d_reshape,d_conv,f (e and a_again follow)")
+    ap.add_argument("--variants", default="", help="comma-separated subset of a,b,c,d_reshape,d_conv,cd,f (e and a_again follow)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; run with --device cpu --quick to check the script")

@@ -80,7 +80,8 @@ def test_variant_agrees_under_bf16_autocast_and_channels_last():
     """The session's setting on a GPU (bf16 autocast, channels_last): agreement within bf16 rounding."""
     default = critic("group_norm", "avg_pool2d")
     variant = critic("ops", "reshape", reference=default)
-    assert_agree(penalty_step(default, True, True), penalty_step(variant, True, True), rtol=0.05, atol=0.03)
+    # measured: 0.5% of each gradient's scale; a 10% change of one norm weight fails this
+    assert_agree(penalty_step(default, True, True), penalty_step(variant, True, True), rtol=0.02, atol=0.02)
 
 
 def test_options_reach_the_model_and_bad_values_are_refused():
