@@ -85,16 +85,17 @@ class PhaseLabels:
              torch.optim.Adam.step) = saved
 
 
-def _phase_and_node(event, double_seq: set[int]) -> tuple[str, str]:
-    """The phase range around an op, and the autograd node that ran it (marked "2nd:" where the
-    node differentiates an op of the penalty gradient's graph: the double backward)."""
+def _phase_and_node(event, double_seq: dict[int, str]) -> tuple[str, str]:
+    """The phase range around an op, and the autograd node that ran it; a node that
+    differentiates an op of the penalty gradient's graph (the double backward) is named
+    "2nd[first-order node that made that op]: node"."""
     phase, node = "other", ""
     e = event.cpu_parent
     while e is not None:
         if not node and e.name.startswith("autograd::engine::evaluate_function: "):
             node = e.name.split(": ", 1)[1]
             if e.sequence_nr in double_seq:
-                node = "2nd: " + node
+                node = f"2nd[{double_seq[e.sequence_nr]}]: {node}"
         if e.name.startswith("phase::"):
             phase = e.name[len("phase::"):]
             break
@@ -114,17 +115,20 @@ def _has_kernel(event) -> bool:
     return _is_kernel(event) or any(_has_kernel(c) for c in event.cpu_children)
 
 
-def _penalty_graph_seq(events) -> set[int]:
-    """Sequence numbers of the autograd nodes the penalty gradient created (create_graph=True)."""
-    seq = set()
+def _penalty_graph_seq(events) -> dict[int, str]:
+    """Sequence numbers of the autograd nodes the penalty gradient created (create_graph=True),
+    each with the first-order backward node whose computation created it."""
+    seq = {}
     for e in events:
         if e.sequence_nr < 0 or not e.name.startswith("aten::"):
             continue
-        p = e.cpu_parent
+        maker, p = "", e.cpu_parent
         while p is not None and not p.name.startswith("phase::"):
+            if not maker and p.name.startswith("autograd::engine::evaluate_function: "):
+                maker = p.name.split(": ", 1)[1]
             p = p.cpu_parent
         if p is not None and p.name.endswith("/penalty_grad"):
-            seq.add(e.sequence_nr)
+            seq.setdefault(e.sequence_nr, maker or "penalty")
     return seq
 
 
@@ -158,7 +162,7 @@ def attribute(prof) -> dict:
             layouts[f"{phase} | {node or top} | {e.name}"] += 1
         if "pool" in (node + top + e.name).lower():
             pools[f"{phase} | {node or top} | {e.name}"] += 1
-        if "groupnorm" in node.lower() or "group_norm" in top:
+        if "groupnorm" in node.lower() or "group_norm" in top or "ChannelLayerNorm" in node:
             norms[f"{phase} | {node or top}"] += 1
     return {"kernel_ops": sum(by_phase.values()), "by_phase": dict(by_phase.most_common()),
             "cpu_us_by_phase": {k: round(v) for k, v in us_phase.most_common()},
