@@ -132,18 +132,36 @@ def _penalty_graph_seq(events) -> dict[int, str]:
     return seq
 
 
-def attribute(prof) -> dict:
-    """Kernel-launching aten ops by phase, by (phase, autograd node), by op name; casts and layout copies."""
+def _largest_input(event) -> int:
+    sizes = []
+    for shape in event.input_shapes or []:
+        if isinstance(shape, (list, tuple)) and shape and all(isinstance(d, int) for d in shape):
+            n = 1
+            for d in shape:
+                n *= d
+            sizes.append(n)
+    return max(sizes, default=0)
+
+
+def attribute(prof, large: int) -> dict:
+    """Kernel-launching aten ops by phase, by (phase, autograd node), by op name; casts and layout
+    copies. `large`: ops with an input of at least this many elements (activation-sized, not a
+    per-sample or per-channel statistic) are counted apart: on a GPU those take the time."""
     events = prof.events()
     double_seq = _penalty_graph_seq(events)
     by_phase, by_node, by_op = collections.Counter(), collections.Counter(), collections.Counter()
     us_phase, us_op = collections.Counter(), collections.Counter()
     casts, layouts, pools, norms = (collections.Counter() for _ in range(4))
     node_ops: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    large_phase, large_node, large_op = collections.Counter(), collections.Counter(), collections.Counter()
     for e in events:
         if not _is_kernel(e):
             continue
         phase, node = _phase_and_node(e, double_seq)
+        if _largest_input(e) >= large:
+            large_phase[phase] += 1
+            large_node[f"{phase} | {node or '(forward)'}"] += 1
+            large_op[e.name] += 1
         # the outermost aten op this kernel belongs to (e.g. aten::native_group_norm, aten::to)
         chain, p = [e.name], e.cpu_parent
         while p is not None and p.name.startswith("aten::"):
@@ -170,7 +188,10 @@ def attribute(prof) -> dict:
             "by_phase_and_autograd_node": dict(by_node.most_common(80)),
             "ops_of_node": {k: dict(v.most_common(12)) for k, v in sorted(node_ops.items(), key=lambda kv: -sum(kv[1].values()))[:40]},
             "casts": dict(casts.most_common(40)), "layout_copies": dict(layouts.most_common(30)),
-            "pooling": dict(pools.most_common(30)), "group_norm": dict(norms.most_common(30))}
+            "pooling": dict(pools.most_common(30)), "group_norm": dict(norms.most_common(30)),
+            "large_threshold_elements": large, "large_ops": sum(large_phase.values()),
+            "large_by_phase": dict(large_phase.most_common()), "large_by_op": dict(large_op.most_common(30)),
+            "large_by_phase_and_autograd_node": dict(large_node.most_common(60))}
 
 
 def main() -> None:
@@ -194,15 +215,17 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     result = {"config": {"flavor": args.flavor, "batch": args.batch, "channels_last": config.channels_last,
                          "precision": "bf16", "options": options, "torch": torch.__version__},
-              "step_s_profiled": seconds, **attribute(prof)}
+              "step_s_profiled": seconds, **attribute(prof, large=4096 * args.batch)}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = ("cl" if config.channels_last else "nchw") + "".join(f"_{k}-{v}" for k, v in options.items())
     (args.out / f"wgan_ops_{args.flavor}_{tag}.json").write_text(json.dumps(result, indent=1))
     (args.out / f"wgan_ops_{args.flavor}_{tag}.txt").write_text(
         prof.key_averages(group_by_input_shape=False).table(sort_by="count", row_limit=60))
-    print(f"{tag}: {result['kernel_ops']} kernel-launching aten ops per step ({seconds:.1f} s profiled)")
+    print(f"{tag}: {result['kernel_ops']} kernel-launching aten ops per step, {result['large_ops']} of them on "
+          f"activation-sized inputs ({seconds:.1f} s profiled)")
     for phase, count in result["by_phase"].items():
-        print(f"  {phase:40s} {count:6d} ops  {result['cpu_us_by_phase'][phase] / 1e3:9.1f} ms cpu")
+        print(f"  {phase:40s} {count:6d} ops ({result['large_by_phase'].get(phase, 0):5d} large) "
+              f"{result['cpu_us_by_phase'][phase] / 1e3:9.1f} ms cpu")
 
 
 if __name__ == "__main__":
