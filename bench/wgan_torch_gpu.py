@@ -217,6 +217,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default 6)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 20)")
     ap.add_argument("--profile-steps", type=int, default=None, help="traced steps per variant (default 2; 0: no trace)")
+    ap.add_argument("--budget-s", type=float, default=200.0,
+                    help="start no further variant after this many seconds (default 200: the whole run stays under 4 min)")
     ap.add_argument("--host-trace", action="store_true",
                     help="trace the host too (host ops and launches per step; a larger trace, slower to read)")
     ap.add_argument("--keep-traces", action="store_true", help="keep each variant's trace (gzipped Chrome JSON) in --out")
@@ -247,20 +249,49 @@ def main() -> None:
         wanted.insert(0, "a")
     rows: dict[str, dict] = {}
     print(f"WGAN-GP torch, {flavor} flavor, batch {args.batch}, bf16, {result['device']}, torch {torch.__version__}", flush=True)
-    expected = None
+    skipped = []
+
+    def over_budget(name: str) -> bool:
+        if time.perf_counter() - started < args.budget_s:
+            return False
+        skipped.append(name)
+        print(f"{name:10s} skipped: past the --budget-s of {args.budget_s:.0f} s", flush=True)
+        return True
+
+    failed: dict[str, str] = {}
+
+    def save() -> None:
+        result.update(rows=list(rows.values()), skipped=skipped, failed=failed, total_s=time.perf_counter() - started)
+        (args.out / "wgan_torch_gpu.json").write_text(json.dumps(result, indent=1, default=str))
+
+    def run(v: Variant) -> None:
+        """Measure one variant; a failure other than `a`'s is recorded and the run goes on."""
+        if v.name != "a" and over_budget(v.name):
+            return
+        try:
+            rows[v.name] = measure(v, args, args.out, rows["a"]["parameters"] if "a" in rows else None)
+        except Exception as exc:  # one variant's failure (OOM, a kernel missing) is a result
+            if v.name == "a":
+                raise
+            failed[v.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"{v.name:10s} failed: {failed[v.name]}", flush=True)
+            gc.collect()
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+            return
+        finally:
+            save()
+        print(line(rows[v.name], rows.get("a")), flush=True)
+
     for name in wanted:
-        rows[name] = measure(variants[name], args, args.out, expected)
-        expected = rows["a"]["parameters"]
-        print(line(rows[name], rows.get("a")), flush=True)
+        run(variants[name])
     combo = best_combination(rows, variants)
     if combo is not None:
         variants["e"] = combo
-        rows["e"] = measure(combo, args, args.out, expected)
-        print(line(rows["e"], rows["a"]), flush=True)
+        run(combo)
     else:
         print("e          no two settings were each >= 1% faster than a: no combination to run")
-    rows["a_again"] = measure(dataclasses.replace(variants["a"], name="a_again", what="a, once more (drift)"), args, args.out, expected)
-    print(line(rows["a_again"], rows["a"]), flush=True)
+    run(dataclasses.replace(variants["a"], name="a_again", what="a, once more (drift)"))
     for name, row in rows.items():
         row["speedup_vs_a"] = rows["a"]["step_ms_median"] / row["step_ms_median"]
         prof = row.get("profile") or {}
@@ -270,9 +301,7 @@ def main() -> None:
         if prof.get("class_ms_per_step"):
             print(f"    {name:10s} ms/step by class: {prof['class_ms_per_step']}; GPU idle {prof['gpu_idle_ms_per_step']:.1f} ms "
                   f"of a {prof['window_ms_per_step']:.1f} ms traced step")
-    result["rows"] = list(rows.values())
-    result["total_s"] = time.perf_counter() - started
-    (args.out / "wgan_torch_gpu.json").write_text(json.dumps(result, indent=1, default=str))
+    save()
     print(f"wrote {args.out / 'wgan_torch_gpu.json'} ({result['total_s']:.0f} s)")
 
 
