@@ -14,6 +14,7 @@ Variants (one step = 5 critic iterations with the gradient penalty + 1 generator
   a          as tbd runs it (channels_last, GroupNorm(1, C), F.avg_pool2d, Adam foreach)
   b          channels_last off
   c          --option layer_norm=ops: the critic's layer norm as plain ops
+  c_lowp     c with statistics taken from the bf16 activations, bf16 output (approximate; a patch here)
   d_reshape  --option mean_pool=reshape: 2x2 mean pooling as a mean over a reshaped view
   d_conv     mean pooling as a stride-2 depthwise conv with fixed weights 1/4 (a patch here)
   cd         c and d_reshape together: the critic's ops as tbd's JAX implementation writes them
@@ -22,7 +23,9 @@ Variants (one step = 5 critic iterations with the gradient penalty + 1 generator
   e          the faster choice on each axis above (channels_last, norm, pool, optimizer, input
              channels) together, where at least two are >= 1% faster than a
   a_again    `a` once more at the end: the drift between the first and last variant
-All variants have the same parameters (checked) and compute the same function.
+All variants have the same parameters (checked) and compute the same function (c_lowp within the
+bf16 rounding of its statistics); each prints its first step's loss against a's (same weights,
+batches and noise).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Variant:
     options: dict = dataclasses.field(default_factory=dict)
     conv_pool: bool = False  # patch the critic's mean pooling to a depthwise conv
     pad_input: bool = False  # patch the critic's first conv to see 8 input channels (3 + 5 zeros)
+    lowp_norm: bool = False  # patch layer_norm=ops to take statistics of the bf16 input and return bf16
 
 
 def depthwise_mean_pool(x):
@@ -66,6 +70,19 @@ def depthwise_mean_pool(x):
 
 
 _POOL_WEIGHTS: dict = {}
+
+
+def lowp_layer_norm(norm):
+    """layer_norm=ops without its fp32 copy of the input: statistics straight from the bf16
+    activations (the reduction accumulates in fp32; mean and variance come back rounded to bf16),
+    scale and shift applied in bf16. Not the same numbers as GroupNorm's fp32 path: within bf16
+    rounding of the statistics (the first-step loss against `a` shows how close)."""
+    def forward(x):
+        var, mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)
+        scale = norm.weight.view(1, -1, 1, 1) * torch.rsqrt(var.float() + norm.eps)
+        shift = norm.bias.view(1, -1, 1, 1) - mean.float() * scale
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+    return forward
 
 
 def padded_input_conv(conv):
@@ -83,7 +100,7 @@ def padded_input_conv(conv):
     return forward
 
 AXES = {  # variant that changes one setting of `a`, per axis
-    "channels_last": ["b"], "layer_norm": ["c"], "mean_pool": ["d_reshape", "d_conv"], "optimizer": ["f"],
+    "channels_last": ["b"], "layer_norm": ["c", "c_lowp"], "mean_pool": ["d_reshape", "d_conv"], "optimizer": ["f"],
     "input_channels": ["g"],
 }
 
@@ -93,6 +110,8 @@ def base_variants() -> list[Variant]:
         Variant("a", "as is: channels_last, GroupNorm(1,C), avg_pool2d, Adam foreach"),
         Variant("b", "channels_last off", channels_last=False),
         Variant("c", "layer_norm=ops", options={"layer_norm": "ops"}),
+        Variant("c_lowp", "layer_norm=ops, statistics of the bf16 input, bf16 out (approximate)",
+                options={"layer_norm": "ops"}, lowp_norm=True),
         Variant("d_reshape", "mean_pool=reshape", options={"mean_pool": "reshape"}),
         Variant("d_conv", "mean pool as depthwise stride-2 conv", conv_pool=True),
         Variant("cd", "layer_norm=ops + mean_pool=reshape (the JAX impl's formulation)",
@@ -117,6 +136,7 @@ def best_combination(rows: dict, variants: dict) -> Variant | None:
         combo.options.update(v.options)
         combo.conv_pool = combo.conv_pool or v.conv_pool
         combo.pad_input = combo.pad_input or v.pad_input
+        combo.lowp_norm = combo.lowp_norm or v.lowp_norm
     if len(picked) < 2:
         return None  # nothing to combine: e would repeat a or a single variant
     combo.what += " " + " + ".join(picked)
@@ -134,6 +154,10 @@ def open_variant(v: Variant, args) -> object:
             block.pool = depthwise_mean_pool
     if v.pad_input:
         session.model.critic.inp.forward = padded_input_conv(session.model.critic.inp)
+    if v.lowp_norm:
+        for module in session.model.critic.modules():
+            if isinstance(module, torch_impl.ChannelLayerNorm):
+                module.forward = lowp_layer_norm(module)
     return session
 
 
@@ -180,7 +204,7 @@ def measure(v: Variant, args, out_dir: Path, n_params_expected: int | None) -> d
     step_ms = [s * 1e3 for s in times.seconds]
     images = times.units[0]
     row = {"variant": v.name, "what": v.what, "channels_last": v.channels_last, "options": v.options,
-           "conv_pool": v.conv_pool, "pad_input": v.pad_input, "parameters": n_params, "images_per_step": images,
+           "conv_pool": v.conv_pool, "pad_input": v.pad_input, "lowp_norm": v.lowp_norm, "parameters": n_params, "images_per_step": images,
            "step_ms_median": statistics.median(step_ms), "step_ms_mean": statistics.fmean(step_ms),
            "step_ms_min": min(step_ms), "step_ms_max": max(step_ms), "first_step_loss": first_loss,
            "loss": session.last_loss()}
@@ -222,7 +246,7 @@ def main() -> None:
     ap.add_argument("--host-trace", action="store_true",
                     help="trace the host too (host ops and launches per step; a larger trace, slower to read)")
     ap.add_argument("--keep-traces", action="store_true", help="keep each variant's trace (gzipped Chrome JSON) in --out")
-    ap.add_argument("--variants", default="", help="comma-separated subset of a,b,c,d_reshape,d_conv,cd,f,g (e and a_again follow)")
+    ap.add_argument("--variants", default="", help="comma-separated subset of a,b,c,c_lowp,d_reshape,d_conv,cd,f,g (e and a_again follow)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; run with --device cpu --quick to check the script")
