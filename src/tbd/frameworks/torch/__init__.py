@@ -49,12 +49,16 @@ PLUGIN = FrameworkPlugin(
             "allocator": "CUDA caching allocator: default, or expandable_segments (fewer fragmentation retries at large batches)",
             "cudnn_benchmark": "cuDNN autotuning of convolution algorithms: auto (on unless the workload's shapes vary), on, off",
             "threads": "intra-op threads on a CPU (default: the usable cores shared out between the processes)",
+            "layer_norm": "wgan's critic layer norm: group_norm (nn.GroupNorm(1, C)) or ops (the same function as plain tensor ops)",
+            "mean_pool": "wgan's critic mean pooling: avg_pool2d (F.avg_pool2d) or reshape (mean over 2x2 windows of a view)",
         },
         option_values={
             "compile_mode": COMPILE_MODES,
             "optimizer": OPTIMIZER_KERNELS,
             "allocator": ("default", "expandable_segments"),
             "cudnn_benchmark": ("auto", "on", "off"),
+            "layer_norm": ("group_norm", "ops"),
+            "mean_pool": ("avg_pool2d", "reshape"),
         },
         tunables=(
             Tunable("optimizer", ("fused", "foreach"), "optimizer kernels"),

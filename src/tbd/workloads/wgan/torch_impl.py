@@ -16,6 +16,12 @@ the lower resolution: the same function for a quarter of the work.
 The gradient penalty differentiates the critic's gradient (double backward): it runs eagerly
 under autocast and channels_last; with --compile only the generator is compiled, because
 compiled graphs do not support double backward.
+
+Two run options pick how the critic computes the same function (same parameters), because its
+double backward is most of the step and its cost depends on the ops' backward formulas:
+`--option layer_norm=group_norm|ops` (nn.GroupNorm(1, C), or its statistics and per-channel
+affine as plain tensor ops) and `--option mean_pool=avg_pool2d|reshape` (F.avg_pool2d(x, 2), or
+the mean over 2x2 windows of a reshaped view). Defaults: group_norm, avg_pool2d.
 """
 
 from __future__ import annotations
@@ -47,19 +53,59 @@ class UpBlock(nn.Module):
         return h + F.interpolate(self.shortcut(x), scale_factor=2.0, mode="nearest")
 
 
+class ChannelLayerNorm(nn.Module):
+    """nn.GroupNorm(1, C) as plain ops: mean and variance over (C, H, W) in fp32, then one
+    multiply-add with a per-sample, per-channel scale and shift. The same parameters (`weight`,
+    `bias`, C each) and function; its backward and double backward are autograd's formulas of
+    these few ops instead of GroupNorm's composite double backward."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        var, mean = torch.var_mean(x.float(), dim=(1, 2, 3), keepdim=True, correction=0)
+        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)  # (B, C, 1, 1)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1) - mean * scale, x, scale)  # fp32, as GroupNorm under autocast
+
+
+def layer_norm(channels: int, kind: str) -> nn.Module:
+    return ChannelLayerNorm(channels) if kind == "ops" else nn.GroupNorm(1, channels)
+
+
+def mean_pool_reshape(x):
+    """2x2 mean pooling as the mean over the window axes of a view: backward is one broadcast
+    divide (no avg_pool2d backward kernel). A channels_last tensor is viewed as (B, H, W, C), so
+    the result (and the gradients) stay channels_last with C innermost."""
+    b, c, h, w = x.shape
+    if c > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).view(b, h // 2, 2, w // 2, 2, c).mean(dim=(2, 4)).permute(0, 3, 1, 2)
+    return x.reshape(b, c, h // 2, 2, w // 2, 2).mean(dim=(3, 5))
+
+
+def mean_pool_avg(x):
+    return F.avg_pool2d(x, 2)
+
+
+MEAN_POOLS = {"avg_pool2d": mean_pool_avg, "reshape": mean_pool_reshape}
+
+
 class DownBlock(nn.Module):
     """LN-ReLU-conv3x3-LN-ReLU-conv3x3-meanpool, plus a meanpool-then-1x1-conv shortcut."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, norm: str = "group_norm", pool: str = "avg_pool2d"):
         super().__init__()
-        self.ln1, self.conv1 = nn.GroupNorm(1, c_in), nn.Conv2d(c_in, c_in, 3, padding=1)
-        self.ln2, self.conv2 = nn.GroupNorm(1, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.ln1, self.conv1 = layer_norm(c_in, norm), nn.Conv2d(c_in, c_in, 3, padding=1)
+        self.ln2, self.conv2 = layer_norm(c_in, norm), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.shortcut = nn.Conv2d(c_in, c_out, 1)
+        self.pool = MEAN_POOLS[pool]
 
     def forward(self, x):
         h = self.conv1(F.relu(self.ln1(x)))
-        h = F.avg_pool2d(self.conv2(F.relu(self.ln2(h))), 2)
-        return h + self.shortcut(F.avg_pool2d(x, 2))
+        h = self.pool(self.conv2(F.relu(self.ln2(h))))
+        return h + self.shortcut(self.pool(x))
 
 
 class Generator(nn.Module):
@@ -78,10 +124,10 @@ class Generator(nn.Module):
 
 
 class Critic(nn.Module):
-    def __init__(self, dim: int, mults: tuple[int, ...]):
+    def __init__(self, dim: int, mults: tuple[int, ...], norm: str = "group_norm", pool: str = "avg_pool2d"):
         super().__init__()
         self.inp = nn.Conv2d(3, mults[0] * dim, 3, padding=1)
-        self.blocks = nn.Sequential(*(DownBlock(a * dim, b * dim) for a, b in zip(mults, mults[1:])))
+        self.blocks = nn.Sequential(*(DownBlock(a * dim, b * dim, norm, pool) for a, b in zip(mults, mults[1:])))
         self.fc = nn.Linear(4 * 4 * mults[-1] * dim, 1)
 
     def forward(self, x):  # (B, 3, S, S) -> (B,)
@@ -91,10 +137,10 @@ class Critic(nn.Module):
 class WGAN(nn.Module):
     """Holds both networks so the adapter moves, casts and counts them together."""
 
-    def __init__(self, hp: dict):
+    def __init__(self, hp: dict, norm: str = "group_norm", pool: str = "avg_pool2d"):
         super().__init__()
         self.generator = Generator(hp["noise_dim"], hp["dim"], tuple(hp["g_mults"]))
-        self.critic = Critic(hp["dim"], tuple(hp["d_mults"]))
+        self.critic = Critic(hp["dim"], tuple(hp["d_mults"]), norm, pool)
 
 
 def from_host(host: dict, ctx: BuildContext, device: torch.device):
@@ -103,11 +149,16 @@ def from_host(host: dict, ctx: BuildContext, device: torch.device):
     return tuple(images.chunk(ctx.hparams["n_critic"]))
 
 
+def critic_options(options) -> tuple[str, str]:
+    """The options layer_norm and mean_pool (their values are checked before the run)."""
+    return options.get("layer_norm", "group_norm"), options.get("mean_pool", "avg_pool2d")
+
+
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     check_sizes(hp)
     n, size, n_critic, noise_dim, lam = ctx.batch_size, hp["image_size"], hp["n_critic"], hp["noise_dim"], hp["gp_weight"]
-    model = WGAN(hp)
+    model = WGAN(hp, *critic_options(ctx.options))
     state: dict = {}
 
     def make_batch(gen: torch.Generator, device: torch.device):

@@ -1,0 +1,96 @@
+"""wgan's PyTorch options layer_norm=ops and mean_pool=reshape compute the critic of the default
+(nn.GroupNorm(1, C), F.avg_pool2d) with the same parameters: the critic's outputs, the gradient
+penalty and the critic's weight gradients through the double backward agree (tiny flavor, CPU).
+
+    .venv/bin/python -m pytest -q tests/workloads/test_wgan_torch_options.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tbd import registry  # noqa: E402
+from tbd.config import RunConfig  # noqa: E402
+from tbd.errors import UsageError  # noqa: E402
+from tbd.workloads.wgan import torch_impl  # noqa: E402
+
+HP = registry.get_spec("wgan").flavor("tiny").hparams
+BATCH = 4
+
+
+def critic(norm: str, pool: str, reference=None):
+    torch.manual_seed(0)
+    net = torch_impl.Critic(HP["dim"], tuple(HP["d_mults"]), norm, pool)
+    if reference is not None:
+        net.load_state_dict(reference.state_dict())  # the same parameter names and shapes
+    return net
+
+
+def penalty_step(net, channels_last: bool, autocast: bool) -> dict:
+    """The implementation's critic loss (E[D(fake)] - E[D(real)] + 10 GP) on fixed inputs, and
+    the critic's weight gradients of it (double backward through the penalty)."""
+    g = torch.Generator().manual_seed(1)
+    size = HP["image_size"]
+    real, fake = (torch.rand(BATCH, 3, size, size, generator=g) * 2 - 1 for _ in range(2))
+    eps = torch.rand(BATCH, 1, 1, 1, generator=g)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        real, fake = (t.contiguous(memory_format=torch.channels_last) for t in (real, fake))
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+    with cast():
+        d_real, d_fake = net(torch.cat([real, fake])).float().chunk(2)
+        d_hat = net(x_hat).float()
+    (grad,) = torch.autograd.grad(d_hat.sum(), x_hat, create_graph=True)
+    gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    loss = d_fake.mean() - d_real.mean() + HP["gp_weight"] * gp
+    loss.backward(inputs=list(net.parameters()))
+    return {"out": torch.cat([d_real, d_fake]).detach(), "input_grad": grad.detach(), "gp": gp.detach(),
+            "weight_grads": {n: p.grad.detach().clone() for n, p in net.named_parameters()}}
+
+
+def assert_agree(a: dict, b: dict, rtol: float, atol: float) -> None:
+    torch.testing.assert_close(a["out"], b["out"], rtol=rtol, atol=atol)
+    torch.testing.assert_close(a["input_grad"], b["input_grad"], rtol=rtol, atol=atol)
+    torch.testing.assert_close(a["gp"], b["gp"], rtol=rtol, atol=atol)
+    assert a["weight_grads"].keys() == b["weight_grads"].keys()
+    for name, ga in a["weight_grads"].items():
+        gb = b["weight_grads"][name]
+        # gradients are compared relative to their tensor's scale (bf16 rounds each element)
+        scale = float(ga.abs().max()) or 1.0
+        torch.testing.assert_close(ga / scale, gb / scale, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+VARIANTS = [("ops", "avg_pool2d"), ("group_norm", "reshape"), ("ops", "reshape")]
+
+
+@pytest.mark.parametrize("norm,pool", VARIANTS)
+def test_variant_is_the_default_function_in_fp32(norm, pool):
+    default = critic("group_norm", "avg_pool2d")
+    variant = critic(norm, pool, reference=default)
+    assert sum(p.numel() for p in variant.parameters()) == sum(p.numel() for p in default.parameters())
+    assert_agree(penalty_step(default, False, False), penalty_step(variant, False, False), rtol=1e-4, atol=1e-5)
+
+
+def test_variant_agrees_under_bf16_autocast_and_channels_last():
+    """The session's setting on a GPU (bf16 autocast, channels_last): agreement within bf16 rounding."""
+    default = critic("group_norm", "avg_pool2d")
+    variant = critic("ops", "reshape", reference=default)
+    # measured: 0.5% of each gradient's scale; a 10% change of one norm weight fails this
+    assert_agree(penalty_step(default, True, True), penalty_step(variant, True, True), rtol=0.02, atol=0.02)
+
+
+def test_options_reach_the_model_and_bad_values_are_refused():
+    impl = registry.load_implementation("wgan", "torch")
+    from tbd.frameworks.base import BuildContext
+
+    ctx = BuildContext(hparams=dict(HP), batch_size=2, device="cpu", precision="fp32", seed=0, flavor="tiny",
+                       options={"layer_norm": "ops", "mean_pool": "reshape"})
+    block = impl.build(ctx).model.critic.blocks[0]
+    assert isinstance(block.ln1, torch_impl.ChannelLayerNorm) and block.pool is torch_impl.mean_pool_reshape
+    with pytest.raises(UsageError, match="layer_norm"):
+        RunConfig(workload="wgan", flavor="tiny", options={"layer_norm": "fast"}).validated()
