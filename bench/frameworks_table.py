@@ -135,7 +135,9 @@ def throughput_table(data: dict[str, Any], kind: str) -> str:
         out.append(f"| {w} ({batch}; {unit}/s) | " + " | ".join(cells + ratios) + " |")
     if not any_row:
         return f"(no {kind}-batch runs in these results)"
-    return "\n".join(out) + ("\n\nThroughput: median over the steady steps; in brackets MFU (model FLOPs / the GPU's dense peak at the "
+    return "\n".join(out) + ("\n\nThroughput: over the steady steps, the median per-step rate, or the window's units over its time where "
+                             "steps differ in size (each record's `method.throughput` says which; docs/metrics.md); "
+                             "in brackets MFU (model FLOPs / the GPU's dense peak at the "
                              "run's precision); `*` not converged (95% CI wider than the target).")
 
 
