@@ -9,9 +9,11 @@ Only runs with a throughput are paired (`has_result`); a pair where either side 
 (status 'unconverged' or 'insufficient') has `converged = False`, and `tbd compare` calls no
 difference significant on it unless asked (`--allow-unconverged`).
 
-The ratio is B / A of median throughput. Its 95% CI comes from a percentile bootstrap over the
-raw steady-state per-step rates stored with each run (record["samples"]): both sides resampled
-with replacement, the ratio of medians taken each time. No distribution is assumed.
+The ratio is B / A of throughput in the statistic the records use: median per-step rates, or
+window rates (units / seconds) where a run was fed from disk or its steps differ in size. Its 95%
+CI comes from a percentile bootstrap over the raw steady-state steps stored with each run
+(record["samples"]): both sides resampled with replacement, the ratio taken each time. No
+distribution is assumed.
 """
 
 from __future__ import annotations
@@ -132,8 +134,8 @@ def window_rated(record: dict[str, Any]) -> bool:
 
 def throughput_ratio_ci(before: dict[str, Any], after: dict[str, Any]) -> tuple[float, float, float]:
     """after / before with its 95% bootstrap CI, in the statistic the records' throughputs use: the
-    ratio of window rates where either run was fed from disk (its waits come in bursts), else the
-    ratio of median per-step rates."""
+    ratio of window rates where either run was fed from disk (its waits come in bursts) or has steps
+    of different sizes, else the ratio of median per-step rates."""
     if window_rated(before) or window_rated(after):
         return window_ratio_ci(steady_steps(before), steady_steps(after))
     return ratio_ci(steady_rates(before), steady_rates(after))
