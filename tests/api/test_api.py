@@ -94,7 +94,7 @@ def test_measure_a_toy_step_with_given_flops(tbd_home):
     assert r.mfu_pct == pytest.approx(flops / 8 * r.samples_per_s / 0.5e12 * 100)
     assert r.record.method["peak_flops"]["source"] == "given by the caller (peak_tflops)"
     assert r.record.method["warmup"]["excluded_steps"][0] == 0
-    assert r.metrics["cpu_util_pct"] is not None
+    assert r.metrics["cpu_util_pct"] is not None or "window too short" in r.metrics["cpu_util_note"]
     stored = Store(tbd_home).get(r.id)
     assert stored["config"]["workload"] == "custom:toy" and stored["metrics"]["mfu_pct"] == r.mfu_pct
     assert [x.id for x in tbd.results(workload="custom:toy")] == [r.id]

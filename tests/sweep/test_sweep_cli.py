@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -33,7 +34,11 @@ def test_real_tiny_sweep_then_report_export_and_compare(tbd_home, tmp_path, caps
     assert main(["export", "--sweep", "e2e", "--output", str(csv)]) == 0
     assert csv.read_text().count("\n") == 2  # header + the one run
     assert main(["compare", "e2e", record["id"], "--fail-if-slower", "5"]) == 0  # a run against itself: ratio 1
-    assert "1.000" in capsys.readouterr().out
+    assert "no point of B is more than 5% slower" in capsys.readouterr().out
+    # the ratio from the JSON form: the table's columns fold on a narrow console (80 here, no terminal)
+    assert main(["compare", "e2e", record["id"], "--json"]) == 0
+    [pair] = json.loads(capsys.readouterr().out)["pairs"]
+    assert pair["ratio"] == 1.0 and pair["a_id"] == pair["b_id"] == record["id"]
 
 
 def test_bad_sweep_file_is_one_line_exit_2(tbd_home, tmp_path, capsys):

@@ -56,7 +56,8 @@ def test_tiny_flavor_runs_through_the_harness_and_its_trace_is_analyzed(workload
     assert m["total_steps"] == len(record["samples"]["step_s"]) <= 6
     assert m["model_flops_per_sample"] > 0
     assert record["method"]["warmup"]["excluded_steps"][0] == 0
-    assert m["cpu_util_pct"] is not None and m["cpu_util_pct"] > 0
+    # CPU utilization over the steady window, or why that window is too short to read it
+    assert (m["cpu_util_pct"] or 0) > 0 or "window too short" in (m.get("cpu_util_note") or ""), m
     if not traced:
         return
     assert record["analysis"]["trace"], record["analysis"]

@@ -221,6 +221,7 @@ def _utilization(record: dict[str, Any], summary: dict | None, ncu: dict | None,
         "ncu_fma_pipe_pct": (ncu or {}).get("fma_pipe_pct"),
         "cpu_util_pct": met.get("cpu_util_pct"),
         "cpu_cores_busy": met.get("cpu_cores_busy"),
+        "cpu_util_note": met.get("cpu_util_note"),
         "cpu_util_trace_window_pct": trace.get("window_cpu_util_pct"),
         "host_busy_trace_pct": (summary or {}).get("host", {}).get("busy_pct"),
     }

@@ -64,7 +64,8 @@ def diagnose(facts: dict[str, Any]) -> dict[str, Any]:
 
     if g("device") == "cpu":
         cores = g("cpu_cores_busy")
-        ev = f"training runs on the CPU: {_f(cores)} of {g('cores') or '?'} cores busy ({_f(g('cpu_util_pct'))}% CPU utilization)"
+        ev = (f"training runs on the CPU: {_f(cores)} of {g('cores') or '?'} cores busy ({_f(g('cpu_util_pct'))}% CPU utilization)"
+              if cores is not None else "training runs on the CPU (its CPU use is not measurable: the steady window is too short)")
         top = g("host_top_class")
         if top:
             ev += f"; most CPU time in {top[0]} ops ({top[1]:.0f}%)"

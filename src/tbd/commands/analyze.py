@@ -139,7 +139,8 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
     t.add_row("tensor-core share of kernel time", _pct(u["tensor_core_share_pct"]), "kernel-name heuristics")
     if u.get("ncu_tensor_pipe_pct") is not None or u.get("ncu_fma_pipe_pct") is not None:
         t.add_row("tensor / FMA pipe (ncu)", f"{_pct(u['ncu_tensor_pipe_pct'])} / {_pct(u['ncu_fma_pipe_pct'])}", "hardware counters, weighted by kernel time")
-    t.add_row("CPU utilization (process)", _pct(u["cpu_util_pct"]), f"CPU time / (cores x steady window); {fmt_num(u['cpu_cores_busy'])} cores busy")
+    cpu_busy = f"; {fmt_num(u['cpu_cores_busy'])} cores busy" if u.get("cpu_cores_busy") is not None else ""
+    t.add_row("CPU utilization (process)", u.get("cpu_util_note") or _pct(u["cpu_util_pct"]), f"CPU time / (cores x steady window){cpu_busy}")
     if u.get("cpu_util_trace_window_pct") is not None:
         t.add_row("CPU utilization (profiled window)", _pct(u["cpu_util_trace_window_pct"]), "same, over the traced steps (profiler overhead included)")
     facts = a.get("facts") or {}

@@ -27,7 +27,7 @@ from tbd.errors import RunFailure
 from tbd.harness import noise, stats
 from tbd.metrics.conditions import ConditionsMonitor
 from tbd.metrics.peaks import peak_flops
-from tbd.metrics.sampling import Probe, Reading, nvml_window_note
+from tbd.metrics.sampling import Probe, Reading, cpu_window_note, nvml_window_note
 
 CHUNK_TARGET_S = 0.5
 MAX_CHUNK = 50
@@ -330,11 +330,14 @@ def _window_readings(m: Measurement, steady_start: int, cores: int, timed_sample
     if window_s <= 0:
         return {}
     samples_in_window = sum(m.samples[starts[first] :])
+    cpu_note = cpu_window_note(window_s)
     out: dict[str, Any] = {
-        "cpu_util_pct": (end.cpu_s - begin.cpu_s) / (window_s * cores) * 100.0,
-        "cpu_cores_busy": (end.cpu_s - begin.cpu_s) / window_s,
+        "cpu_util_pct": None if cpu_note else (end.cpu_s - begin.cpu_s) / (window_s * cores) * 100.0,
+        "cpu_cores_busy": None if cpu_note else (end.cpu_s - begin.cpu_s) / window_s,
         "utilization_window_s": window_s,
     }
+    if cpu_note:
+        out["cpu_util_note"] = cpu_note
     util = [u for r in m.readings[first + 1 :] for u in r.gpu_util_samples]
     mem = [u for r in m.readings[first + 1 :] for u in r.gpu_mem_util_samples]
     note = nvml_window_note(window_s) if util else None

@@ -41,6 +41,24 @@ def nvml_window_note(window_s: float) -> str | None:
     return f"window too short ({window_s * 1e3:.0f} ms < {NVML_MIN_WINDOW_S * 1e3:.0f} ms, a few NVML sample periods)"
 
 
+# The process's CPU time is counted in whole clock ticks (psutil reads /proc's utime and stime:
+# 10 ms at the usual 100 Hz), so a window of n ticks reads its CPU time to within 2 ticks (one at
+# each end). From 20 ticks on that is within 10%; shorter windows get no CPU figure, and say why.
+try:
+    CPU_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+except (AttributeError, ValueError, OSError):  # not a POSIX system: assume the usual 100 Hz
+    CPU_TICK_S = 0.01
+CPU_MIN_WINDOW_S = 20 * CPU_TICK_S
+
+
+def cpu_window_note(window_s: float) -> str | None:
+    """Why the process CPU time cannot describe a window this short (None when it can)."""
+    if window_s >= CPU_MIN_WINDOW_S:
+        return None
+    return (f"window too short ({window_s * 1e3:.0f} ms < {CPU_MIN_WINDOW_S * 1e3:.0f} ms: CPU time is counted in "
+            f"{CPU_TICK_S * 1e3:.0f} ms ticks)")
+
+
 class NvmlSampler(threading.Thread):
     """Samples NVML's utilization counters every `period_s` in a daemon thread."""
 
