@@ -87,8 +87,9 @@ def test_saved_baseline_compares_like_the_sweep(tbd_home, tmp_path, capsys):
     assert main(["compare", "nothing-like-this", "cand"]) == 2
 
 
-def test_no_significance_on_unconverged_pairs_unless_asked(tbd_home, capsys):
+def test_no_significance_on_unconverged_pairs_unless_asked(tbd_home, capsys, monkeypatch):
     """B is clearly faster, but one side did not converge: no "faster" verdict until --allow-unconverged."""
+    monkeypatch.setenv("COLUMNS", "200")  # the verdicts whole on one line (pytest-xdist sets 80)
     store = Store()
     _save_sweep(store, "old", rate=100.0)
     new = _save_sweep(store, "new", rate=150.0)
