@@ -243,6 +243,7 @@ def time_loop(loop: Loop, warmup: int = 10, window_s: float = 2.0, windows: int 
     state, loss = loop.step(state, batches[0])
     jax.block_until_ready((state, loss))
     first_step_s = time.perf_counter() - t0
+    first_loss = float(loss)
     t0 = time.perf_counter()
     for i in range(warmup):
         state, loss = loop.step(state, batches[(i + 1) % len(batches)])
@@ -276,6 +277,7 @@ def time_loop(loop: Loop, warmup: int = 10, window_s: float = 2.0, windows: int 
         "synced_per_step_throughput": synced,
         "step_ms": 1e3 * statistics.median(seconds) / steps,
         "first_step_s": first_step_s,
+        "first_loss": first_loss,
         "loss": final_loss,
         "loss_finite": math.isfinite(final_loss),
     }

@@ -18,10 +18,10 @@ apply from the start and the device's peak memory is that variant's own. The chi
 run as `tbd run gpt --framework jax --flavor paper --device cuda --precision bf16 --option
 loss=...` does (RunConfig -> frameworks.open_session: tbd's task, its jitted step with the state
 donated, 2 synthetic batches resident and rotated), compiles the step once ahead of time (XLA's
-memory analysis of it: temporaries), then times it as bench/flax_reference.py does: after
-`--warmup` steps, `--windows` windows of equal step counts (each >= `--window-s`), steps
+memory analysis of it: temporaries), then times it with bench/flax_reference.py's `time_loop`:
+after `--warmup` steps, `--windows` windows of equal step counts (each >= `--window-s`), steps
 dispatched back to back and the whole state waited for (`block_until_ready`) at the window's
-end; ms/step is the median window's. MFU: tbd's model FLOPs per sequence (the gpt spec, 6N +
+end; ms/step is the median window's (and one more window synced every step, kept apart). MFU: tbd's model FLOPs per sequence (the gpt spec, 6N +
 12LdT per token) x sequences/s over tbd's peak for the device (tbd.metrics.peaks; bf16 dense).
 `first_loss` is the first step's loss (same parameters and batch in every variant: they agree to
 bf16's precision if the variants are the same loss).
@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -62,6 +60,9 @@ def child(args) -> None:
     """One variant at one batch in this process; its result as JSON on the last stdout line."""
     import jax
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (also when loaded by path, as in the tests)
+    from flax_reference import Loop, time_loop
+
     from tbd import frameworks, registry
     from tbd.config import RunConfig
     from tbd.metrics.peaks import peak_flops
@@ -80,31 +81,14 @@ def child(args) -> None:
     compile_s = time.perf_counter() - t_start
     analysis = compiled.memory_analysis()
     temp_bytes = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
-    state, batches = session.state, session.batches
-    session.state = None  # donated to the steps below
-    matmul = jax.default_matmul_precision(session.precision)
-
-    def run(state, n: int, first: int = 0):
-        for i in range(n):
-            state, loss = compiled(state, batches[(first + i) % len(batches)])
-        return state, loss
-
-    with matmul:
-        state, loss = run(state, 1)
-        first_loss = float(loss)
-        t0 = time.perf_counter()
-        state, loss = run(state, args.warmup, 1)
-        jax.block_until_ready((state, loss))
-        est_s = (time.perf_counter() - t0) / max(1, args.warmup)
-        steps = max(3, min(2000, math.ceil(args.window_s / max(est_s, 1e-6))))
-        seconds = []
-        for _ in range(args.windows):
-            t0 = time.perf_counter()
-            state, loss = run(state, steps)
-            jax.block_until_ready((state, loss))
-            seconds.append(time.perf_counter() - t0)
-    step_s = statistics.median(seconds) / steps
     tokens = args.batch * spec.units_per_sample(spec.flavor(flavor))
+    # bench/flax_reference.py's timing, around tbd's compiled step (the state is donated to it)
+    loop = Loop("gpt", compiled, session.state, session.batches, tokens, "tokens", session.num_parameters)
+    session.state = None
+    with jax.default_matmul_precision(session.precision):
+        timing = time_loop(loop, warmup=args.warmup, window_s=args.window_s, windows=args.windows)
+    steps = timing["steps_per_window"]
+    step_s = timing["step_ms"] / 1e3
     flops_per_step = spec.train_flops_per_sample(spec.flavor(flavor)) * args.batch
     peak, peak_source = peak_flops(session.info.device_name if device == "cuda" else None, precision)
     memory = session.memory()
@@ -112,15 +96,15 @@ def child(args) -> None:
         "loss_variant": args.loss, "batch": args.batch, "tokens_per_step": tokens, "device": session.info.device_name,
         "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS") or None, "options": options,
         "step_ms": 1e3 * step_s, "tokens_per_s": tokens / step_s,
-        "window_step_ms": [1e3 * s / steps for s in seconds], "steps_per_window": steps,
-        "spread_pct": 100.0 * (max(seconds) - min(seconds)) / statistics.median(seconds),
+        "window_step_ms": [1e3 * tokens / rate for rate in timing["window_throughputs"]], "steps_per_window": steps,
+        "spread_pct": timing["spread_pct"], "synced_per_step_tokens_per_s": timing["synced_per_step_throughput"],
         "model_tflops_per_s": flops_per_step / step_s / 1e12,
         "mfu_pct": 100.0 * flops_per_step / step_s / peak if peak else None, "peak_source": peak_source,
         "peak_device_bytes": memory.get("peak_allocated_bytes"), "xla_temp_bytes": temp_bytes,
-        "startup_and_compile_s": compile_s, "first_loss": first_loss, "last_loss": float(loss),
-        "method": "tbd's JaxSession (RunConfig -> frameworks.open_session), its step compiled ahead of time, "
-                  f"{args.warmup} warm-up steps, median of {args.windows} windows of {steps} steps dispatched back to back "
-                  "between block_until_ready calls on the whole state",
+        "startup_and_compile_s": compile_s, "first_loss": timing["first_loss"], "last_loss": timing["loss"],
+        "method": "tbd's JaxSession (RunConfig -> frameworks.open_session), its step compiled ahead of time, timed by "
+                  f"bench/flax_reference.py's time_loop: {args.warmup} warm-up steps, median of {args.windows} windows of "
+                  f"{steps} steps dispatched back to back between block_until_ready calls on the whole state",
     }
     print(json.dumps(result))
 
@@ -152,7 +136,7 @@ def _first_estimate(args, device: str, batch: int, seen_s: dict[int, float]) -> 
     compile), or START_S, plus its warm-up and windows (a step of ~2 ms per sequence on an H200)."""
     start = 1.2 * max(seen_s.values()) if seen_s else START_S[device]
     step_s = 0.05 if device == "cpu" else 0.0021 * batch
-    return start + args.warmup * step_s + args.windows * max(args.window_s, step_s * 3)
+    return start + args.warmup * step_s + (args.windows + 1) * max(args.window_s, step_s * 5)  # + time_loop's synced window
 
 
 def _line(r: dict[str, Any], base: dict[str, Any] | None) -> str:
