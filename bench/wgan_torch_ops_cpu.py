@@ -1,7 +1,7 @@
 """Which aten ops one WGAN-GP train step of tbd's PyTorch implementation runs, by phase (CPU).
 
     PYTHONPATH=src python3 bench/wgan_torch_ops_cpu.py --out DIR [--batch 2] [--flavor paper]
-        [--no-channels-last] [--option layer_norm=ops] [--option pool=reshape]
+        [--no-channels-last] [--option layer_norm=ops] [--option mean_pool=reshape]
 
 Profiles (torch.profiler, CPU, shapes recorded) one train step after a warm-up step, with the
 session tbd builds (bf16 autocast, channels_last as asked), and attributes each *kernel-launching* aten op
