@@ -269,7 +269,8 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
         "convergence": verdict,
         "noise": noise.assess(m.step_s, steady.start, m.conditions),
         "target_ci_pct": config.target_ci_pct,
-        "confidence_interval": ("95% CI of the window rate by the delta method for a ratio of means" if window_rate
+        "confidence_interval": ("95% CI of the window rate by the delta method for a ratio of means, over whole rotations "
+                                "of the resident batches where the step sizes cycle" if window_rate
                                 else "95% CI of the median from order statistics (distribution-free)"),
         "throughput": (f"{unit} over the steady window / its wall time ({_window_reason(m)})" if window_rate
                        else f"median over steady steps of {unit} per step / step time"),

@@ -89,18 +89,47 @@ def window_rate_ci(units, seconds, z: float = Z95) -> tuple[float, float, float]
     """Units per second over the whole window (sum of units / sum of seconds) and its CI by the
     delta method for a ratio of means. This is the throughput of a run whose steps wait for input
     in bursts (a loader's workers deliver batches in waves): most steps then wait for nothing, so
-    the median step would hide the waiting that the wall clock shows."""
-    u = np.asarray(units, dtype=float)
-    t = np.asarray(seconds, dtype=float)
+    the median step would hide the waiting that the wall clock shows.
+
+    Steps that repeat a fixed cycle of sizes (a pool of resident batches stepped in turn) are
+    taken a whole rotation at a time (`rotations`): each rotation carries the same work, so the
+    CI measures the timing noise and not the fixed differences between the batches, which would
+    otherwise count as noise and keep the CI wide however long the run."""
+    u, t = rotations(units, seconds)
     n = len(t)
     if n == 0 or t.sum() <= 0:
         return math.nan, math.nan, math.nan
     rate = float(u.sum() / t.sum())
     if n < 3:
         return rate, math.nan, math.nan
-    residual = u - rate * t  # the ratio's linearized error per step
+    residual = u - rate * t  # the ratio's linearized error per step (or rotation)
     se = float(np.std(residual, ddof=1) / math.sqrt(n) / t.mean())
     return rate, rate - z * se, rate + z * se
+
+
+def rotation_period(units, max_period: int = 64) -> int:
+    """The length of the cycle the steps' sizes repeat (2 for two resident batches of different
+    lengths stepped in turn), or 1 where they do not repeat (batches from disk) or do not vary.
+    A cycle counts only if the window holds at least three of it."""
+    u = np.asarray(units, dtype=float)
+    tolerance = 1e-9 * max(1.0, float(np.abs(u).max())) if len(u) else 0.0
+    for period in range(1, min(max_period, len(u) // 3) + 1):
+        if np.all(np.abs(u[period:] - u[:-period]) <= tolerance):
+            return period
+    return 1
+
+
+def rotations(units, seconds) -> tuple[np.ndarray, np.ndarray]:
+    """(units, seconds) summed over whole cycles of `rotation_period` (the steps left after the last
+    whole cycle are dropped, so every batch weighs the same); the steps unchanged where the sizes
+    do not cycle."""
+    u = np.asarray(units, dtype=float)
+    t = np.asarray(seconds, dtype=float)
+    period = rotation_period(u)
+    if period == 1:
+        return u, t
+    whole = len(u) // period * period
+    return u[:whole].reshape(-1, period).sum(1), t[:whole].reshape(-1, period).sum(1)
 
 
 def sizes_vary(units) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tbd.errors import UsageError
-from tbd.harness.stats import sizes_vary
+from tbd.harness.stats import rotations, sizes_vary
 from tbd.results import envs
 from tbd.results.record import has_result, headline
 from tbd.results.store import NoSuchRun, Store
@@ -143,8 +143,10 @@ def throughput_ratio_ci(before: dict[str, Any], after: dict[str, Any]) -> tuple[
 
 def window_ratio_ci(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], rounds: int = BOOTSTRAP_ROUNDS,
                     seed: int = 0) -> tuple[float, float, float]:
-    """Ratio of window rates (units / seconds) b/a and its 95% percentile-bootstrap interval over steps."""
-    (ua, ta), (ub, tb) = a, b
+    """Ratio of window rates (units / seconds) b/a and its 95% percentile-bootstrap interval over
+    steps, or over whole rotations where the steps cycle through resident batches of different
+    sizes (`tbd.harness.stats.rotations`: the same window rate and unit of resampling as the runs' CIs)."""
+    (ua, ta), (ub, tb) = rotations(*a), rotations(*b)
     if len(ta) == 0 or len(tb) == 0:
         return math.nan, math.nan, math.nan
     ratio = float((ub.sum() / tb.sum()) / (ua.sum() / ta.sum()))
