@@ -6,10 +6,11 @@
 
 Variants (each the same loss, parameters and model FLOPs; `tests/workloads/test_gpt_jax_losses.py`
 checks the losses and gradients equal on the CPU):
-- `fp32_logits`: tbd's default (logits cast to fp32, optax's cross-entropy);
+- `fp32_logits`: the baseline (logits cast to fp32, optax's cross-entropy; tbd's default until
+  this bench's H200 run of 2026-11-29 made it `bf16_logits`);
 - `fused`, `fused_linear`, `chunked`, `bf16_logits`: tbd's `--option loss=...`
   (src/tbd/workloads/gpt/jax_impl.py says what each does);
-- `lhs`: the default loss with `XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true`
+- `lhs`: the baseline loss with `XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true`
   (more flag sets: `--xla NAME=FLAGS`, e.g. `--xla 'nocmdbuf=--xla_gpu_enable_command_buffer='`).
 `chunked` and `fused_linear` take chunks of 4096 tokens (tbd's default; `--loss-chunk` for all,
 or a variant `fused_linear@8192`), e.g. `--variants fp32_logits,fused_linear,fused_linear@8192`.
@@ -48,7 +49,7 @@ GOAL_MFU_PCT = 45.0  # issue 13: tbd's JAX gpt 124M at 16 x 1024 tokens on an H2
 LOSS_VARIANTS = ("fp32_logits", "fused", "fused_linear", "chunked", "bf16_logits")  # the most promising first
 BASELINE = "fp32_logits"
 CHUNKED = ("chunked", "fused_linear")  # the losses that take a chunk size (NAME@TOKENS)
-# XLA flag sets (name -> XLA_FLAGS), run with the default loss. Flags that exist in jaxlib 0.10
+# XLA flag sets (name -> XLA_FLAGS), run with the baseline loss. Flags that exist in jaxlib 0.10
 # (an unknown flag aborts the child, which is then reported as failed).
 XLA_VARIANTS = {"lhs": "--xla_gpu_enable_latency_hiding_scheduler=true"}
 # Seconds a point takes on an H200 beyond its timed windows: child start, imports, the model and
@@ -159,7 +160,7 @@ def main() -> None:
                     help=f"comma-separated: loss variants {', '.join(LOSS_VARIANTS)} ({' and '.join(CHUNKED)} also as NAME@TOKENS: "
                          f"chunks of TOKENS), XLA flag sets ({', '.join(XLA_VARIANTS)} and --xla names), run in this order; "
                          "default all: every loss variant, then every flag set")
-    ap.add_argument("--xla", action="append", default=[], help="another flag set NAME=XLA_FLAGS (run with the default loss)")
+    ap.add_argument("--xla", action="append", default=[], help="another flag set NAME=XLA_FLAGS (run with the baseline loss)")
     ap.add_argument("--loss-chunk", type=int, default=0, help="tokens per chunk of loss=chunked (default: tbd's 4096)")
     ap.add_argument("--deadline", type=float, default=225.0, help="seconds for the whole call; points that no longer fit are skipped")
     ap.add_argument("--warmup", type=int, default=5)

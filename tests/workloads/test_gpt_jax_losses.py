@@ -63,7 +63,7 @@ def test_chunks_divide_the_tokens():
 
 
 def test_bad_loss_options_name_the_fix():
-    with pytest.raises(UsageError, match="fp32_logits, bf16_logits, fused, chunked, fused_linear"):
+    with pytest.raises(UsageError, match="bf16_logits, fp32_logits, fused, chunked, fused_linear"):
         _task("nope")
     with pytest.raises(UsageError, match="loss_chunk=4096"):
         _task("chunked", chunk=0)

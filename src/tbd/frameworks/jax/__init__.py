@@ -26,12 +26,12 @@ PLUGIN = FrameworkPlugin(
         ncu=True,
         options={
             "attention": "jax.nn.dot_product_attention implementation: auto (cuDNN on a GPU in bf16, else XLA), cudnn, xla",
-            "loss": "gpt's cross-entropy: fp32_logits (default: logits cast to fp32), bf16_logits (fp32 accumulation of bf16 "
-                    "logits), fused (that with a hand-written gradient), chunked (output layer + loss per chunk of tokens, "
+            "loss": "gpt's cross-entropy: bf16_logits (default: fp32 accumulation of bf16 logits), fp32_logits (logits "
+                    "cast to fp32 first), fused (that with a hand-written gradient), chunked (output layer + loss per chunk of tokens, "
                     "recomputed backward), fused_linear (per chunk, gradients in the forward pass)",
             "loss_chunk": "tokens per chunk of gpt's loss=chunked and fused_linear (default 4096)",
         },
         # gpt's jax_impl.LOSSES (not imported: this package imports no jax)
-        option_values={"loss": ("fp32_logits", "bf16_logits", "fused", "chunked", "fused_linear")},
+        option_values={"loss": ("bf16_logits", "fp32_logits", "fused", "chunked", "fused_linear")},
     ),
 )
