@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 
 # a3c is left out: its batch counts actor processes on the CPU, and the learner's GPU memory
 # does not grow with them.
+MIN_ROW_S = 30.0  # a row started gets at least this long, however little of --budget is left
 SUITE = ("resnet50", "inception_v3", "gpt", "transformer", "seq2seq", "wgan", "deepspeech2", "faster_rcnn")
 
 
@@ -38,7 +40,7 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(SUITE))
     ap.add_argument("--precisions", default="bf16,fp32")
     ap.add_argument("--confirm-time", type=float, default=60.0, help="seconds each confirming search may take")
-    ap.add_argument("--budget", type=float, default=540.0, help="stop starting rows after this many seconds")
+    ap.add_argument("--budget", type=float, default=540.0, help="the whole bench's seconds: a row still running then is stopped (its probes too), its row kept")
     ap.add_argument("--fit", action="append", default=[], metavar="W=B1,B2,B3",
                     help="fit batches for one workload (default: tbd's, b/4, b/2, b of the paper batch)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny flavor, no confirming: checks the script itself")
@@ -54,10 +56,10 @@ def main() -> None:
         for workload in args.workloads.split(","):
             if (workload, precision) in done:
                 continue
-            if time.monotonic() - began > args.budget:
+            if time.monotonic() - began > args.budget - MIN_ROW_S:
                 rows.append({"workload": workload, "precision": precision, "skipped": f"bench budget of {args.budget:g} s spent"})
                 continue
-            rows.append(one_row(workload, precision, args, env))
+            rows.append(one_row(workload, precision, args, env, deadline=began + args.budget))
             print(line(rows[-1]), flush=True)
             path.write_text(json.dumps({"rows": rows, "device": device_name()}, indent=1))
     path.write_text(json.dumps({"rows": rows, "device": device_name()}, indent=1))
@@ -67,17 +69,32 @@ def main() -> None:
         print(line(r, markdown=True))
 
 
-def one_row(workload: str, precision: str, args, env: dict) -> dict:
+def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> dict:
     argv = [sys.executable, "-m", "tbd.cli", "memory", workload, "--max-batch", "--layers", "1", "--precision", precision]
     fits = dict(f.split("=", 1) for f in args.fit)
     argv += ["--fit-batches", fits[workload]] if workload in fits else []
     argv += ["--device", "cpu", "--flavor", "tiny", "--memory", "2GiB", "--no-confirm"] if args.smoke else \
             ["--device", "cuda", "--flavor", "paper", "--confirm-time", f"{args.confirm_time:g}"]
+    # The child's output goes to a log beside the results, so a row cut short still shows how far
+    # it got; the child leads a process group of its own, so stopping it also stops its probes
+    # (left running, they would hold GPU memory under the next row's search).
+    log = Path(args.out) / "logs" / f"{workload}_{precision}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    timeout = max(MIN_ROW_S, min(args.confirm_time + 600, deadline - time.monotonic()))
     t0 = time.monotonic()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=args.confirm_time + 600)
-    row = {"workload": workload, "precision": precision, "seconds": round(time.monotonic() - t0, 1), "rc": proc.returncode}
-    if proc.returncode != 0:
-        row["error"] = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+    with open(log, "w") as out:
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            rc = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            rc = None
+    row = {"workload": workload, "precision": precision, "seconds": round(time.monotonic() - t0, 1), "rc": rc, "log": str(log)}
+    if rc != 0:
+        last = (log.read_text(errors="replace").strip().splitlines() or ["(no output)"])[-1][:300]
+        row["error"] = (f"stopped after {timeout:.0f} s (the bench's --budget, or --confirm-time + 600 s); its last line: {last}"
+                        if rc is None else last)
         return row
     record = newest_memory_record(Path(env["TBD_HOME"]))
     model = record["memory_profile"].get("batch_model") or {}

@@ -1,0 +1,48 @@
+"""bench/max_batch_gpu.py keeps to its --budget: a `tbd memory` child still running when the budget
+is spent is stopped with the probes it started (left running, they would hold GPU memory under the
+next row), and its row says how far it got, from the child's log."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "max_batch_gpu.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("max_batch_gpu", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_row_past_the_budget_is_stopped_with_its_probes(tmp_path, monkeypatch):
+    bench = _bench()
+    pid_file = tmp_path / "probe.pid"
+    # Stands in for `python -m tbd.cli memory ...`: prints a line, starts a "probe" that would
+    # outlive it, and waits far longer than the budget.
+    fake = tmp_path / "fake_python"
+    fake.write_text(f"#!/bin/sh\necho 'fitting batch 128'\nsleep 120 &\necho $! > {pid_file}\nsleep 120\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(bench.sys, "executable", str(fake))
+    monkeypatch.setattr(bench, "MIN_ROW_S", 1.0)
+    args = SimpleNamespace(out=str(tmp_path), fit=[], smoke=False, confirm_time=60.0)
+    t0 = time.monotonic()
+    row = bench.one_row("wgan", "bf16", args, dict(os.environ, TBD_HOME=str(tmp_path)), deadline=time.monotonic() + 1.5)
+    assert time.monotonic() - t0 < 10
+    assert row["rc"] is None and row["error"].startswith("stopped after") and "fitting batch 128" in row["error"]
+    probe = int(pid_file.read_text())
+    for _ in range(50):  # the killed probe may take a moment to be reaped by init
+        try:
+            os.kill(probe, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{probe}/stat").exists() and Path(f"/proc/{probe}/stat").read_text().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the probe {probe} is still running")
