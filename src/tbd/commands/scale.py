@@ -3,9 +3,10 @@ against processes, efficiency against linear scaling, a table and a figure.
 
 `tbd scale resnet50 --nproc 1,2 --device cpu --max-steps 6` exercises it on a CPU.
 
-Definitions (docs/distributed.md): T_n is the global throughput with n processes (units of all
-ranks per step / the slowest rank's step time, median over steady steps); speedup S_n = T_n / T_1;
-efficiency E_n = T_n / (n x T_1), 100% being linear scaling. Weak scaling (default) keeps the
+Definitions (docs/distributed.md): T_n is the global throughput with n processes (per step, the
+units of all ranks and the slowest rank's step time; over the steady steps the statistic of one
+process's throughput: the median per-step rate, or the window rate where steps differ in size);
+speedup S_n = T_n / T_1; efficiency E_n = T_n / (n x T_1), 100% being linear scaling. Weak scaling (default) keeps the
 batch per process fixed, so the global batch grows with n, as the paper's multi-GPU runs did;
 strong scaling keeps the global batch fixed and splits it.
 

@@ -223,7 +223,8 @@ def merge(record: RunRecord, summaries: list[dict[str, Any]], world: dict[str, A
         "straggler_rule": f"median steady step time over {STRAGGLER_RATIO:g}x the fastest rank's",
     }
     record["method"]["distributed"] = {
-        "throughput": "sum over ranks of units per step / the slowest rank's time of that step, median over steady steps",
+        "throughput": ("per step, the sum over ranks of units and the slowest rank's time; over the steady steps the same "
+                       "statistic as one process's (method.throughput: median per-step rate, or the window rate)"),
         "step_time": "per step, the slowest rank's time",
         "lock_step": "ranks all-gather step times after every chunk; the measurement loop sees the same numbers on every rank",
         "mfu": "model FLOPs of all ranks / (world size x one device's peak)",
