@@ -37,7 +37,8 @@ def figure(data: dict):
     width = 0.8 / len(SERIES)
     for ax, kind in zip(axes[:, 0], kinds):
         labels, in_legend, ratios = [], set(), [1.0]
-        names = [w for w in every if any(k.startswith(f"{w}/{kind}/") for k in list(rows) + list(data["skipped"]))]
+        # Workloads with a run at this batch (a3c has no large batch: its panel leaves it out).
+        names = [w for w in every if any(tables.measured(rows.get(f"{w}/{kind}/{v}")) for v, _ in (("eager", 0), *SERIES))]
         for x, w in enumerate(names):
             base = rows.get(f"{w}/{kind}/eager")
             batch = next((r["batch"] for v in ("eager", "compile", "jax") if (r := rows.get(f"{w}/{kind}/{v}")) and r.get("batch")), None)
