@@ -162,3 +162,24 @@ def test_jax_learner_refuses_hogwild():
     config = RunConfig(workload="a3c", framework="jax", flavor="tiny", isolate=False, hparams={"update_rule": "hogwild"}).validated()
     with pytest.raises(UsageError, match="update_rule=learner"):
         frameworks.open_session(config)
+
+
+def test_only_the_first_reset_is_seeded_and_episodes_stay_reproducible():
+    """A seeded reset reloads the game (about 20x an unseeded one), which made every round with an
+    episode end several times slower: only the first reset seeds. Two games from the same seed
+    still play the same episodes, across an episode's end."""
+    from tbd.workloads.a3c.atari import AtariGame
+
+    games = [AtariGame("Pong", 4, seed=7) for _ in range(2)]
+    seeds = []
+    original = games[0].env.reset
+    games[0].env.reset = lambda **kw: (seeds.append(kw.get("seed")), original(**kw))[1]
+    screens = [[g.reset()] for g in games]
+    for _ in range(2):  # two episodes ended by reset, then a few steps into the next
+        for g, trail in zip(games, screens):
+            for _ in range(30):
+                trail.append(g.step(0)[0])
+            trail.append(g.reset())
+    assert seeds == [7, None, None]
+    assert all((a == b).all() for a, b in zip(*screens))
+    assert games[0].frame_number == 2 * 30 * 4  # frames over every episode, not since the last reset

@@ -127,7 +127,7 @@ def run_rank(config: RunConfig, comm, plugin, run_id: str) -> tuple[dict, RunRec
     try:
         synced = SyncedSession(session, comm, config)
         progress = _print_progress if comm.rank == 0 else None
-        m = measure(synced, synced.loop_config, progress, probe)
+        m = measure(synced, synced.loop_config, progress, probe, spec.irregular_steps)
         fill_measurement(record, session, m, config, spec)
         if synced.time_stopped and m.stop_reason.startswith("step budget"):
             m.stop_reason = record.method["stop_reason"] = f"time budget reached ({config.max_time_s:g} s, rank 0's clock)"

@@ -55,10 +55,13 @@ class Measurement:
     # seconds idle for it (None: synthetic data, nothing to wait for).
     input_wait_s: list[float] | None = None
     input_stall_s: list[float] | None = None
+    # The workload's reason its slow steps are part of the work (WorkloadSpec.irregular_steps).
+    irregular_steps: str = ""
 
 
-def measure(session, config, progress: Callable[[dict], None] | None = None, probe: Probe | None = None) -> Measurement:
-    m = Measurement()
+def measure(session, config, progress: Callable[[dict], None] | None = None, probe: Probe | None = None,
+            irregular_steps: str = "") -> Measurement:
+    m = Measurement(irregular_steps=irregular_steps)
     monitor = ConditionsMonitor(probe.gpu_index if probe else None)
     monitor.start()
     try:
@@ -274,6 +277,7 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
                                 else "95% CI of the median from order statistics (distribution-free)"),
         "throughput": (f"{unit} over the steady window / its wall time ({_window_reason(m)})" if window_rate
                        else f"median over steady steps of {unit} per step / step time"),
+        "throughput_statistic": "window" if window_rate else "median",
         "flops": flops_note,
         "peak_flops": {"tflops": peak / 1e12 if peak else None, "source": peak_source, "precision": config.precision},
         "utilization_window": "whole chunks after warm-up (chunk edges are host sync points)",
@@ -295,13 +299,16 @@ def window_rated(m: Measurement) -> bool:
     """Whether the throughput is the window's units over its wall time rather than the median
     per-step rate: for steps fed from disk (waits come in bursts) and for steps of different sizes
     (variable-length batches: the per-step rates then alternate between the batches' own rates, and
-    their median neither converges nor weighs each batch by its work)."""
-    return fed_from_disk(m) or stats.sizes_vary(m.units)
+    their median neither converges nor weighs each batch by its work), and for workloads whose
+    slow steps are part of the work (`WorkloadSpec.irregular_steps`)."""
+    return fed_from_disk(m) or stats.sizes_vary(m.units) or bool(m.irregular_steps)
 
 
 def _window_reason(m: Measurement) -> str:
     if fed_from_disk(m):
         return "input from disk: batches arrive in bursts, so the median step would hide the waiting"
+    if m.irregular_steps and not stats.sizes_vary(m.units):
+        return f"{m.irregular_steps}: the median step would hide those steps"
     return "batches of different sizes: the median of per-step rates would alternate between them"
 
 

@@ -40,7 +40,7 @@ def execute(config: RunConfig, progress: Callable[[dict], None] | None = None, r
         session = frameworks.open_session(config)
         phases.mark("build_s")
         _inject_fault()
-        m = measure(session, config, progress, probe)
+        m = measure(session, config, progress, probe, spec.irregular_steps)
         phases.mark("measure_s")
         warmup_memory = m.warmup_memory
         fill_measurement(record, session, m, config, spec)

@@ -128,7 +128,11 @@ def fed_from_disk(record: dict[str, Any]) -> bool:
 
 def window_rated(record: dict[str, Any]) -> bool:
     """The record's throughput is the window rate: fed from disk, or steps of different sizes
-    (as `tbd.harness.measure.window_rated` decides for the run)."""
+    (as `tbd.harness.measure.window_rated` decides for the run, and records since say in
+    `method.throughput_statistic`)."""
+    said = (record.get("method") or {}).get("throughput_statistic")
+    if said:
+        return said == "window"
     return fed_from_disk(record) or sizes_vary((record.get("samples") or {}).get("units") or [])
 
 

@@ -66,6 +66,10 @@ class WorkloadSpec:
     # heads decode and filter each image's proposals on their own): a larger batch then
     # lengthens the host's step too (the analysis's estimate).
     host_work_per_sample: bool = False
+    # Why some steps take far longer by the nature of the work ("" where none do): a3c's actors
+    # end episodes at irregular steps and reset their emulators. Such runs are rated over the
+    # window (units / time, which counts the slow steps), not by the median step (which hides them).
+    irregular_steps: str = ""
     # Importable modules the workload needs beyond its framework (an environment, a tokenizer),
     # and the pip command that brings them; `registry.check_runnable` checks them without importing.
     requires: tuple[str, ...] = ()

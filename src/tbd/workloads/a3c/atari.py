@@ -42,13 +42,16 @@ class AtariGame:
         self.episode_return = 0.0
         self.episode_steps = 0
         # Frames the emulator played, over all episodes: from its per-episode counter, because
-        # a reset with a new seed restarts its global one.
+        # a seeded reset restarts its global one.
         self.frame_number = 0
         self._frames_before_episode = 0
 
     def reset(self) -> np.ndarray:
-        screen, info = self.env.reset(seed=self.seed)
-        self.seed += 1_000_003  # a new, reproducible start for the next episode
+        # Seeded once: a reset with a seed reloads the game (110 ms against 5.5 ms on this
+        # machine's CPU), which made every round with an episode end several times slower. The
+        # emulator's generator, seeded by the first reset, keeps later episodes reproducible.
+        screen, info = self.env.reset(seed=self.seed) if self.seed is not None else self.env.reset()
+        self.seed = None
         self.stack[:] = downsample(screen)  # the first screen fills the whole stack
         self.episode_return, self.episode_steps = 0.0, 0
         self._frames_before_episode = self.frame_number

@@ -111,6 +111,7 @@ SPEC = WorkloadSpec(
     unit="frames",
     batch_unit="actor processes",
     batch_on_host_cores=True,
+    irregular_steps="actors end their episodes at irregular rounds, and a round with an emulator reset takes longer",
     units_per_sample=lambda flavor: float(flavor["frameskip"]),
     train_flops_per_sample=train_flops_per_sample,
     flops_note=(
