@@ -137,6 +137,24 @@ def test_a_larger_batch_is_estimated_from_the_kernels_share_of_the_unprofiled_st
     assert derived["expected_gain_pct"] == serial["expected_gain_pct"]
 
 
+def test_kernels_that_under_fill_the_gpu_first_fill_it_at_a_larger_batch():
+    # deepspeech2-like: 60% of kernel time in kernels of under a quarter block per SM (its GRU
+    # steps at batch 8), 20% between a quarter and one, 20% full. At 4x the batch the first stay
+    # as long (0.125 x 4 < 1), the second take 2x (0.5 x 4), the full ones 4x: 0.6 + 0.4 + 0.8.
+    facts = gpu(precision="bf16", convolutional=False, channels_last=False, gpu_util_trace_pct=60.0, gpu_idle_not_waiting_pct=10.0,
+                host_busy_pct=40.0, batch_size=8, steady_peak_allocated_bytes=2 * GIB, device_total_bytes=140 * GIB,
+                kernels_per_step=10_000.0, mean_kernel_us=7.0, step_ms=100.0,
+                class_share={"matmul/conv": 60.0, "elementwise": 40.0},
+                kernel_fill_share_pct={"under_quarter": 60.0, "quarter_to_one": 20.0, "one_or_more": 20.0})
+    batch = next(r for r in recommend(facts) if r["action"].startswith("larger batch"))
+    growth = (2.0 + 5.0 * (0.6 + 0.4 + 0.8)) / 7.0
+    assert batch["expected_gain_pct"] == pytest.approx((4 / (0.7 * growth) - 1) * 100, abs=0.1)
+    assert "80% of kernel time" in batch["basis"]
+    # every kernel full (or no grid sizes in the trace): the plain growth, as before
+    full = next(r for r in recommend(dict(facts, kernel_fill_share_pct={"one_or_more": 100.0})) if r["action"].startswith("larger batch"))
+    plain = next(r for r in recommend(dict(facts, kernel_fill_share_pct=None)) if r["action"].startswith("larger batch"))
+    assert full["expected_gain_pct"] == plain["expected_gain_pct"] == pytest.approx((4 / (0.7 * (2 + 5 * 4) / 7) - 1) * 100, abs=0.1)
+
 def test_a_batch_of_host_processes_gains_at_most_the_idle_cores():
     # a3c: the batch is 8 actor processes on a 16-core host; the GPU learner is idle 99.6% of the
     # time, which the plain model reads as +295% from 4x the batch. The cores allow 2x, each added
