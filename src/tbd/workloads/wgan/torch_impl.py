@@ -13,9 +13,25 @@ sample). GroupNorm with one group is that layer norm (statistics over C, H, W, a
 per channel). Where a 1x1 convolution commutes with the resampling (the shortcuts), it runs at
 the lower resolution: the same function for a quarter of the work.
 
-The gradient penalty differentiates the critic's gradient (double backward): it runs eagerly
-under autocast and channels_last; with --compile only the generator is compiled, because
-compiled graphs do not support double backward.
+The gradient penalty differentiates the critic's gradient (double backward). Two ways to write
+it, `--option gradient_penalty=autograd|func`:
+- autograd (the default): torch.autograd.grad(create_graph=True) w.r.t. the interpolated images,
+  then the critic's update backward through it. It runs eagerly, op by op (about 10,000 kernels a
+  paper step on a GPU); with --compile only the generator is compiled, because compiled graphs
+  do not support autograd.grad's double backward.
+- func: the critic's loss as one pure function of its parameters (torch.func.functional_call),
+  the penalty's input gradient by torch.func.grad, which computes it as ordinary ops that
+  Dynamo traces. With --compile that whole function is compiled (fullgraph=True, and the
+  generator as before): the forward graph holds the inner gradient, AOTAutograd derives its
+  backward (the weight gradients, outer loss.backward(inputs=...)), and Inductor fuses both.
+  On the CPU (torch 2.14) it compiles to one graph and does not recompile across steps; the same
+  loss and weight gradients as autograd in fp32, within bf16 rounding under autocast. The fp16
+  GradScaler path passes the scale as a tensor (the inner gradient of the scaled sum, divided
+  back, as autograd does). Not yet measured on a GPU (bench/wgan_torch_gpu.py rows p, pc, pc_cd,
+  pc_ro), so the default stays autograd. The generator step's critic pass stays eager either way.
+Under --compile, `--option compile_mode` applies to both compiled functions; each critic
+iteration starts a new CUDA-graph step (torch.compiler.cudagraph_mark_step_begin) for
+reduce-overhead, and its loss is copied out of the graph's memory.
 
 Two run options pick how the critic computes the same function (same parameters), because its
 double backward is most of the step and its cost depends on the ops' backward formulas:
