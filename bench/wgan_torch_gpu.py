@@ -1,8 +1,8 @@
 """WGAN-GP (paper flavor) PyTorch train step on one GPU: where the time goes, variant by variant.
 
     PYTHONPATH=src python3 bench/wgan_torch_gpu.py --out DIR              # one H200: all rows, ~6 min
-    PYTHONPATH=src python3 bench/wgan_torch_gpu.py --out DIR --variants p,pc,pc_cd,pc_ro --no-extra   # < 4 min
-    PYTHONPATH=src python3 bench/wgan_torch_gpu.py --out DIR --device cpu --quick --variants p   # script check
+    PYTHONPATH=src python3 bench/wgan_torch_gpu.py --out DIR --variants pc,pc_ro,pc_cd,p --no-extra   # < 4 min
+    PYTHONPATH=src python3 bench/wgan_torch_gpu.py --out DIR --device cpu --quick --variants p --no-extra  # script check
 
 Each variant opens tbd's own session (`tbd.frameworks.open_session`: the harness's build, bf16
 autocast, channels_last, cuDNN autotuning, synthetic batches resident on the device), runs
@@ -13,10 +13,11 @@ top kernels, GPU idle time between the first and last kernel).
 
 Variants (one step = 5 critic iterations with the gradient penalty + 1 generator iteration):
   a          as tbd runs it (channels_last, GroupNorm(1, C), F.avg_pool2d, Adam foreach)
-  p          --option gradient_penalty=func: the critic loss as one torch.func function (eager)
-  pc         p with --compile: that function compiled whole (fullgraph), the generator too
-  pc_cd      pc with layer_norm=ops and mean_pool=reshape (the JAX impl's formulation)
+  pc         --option gradient_penalty=func --compile: the critic loss as one torch.func function
+             of its parameters, compiled whole (fullgraph), the generator compiled too
   pc_ro      pc with --option compile_mode=reduce-overhead (CUDA graphs)
+  pc_cd      pc with layer_norm=ops and mean_pool=reshape (the JAX impl's formulation)
+  p          gradient_penalty=func eager (the same function op by op, as a is)
   b          channels_last off
   c          --option layer_norm=ops: the critic's layer norm as plain ops
   c_lowp     c with statistics taken from the bf16 activations, bf16 output (approximate; a patch here)
@@ -117,12 +118,14 @@ AXES = {  # variant that changes one setting of `a`, per axis
 def base_variants() -> list[Variant]:
     return [
         Variant("a", "as is: channels_last, GroupNorm(1,C), avg_pool2d, Adam foreach"),
-        Variant("p", "gradient_penalty=func (eager)", options={"gradient_penalty": "func"}),
+        # The gradient_penalty=func rows first, the compiled ones by how much they can answer in a
+        # short call (pc_ro reuses most of pc's compiled kernels).
         Variant("pc", "gradient_penalty=func + torch.compile", options={"gradient_penalty": "func"}, compile=True),
-        Variant("pc_cd", "gradient_penalty=func + torch.compile + layer_norm=ops + mean_pool=reshape",
-                options={"gradient_penalty": "func", "layer_norm": "ops", "mean_pool": "reshape"}, compile=True),
         Variant("pc_ro", "gradient_penalty=func + torch.compile mode=reduce-overhead (CUDA graphs)",
                 options={"gradient_penalty": "func", "compile_mode": "reduce-overhead"}, compile=True),
+        Variant("pc_cd", "gradient_penalty=func + torch.compile + layer_norm=ops + mean_pool=reshape",
+                options={"gradient_penalty": "func", "layer_norm": "ops", "mean_pool": "reshape"}, compile=True),
+        Variant("p", "gradient_penalty=func (eager)", options={"gradient_penalty": "func"}),
         Variant("b", "channels_last off", channels_last=False),
         Variant("c", "layer_norm=ops", options={"layer_norm": "ops"}),
         Variant("c_lowp", "layer_norm=ops, statistics of the bf16 input, bf16 out (approximate)",
@@ -273,7 +276,7 @@ def main() -> None:
                     help="trace the host too (host ops and launches per step; a larger trace, slower to read)")
     ap.add_argument("--keep-traces", action="store_true", help="keep each variant's trace (gzipped Chrome JSON) in --out")
     ap.add_argument("--variants", default="",
-                    help="comma-separated subset of a,p,pc,pc_cd,pc_ro,b,c,c_lowp,d_reshape,d_conv,cd,f,g (e and a_again follow)")
+                    help="comma-separated subset of a,pc,pc_ro,pc_cd,p,b,c,c_lowp,d_reshape,d_conv,cd,f,g (e and a_again follow)")
     ap.add_argument("--no-extra", action="store_true", help="skip the combination e and a_again after the chosen rows")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
