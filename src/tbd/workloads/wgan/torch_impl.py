@@ -212,7 +212,7 @@ def critic_loss_function(D: nn.Module, lam: float, autocast=contextlib.nullconte
         x_hat = eps * real + (1 - eps) * fake
         d_real, d_fake = critic(params, torch.cat([real, fake])).chunk(2)
 
-        def scaled_sum(x):  # outside autocast: the backward of this function is not autocast
+        def scaled_sum(x):  # critic() autocasts the forward; func.grad's backward runs after it, outside autocast
             total = critic(params, x).sum()
             return total if scale is None else total * scale
 
