@@ -1,7 +1,8 @@
 """WGAN-GP (paper flavor) PyTorch train step on one GPU: where the time goes, variant by variant.
 
-    PYTHONPATH=src python3 bench/wgan_torch_gpu.py --out DIR              # one H200: < 4 min
-    PYTHONPATH=src python3 bench/wgan_torch_gpu.py --out DIR --device cpu --quick   # script check
+    PYTHONPATH=src python3 bench/wgan_torch_gpu.py --out DIR              # one H200: all rows, ~6 min
+    PYTHONPATH=src python3 bench/wgan_torch_gpu.py --out DIR --variants pc,pc_ro,pc_cd,p --no-extra   # < 4 min
+    PYTHONPATH=src python3 bench/wgan_torch_gpu.py --out DIR --device cpu --quick --variants p --no-extra  # script check
 
 Each variant opens tbd's own session (`tbd.frameworks.open_session`: the harness's build, bf16
 autocast, channels_last, cuDNN autotuning, synthetic batches resident on the device), runs
@@ -12,6 +13,11 @@ top kernels, GPU idle time between the first and last kernel).
 
 Variants (one step = 5 critic iterations with the gradient penalty + 1 generator iteration):
   a          as tbd runs it (channels_last, GroupNorm(1, C), F.avg_pool2d, Adam foreach)
+  pc         --option gradient_penalty=func --compile: the critic loss as one torch.func function
+             of its parameters, compiled whole (fullgraph), the generator compiled too
+  pc_ro      pc with --option compile_mode=reduce-overhead (CUDA graphs)
+  pc_cd      pc with layer_norm=ops and mean_pool=reshape (the JAX impl's formulation)
+  p          gradient_penalty=func eager (the same function op by op, as a is)
   b          channels_last off
   c          --option layer_norm=ops: the critic's layer norm as plain ops
   c_lowp     c with statistics taken from the bf16 activations, bf16 output (approximate; a patch here)
@@ -25,7 +31,10 @@ Variants (one step = 5 critic iterations with the gradient penalty + 1 generator
   a_again    `a` once more at the end: the drift between the first and last variant
 All variants have the same parameters (checked) and compute the same function (c_lowp within the
 bf16 rounding of its statistics); each prints its first step's loss against a's (same weights,
-batches and noise).
+batches and noise). `a` runs first whatever --variants says (the rows are compared with it), then
+the rows in the order asked (by default the gradient_penalty=func rows first, as the newest
+question); a compiled row reports its compilations and their seconds (compile_count, compile_s)
+and the compilations during the timed steps (recompiles_timed, 0 when nothing recompiles).
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ class Variant:
     conv_pool: bool = False  # patch the critic's mean pooling to a depthwise conv
     pad_input: bool = False  # patch the critic's first conv to see 8 input channels (3 + 5 zeros)
     lowp_norm: bool = False  # patch layer_norm=ops to take statistics of the bf16 input and return bf16
+    compile: bool = False  # --compile (with gradient_penalty=func: the whole critic loss)
 
 
 def depthwise_mean_pool(x):
@@ -108,6 +118,14 @@ AXES = {  # variant that changes one setting of `a`, per axis
 def base_variants() -> list[Variant]:
     return [
         Variant("a", "as is: channels_last, GroupNorm(1,C), avg_pool2d, Adam foreach"),
+        # The gradient_penalty=func rows first, the compiled ones by how much they can answer in a
+        # short call (pc_ro reuses most of pc's compiled kernels).
+        Variant("pc", "gradient_penalty=func + torch.compile", options={"gradient_penalty": "func"}, compile=True),
+        Variant("pc_ro", "gradient_penalty=func + torch.compile mode=reduce-overhead (CUDA graphs)",
+                options={"gradient_penalty": "func", "compile_mode": "reduce-overhead"}, compile=True),
+        Variant("pc_cd", "gradient_penalty=func + torch.compile + layer_norm=ops + mean_pool=reshape",
+                options={"gradient_penalty": "func", "layer_norm": "ops", "mean_pool": "reshape"}, compile=True),
+        Variant("p", "gradient_penalty=func (eager)", options={"gradient_penalty": "func"}),
         Variant("b", "channels_last off", channels_last=False),
         Variant("c", "layer_norm=ops", options={"layer_norm": "ops"}),
         Variant("c_lowp", "layer_norm=ops, statistics of the bf16 input, bf16 out (approximate)",
@@ -147,7 +165,9 @@ def open_variant(v: Variant, args) -> object:
     flavor = "tiny" if args.quick else "paper"
     config = RunConfig(workload="wgan", framework="torch", flavor=flavor, device=args.device, batch_size=args.batch,
                        precision="bf16", channels_last=v.channels_last, options=dict(v.options), isolate=False,
-                       data_pool=2).validated()
+                       data_pool=2, compile=v.compile).validated()
+    if v.compile:
+        torch._dynamo.reset()  # each compiled variant compiles its own functions afresh, from an empty Dynamo cache
     session = frameworks.open_session(config)
     if v.conv_pool:
         for block in session.model.critic.blocks:
@@ -200,6 +220,7 @@ def measure(v: Variant, args, out_dir: Path, n_params_expected: int | None) -> d
     session.run_steps(1)
     first_loss = session.last_loss()
     session.run_steps(max(args.warmup - 1, 0))  # cuDNN autotuning of each conv shape, optimizer state, allocator growth
+    compiles_before = session.compile_count
     times = session.run_steps(args.steps)
     step_ms = [s * 1e3 for s in times.seconds]
     images = times.units[0]
@@ -207,7 +228,10 @@ def measure(v: Variant, args, out_dir: Path, n_params_expected: int | None) -> d
            "conv_pool": v.conv_pool, "pad_input": v.pad_input, "lowp_norm": v.lowp_norm, "parameters": n_params, "images_per_step": images,
            "step_ms_median": statistics.median(step_ms), "step_ms_mean": statistics.fmean(step_ms),
            "step_ms_min": min(step_ms), "step_ms_max": max(step_ms), "first_step_loss": first_loss,
-           "loss": session.last_loss()}
+           "loss": session.last_loss(), "compile": v.compile, "compile_method": session.info.method.get("compile")}
+    if v.compile:
+        row.update(compile_count=session.compile_count, compile_s=session.compile_s,
+                   recompiles_timed=session.compile_count - compiles_before)
     row["images_per_s"] = images / (row["step_ms_median"] / 1e3)
     if args.profile_steps:
         row["profile"] = kernel_summary(session, args.profile_steps, out_dir, v.name, host=args.host_trace or args.device == "cpu",
@@ -227,9 +251,11 @@ def line(row: dict, base: dict | None) -> str:
     kern = prof.get("kernels_per_step")
     speed = base["step_ms_median"] / row["step_ms_median"] if base else 1.0
     loss_diff = row["first_step_loss"] - base["first_step_loss"] if base else 0.0
+    compiled = (f"  compile {row['compile_s']:.0f} s in {row['compile_count']}, {row['recompiles_timed']} while timed"
+                if row.get("compile") else "")
     return (f"{row['variant']:10s} {row['step_ms_median']:8.1f} ms/step  {row['images_per_s']:8.1f} img/s  "
             f"{'-' if kern is None else round(kern):>6} kernels/step  {speed:5.2f}x vs a  "
-            f"first-step loss {row['first_step_loss']:+.4f} ({loss_diff:+.4f} vs a)  ({row['what']})")
+            f"first-step loss {row['first_step_loss']:+.4f} ({loss_diff:+.4f} vs a)  ({row['what']}){compiled}")
 
 
 def main() -> None:
@@ -241,12 +267,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default 6)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 20)")
     ap.add_argument("--profile-steps", type=int, default=None, help="traced steps per variant (default 2; 0: no trace)")
-    ap.add_argument("--budget-s", type=float, default=200.0,
-                    help="start no further variant after this many seconds (default 200: the whole run stays under 4 min)")
+    ap.add_argument("--budget-s", type=float, default=225.0,
+                    help="start no variant that would end past this many seconds, by the time of the slowest row of its kind "
+                         "so far (eager or compiled) (default 225: the whole run stays under 4 min)")
+    ap.add_argument("--compile-guess-s", type=float, default=75.0,
+                    help="seconds a compiled row is expected to add to an eager one, before any compiled row has run (default 75)")
     ap.add_argument("--host-trace", action="store_true",
                     help="trace the host too (host ops and launches per step; a larger trace, slower to read)")
     ap.add_argument("--keep-traces", action="store_true", help="keep each variant's trace (gzipped Chrome JSON) in --out")
-    ap.add_argument("--variants", default="", help="comma-separated subset of a,b,c,c_lowp,d_reshape,d_conv,cd,f,g (e and a_again follow)")
+    ap.add_argument("--variants", default="",
+                    help="comma-separated subset of a,pc,pc_ro,pc_cd,p,b,c,c_lowp,d_reshape,d_conv,cd,f,g (e and a_again follow)")
+    ap.add_argument("--no-extra", action="store_true", help="skip the combination e and a_again after the chosen rows")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; run with --device cpu --quick to check the script")
@@ -275,11 +306,20 @@ def main() -> None:
     print(f"WGAN-GP torch, {flavor} flavor, batch {args.batch}, bf16, {result['device']}, torch {torch.__version__}", flush=True)
     skipped = []
 
-    def over_budget(name: str) -> bool:
-        if time.perf_counter() - started < args.budget_s:
+    def expected_s(v: Variant) -> float:
+        """The slowest row of v's kind so far; before the first compiled row, an eager row plus --compile-guess-s."""
+        like = [r["variant_s"] for r in rows.values() if r.get("compile") == v.compile]
+        if like:
+            return max(like)
+        eager = max((r["variant_s"] for r in rows.values() if not r.get("compile")), default=0.0)
+        return eager + (args.compile_guess_s if v.compile else 0.0)
+
+    def over_budget(v: Variant) -> bool:
+        expected = expected_s(v)
+        if time.perf_counter() - started + expected < args.budget_s:
             return False
-        skipped.append(name)
-        print(f"{name:10s} skipped: past the --budget-s of {args.budget_s:.0f} s", flush=True)
+        skipped.append(v.name)
+        print(f"{v.name:10s} skipped: it would end past the --budget-s of {args.budget_s:.0f} s (expected {expected:.0f} s)", flush=True)
         return True
 
     failed: dict[str, str] = {}
@@ -290,7 +330,7 @@ def main() -> None:
 
     def run(v: Variant) -> None:
         """Measure one variant; a failure other than `a`'s is recorded and the run goes on."""
-        if v.name != "a" and over_budget(v.name):
+        if v.name != "a" and over_budget(v):
             return
         try:
             rows[v.name] = measure(v, args, args.out, rows["a"]["parameters"] if "a" in rows else None)
@@ -309,13 +349,14 @@ def main() -> None:
 
     for name in wanted:
         run(variants[name])
-    combo = best_combination(rows, variants)
+    combo = None if args.no_extra else best_combination(rows, variants)
     if combo is not None:
         variants["e"] = combo
         run(combo)
-    else:
+    elif not args.no_extra:
         print("e          no two settings were each >= 1% faster than a: no combination to run")
-    run(dataclasses.replace(variants["a"], name="a_again", what="a, once more (drift)"))
+    if not args.no_extra:
+        run(dataclasses.replace(variants["a"], name="a_again", what="a, once more (drift)"))
     for name, row in rows.items():
         row["speedup_vs_a"] = rows["a"]["step_ms_median"] / row["step_ms_median"]
         prof = row.get("profile") or {}

@@ -13,9 +13,25 @@ sample). GroupNorm with one group is that layer norm (statistics over C, H, W, a
 per channel). Where a 1x1 convolution commutes with the resampling (the shortcuts), it runs at
 the lower resolution: the same function for a quarter of the work.
 
-The gradient penalty differentiates the critic's gradient (double backward): it runs eagerly
-under autocast and channels_last; with --compile only the generator is compiled, because
-compiled graphs do not support double backward.
+The gradient penalty differentiates the critic's gradient (double backward). Two ways to write
+it, `--option gradient_penalty=autograd|func`:
+- autograd (the default): torch.autograd.grad(create_graph=True) w.r.t. the interpolated images,
+  then the critic's update backward through it. It runs eagerly, op by op (about 10,000 kernels a
+  paper step on a GPU); with --compile only the generator is compiled, because compiled graphs
+  do not support autograd.grad's double backward.
+- func: the critic's loss as one pure function of its parameters (torch.func.functional_call),
+  the penalty's input gradient by torch.func.grad, which computes it as ordinary ops that
+  Dynamo traces. With --compile that whole function is compiled (fullgraph=True, and the
+  generator as before): the forward graph holds the inner gradient, AOTAutograd derives its
+  backward (the weight gradients, outer loss.backward(inputs=...)), and Inductor fuses both.
+  On the CPU (torch 2.14) it compiles to one graph and does not recompile across steps; the same
+  loss and weight gradients as autograd in fp32, within bf16 rounding under autocast. The fp16
+  GradScaler path passes the scale as a tensor (the inner gradient of the scaled sum, divided
+  back, as autograd does). Not yet measured on a GPU (bench/wgan_torch_gpu.py rows p, pc, pc_cd,
+  pc_ro), so the default stays autograd. The generator step's critic pass stays eager either way.
+Under --compile, `--option compile_mode` applies to both compiled functions; each critic
+iteration starts a new CUDA-graph step (torch.compiler.cudagraph_mark_step_begin) for
+reduce-overhead, and its loss is copied out of the graph's memory.
 
 Two run options pick how the critic computes the same function (same parameters), because its
 double backward is most of the step and its cost depends on the ops' backward formulas:
@@ -154,11 +170,66 @@ def critic_options(options) -> tuple[str, str]:
     return options.get("layer_norm", "group_norm"), options.get("mean_pool", "avg_pool2d")
 
 
+def wasserstein_loss(d_real, d_fake, grad, lam: float):
+    """E[D(fake)] - E[D(real)] + lam * E[(||grad D(x_hat)|| - 1)^2]."""
+    gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    return d_fake.mean() - d_real.mean() + lam * gp
+
+
+def critic_loss_autograd(D, real, fake, eps, lam: float, autocast=contextlib.nullcontext, scaler=None):
+    """The critic's loss with the penalty's input gradient by torch.autograd.grad(create_graph=True):
+    the critic update's backward is then a double backward, run op by op (eager only)."""
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    with autocast():
+        d_real, d_fake = D(torch.cat([real, fake])).float().chunk(2)  # one pass: per-sample norms
+        d_hat = D(x_hat).float()
+    # The penalty's gradient w.r.t. the inputs, kept in the graph (create_graph) so the
+    # critic's update differentiates through it. Taken outside autocast, scaled under fp16,
+    # as in PyTorch's AMP recipe for gradient penalties.
+    if scaler is None:
+        (grad,) = torch.autograd.grad(d_hat.sum(), x_hat, create_graph=True)
+    else:
+        (grad,) = torch.autograd.grad(scaler.scale(d_hat.sum()), x_hat, create_graph=True)
+        grad = grad / scaler.get_scale()
+    return wasserstein_loss(d_real, d_fake, grad, lam)
+
+
+def critic_loss_function(D: nn.Module, lam: float, autocast=contextlib.nullcontext):
+    """The critic's loss as a pure function loss(params, real, fake, eps, scale) of the critic's
+    parameters (a name -> tensor dict, e.g. dict(D.named_parameters())), for
+    --option gradient_penalty=func. The penalty's input gradient is torch.func.grad of the
+    critic's output sum, computed by functorch's transform as ordinary ops, which torch.compile
+    traces into the same graph as the loss (Dynamo and AOTAutograd then differentiate that graph for
+    the weight gradients; torch.autograd.grad(create_graph=True) cannot be compiled). `scale` is
+    the GradScaler's scale as a tensor (fp16) or None: the inner gradient is taken of the scaled
+    sum and divided back, as in critic_loss_autograd."""
+
+    def critic(params, x):
+        with autocast():
+            return torch.func.functional_call(D, params, (x,)).float()
+
+    def loss(params, real, fake, eps, scale=None):
+        x_hat = eps * real + (1 - eps) * fake
+        d_real, d_fake = critic(params, torch.cat([real, fake])).chunk(2)
+
+        def scaled_sum(x):  # critic() autocasts the forward; func.grad's backward runs after it, outside autocast
+            total = critic(params, x).sum()
+            return total if scale is None else total * scale
+
+        grad = torch.func.grad(scaled_sum)(x_hat)
+        if scale is not None:
+            grad = grad / scale
+        return wasserstein_loss(d_real, d_fake, grad, lam)
+
+    return loss
+
+
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     check_sizes(hp)
     n, size, n_critic, noise_dim, lam = ctx.batch_size, hp["image_size"], hp["n_critic"], hp["noise_dim"], hp["gp_weight"]
     model = WGAN(hp, *critic_options(ctx.options))
+    penalty = ctx.options.get("gradient_penalty", "autograd")
     state: dict = {}
 
     def make_batch(gen: torch.Generator, device: torch.device):
@@ -177,14 +248,34 @@ def build(ctx: BuildContext) -> TorchTask:
         state["d_params"] = list(m.critic.parameters())
         return torch.optim.Adam(m.generator.parameters(), **adam)
 
+    def compile_kwargs(session) -> dict:
+        mode = session.config.options.get("compile_mode", "default")
+        return {} if mode == "default" else {"mode": mode}
+
     def generator_for(session) -> nn.Module:
         if "G" not in state:
             g = session.model.generator
             if session.config.compile:
-                g = torch.compile(g)
-                session.info.method["compile"] = "torch.compile of the generator; critic eager (gradient penalty needs double backward)"
+                g = torch.compile(g, **compile_kwargs(session))
+                session.info.method["compile"] = (
+                    f"torch.compile ({compile_kwargs(session) or 'default mode'}) of the generator; critic eager "
+                    "(gradient penalty by autograd.grad(create_graph=True): double backward, not compilable)")
             state["G"] = g
         return state["G"]
+
+    def critic_loss_for(session):
+        """gradient_penalty=func: the critic's loss function, compiled once under --compile
+        (fullgraph: the penalty's inner gradient in the same graph as the loss)."""
+        if "critic_loss" not in state:
+            fn = critic_loss_function(session.model.critic, lam, session.autocast)
+            if session.config.compile:
+                fn = torch.compile(fn, fullgraph=True, **compile_kwargs(session))
+                session.info.method["compile"] = (
+                    f"torch.compile ({compile_kwargs(session) or 'default mode'}) of the generator and of the critic's "
+                    "loss as one function of its parameters (fullgraph; gradient penalty by torch.func.grad traced "
+                    "into it, weight gradients by its compiled backward); the generator step's critic pass eager")
+            state["critic_loss"] = fn
+        return state["critic_loss"]
 
     def backward(session, loss, inputs, opt) -> None:
         # backward(inputs=...) computes only that network's gradients (no weight gradients of
@@ -197,24 +288,22 @@ def build(ctx: BuildContext) -> TorchTask:
             loss.backward(inputs=inputs)
             opt.step()
 
-    def critic_loss(G, D, real, autocast=contextlib.nullcontext, scaler=None):
+    def interpolation_inputs(G, real, autocast=contextlib.nullcontext):
+        """A fake batch from fresh noise (no gradient) and the per-sample mixing weights of x_hat."""
         with torch.no_grad(), autocast():
             fake = G(torch.randn(n, noise_dim, device=real.device)).to(real.dtype)
-        eps = torch.rand(n, 1, 1, 1, device=real.device)
-        x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
-        with autocast():
-            d_real, d_fake = D(torch.cat([real, fake])).float().chunk(2)  # one pass: per-sample norms
-            d_hat = D(x_hat).float()
-        # The penalty's gradient w.r.t. the inputs, kept in the graph (create_graph) so the
-        # critic's update differentiates through it. Taken outside autocast, scaled under fp16,
-        # as in PyTorch's AMP recipe for gradient penalties.
-        if scaler is None:
-            (grad,) = torch.autograd.grad(d_hat.sum(), x_hat, create_graph=True)
-        else:
-            (grad,) = torch.autograd.grad(scaler.scale(d_hat.sum()), x_hat, create_graph=True)
-            grad = grad / scaler.get_scale()
-        gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-        return d_fake.mean() - d_real.mean() + lam * gp
+        return fake, torch.rand(n, 1, 1, 1, device=real.device)
+
+    def critic_loss(G, D, real, autocast=contextlib.nullcontext, scaler=None, func_loss=None):
+        """The critic's loss on a real batch, by the run's gradient_penalty option (func_loss:
+        the session's, possibly compiled, critic_loss_function)."""
+        fake, eps = interpolation_inputs(G, real, autocast)
+        if penalty == "autograd":
+            return critic_loss_autograd(D, real, fake, eps, lam, autocast, scaler)
+        fn = func_loss or critic_loss_function(D, lam, autocast)
+        # The scale as a tensor: no host sync, and no recompilation when it changes.
+        scale = None if scaler is None else scaler.scale(torch.ones((), device=real.device))
+        return fn(dict(D.named_parameters()), real, fake, eps, scale)
 
     def loss(m: WGAN, batch):
         """The critic's loss on the first real batch (for tools that want one forward + loss)."""
@@ -222,13 +311,19 @@ def build(ctx: BuildContext) -> TorchTask:
 
     def train_step(session, batch):
         G, D = generator_for(session), session.model.critic
+        func_loss = critic_loss_for(session) if penalty == "func" else None
         opt_d, opt_g = state["opt_d"], session.optimizer
         losses = []
         for real in batch:  # n_critic critic iterations, a fresh real batch each
+            if session.config.compile:  # under CUDA graphs (reduce-overhead), each critic iteration is a new replay
+                torch.compiler.cudagraph_mark_step_begin()
             opt_d.zero_grad(set_to_none=True)
-            loss_d = critic_loss(G, D, real, session.autocast, session.scaler)
+            loss_d = critic_loss(G, D, real, session.autocast, session.scaler, func_loss)
             backward(session, loss_d, state["d_params"], opt_d)
-            losses.append(loss_d.detach())
+            # Under --compile a copy: a CUDA graph's output is overwritten by its next replay.
+            losses.append(loss_d.detach().clone() if session.config.compile else loss_d.detach())
+        if session.config.compile:
+            torch.compiler.cudagraph_mark_step_begin()
         opt_g.zero_grad(set_to_none=True)
         with session.autocast():
             loss_g = -D(G(torch.randn(n, noise_dim, device=batch[0].device))).float().mean()
