@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python3 bench/faster_rcnn_gpu.py --out OUT     # on a GPU machine
     PYTHONPATH=src python3 bench/faster_rcnn_gpu.py --out OUT --rounds 3 --max-time 40   # ABABAB: ~5 min
+    PYTHONPATH=src python3 bench/faster_rcnn_gpu.py --out OUT --precision tf32 --interleave 12 --window 8   # one process, ~4 min
     PYTHONPATH=src python3 bench/faster_rcnn_gpu.py --smoke       # CPU check of the script
 
 Both train torchvision's FasterRCNN (ResNet-101 FPN, frozen BN, 21 classes, 128 RoIs per image)
@@ -14,6 +15,10 @@ orientation per batch, 1-5 boxes), resized by the model to a short side of 600 (
 With --rounds N the two alternate N times in the call (plain, tbd, plain, tbd, ...): the ratio of
 each round and their median and range, so a ratio near 1.0x is read against the variation between
 rounds on the same card (two single rounds the same day gave 1.01x and 0.95x).
+With --interleave N, tbd's session and the plain loop share one process and alternate N pairs
+of short windows (`interleaved`): three rounds on an H200 saw the plain loop itself move between
+26.7 and 35.9 img/s from one round to the next, more than the ratio's distance from 1.0, so the
+two sides must be measured close together in time for the ratio to mean anything.
 The goals (issue 15): tbd's 95% CI within +-3%, at least 1.0x the plain loop, peak allocated at
 batch 2 under 8 GiB.
 """
@@ -34,44 +39,109 @@ from tbd.harness.launcher import launch
 from tbd.workloads.faster_rcnn.torch_impl import make_images, make_model
 
 
+class PlainLoop:
+    """A plain training loop as a user writes it, built once: its model, SGD and a pool of 8 batches
+    drawn once (sizes vary step to step). `cudnn_tf32` is PyTorch's default (TF32 convolutions),
+    False is true fp32 as tbd's fp32; the autotuner stays off (PyTorch's default)."""
+
+    def __init__(self, hp: dict, device: str, batch: int, cudnn_tf32: bool = True):
+        self.device, self.batch, self.cudnn_tf32, self.i = device, batch, cudnn_tf32, 0
+        torch.manual_seed(0)
+        self.model = make_model({**hp, "pad_multiple": 32}, seed=0).to(device).train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.SGD(params, lr=1e-5, momentum=0.9, weight_decay=1e-4, foreach=True)
+        gen = torch.Generator(device=device).manual_seed(1)
+        self.pool = [make_images(gen, torch.device(device), hp, batch) for _ in range(8)]
+
+    def flags(self) -> None:
+        """Its process-wide cuDNN settings (set again before each window where tbd's session shares the process)."""
+        torch.backends.cudnn.allow_tf32 = self.cudnn_tf32
+        torch.backends.cudnn.benchmark = False
+
+    def step(self) -> None:
+        images, targets = self.pool[self.i % len(self.pool)]
+        self.i += 1
+        self.opt.zero_grad(set_to_none=True)
+        loss = sum(self.model(images, targets).values())
+        loss.backward()
+        self.opt.step()
+
+    def window(self, steps: int) -> float:
+        """Seconds of `steps` steps between two syncs (none inside: the host queues ahead as a training loop does)."""
+        self.flags()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+
 def plain_loop(hp: dict, device: str, warmup: int, steps: int, batch: int, cudnn_tf32: bool = True) -> dict:
-    """img/s of a plain training loop over freshly drawn batches (sizes vary step to step);
-    `cudnn_tf32` is PyTorch's default (TF32 convolutions), False is true fp32 as tbd's fp32."""
-    torch.backends.cudnn.allow_tf32 = cudnn_tf32
-    torch.manual_seed(0)
-    model = make_model({**hp, "pad_multiple": 32}, seed=0).to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-5, momentum=0.9, weight_decay=1e-4, foreach=True)
-    gen = torch.Generator(device=device).manual_seed(1)
-    pool = [make_images(gen, torch.device(device), hp, batch) for _ in range(8)]
+    """img/s of a plain training loop (`PlainLoop`) after `warmup` steps, with its peaks."""
+    loop = PlainLoop(hp, device, batch, cudnn_tf32)
+    loop.flags()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-
-    def step(i: int) -> None:
-        images, targets = pool[i % len(pool)]
-        opt.zero_grad(set_to_none=True)
-        loss = sum(model(images, targets).values())
-        loss.backward()
-        opt.step()
-
-    for i in range(warmup):
-        step(i)
+    for _ in range(warmup):
+        loop.step()
     warmup_peak = None
     if device == "cuda":  # the timed steps' own peak, apart from the first steps' (algorithm choices, allocator growth)
         warmup_peak = torch.cuda.max_memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(steps):  # no sync inside the window: the host queues ahead as a training loop does
-        step(warmup + i)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds = loop.window(steps)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return {"images_per_s": batch * steps / seconds, "step_ms_mean": seconds / steps * 1e3,
             "peak_allocated_bytes": max(peak, warmup_peak) if peak is not None else None, "steady_peak_allocated_bytes": peak,
             "warmup_peak_allocated_bytes": warmup_peak, "steps": steps, "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_tf32": cudnn_tf32}
+
+
+def interleaved(config: RunConfig, hp: dict, pairs: int, window_s: float, cudnn_tf32: bool) -> dict:
+    """tbd and the plain loop in one process, in alternating windows of about `window_s` each
+    (plain-tbd, then tbd-plain, ...), so that a change in the host's speed during the call falls on
+    both alike. tbd's side is its session stepped by its own measurement loop
+    (`tbd.harness.measure`: chunks, syncs, warm-up detection, its throughput statistic), as `tbd
+    run` does in its child process. The ratio is the median of the pairs' ratios, with the
+    distribution-free 95% CI of that median (`tbd.harness.stats.median_ci`)."""
+    import dataclasses
+
+    from tbd import frameworks
+    from tbd.harness.measure import derive_metrics, measure
+    from tbd.harness.stats import median_ci
+
+    spec = registry.get_spec(config.workload)
+    session = frameworks.open_session(config)
+    tbd_flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    plain = PlainLoop(hp, config.device, config.batch_size, cudnn_tf32)
+    window = dataclasses.replace(config, max_time_s=window_s, target_ci_pct=0.0)  # each tbd window runs its full time
+
+    def tbd_window() -> float:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tbd_flags
+        metrics, _ = derive_metrics(measure(session, window), window, spec, session.info.device_name, 1)
+        return metrics["images_per_s"]
+
+    def plain_window(steps: int) -> float:
+        return config.batch_size * steps / plain.window(steps)
+
+    try:
+        plain_window(10)  # warm-up: first steps, algorithm choices, allocator growth
+        tbd_window()  # its first pass (autotuning each padded shape), discarded
+        steps = max(4, round(window_s * plain_window(10) / config.batch_size))
+        rows = []
+        for k in range(pairs):
+            order = ("plain", "tbd") if k % 2 == 0 else ("tbd", "plain")
+            rates = {side: plain_window(steps) if side == "plain" else tbd_window() for side in order}
+            rows.append({"first": order[0], "plain_images_per_s": rates["plain"], "tbd_images_per_s": rates["tbd"],
+                         "x_plain": rates["tbd"] / rates["plain"]})
+            print(f"pair {k + 1} ({order[0]} first): plain {rates['plain']:.2f} img/s, tbd {rates['tbd']:.2f} img/s, "
+                  f"tbd / plain {rows[-1]['x_plain']:.3f}x", flush=True)
+    finally:
+        session.close()
+    ratio, low, high = median_ci([r["x_plain"] for r in rows])
+    return {"pairs": rows, "window_s": window_s, "plain_steps_per_window": steps, "x_plain_median": ratio, "x_plain_ci95": [low, high],
+            "method": interleaved.__doc__.split("\n\n")[0].replace("\n", " ")}
 
 
 def tbd_run(config: RunConfig) -> dict:
@@ -105,6 +175,9 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=("fp32", "tf32"),
                     help="fp32: true fp32 on both sides; tf32: tbd at tf32 against the plain loop's defaults (TF32 convolutions)")
     ap.add_argument("--rounds", type=int, default=1, help="plain loop and tbd alternated this many times (default: 1)")
+    ap.add_argument("--interleave", type=int, default=0, metavar="PAIRS",
+                    help="instead of rounds: tbd's session and the plain loop in this process, PAIRS pairs of alternating windows")
+    ap.add_argument("--window", type=float, default=8.0, help="seconds of each --interleave window (default: 8)")
     args = ap.parse_args()
     device, flavor = ("cpu", "tiny") if args.smoke else ("cuda", "paper")
     hp = dict(registry.get_spec("faster_rcnn").flavor(flavor).hparams)
@@ -115,6 +188,16 @@ def main() -> None:
     config = RunConfig(workload="faster_rcnn", flavor=flavor, device=device, batch_size=batch,
                        precision=args.precision if device == "cuda" else "fp32",
                        max_time_s=10 if args.smoke else args.max_time, max_steps=20 if args.smoke else 2000, target_ci_pct=3.0).validated()
+    if args.interleave:
+        result = interleaved(config, hp, args.interleave, 1.0 if args.smoke else args.window, cudnn_tf32=args.precision == "tf32")
+        out["interleaved"] = result
+        low, high = result["x_plain_ci95"]
+        print(f"tbd / plain over {len(result['pairs'])} interleaved pairs: median {result['x_plain_median']:.3f}x "
+              f"(95% CI {low:.3f}-{high:.3f}x)")
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"faster_rcnn_gpu_{args.precision}_interleaved.json").write_text(json.dumps(out, indent=1))
+        return
     out["rounds"] = []
     for _ in range(args.rounds):
         plain = plain_loop(hp, device, warmup=3 if args.smoke else 10, steps=4 if args.smoke else 40, batch=batch,
