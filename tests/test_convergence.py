@@ -79,6 +79,8 @@ def test_a_rotation_of_batches_whose_times_do_not_follow_their_sizes_converges(m
     metrics, method = _run(times, monkeypatch, units=units, max_time_s=30, min_window_s=1.0)
     assert method["convergence"]["status"] == "ok" and metrics["throughput_ci95_half_width_pct"] <= 1.0
     assert abs(metrics["images_per_s"] / (22.0 / 0.55) - 1) < 0.01
+    # samples over the same whole rotations: 22 units to 16 samples in each
+    assert abs(metrics["images_per_s"] / metrics["samples_per_s"] - 22.0 / 16.0) < 1e-9
     start, stop = metrics["warmup_steps"], metrics["total_steps"]
     steps_u, steps_t = np.asarray(units[start:stop]), np.asarray(times[start:stop])
     rate = steps_u.sum() / steps_t.sum()

@@ -223,7 +223,8 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
         timed_s, timed_units, timed_samples = m.step_s, m.units, m.samples
     window_rate = window_rated(m)
     summary = stats.summarize_steps(timed_s, timed_units, window_rate=window_rate)
-    samples_med, samples_lo, samples_hi = (stats.window_rate_ci(timed_samples, timed_s) if window_rate
+    # Samples over the same whole rotations as the units (a batch's sample count may not vary where its tokens do).
+    samples_med, samples_lo, samples_hi = (stats.window_rate_ci(timed_samples, timed_s, period=stats.rotation_period(timed_units)) if window_rate
                                            else stats.median_ci([s / t for s, t in zip(timed_samples, timed_s)]))
     unit = spec.unit
     metrics: dict[str, Any] = {

@@ -85,7 +85,7 @@ def relative_half_width(values) -> float:
     return (hi - lo) / 2.0 / med
 
 
-def window_rate_ci(units, seconds, z: float = Z95) -> tuple[float, float, float]:
+def window_rate_ci(units, seconds, z: float = Z95, period: int | None = None) -> tuple[float, float, float]:
     """Units per second over the whole window (sum of units / sum of seconds) and its CI by the
     delta method for a ratio of means. This is the throughput of a run whose steps wait for input
     in bursts (a loader's workers deliver batches in waves): most steps then wait for nothing, so
@@ -94,8 +94,9 @@ def window_rate_ci(units, seconds, z: float = Z95) -> tuple[float, float, float]
     Steps that repeat a fixed cycle of sizes (a pool of resident batches stepped in turn) are
     taken a whole rotation at a time (`rotations`): each rotation carries the same work, so the
     CI measures the timing noise and not the fixed differences between the batches, which would
-    otherwise count as noise and keep the CI wide however long the run."""
-    u, t = rotations(units, seconds)
+    otherwise count as noise and keep the CI wide however long the run. `period`: the cycle to
+    use (that of another series of the same steps, e.g. their units for their samples)."""
+    u, t = rotations(units, seconds, period)
     n = len(t)
     if n == 0 or t.sum() <= 0:
         return math.nan, math.nan, math.nan
@@ -119,13 +120,13 @@ def rotation_period(units, max_period: int = 64) -> int:
     return 1
 
 
-def rotations(units, seconds) -> tuple[np.ndarray, np.ndarray]:
+def rotations(units, seconds, period: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(units, seconds) summed over whole cycles of `rotation_period` (the steps left after the last
     whole cycle are dropped, so every batch weighs the same); the steps unchanged where the sizes
     do not cycle."""
     u = np.asarray(units, dtype=float)
     t = np.asarray(seconds, dtype=float)
-    period = rotation_period(u)
+    period = rotation_period(u) if period is None else period
     if period == 1:
         return u, t
     whole = len(u) // period * period
