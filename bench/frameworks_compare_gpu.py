@@ -243,9 +243,14 @@ def load_results(paths: list[Path]) -> dict[str, Any]:
     return data
 
 
-def done(result: dict[str, Any], retry_failed: bool) -> bool:
+def done(result: dict[str, Any], retry_failed: bool, retrace: bool = False, traced: bool = False) -> bool:
+    """Whether a point's earlier result stands: measured (or failed, unless `retry_failed`), and
+    with `retrace` traced where this call's --profile traces it (a point measured before its batch
+    was traced is run again, so its ratio gets its line from the traces)."""
     status = (result.get("row") or {}).get("status")
-    return status is not None and not (retry_failed and status not in ("ok", "unconverged", "insufficient"))
+    if status is None or (retry_failed and status not in ("ok", "unconverged", "insufficient")):
+        return False
+    return not (retrace and traced and status in ("ok", "unconverged") and not result.get("trace"))
 
 
 class Results:
@@ -514,6 +519,7 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=1, help="jobs at once, one per GPU of this host")
     ap.add_argument("--resume", action="append", default=[], help="an earlier frameworks_compare.json to continue (repeatable)")
     ap.add_argument("--retry-failed", action="store_true", help="run again the points that failed before")
+    ap.add_argument("--retrace", action="store_true", help="run again the measured points that have no trace where --profile traces them")
     ap.add_argument("--plan", action="store_true", help="print the points and their estimated time; run nothing")
     ap.add_argument("--quick", "--smoke", action="store_true", help="tiny flavors, fp32, on the CPU, a few steps (checks the script)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -533,7 +539,9 @@ def main() -> None:
     jobs, skipped = plan(args, registry)
     results = Results(out / RESULT_FILE, load_results([Path(p) for p in args.resume] + [out / RESULT_FILE]))
     before = len(results.data["points"])
-    jobs = [Job(j.workload, j.kind, [p for p in j.points if not done(results.data["points"].get(p.key, {}), args.retry_failed)]) for j in jobs]
+    jobs = [Job(j.workload, j.kind, [p for p in j.points if not done(results.data["points"].get(p.key, {}), args.retry_failed,
+                                                                   args.retrace, bool((p.config or {}).get("profile")))])
+            for j in jobs]
     jobs = [j for j in jobs if j.points]
     scale = calibration(results.data)
     total = sum(p.estimate_s for j in jobs for p in j.points) * scale
