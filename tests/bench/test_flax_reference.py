@@ -4,10 +4,7 @@ step that traces for ResNet-50, and a GPT loop that trains and times on the CPU.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,16 +13,10 @@ import jax.numpy as jnp  # noqa: E402
 
 from tbd import registry  # noqa: E402
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "flax_reference.py"
-
 
 @pytest.fixture(scope="module")
-def ref():
-    spec = importlib.util.spec_from_file_location("flax_reference", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def ref(load_bench):
+    return load_bench("flax_reference")
 
 
 def _tbd_params(workload: str, flavor: str) -> int:

@@ -5,24 +5,15 @@ point timed in this process on the tiny flavor on the CPU."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpt_jax_variants_gpu.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("gpt_jax_variants_gpu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench):
+    return load_bench("gpt_jax_variants_gpu")
 
 
 def _args(**kw) -> argparse.Namespace:

@@ -4,24 +4,14 @@ next row), and its row says how far it got, from the child's log."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "max_batch_gpu.py"
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("max_batch_gpu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_a_row_past_the_budget_is_stopped_with_its_probes(tmp_path, monkeypatch):
-    bench = _bench()
+def test_a_row_past_the_budget_is_stopped_with_its_probes(tmp_path, monkeypatch, load_bench):
+    bench = load_bench("max_batch_gpu")
     pid_file = tmp_path / "probe.pid"
     # Stands in for `python -m tbd.cli memory ...`: prints a line, starts a "probe" that would
     # outlive it, and waits far longer than the budget.
