@@ -137,7 +137,7 @@ def _to_memory_format(batch: Batch, fmt: torch.memory_format) -> Batch:
     return type(batch)(t.contiguous(memory_format=fmt) if isinstance(t, torch.Tensor) and t.dim() == 4 else t for t in batch)
 
 
-def _compile_mode(options: dict[str, Any]) -> dict[str, Any]:
+def compile_mode(options: dict[str, Any]) -> dict[str, Any]:
     """torch.compile's `mode` from the run's torch options (compile_mode), if not the default."""
     mode = options.get("compile_mode", "default")
     return {} if mode == "default" else {"mode": mode}
@@ -160,7 +160,7 @@ class TorchSession:
         self.model = torch_distributed.wrap_model(self.model, config)
         self.optimizer = task.make_optimizer(self.model)
         optimizer_kernels = set_optimizer_kernels(optimizers_of(self.optimizer, task.extra), config.options.get("optimizer", "auto"))
-        compile_options = {**task.compile_options, **_compile_mode(config.options)}
+        compile_options = {**task.compile_options, **compile_mode(config.options)}
         self.train_model = torch.compile(self.model, **compile_options) if config.compile else self.model
         # Under --compile, compilations during the steps (the harness flags a step that keeps recompiling).
         self._compiles = CompileCounter() if config.compile else None

@@ -50,7 +50,7 @@ from torch import nn
 
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
-from tbd.frameworks.torch.session import TorchTask
+from tbd.frameworks.torch.session import TorchTask, compile_mode
 from tbd.workloads.wgan.spec import check_sizes
 
 
@@ -248,17 +248,13 @@ def build(ctx: BuildContext) -> TorchTask:
         state["d_params"] = list(m.critic.parameters())
         return torch.optim.Adam(m.generator.parameters(), **adam)
 
-    def compile_kwargs(session) -> dict:
-        mode = session.config.options.get("compile_mode", "default")
-        return {} if mode == "default" else {"mode": mode}
-
     def generator_for(session) -> nn.Module:
         if "G" not in state:
             g = session.model.generator
             if session.config.compile:
-                g = torch.compile(g, **compile_kwargs(session))
+                g = torch.compile(g, **compile_mode(session.config.options))
                 session.info.method["compile"] = (
-                    f"torch.compile ({compile_kwargs(session) or 'default mode'}) of the generator; critic eager "
+                    f"torch.compile ({compile_mode(session.config.options) or 'default mode'}) of the generator; critic eager "
                     "(gradient penalty by autograd.grad(create_graph=True): double backward, not compilable)")
             state["G"] = g
         return state["G"]
@@ -269,9 +265,9 @@ def build(ctx: BuildContext) -> TorchTask:
         if "critic_loss" not in state:
             fn = critic_loss_function(session.model.critic, lam, session.autocast)
             if session.config.compile:
-                fn = torch.compile(fn, fullgraph=True, **compile_kwargs(session))
+                fn = torch.compile(fn, fullgraph=True, **compile_mode(session.config.options))
                 session.info.method["compile"] = (
-                    f"torch.compile ({compile_kwargs(session) or 'default mode'}) of the generator and of the critic's "
+                    f"torch.compile ({compile_mode(session.config.options) or 'default mode'}) of the generator and of the critic's "
                     "loss as one function of its parameters (fullgraph; gradient penalty by torch.func.grad traced "
                     "into it, weight gradients by its compiled backward); the generator step's critic pass eager")
             state["critic_loss"] = fn
