@@ -39,6 +39,19 @@ def test_median_ci_coverage_is_about_95_percent():
     assert 0.91 <= hits / 400 <= 0.99
 
 
+def test_median_ci_ranks_are_the_exact_binomial_ones_and_symmetric():
+    """Nine ratios: the 95% interval is the 2nd to the 8th value (coverage 96.1%; the 1st to the
+    8th would be lopsided); six values give min-max (96.9%); the normal approximation beyond
+    1,000 values continues the exact ranks."""
+    v = [0.825, 0.873, 0.933, 1.047, 1.072, 1.125, 1.136, 1.154, 1.168]
+    assert stats.median_ci(v) == (1.072, 0.873, 1.154)
+    assert stats.median_rank(6, 0.05) == 1 and stats.median_rank(20, 0.05) == 6
+    assert abs(stats.median_rank(1001, 0.05) - stats.median_rank(1000, 0.05)) <= 1
+    for n in (9, 20, 101):
+        _, lo, hi = stats.median_ci(list(range(n)))
+        assert lo == n - 1 - hi
+
+
 def test_summary_has_units_in_names():
     s = stats.summarize_steps([0.1, 0.1, 0.2], [10, 10, 10])
     assert s["units_per_s"] == pytest.approx(100.0)

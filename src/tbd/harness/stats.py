@@ -6,6 +6,7 @@ samples stored with a run.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,20 +63,32 @@ def detect_steady_state(step_s: list[float] | np.ndarray, min_warmup: int = 1, b
 
 
 def median_ci(values: list[float] | np.ndarray, z: float = Z95) -> tuple[float, float, float]:
-    """Median and its distribution-free CI from order statistics (normal approximation to the
-    binomial ranks); needs no assumption about the shape of the distribution."""
+    """Median and its distribution-free CI from order statistics: the interval between the j-th
+    smallest and the j-th largest value, j the binomial rank at which the median lies outside
+    with probability at most alpha (z's two-sided level) -- exact up to 1,000 values, the normal
+    approximation to the binomial beyond. Needs no assumption about the shape of the
+    distribution. Under 6 values no 95% interval of ranks exists, and min-max is returned."""
     v = np.sort(np.asarray(values, dtype=float))
     n = len(v)
     if n == 0:
         return math.nan, math.nan, math.nan
-    med = float(np.median(v))
-    if n < 3:
-        return med, float(v[0]), float(v[-1])
-    half = z * math.sqrt(n) / 2.0
-    # 1-based ranks j, k of the interval's ends; the arrays are 0-based.
-    lo = max(0, int(math.floor(n / 2.0 - half)) - 1)
-    hi = min(n - 1, int(math.ceil(n / 2.0 + half)) - 1)
-    return med, float(v[lo]), float(v[hi])
+    j = median_rank(n, math.erfc(z / math.sqrt(2.0)))
+    return float(np.median(v)), float(v[j - 1]), float(v[n - j])
+
+
+def median_rank(n: int, alpha: float) -> int:
+    """1-based rank j of the lower end of the median's (1 - alpha) interval [x(j), x(n+1-j)]:
+    the largest j with P(Binomial(n, 1/2) <= j - 1) <= alpha / 2; 1 where none is (n small)."""
+    if n > 1000:  # normal approximation: j = n/2 - z sqrt(n)/2, rounded down (conservative)
+        z = statistics.NormalDist().inv_cdf(1.0 - alpha / 2.0)
+        return max(1, math.floor(n / 2.0 - z * math.sqrt(n) / 2.0))
+    pmf, below, j = 0.5**n, 0.0, 0  # P(B = j), P(B < j); 0.5**1000 is still a normal float
+    # grow j while the interval [x(j+1), x(n-j)] still keeps the level
+    while j < n // 2 and below + pmf <= alpha / 2.0:
+        below += pmf
+        pmf *= (n - j) / (j + 1)
+        j += 1
+    return max(1, j)
 
 
 def relative_half_width(values) -> float:

@@ -14,21 +14,24 @@ per channel). Where a 1x1 convolution commutes with the resampling (the shortcut
 the lower resolution: the same function for a quarter of the work.
 
 The gradient penalty differentiates the critic's gradient (double backward). Two ways to write
-it, `--option gradient_penalty=autograd|func`:
-- autograd (the default): torch.autograd.grad(create_graph=True) w.r.t. the interpolated images,
-  then the critic's update backward through it. It runs eagerly, op by op (about 10,000 kernels a
-  paper step on a GPU); with --compile only the generator is compiled, because compiled graphs
+it, `--option gradient_penalty=auto|autograd|func` (auto, the default: func under --compile,
+autograd otherwise):
+- autograd: torch.autograd.grad(create_graph=True) w.r.t. the interpolated images, then the
+  critic's update backward through it. It runs eagerly, op by op (about 10,000 kernels a paper
+  step on a GPU); with --compile only the generator would be compiled, because compiled graphs
   do not support autograd.grad's double backward.
 - func: the critic's loss as one pure function of its parameters (torch.func.functional_call),
   the penalty's input gradient by torch.func.grad, which computes it as ordinary ops that
   Dynamo traces. With --compile that whole function is compiled (fullgraph=True, and the
   generator as before): the forward graph holds the inner gradient, AOTAutograd derives its
   backward (the weight gradients, outer loss.backward(inputs=...)), and Inductor fuses both.
-  On the CPU (torch 2.14) it compiles to one graph and does not recompile across steps; the same
-  loss and weight gradients as autograd in fp32, within bf16 rounding under autocast. The fp16
-  GradScaler path passes the scale as a tensor (the inner gradient of the scaled sum, divided
-  back, as autograd does). Not yet measured on a GPU (bench/wgan_torch_gpu.py rows p, pc, pc_cd,
-  pc_ro), so the default stays autograd. The generator step's critic pass stays eager either way.
+  It compiles to one graph and does not recompile across steps; the same loss and weight
+  gradients as autograd in fp32, within bf16 rounding under autocast. The fp16 GradScaler path
+  passes the scale as a tensor (the inner gradient of the scaled sum, divided back, as autograd
+  does). On an H200 (bench/wgan_torch_gpu.py, 2026-11-30, paper flavor, bf16) compiled func
+  ran a step in 135.7 ms against autograd's 268.7 ms (reduce-overhead: 111.3 ms); eager, the
+  two ran alike (269.6 ms), and on the CPU func eager was no faster, hence auto. The generator
+  step's critic pass stays eager either way.
 Under --compile, `--option compile_mode` applies to both compiled functions; each critic
 iteration starts a new CUDA-graph step (torch.compiler.cudagraph_mark_step_begin) for
 reduce-overhead, and its loss is copied out of the graph's memory.
@@ -224,12 +227,18 @@ def critic_loss_function(D: nn.Module, lam: float, autocast=contextlib.nullconte
     return loss
 
 
+def penalty_by_func(option: str, compiled: bool) -> bool:
+    """Whether the critic's loss is critic_loss_function's (gradient_penalty=func, or auto under
+    --compile, where only func compiles) rather than autograd's."""
+    return option == "func" or (option == "auto" and compiled)
+
+
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     check_sizes(hp)
     n, size, n_critic, noise_dim, lam = ctx.batch_size, hp["image_size"], hp["n_critic"], hp["noise_dim"], hp["gp_weight"]
     model = WGAN(hp, *critic_options(ctx.options))
-    penalty = ctx.options.get("gradient_penalty", "autograd")
+    penalty = ctx.options.get("gradient_penalty", "auto")
     state: dict = {}
 
     def make_batch(gen: torch.Generator, device: torch.device):
@@ -291,23 +300,23 @@ def build(ctx: BuildContext) -> TorchTask:
         return fake, torch.rand(n, 1, 1, 1, device=real.device)
 
     def critic_loss(G, D, real, autocast=contextlib.nullcontext, scaler=None, func_loss=None):
-        """The critic's loss on a real batch, by the run's gradient_penalty option (func_loss:
-        the session's, possibly compiled, critic_loss_function)."""
+        """The critic's loss on a real batch: the penalty by autograd, or by func_loss (a
+        critic_loss_function, possibly compiled) where one is given."""
         fake, eps = interpolation_inputs(G, real, autocast)
-        if penalty == "autograd":
+        if func_loss is None:
             return critic_loss_autograd(D, real, fake, eps, lam, autocast, scaler)
-        fn = func_loss or critic_loss_function(D, lam, autocast)
         # The scale as a tensor: no host sync, and no recompilation when it changes.
         scale = None if scaler is None else scaler.scale(torch.ones((), device=real.device))
-        return fn(dict(D.named_parameters()), real, fake, eps, scale)
+        return func_loss(dict(D.named_parameters()), real, fake, eps, scale)
 
     def loss(m: WGAN, batch):
         """The critic's loss on the first real batch (for tools that want one forward + loss)."""
-        return critic_loss(m.generator, m.critic, batch[0])
+        func_loss = critic_loss_function(m.critic, lam) if penalty_by_func(penalty, compiled=False) else None
+        return critic_loss(m.generator, m.critic, batch[0], func_loss=func_loss)
 
     def train_step(session, batch):
         G, D = generator_for(session), session.model.critic
-        func_loss = critic_loss_for(session) if penalty == "func" else None
+        func_loss = critic_loss_for(session) if penalty_by_func(penalty, session.config.compile) else None
         opt_d, opt_g = state["opt_d"], session.optimizer
         losses = []
         for real in batch:  # n_critic critic iterations, a fresh real batch each
