@@ -9,7 +9,9 @@ b/2 and b of the paper batch, its prediction, then the confirming search with re
 steps (each probe a child process of its own). Each row keeps the model's numbers, so the
 prediction of the plain allocated-peak line (the model before the largest-tensor headroom) is
 recomputed beside the revised one. Results go to OUT/max_batch_gpu.json (rewritten after every
-row, so a call cut short keeps what it finished) and a table is printed last.
+row, so a call cut short keeps what it finished) and a table is printed last. A row stopped at
+--budget keeps the bracket its probes had found (from the probe lines of its log), marked as a
+search stopped before it narrowed to 2%.
 
 The `tbd memory` process keeps its CUDA context (a few hundred MiB) while its probes run, so a
 confirmed figure is what fits beside it: at most a few tenths of a percent below what a lone
@@ -22,11 +24,14 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tbd.memory import max_batch, render
 
 # a3c is left out: its batch counts actor processes on the CPU, and the learner's GPU memory
 # does not grow with them.
@@ -91,10 +96,15 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
             child.wait()
             rc = None
     row = {"workload": workload, "precision": precision, "seconds": round(time.monotonic() - t0, 1), "rc": rc, "log": str(log)}
+    text = log.read_text(errors="replace")
+    cut = f"stopped after {timeout:.0f} s (the bench's --budget, or --confirm-time + 600 s)"
+    if rc is None and (bracket := probed_bracket(text)):
+        probes = len(bracket["probes"])
+        row.update(bracket, stopped=f"{cut} before the search narrowed to 2% (the bracket so far, {probes} probe{'s' * (probes != 1)})")
+        return with_error_pct(row)
     if rc != 0:
-        last = (log.read_text(errors="replace").strip().splitlines() or ["(no output)"])[-1][:300]
-        row["error"] = (f"stopped after {timeout:.0f} s (the bench's --budget, or --confirm-time + 600 s); its last line: {last}"
-                        if rc is None else last)
+        last = (text.strip().splitlines() or ["(no output)"])[-1][:300]
+        row["error"] = f"{cut}; its last line: {last}" if rc is None else last
         return row
     record = newest_memory_record(Path(env["TBD_HOME"]))
     model = record["memory_profile"].get("batch_model") or {}
@@ -110,10 +120,29 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     row.update(confirmed=confirmed.get("largest_fitting"), first_failing=confirmed.get("smallest_failing"),
                probes=confirmed.get("probes"), stopped=confirmed.get("stopped") or confirmed.get("skipped"),
                allocator=confirmed.get("allocator_setting"))
-    if row["confirmed"]:
+    return with_error_pct(row)
+
+
+def with_error_pct(row: dict) -> dict:
+    """The predictions' errors against the confirmed batch: tbd's, and the plain line's where its
+    numbers are known (a row stopped at the budget has its log only, not the stored model)."""
+    if row["confirmed"] and row["predicted"] is not None:
         row["error_pct"] = round((row["predicted"] - row["confirmed"]) / row["confirmed"] * 100, 2)
+    if row["confirmed"] and row.get("predicted_line") is not None:
         row["error_line_pct"] = round((row["predicted_line"] - row["confirmed"]) / row["confirmed"] * 100, 2)
     return row
+
+
+def probed_bracket(log_text: str) -> dict:
+    """The prediction and the bracket so far of a `tbd memory --max-batch` stopped mid-search,
+    from its log's probe lines; empty where no probe had ended."""
+    probes = render.read_probe_lines(log_text)
+    if not probes:
+        return {}
+    predicted = re.search(r"^predicted largest batch that fits: (\d+)", log_text, re.MULTILINE)
+    return {"predicted": int(predicted.group(1)) if predicted else None, "probes": probes,
+            "confirmed": max((p["batch_size"] for p in probes if p["outcome"] == max_batch.FITS), default=None),
+            "first_failing": min((p["batch_size"] for p in probes if p["outcome"] == max_batch.OOM), default=None)}
 
 
 def newest_memory_record(home: Path) -> dict:
@@ -135,11 +164,17 @@ def line(r: dict, markdown: bool = False) -> str:
     if "skipped" in r or "error" in r:
         text = r.get("skipped") or r.get("error")
         return f"| {r['workload']} | {r['precision']} | {text} | | | | |" if markdown else f"{r['workload']:12s} {r['precision']:5s} {text}"
-    err = f"{r['error_pct']:+.1f}% (line {r['error_line_pct']:+.1f}%)" if r.get("error_pct") is not None else r.get("stopped") or ""
-    cells = [r["workload"], r["precision"], r["predicted_line"], r["predicted"], r.get("confirmed"), r.get("first_failing"), err]
+    shown = [f"{r['error_pct']:+.1f}%" + (f" (line {r['error_line_pct']:+.1f}%)" if r.get("error_line_pct") is not None else "")] \
+        if r.get("error_pct") is not None else []
+    # Why the search ended: where there is no error figure, and always for a row stopped at the
+    # budget (its figures are a bracket wider than 2%).
+    if r.get("stopped") and (not shown or r.get("rc") is None):
+        shown.append(r["stopped"])
+    err = "; ".join(shown)
+    cells = [r["workload"], r["precision"], r.get("predicted_line"), r["predicted"], r.get("confirmed"), r.get("first_failing"), err]
     if markdown:
         return "| " + " | ".join("" if c is None else str(c) for c in cells) + " |"
-    return f"{r['workload']:12s} {r['precision']:5s} line {r['predicted_line']} headroom {r['predicted']} confirmed {r.get('confirmed')} " \
+    return f"{r['workload']:12s} {r['precision']:5s} line {r.get('predicted_line')} headroom {r['predicted']} confirmed {r.get('confirmed')} " \
            f"failing {r.get('first_failing')} {err} ({r['seconds']} s)"
 
 

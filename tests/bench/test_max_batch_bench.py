@@ -36,3 +36,33 @@ def test_a_row_past_the_budget_is_stopped_with_its_probes(tmp_path, monkeypatch,
         time.sleep(0.1)
     else:
         raise AssertionError(f"the probe {probe} is still running")
+
+
+def test_a_row_stopped_mid_search_keeps_the_bracket_of_its_probe_lines(tmp_path, monkeypatch, load_bench):
+    bench = load_bench("max_batch_gpu")
+    log = ("fitting the batch-size model on batches 128, 256, 849 ...\n"
+           "predicted largest batch that fits: 2724\n"
+           "confirming with real training steps from batch 2724 (each probe a child process; at most 60 s) ...\n"
+           "probe: batch 2724 out of memory (93.4 s)\n"
+           "probe: batch 2669 fits (61.2 s)\n"
+           "probe: batch 2565 fits (58.0 s)\n")
+    assert bench.probed_bracket(log) == {
+        "predicted": 2724, "confirmed": 2669, "first_failing": 2724,
+        "probes": [{"batch_size": 2724, "outcome": "oom", "seconds": 93.4}, {"batch_size": 2669, "outcome": "fits", "seconds": 61.2},
+                   {"batch_size": 2565, "outcome": "fits", "seconds": 58.0}]}
+    assert bench.probed_bracket(log.split("probe:")[0]) == {}  # no probe ended: nothing to keep
+
+    # A child killed at the budget after two probes: its row has the bracket so far, and says
+    # the search was stopped before it narrowed.
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/bin/sh\n" + "".join(f"echo '{line}'\n" for line in log.splitlines()[:5]) + "exec sleep 120\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(bench.sys, "executable", str(fake))
+    monkeypatch.setattr(bench, "MIN_ROW_S", 1.0)
+    args = SimpleNamespace(out=str(tmp_path), fit=[], smoke=False, confirm_time=60.0)
+    row = bench.one_row("wgan", "bf16", args, dict(os.environ, TBD_HOME=str(tmp_path)), deadline=time.monotonic() + 1.5)
+    assert row["rc"] is None and "error" not in row
+    assert (row["predicted"], row["confirmed"], row["first_failing"], row["error_pct"]) == (2724, 2669, 2724, 2.06)
+    assert "before the search narrowed to 2%" in row["stopped"]
+    cells = bench.line(row, markdown=True).split(" | ")
+    assert cells[4:6] == ["2669", "2724"] and cells[6].startswith("+2.1%; stopped after")

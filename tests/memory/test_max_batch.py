@@ -32,6 +32,19 @@ def test_search_brackets_the_boundary_within_two_percent(true_max, predicted):
     assert result.stopped == "bracket within 2%"
 
 
+def test_search_hands_each_probe_on_as_it_ends():
+    calls: list[int] = []
+    told = []
+
+    def on_probe(probe):
+        assert probe["batch_size"] == calls[-1]  # right after its probe, before the next starts
+        told.append(probe)
+
+    result = max_batch.search(boundary(162, calls), 171, predicted=171, on_probe=on_probe)
+    assert told == result.probes and [p["batch_size"] for p in told] == calls
+    assert max_batch.search(boundary(162, []), 171).probes == result.probes  # the same search without it
+
+
 def test_search_reports_when_nothing_fits_or_the_bound_fits():
     assert max_batch.search(lambda b: max_batch.OOM, 10).largest_fitting is None
     result = max_batch.search(lambda b: max_batch.FITS, 10, upper=40)
@@ -79,6 +92,41 @@ def test_confirm_probes_short_child_runs_of_the_same_config():
     result = max_batch.confirm(config, 24, launch=launch)
     assert (result.largest_fitting, result.predicted) == (20, 24) and result.smallest_failing == 21
     assert all(c.max_steps == 2 and c.isolate and c.workload == "resnet50" for c in seen)
+
+
+def test_memory_command_prints_each_probe_on_one_line_as_it_ends(monkeypatch, capsys):
+    """A log of `tbd memory --max-batch` shows every probe that ended, even where the process is
+    killed before the search does (bench/max_batch_gpu.py at its budget); long reasons stay on
+    their line, and the lines read back."""
+    import dataclasses
+    import functools
+    from types import SimpleNamespace
+
+    from tbd.commands import memory
+    from tbd.memory import render
+    from tbd.report.tables import make_console
+
+    def launch(cfg):
+        if cfg.batch_size == 24:
+            record = RunRecord.for_run(cfg)
+            record.fail("error", "CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA")
+            return record
+        return RunRecord.for_run(cfg).succeed() if cfg.batch_size <= 20 else RunRecord.oom(cfg, "out of memory")
+
+    monkeypatch.setattr(max_batch, "confirm", functools.partial(max_batch.confirm, launch=launch))
+    monkeypatch.setenv("COLUMNS", "60")  # narrower than the lines: they must not wrap
+    # probes run on a GPU only; the config is made on the CPU (no GPU here) and moved
+    config = dataclasses.replace(RunConfig("resnet50", batch_size=8).validated(), device="cuda")
+    args = SimpleNamespace(no_confirm=False, expandable_segments=False, confirm_time=600.0)
+    out = memory._confirm(config, 20, args, None, make_console())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("probe:")]
+    assert [line.split(" (")[0] for line in lines] == ["probe: batch 20 fits", "probe: batch 21 out of memory"]
+    assert render.read_probe_lines("\n".join(lines)) == [{k: p[k] for k in ("batch_size", "outcome", "seconds")} for p in out["probes"]]
+    # a reason of several lines is printed on one, after the probe's figures
+    memory._confirm(config, 24, args, None, make_console())
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("probe: batch 24")]
+    assert len(failed) == 1 and failed[0].startswith("probe: batch 24 failed (")
+    assert failed[0].endswith("): CUDA error: an illegal memory access was encountered Compile with TORCH_USE_CUDA_DSA")
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -134,13 +134,18 @@ def _confirm(config: RunConfig, predicted: int, args, memory_bytes: int | None, 
     setting = registry.framework(config.framework).capabilities.allocator_setting if args.expandable_segments else ""
     if args.expandable_segments and not setting:
         raise UsageError(f"--expandable-segments: {config.framework} has no such allocator setting; drop the flag")
+    # Each probe's line as it ends (a probe can take minutes): plain text on one unwrapped line,
+    # so a log of it reads back with render.read_probe_lines.
+    def show(probe: dict[str, Any]) -> None:
+        console.print(render.probe_line(probe), markup=False, highlight=False, soft_wrap=True)
+
     saved = dict(os.environ)
     if setting:  # the probes' child processes inherit it
         key, _, value = setting.partition("=")
         os.environ[key] = value
     try:
         console.print(f"confirming with real training steps from batch {predicted} (each probe a child process; at most {args.confirm_time:g} s) ...")
-        result = max_batch.confirm(config, predicted, deadline_s=args.confirm_time)
+        result = max_batch.confirm(config, predicted, deadline_s=args.confirm_time, on_probe=show)
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -60,9 +60,12 @@ class SearchResult:
 def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: int | None = None, lower: int = 1,
            tolerance_pct: float = TOLERANCE_PCT, deadline_s: float | None = None,
            predicted: int | None = None, first_step: float = FIRST_STEP,
-           clock: Callable[[], float] = time.monotonic) -> SearchResult:
+           clock: Callable[[], float] = time.monotonic,
+           on_probe: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
     """Largest batch in [lower, upper] for which `probe` says 'fits', starting at `start` and
-    moving by `first_step` (a fraction; 1.0 doubles from the start: no prediction to trust)."""
+    moving by `first_step` (a fraction; 1.0 doubles from the start: no prediction to trust).
+    `on_probe` is given each probe's dict as soon as it is known: a search stopped from outside
+    (a killed process) has said what it found so far."""
     began = clock()
     result = SearchResult(predicted=predicted, largest_fitting=None, smallest_failing=None)
     seen: dict[int, str] = {}
@@ -74,6 +77,8 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
             seen[batch], why = answer if isinstance(answer, tuple) else (answer, "")
             result.probes.append({"batch_size": batch, "outcome": seen[batch], "seconds": round(clock() - t0, 3),
                                   **({"error": why} if why and seen[batch] == ERROR else {})})
+            if on_probe is not None:
+                on_probe(result.probes[-1])
         return seen[batch]
 
     def out_of_time() -> bool:
@@ -142,9 +147,11 @@ def outcome_of(record) -> str:
 
 
 def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: int = PROBE_STEPS,
-            launch: Callable | None = None, upper: int | None = None) -> SearchResult:
+            launch: Callable | None = None, upper: int | None = None,
+            on_probe: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
     """Confirm the largest batch of `config` with real training steps, each probe a child
-    process of `steps` steps (so an out-of-memory cannot poison the next probe)."""
+    process of `steps` steps (so an out-of-memory cannot poison the next probe); `on_probe` as
+    in `search`."""
     import contextlib
     import dataclasses
 
@@ -163,4 +170,5 @@ def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: 
     # each probe a fresh process, started ahead with the framework imported (where probes run through the default launcher)
     warm = default_launch is launch and world_size(config) == 1 and config.python is None
     with launcher_module.warm_children(config.framework) if warm else contextlib.nullcontext():
-        return search(probe, predicted or config.batch_size, upper=upper, deadline_s=deadline_s, predicted=predicted)
+        return search(probe, predicted or config.batch_size, upper=upper, deadline_s=deadline_s, predicted=predicted,
+                      on_probe=on_probe)

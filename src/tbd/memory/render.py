@@ -7,9 +7,11 @@ rich); plots use matplotlib's Agg backend, so no display is needed.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+from tbd.memory.max_batch import ERROR, FITS, OOM
 from tbd.results.memory_profile import ALLOCATED_KEYS, COLORS, KEYS, LABELS, MEANINGS, fmt_bytes
 
 
@@ -175,6 +177,27 @@ def print_batch_model(result: dict[str, Any], console=None) -> None:
             console.print(line)
     else:
         print("\n".join(lines))
+
+
+# One line per probe of the confirming search, printed as each probe ends, so a `tbd memory`
+# stopped from outside (bench/max_batch_gpu.py at its budget) leaves its bracket so far in its log.
+# The wording is fixed: PROBE_LINE reads it back.
+PROBE_WORDS = {FITS: "fits", OOM: "out of memory", ERROR: "failed"}
+PROBE_LINE = re.compile(r"^probe: batch (\d+) (fits|out of memory|failed) \(([\d.]+) s\)", re.MULTILINE)
+
+
+def probe_line(probe: dict[str, Any]) -> str:
+    """`probe: batch 2724 fits (61.2 s)`; a failure adds its reason on the same line."""
+    line = f"probe: batch {probe['batch_size']} {PROBE_WORDS[probe['outcome']]} ({probe['seconds']:.1f} s)"
+    why = " ".join(probe.get("error", "").split())  # one line, whatever the message
+    return f"{line}: {why}" if why else line
+
+
+def read_probe_lines(text: str) -> list[dict[str, Any]]:
+    """The probes (batch_size, outcome, seconds) of the `probe_line`s in a log, in order."""
+    outcome = {words: key for key, words in PROBE_WORDS.items()}
+    return [{"batch_size": int(batch), "outcome": outcome[words], "seconds": float(seconds)}
+            for batch, words, seconds in PROBE_LINE.findall(text)]
 
 
 def print_confirmed(result: dict[str, Any], console) -> None:
