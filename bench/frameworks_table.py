@@ -114,7 +114,10 @@ def environment(data: dict[str, Any]) -> str:
     memory = f" ({gpu['memory_total_bytes'] / 2**20:,.0f} MiB)" if gpu.get("memory_total_bytes") else ""
     driver = f", driver {gpu['driver']}" if gpu.get("driver") else ""
     libs = ", ".join(f"{k} {v}" for k, v in versions.items())
-    return f"{device}{memory}{driver}, {env.get('cpu_cores', '?')} CPU cores; {libs}; tbd {env.get('tbd_version', '?')}; {date}"
+    # Runs resumed across machines (a one-GPU and a two-GPU host, say) differ in their host's cores.
+    cores = sorted({(rec.get("environment") or {}).get("cpu_cores") for rec in recs} - {None}) or ["?"]
+    cores_text = f"{cores[0]} CPU cores" if len(cores) == 1 else f"{' or '.join(map(str, cores))} CPU cores (runs on {len(cores)} machines)"
+    return f"{device}{memory}{driver}, {cores_text}; {libs}; tbd {env.get('tbd_version', '?')}; {date}"
 
 
 def throughput_table(data: dict[str, Any], kind: str) -> str:
