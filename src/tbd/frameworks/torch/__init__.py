@@ -51,7 +51,7 @@ PLUGIN = FrameworkPlugin(
             "threads": "intra-op threads on a CPU (default: the usable cores shared out between the processes)",
             "layer_norm": "wgan's critic layer norm: group_norm (nn.GroupNorm(1, C)) or ops (the same function as plain tensor ops)",
             "mean_pool": "wgan's critic mean pooling: avg_pool2d (F.avg_pool2d) or reshape (mean over 2x2 windows of a view)",
-            "gradient_penalty": "wgan's critic loss: auto (func under --compile, else autograd), autograd (penalty by "
+            "gradient_penalty": "wgan's critic loss: auto (func under --compile on a GPU, else autograd), autograd (penalty by "
                                 "autograd.grad, double backward eager) or func (torch.func.grad in one function of the critic's "
                                 "parameters, compiled whole under --compile)",
         },

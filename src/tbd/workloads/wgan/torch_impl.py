@@ -14,8 +14,8 @@ per channel). Where a 1x1 convolution commutes with the resampling (the shortcut
 the lower resolution: the same function for a quarter of the work.
 
 The gradient penalty differentiates the critic's gradient (double backward). Two ways to write
-it, `--option gradient_penalty=auto|autograd|func` (auto, the default: func under --compile,
-autograd otherwise):
+it, `--option gradient_penalty=auto|autograd|func` (auto, the default: func under --compile on
+a GPU, autograd otherwise):
 - autograd: torch.autograd.grad(create_graph=True) w.r.t. the interpolated images, then the
   critic's update backward through it. It runs eagerly, op by op (about 10,000 kernels a paper
   step on a GPU); with --compile only the generator would be compiled, because compiled graphs
@@ -30,8 +30,9 @@ autograd otherwise):
   passes the scale as a tensor (the inner gradient of the scaled sum, divided back, as autograd
   does). On an H200 (bench/wgan_torch_gpu.py, 2026-11-30, paper flavor, bf16) compiled func
   ran a step in 135.7 ms against autograd's 268.7 ms (reduce-overhead: 111.3 ms); eager, the
-  two ran alike (269.6 ms), and on the CPU func eager was no faster, hence auto. The generator
-  step's critic pass stays eager either way.
+  two ran alike (269.6 ms). On the CPU (tiny flavor, 2 cores) func eager was no faster, and
+  compiled func took 246 s to compile and 902 ms a step against eager autograd's 190-210 ms,
+  hence auto. The generator step's critic pass stays eager either way.
 Under --compile, `--option compile_mode` applies to both compiled functions; each critic
 iteration starts a new CUDA-graph step (torch.compiler.cudagraph_mark_step_begin) for
 reduce-overhead, and its loss is copied out of the graph's memory.
@@ -227,10 +228,10 @@ def critic_loss_function(D: nn.Module, lam: float, autocast=contextlib.nullconte
     return loss
 
 
-def penalty_by_func(option: str, compiled: bool) -> bool:
+def penalty_by_func(option: str, compiled: bool, device: str) -> bool:
     """Whether the critic's loss is critic_loss_function's (gradient_penalty=func, or auto under
-    --compile, where only func compiles) rather than autograd's."""
-    return option == "func" or (option == "auto" and compiled)
+    --compile on a GPU: the one place it was measured faster) rather than autograd's."""
+    return option == "func" or (option == "auto" and compiled and device == "cuda")
 
 
 def build(ctx: BuildContext) -> TorchTask:
@@ -311,12 +312,12 @@ def build(ctx: BuildContext) -> TorchTask:
 
     def loss(m: WGAN, batch):
         """The critic's loss on the first real batch (for tools that want one forward + loss)."""
-        func_loss = critic_loss_function(m.critic, lam) if penalty_by_func(penalty, compiled=False) else None
+        func_loss = critic_loss_function(m.critic, lam) if penalty_by_func(penalty, compiled=False, device="") else None
         return critic_loss(m.generator, m.critic, batch[0], func_loss=func_loss)
 
     def train_step(session, batch):
         G, D = generator_for(session), session.model.critic
-        func_loss = critic_loss_for(session) if penalty_by_func(penalty, session.config.compile) else None
+        func_loss = critic_loss_for(session) if penalty_by_func(penalty, session.config.compile, session.config.device) else None
         opt_d, opt_g = state["opt_d"], session.optimizer
         losses = []
         for real in batch:  # n_critic critic iterations, a fresh real batch each
