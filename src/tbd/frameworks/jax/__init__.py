@@ -30,8 +30,11 @@ PLUGIN = FrameworkPlugin(
                     "cast to fp32 first), fused (that with a hand-written gradient), chunked (output layer + loss per chunk of tokens, "
                     "recomputed backward), fused_linear (per chunk, gradients in the forward pass)",
             "loss_chunk": "tokens per chunk of gpt's loss=chunked and fused_linear (default 4096)",
+            "prng": "random bits of the train step (dropout masks, sampling): threefry (default, JAX's), rbg or unsafe_rbg "
+                    "(XLA's RngBitGenerator, cheaper on a GPU); parameters and data keep threefry",
         },
-        # gpt's jax_impl.LOSSES (not imported: this package imports no jax)
-        option_values={"loss": ("bf16_logits", "fp32_logits", "fused", "chunked", "fused_linear")},
+        # gpt's jax_impl.LOSSES and session.PRNG_IMPLS (not imported: this package imports no jax)
+        option_values={"loss": ("bf16_logits", "fp32_logits", "fused", "chunked", "fused_linear"),
+                       "prng": ("threefry", "rbg", "unsafe_rbg")},
     ),
 )

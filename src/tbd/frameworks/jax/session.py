@@ -127,6 +127,20 @@ def _device(kind: str):
         ) from None
 
 
+PRNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")
+
+
+def step_key_of(key: jax.Array, impl: str) -> jax.Array:
+    """The key the train step splits for its random numbers (dropout masks, sampling), by
+    `--option prng`: threefry, JAX's default, as split from the run's seed; or a typed key of
+    XLA's RngBitGenerator (rbg, unsafe_rbg), whose random bits are cheaper on a GPU, seeded from
+    it. Initial parameters and data keep their threefry keys, so only the step's draws differ."""
+    if impl == "threefry":
+        return key
+    seed = int(jax.random.bits(key, dtype=jnp.uint32))
+    return jax.random.key(seed, impl=impl)
+
+
 class JaxSession:
     def __init__(self, config, spec, task: JaxTask, ctx: BuildContext, from_host: Callable | None = None):
         self.config = config
@@ -134,6 +148,7 @@ class JaxSession:
         self.precision = MATMUL_PRECISION[config.precision]
         key = jax.random.PRNGKey(config.seed)
         init_key, data_key, step_key = jax.random.split(key, 3)
+        step_key = step_key_of(step_key, config.options.get("prng", "threefry"))
         with jax.default_device(self.device), jax.default_matmul_precision(self.precision):
             params, model_state = jax.device_put(task.init(init_key), self.device)
             # Jitted: one small program instead of an eagerly compiled op per parameter shape.
