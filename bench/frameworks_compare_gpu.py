@@ -31,12 +31,9 @@ Tables: bench/frameworks_table.py --in OUT; figure: bench/frameworks_figure.py -
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +41,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded by path (the tests)
+import children  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 SRC = BENCH.parent / "src"
@@ -335,15 +335,10 @@ def run_point(point: Point, gpu: int, args, started: float) -> dict[str, Any] | 
         spec.write_text(json.dumps(point.__dict__))
         t0 = time.time()
         # Its own process group (the deadline stops it whole); it ends with this process (lifeline).
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec), "--result", str(out),
-                                 "--parent", str(os.getpid())], env=env, start_new_session=True)
+        proc = children.start([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec), "--result", str(out),
+                               "--parent", str(os.getpid())], env=env)
         hard = None if args.deadline is None else max(10.0, started + args.deadline + args.hard_grace - time.time())
-        try:
-            proc.wait(timeout=hard)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the worker and the run's child: processes this bench started
-            proc.wait()
+        if children.wait_or_stop(proc, hard) is None:  # the worker and the run's child stopped with it
             print(f"[{time.time() - started:5.0f} s] {point.key}: stopped at the deadline after {time.time() - t0:.0f} s; "
                   "left for the next call", flush=True)
             return None

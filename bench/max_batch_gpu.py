@@ -25,13 +25,15 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tbd.memory import max_batch, render
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded by path (the tests)
+import children  # noqa: E402
 
 # a3c is left out: its batch counts actor processes on the CPU, and the learner's GPU memory
 # does not grow with them.
@@ -88,13 +90,7 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     timeout = max(MIN_ROW_S, min(args.confirm_time + 600, deadline - time.monotonic()))
     t0 = time.monotonic()
     with open(log, "w") as out:
-        child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            rc = child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            rc = None
+        rc = children.wait_or_stop(children.start(argv, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), timeout)
     row = {"workload": workload, "precision": precision, "seconds": round(time.monotonic() - t0, 1), "rc": rc, "log": str(log)}
     text = log.read_text(errors="replace")
     cut = f"stopped after {timeout:.0f} s (the bench's --budget, or --confirm-time + 600 s)"
