@@ -98,7 +98,9 @@ def _torch_session(loss, compile_options=None, compile=True, workload="resnet50"
     from tbd.frameworks.torch.session import TorchSession, TorchTask
 
     torch._dynamo.reset()  # Linear.forward's cache entries from another test count towards the recompile limit
-    config = RunConfig(workload=workload, compile=compile, data_pool=2, max_steps=8, max_time_s=5, min_window_s=0.0,
+    # 8 steps end each run; the time budget only guards against a hang (a recompiling step takes
+    # seconds on a busy 2-core machine, and 5 s once stopped a run after 5 of its 8 steps).
+    config = RunConfig(workload=workload, compile=compile, data_pool=2, max_steps=8, max_time_s=120, min_window_s=0.0,
                        isolate=False).validated()
     task = TorchTask(
         model=torch.nn.Linear(4, 1),
