@@ -127,7 +127,7 @@ def _session(task, precision: str = "fp32"):
     """The parts of a TorchSession a custom train_step uses."""
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
     return SimpleNamespace(model=task.model, optimizer=task.make_optimizer(task.model), autocast=autocast, scaler=None,
-                           config=SimpleNamespace(compile=False), info=SimpleNamespace(method={}))
+                           config=SimpleNamespace(compile=False, device="cpu", options={}), info=SimpleNamespace(method={}))
 
 
 def test_wgan_flops_match_the_counter():
