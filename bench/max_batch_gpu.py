@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=540.0, help="the whole bench's seconds: a row still running then is stopped (its probes too), its row kept")
     ap.add_argument("--fit", action="append", default=[], metavar="W=B1,B2,B3",
                     help="fit batches for one workload (default: tbd's, b/4, b/2, b of the paper batch)")
+    ap.add_argument("--known", action="append", default=[], metavar="W/P=FIT[:OOM]",
+                    help="an earlier search's answers for one row, e.g. wgan/fp32=1627 or resnet50/bf16=3277:3408: "
+                         "the row's search goes on from them (tbd memory's --known-fit and --known-oom)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny flavor, no confirming: checks the script itself")
     args = ap.parse_args()
     out = Path(args.out)
@@ -80,6 +83,8 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     argv = [sys.executable, "-m", "tbd.cli", "memory", workload, "--max-batch", "--layers", "1", "--precision", precision]
     fits = dict(f.split("=", 1) for f in args.fit)
     argv += ["--fit-batches", fits[workload]] if workload in fits else []
+    known = known_answers(args.known).get((workload, precision), {})
+    argv += [arg for key in ("fit", "oom") if key in known for arg in (f"--known-{key}", str(known[key]))]
     argv += ["--device", "cpu", "--flavor", "tiny", "--memory", "2GiB", "--no-confirm"] if args.smoke else \
             ["--device", "cuda", "--flavor", "paper", "--confirm-time", f"{args.confirm_time:g}"]
     # The child's output goes to a log beside the results, so a row cut short still shows how far
@@ -94,7 +99,7 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     row = {"workload": workload, "precision": precision, "seconds": round(time.monotonic() - t0, 1), "rc": rc, "log": str(log)}
     text = log.read_text(errors="replace")
     cut = f"stopped after {timeout:.0f} s (the bench's --budget, or --confirm-time + 600 s)"
-    if rc is None and (bracket := probed_bracket(text)):
+    if rc is None and (bracket := probed_bracket(text, known)):
         probes = len(bracket["probes"])
         row.update(bracket, stopped=f"{cut} before the search narrowed to 2% (the bracket so far, {probes} probe{'s' * (probes != 1)})")
         return with_error_pct(row)
@@ -129,16 +134,32 @@ def with_error_pct(row: dict) -> dict:
     return row
 
 
-def probed_bracket(log_text: str) -> dict:
+def known_answers(specs: list[str]) -> dict[tuple[str, str], dict[str, int]]:
+    """--known W/P=FIT[:OOM] options as {(workload, precision): {'fit': N, 'oom': M}}."""
+    answers = {}
+    for spec in specs:
+        row, _, numbers = spec.partition("=")
+        workload, _, precision = row.partition("/")
+        fit, _, oom = numbers.partition(":")
+        if not (workload and precision and fit.isdigit() and (not oom or oom.isdigit())):
+            raise SystemExit(f"--known {spec}: write it as W/P=FIT or W/P=FIT:OOM, e.g. wgan/fp32=1627")
+        answers[(workload, precision)] = {"fit": int(fit), **({"oom": int(oom)} if oom else {})}
+    return answers
+
+
+def probed_bracket(log_text: str, known: dict[str, int] | None = None) -> dict:
     """The prediction and the bracket so far of a `tbd memory --max-batch` stopped mid-search,
-    from its log's probe lines; empty where no probe had ended."""
+    from its log's probe lines and the answers it was given (`known`: 'fit', 'oom'); empty where
+    no probe had ended."""
     probes = render.read_probe_lines(log_text)
     if not probes:
         return {}
+    known = known or {}
     predicted = re.search(r"^predicted largest batch that fits: (\d+)", log_text, re.MULTILINE)
+    fitting = [p["batch_size"] for p in probes if p["outcome"] == max_batch.FITS] + ([known["fit"]] if "fit" in known else [])
+    failing = [p["batch_size"] for p in probes if p["outcome"] == max_batch.OOM] + ([known["oom"]] if "oom" in known else [])
     return {"predicted": int(predicted.group(1)) if predicted else None, "probes": probes,
-            "confirmed": max((p["batch_size"] for p in probes if p["outcome"] == max_batch.FITS), default=None),
-            "first_failing": min((p["batch_size"] for p in probes if p["outcome"] == max_batch.OOM), default=None)}
+            "confirmed": max(fitting, default=None), "first_failing": min(failing, default=None)}
 
 
 def newest_memory_record(home: Path) -> dict:

@@ -5,6 +5,8 @@ next row), and its row says how far it got, from the child's log."""
 from __future__ import annotations
 
 import os
+
+import pytest
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +22,7 @@ def test_a_row_past_the_budget_is_stopped_with_its_probes(tmp_path, monkeypatch,
     fake.chmod(0o755)
     monkeypatch.setattr(bench.sys, "executable", str(fake))
     monkeypatch.setattr(bench, "MIN_ROW_S", 1.0)
-    args = SimpleNamespace(out=str(tmp_path), fit=[], smoke=False, confirm_time=60.0)
+    args = SimpleNamespace(out=str(tmp_path), fit=[], known=[], smoke=False, confirm_time=60.0)
     t0 = time.monotonic()
     row = bench.one_row("wgan", "bf16", args, dict(os.environ, TBD_HOME=str(tmp_path)), deadline=time.monotonic() + 1.5)
     assert time.monotonic() - t0 < 10
@@ -51,6 +53,9 @@ def test_a_row_stopped_mid_search_keeps_the_bracket_of_its_probe_lines(tmp_path,
         "probes": [{"batch_size": 2724, "outcome": "oom", "seconds": 93.4}, {"batch_size": 2669, "outcome": "fits", "seconds": 61.2},
                    {"batch_size": 2565, "outcome": "fits", "seconds": 58.0}]}
     assert bench.probed_bracket(log.split("probe:")[0]) == {}  # no probe ended: nothing to keep
+    # answers given from an earlier search count in the bracket beside the probes
+    given = bench.probed_bracket(log, {"fit": 2700, "oom": 2710})
+    assert (given["confirmed"], given["first_failing"]) == (2700, 2710)
 
     # A child killed at the budget after two probes: its row has the bracket so far, and says
     # the search was stopped before it narrowed.
@@ -59,10 +64,18 @@ def test_a_row_stopped_mid_search_keeps_the_bracket_of_its_probe_lines(tmp_path,
     fake.chmod(0o755)
     monkeypatch.setattr(bench.sys, "executable", str(fake))
     monkeypatch.setattr(bench, "MIN_ROW_S", 1.0)
-    args = SimpleNamespace(out=str(tmp_path), fit=[], smoke=False, confirm_time=60.0)
+    args = SimpleNamespace(out=str(tmp_path), fit=[], known=[], smoke=False, confirm_time=60.0)
     row = bench.one_row("wgan", "bf16", args, dict(os.environ, TBD_HOME=str(tmp_path)), deadline=time.monotonic() + 1.5)
     assert row["rc"] is None and "error" not in row
     assert (row["predicted"], row["confirmed"], row["first_failing"], row["error_pct"]) == (2724, 2669, 2724, 2.06)
     assert "before the search narrowed to 2%" in row["stopped"]
     cells = bench.line(row, markdown=True).split(" | ")
     assert cells[4:6] == ["2669", "2724"] and cells[6].startswith("+2.1%; stopped after")
+
+
+def test_known_answers_become_tbd_memory_options(load_bench):
+    bench = load_bench("max_batch_gpu")
+    assert bench.known_answers(["wgan/fp32=1627", "resnet50/bf16=3277:3408"]) == {
+        ("wgan", "fp32"): {"fit": 1627}, ("resnet50", "bf16"): {"fit": 3277, "oom": 3408}}
+    with pytest.raises(SystemExit, match="write it as W/P=FIT"):
+        bench.known_answers(["wgan=1627"])

@@ -56,6 +56,28 @@ def test_search_stops_on_a_failure_that_is_not_memory():
     assert "other than memory" in result.stopped and result.largest_fitting == 11
 
 
+@pytest.mark.parametrize("known,first_probe", [
+    ({1600: max_batch.FITS}, 1632),  # 2% above the batch known to train
+    ({1700: max_batch.OOM}, 1666),  # 2% below the one known to fail
+    ({1600: max_batch.FITS, 1700: max_batch.OOM}, 1650),  # the middle of the given bracket
+])
+def test_search_goes_on_from_an_earlier_searchs_answers_without_asking_again(known, first_probe):
+    calls: list[int] = []
+    result = max_batch.search(boundary(1640, calls), 2724, predicted=2724, known=known)
+    assert calls[0] == first_probe and not set(calls) & set(known)  # a given answer is not probed again
+    fits, fails = result.largest_fitting, result.smallest_failing
+    assert fits <= 1640 < fails and fails - fits <= 0.02 * fits
+    assert result.known == known and len(result.probes) == len(calls)
+    assert result.prediction_error_pct == pytest.approx((2724 - fits) / fits * 100)  # still the prediction's error
+
+
+def test_search_refuses_answers_that_contradict_each_other():
+    with pytest.raises(ValueError, match="give a failing batch above the fitting one"):
+        max_batch.search(boundary(10, []), 10, known={20: max_batch.FITS, 15: max_batch.OOM})
+    with pytest.raises(ValueError, match="known outcomes"):
+        max_batch.search(boundary(10, []), 10, known={20: max_batch.ERROR})
+
+
 def test_search_is_bounded_by_time_and_says_so():
     ticks = itertools.count(0, 10)  # every clock read is 10 s later
     result = max_batch.search(boundary(500, []), 100, deadline_s=35, clock=lambda: next(ticks))
@@ -117,7 +139,7 @@ def test_memory_command_prints_each_probe_on_one_line_as_it_ends(monkeypatch, ca
     monkeypatch.setenv("COLUMNS", "60")  # narrower than the lines: they must not wrap
     # probes run on a GPU only; the config is made on the CPU (no GPU here) and moved
     config = dataclasses.replace(RunConfig("resnet50", batch_size=8).validated(), device="cuda")
-    args = SimpleNamespace(no_confirm=False, expandable_segments=False, confirm_time=600.0)
+    args = SimpleNamespace(no_confirm=False, expandable_segments=False, confirm_time=600.0, known_fit=None, known_oom=None)
     out = memory._confirm(config, 20, args, None, make_console())
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("probe:")]
     assert [line.split(" (")[0] for line in lines] == ["probe: batch 20 fits", "probe: batch 21 out of memory"]
@@ -135,6 +157,8 @@ def test_memory_command_prints_each_probe_on_one_line_as_it_ends(monkeypatch, ca
     (["--max-batch", "--memory", "16"], "memory size '16' has no unit; write it like 16GiB"),
     (["--no-confirm"], "go with --max-batch"),
     (["--max-batch", "--fit-batches", "1,2,4"], "trains at batch 2 or more"),
+    (["--known-fit", "64"], "go with --max-batch"),
+    (["--max-batch", "--known-fit", "64", "--known-oom", "32"], "--known-oom 32 is not above --known-fit 64"),
 ])
 def test_memory_command_refuses_bad_input_in_one_line(tbd_home, capsys, argv, message):
     from tbd import cli

@@ -36,6 +36,10 @@ def register(sub) -> None:
     p.add_argument("--confirm-time", type=positive_float, default=600.0,
                    help="with --max-batch on a GPU: seconds the confirming search may take (default: 600)")
     p.add_argument("--no-confirm", action="store_true", help="with --max-batch: only predict, do not confirm with real training steps")
+    p.add_argument("--known-fit", type=positive_int, metavar="N",
+                   help="with --max-batch on a GPU: a batch known to train (an earlier search's); the search starts 2%% above it")
+    p.add_argument("--known-oom", type=positive_int, metavar="N",
+                   help="with --max-batch on a GPU: a batch known to run out of memory; the search starts 2%% below it (bisects with --known-fit)")
     p.add_argument("--expandable-segments", action="store_true",
                    help="with --max-batch: confirm under the framework's allocator setting against fragmentation (PyTorch: expandable segments)")
     p.add_argument("--layers", type=positive_int, default=15, help="rows of the per-layer table to print (default: 15)")
@@ -49,8 +53,11 @@ def memory(args) -> int:
     from tbd.metrics.devices import best_device
 
     # Every input is checked before anything runs or is written.
-    if (args.memory or args.fit_batches or args.no_confirm or args.expandable_segments) and not args.max_batch:
-        raise UsageError("--memory, --fit-batches, --no-confirm and --expandable-segments go with --max-batch; add --max-batch")
+    known_given = args.known_fit or args.known_oom
+    if (args.memory or args.fit_batches or args.no_confirm or args.expandable_segments or known_given) and not args.max_batch:
+        raise UsageError("--memory, --fit-batches, --no-confirm, --expandable-segments, --known-fit and --known-oom go with --max-batch; add --max-batch")
+    if args.known_fit and args.known_oom and args.known_oom <= args.known_fit:
+        raise UsageError(f"--known-oom {args.known_oom} is not above --known-fit {args.known_fit}; a batch that runs out of memory lies above one that trains")
     memory_bytes = parse_size(args.memory) if args.memory else None
     from tbd import registry
 
@@ -145,7 +152,11 @@ def _confirm(config: RunConfig, predicted: int, args, memory_bytes: int | None, 
         os.environ[key] = value
     try:
         console.print(f"confirming with real training steps from batch {predicted} (each probe a child process; at most {args.confirm_time:g} s) ...")
-        result = max_batch.confirm(config, predicted, deadline_s=args.confirm_time, on_probe=show)
+        known = {**({args.known_fit: max_batch.FITS} if args.known_fit else {}), **({args.known_oom: max_batch.OOM} if args.known_oom else {})}
+        if known:
+            told = (f"batch {b} {'trains' if o == max_batch.FITS else 'runs out of memory'}" for b, o in sorted(known.items()))
+            console.print("given from an earlier search: " + ", ".join(told))
+        result = max_batch.confirm(config, predicted, deadline_s=args.confirm_time, on_probe=show, known=known)
     finally:
         os.environ.clear()
         os.environ.update(saved)

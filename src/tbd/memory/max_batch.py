@@ -9,6 +9,11 @@ child process (`probe(batch) -> 'fits' | 'oom' | 'error'`). From the start it wa
 then doubling) or down (by 2%, then doubling) until it has a batch that fits below one that fails,
 then bisects until the smallest failing batch is within `tolerance_pct` of the largest fitting
 one. The search stops at `deadline_s` and says so; the bracket found by then is reported.
+
+A probe near the boundary of a large model can take minutes (cuDNN's autotuner meets every new
+shape at thousands of samples), so an earlier search's answers can be given (`known`: a batch
+known to train, one known to run out of memory) and the search goes on from them instead of
+asking again.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class SearchResult:
     probes: list[dict[str, Any]] = field(default_factory=list)  # {batch_size, outcome, seconds}
     stopped: str = ""  # why the search ended
     bounded_by_time: bool = False
+    known: dict[int, str] = field(default_factory=dict)  # outcomes given from an earlier search, not probed here
 
     @property
     def prediction_error_pct(self) -> float | None:
@@ -61,14 +67,20 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
            tolerance_pct: float = TOLERANCE_PCT, deadline_s: float | None = None,
            predicted: int | None = None, first_step: float = FIRST_STEP,
            clock: Callable[[], float] = time.monotonic,
-           on_probe: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
+           on_probe: Callable[[dict[str, Any]], None] | None = None,
+           known: dict[int, str] | None = None) -> SearchResult:
     """Largest batch in [lower, upper] for which `probe` says 'fits', starting at `start` and
     moving by `first_step` (a fraction; 1.0 doubles from the start: no prediction to trust).
     `on_probe` is given each probe's dict as soon as it is known: a search stopped from outside
-    (a killed process) has said what it found so far."""
+    (a killed process) has said what it found so far. `known` maps batches to outcomes ('fits'
+    or 'oom') from an earlier search: the search starts next to them (a step above the largest
+    known to fit, or below the smallest known to fail; between the two where both are given)."""
     began = clock()
-    result = SearchResult(predicted=predicted, largest_fitting=None, smallest_failing=None)
-    seen: dict[int, str] = {}
+    known = dict(known or {})
+    if any(outcome not in (FITS, OOM) for outcome in known.values()):
+        raise ValueError(f"known outcomes are '{FITS}' or '{OOM}', not {sorted(set(known.values()))}")
+    result = SearchResult(predicted=predicted, largest_fitting=None, smallest_failing=None, known=known)
+    seen: dict[int, str] = dict(known)
 
     def ask(batch: int) -> str:
         if batch not in seen:
@@ -87,11 +99,18 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
             return True
         return False
 
-    fits, fails = None, None
+    fits = max((b for b, outcome in known.items() if outcome == FITS), default=None)
+    fails = min((b for b, outcome in known.items() if outcome == OOM), default=None)
+    if fits is not None and fails is not None and fails <= fits:
+        raise ValueError(f"batch {fails} is given as running out of memory and the larger {fits} as training; give a failing batch above the fitting one")
+    if fits is not None and fails is None:
+        start = max(fits + 1, math.floor(fits * (1 + first_step)))
+    elif fails is not None and fits is None:
+        start = min(fails - 1, math.ceil(fails * (1 - first_step)))
     batch = max(lower, min(start, upper or start))
     move = first_step
     # 1. bracket: walk from the start until a fitting batch lies below a failing one
-    while True:
+    while fits is None or fails is None:
         outcome = ask(batch)
         if outcome == ERROR:
             result.stopped = f"batch {batch} failed for a reason other than memory ({result.probes[-1].get('error', 'no message')}); the search stops there"
@@ -148,10 +167,11 @@ def outcome_of(record) -> str:
 
 def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: int = PROBE_STEPS,
             launch: Callable | None = None, upper: int | None = None,
-            on_probe: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
+            on_probe: Callable[[dict[str, Any]], None] | None = None,
+            known: dict[int, str] | None = None) -> SearchResult:
     """Confirm the largest batch of `config` with real training steps, each probe a child
-    process of `steps` steps (so an out-of-memory cannot poison the next probe); `on_probe` as
-    in `search`."""
+    process of `steps` steps (so an out-of-memory cannot poison the next probe); `on_probe` and
+    `known` as in `search`."""
     import contextlib
     import dataclasses
 
@@ -171,4 +191,4 @@ def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: 
     warm = default_launch is launch and world_size(config) == 1 and config.python is None
     with launcher_module.warm_children(config.framework) if warm else contextlib.nullcontext():
         return search(probe, predicted or config.batch_size, upper=upper, deadline_s=deadline_s, predicted=predicted,
-                      on_probe=on_probe)
+                      on_probe=on_probe, known=known)

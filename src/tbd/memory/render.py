@@ -210,4 +210,5 @@ def print_confirmed(result: dict[str, Any], console) -> None:
     if error is not None:
         line += f"; the prediction was off by {error:+.1f}%"
     console.print(line)
-    console.print(f"search: {len(result['probes'])} probes, {result['stopped']}; allocator: {result['allocator_setting']}")
+    given = f" (and {len(result['known'])} given from an earlier search)" if result.get("known") else ""
+    console.print(f"search: {len(result['probes'])} probes{given}, {result['stopped']}; allocator: {result['allocator_setting']}")
