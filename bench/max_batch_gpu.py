@@ -115,7 +115,7 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     budget = model["budget_bytes"]
     row.update(fit_points=model["points"], fixed_bytes=model["fixed_bytes"], per_sample_bytes=model["per_sample_bytes"],
                headroom_fixed_bytes=model.get("headroom_fixed_bytes", 0), headroom_per_sample_bytes=model.get("headroom_per_sample_bytes", 0),
-               budget_bytes=budget, predicted=model["max_batch"],
+               measured=model.get("measured"), budget_bytes=budget, predicted=model["max_batch"],
                predicted_line=math.floor((budget - model["fixed_bytes"]) / model["per_sample_bytes"]))
     confirmed = model.get("confirmed") or {}
     row.update(confirmed=confirmed.get("largest_fitting"), first_failing=confirmed.get("smallest_failing"),

@@ -151,6 +151,10 @@ def test_batch_model_predicts_a_real_larger_batch():
     # sample, or at batch 2 the Linear layer's weight gradient (as large as 4 samples' outputs).
     fmap = CHANNELS * SIZE * SIZE * 4
     assert [p["peak"]["largest_tensor_bytes"] for p in profs] == [max(b * fmap, CLASSES * fmap) for b in (2, 4, 8)]
+    # where each was made: the weight gradient in the backward pass, the outputs in the forward
+    # one; the backward pass's own largest is the outputs' gradient or the weight gradient
+    assert [p["peak"]["largest_tensor_phase"] for p in profs] == ["backward" if CLASSES > b else "forward" for b in (2, 4, 8)]
+    assert [p["peak"]["largest_backward_tensor_bytes"] for p in profs] == [max(b * fmap, CLASSES * fmap) for b in (2, 4, 8)]
     assert model.headroom_per_sample_bytes == pytest.approx(CHANNELS * SIZE * SIZE * 4)
     per_sample = model.per_sample_bytes + model.headroom_per_sample_bytes
     assert model.max_batch(limit) == int((limit - model.fixed_bytes - model.headroom_fixed_bytes) // per_sample)

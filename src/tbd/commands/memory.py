@@ -47,6 +47,10 @@ def register(sub) -> None:
     p.set_defaults(func=memory)
 
 
+# Kept with each fit batch: the largest tensor and where the step made it (the headroom's facts).
+LARGEST_TENSOR_FACTS = ("largest_tensor_bytes", "largest_tensor_phase", "largest_backward_tensor_bytes")
+
+
 def memory(args) -> int:
     from tbd.memory.batch_model import default_fit_batches, parse_batches
     from tbd.results.memory_profile import parse_size
@@ -110,7 +114,8 @@ def memory(args) -> int:
             console.print(f"[red]{prof['batch_model']['error']}[/]")
         else:
             prof["batch_model"] = {**model.to_dict(), "budget_bytes": limit, "budget_note": note, "max_batch": model.max_batch(limit),
-                                   "measured": [{"batch_size": p["batch_size"], "status": p["status"], "model_bytes": profiler.model_bytes(p)} for p in fitted]}
+                                   "measured": [{"batch_size": p["batch_size"], "status": p["status"], "model_bytes": profiler.model_bytes(p),
+                                                 **{k: p["peak"][k] for k in LARGEST_TENSOR_FACTS if k in p["peak"]}} for p in fitted]}
             render.print_batch_model(prof["batch_model"], console)
             prof["batch_model"]["confirmed"] = _confirm(config, prof["batch_model"]["max_batch"], args, memory_bytes, console)
     record = _store(store, config, prof, profiles)

@@ -118,6 +118,10 @@ class StepTracker(TorchDispatchMode):
         self.ops: list[str] = []
         self.peak_index, self.peak_transient, self.last_max = 0, 0, 0
         self.largest_tensor = 0  # the step's largest tensor storage (the batch-size model's headroom)
+        # ... and where it was made: a block made once early in the step (cuDNN's RNN reserve in the
+        # forward pass) meets an unfragmented allocator; one made in the backward pass, late, may not.
+        self.largest_tensor_phase = ""
+        self.largest_backward_tensor = 0
         self.fmap_best, self.fmap_layers = -1, {}
         if self.cuda:
             torch.cuda.synchronize(self.device)
@@ -136,7 +140,10 @@ class StepTracker(TorchDispatchMode):
         if entry is None:
             entry = self.live[ptr] = _Entry(nbytes, self.layer_stack[-1] if self.layer_stack else "(outside modules)")
         entry.nbytes = max(entry.nbytes, nbytes)
-        self.largest_tensor = max(self.largest_tensor, entry.nbytes)
+        if entry.nbytes > self.largest_tensor:
+            self.largest_tensor, self.largest_tensor_phase = entry.nbytes, self.current_phase()
+        if self.current_phase() == "backward":
+            self.largest_backward_tensor = max(self.largest_backward_tensor, entry.nbytes)
         entry.weight_copy |= weight_copy
         oid = id(t)
         ref = entry.refs.get(oid)
@@ -170,8 +177,11 @@ class StepTracker(TorchDispatchMode):
         return t
 
     # -- sampling ---------------------------------------------------------------------------------
+    def current_phase(self) -> str:
+        return "backward" if torch._C._current_graph_task_id() != -1 else self.phase
+
     def sample(self, op: str) -> None:
-        phase = "backward" if torch._C._current_graph_task_id() != -1 else self.phase
+        phase = self.current_phase()
         cats = empty_categories()
         cats["weights"] = sum(self.weights.values())
         cats["optimizer_state"] = sum(self.optim.values())
@@ -356,7 +366,8 @@ def _profile_into(prof: dict[str, Any], config, device, warmup: int, open_sessio
         cats = tracker.peak()
         peak = prof["peak"]
         peak.update(index=tracker.peak_index, phase=tracker.phases[tracker.peak_index], op=tracker.ops[tracker.peak_index],
-                    largest_tensor_bytes=tracker.largest_tensor)
+                    largest_tensor_bytes=tracker.largest_tensor, largest_tensor_phase=tracker.largest_tensor_phase,
+                    largest_backward_tensor_bytes=tracker.largest_backward_tensor)
         timeline = {"axis": "sample (after each op)", "index": list(range(len(tracker.samples))), "phase": tracker.phases, "op": tracker.ops,
                     "categories": {k: [s[k] for s in tracker.samples] for k in cats}}
         prof["timeline"] = downsample(timeline, tracker.peak_index)
