@@ -5,11 +5,11 @@ next row), and its row says how far it got, from the child's log."""
 from __future__ import annotations
 
 import os
-
-import pytest
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 
 def test_a_row_past_the_budget_is_stopped_with_its_probes(tmp_path, monkeypatch, load_bench):
