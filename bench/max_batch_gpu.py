@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--known", action="append", default=[], metavar="W/P=FIT[:OOM]",
                     help="an earlier search's answers for one row, e.g. wgan/fp32=1627 or resnet50/bf16=3277:3408: "
                          "the row's search goes on from them (tbd memory's --known-fit and --known-oom)")
+    ap.add_argument("--home", help="tbd store of the rows' records and probes (default: a new folder under /tmp, outside --out, "
+                                   "so that --out holds only the results and a log per row, and two benches at once keep apart)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny flavor, no confirming: checks the script itself")
     args = ap.parse_args()
     out = Path(args.out)
@@ -60,7 +63,7 @@ def main() -> None:
     path = out / "max_batch_gpu.json"
     rows = json.loads(path.read_text())["rows"] if path.exists() else []
     done = {(r["workload"], r["precision"]) for r in rows}
-    env = {**os.environ, "TBD_HOME": str(out / "tbd-home")}
+    env = {**os.environ, "TBD_HOME": args.home or tempfile.mkdtemp(prefix="tbd-max-batch-")}
     began = time.monotonic()
     for precision in args.precisions.split(","):
         for workload in args.workloads.split(","):
