@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -66,9 +67,23 @@ def test_missing_framework_names_the_install_command(monkeypatch, capsys, tbd_ho
     assert not tbd_home.exists()
 
 
-def test_run_results_show_export(tbd_home, tmp_path):
-    out = run_cli("run", "resnet50", "--device", "cpu", *QUICK)
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory):
+    """One quick `tbd run` into a store of its own, made once for the tests that need a stored run
+    (a run takes about 8 s here): each copies the store into its own TBD_HOME."""
+    home = tmp_path_factory.mktemp("one-run") / "tbd-home"
+    return home, run_cli("run", "resnet50", "--device", "cpu", *QUICK, env={"TBD_HOME": str(home)})
+
+
+def _store_of(one_run, tbd_home) -> subprocess.CompletedProcess:
+    home, out = one_run
     assert out.returncode == 0, out.stderr
+    shutil.copytree(home, tbd_home)
+    return out
+
+
+def test_run_results_show_export(one_run, tbd_home, tmp_path):
+    out = _store_of(one_run, tbd_home)
     assert "images/s" in out.stdout and "stored as" in out.stdout
     [record] = Store().list()
     # 4 steps leave 2-3 timed ones: a measurement, with its verdict (which one depends on this machine's noise)
@@ -122,8 +137,8 @@ def _wait_until_training(proc: subprocess.Popen, cpu_s: float = 2.0, deadline_s:
     raise AssertionError(f"the run's child did not start training within {deadline_s:.0f} s")
 
 
-def test_interrupt_keeps_the_store_consistent(tbd_home):
-    assert run_cli("run", "resnet50", "--device", "cpu", *QUICK).returncode == 0
+def test_interrupt_keeps_the_store_consistent(one_run, tbd_home):
+    _store_of(one_run, tbd_home)  # a store with a run in it, which the interrupted run must leave intact
     proc = subprocess.Popen(
         [sys.executable, "-m", "tbd.cli", "run", "resnet50", "--device", "cpu", "--max-time", "600", "--max-steps", "100000", "--target-ci", "0.001"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
