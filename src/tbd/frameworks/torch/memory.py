@@ -140,10 +140,12 @@ class StepTracker(TorchDispatchMode):
         if entry is None:
             entry = self.live[ptr] = _Entry(nbytes, self.layer_stack[-1] if self.layer_stack else "(outside modules)")
         entry.nbytes = max(entry.nbytes, nbytes)
-        if entry.nbytes > self.largest_tensor:
-            self.largest_tensor, self.largest_tensor_phase = entry.nbytes, self.current_phase()
-        if self.current_phase() == "backward":
-            self.largest_backward_tensor = max(self.largest_backward_tensor, entry.nbytes)
+        if entry.nbytes > self.largest_tensor or entry.nbytes > self.largest_backward_tensor:
+            phase = self.current_phase()  # asked only for a new largest: this runs after every op
+            if entry.nbytes > self.largest_tensor:
+                self.largest_tensor, self.largest_tensor_phase = entry.nbytes, phase
+            if phase == "backward":
+                self.largest_backward_tensor = max(self.largest_backward_tensor, entry.nbytes)
         entry.weight_copy |= weight_copy
         oid = id(t)
         ref = entry.refs.get(oid)
