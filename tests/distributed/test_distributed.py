@@ -266,6 +266,10 @@ def test_the_rank_that_failed_first_is_named():
     timeout = [{"rank": 0, "kind": "error", "message": "Timed out waiting 5000ms for recv", "peer_lost": True}]
     tail_term = tail[:-1] + ["  exitcode  : -15 (pid: 5)"]
     assert distributed._explain(1, timeout, tail_term)[0] == "timeout"
+    # Neither rank reported; torchrun's root cause names the rank it stopped (a tie on the second)
+    stopped_first = ["Failures:", "[1]:", "  rank      : 1 (local_rank: 1)", "  exitcode  : 17 (pid: 6)",
+                     "Root Cause (first observed failure):", "[0]:", "  rank      : 0 (local_rank: 0)", "  exitcode  : -15 (pid: 5)"]
+    assert distributed._explain(1, [], stopped_first)[1].startswith("rank 1 exited with code 17 without reporting an error")
     own = peer + [{"rank": 1, "kind": "oom", "message": "out of memory", "peer_lost": False}]
     assert distributed._explain(1, own, tail) == ("oom", "rank 1: out of memory")
 

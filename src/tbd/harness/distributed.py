@@ -174,10 +174,9 @@ def _explain(rc: int, errors: list[dict], tail) -> tuple[str, str]:
         first = min(own, key=lambda e: e.get("rank", 0))
         return first.get("kind", "error"), f"rank {first.get('rank')}: {first.get('message')}"
     reported = {e.get("rank") for e in errors}
-    exits = re.findall(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)", "\n".join(tail))
-    silent = [(int(r), int(c)) for r, c in exits if int(r) not in reported]
+    silent = [exit for exit in _exits(tail) if exit[0] not in reported]
     if silent:
-        r, code = min(silent)
+        r, code, _ = min(silent, key=_blame_order)
         seen = min(errors, key=lambda e: e.get("rank", 0)) if errors else None
         if seen and code in (-15, -9) and re.search(r"time[d ]*out", seen.get("message", ""), re.I):
             # Stopped by torchrun after a peer timed out waiting for it: it hung, it did not crash.
@@ -189,6 +188,23 @@ def _explain(rc: int, errors: list[dict], tail) -> tuple[str, str]:
         first = min(errors, key=lambda e: e.get("rank", 0))
         return first.get("kind", "error"), f"rank {first.get('rank')}: {first.get('message')}"
     return "crash", f"torchrun exited with code {rc}: {(tail[-1] if tail else 'no output')[:200]}"
+
+
+def _exits(tail) -> list[tuple[int, int, bool]]:
+    """(rank, exit code, root cause?) for each rank in torchrun's failure summary. torchrun lists
+    the first failure it observed under "Root Cause"; the ranks it stopped afterwards come above."""
+    text = "\n".join(tail)
+    cut = text.find("Root Cause")
+    pattern = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
+    return [(int(m[1]), int(m[2]), cut >= 0 and m.start() > cut) for m in pattern.finditer(text)]
+
+
+def _blame_order(exit: tuple[int, int, bool]) -> tuple:
+    """A rank that ended by itself before one torchrun stopped with SIGTERM: torchrun's root
+    cause can name a stopped rank, since ranks without an error file tie on the second they were
+    seen. Then the root cause, then the lower rank."""
+    rank, code, root = exit
+    return (code == -15, not root, rank)
 
 
 def _failed(config, run_id: str, kind: str, message: str, tail) -> RunRecord:
