@@ -25,6 +25,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # compare with tolerances). XLA_FLAGS the user set are left alone.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 
+# `make test` runs two pytest-xdist workers on 2 cores: each worker's torch and XLA:CPU get one
+# thread (children inherit it), since two workers each spinning two OpenMP/Eigen threads on two
+# cores made torch's tests 2-3x slower than alone. A thread count the user set is left alone.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "intra_op_parallelism_threads" not in os.environ["XLA_FLAGS"]:
+        os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
 
 @pytest.fixture(autouse=True)
 def tbd_home(tmp_path, monkeypatch):

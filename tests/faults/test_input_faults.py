@@ -100,6 +100,7 @@ def test_names_that_look_like_markup_are_printed_as_they_are(name, tbd_home, lau
 def test_a_home_that_looks_like_markup_works(tmp_path, launches, monkeypatch, capsys):
     home = tmp_path / "x[/]home[bold]"
     monkeypatch.setenv("TBD_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "400")  # the path unwrapped, however long pytest's tmp path is
     assert tbd_cli.main(["run", "resnet50", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert f"in {home} ('tbd results show" in out.replace("\n", "")
