@@ -174,7 +174,7 @@ def _explain(rc: int, errors: list[dict], tail) -> tuple[str, str]:
         first = min(own, key=lambda e: e.get("rank", 0))
         return first.get("kind", "error"), f"rank {first.get('rank')}: {first.get('message')}"
     reported = {e.get("rank") for e in errors}
-    silent = [exit for exit in _exits(tail) if exit[0] not in reported]
+    silent = [failure for failure in _exits(tail) if failure[0] not in reported]
     if silent:
         r, code, _ = min(silent, key=_blame_order)
         seen = min(errors, key=lambda e: e.get("rank", 0)) if errors else None
@@ -192,18 +192,18 @@ def _explain(rc: int, errors: list[dict], tail) -> tuple[str, str]:
 
 def _exits(tail) -> list[tuple[int, int, bool]]:
     """(rank, exit code, root cause?) for each rank in torchrun's failure summary. torchrun lists
-    the first failure it observed under "Root Cause"; the ranks it stopped afterwards come above."""
+    the failure it saw first under "Root Cause", below the other failed ranks."""
     text = "\n".join(tail)
     cut = text.find("Root Cause")
     pattern = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
     return [(int(m[1]), int(m[2]), cut >= 0 and m.start() > cut) for m in pattern.finditer(text)]
 
 
-def _blame_order(exit: tuple[int, int, bool]) -> tuple:
+def _blame_order(failure: tuple[int, int, bool]) -> tuple:
     """A rank that ended by itself before one torchrun stopped with SIGTERM: torchrun's root
     cause can name a stopped rank, since ranks without an error file tie on the second they were
     seen. Then the root cause, then the lower rank."""
-    rank, code, root = exit
+    rank, code, root = failure
     return (code == -15, not root, rank)
 
 
