@@ -162,6 +162,24 @@ def test_batch_model_predicts_a_real_larger_batch():
     assert host > 0 and "host RAM" in note
 
 
+def test_headroom_is_kept_for_the_backward_pass_largest_tensor():
+    # deepspeech2 (bf16, paper) as profiled on an H200 on 2026-11-30: cuDNN's GRU reserve, made
+    # in the forward pass, is its largest tensor (75% of a sample's memory); the backward pass's
+    # largest is 4 MiB a sample. Headroom for the reserve predicted 484 where 774 trains and 788
+    # runs out of memory; headroom for the backward pass's largest predicts 827.
+    def measured(batch, allocated, largest, backward):
+        return {"status": "ok", "batch_size": batch, "peak": {"allocated_bytes": allocated, "largest_tensor_bytes": largest,
+                                                               "largest_tensor_phase": "forward", "largest_backward_tensor_bytes": backward}}
+    known = {4: measured(4, 2315149824, 522240256, 158649600), 8: measured(8, 3015617024, 1044480256, 158649600),
+             281: measured(281, 50592429568, 36687360256, 1238198400)}
+    model, _ = profiler.fit_batch_model(small_config(4), [4, 8, 281], known=known)
+    assert model.headroom_per_sample_bytes == pytest.approx((1238198400 - 158649600) / (281 - 8))
+    assert model.max_batch(149315059712) == 827  # the budget it had there
+    # a profile without the backward fact (an older record) keeps the step's largest tensor
+    assert profiler.headroom_tensor_bytes({"largest_tensor_bytes": 7}) == 7
+    assert profiler.headroom_tensor_bytes({"largest_tensor_bytes": 7, "largest_backward_tensor_bytes": 3}) == 3
+
+
 def test_a_far_prediction_is_refitted_on_larger_batches():
     # A budget the 2/4/8 line extrapolates far beyond: a batch at a third of its prediction is
     # profiled and the line refitted on the three largest batches, until it is within 4x.

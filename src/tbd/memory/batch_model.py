@@ -10,8 +10,9 @@ The allocated peak is not all a batch needs: a caching allocator must also find 
 largest tensor as one contiguous free block, and near the limit the memory left is in pieces
 (gpt bf16 on an H200: the allocated-peak line said 171, the real boundary was 137, where the
 50k-vocabulary fp32 logits, 196 MiB a sample, could not be placed with 48 GiB free in
-fragments). So the model keeps a headroom of one largest tensor, fitted on the same batches:
-a batch fits when fixed + per_sample x b + largest(b) <= budget. On that H200 this gives 137
+fragments). So the model keeps a headroom of one largest tensor made in the backward pass
+(profiler.headroom_tensor_bytes says why not a forward one), fitted on the same batches: a batch
+fits when fixed + per_sample x b + largest(b) <= budget. On that H200 this gives 137
 for gpt (confirmed 137) and moves resnet50's prediction by 2% (its largest tensor is a few MiB
 a sample against 147 MiB of peak).
 """
