@@ -157,3 +157,15 @@ def test_synthetic_batches_are_reproducible_and_masked():
     assert all(torch.equal(x, y) for x, y in zip(a.batches[0], b.batches[0]))
     assert torch.equal((src != 0).sum(1), src_lens) and torch.equal((tgt_out != 0).sum(1), tgt_lens)
     assert a._units[0] == float(src_lens.sum() + tgt_lens.sum())
+
+
+def test_at_the_longest_inputs_a_token_batch_is_the_same_every_draw():
+    # `tbd memory transformer --max-batch` sizes batches this way: every pair at max_len, so a
+    # batch of N tokens holds N // max_len pairs whatever the draw (random draws hold many short
+    # pairs or few long ones, and memory differs between them).
+    spec = registry.get_spec("transformer")
+    hparams = spec.flavor("paper").hparams
+    model = text_data.LengthModel.from_hparams({**hparams, **spec.longest_inputs(hparams)})
+    for seed in range(5):
+        batch = text_data.draw_bucketed_batch(random.Random(seed), model, max_tokens=4096)
+        assert batch == [(hparams["max_len"], hparams["max_len"])] * (4096 // hparams["max_len"])
