@@ -262,6 +262,8 @@ def test_verify_reruns_the_top_applicable_recommendations_and_logs_them(monkeypa
 def test_calibration_re_estimates_each_pair_with_the_current_model(tmp_path):
     """A pair logged under an older model is estimated again from its run's stored facts, so a
     revised model is judged on the same pairs (tbd analyze --calibration: column "now")."""
+    import json
+
     from tbd.analysis import verify as verify_mod
     from tbd.results.store import Store
 
@@ -269,7 +271,7 @@ def test_calibration_re_estimates_each_pair_with_the_current_model(tmp_path):
     config = {"workload": "gpt", "framework": "torch", "flavor": "paper", "device": "cuda", "batch_size": 16, "precision": "fp32"}
     facts = gpu(precision="fp32", channels_last=False, convolutional=False, gpu_util_trace_pct=99.5, host_busy_pct=81.0,
                 class_share={"matmul/conv": 80.9, "attention": 11.9, "reduction": 3.2, "elementwise": 2.3, "normalization": 1.4},
-                kernels_per_window=4820, step_ms=298.9)
+                kernels_per_window=4820, step_ms=298.9, kernel_fill_share_pct={"under_quarter": 10.0, "one_or_more": 90.0})
     base = {"id": "base", "created_at": "2026-01-01T00:00:00+00:00", "status": "ok", "config": config, "metrics": {"samples_per_s": 10.0},
             "analysis": {"trace": {"steps": 10}, "report": {"facts": facts}}}
     new = {"id": "bf16", "created_at": "2026-01-01T00:01:00+00:00", "status": "ok", "config": {**config, "precision": "bf16"},
@@ -277,6 +279,8 @@ def test_calibration_re_estimates_each_pair_with_the_current_model(tmp_path):
     store.save(base)
     store.save(new)
     verify_mod.log_calibration(store, base, {"action": "precision bf16", "expected_gain_pct": 22.9, "measured_gain_pct": 607.0, "run_id": "bf16"}, facts)
+    logged = json.loads(verify_mod.calibration_path(store).read_text())["facts"]
+    assert logged["kernel_fill_share_pct"] == facts["kernel_fill_share_pct"]  # every fact an estimate reads is logged
     rows, summary = verify_mod.calibration(store)
     now = next(r for r in recommend(dict(facts, kernels_per_step=482.0)) if r["action"] == "precision bf16")["expected_gain_pct"]
     assert rows[0]["expected_now_pct"] == now and now > 500  # kernels per step from the trace's 10 steps

@@ -101,7 +101,10 @@ CALIBRATION_FACTS = ("gpu_util_trace_pct", "gpu_util_nvml_pct", "host_busy_pct",
                      "precision", "batch_size", "compile", "channels_last", "convolutional", "steady_peak_allocated_bytes",
                      "peak_reserved_bytes", "device_total_bytes", "cores", "batch_on_host_cores", "host_work_per_sample",
                      # kernel-time shares the channels_last estimate reads (logged since the third tuning run)
-                     "layout_transpose_share_pct")
+                     "layout_transpose_share_pct",
+                     # kernel time by grid fill, which the larger-batch estimate reads (logged since 2026-11-30:
+                     # before, pairs carried no fill and their "now" fell back to full kernels)
+                     "kernel_fill_share_pct")
 
 
 def log_calibration(store, record: dict[str, Any], result: dict[str, Any], facts: dict[str, Any] | None = None) -> None:
