@@ -155,6 +155,17 @@ def test_kernels_that_under_fill_the_gpu_first_fill_it_at_a_larger_batch():
     plain = next(r for r in recommend(dict(facts, kernel_fill_share_pct=None)) if r["action"].startswith("larger batch"))
     assert full["expected_gain_pct"] == plain["expected_gain_pct"] == pytest.approx((4 / (0.7 * (2 + 5 * 4) / 7) - 1) * 100, abs=0.1)
 
+def test_a_recurrent_model_gets_no_compile_estimate():
+    # seq2seq bf16 on an H200 (2026-11-30): 60% of kernel time elementwise by name, nearly all of it
+    # the decoder's time-step loop, which stays eager under torch.compile. The fusable share said
+    # +42%; compile measured +4%.
+    facts = gpu(precision="bf16", convolutional=False, channels_last=False, gpu_util_trace_pct=10.1, gpu_idle_not_waiting_pct=89.9,
+                host_busy_pct=84.2, batch_size=128, kernels_per_step=6526.0, mean_kernel_us=3.3, step_ms=129.0,
+                class_share={"elementwise": 60.3, "matmul/conv": 30.5, "reduction": 5.5, "optimizer": 2.7, "memcpy/memset": 1.0})
+    assert "torch.compile" in [r["action"] for r in recommend(facts)]
+    assert "torch.compile" not in [r["action"] for r in recommend(dict(facts, recurrent=True))]
+
+
 def test_a_batch_of_host_processes_gains_at_most_the_idle_cores():
     # a3c: the batch is 8 actor processes on a 16-core host; the GPU learner is idle 99.6% of the
     # time, which the plain model reads as +295% from 4x the batch. The cores allow 2x, each added

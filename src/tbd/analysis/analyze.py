@@ -96,6 +96,7 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         "variable_shapes": _spec_flag(cfg["workload"], "variable_shapes"),
         "batch_on_host_cores": _spec_flag(cfg["workload"], "batch_on_host_cores"),
         "host_work_per_sample": _spec_flag(cfg["workload"], "host_work_per_sample"),
+        "recurrent": _spec_flag(cfg["workload"], "recurrent"),
         "has_trace": summary is not None,
         "gpu_util_nvml_pct": met.get("gpu_util_nvml_pct"), "gpu_mem_bw_util_nvml_pct": met.get("gpu_mem_bw_util_nvml_pct"),
         "mfu_pct": met.get("mfu_pct"), "cpu_util_pct": met.get("cpu_util_pct"), "cpu_cores_busy": met.get("cpu_cores_busy"),

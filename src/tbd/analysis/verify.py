@@ -104,7 +104,9 @@ CALIBRATION_FACTS = ("gpu_util_trace_pct", "gpu_util_nvml_pct", "host_busy_pct",
                      "layout_transpose_share_pct",
                      # kernel time by grid fill, which the larger-batch estimate reads (logged since 2026-11-30:
                      # before, pairs carried no fill and their "now" fell back to full kernels)
-                     "kernel_fill_share_pct")
+                     "kernel_fill_share_pct",
+                     # whether the model is a recurrence (the compile estimate reads it; from the spec for older pairs)
+                     "recurrent")
 
 
 def log_calibration(store, record: dict[str, Any], result: dict[str, Any], facts: dict[str, Any] | None = None) -> None:
@@ -207,7 +209,7 @@ def _re_estimate_logged(row: dict[str, Any]) -> float | None:
     try:
         spec = registry.get_spec(row["workload"])
         known.update(convolutional=spec.convolutional, batch_on_host_cores=spec.batch_on_host_cores,
-                     host_work_per_sample=spec.host_work_per_sample)
+                     host_work_per_sample=spec.host_work_per_sample, recurrent=spec.recurrent)
     except (UsageError, KeyError):
         pass
     facts.update({k: v for k, v in known.items() if facts.get(k) is None})

@@ -66,6 +66,11 @@ class WorkloadSpec:
     # heads decode and filter each image's proposals on their own): a larger batch then
     # lengthens the host's step too (the analysis's estimate).
     host_work_per_sample: bool = False
+    # True where most of the work is a recurrence over time steps (RNNs: cuDNN's, or a loop of
+    # cells). An optional compiler leaves it as it is (torch.compile would compile a graph per
+    # sequence length, so the implementations keep the recurrence out), and the fusable kernels
+    # by name are mostly in it (the analysis's compile estimate).
+    recurrent: bool = False
     # Why some steps take far longer by the nature of the work ("" where none do): a3c's actors
     # end episodes at irregular steps and reset their emulators. Such runs are rated over the
     # window (units / time, which counts the slow steps), not by the median step (which hides them).

@@ -111,6 +111,7 @@ SPEC = WorkloadSpec(
     dataset="LibriSpeech train-clean (synthetic 161-bin spectrograms and transcripts, same length distribution)",
     description="Deep Speech 2: 2 conv (BN, hardtanh) + bidirectional GRUs (cuDNN) + linear, CTC loss, Adam",
     variable_shapes=True,
+    recurrent=True,
     longest_inputs=lambda hp: {"min_s": hp["max_s"]},  # every utterance at the longest duration
     flavors=FLAVORS,
     sample_unit="utterances",

@@ -78,6 +78,7 @@ SPEC = WorkloadSpec(
     description="NMT: 2-layer LSTM encoder and decoder with Bahdanau attention and input feeding, Adam, "
                 "bucketed variable-length batches, masked cross-entropy",
     variable_shapes=True,
+    recurrent=True,
     # Every pair at the corpus' longest: source max_len, target source x ratio clipped to max_len.
     longest_inputs=lambda hp: {"mean_src_len": float(hp["max_len"]), "len_sigma": 0.0, "tgt_ratio_sigma": 0.0},
     flavors=FLAVORS,
