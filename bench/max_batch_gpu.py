@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--known", action="append", default=[], metavar="W/P=FIT[:OOM]",
                     help="an earlier search's answers for one row, e.g. wgan/fp32=1627 or resnet50/bf16=3277:3408: "
                          "the row's search goes on from them (tbd memory's --known-fit and --known-oom)")
+    ap.add_argument("--confirm-only", action="store_true",
+                    help="rows given --known answers skip the fit and only go on with the search (tbd memory's --confirm-only): "
+                         "where the fit takes as long as a probe (wgan and faster_rcnn fp32)")
     ap.add_argument("--home", help="tbd store of the rows' records and probes (default: a new folder under /tmp, outside --out, "
                                    "so that --out holds only the results and a log per row, and two benches at once keep apart)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny flavor, no confirming: checks the script itself")
@@ -88,6 +91,7 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     argv += ["--fit-batches", fits[workload]] if workload in fits else []
     known = known_answers(args.known).get((workload, precision), {})
     argv += [arg for key in ("fit", "oom") if key in known for arg in (f"--known-{key}", str(known[key]))]
+    argv += ["--confirm-only"] if getattr(args, "confirm_only", False) and known else []
     argv += ["--device", "cpu", "--flavor", "tiny", "--memory", "2GiB", "--no-confirm"] if args.smoke else \
             ["--device", "cuda", "--flavor", "paper", "--confirm-time", f"{args.confirm_time:g}"]
     # The child's output goes to a log beside the results, so a row cut short still shows how far
@@ -114,6 +118,12 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     model = record["memory_profile"].get("batch_model") or {}
     if "error" in model:
         row["error"] = model["error"]
+        return row
+    if "fit_skipped" in model:  # --confirm-only: the search's answers, no prediction of this call's
+        confirmed = model["confirmed"]
+        row.update(predicted=None, fit_skipped=model["fit_skipped"], confirmed=confirmed.get("largest_fitting"),
+                   first_failing=confirmed.get("smallest_failing"), probes=confirmed.get("probes"),
+                   stopped=confirmed.get("stopped") or confirmed.get("skipped"), allocator=confirmed.get("allocator_setting"))
         return row
     budget = model["budget_bytes"]
     row.update(fit_points=model["points"], fixed_bytes=model["fixed_bytes"], per_sample_bytes=model["per_sample_bytes"],

@@ -4,6 +4,7 @@ next row), and its row says how far it got, from the child's log."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -79,3 +80,23 @@ def test_known_answers_become_tbd_memory_options(load_bench):
         ("wgan", "fp32"): {"fit": 1627}, ("resnet50", "bf16"): {"fit": 3277, "oom": 3408}}
     with pytest.raises(SystemExit, match="write it as W/P=FIT"):
         bench.known_answers(["wgan=1627"])
+
+
+def test_confirm_only_rows_pass_it_on_and_keep_the_search_without_a_prediction(tmp_path, monkeypatch, load_bench):
+    bench = load_bench("max_batch_gpu")
+    argv_file, home = tmp_path / "argv", tmp_path / "home"
+    (home / "memory").mkdir(parents=True)
+    record = {"batch_model": {"fit_skipped": "--confirm-only: no fit", "confirmed": {
+        "largest_fitting": 1692, "smallest_failing": 1725, "probes": [{"batch_size": 1725, "outcome": "oom", "seconds": 280.0}],
+        "stopped": "bracket within 2%", "allocator_setting": "framework default"}}}
+    (tmp_path / "record.json").write_text(json.dumps(record))
+    # Stands in for `python -m tbd.cli memory ...`: keeps its arguments and stores a record as tbd would.
+    fake = tmp_path / "fake_python"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {argv_file}\ncp {tmp_path / "record.json"} {home / "memory" / "r.json"}\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(bench.sys, "executable", str(fake))
+    args = SimpleNamespace(out=str(tmp_path), fit=[], known=["wgan/fp32=1659"], smoke=False, confirm_time=500.0, confirm_only=True)
+    row = bench.one_row("wgan", "fp32", args, dict(os.environ, TBD_HOME=str(home)), deadline=time.monotonic() + 30)
+    assert "--known-fit 1659" in argv_file.read_text() and "--confirm-only" in argv_file.read_text()
+    assert (row["predicted"], row["confirmed"], row["first_failing"]) == (None, 1692, 1725) and row["fit_skipped"]
+    assert "error_pct" not in row and "1692" in bench.line(row)

@@ -159,6 +159,9 @@ def test_memory_command_prints_each_probe_on_one_line_as_it_ends(monkeypatch, ca
     (["--max-batch", "--fit-batches", "1,2,4"], "trains at batch 2 or more"),
     (["--known-fit", "64"], "go with --max-batch"),
     (["--max-batch", "--known-fit", "64", "--known-oom", "32"], "--known-oom 32 is not above --known-fit 64"),
+    (["--max-batch", "--confirm-only"], "--confirm-only goes on from an earlier search: give its answers with --known-fit N"),
+    (["--max-batch", "--confirm-only", "--known-fit", "64", "--no-confirm"], "drop --no-confirm and --fit-batches"),
+    (["--confirm-only", "--known-fit", "64"], "go with --max-batch"),
 ])
 def test_memory_command_refuses_bad_input_in_one_line(tbd_home, capsys, argv, message):
     from tbd import cli
@@ -179,3 +182,18 @@ def test_a_line_that_grows_by_the_input_alone_predicts_nothing():
     assert unusable_fit(with_activations, profiles) is None
     off_the_line = BatchModel(fixed_bytes=376e6, per_sample_bytes=40.0 * image, points=[(2, 1), (4, 2), (8, 3)], max_residual_pct=25.0)
     assert "off the fitted line" in unusable_fit(off_the_line, profiles)
+
+
+def test_confirm_only_goes_on_from_the_given_answers_without_a_fit(tbd_home, capsys):
+    """`--confirm-only` skips the fit (on a GPU the search then goes on from --known-fit/--known-oom;
+    on the CPU nothing is confirmed, and says so) and stores the record without a prediction."""
+    import json
+
+    from tbd import cli
+
+    assert cli.main(["memory", "resnet50", "--device", "cpu", "--max-batch", "--confirm-only", "--known-fit", "4", "--home", str(tbd_home)]) == 0
+    out = capsys.readouterr().out
+    assert "fitting the batch-size model" not in out and "predicted largest batch" not in out
+    assert "not confirmed on the CPU" in out
+    stored = [json.loads(p.read_text()) for p in (tbd_home / "memory").glob("*.json")]
+    assert len(stored) == 1 and stored[0]["batch_model"]["fit_skipped"].startswith("--confirm-only")

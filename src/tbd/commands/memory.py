@@ -40,6 +40,9 @@ def register(sub) -> None:
                    help="with --max-batch on a GPU: a batch known to train (an earlier search's); the search starts 2%% above it")
     p.add_argument("--known-oom", type=positive_int, metavar="N",
                    help="with --max-batch on a GPU: a batch known to run out of memory; the search starts 2%% below it (bisects with --known-fit)")
+    p.add_argument("--confirm-only", action="store_true",
+                   help="with --max-batch and --known-fit/--known-oom on a GPU: skip the fit and go on with an earlier search "
+                        "(a search stopped by its time limit; the prediction is the earlier run's)")
     p.add_argument("--expandable-segments", action="store_true",
                    help="with --max-batch: confirm under the framework's allocator setting against fragmentation (PyTorch: expandable segments)")
     p.add_argument("--layers", type=positive_int, default=15, help="rows of the per-layer table to print (default: 15)")
@@ -58,8 +61,13 @@ def memory(args) -> int:
 
     # Every input is checked before anything runs or is written.
     known_given = args.known_fit or args.known_oom
-    if (args.memory or args.fit_batches or args.no_confirm or args.expandable_segments or known_given) and not args.max_batch:
-        raise UsageError("--memory, --fit-batches, --no-confirm, --expandable-segments, --known-fit and --known-oom go with --max-batch; add --max-batch")
+    if (args.memory or args.fit_batches or args.no_confirm or args.confirm_only or args.expandable_segments or known_given) and not args.max_batch:
+        raise UsageError("--memory, --fit-batches, --no-confirm, --confirm-only, --expandable-segments, --known-fit and --known-oom go with "
+                         "--max-batch; add --max-batch")
+    if args.confirm_only and not known_given:
+        raise UsageError("--confirm-only goes on from an earlier search: give its answers with --known-fit N (and --known-oom M)")
+    if args.confirm_only and (args.no_confirm or args.fit_batches):
+        raise UsageError("--confirm-only skips the fit and confirms: drop --no-confirm and --fit-batches")
     if args.known_fit and args.known_oom and args.known_oom <= args.known_fit:
         raise UsageError(f"--known-oom {args.known_oom} is not above --known-fit {args.known_fit}; a batch that runs out of memory lies above one that trains")
     memory_bytes = parse_size(args.memory) if args.memory else None
@@ -98,7 +106,12 @@ def memory(args) -> int:
     prof = _guarded(profiler.profile, config, args.warmup)
     render.print_profile(prof, console, args.layers)
     profiles = [prof]
-    if args.max_batch:
+    if args.max_batch and args.confirm_only:
+        # A long search stopped by its time limit goes on without refitting: on a GPU the fit of a
+        # large model (wgan fp32: four profiles, 265 s) can take as long as a probe.
+        prof["batch_model"] = {"fit_skipped": "--confirm-only: no fit; the search goes on from the given answers",
+                               "confirmed": _confirm(config, None, args, memory_bytes, console)}
+    elif args.max_batch:
         console.print(f"fitting the batch-size model on batches {', '.join(map(str, fit_batches))} ...")
         limit, note = profiler.budget(prof, memory_bytes)
         # On a GPU larger batches are added until the line is not extrapolated far (its allocator
@@ -125,9 +138,9 @@ def memory(args) -> int:
     return 0 if prof["status"] == "ok" else 1
 
 
-def _confirm(config: RunConfig, predicted: int, args, memory_bytes: int | None, console) -> dict[str, Any]:
-    """Confirm the prediction with real training steps (GPU only), under the allocator setting
-    asked for; what was confirmed, or why nothing was."""
+def _confirm(config: RunConfig, predicted: int | None, args, memory_bytes: int | None, console) -> dict[str, Any]:
+    """Confirm the prediction (None under --confirm-only: the given answers) with real training
+    steps (GPU only), under the allocator setting asked for; what was confirmed, or why nothing was."""
     import os
 
     from tbd import registry
@@ -156,7 +169,8 @@ def _confirm(config: RunConfig, predicted: int, args, memory_bytes: int | None, 
         key, _, value = setting.partition("=")
         os.environ[key] = value
     try:
-        console.print(f"confirming with real training steps from batch {predicted} (each probe a child process; at most {args.confirm_time:g} s) ...")
+        start = f"batch {predicted}" if predicted is not None else "the given answers"
+        console.print(f"confirming with real training steps from {start} (each probe a child process; at most {args.confirm_time:g} s) ...")
         known = {**({args.known_fit: max_batch.FITS} if args.known_fit else {}), **({args.known_oom: max_batch.OOM} if args.known_oom else {})}
         if known:
             told = (f"batch {b} {'trains' if o == max_batch.FITS else 'runs out of memory'}" for b, o in sorted(known.items()))
