@@ -27,11 +27,11 @@ def profile(config, warmup: int = 1, **kwargs: Any) -> dict[str, Any]:
 def headroom_tensor_bytes(peak: dict[str, Any]) -> int:
     """The tensor the batch-size model keeps headroom for: the largest one the backward pass makes.
     By then the forward pass's feature maps fill the memory and partial frees have cut it into
-    pieces, so a large block may not be found. A block made early in the forward pass meets
-    unfragmented memory, and its bytes are in the allocated peak already. deepspeech2's cuDNN
-    GRU reserve, 75% of its per-sample memory, made the headroom predict 484 where 774 trains
-    (bf16, H200, 2026-11-30); its backward pass's largest tensor is 3.8 MiB a sample, and the
-    prediction is 827. Where the backward pass makes the largest tensor too (gpt's logits, the
+    pieces, so a large block may not be found. A block made early in the forward pass is placed
+    while most of the memory is still free, and its bytes are in the allocated peak already.
+    deepspeech2's cuDNN GRU reserve, 75% of its per-sample memory, made the headroom predict 484
+    where 774 trains (bf16, H200, 2026-11-30); its backward pass's largest tensor is 3.8 MiB a
+    sample, and the prediction is 827. Where the backward pass makes the largest tensor too (gpt's logits, the
     other suite workloads), nothing changes. Profiles without the fact (older records) keep the
     step's largest tensor."""
     backward = peak.get("largest_backward_tensor_bytes")
