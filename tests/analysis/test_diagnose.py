@@ -270,6 +270,32 @@ def test_verify_reruns_the_top_applicable_recommendations_and_logs_them(monkeypa
     assert len(verify_mod.pick(analysis["recommendations"], None)) == 3
 
 
+def test_verify_measures_the_gain_in_the_workloads_unit(monkeypatch, tmp_path):
+    """seq2seq's two resident batches at 128 pairs had 50-token targets, at 512 15 and 31: pairs per
+    second rose 7x for 4x the batch (H200, 2026-11-30). The gain is measured in tokens per second,
+    as tbd tune judges a change; a record without its unit's figure falls back to samples."""
+    import json
+
+    from tbd.analysis import verify as verify_mod
+    from tbd.results.record import throughput_of
+    from tbd.results.store import Store
+
+    def fake_launch(config, progress=None):
+        return {"id": "bigger", "created_at": "2026-01-01T00:00:00+00:00", "status": "ok", "config": config.to_dict(),
+                "workload": {"unit": "tokens"}, "metrics": {"samples_per_s": 7000.0, "tokens_per_s": 160_000.0}, "error": None}
+
+    monkeypatch.setattr(verify_mod, "launch", fake_launch)
+    record = {"id": "old", "config": {"workload": "seq2seq", "framework": "torch", "flavor": "tiny", "device": "cpu", "batch_size": 128,
+                                      "precision": "fp32", "profile": True},
+              "workload": {"unit": "tokens"}, "metrics": {"samples_per_s": 1000.0, "tokens_per_s": 80_000.0}}
+    analysis = {"recommendations": [{"action": "larger batch (128 -> 512)", "expected_gain_pct": 150.0, "apply": {"batch_size": 512}}]}
+    out = verify_mod.verify(record, analysis, Store(tmp_path / "home"))
+    assert out[0]["measured_gain_pct"] == pytest.approx(100.0) and out[0]["unit"] == "tokens"
+    assert (out[0]["throughput_before"], out[0]["throughput_after"]) == (80_000.0, 160_000.0)
+    assert throughput_of({"workload": {"unit": "tokens"}, "metrics": {"samples_per_s": 3.0}}) == 3.0
+    assert json.loads(verify_mod.calibration_path(Store(tmp_path / "home")).read_text())["measured_in"] == "tokens_per_s"
+
+
 def test_calibration_re_estimates_each_pair_with_the_current_model(tmp_path):
     """A pair logged under an older model is estimated again from its run's stored facts, so a
     revised model is judged on the same pairs (tbd analyze --calibration: column "now")."""

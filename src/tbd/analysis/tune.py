@@ -58,7 +58,7 @@ from tbd import registry
 from tbd.analysis.levers import Change, Context, Lever, apply_change, change_key, levers_for
 from tbd.config import RunConfig
 from tbd.errors import UsageError, closest
-from tbd.results.record import RunRecord, has_result
+from tbd.results.record import RunRecord, has_result, throughput_of
 from tbd.topology import world_size
 
 MIN_GAIN_PCT = 1.0  # a kept change must also gain this much at the point estimate
@@ -173,12 +173,6 @@ def verdict(ratio: float, low: float, high: float, min_gain_pct: float) -> tuple
 
 
 # ---- the search ---------------------------------------------------------------------------
-
-
-def throughput_of(record: dict[str, Any]) -> float | None:
-    unit = (record.get("workload") or {}).get("unit", "samples")
-    metrics = record.get("metrics") or {}
-    return metrics.get(f"{unit}_per_s") or metrics.get("samples_per_s")
 
 
 def timed_steps(record: dict[str, Any]) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 from tbd.analysis.levers import apply_change
 from tbd.config import RunConfig
 from tbd.harness.launcher import launch
-from tbd.results.record import has_result
+from tbd.results.record import has_result, throughput_of
 
 
 def pick(recommendations: list[dict[str, Any]], count: int | None = 1) -> list[dict[str, Any]]:
@@ -62,9 +62,12 @@ def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress, fa
         out["error"] = (new.get("error") or {}).get("message", "failed")
         out["measured_gain_pct"] = None
         return out
-    before = (record.get("metrics") or {}).get("samples_per_s")
-    after = (new.get("metrics") or {}).get("samples_per_s")
-    out["samples_per_s_before"], out["samples_per_s_after"] = before, after
+    # In the workload's unit, as tbd tune judges a change: seq2seq's two resident batches at 128
+    # pairs had targets of 50 and 50 tokens, at 512 of 15 and 31, so pairs per second rose 7x for
+    # 4x the batch (H200, 2026-11-30) while the work per pair fell by half.
+    before, after = throughput_of(record), throughput_of(new)
+    out["unit"] = (record.get("workload") or {}).get("unit", "samples")
+    out["throughput_before"], out["throughput_after"] = before, after
     out["measured_gain_pct"] = (after / before - 1.0) * 100.0 if before and after else None
     if out["measured_gain_pct"] is not None:
         log_calibration(store, record, out, facts)
@@ -117,6 +120,8 @@ def log_calibration(store, record: dict[str, Any], result: dict[str, Any], facts
            "flavor": cfg["flavor"], "device": cfg["device"], "device_name": env.get("device_name"), "precision": cfg["precision"],
            "batch_size": cfg["batch_size"], "action": result["action"], "expected_gain_pct": result["expected_gain_pct"],
            "measured_gain_pct": result["measured_gain_pct"], "expected_gain_range_pct": result.get("expected_gain_range_pct"),
+           # the throughput the gain was measured in (pairs logged before 2026-11-30: samples per second)
+           "measured_in": f"{result['unit']}_per_s" if result.get("unit") else "samples_per_s",
            "facts": {k: (facts or {}).get(k) for k in CALIBRATION_FACTS}}
     with calibration_path(store).open("a") as f:
         f.write(json.dumps(row) + "\n")

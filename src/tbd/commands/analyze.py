@@ -208,7 +208,7 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
     for v in _as_list(a.get("verify")):
         if v.get("measured_gain_pct") is not None:
             console.print(f"[bold]verify[/]: {escape(v['action'])}: expected +{v['expected_gain_pct']:.0f}%, measured {v['measured_gain_pct']:+.1f}% "
-                          f"({fmt_num(v['samples_per_s_before'])} -> {fmt_num(v['samples_per_s_after'])} samples/s, run {v['run_id']})")
+                          f"({fmt_num(v['throughput_before'])} -> {fmt_num(v['throughput_after'])} {v['unit'].replace('_', ' ')}/s, run {v['run_id']})")
         else:
             console.print(f"[bold]verify[/]: {escape(v['action'])}: rerun {v['run_id']} failed: {escape(str(v.get('error')))}")
         if v.get("note"):

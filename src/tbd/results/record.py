@@ -220,6 +220,15 @@ def has_result(record: RunRecord | dict[str, Any]) -> bool:
     return record["status"] in MEASURED
 
 
+def throughput_of(record: dict[str, Any]) -> float | None:
+    """A stored run's median throughput in its workload's unit (tokens, audio seconds, images, ...),
+    what a change is judged by: for variable-length inputs a batch of other lengths changes the
+    samples per second with the work in each sample, and the unit counts that work."""
+    unit = (record.get("workload") or {}).get("unit", "samples")
+    metrics = record.get("metrics") or {}
+    return metrics.get(f"{unit}_per_s") or metrics.get("samples_per_s")
+
+
 def as_dict(record: RunRecord | dict[str, Any]) -> dict[str, Any]:
     """The stored form of a record, fresh or read back (older schemas upgraded)."""
     return record.to_dict() if isinstance(record, RunRecord) else RunRecord.from_dict(record).to_dict()
