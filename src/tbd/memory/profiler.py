@@ -31,9 +31,9 @@ def headroom_tensor_bytes(peak: dict[str, Any]) -> int:
     while most of the memory is still free, and its bytes are in the allocated peak already.
     deepspeech2's cuDNN GRU reserve, 75% of its per-sample memory, made the headroom predict 484
     where 774 trains (bf16, H200, 2026-11-30); its backward pass's largest tensor is 3.8 MiB a
-    sample, and the prediction is 827. Where the backward pass makes the largest tensor too (gpt's logits, the
-    other suite workloads), nothing changes. Profiles without the fact (older records) keep the
-    step's largest tensor."""
+    sample, and the prediction is 827. Where the backward pass makes the largest tensor too
+    (gpt's logits, the other suite workloads), nothing changes. Profiles without the fact (older
+    records) keep the step's largest tensor."""
     backward = peak.get("largest_backward_tensor_bytes")
     return int(backward if backward is not None else peak.get("largest_tensor_bytes") or 0)
 
