@@ -70,6 +70,17 @@ def test_max_batch_bisects_to_the_largest_batch_that_fits(tbd_home):
     assert list(summary["max_batch"].values()) == [37]
 
 
+def test_max_batch_probes_variable_length_workloads_at_their_longest_inputs(tbd_home):
+    # as `tbd memory --max-batch` sizes them: every pair at the flavor's longest, so the answer
+    # holds for any draw (a probe of drawn batches finds the boundary of the lengths it drew)
+    spec = sweep_spec.SweepSpec(name="s", workloads=["seq2seq"], frameworks=["torch"], devices=["cpu"], batch_sizes=[4], max_batch=64)
+    fake = FakeLauncher(oom_above=37)
+    SweepRunner(sweep_spec.plan(spec), Store(), launch=fake).run()
+    probes = [c for c in fake.calls if c.max_steps <= 3]
+    assert probes and all(c.hparams.get("len_sigma") == 0.0 and c.hparams.get("mean_src_len") == c.resolved_hparams()["max_len"]
+                          for c in probes)
+
+
 def test_store_made_before_sweeps_gains_the_column(tmp_path):
     home = tmp_path / "old"
     home.mkdir()

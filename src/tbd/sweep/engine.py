@@ -141,9 +141,17 @@ class SweepRunner:
     def _bisect(self, line: Line) -> None:
         """Largest batch that fits, by the same search as `tbd memory --max-batch`
         (tbd.memory.max_batch): walk up from the line's smallest batch to the first OOM, then
-        bisect; each probe a short run stored as a point of the sweep."""
+        bisect; each probe a short run stored as a point of the sweep. Variable-length workloads
+        are probed at their longest inputs, as `tbd memory` sizes them, so the answer trains
+        whatever lengths come, not only those a probe happened to draw."""
+        from tbd import registry
+
         bound = self.plan.spec.max_batch
-        short = dict(max_steps=min(max_batch.PROBE_STEPS, line.base["max_steps"]), min_timed_steps=1)
+        short: dict[str, Any] = dict(max_steps=min(max_batch.PROBE_STEPS, line.base["max_steps"]), min_timed_steps=1)
+        longest = registry.get_spec(line.base["workload"]).longest_inputs
+        if longest is not None:
+            base = RunConfig(**line.base)
+            short["hparams"] = {**base.hparams, **longest(base.resolved_hparams())}
 
         def probe(batch: int) -> str:
             record = self._point(line, line.config(batch, **short), probe=True)
