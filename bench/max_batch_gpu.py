@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--confirm-only", action="store_true",
                     help="rows given --known answers skip the fit and only go on with the search (tbd memory's --confirm-only): "
                          "where the fit takes as long as a probe (wgan and faster_rcnn fp32)")
+    ap.add_argument("--expandable-segments", action="store_true",
+                    help="confirm under the framework's allocator setting against fragmentation (tbd memory's --expandable-segments)")
     ap.add_argument("--home", help="tbd store of the rows' records and probes (default: a new folder under /tmp, outside --out, "
                                    "so that --out holds only the results and a log per row, and two benches at once keep apart)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny flavor, no confirming: checks the script itself")
@@ -92,6 +94,7 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     known = known_answers(args.known).get((workload, precision), {})
     argv += [arg for key in ("fit", "oom") if key in known for arg in (f"--known-{key}", str(known[key]))]
     argv += ["--confirm-only"] if getattr(args, "confirm_only", False) and known else []
+    argv += ["--expandable-segments"] if getattr(args, "expandable_segments", False) else []
     argv += ["--device", "cpu", "--flavor", "tiny", "--memory", "2GiB", "--no-confirm"] if args.smoke else \
             ["--device", "cuda", "--flavor", "paper", "--confirm-time", f"{args.confirm_time:g}"]
     # The child's output goes to a log beside the results, so a row cut short still shows how far

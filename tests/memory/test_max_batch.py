@@ -116,6 +116,38 @@ def test_confirm_probes_short_child_runs_of_the_same_config():
     assert all(c.max_steps == 2 and c.isolate and c.workload == "resnet50" for c in seen)
 
 
+
+TORCH_OOM = ("OutOfMemoryError: CUDA out of memory. Tried to allocate 32.81 GiB. GPU 0 has a total capacity of "
+             "139.81 GiB of which 20.12 GiB is free. Including non-PyTorch memory, this process has 119.68 GiB memory "
+             "in use. Of the allocated memory 71.34 GiB is allocated by PyTorch, and 48.34 GiB is reserved by PyTorch "
+             "but unallocated. If reserved but unallocated memory is large try setting "
+             "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.")
+
+
+@pytest.mark.parametrize("text,summary", [
+    (TORCH_OOM, "tried to allocate 32.81 GiB, 20.12 GiB free, 48.34 GiB reserved but unallocated"),
+    ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1073741824 bytes.", "tried to allocate 1073741824 bytes"),
+    ("MemoryError: Unable to allocate array", ""),
+])
+def test_an_out_of_memory_message_is_summed_up_in_its_figures(text, summary):
+    assert max_batch.oom_summary(text) == summary
+
+
+def test_a_failing_probe_says_what_the_allocator_held(monkeypatch):
+    """The figures past the message's first 300 characters (fragmentation) come from the traceback."""
+    config = RunConfig("resnet50", batch_size=8).validated()
+
+    def launch(cfg):
+        if cfg.batch_size <= 20:
+            return RunRecord.for_run(cfg).succeed()
+        return RunRecord.oom(cfg, f"out of memory at batch size {cfg.batch_size} ({TORCH_OOM[:300]})",
+                             traceback=f"Traceback (most recent call last):\n  ...\n{TORCH_OOM}\n")
+
+    result = max_batch.confirm(config, 20, launch=launch)
+    failing = [p for p in result.probes if p["outcome"] == max_batch.OOM]
+    assert failing and all(p["error"].endswith("48.34 GiB reserved but unallocated") for p in failing)
+    assert all("error" not in p for p in result.probes if p["outcome"] == max_batch.FITS)
+
 def test_memory_command_prints_each_probe_on_one_line_as_it_ends(monkeypatch, capsys):
     """A log of `tbd memory --max-batch` shows every probe that ended, even where the process is
     killed before the search does (bench/max_batch_gpu.py at its budget); long reasons stay on

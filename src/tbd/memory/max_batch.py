@@ -19,6 +19,7 @@ asking again.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -88,7 +89,7 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
             answer = probe(batch)  # an outcome, or (outcome, why) where the probe can say why
             seen[batch], why = answer if isinstance(answer, tuple) else (answer, "")
             result.probes.append({"batch_size": batch, "outcome": seen[batch], "seconds": round(clock() - t0, 3),
-                                  **({"error": why} if why and seen[batch] == ERROR else {})})
+                                  **({"error": why} if why and seen[batch] != FITS else {})})
             if on_probe is not None:
                 on_probe(result.probes[-1])
         return seen[batch]
@@ -155,6 +156,22 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
     return result
 
 
+# What allocation failures say of the allocator (PyTorch's CUDA caching allocator, XLA's):
+# the request that failed, the device's free memory, and memory the framework held but had not
+# handed out. The last is fragmentation, what expandable segments can recover.
+_SIZE = r"(\d[\d.]* ?(?:[KMGT]i?B|bytes))"
+OOM_FACTS = (("tried to allocate {}", re.compile(r"(?:[Tt]ried|trying) to allocate " + _SIZE)),
+             ("{} free", re.compile(r"of which " + _SIZE + r" (?:is )?free")),
+             ("{} reserved but unallocated", re.compile(_SIZE + r" is reserved by \w+ but unallocated")))
+
+
+def oom_summary(text: str) -> str:
+    """One line of an out-of-memory message's figures ('' where it has none of them), so a
+    search's probe lines say whether the boundary is memory in use or memory in pieces."""
+    found = [words.format(m.group(1)) for words, pattern in OOM_FACTS if (m := pattern.search(text or ""))]
+    return ", ".join(found)
+
+
 def outcome_of(record) -> str:
     """'fits', 'oom' or 'error' of a probe's record (a RunRecord or its stored dict). A probe of
     two steps has one timed step, so its status is 'insufficient' for a throughput; for memory
@@ -185,7 +202,10 @@ def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: 
         short = dataclasses.replace(config, batch_size=batch, max_steps=steps, min_timed_steps=1, isolate=True,
                                     profile=False, ncu=False)
         record = launch(short)
-        return outcome_of(record), ((record.get("error") or {}).get("message") or "")[:200]
+        outcome, error = outcome_of(record), record.get("error") or {}
+        if outcome == OOM:
+            return outcome, oom_summary(f"{error.get('message', '')}\n{error.get('traceback', '')}")
+        return outcome, (error.get("message") or "")[:200]
 
     # each probe a fresh process, started ahead with the framework imported (where probes run through the default launcher)
     warm = default_launch is launch and world_size(config) == 1 and config.python is None
