@@ -126,7 +126,8 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
         confirmed = model["confirmed"]
         row.update(predicted=None, fit_skipped=model["fit_skipped"], confirmed=confirmed.get("largest_fitting"),
                    first_failing=confirmed.get("smallest_failing"), probes=confirmed.get("probes"),
-                   stopped=confirmed.get("stopped") or confirmed.get("skipped"), allocator=confirmed.get("allocator_setting"))
+                   stopped=confirmed.get("stopped") or confirmed.get("skipped"), allocator=confirmed.get("allocator_setting"),
+                   fragmentation=confirmed.get("fragmentation"))
         return row
     budget = model["budget_bytes"]
     row.update(fit_points=model["points"], fixed_bytes=model["fixed_bytes"], per_sample_bytes=model["per_sample_bytes"],
@@ -136,7 +137,7 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     confirmed = model.get("confirmed") or {}
     row.update(confirmed=confirmed.get("largest_fitting"), first_failing=confirmed.get("smallest_failing"),
                probes=confirmed.get("probes"), stopped=confirmed.get("stopped") or confirmed.get("skipped"),
-               allocator=confirmed.get("allocator_setting"))
+               allocator=confirmed.get("allocator_setting"), fragmentation=confirmed.get("fragmentation"))
     return with_error_pct(row)
 
 

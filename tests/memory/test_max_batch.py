@@ -147,6 +147,21 @@ def test_a_failing_probe_says_what_the_allocator_held(monkeypatch):
     failing = [p for p in result.probes if p["outcome"] == max_batch.OOM]
     assert failing and all(p["error"].endswith("48.34 GiB reserved but unallocated") for p in failing)
     assert all("error" not in p for p in result.probes if p["outcome"] == max_batch.FITS)
+    # it lacked 12.69 GiB and held 48.34 GiB in pieces: the boundary is fragmentation's
+    note = max_batch.fragmentation_note(result.probes, "")
+    assert note.startswith("batch 21 lacked 12.7 GiB with 48.3 GiB reserved but unallocated") and "--expandable-segments" in note
+    assert max_batch.fragmentation_note(result.probes, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True") == ""
+
+
+@pytest.mark.parametrize("summary,fragmented", [
+    ("tried to allocate 10.86 GiB, 9.28 GiB free, 10.68 GiB reserved but unallocated", True),  # deepspeech2 bf16, H200
+    ("tried to allocate 11.59 GiB, 11.23 GiB free, 107.01 MiB reserved but unallocated", False),  # the same, expandable
+    ("tried to allocate 11.59 GiB", False),  # too few figures to tell
+])
+def test_fragmentation_is_named_only_where_the_pieces_exceed_the_shortfall(summary, fragmented):
+    probes = [{"batch_size": 774, "outcome": max_batch.FITS}, {"batch_size": 789, "outcome": max_batch.OOM, "error": summary}]
+    assert bool(max_batch.fragmentation_note(probes, "")) is fragmented
+    assert max_batch.oom_facts(summary).get("tried") == int(float(summary.split()[3]) * 2**30)
 
 def test_memory_command_prints_each_probe_on_one_line_as_it_ends(monkeypatch, capsys):
     """A log of `tbd memory --max-batch` shows every probe that ended, even where the process is

@@ -181,6 +181,9 @@ def _confirm(config: RunConfig, predicted: int | None, args, memory_bytes: int |
         os.environ.update(saved)
     out = {**result.to_dict(), "allocator_setting": setting or "framework default"}
     render.print_confirmed(out, console)
+    if note := max_batch.fragmentation_note(result.probes, setting):
+        out["fragmentation"] = note
+        console.print(note)
     return out
 
 

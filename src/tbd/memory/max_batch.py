@@ -158,18 +158,46 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
 
 # What allocation failures say of the allocator (PyTorch's CUDA caching allocator, XLA's):
 # the request that failed, the device's free memory, and memory the framework held but had not
-# handed out. The last is fragmentation, what expandable segments can recover.
+# handed out. The last is fragmentation, what expandable segments can recover. The patterns read
+# the frameworks' messages and `oom_summary`'s own line alike.
 _SIZE = r"(\d[\d.]* ?(?:[KMGT]i?B|bytes))"
-OOM_FACTS = (("tried to allocate {}", re.compile(r"(?:[Tt]ried|trying) to allocate " + _SIZE)),
-             ("{} free", re.compile(r"of which " + _SIZE + r" (?:is )?free")),
-             ("{} reserved but unallocated", re.compile(_SIZE + r" is reserved by \w+ but unallocated")))
+OOM_FACTS = (("tried", "tried to allocate {}", re.compile(r"(?:[Tt]ried|trying) to allocate " + _SIZE)),
+             ("free", "{} free", re.compile(_SIZE + r" (?:is )?free")),
+             ("unallocated", "{} reserved but unallocated", re.compile(_SIZE + r" (?:is )?reserved (?:by \w+ )?but unallocated")))
+_UNITS = {"bytes": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 
 def oom_summary(text: str) -> str:
     """One line of an out-of-memory message's figures ('' where it has none of them), so a
     search's probe lines say whether the boundary is memory in use or memory in pieces."""
-    found = [words.format(m.group(1)) for words, pattern in OOM_FACTS if (m := pattern.search(text or ""))]
+    found = [words.format(m.group(1)) for _, words, pattern in OOM_FACTS if (m := pattern.search(text or ""))]
     return ", ".join(found)
+
+
+def oom_facts(text: str) -> dict[str, int]:
+    """The figures of an out-of-memory message or summary in bytes: tried, free, unallocated."""
+    facts = {}
+    for key, _, pattern in OOM_FACTS:
+        if m := pattern.search(text or ""):
+            number, unit = re.fullmatch(r"([\d.]+) ?(\S+)", m.group(1)).groups()
+            facts[key] = int(float(number) * _UNITS[unit])
+    return facts
+
+
+def fragmentation_note(probes: list[dict[str, Any]], allocator_setting: str) -> str:
+    """Where the lowest failing batch lacked less than its allocator held reserved but unallocated,
+    the boundary is fragmentation's, not the memory's: one line that says so and names the setting
+    against it ('' otherwise, or where that setting is already on)."""
+    failing = sorted((p for p in probes if p["outcome"] == OOM and p.get("error")), key=lambda p: p["batch_size"])
+    facts = oom_facts(failing[0]["error"]) if failing else {}
+    if allocator_setting or not {"tried", "free", "unallocated"} <= facts.keys():
+        return ""
+    lacked = max(0, facts["tried"] - facts["free"])
+    if facts["unallocated"] <= lacked:
+        return ""
+    gib = 2**30
+    return (f"batch {failing[0]['batch_size']} lacked {lacked / gib:.1f} GiB with {facts['unallocated'] / gib:.1f} GiB reserved but "
+            f"unallocated: the boundary is the allocator's fragmentation; --expandable-segments may raise it")
 
 
 def outcome_of(record) -> str:
