@@ -108,9 +108,12 @@ def test_a_host_bound_step_stays_host_bound_and_autocast_adds_to_it():
                 kernels_per_step=2623, step_ms=93.9)
     bf16 = next(r for r in recommend(frcnn) if r["action"] == "precision bf16")
     assert bf16["expected_gain_pct"] == pytest.approx(100 / (0.694 * 1.2) - 100, abs=0.5)
-    # a change that adds no casts (channels_last) meets the plain host floor
-    cl = next(r for r in recommend(dict(frcnn, channels_last_lever=True)) if r["action"] == "channels_last memory format")
-    assert cl["expected_gain_pct"] <= 100 / 0.694 - 100 + 0.5
+    # a layout change of the same kernels does not shorten a host-bound step: not recommended
+    # (resnet50 bf16 at 32 and wgan bf16 at 64 on an H200, over half the step idle: -8%, -10%) ...
+    assert not [r for r in recommend(dict(frcnn, channels_last_lever=True)) if r["action"] == "channels_last memory format"]
+    # ... while a device-bound one gains (resnet50 bf16 at 128, idle 12%: +84%)
+    busy = dict(frcnn, channels_last_lever=True, gpu_idle_not_waiting_pct=12.0, layout_transpose_share_pct=13.0)
+    assert [r for r in recommend(busy) if r["action"] == "channels_last memory format"][0]["expected_gain_pct"] > 0
 
 
 def test_a_larger_batch_is_estimated_from_the_kernels_share_of_the_unprofiled_step():
@@ -140,16 +143,17 @@ def test_a_larger_batch_is_estimated_from_the_kernels_share_of_the_unprofiled_st
 def test_kernels_that_under_fill_the_gpu_first_fill_it_at_a_larger_batch():
     # deepspeech2-like: 60% of kernel time in kernels of under a quarter block per SM (its GRU
     # steps at batch 8), 20% between a quarter and one, 20% full. At 4x the batch the first stay
-    # as long (0.125 x 4 < 1), the second take 2x (0.5 x 4), the full ones 4x: 0.6 + 0.4 + 0.8.
+    # as long (0.125 x 4 < 1); the others take 4x, as resnet50's quarter-to-one kernels did on an
+    # H200 (3.6x for 4x with the fixed part): 0.6 + 0.8 + 0.8.
     facts = gpu(precision="bf16", convolutional=False, channels_last=False, gpu_util_trace_pct=60.0, gpu_idle_not_waiting_pct=10.0,
                 host_busy_pct=40.0, batch_size=8, steady_peak_allocated_bytes=2 * GIB, device_total_bytes=140 * GIB,
                 kernels_per_step=10_000.0, mean_kernel_us=7.0, step_ms=100.0,
                 class_share={"matmul/conv": 60.0, "elementwise": 40.0},
                 kernel_fill_share_pct={"under_quarter": 60.0, "quarter_to_one": 20.0, "one_or_more": 20.0})
     batch = next(r for r in recommend(facts) if r["action"].startswith("larger batch"))
-    growth = (2.0 + 5.0 * (0.6 + 0.4 + 0.8)) / 7.0
+    growth = (2.0 + 5.0 * (0.6 + 0.8 + 0.8)) / 7.0
     assert batch["expected_gain_pct"] == pytest.approx((4 / (0.7 * growth) - 1) * 100, abs=0.1)
-    assert "80% of kernel time" in batch["basis"]
+    assert "under a quarter block per SM, 60% of kernel time" in batch["basis"]
     # every kernel full (or no grid sizes in the trace): the plain growth, as before
     full = next(r for r in recommend(dict(facts, kernel_fill_share_pct={"one_or_more": 100.0})) if r["action"].startswith("larger batch"))
     plain = next(r for r in recommend(dict(facts, kernel_fill_share_pct=None)) if r["action"].startswith("larger batch"))
