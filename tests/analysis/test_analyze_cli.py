@@ -58,6 +58,9 @@ def test_bad_inputs_exit_2_and_change_nothing(profiled):
     assert out.returncode == 2 and "ncu" in out.stderr and out.stderr.count("\n") == 1
     out = run_cli("run", "resnet50", "--device", "cpu", "--ncu", env=no_ncu)
     assert out.returncode == 2 and "ncu" in out.stderr
+    for argv, message in ((["--repeat", "3"], "--repeat goes with --verify"), (["--verify", "--repeat", "0"], "at least 1 measurement")):
+        out = run_cli("analyze", "latest", *argv, env=env)
+        assert out.returncode == 2 and message in out.stderr and out.stderr.count("\n") == 1
     assert record_path.read_text() == before and len(list((home / "runs").glob("*.json"))) == 1
     # A damaged trace: one line, exit 2, the record untouched.
     trace = home / json.loads(before)["analysis"]["trace"]["path"]

@@ -300,6 +300,41 @@ def test_verify_measures_the_gain_in_the_workloads_unit(monkeypatch, tmp_path):
     assert json.loads(verify_mod.calibration_path(Store(tmp_path / "home")).read_text())["measured_in"] == "tokens_per_s"
 
 
+
+def test_verify_repeated_pairs_each_change_with_a_fresh_unchanged_run(monkeypatch, tmp_path):
+    """--repeat 3: unchanged then changed, three times; the gain is the median of the three pairs'
+    gains, each against the run just before it, so a host that drifts between pairs cancels."""
+    import json
+
+    from tbd.analysis import verify as verify_mod
+    from tbd.results.store import Store
+
+    launched = []
+    host_speed = iter([1.0, 1.0, 0.5, 0.5, 0.8, 0.8])  # the machine slows and recovers between pairs
+
+    def fake_launch(config, progress=None):
+        launched.append(config)
+        rate = (130.0 if config.compile else 100.0) * next(host_speed)
+        return {"id": f"r{len(launched)}", "created_at": "2026-01-01T00:00:00+00:00", "status": "ok", "config": config.to_dict(),
+                "metrics": {"samples_per_s": rate}, "error": None}
+
+    monkeypatch.setattr(verify_mod, "launch", fake_launch)
+    record = {"id": "old", "config": {"workload": "resnet50", "framework": "torch", "flavor": "tiny", "device": "cpu", "batch_size": 4,
+                                      "precision": "fp32", "profile": True}, "metrics": {"samples_per_s": 200.0}}
+    analysis = {"recommendations": [{"action": "torch.compile", "expected_gain_pct": 25.0, "apply": {"compile": True}}]}
+    store = Store(tmp_path / "home")
+    out = verify_mod.verify(record, analysis, store, repeat=3)[0]
+    assert [c.compile for c in launched] == [False, True] * 3 and not any(c.profile for c in launched)
+    assert out["measured_gain_pct"] == pytest.approx(30.0)  # not +35% (130 / 100 x 0.5 ...) nor against the analyzed run's 200
+    assert out["measured_gains_pct"] == [pytest.approx(30.0)] * 3 and out["baseline_run_ids"] == ["r1", "r3", "r5"]
+    logged = json.loads(verify_mod.calibration_path(store).read_text())
+    assert logged["measured_gain_pct"] == pytest.approx(30.0) and len(logged["measured_gains_pct"]) == 3
+    # an unchanged rerun that fails ends the measurement with that run's error
+    monkeypatch.setattr(verify_mod, "launch", lambda config, progress=None: {"id": "x", "status": "failed", "config": config.to_dict(),
+                                                                            "error": {"kind": "crash", "message": "died"}})
+    failed = verify_mod.verify(record, analysis, store, repeat=2)[0]
+    assert failed["measured_gain_pct"] is None and failed["error"] == "died (the unchanged rerun)"
+
 def test_calibration_re_estimates_each_pair_with_the_current_model(tmp_path):
     """A pair logged under an older model is estimated again from its run's stored facts, so a
     revised model is judged on the same pairs (tbd analyze --calibration: column "now")."""

@@ -30,12 +30,16 @@ def register(sub) -> None:
                     "kernel-level analysis.",
         epilog="examples:\n  tbd run resnet50 --profile && tbd analyze latest\n  tbd analyze 20261125-1701 --verify\n"
                "  tbd analyze latest --verify all   # every applicable recommendation\n"
+               "  tbd analyze latest --verify 1 --repeat 3   # the top one, 3 pairs of runs, median and range\n"
                "  tbd analyze --calibration         # expected against measured gains of every verified recommendation\n"
                "  tbd analyze latest --ncu      # needs Nsight Compute on PATH and a GPU\n  tbd analyze latest --json",
     )
     p.add_argument("run_id", metavar="RUN", nargs="?", help="a run id, a unique prefix of one, or 'latest'")
     p.add_argument("--verify", nargs="?", const="2", metavar="N|all",
                    help="rerun with the top N applicable recommendations (default 2, or all), report and log the measured gains")
+    p.add_argument("--repeat", type=int, default=1, metavar="R",
+                   help="with --verify: measure each change R times, each against a fresh run of the unchanged configuration "
+                        "just before it; the gain is the median, shown with its range (host-bound runs drift between sessions)")
     p.add_argument("--calibration", action="store_true", help="show every verified recommendation in the store: expected against measured gain")
     p.add_argument("--ncu", action="store_true", help="add Nsight Compute tensor/FMA pipe utilization (reruns a few steps under ncu)")
     p.add_argument("--json", action="store_true", help="print the analysis as JSON instead of tables")
@@ -62,6 +66,10 @@ def run(args) -> int:
     if not args.run_id:
         raise UsageError("give a run to analyze (a run id or 'latest'), or --calibration")
     count = verify_count(args.verify) if args.verify else None
+    if args.repeat != 1 and not args.verify:
+        raise UsageError("--repeat goes with --verify: tbd analyze RUN --verify --repeat 3")
+    if args.repeat < 1:
+        raise UsageError(f"--repeat needs at least 1 measurement of each change, got {args.repeat}")
     if args.ncu:
         from tbd.analysis.ncu import require_ncu
 
@@ -98,7 +106,7 @@ def run(args) -> int:
             say(f"verifying: rerunning with the top {'applicable' if count is None else count} recommendation(s) ...")
         else:
             say(nothing_to_verify(record))
-        analysis["verify"] = verify(record, analysis, store, count=count)
+        analysis["verify"] = verify(record, analysis, store, count=count, repeat=args.repeat)
     record.setdefault("analysis", {})["report"] = analysis
     store.save(record)
     if args.json:
@@ -207,8 +215,11 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
         console.print("no recommendation applies")
     for v in _as_list(a.get("verify")):
         if v.get("measured_gain_pct") is not None:
+            spread = v.get("measured_gain_range_pct")
+            runs = (f"median of {len(v['measured_gains_pct'])} pairs of runs, {spread[0]:+.1f}% to {spread[1]:+.1f}%; "
+                    if spread else "")
             console.print(f"[bold]verify[/]: {escape(v['action'])}: expected +{v['expected_gain_pct']:.0f}%, measured {v['measured_gain_pct']:+.1f}% "
-                          f"({fmt_num(v['throughput_before'])} -> {fmt_num(v['throughput_after'])} {v['unit'].replace('_', ' ')}/s, run {v['run_id']})")
+                          f"({runs}{fmt_num(v['throughput_before'])} -> {fmt_num(v['throughput_after'])} {v['unit'].replace('_', ' ')}/s, run {v['run_id']})")
         else:
             console.print(f"[bold]verify[/]: {escape(v['action'])}: rerun {v['run_id']} failed: {escape(str(v.get('error')))}")
         if v.get("note"):
