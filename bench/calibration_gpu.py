@@ -31,7 +31,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", help="the runs' precision (default fp32, the paper's)")
     ap.add_argument("--max-time", type=float, default=5.0, help="measurement budget of each run and rerun, s")
     ap.add_argument("--verify", default="2", help="recommendations to verify per workload: N or all")
-    ap.add_argument("--repeat", type=int, default=1, help="measure each verified change this many times, each against a fresh unchanged run (tbd analyze --repeat)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure each verified change this many times, each against a fresh unchanged run (tbd analyze --repeat)")
     ap.add_argument("--budget", type=float, default=540.0, help="stop starting workloads after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny flavors")
     args = ap.parse_args()

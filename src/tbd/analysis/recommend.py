@@ -319,7 +319,8 @@ def _gpu(facts: dict[str, Any]) -> list[dict[str, Any]]:
             gain = (factor / max(host, d * kernel_growth) - 1) * 100
             why = (f"peak {peak / 2**30:.1f} of {total / 2**30:.0f} GiB; kernels fill {d * 100:.0f}% of an unprofiled step and take"
                    f" {kernel_growth:.1f}x as long at {factor}x the batch ({KERNEL_FIXED_US:g} us of each does not grow"
-                   + (f"; kernels of under a quarter block per SM, {under_filled:.0f}% of kernel time, fill idle SMs and do not grow" if under_filled >= 1 else "")
+                   + (f"; kernels of under a quarter block per SM, {under_filled:.0f}% of kernel time, fill idle SMs and do not grow"
+                      if under_filled >= 1 else "")
                    + "); the host's"
                    + (f" step grows {host:.1f}x (per-sample host work)" if host > 1 else " time per step is amortized over the samples"))
         else:
