@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tbd.results.memory_profile import fmt_bytes, parse_size
 from tbd.results.record import has_result
 
 FITS, OOM, ERROR = "fits", "oom", "error"
@@ -164,7 +165,6 @@ _SIZE = r"(\d[\d.]* ?(?:[KMGT]i?B|bytes))"
 OOM_FACTS = (("tried", "tried to allocate {}", re.compile(r"(?:[Tt]ried|trying) to allocate " + _SIZE)),
              ("free", "{} free", re.compile(_SIZE + r" (?:is )?free")),
              ("unallocated", "{} reserved but unallocated", re.compile(_SIZE + r" (?:is )?reserved (?:by \w+ )?but unallocated")))
-_UNITS = {"bytes": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 
 def oom_summary(text: str) -> str:
@@ -176,12 +176,7 @@ def oom_summary(text: str) -> str:
 
 def oom_facts(text: str) -> dict[str, int]:
     """The figures of an out-of-memory message or summary in bytes: tried, free, unallocated."""
-    facts = {}
-    for key, _, pattern in OOM_FACTS:
-        if m := pattern.search(text or ""):
-            number, unit = re.fullmatch(r"([\d.]+) ?(\S+)", m.group(1)).groups()
-            facts[key] = int(float(number) * _UNITS[unit])
-    return facts
+    return {key: parse_size(m.group(1)) for key, _, pattern in OOM_FACTS if (m := pattern.search(text or ""))}
 
 
 def fragmentation_note(probes: list[dict[str, Any]], allocator_setting: str) -> str:
@@ -195,8 +190,7 @@ def fragmentation_note(probes: list[dict[str, Any]], allocator_setting: str) -> 
     lacked = max(0, facts["tried"] - facts["free"])
     if facts["unallocated"] <= lacked:
         return ""
-    gib = 2**30
-    return (f"batch {failing[0]['batch_size']} lacked {lacked / gib:.1f} GiB with {facts['unallocated'] / gib:.1f} GiB reserved but "
+    return (f"batch {failing[0]['batch_size']} lacked {fmt_bytes(lacked)} with {fmt_bytes(facts['unallocated'])} reserved but "
             f"unallocated: the boundary is the allocator's fragmentation; --expandable-segments may raise it")
 
 
