@@ -43,10 +43,17 @@ test: install
 $(TF_BIN)/python:
 	$(PYTHON) -m venv $(TF_VENV)
 
-# Two test processes, as in `make test` (tracing a tf.function is single-threaded Python).
-$(TF_STAMP): pyproject.toml | $(TF_BIN)/python
+# PyTorch is not installed a second time (5.5 GB with its CUDA libraries; a CI machine's disk ran
+# out on it): a .pth file appends .venv's site-packages to .venv-tf's path, after its own, so the TF
+# leg imports .venv's torch and torchvision, pip counts them as installed, and whatever TensorFlow
+# pins differently is installed into .venv-tf, where it comes first.
+PURELIB := -c 'import sysconfig; print(sysconfig.get_path("purelib"))'
+$(TF_STAMP): pyproject.toml $(STAMP) | $(TF_BIN)/python
+	$(BIN)/python $(PURELIB) > "$$($(TF_BIN)/python $(PURELIB))/tbd-shares-venv.pth"
 	$(TF_BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(TF_EXTRAS)]'
 	touch $(TF_STAMP)
+
+# Two test processes, as in `make test` (tracing a tf.function is single-threaded Python).
 
 # TBD_TF_LEG: a missing TensorFlow is an error here, not a skip (tests/conftest.py).
 test-tf: $(TF_STAMP)
