@@ -163,12 +163,14 @@ class BuildContext:
     seed: int
     flavor: str
     options: Mapping[str, Any] = field(default_factory=dict)  # the framework's settings (RunConfig.options)
+    data_pool: int = 2  # how many synthetic batches the session keeps resident (RunConfig.data_pool)
 
     @classmethod
     def for_run(cls, config, batch_size: int) -> "BuildContext":
         """The context of a run; `batch_size` is this process's share of the global batch."""
         return cls(hparams=config.resolved_hparams(), batch_size=batch_size, device=config.device,
-                   precision=config.precision, seed=config.seed, flavor=config.flavor, options=dict(config.options))
+                   precision=config.precision, seed=config.seed, flavor=config.flavor, options=dict(config.options),
+                   data_pool=config.data_pool)
 
 
 @dataclass(frozen=True)

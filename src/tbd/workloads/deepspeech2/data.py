@@ -25,16 +25,20 @@ def sample_durations(rng: np.random.Generator, n: int, hp) -> np.ndarray:
     return np.clip(hp["max_s"] - rng.gamma(1.5, scale, size=n), hp["min_s"], hp["max_s"])
 
 
-def bucketed_batch(rng: np.random.Generator, n: int, hp) -> np.ndarray:
-    """Durations of one length bucket: n neighbours in the sorted order of many draws."""
+def bucketed_batch(rng: np.random.Generator, n: int, hp, quantile: float | None = None) -> np.ndarray:
+    """Durations of one length bucket: n neighbours in the sorted order of many draws, centred on
+    the draw at `quantile` of that order (tbd.workloads.draws), or starting at a random one."""
     pool = np.sort(sample_durations(rng, BUCKET_POOL * n, hp))
-    start = rng.integers(0, len(pool) - n + 1)
+    if quantile is None:
+        start = int(rng.integers(0, len(pool) - n + 1))
+    else:
+        start = min(max(int(quantile * len(pool)) - n // 2, 0), len(pool) - n)
     return pool[start : start + n]
 
 
-def utterance_lengths(rng: np.random.Generator, n: int, hp) -> tuple[np.ndarray, np.ndarray]:
+def utterance_lengths(rng: np.random.Generator, n: int, hp, quantile: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(frames, characters) of one length bucket of n utterances, int64 each."""
-    seconds = bucketed_batch(rng, n, hp)
+    seconds = bucketed_batch(rng, n, hp, quantile)
     frames = np.maximum(np.round(seconds * FRAMES_PER_S).astype(np.int64), 1)
     # ~chars_per_s characters per second, capped so CTC stays feasible (repeats need blanks).
     out_frames = np.array([feature_sizes(hp["freq_bins"], int(t))[-1][1] for t in frames])
@@ -59,11 +63,11 @@ def label_width(hp, frames: int) -> int:
     return max(1, min(feature_sizes(hp["freq_bins"], frames)[-1][1] // 2, by_rate))
 
 
-def padded_batch(rng: np.random.Generator, n: int, hp, edges: list[int]) -> tuple[np.ndarray, ...]:
+def padded_batch(rng: np.random.Generator, n: int, hp, edges: list[int], quantile: float | None = None) -> tuple[np.ndarray, ...]:
     """One bucket of n utterances padded to a frame edge, on the host: spectrograms (n, freq,
     frames, 1) N(0, 1) with silence (zeros) past each end, transcripts (n, label_width) of
     characters 1..28 (0 is the CTC blank) padded with 0, frame and character counts (int32)."""
-    frames, n_chars = utterance_lengths(rng, n, hp)
+    frames, n_chars = utterance_lengths(rng, n, hp, quantile)
     width = bucket(int(frames.max()), edges)
     chars = label_width(hp, width)
     if n_chars.max() > chars:

@@ -39,7 +39,7 @@ from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import torch_default_rule, torch_like_init
 from tbd.workloads.deepspeech2.data import bucketed_host, frame_edges, padded_batch
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out
-from tbd.workloads.draws import shape_seeds
+from tbd.workloads.draws import shape_draws
 from tbd.workloads.resnet50.jax_impl import batch_norm
 
 # lax.scan's unroll: 1 runs a loop. XLA's cost analysis counts a loop's body once, so the FLOPs
@@ -135,7 +135,7 @@ def from_host(host: dict, ctx: BuildContext, device):
 def build(ctx: BuildContext) -> JaxTask:
     hp, n = dict(ctx.hparams), ctx.batch_size
     edges = frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
-    seeds = shape_seeds("deepspeech2", ctx.seed)
+    draws = shape_draws("deepspeech2", ctx.seed, ctx.data_pool)
     model = DeepSpeech2(hp, compute_dtype(ctx.precision))
 
     def init(rng):
@@ -161,7 +161,8 @@ def build(ctx: BuildContext) -> JaxTask:
 
     def make_batch(key, device):
         # the same batch (lengths and values) in every framework for the run's seed (tbd.workloads.draws)
-        return jax.device_put(padded_batch(np.random.default_rng(next(seeds)), n, hp, edges), device)
+        draw = next(draws)
+        return jax.device_put(padded_batch(np.random.default_rng(draw.seed), n, hp, edges, draw.quantile), device)
 
     return JaxTask(
         init=init,

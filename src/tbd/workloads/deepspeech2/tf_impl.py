@@ -38,7 +38,7 @@ from tbd.frameworks.tf.session import TfTask, to_device
 from tbd.workloads.common_tf import conv2d, dense
 from tbd.workloads.deepspeech2.data import bucketed_host, frame_edges, padded_batch
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out
-from tbd.workloads.draws import shape_seeds
+from tbd.workloads.draws import shape_draws
 
 
 def output_lengths(frames):
@@ -89,7 +89,7 @@ def from_host(host: dict, ctx: BuildContext, device: str):
 def build(ctx: BuildContext) -> TfTask:
     hp, n = dict(ctx.hparams), ctx.batch_size
     edges = frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
-    seeds = shape_seeds("deepspeech2", ctx.seed)
+    draws = shape_draws("deepspeech2", ctx.seed, ctx.data_pool)
     model = DeepSpeech2(hp, name="deepspeech2")
     model(np.zeros((1, hp["freq_bins"], 16, 1), np.float32), np.full((1,), 16, np.int32))  # creates the variables
 
@@ -101,11 +101,15 @@ def build(ctx: BuildContext) -> TfTask:
         # torch's 'mean': each loss over its transcript length, then the batch mean.
         return tf.reduce_mean(per_utterance / tf.cast(tf.maximum(n_chars, 1), tf.float32))
 
+    def make_batch(rng):  # the same batch in every framework (tbd.workloads.draws)
+        draw = next(draws)
+        return padded_batch(np.random.default_rng(draw.seed), n, hp, edges, draw.quantile)
+
     b1, b2 = hp["betas"]
     return TfTask(
         model=model,
         optimizer=keras.optimizers.Adam(learning_rate=hp["lr"], beta_1=b1, beta_2=b2, epsilon=1e-8),
-        make_batch=lambda rng: padded_batch(np.random.default_rng(next(seeds)), n, hp, edges),  # the same batch in every framework (tbd.workloads.draws)
+        make_batch=make_batch,
         loss=loss,
         units=lambda batch: float(np.sum(batch[2])) / FRAMES_PER_S,  # seconds of audio (host arrays or tensors)
         samples=lambda batch: float(batch[2].shape[0]),  # utterances

@@ -27,7 +27,7 @@ from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.deepspeech2.data import bucketed_batch, frame_edges, sample_durations, utterance_lengths  # noqa: F401 (re-exported)
 from tbd.workloads.deepspeech2.spec import CONVS, FRAMES_PER_S, NUM_CHARS, conv_out, feature_sizes
-from tbd.workloads.draws import shape_seeds
+from tbd.workloads.draws import shape_draws
 from tbd.workloads.text_host import bucket
 
 
@@ -75,10 +75,10 @@ def flavor_edges(hp) -> list[int]:
     return frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
 
 
-def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device, shape_seed: int):
-    # The lengths from the batch's shape seed (tbd.workloads.draws: the same in every framework),
+def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device, shape_seed: int, quantile: float | None = None):
+    # The lengths from the batch's shape seed and quantile (tbd.workloads.draws: the same in every framework),
     # the spectrogram and transcripts from the framework's generator on the device.
-    frames, n_chars = utterance_lengths(np.random.default_rng(shape_seed), n, hp)
+    frames, n_chars = utterance_lengths(np.random.default_rng(shape_seed), n, hp, quantile)
     width = padded_width(hp, int(frames.max()))
     spec = torch.randn(n, 1, hp["freq_bins"], width, generator=gen, device=device)
     mask = torch.arange(width, device=device)[None, :] < torch.as_tensor(frames, device=device)[:, None]
@@ -104,7 +104,7 @@ def _python_dispatch_active() -> bool:
 
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
-    seeds = shape_seeds("deepspeech2", ctx.seed)
+    draws = shape_draws("deepspeech2", ctx.seed, ctx.data_pool)
     model = DeepSpeech2(hp["freq_bins"], hp["conv_channels"], hp["hidden"], hp["gru_layers"])
     # One compiled front end per frame edge (27 in paper): past Dynamo's recompile limit (8) a
     # new width would silently run eagerly, e.g. from a dataset on disk, which meets them all.
@@ -122,10 +122,14 @@ def build(ctx: BuildContext) -> TorchTask:
         # 'mean' divides each utterance's loss by its transcript length, then averages.
         return F.ctc_loss(log_probs, targets, out_lengths, target_lengths, blank=0, zero_infinity=True)
 
+    def make_batch(gen, device):
+        draw = next(draws)
+        return make_batch_for(hp, ctx.batch_size, gen, device, draw.seed, draw.quantile)
+
     return TorchTask(
         model=model,
         make_optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=hp["lr"], betas=tuple(hp["betas"])),
-        make_batch=lambda gen, device: make_batch_for(hp, ctx.batch_size, gen, device, next(seeds)),
+        make_batch=make_batch,
         loss=loss,
         # Static shapes: one compile per frame edge met (see the module docstring).
         compile_options={"dynamic": False},

@@ -32,7 +32,7 @@ import optax
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import PAD, bucket, host_generator, length_edges, torch_like_init
-from tbd.workloads.draws import shape_seeds
+from tbd.workloads.draws import shape_draws
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
 from tbd.workloads.text_host import pad_to_buckets, padded_pairs
 
@@ -146,7 +146,7 @@ def from_host(host: dict, ctx: BuildContext, device):
 def build(ctx: BuildContext) -> JaxTask:
     hp = dict(ctx.hparams)
     lengths = LengthModel.from_hparams(hp)
-    seeds = shape_seeds("seq2seq", ctx.seed)
+    draws = shape_draws("seq2seq", ctx.seed, ctx.data_pool)
     edges = length_edges(hp["max_len"])
     model = Seq2Seq(hp, compute_dtype(ctx.precision))
 
@@ -164,7 +164,8 @@ def build(ctx: BuildContext) -> JaxTask:
 
     def make_batch(key, device):
         rng = host_generator(key)
-        pairs = draw_bucketed_batch(random.Random(next(seeds)), lengths, batch_size=ctx.batch_size)
+        draw = next(draws)
+        pairs = draw_bucketed_batch(random.Random(draw.seed), lengths, batch_size=ctx.batch_size, quantile=draw.quantile)
         src_w, tgt_w = bucket(max(s for s, _ in pairs), edges), bucket(max(t for _, t in pairs), edges)
         return jax.device_put(padded_pairs(rng, pairs, len(pairs), src_w, tgt_w, hp["src_vocab"], hp["tgt_vocab"]), device)
 

@@ -34,7 +34,7 @@ from keras import layers
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.tf.session import TfTask, to_device
-from tbd.workloads.draws import shape_seeds
+from tbd.workloads.draws import shape_draws
 from tbd.workloads.text_data import PAD, LengthModel, draw_bucketed_batch
 from tbd.workloads.text_host import bucket, length_edges
 from tbd.workloads.text_host import pad_to_buckets, padded_pairs
@@ -133,14 +133,15 @@ def from_host(host: dict, ctx: BuildContext, device: str):
 def build(ctx: BuildContext) -> TfTask:
     hp = dict(ctx.hparams)
     lengths = LengthModel.from_hparams(hp)
-    seeds = shape_seeds("seq2seq", ctx.seed)
+    draws = shape_draws("seq2seq", ctx.seed, ctx.data_pool)
     edges = length_edges(hp["max_len"])
     model = Seq2Seq(hp, ctx.seed, name="seq2seq")
     ids = np.full((1, 2), 4, np.int32)
     model(ids, ids)  # creates the variables
 
     def make_batch(rng: np.random.Generator):
-        pairs = draw_bucketed_batch(random.Random(next(seeds)), lengths, batch_size=ctx.batch_size)
+        draw = next(draws)
+        pairs = draw_bucketed_batch(random.Random(draw.seed), lengths, batch_size=ctx.batch_size, quantile=draw.quantile)
         src_w, tgt_w = bucket(max(s for s, _ in pairs), edges), bucket(max(t for _, t in pairs), edges)
         return padded_pairs(rng, pairs, len(pairs), src_w, tgt_w, hp["src_vocab"], hp["tgt_vocab"])
 

@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
-from tbd.workloads.draws import shape_seeds
+from tbd.workloads.draws import shape_draws
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
 from tbd.workloads.text_torch import BOS, PAD, padded
 
@@ -128,10 +128,11 @@ def from_host(host: dict, ctx: BuildContext, device: torch.device):
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     lengths = LengthModel.from_hparams(hp)
-    seeds = shape_seeds("seq2seq", ctx.seed)
+    draws = shape_draws("seq2seq", ctx.seed, ctx.data_pool)
 
     def make_batch(gen: torch.Generator, device: torch.device):
-        pairs = draw_bucketed_batch(random.Random(next(seeds)), lengths, batch_size=ctx.batch_size)
+        draw = next(draws)
+        pairs = draw_bucketed_batch(random.Random(draw.seed), lengths, batch_size=ctx.batch_size, quantile=draw.quantile)
         src_lens = [s for s, _ in pairs]
         tgt_lens = [t for _, t in pairs]
         src = padded(src_lens, hp["src_vocab"], gen, device, eos=True)

@@ -40,7 +40,7 @@ import optax
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import PAD, bucket, host_generator, length_edges, pow2_at_least, torch_default_rule, torch_like_init
-from tbd.workloads.draws import shape_seeds
+from tbd.workloads.draws import shape_draws
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
 from tbd.workloads.text_host import pad_to_buckets, padded_pairs
 
@@ -155,7 +155,7 @@ def from_host(host: dict, ctx: BuildContext, device):
 def build(ctx: BuildContext) -> JaxTask:
     hp = dict(ctx.hparams)
     lengths = LengthModel.from_hparams(hp)
-    seeds = shape_seeds("transformer", ctx.seed)
+    draws = shape_draws("transformer", ctx.seed, ctx.data_pool)
     edges = length_edges(hp["max_len"])
     model = Transformer(hp, compute_dtype(ctx.precision))
 
@@ -173,7 +173,8 @@ def build(ctx: BuildContext) -> JaxTask:
 
     def make_batch(key, device):
         rng = host_generator(key)
-        pairs = draw_bucketed_batch(random.Random(next(seeds)), lengths, max_tokens=ctx.batch_size)
+        draw = next(draws)
+        pairs = draw_bucketed_batch(random.Random(draw.seed), lengths, max_tokens=ctx.batch_size, quantile=draw.quantile)
         width = bucket(max(max(p) for p in pairs), edges)
         return jax.device_put(padded_pairs(rng, pairs, pow2_at_least(len(pairs)), width, width, hp["vocab"], hp["vocab"]), device)
 

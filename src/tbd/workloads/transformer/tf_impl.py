@@ -32,7 +32,7 @@ from keras import layers
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.tf.session import TfTask, to_device
 from tbd.workloads.common_tf import dense
-from tbd.workloads.draws import shape_seeds
+from tbd.workloads.draws import shape_draws
 from tbd.workloads.text_data import PAD, LengthModel, draw_bucketed_batch
 from tbd.workloads.text_host import bucket, length_edges, pad_to_buckets, padded_pairs, pow2_at_least
 
@@ -166,13 +166,14 @@ def from_host(host: dict, ctx: BuildContext, device: str):
 def build(ctx: BuildContext) -> TfTask:
     hp = dict(ctx.hparams)
     lengths = LengthModel.from_hparams(hp)
-    seeds = shape_seeds("transformer", ctx.seed)
+    draws = shape_draws("transformer", ctx.seed, ctx.data_pool)
     edges = length_edges(hp["max_len"])
     model = Transformer(hp, name="transformer")
     model(np.full((1, 2), 4, np.int32), np.full((1, 2), 4, np.int32))  # creates the variables
 
     def make_batch(rng: np.random.Generator):
-        pairs = draw_bucketed_batch(random.Random(next(seeds)), lengths, max_tokens=ctx.batch_size)
+        draw = next(draws)
+        pairs = draw_bucketed_batch(random.Random(draw.seed), lengths, max_tokens=ctx.batch_size, quantile=draw.quantile)
         width = bucket(max(max(p) for p in pairs), edges)
         return padded_pairs(rng, pairs, pow2_at_least(len(pairs)), width, width, hp["vocab"], hp["vocab"])
 

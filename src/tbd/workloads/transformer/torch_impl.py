@@ -32,7 +32,7 @@ from torch import nn
 
 from tbd.frameworks.base import BuildContext
 from tbd.frameworks.torch.session import TorchTask
-from tbd.workloads.draws import shape_seeds
+from tbd.workloads.draws import shape_draws
 from tbd.workloads.text_data import LengthModel, draw_bucketed_batch
 from tbd.workloads.text_host import bucket, length_edges
 from tbd.workloads.text_torch import BOS, PAD, padded
@@ -142,12 +142,13 @@ def from_host(host: dict, ctx: BuildContext, device: torch.device):
 def build(ctx: BuildContext) -> TorchTask:
     hp = ctx.hparams
     lengths = LengthModel.from_hparams(hp)
-    seeds = shape_seeds("transformer", ctx.seed)
+    draws = shape_draws("transformer", ctx.seed, ctx.data_pool)
     on_cuda = ctx.device.startswith("cuda")
     state = {}
 
     def make_batch(gen: torch.Generator, device: torch.device):
-        pairs = draw_bucketed_batch(random.Random(next(seeds)), lengths, max_tokens=ctx.batch_size)
+        draw = next(draws)
+        pairs = draw_bucketed_batch(random.Random(draw.seed), lengths, max_tokens=ctx.batch_size, quantile=draw.quantile)
         src_lens = [s for s, _ in pairs]
         tgt_lens = [t for _, t in pairs]
         src = padded(src_lens, hp["vocab"], gen, device, eos=True)
