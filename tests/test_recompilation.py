@@ -160,13 +160,13 @@ def test_deepspeech2_compiles_once_per_frame_edge_on_torch():
 # -- transformer: lengths padded to the length edges, one dynamic graph for every bucket --------
 
 
-def _transformer_task(flavor: str, **small):
+def _transformer_task(flavor: str, data_pool: int = 2, **small):
     """The torch transformer's task with `flavor`'s lengths and batch size and a small model."""
     pytest.importorskip("torch")
     from tbd.frameworks.base import BuildContext
     from tbd.workloads.transformer import torch_impl
 
-    config = RunConfig(workload="transformer", flavor=flavor, isolate=False).validated()
+    config = RunConfig(workload="transformer", flavor=flavor, isolate=False, data_pool=data_pool).validated()
     ctx = BuildContext.for_run(config, config.batch_size)
     ctx = dataclasses.replace(ctx, hparams={**ctx.hparams, **small})
     return ctx, torch_impl.build(ctx)
@@ -179,7 +179,8 @@ def test_transformer_torch_batches_take_a_length_edge_and_count_only_real_tokens
 
     from tbd.workloads.text_host import length_edges
 
-    ctx, task = _transformer_task("paper", d_model=16, ff=32, heads=2, enc_layers=1, dec_layers=1, vocab=64)
+    # a pool of 12: its batches' buckets spread over the length order (tbd.workloads.draws)
+    ctx, task = _transformer_task("paper", data_pool=12, d_model=16, ff=32, heads=2, enc_layers=1, dec_layers=1, vocab=64)
     gen = torch.Generator().manual_seed(0)
     edges, widths = length_edges(ctx.hparams["max_len"]), set()
     for _ in range(12):
