@@ -109,3 +109,16 @@ def test_a_session_gives_its_pool_size_to_the_draws(workload):
     assert lower < upper
     median = registry.load_implementation(workload, "torch").build(BuildContext.for_run(dataclasses.replace(config, data_pool=1), 4))
     assert lower <= _units(median, [median.make_batch(gen, torch.device("cpu"))])[0] <= upper
+
+
+@pytest.mark.parametrize("workload,says_lengths", [("seq2seq", True), ("resnet50", False)])
+def test_the_record_says_how_the_lengths_were_drawn(workload, says_lengths, tbd_home):
+    """Records made before and after the quantile draws are told apart by their method."""
+    from tbd.config import RunConfig
+    from tbd.harness.runner import execute
+    from tbd.workloads.draws import RESIDENT_LENGTHS
+
+    record = execute(RunConfig(workload=workload, framework="torch", flavor="tiny", max_steps=3, isolate=False).validated())
+    data = record["method"]["data"]
+    assert data.startswith("synthetic, 2 batch(es) resident on the device, rotated")
+    assert (RESIDENT_LENGTHS in data) == says_lengths, data

@@ -56,6 +56,9 @@ class WorkloadSpec:
     # the flavor allows (a function of the flavor's hyperparameters). `tbd memory --max-batch`
     # sizes batches with them, so the figure it confirms trains whatever bucket comes.
     longest_inputs: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    # For variable-shape workloads: how the synthetic batches' lengths are drawn, for the record's
+    # method (tbd.workloads.draws.RESIDENT_LENGTHS where the workload draws through that module).
+    synthetic_lengths: str = ""
     # What `batch_size` counts, in the words the CLI and reports show: "images", "sentence
     # pairs", "actor processes" (default: the sample unit). Per-rank shares divide it.
     batch_unit: str = ""

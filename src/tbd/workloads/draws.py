@@ -23,6 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 
+# The record's method says it (WorkloadSpec.synthetic_lengths of the workloads that draw here).
+RESIDENT_LENGTHS = "lengths in buckets at evenly spaced quantiles of the length distribution, (i + 0.5) / pool, the same in every framework"
+
+
 @dataclass(frozen=True)
 class ShapeDraw:
     seed: int  # the batch's own seed: its pool of lengths (and ids, where a framework draws them on the host)

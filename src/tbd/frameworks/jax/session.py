@@ -25,7 +25,7 @@ import optax
 
 from tbd.errors import RunFailure
 from tbd.frameworks.jax import distributed as jax_distributed
-from tbd.frameworks.base import BuildContext, CompileTally, SessionInfo, StepTimes
+from tbd.frameworks.base import BuildContext, CompileTally, SessionInfo, StepTimes, synthetic_data_method
 from tbd.results.environment import cpu_model
 
 Batch = Any  # a pytree of arrays on the run's device
@@ -169,7 +169,7 @@ class JaxSession:
             else:
                 keys = jax.random.split(jax_distributed.data_key(data_key), config.data_pool)
                 self.batches = [jax.device_put(task.make_batch(k, self.device), self.device) for k in keys]
-                data_method = f"synthetic, {config.data_pool} batch(es) resident on the device, rotated"
+                data_method = synthetic_data_method(config, spec)
         self.num_parameters = int(sum(x.size for x in jax.tree_util.tree_leaves(self.state.params)))
         per_sample = spec.units_per_sample(spec.flavor(config.flavor))
         units_fn, samples_fn, n = task.units, task.samples, ctx.batch_size  # not `task`: it is dropped below

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tbd.errors import RunFailure, UsageError
-from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes, synthetic_data_method
 from tbd.frameworks.tf import EXECUTION_MODES
 from tbd.frameworks.tf import distributed as tf_distributed
 from tbd.metrics.conditions import intra_op_threads
@@ -164,7 +164,7 @@ class TfSession:
         else:
             rng = np.random.default_rng([config.seed, tf_distributed.rank()])  # each rank draws its own data
             host_batches = [task.make_batch(rng) for _ in range(config.data_pool)]
-            data_method = f"synthetic, {config.data_pool} batch(es) resident on the device, rotated"
+            data_method = synthetic_data_method(config, spec)
         self._units = [self._units_of(b) for b in host_batches]
         self._samples = [self._samples_of(b) for b in host_batches]
         self.batches = [to_device(b, self.device) for b in host_batches]

@@ -20,7 +20,7 @@ from torch import nn
 
 from tbd.frameworks.torch import distributed as torch_distributed
 from tbd.errors import RunFailure, UsageError
-from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes
+from tbd.frameworks.base import BuildContext, SessionInfo, StepTimes, synthetic_data_method
 from tbd.frameworks.torch.compiles import CompileCounter
 from tbd.metrics.conditions import intra_op_threads
 from tbd.results.environment import cpu_model
@@ -182,7 +182,7 @@ class TorchSession:
         else:
             generator = torch.Generator(device=self.device).manual_seed(torch_distributed.data_seed(config))
             self.batches = [_to_memory_format(task.make_batch(generator, self.device), memory_format) for _ in range(config.data_pool)]
-            data_method = f"synthetic, {config.data_pool} batch(es) resident on the device, rotated"
+            data_method = synthetic_data_method(config, spec)
         self._units = [self._units_of(b) for b in self.batches]
         self._samples = [self._samples_of(b) for b in self.batches]
         self._next = 0

@@ -26,6 +26,7 @@ samples are utterances.
 from __future__ import annotations
 
 from tbd.workloads.base import TRAIN_FLOPS_PER_FORWARD, Flavor, WorkloadSpec, conv2d_flops, linear_flops
+from tbd.workloads.draws import RESIDENT_LENGTHS
 
 FRAMES_PER_S = 100  # 10 ms hop
 NUM_CHARS = 29  # CTC blank + 26 letters + space + apostrophe
@@ -111,6 +112,7 @@ SPEC = WorkloadSpec(
     dataset="LibriSpeech train-clean (synthetic 161-bin spectrograms and transcripts, same length distribution)",
     description="Deep Speech 2: 2 conv (BN, hardtanh) + bidirectional GRUs (cuDNN) + linear, CTC loss, Adam",
     variable_shapes=True,
+    synthetic_lengths=RESIDENT_LENGTHS,
     recurrent=True,
     longest_inputs=lambda hp: {"min_s": hp["max_s"]},  # every utterance at the longest duration
     flavors=FLAVORS,

@@ -24,6 +24,7 @@ off on the CPU: the counter has no formula for fused RNN kernels (oneDNN's on th
 from __future__ import annotations
 
 from tbd.workloads.base import Flavor, WorkloadSpec
+from tbd.workloads.draws import RESIDENT_LENGTHS
 from tbd.workloads.text_data import expected_tokens_per_pair, expected_train_flops
 
 # IWSLT15 English-Vietnamese as prepared by the TF NMT tutorial: vocabularies of 17,191 English
@@ -78,6 +79,7 @@ SPEC = WorkloadSpec(
     description="NMT: 2-layer LSTM encoder and decoder with Bahdanau attention and input feeding, Adam, "
                 "bucketed variable-length batches, masked cross-entropy",
     variable_shapes=True,
+    synthetic_lengths=RESIDENT_LENGTHS,
     recurrent=True,
     # Every pair at the corpus' longest: source max_len, target source x ratio clipped to max_len.
     longest_inputs=lambda hp: {"mean_src_len": float(hp["max_len"]), "len_sigma": 0.0, "tgt_ratio_sigma": 0.0},

@@ -22,6 +22,7 @@ Embedding lookups, softmax, layer norms and the element-wise rest are left out.
 from __future__ import annotations
 
 from tbd.workloads.base import Flavor, WorkloadSpec
+from tbd.workloads.draws import RESIDENT_LENGTHS
 from tbd.workloads.text_data import expected_tokens_per_pair, expected_train_flops
 
 # WMT16 En-De with a shared 32k BPE vocabulary: about 28 subword tokens per English sentence,
@@ -78,6 +79,7 @@ SPEC = WorkloadSpec(
     description="Transformer base encoder-decoder, label-smoothed cross-entropy, Adam with inverse-square-root "
                 "warm-up, batches of about 4096 tokens",
     variable_shapes=True,
+    synthetic_lengths=RESIDENT_LENGTHS,
     # Every pair at the corpus' longest (source max_len, target clipped to it): a batch of N tokens
     # then holds N / max_len pairs, and attention, which grows with the length, is at its largest
     # per token. Drawn batches of the same tokens hold many short pairs or few long ones, so a
