@@ -31,8 +31,10 @@ demo: install
 
 # Two test processes (pytest-xdist) on CI's 2 cores, one thread each (tests/conftest.py): about
 # 1.5x faster than one process with two threads. TEST_WORKERS=1 runs them in this process.
+# --dist worksteal: a worker that runs out of tests takes queued ones from the other, so the
+# minute-long JAX tests near the end do not leave one core idle.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -m "not tf" $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS))
+PYTEST := $(BIN)/python -m pytest -q -m "not tf" $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal)
 
 test: install
 	$(BIN)/ruff check src tests bench
