@@ -96,3 +96,16 @@ def test_other_processes_gpu_use_is_read_from_nvml_process_samples():
             raise RuntimeError("NVML_ERROR_NOT_FOUND")
 
     assert other_sm_util(NoSamples(), None, mine=set()) is None
+
+
+def test_the_busy_machine_note_counts_runs_in_words_not_a_bare_number():
+    """'load average above the usable CPUs (4)' read as four CPUs on a two-core machine: the
+    count is of runs, and the note says so."""
+    from tbd.report.tables import notes_for
+
+    def rec(i, warnings):
+        return {"id": f"r{i}", "status": "ok", "error": None, "method": {"noise": {"warnings": warnings, "run_warnings": []}}}
+    load = "load average 4.6 -> 3.1 (before -> after) on 2 usable CPU(s)"
+    records = [rec(0, [load]), rec(1, [load]), rec(2, [])]
+    (busy,) = [n for n in notes_for(records, {r["id"]: r["id"] for r in records}) if "busy machine" in n]
+    assert "during 2 of 3 run(s): load average above the usable CPUs (in 2)" in busy, busy
