@@ -108,4 +108,4 @@ def test_the_busy_machine_note_counts_runs_in_words_not_a_bare_number():
     load = "load average 4.6 -> 3.1 (before -> after) on 2 usable CPU(s)"
     records = [rec(0, [load]), rec(1, [load]), rec(2, [])]
     (busy,) = [n for n in notes_for(records, {r["id"]: r["id"] for r in records}) if "busy machine" in n]
-    assert "during 2 of 3 run(s): load average above the usable CPUs (in 2)" in busy, busy
+    assert "during 2 of 3 run(s): load average above the usable CPUs (2 run(s))" in busy, busy

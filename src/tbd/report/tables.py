@@ -165,7 +165,7 @@ def notes_for(records: list[dict[str, Any]], ids: dict[str, str]) -> list[str]:
                 busy.setdefault(machine_cause(warning) or warning, set()).add(r["id"])
     if busy:
         runs = set().union(*busy.values())
-        causes = "; ".join(f"{cause} (in {len(ids_)})" for cause, ids_ in busy.items())  # a count of runs, not of CPUs
+        causes = "; ".join(f"{cause} ({len(ids_)} run(s))" for cause, ids_ in busy.items())
         notes.append(f"[yellow]busy machine[/] during {len(runs)} of {len(records)} run(s): {escape(causes)} ('tbd results show ID' has the numbers)")
     return notes
 
