@@ -2,7 +2,10 @@
 time-model constants that were fitted from its own workload's pairs set to what the other pairs
 give, so the error says how the model does on a workload it was not fitted to.
 
-    PYTHONPATH=src python3 bench/calibration_holdout.py docs/data/calibration_2026-11-29_h200_all.jsonl
+    PYTHONPATH=src python3 bench/calibration_holdout.py docs/data/calibration_2026-11-29_h200_all.jsonl \
+        docs/data/calibration_2026-11-30_h200.jsonl docs/data/calibration_2026-11-30b_h200.jsonl
+
+Several logs are read in the order given, as one.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ def held_out_estimate(row: dict) -> float:
             setattr(model, name, value)
 
 
-def main(path: str) -> None:
-    rows = [json.loads(line) for line in open(path)]
+def main(paths: list[str]) -> None:
+    rows = [json.loads(line) for path in paths for line in open(path) if line.strip()]
     results = []  # (part, expected held out, measured)
     for i, row in enumerate(rows):
         part = part_of(i)
@@ -69,4 +72,6 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) < 2:
+        sys.exit("usage: calibration_holdout.py LOG.jsonl [LOG.jsonl ...] (the calibration logs under docs/data/)")
+    main(sys.argv[1:])
