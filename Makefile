@@ -56,7 +56,6 @@ $(TF_STAMP): pyproject.toml $(STAMP) | $(TF_BIN)/python
 	touch $(TF_STAMP)
 
 # Two test processes, as in `make test` (tracing a tf.function is single-threaded Python).
-
 # TBD_TF_LEG: a missing TensorFlow is an error here, not a skip (tests/conftest.py).
 test-tf: $(TF_STAMP)
 	TBD_TF_LEG=1 $(TF_BIN)/python -m pytest -q -m tf -n 2

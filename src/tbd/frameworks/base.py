@@ -173,10 +173,10 @@ class BuildContext:
                    data_pool=config.data_pool)
 
 
-def synthetic_data_method(config, spec, where: str = "on the device") -> str:
+def synthetic_data_method(config, spec) -> str:
     """The record's words for synthetic data: the resident pool, and how its lengths were drawn
     where they vary (the spec's `synthetic_lengths`)."""
-    method = f"synthetic, {config.data_pool} batch(es) resident {where}, rotated"
+    method = f"synthetic, {config.data_pool} batch(es) resident on the device, rotated"
     return f"{method}; {spec.synthetic_lengths}" if spec.synthetic_lengths else method
 
 

@@ -9,9 +9,9 @@ JAX on an H200 (2026-11-29), so their tokens/s were not comparable. The token id
 values are still drawn by each framework on its device.
 
 Each batch also gets a quantile: where in the length order of its pool of draws its bucket lies.
-The session's resident batches take evenly spaced quantiles ((i + 0.5) / pool: the quartiles'
-midpoints 0.25 and 0.75 for the default two), so they stand for the length distribution whatever
-the batch size. Picked at random, two buckets could both be short at one batch size and both long
+The session's resident batches take evenly spaced quantiles ((i + 0.5) / pool: 0.25 and 0.75,
+the middles of the two halves, for the default two), so they stand for the length distribution
+whatever the batch size. Picked at random, two buckets could both be short at one batch size and both long
 at another, and a batch-size comparison of tokens/s measured the draw as much as the batch.
 """
 
