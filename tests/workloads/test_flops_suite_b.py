@@ -138,12 +138,12 @@ def test_bucketed_batches_pad_little_and_fit_the_token_budget():
     model = text_data.LengthModel.from_hparams(registry.get_spec("transformer").flavor("paper").hparams)
     rng = random.Random(3)
     for _ in range(20):
-        batch = text_data.draw_bucketed_batch(rng, model, max_tokens=4096)
+        batch = text_data.draw_bucketed_batch(rng, model, rng.random(), max_tokens=4096)
         longest = max(max(p) for p in batch)
         assert len(batch) * longest <= 4096 and len(batch) * longest >= 2048
         real = sum(s + t for s, t in batch)
         assert real / (2 * len(batch) * longest) > 0.6  # bucketing: pads are a small part
-    fixed = text_data.draw_bucketed_batch(random.Random(1), model, batch_size=128)
+    fixed = text_data.draw_bucketed_batch(random.Random(1), model, 0.5, batch_size=128)
     assert len(fixed) == 128 and [s for s, _ in fixed] == sorted((s for s, _ in fixed), reverse=True)
 
 
@@ -167,5 +167,5 @@ def test_at_the_longest_inputs_a_token_batch_is_the_same_every_draw():
     hparams = spec.flavor("paper").hparams
     model = text_data.LengthModel.from_hparams({**hparams, **spec.longest_inputs(hparams)})
     for seed in range(5):
-        batch = text_data.draw_bucketed_batch(random.Random(seed), model, max_tokens=4096)
+        batch = text_data.draw_bucketed_batch(random.Random(seed), model, seed / 5, max_tokens=4096)
         assert batch == [(hparams["max_len"], hparams["max_len"])] * (4096 // hparams["max_len"])

@@ -11,10 +11,9 @@ parallel corpora behave: long sentences translate to long sentences.
 Bucketing: real input pipelines sort sentences by length and cut batches from neighbours, so a
 batch pads little. We imitate that per batch: draw a pool of pairs, sort it by length, cut it
 into batches (a fixed number of pairs, or as many pairs as fit a padded-token budget) and pick
-one batch of the pool: at random, or at the quantile of the pool's length order that a session
-gives (tbd.workloads.draws: its resident batches at evenly spaced quantiles). Each batch of the
-pool is equally likely, as in an epoch, which steps every batch once and so trains every pair
-once: the lengths trained follow the corpus distribution.
+the batch at a quantile of the pool's length order (tbd.workloads.draws: a session's resident
+batches at evenly spaced quantiles). Quantiles count batches, as an epoch steps them: each batch
+once, and so every pair once, so the lengths trained follow the corpus distribution.
 """
 
 from __future__ import annotations
@@ -91,10 +90,10 @@ def batch_at_quantile(batches: list[list[Pair]], quantile: float) -> list[Pair]:
     return batches[min(int(quantile * len(batches)), len(batches) - 1)]
 
 
-def draw_bucketed_batch(rng: random.Random, model: LengthModel, batch_size: int | None = None,
-                        max_tokens: int | None = None, pool_batches: int = 32, quantile: float | None = None) -> list[Pair]:
+def draw_bucketed_batch(rng: random.Random, model: LengthModel, quantile: float, batch_size: int | None = None,
+                        max_tokens: int | None = None, pool_batches: int = 32) -> list[Pair]:
     """One batch of similar-length pairs, sorted longest source first (what packed RNNs want):
-    the one at `quantile` of the pool's length order, or at a random one."""
+    the one at `quantile` of the pool's length order."""
     if (batch_size is None) == (max_tokens is None):
         raise ValueError("give exactly one of batch_size and max_tokens")
     if batch_size is not None:
@@ -102,7 +101,7 @@ def draw_bucketed_batch(rng: random.Random, model: LengthModel, batch_size: int 
     else:
         mean_pairs = max(1, int(max_tokens / max(model.mean_src, model.mean_src * model.ratio)))
         batches = batches_of_tokens(model.draw_many(rng, mean_pairs * pool_batches), max_tokens)
-    batch = rng.choice(batches) if quantile is None else batch_at_quantile(batches, quantile)
+    batch = batch_at_quantile(batches, quantile)
     return sorted(batch, key=lambda p: -p[0])
 
 

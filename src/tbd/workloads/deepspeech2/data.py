@@ -25,18 +25,15 @@ def sample_durations(rng: np.random.Generator, n: int, hp) -> np.ndarray:
     return np.clip(hp["max_s"] - rng.gamma(1.5, scale, size=n), hp["min_s"], hp["max_s"])
 
 
-def bucketed_batch(rng: np.random.Generator, n: int, hp, quantile: float | None = None) -> np.ndarray:
+def bucketed_batch(rng: np.random.Generator, n: int, hp, quantile: float) -> np.ndarray:
     """Durations of one length bucket: n neighbours in the sorted order of many draws, centred on
-    the draw at `quantile` of that order (tbd.workloads.draws), or starting at a random one."""
+    the draw at `quantile` of that order (tbd.workloads.draws)."""
     pool = np.sort(sample_durations(rng, BUCKET_POOL * n, hp))
-    if quantile is None:
-        start = int(rng.integers(0, len(pool) - n + 1))
-    else:
-        start = min(max(int(quantile * len(pool)) - n // 2, 0), len(pool) - n)
+    start = min(max(int(quantile * len(pool)) - n // 2, 0), len(pool) - n)
     return pool[start : start + n]
 
 
-def utterance_lengths(rng: np.random.Generator, n: int, hp, quantile: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def utterance_lengths(rng: np.random.Generator, n: int, hp, quantile: float) -> tuple[np.ndarray, np.ndarray]:
     """(frames, characters) of one length bucket of n utterances, int64 each."""
     seconds = bucketed_batch(rng, n, hp, quantile)
     frames = np.maximum(np.round(seconds * FRAMES_PER_S).astype(np.int64), 1)
@@ -63,7 +60,7 @@ def label_width(hp, frames: int) -> int:
     return max(1, min(feature_sizes(hp["freq_bins"], frames)[-1][1] // 2, by_rate))
 
 
-def padded_batch(rng: np.random.Generator, n: int, hp, edges: list[int], quantile: float | None = None) -> tuple[np.ndarray, ...]:
+def padded_batch(rng: np.random.Generator, n: int, hp, edges: list[int], quantile: float) -> tuple[np.ndarray, ...]:
     """One bucket of n utterances padded to a frame edge, on the host: spectrograms (n, freq,
     frames, 1) N(0, 1) with silence (zeros) past each end, transcripts (n, label_width) of
     characters 1..28 (0 is the CTC blank) padded with 0, frame and character counts (int32)."""

@@ -75,7 +75,7 @@ def flavor_edges(hp) -> list[int]:
     return frame_edges(int(round(hp["max_s"] * FRAMES_PER_S)))
 
 
-def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device, shape_seed: int, quantile: float | None = None):
+def make_batch_for(hp, n: int, gen: torch.Generator, device: torch.device, shape_seed: int, quantile: float):
     # The lengths from the batch's shape seed and quantile (tbd.workloads.draws: the same in every framework),
     # the spectrogram and transcripts from the framework's generator on the device.
     frames, n_chars = utterance_lengths(np.random.default_rng(shape_seed), n, hp, quantile)
