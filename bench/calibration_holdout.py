@@ -3,7 +3,8 @@ time-model constants that were fitted from its own workload's pairs set to what 
 give, so the error says how the model does on a workload it was not fitted to.
 
     PYTHONPATH=src python3 bench/calibration_holdout.py docs/data/calibration_2026-11-29_h200_all.jsonl \
-        docs/data/calibration_2026-11-30_h200.jsonl docs/data/calibration_2026-11-30b_h200.jsonl
+        docs/data/calibration_2026-11-30_h200.jsonl docs/data/calibration_2026-11-30b_h200.jsonl \
+        docs/data/calibration_2026-11-30c_h200.jsonl
 
 Several logs are read in the order given, as one.
 """
