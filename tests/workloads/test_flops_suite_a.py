@@ -123,6 +123,23 @@ def test_faster_rcnn_paper_image_and_data():
         assert bool(((labels >= 1) & (labels <= 20)).all())
 
 
+def test_faster_rcnn_longest_inputs_are_the_largest_image_every_draw():
+    # `tbd memory faster_rcnn --max-batch` sizes batches this way: drawn sizes pad a batch to
+    # 640 x 896 or 640 x 1024 by chance, and the figure must hold for the larger.
+    from tbd.workloads.faster_rcnn.spec import resized_size
+    from tbd.workloads.faster_rcnn.torch_impl import make_images
+
+    spec = registry.get_spec("faster_rcnn")
+    hp = dict(spec.flavor("paper").hparams)
+    longest = {**hp, **spec.longest_inputs(hp)}
+    assert longest["image_short"] == (300, 300)  # 600 x 1000 after the transform: min_size and max_size at once
+    pixels = {short: resized_size(hp, short, hp["image_long"]) for short in range(hp["image_short"][0], hp["image_short"][1] + 1)}
+    assert max(h * w for h, w in pixels.values()) == resized_size(hp, 300, hp["image_long"])[0] * resized_size(hp, 300, hp["image_long"])[1]
+    for seed in range(4):
+        images, _ = make_images(torch.Generator().manual_seed(seed), torch.device("cpu"), longest, 3)
+        assert {tuple(sorted(image.shape[1:])) for image in images} == {(300, 500)}
+
+
 def _session(task, precision: str = "fp32"):
     """The parts of a TorchSession a custom train_step uses."""
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext

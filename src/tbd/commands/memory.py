@@ -51,7 +51,7 @@ def register(sub) -> None:
 
 
 # Kept with each fit batch: the largest tensor and where the step made it (the headroom's facts).
-LARGEST_TENSOR_FACTS = ("largest_tensor_bytes", "largest_tensor_phase", "largest_backward_tensor_bytes")
+PEAK_FACTS = ("largest_tensor_bytes", "largest_tensor_phase", "largest_backward_tensor_bytes", "op", "in_op_scratch_bytes", "live_peak_bytes")
 
 
 def memory(args) -> int:
@@ -102,7 +102,9 @@ def memory(args) -> int:
     console = make_console()
     console.print(f"profiling one training step of {config.workload} ({config.framework}, {config.flavor}, {device}, batch {config.batch_size}) ...")
     if args.max_batch and spec.longest_inputs is not None:
-        console.print(f"sizing at the longest inputs the flavor draws ({', '.join(f'{k}={v:g}' for k, v in spec.longest_inputs(flavor.hparams).items())})")
+        shown = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                          for k, v in spec.longest_inputs(flavor.hparams).items())
+        console.print(f"sizing at the longest inputs the flavor draws ({shown})")
     prof = _guarded(profiler.profile, config, args.warmup)
     render.print_profile(prof, console, args.layers)
     profiles = [prof]
@@ -128,7 +130,7 @@ def memory(args) -> int:
         else:
             prof["batch_model"] = {**model.to_dict(), "budget_bytes": limit, "budget_note": note, "max_batch": model.max_batch(limit),
                                    "measured": [{"batch_size": p["batch_size"], "status": p["status"], "model_bytes": profiler.model_bytes(p),
-                                                 **{k: p["peak"][k] for k in LARGEST_TENSOR_FACTS if k in p["peak"]}} for p in fitted]}
+                                                 **{k: p["peak"][k] for k in PEAK_FACTS if k in p["peak"]}} for p in fitted]}
             render.print_batch_model(prof["batch_model"], console)
             prof["batch_model"]["confirmed"] = _confirm(config, prof["batch_model"]["max_batch"], args, memory_bytes, console)
     record = _store(store, config, prof, profiles)

@@ -341,7 +341,7 @@ def profile(config, warmup: int = 1, open_session=None) -> dict[str, Any]:
 
 
 def _profile_into(prof: dict[str, Any], config, device, warmup: int, open_session) -> dict[str, Any]:
-    from tbd.results.memory_profile import downsample, finish_peak, nvml_process_bytes
+    from tbd.results.memory_profile import allocated_total, downsample, finish_peak, nvml_process_bytes
 
     session = tracker = error = None
     try:
@@ -370,6 +370,12 @@ def _profile_into(prof: dict[str, Any], config, device, warmup: int, open_sessio
         peak.update(index=tracker.peak_index, phase=tracker.phases[tracker.peak_index], op=tracker.ops[tracker.peak_index],
                     largest_tensor_bytes=tracker.largest_tensor, largest_tensor_phase=tracker.largest_tensor_phase,
                     largest_backward_tensor_bytes=tracker.largest_backward_tensor)
+        if tracker.cuda:
+            # What the peak op allocated and freed inside (cuDNN/cuBLAS scratch, counted in its
+            # workspace above), and the most the step's tensors held between ops: the batch-size
+            # model fits the latter where the scratch is a convolution's (profiler.model_bytes).
+            peak["in_op_scratch_bytes"] = int(tracker.peak_transient)
+            peak["live_peak_bytes"] = max(allocated_total(sample) for sample in tracker.samples)
         timeline = {"axis": "sample (after each op)", "index": list(range(len(tracker.samples))), "phase": tracker.phases, "op": tracker.ops,
                     "categories": {k: [s[k] for s in tracker.samples] for k in cats}}
         prof["timeline"] = downsample(timeline, tracker.peak_index)

@@ -84,6 +84,19 @@ def resized_size(flavor: Flavor, height: int, width: int) -> tuple[int, int]:
     return -(-h // 32) * 32, -(-w // 32) * 32
 
 
+def largest_image_short(hp) -> int:
+    """The short side (within the flavor's range) whose image the transform makes largest: the one
+    that reaches min_size just as the long side reaches max_size (300 in the paper flavor: 600 x
+    1000, padded to 640 x 1024, the largest of the padded shapes)."""
+    lo, hi = hp["image_short"]
+
+    def resized_pixels(short: int) -> float:
+        scale = min(hp["min_size"] / short, hp["max_size"] / hp["image_long"])
+        return short * hp["image_long"] * scale * scale
+
+    return max(range(lo, hi + 1), key=resized_pixels)
+
+
 class _Count:
     """Sum of training FLOPs: forward, plus one forward's worth for each gradient backward needs."""
 
@@ -171,6 +184,10 @@ SPEC = WorkloadSpec(
     # (640 x 896/1024 and its transpose), as detection training's aspect-ratio grouping does, so
     # kernels are tuned once per shape instead of every step.
     variable_shapes=False,
+    # `tbd memory --max-batch` sizes batches with every image at the largest size the flavor
+    # draws: a batch of drawn sizes pads to 640 x 896 or 640 x 1024 by chance, and a fit through
+    # both shapes is not a line (per-sample peaks 797-931 MiB on an H200, fp32, 2026-11-30).
+    longest_inputs=lambda hp: {"image_short": (largest_image_short(hp),) * 2},
     host_work_per_sample=True,
     flavors=FLAVORS,
     sample_unit="images",
