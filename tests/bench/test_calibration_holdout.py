@@ -8,7 +8,7 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "docs" / "data"
 LOGS = ["calibration_2026-11-29_h200_all.jsonl", "calibration_2026-11-30_h200.jsonl", "calibration_2026-11-30b_h200.jsonl",
-        "calibration_2026-11-30c_h200.jsonl"]
+        "calibration_2026-11-30c_h200.jsonl", "calibration_2026-11-30d_h200.jsonl"]
 
 
 def test_the_logs_given_together_read_as_their_concatenation(tmp_path, capsys, load_bench):
@@ -19,7 +19,7 @@ def test_the_logs_given_together_read_as_their_concatenation(tmp_path, capsys, l
     separate = capsys.readouterr().out
     holdout.main([str(joined)])
     assert capsys.readouterr().out == separate
-    assert separate.splitlines()[-1].startswith("all 49 held-out median err")
+    assert separate.splitlines()[-1].startswith("all 51 held-out median err")
     # held out: resnet50's channels_last pair loses the constant fitted from resnet50 (estimate
     # +72% in sample, +15% without it); gpt's bf16 pair, which no fitted constant touches, is unchanged
     from tbd.analysis.verify import _re_estimate_logged
