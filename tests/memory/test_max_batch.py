@@ -56,19 +56,23 @@ def test_search_stops_on_a_failure_that_is_not_memory():
     assert "other than memory" in result.stopped and result.largest_fitting == 11
 
 
-@pytest.mark.parametrize("known,first_probe", [
-    ({1600: max_batch.FITS}, 1632),  # 2% above the batch known to train
-    ({1700: max_batch.OOM}, 1666),  # 2% below the one known to fail
-    ({1600: max_batch.FITS, 1700: max_batch.OOM}, 1650),  # the middle of the given bracket
+@pytest.mark.parametrize("known,predicted,first_probe", [
+    ({1600: max_batch.FITS}, 1500, 1632),  # 2% above the batch known to train
+    ({1600: max_batch.FITS}, 1700, 1700),  # a prediction above it is asked first: a failing probe is cheap
+    ({1600: max_batch.FITS}, None, 1632),  # --confirm-only: no prediction
+    ({1700: max_batch.OOM}, 1500, 1666),  # 2% below the one known to fail
+    ({1700: max_batch.OOM}, 2724, 1666),
+    ({1600: max_batch.FITS, 1700: max_batch.OOM}, 2724, 1650),  # the middle of the given bracket
 ])
-def test_search_goes_on_from_an_earlier_searchs_answers_without_asking_again(known, first_probe):
+def test_search_goes_on_from_an_earlier_searchs_answers_without_asking_again(known, predicted, first_probe):
     calls: list[int] = []
-    result = max_batch.search(boundary(1640, calls), 2724, predicted=2724, known=known)
+    result = max_batch.search(boundary(1640, calls), predicted or 64, predicted=predicted, known=known)
     assert calls[0] == first_probe and not set(calls) & set(known)  # a given answer is not probed again
     fits, fails = result.largest_fitting, result.smallest_failing
     assert fits <= 1640 < fails and fails - fits <= 0.02 * fits
     assert result.known == known and len(result.probes) == len(calls)
-    assert result.prediction_error_pct == pytest.approx((2724 - fits) / fits * 100)  # still the prediction's error
+    if predicted:
+        assert result.prediction_error_pct == pytest.approx((predicted - fits) / fits * 100)  # still the prediction's error
 
 
 def test_search_refuses_answers_that_contradict_each_other():

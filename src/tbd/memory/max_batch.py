@@ -75,8 +75,9 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
     moving by `first_step` (a fraction; 1.0 doubles from the start: no prediction to trust).
     `on_probe` is given each probe's dict as soon as it is known: a search stopped from outside
     (a killed process) has said what it found so far. `known` maps batches to outcomes ('fits'
-    or 'oom') from an earlier search: the search starts next to them (a step above the largest
-    known to fit, or below the smallest known to fail; between the two where both are given)."""
+    or 'oom') from an earlier search: the search starts at the prediction where it lies above the
+    largest batch known to fit (and no failure is given), else next to the answers (a step above the
+    largest known to fit, or below the smallest known to fail; between the two where both are given)."""
     began = clock()
     known = dict(known or {})
     if any(outcome not in (FITS, OOM) for outcome in known.values()):
@@ -106,8 +107,12 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
     if fits is not None and fails is not None and fails <= fits:
         raise ValueError(f"batch {fails} is given as running out of memory and the larger {fits} as training; give a failing batch above the fitting one")
     if fits is not None and fails is None:
-        start = max(fits + 1, math.floor(fits * (1 + first_step)))
-    elif fails is not None and fits is None:
+        # A prediction above the known fit is the next question: a failing probe is cheap (it
+        # stops at its first allocation that does not fit) and leaves a bracket to bisect, where
+        # steps of 2% up from the known fit cost a whole training probe each.
+        beyond = predicted is not None and predicted > fits
+        start = predicted if beyond else max(fits + 1, math.floor(fits * (1 + first_step)))
+    elif fails is not None and fits is None:  # 2% below: a fitting probe there closes the bracket at once
         start = min(fails - 1, math.ceil(fails * (1 - first_step)))
     batch = max(lower, min(start, upper or start))
     move = first_step
