@@ -201,6 +201,17 @@ def test_a_convolutions_scratch_is_left_out_of_the_line():
     assert profiler.model_bytes({"peak": {"allocated_bytes": 100, "op": "convolution"}}) == 100  # an older record
 
 
+def test_the_output_says_where_a_convolutions_scratch_was_left_out():
+    from tbd.memory.render import scratch_note
+
+    measured = [{"batch_size": 64, "status": "ok", "model_bytes": 3809900544, "allocated_bytes": 4914103808},
+                {"batch_size": 128, "status": "ok", "model_bytes": 7595721728, "allocated_bytes": 9801765376}]
+    (line,) = scratch_note(measured)
+    assert "batches 64, 128" in line and "up to 23% of the peak" in line and "convolution" in line
+    assert scratch_note([{**m, "model_bytes": m["allocated_bytes"]} for m in measured]) == []
+    assert scratch_note([{"batch_size": 8, "status": "ok", "model_bytes": 5}]) == []  # an older record: no allocated peak kept
+
+
 def test_a_far_prediction_is_refitted_on_larger_batches():
     # A budget the 2/4/8 line extrapolates far beyond: a batch at a third of its prediction is
     # profiled and the line refitted on the three largest batches, until it is within 4x.

@@ -51,7 +51,8 @@ def register(sub) -> None:
 
 
 # Kept with each fit batch: the largest tensor and where the step made it (the headroom's facts).
-PEAK_FACTS = ("largest_tensor_bytes", "largest_tensor_phase", "largest_backward_tensor_bytes", "op", "in_op_scratch_bytes", "live_peak_bytes")
+PEAK_FACTS = ("allocated_bytes", "largest_tensor_bytes", "largest_tensor_phase", "largest_backward_tensor_bytes", "op", "in_op_scratch_bytes",
+              "live_peak_bytes")
 
 
 def memory(args) -> int:

@@ -161,6 +161,17 @@ def _name_phases(ax, phases: list[str], y: float) -> None:
         narrow += 1
 
 
+def scratch_note(measured: list[dict[str, Any]]) -> list[str]:
+    """One line where the line left a convolution's scratch out of some fit batches' peaks
+    (profiler.model_bytes says why), with how much of the peak that was; none otherwise."""
+    left_out = [m for m in measured if m.get("status") == "ok" and m.get("allocated_bytes") and m["model_bytes"] < m["allocated_bytes"]]
+    if not left_out:
+        return []
+    share = max(1 - m["model_bytes"] / m["allocated_bytes"] for m in left_out)
+    return [f"fitted on the tensors held between ops at batches {', '.join(str(m['batch_size']) for m in left_out)}: the peak is inside a "
+            f"convolution, whose scratch (up to {share:.0%} of the peak) cuDNN's autotuner shrinks when memory is short"]
+
+
 def print_batch_model(result: dict[str, Any], console=None) -> None:
     lines = [
         f"batch-size model from batches {', '.join(str(b) for b, _ in result['points'])}: "
@@ -169,6 +180,7 @@ def print_batch_model(result: dict[str, Any], console=None) -> None:
         *([f"headroom for the largest tensor (one contiguous block the allocator must find): "
            f"{fmt_bytes(result['headroom_fixed_bytes'])} + {fmt_bytes(result['headroom_per_sample_bytes'])} per sample"]
           if result.get("headroom_fixed_bytes") or result.get("headroom_per_sample_bytes") else []),
+        *scratch_note(result.get("measured") or []),
         f"memory budget: {fmt_bytes(result['budget_bytes'])} ({result['budget_note']})",
         f"predicted largest batch that fits: {result['max_batch']}",
     ]
