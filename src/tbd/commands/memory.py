@@ -50,7 +50,8 @@ def register(sub) -> None:
     p.set_defaults(func=memory)
 
 
-# Kept with each fit batch: the largest tensor and where the step made it (the headroom's facts).
+# Kept with each fit batch: the largest tensor and where the step made it (the headroom's facts),
+# and the peak's op, its in-op scratch and the tensors' own peak (what the line was fitted on).
 PEAK_FACTS = ("allocated_bytes", "largest_tensor_bytes", "largest_tensor_phase", "largest_backward_tensor_bytes", "op", "in_op_scratch_bytes",
               "live_peak_bytes")
 

@@ -38,26 +38,27 @@ def headroom_tensor_bytes(peak: dict[str, Any]) -> int:
     return int(backward if backward is not None else peak.get("largest_tensor_bytes") or 0)
 
 
+# The ops whose workspace cuDNN's autotuner sizes by the memory free (ATen's names, forward and backward).
+CONVOLUTION_OPS = ("convolution", "cudnn_convolution", "_convolution")
+
+
 def model_bytes(prof: dict[str, Any]) -> int:
     """What must fit on the device for this step: the allocator's allocated peak. PyTorch's
     cached-but-free blocks are left out: near the limit the caching allocator empties its cache
     and retries before it fails. Fitting on the reserved peak instead predicted 16% too small a
     batch for resnet50 on an H100 (801 against a real boundary of 957, docs/results.md).
 
-    Where the peak is inside a convolution, the scratch that convolution took is left out too:
-    cuDNN's autotuner picks the fastest algorithm whose workspace it can allocate, so a small
-    batch with the device nearly empty takes large-workspace algorithms that a batch near the
-    limit goes without. On an H200 (fp32, 2026-11-30) that scratch was 18 MiB a sample of wgan's
-    73 at batches 64-256 and 27 of 82 at 628, and faster_rcnn's peak at 150 had none; the line
-    through the whole peaks predicted 1628 and 141, where 1794 and 154 train."""
+    Where the peak is inside a convolution, the line takes the most the step's tensors held
+    between two ops instead, leaving out the scratch that convolution took: cuDNN's autotuner
+    picks the fastest algorithm whose workspace it can allocate, so a small batch with the device
+    nearly empty takes large-workspace algorithms that a batch near the limit goes without. On
+    an H200 (fp32, 2026-11-30) that scratch was 18 MiB a sample of wgan's 73 at batches 64-256
+    and 27 of 82 at 628, and faster_rcnn's peak at 150 had none; the line through the whole
+    peaks predicted 1628 and 141, where 1794 and 154 train."""
     peak = prof["peak"]
     if str(peak.get("op", "")).startswith(CONVOLUTION_OPS) and peak.get("live_peak_bytes") is not None:
         return int(peak["live_peak_bytes"])
     return int(peak["allocated_bytes"])
-
-
-# The ops whose workspace cuDNN's autotuner sizes by the memory free (ATen's names, forward and backward).
-CONVOLUTION_OPS = ("convolution", "cudnn_convolution", "_convolution")
 
 
 # A line fitted on small batches is extrapolated at most this far: where it predicts more than
