@@ -248,7 +248,7 @@ def _resize_one(job: tuple[str, str, int]) -> int:
     return 1
 
 
-def resized_copy(path: str | Path, out: str | Path, side: int, limit: int | None = None, processes: int | None = None) -> dict[str, Any]:
+def resized_copy(path: str | Path, out: str | Path, side: int, limit: int | None = None, workers: int | None = None) -> dict[str, Any]:
     """A copy of an ImageNet-style folder with every image's shorter side at most `side` px
     (JPEG quality 90), the same classes; `limit` images at most, taken evenly from the classes."""
     root, classes, per_class = class_folders(path, "resize")
@@ -258,8 +258,11 @@ def resized_copy(path: str | Path, out: str | Path, side: int, limit: int | None
     for name, files in zip(classes, per_class):
         (out / name).mkdir(parents=True, exist_ok=True)
         jobs += [(str(root / name / f), str(out / name / f), side) for f in files[:per]]
-    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
 
-    with multiprocessing.get_context("fork").Pool(processes or max(1, len(os.sched_getaffinity(0)))) as pool:
-        done = sum(pool.imap_unordered(_resize_one, jobs, chunksize=16))
+    # Threads, not processes: Pillow lets go of the GIL while it decodes, resizes and encodes, and
+    # a forked pool can deadlock in a process whose libraries run threads of their own (JAX's:
+    # a CI run hung 600 s in the pool's join with JAX loaded beside it).
+    with ThreadPoolExecutor(workers or max(1, len(os.sched_getaffinity(0)))) as pool:
+        done = sum(pool.map(_resize_one, jobs))
     return {"images": done, "classes": len(classes), "side": side, "path": str(out)}
