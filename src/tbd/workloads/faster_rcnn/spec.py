@@ -77,9 +77,14 @@ def _half(size: int) -> int:
     return (size - 1) // 2 + 1
 
 
+def resize_scale(flavor, height: int, width: int) -> float:
+    """The model's transform's scale: the short side to min_size, unless the long side would pass max_size."""
+    return min(flavor["min_size"] / min(height, width), flavor["max_size"] / max(height, width))
+
+
 def resized_size(flavor: Flavor, height: int, width: int) -> tuple[int, int]:
     """(H, W) the model's transform feeds the backbone: scale to min_size / max_size, pad to 32."""
-    scale = min(flavor["min_size"] / min(height, width), flavor["max_size"] / max(height, width))
+    scale = resize_scale(flavor, height, width)
     h, w = int(height * scale), int(width * scale)
     return -(-h // 32) * 32, -(-w // 32) * 32
 
@@ -89,12 +94,7 @@ def largest_image_short(hp) -> int:
     that reaches min_size just as the long side reaches max_size (300 in the paper flavor: 600 x
     1000, padded to 640 x 1024, the largest of the padded shapes)."""
     lo, hi = hp["image_short"]
-
-    def resized_pixels(short: int) -> float:
-        scale = min(hp["min_size"] / short, hp["max_size"] / hp["image_long"])
-        return short * hp["image_long"] * scale * scale
-
-    return max(range(lo, hi + 1), key=resized_pixels)
+    return max(range(lo, hi + 1), key=lambda short: short * resize_scale(hp, short, hp["image_long"]) ** 2)
 
 
 class _Count:
