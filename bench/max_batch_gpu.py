@@ -21,6 +21,7 @@ training process could use, on the safe side.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -109,6 +110,9 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     row = {"workload": workload, "precision": precision, "seconds": round(time.monotonic() - t0, 1), "rc": rc, "log": str(log)}
     text = log.read_text(errors="replace")
     cut = f"stopped after {timeout:.0f} s (the bench's --budget, or --confirm-time + 600 s)"
+    if rc is None and (running := in_flight(text)):  # what the stop cut short: a probe has no verdict, but how long it ran without failing says something
+        row["in_flight"] = running
+        cut += f" while batch {running['batch_size']} had run {running['seconds']:.0f} s without a verdict"
     if rc is None and (bracket := probed_bracket(text, known)):
         probes = len(bracket["probes"])
         row.update(bracket, stopped=f"{cut} before the search narrowed to 2% (the bracket so far, {probes} probe{'s' * (probes != 1)})")
@@ -177,6 +181,15 @@ def probed_bracket(log_text: str, known: dict[str, int] | None = None) -> dict:
     failing = [p["batch_size"] for p in probes if p["outcome"] == max_batch.OOM] + ([known["oom"]] if "oom" in known else [])
     return {"predicted": int(predicted.group(1)) if predicted else None, "probes": probes,
             "confirmed": max(fitting, default=None), "first_failing": min(failing, default=None)}
+
+
+def in_flight(log_text: str, now: datetime.datetime | None = None) -> dict | None:
+    """The probe a stopped `tbd memory --max-batch` was running (batch_size, seconds it had run)."""
+    running = render.read_probe_in_flight(log_text)
+    if running is None:
+        return None
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return {"batch_size": running["batch_size"], "seconds": round((now - running["started"]).total_seconds(), 1)}
 
 
 def newest_memory_record(home: Path) -> dict:

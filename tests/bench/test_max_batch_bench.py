@@ -100,3 +100,28 @@ def test_confirm_only_rows_pass_it_on_and_keep_the_search_without_a_prediction(t
     assert "--known-fit 1659" in argv_file.read_text() and "--confirm-only" in argv_file.read_text()
     assert (row["predicted"], row["confirmed"], row["first_failing"]) == (None, 1692, 1725) and row["fit_skipped"]
     assert "error_pct" not in row and "1692" in bench.line(row)
+
+
+def test_a_row_stopped_during_a_probe_says_how_long_that_probe_had_run(tmp_path, monkeypatch, load_bench):
+    """A probe cut short has no verdict, but a probe that ran minutes past the point where the
+    same batch failed under another setting says something: the row keeps its batch and time."""
+    import datetime
+
+    bench = load_bench("max_batch_gpu")
+    started = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=300)).replace(microsecond=0)  # printed to the second
+    from tbd.memory import render
+
+    log = ("predicted largest batch that fits: 2478\n"
+           "given from an earlier search: batch 1794 trains\n"
+           f"{render.probe_start_line(2478, started)}\n")
+    assert bench.in_flight(log, now=started + datetime.timedelta(seconds=412))["seconds"] == 412.0
+    assert bench.in_flight(log + "probe: batch 2478 out of memory (141.8 s)\n") is None
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/bin/sh\n" + "".join(f"echo '{line}'\n" for line in log.splitlines()) + "exec sleep 120\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(bench.sys, "executable", str(fake))
+    monkeypatch.setattr(bench, "MIN_ROW_S", 1.0)
+    args = SimpleNamespace(out=str(tmp_path), fit=[], known=["wgan/fp32=1794"], smoke=False, confirm_time=60.0)
+    row = bench.one_row("wgan", "fp32", args, dict(os.environ, TBD_HOME=str(tmp_path)), deadline=time.monotonic() + 1.5)
+    assert row["rc"] is None and row["in_flight"]["batch_size"] == 2478 and 300 <= row["in_flight"]["seconds"] < 330
+    assert "while batch 2478 had run 30" in row["error"]

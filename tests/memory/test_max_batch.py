@@ -192,8 +192,14 @@ def test_memory_command_prints_each_probe_on_one_line_as_it_ends(monkeypatch, ca
     config = dataclasses.replace(RunConfig("resnet50", batch_size=8).validated(), device="cuda")
     args = SimpleNamespace(no_confirm=False, expandable_segments=False, confirm_time=600.0, known_fit=None, known_oom=None)
     out = memory._confirm(config, 20, args, None, make_console())
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("probe:")]
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if line.startswith("probe:")]
     assert [line.split(" (")[0] for line in lines] == ["probe: batch 20 fits", "probe: batch 21 out of memory"]
+    # each probe's start is printed before it, and a log whose every probe ended has none in flight
+    assert [line.split(" (")[0] for line in printed.splitlines() if line.startswith("probing")] == ["probing batch 20", "probing batch 21"]
+    assert render.read_probe_in_flight(printed) is None
+    cut = printed[:printed.index("probe: batch 21")]  # stopped during the second probe
+    assert render.read_probe_in_flight(cut)["batch_size"] == 21
     read = render.read_probe_lines("\n".join(lines))  # seconds as printed: to 0.1 s
     assert [(p["batch_size"], p["outcome"]) for p in read] == [(p["batch_size"], p["outcome"]) for p in out["probes"]]
     assert all(abs(r["seconds"] - p["seconds"]) <= 0.05 for r, p in zip(read, out["probes"]))

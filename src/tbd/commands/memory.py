@@ -8,6 +8,7 @@ The profile is printed, saved as JSON and a PNG plot in `<store>/memory/`, and s
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from typing import Any
 
 from tbd.commands import EXAMPLES, add_home
@@ -168,6 +169,9 @@ def _confirm(config: RunConfig, predicted: int | None, args, memory_bytes: int |
     def show(probe: dict[str, Any]) -> None:
         console.print(render.probe_line(probe), markup=False, highlight=False, soft_wrap=True)
 
+    def show_start(batch: int) -> None:
+        console.print(render.probe_start_line(batch, datetime.datetime.now(datetime.timezone.utc)), markup=False, highlight=False, soft_wrap=True)
+
     saved = dict(os.environ)
     if setting:  # the probes' child processes inherit it
         key, _, value = setting.partition("=")
@@ -179,7 +183,7 @@ def _confirm(config: RunConfig, predicted: int | None, args, memory_bytes: int |
         if known:
             told = (f"batch {b} {'trains' if o == max_batch.FITS else 'runs out of memory'}" for b, o in sorted(known.items()))
             console.print("given from an earlier search: " + ", ".join(told))
-        result = max_batch.confirm(config, predicted, deadline_s=args.confirm_time, on_probe=show, known=known)
+        result = max_batch.confirm(config, predicted, deadline_s=args.confirm_time, on_probe=show, known=known, on_start=show_start)
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -70,11 +70,13 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
            predicted: int | None = None, first_step: float = FIRST_STEP,
            clock: Callable[[], float] = time.monotonic,
            on_probe: Callable[[dict[str, Any]], None] | None = None,
-           known: dict[int, str] | None = None) -> SearchResult:
+           known: dict[int, str] | None = None,
+           on_start: Callable[[int], None] | None = None) -> SearchResult:
     """Largest batch in [lower, upper] for which `probe` says 'fits', starting at `start` and
     moving by `first_step` (a fraction; 1.0 doubles from the start: no prediction to trust).
     `on_probe` is given each probe's dict as soon as it is known: a search stopped from outside
-    (a killed process) has said what it found so far. `known` maps batches to outcomes ('fits'
+    (a killed process) has said what it found so far; `on_start` is given each batch as its probe
+    begins, so a search stopped mid-probe can say how long that probe ran. `known` maps batches to outcomes ('fits'
     or 'oom') from an earlier search: the search starts at the prediction where it lies above the
     largest batch known to fit (and no failure is given), else next to the answers (a step above the
     largest known to fit, or below the smallest known to fail; between the two where both are given)."""
@@ -87,6 +89,8 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
 
     def ask(batch: int) -> str:
         if batch not in seen:
+            if on_start is not None:
+                on_start(batch)
             t0 = clock()
             answer = probe(batch)  # an outcome, or (outcome, why) where the probe can say why
             seen[batch], why = answer if isinstance(answer, tuple) else (answer, "")
@@ -212,10 +216,11 @@ def outcome_of(record) -> str:
 def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: int = PROBE_STEPS,
             launch: Callable | None = None, upper: int | None = None,
             on_probe: Callable[[dict[str, Any]], None] | None = None,
-            known: dict[int, str] | None = None) -> SearchResult:
+            known: dict[int, str] | None = None,
+            on_start: Callable[[int], None] | None = None) -> SearchResult:
     """Confirm the largest batch of `config` with real training steps, each probe a child
-    process of `steps` steps (so an out-of-memory cannot poison the next probe); `on_probe` and
-    `known` as in `search`."""
+    process of `steps` steps (so an out-of-memory cannot poison the next probe); `on_probe`,
+    `known` and `on_start` as in `search`."""
     import contextlib
     import dataclasses
 
@@ -238,4 +243,4 @@ def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: 
     warm = default_launch is launch and world_size(config) == 1 and config.python is None
     with launcher_module.warm_children(config.framework) if warm else contextlib.nullcontext():
         return search(probe, predicted or config.batch_size, upper=upper, deadline_s=deadline_s, predicted=predicted,
-                      on_probe=on_probe, known=known)
+                      on_probe=on_probe, known=known, on_start=on_start)

@@ -6,6 +6,7 @@ rich); plots use matplotlib's Agg backend, so no display is needed.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from pathlib import Path
@@ -203,6 +204,29 @@ def probe_line(probe: dict[str, Any]) -> str:
     line = f"probe: batch {probe['batch_size']} {PROBE_WORDS[probe['outcome']]} ({probe['seconds']:.1f} s)"
     why = " ".join(probe.get("error", "").split())  # one line, whatever the message
     return f"{line}: {why}" if why else line
+
+
+# A probe's start, printed as it begins: a search stopped mid-probe leaves which batch was running
+# and since when (a probe that trains can take five minutes; one that runs out of memory, two).
+PROBE_START = re.compile(r"^probing batch (\d+) \(started (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\) \.\.\.$", re.MULTILINE)
+
+
+def probe_start_line(batch: int, started: datetime.datetime) -> str:
+    """`probing batch 2478 (started 2026-12-01T02:05:13Z) ...`"""
+    return f"probing batch {batch} (started {started.astimezone(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}) ..."
+
+
+def read_probe_in_flight(text: str) -> dict[str, Any] | None:
+    """The probe a log's search had started and not ended (batch_size, started as a UTC
+    datetime), or None where every started probe has its `probe_line`."""
+    starts = list(PROBE_START.finditer(text))
+    if not starts:
+        return None
+    last = starts[-1]
+    if any(int(m.group(1)) == int(last.group(1)) for m in PROBE_LINE.finditer(text, last.end())):
+        return None
+    started = datetime.datetime.strptime(last.group(2), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    return {"batch_size": int(last.group(1)), "started": started}
 
 
 def read_probe_lines(text: str) -> list[dict[str, Any]]:
