@@ -11,7 +11,9 @@ prediction of the plain allocated-peak line (the model before the largest-tensor
 recomputed beside the revised one. Results go to OUT/max_batch_gpu.json (rewritten after every
 row, so a call cut short keeps what it finished) and a table is printed last. A row stopped at
 --budget keeps the bracket its probes had found (from the probe lines of its log), marked as a
-search stopped before it narrowed to 2%.
+search stopped before it narrowed to 2%, and the probe it was running, if any, with how long that
+probe had run. A rerun into the same OUT resumes: a row measured before under the same settings
+(fit batches, given answers, allocator) is kept and said to be; one that failed is measured again.
 
 The `tbd memory` process keeps its CUDA context (a few hundred MiB) while its probes run, so a
 confirmed figure is what fits beside it: at most a few tenths of a percent below what a lone
@@ -68,12 +70,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "max_batch_gpu.json"
     rows = json.loads(path.read_text())["rows"] if path.exists() else []
-    done = {(r["workload"], r["precision"]) for r in rows}
+    # A rerun into the same --out resumes: rows measured before under the same settings are kept,
+    # and said to be; a row asked for under other settings (allocator, given answers) is measured.
+    # Rows that failed or were skipped for time are measured again.
+    done = {(r["workload"], r["precision"], json.dumps(r.get("settings"), sort_keys=True)) for r in rows if not ("error" in r or "skipped" in r)}
     env = {**os.environ, "TBD_HOME": args.home or tempfile.mkdtemp(prefix="tbd-max-batch-")}
     began = time.monotonic()
     for precision in args.precisions.split(","):
         for workload in args.workloads.split(","):
-            if (workload, precision) in done:
+            if (workload, precision, json.dumps(row_settings(workload, precision, args), sort_keys=True)) in done:
+                print(f"{workload} {precision}: kept from {path} (measured before under the same settings; a new --out measures it again)", flush=True)
                 continue
             if time.monotonic() - began > args.budget - MIN_ROW_S:
                 rows.append({"workload": workload, "precision": precision, "skipped": f"bench budget of {args.budget:g} s spent"})
@@ -86,6 +92,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(line(r, markdown=True))
+
+
+def row_settings(workload: str, precision: str, args) -> dict:
+    """What a row was measured under, beside its workload and precision: a rerun keeps a row only
+    where these match."""
+    fits = dict(f.split("=", 1) for f in args.fit)
+    known = known_answers(args.known).get((workload, precision), {})
+    return {"fit_batches": fits.get(workload), "known": known or None,
+            "confirm_only": bool(getattr(args, "confirm_only", False) and known),
+            "expandable_segments": bool(getattr(args, "expandable_segments", False)), "smoke": bool(args.smoke)}
 
 
 def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> dict:
@@ -107,7 +123,8 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
     t0 = time.monotonic()
     with open(log, "w") as out:
         rc = children.wait_or_stop(children.start(argv, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), timeout)
-    row = {"workload": workload, "precision": precision, "seconds": round(time.monotonic() - t0, 1), "rc": rc, "log": str(log)}
+    row = {"workload": workload, "precision": precision, "settings": row_settings(workload, precision, args),
+           "seconds": round(time.monotonic() - t0, 1), "rc": rc, "log": str(log)}
     text = log.read_text(errors="replace")
     cut = f"stopped after {timeout:.0f} s (the bench's --budget, or --confirm-time + 600 s)"
     if rc is None and (running := in_flight(text)):  # what the stop cut short: a probe has no verdict, but how long it ran without failing says something

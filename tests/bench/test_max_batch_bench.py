@@ -125,3 +125,27 @@ def test_a_row_stopped_during_a_probe_says_how_long_that_probe_had_run(tmp_path,
     row = bench.one_row("wgan", "fp32", args, dict(os.environ, TBD_HOME=str(tmp_path)), deadline=time.monotonic() + 1.5)
     assert row["rc"] is None and row["in_flight"]["batch_size"] == 2478 and 300 <= row["in_flight"]["seconds"] < 330
     assert "while batch 2478 had run 30" in row["error"]
+
+
+def test_a_rerun_into_the_same_out_keeps_only_rows_of_the_same_settings(tmp_path, monkeypatch, capsys, load_bench):
+    """Resuming keeps a row measured before only where it was measured under the same settings:
+    the same row asked for under expandable segments, or with other given answers, is measured."""
+    bench = load_bench("max_batch_gpu")
+    measured = []
+
+    def one_row(workload, precision, args, env, deadline):
+        measured.append((workload, precision, args.expandable_segments))
+        return {"workload": workload, "precision": precision, "settings": bench.row_settings(workload, precision, args),
+                "predicted": 2478, "confirmed": 1794, "first_failing": 2478, "seconds": 1.0}
+
+    monkeypatch.setattr(bench, "one_row", one_row)
+    base = ["max_batch_gpu.py", "--out", str(tmp_path), "--home", str(tmp_path / "home"), "--workloads", "wgan", "--precisions", "fp32",
+            "--known", "wgan/fp32=1794"]
+    for extra in ([], [], ["--expandable-segments"], ["--known", "wgan/fp32=1794:2478"]):
+        monkeypatch.setattr(bench.sys, "argv", base + extra)
+        bench.main()
+    assert measured == [("wgan", "fp32", False), ("wgan", "fp32", True), ("wgan", "fp32", False)]
+    assert "wgan fp32: kept from" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "max_batch_gpu.json").read_text())["rows"]
+    assert [r["settings"]["expandable_segments"] for r in rows] == [False, True, False]
+    assert rows[2]["settings"]["known"] == {"fit": 1794, "oom": 2478}
