@@ -127,7 +127,8 @@ def one_row(workload: str, precision: str, args, env: dict, deadline: float) -> 
            "seconds": round(time.monotonic() - t0, 1), "rc": rc, "log": str(log)}
     text = log.read_text(errors="replace")
     cut = f"stopped after {timeout:.0f} s (the bench's --budget, or --confirm-time + 600 s)"
-    if rc is None and (running := in_flight(text)):  # what the stop cut short: a probe has no verdict, but how long it ran without failing says something
+    # The probe the stop cut short has no verdict, but how long it ran without failing says something.
+    if rc is None and (running := in_flight(text)):
         row["in_flight"] = running
         cut += f" while batch {running['batch_size']} had run {running['seconds']:.0f} s without a verdict"
     if rc is None and (bracket := probed_bracket(text, known)):

@@ -76,8 +76,8 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
     moving by `first_step` (a fraction; 1.0 doubles from the start: no prediction to trust).
     `on_probe` is given each probe's dict as soon as it is known: a search stopped from outside
     (a killed process) has said what it found so far; `on_start` is given each batch as its probe
-    begins, so a search stopped mid-probe can say how long that probe ran. `known` maps batches to outcomes ('fits'
-    or 'oom') from an earlier search: the search starts at the prediction where it lies above the
+    begins, so a search stopped mid-probe can say how long that probe ran. `known` maps batches
+    to outcomes ('fits' or 'oom') from an earlier search: the search starts at the prediction where it lies above the
     largest batch known to fit (and no failure is given), else next to the answers (a step above the
     largest known to fit, or below the smallest known to fail; between the two where both are given)."""
     began = clock()
