@@ -149,3 +149,13 @@ def test_a_rerun_into_the_same_out_keeps_only_rows_of_the_same_settings(tmp_path
     rows = json.loads((tmp_path / "max_batch_gpu.json").read_text())["rows"]
     assert [r["settings"]["expandable_segments"] for r in rows] == [False, True, False]
     assert rows[2]["settings"]["known"] == {"fit": 1794, "oom": 2478}
+
+
+def test_the_search_simulation_prints_both_searches_and_the_replay(capsys, load_bench):
+    sim = load_bench("max_batch_search_sim")
+    sim.simulate()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 samples")]
+    exact = rows[0].split("|")
+    assert float(exact[2].split()[0].replace(",", "")) < float(exact[3].split()[0].replace(",", ""))  # an exact shortfall saves time
+    sim.replay(Path(__file__).resolve().parents[2] / "docs" / "data")
+    assert "| transformer fp32 | 143,528 | 1.24 GiB | 142,241 |" in capsys.readouterr().out

@@ -135,7 +135,9 @@ def memory(args) -> int:
                                    "measured": [{"batch_size": p["batch_size"], "status": p["status"], "model_bytes": profiler.model_bytes(p),
                                                  **{k: p["peak"][k] for k in PEAK_FACTS if k in p["peak"]}} for p in fitted]}
             render.print_batch_model(prof["batch_model"], console)
-            prof["batch_model"]["confirmed"] = _confirm(config, prof["batch_model"]["max_batch"], args, memory_bytes, console)
+            line = prof["batch_model"]
+            prof["batch_model"]["confirmed"] = _confirm(config, line["max_batch"], args, memory_bytes, console,
+                                                        bytes_per_sample=line["per_sample_bytes"] + line.get("headroom_per_sample_bytes", 0))
     record = _store(store, config, prof, profiles)
     files = prof["files"]
     console.print(f"stored as [bold]{record['id']}[/] in {escape(str(store.home))}; profile {escape(files['json'])}"
@@ -143,9 +145,12 @@ def memory(args) -> int:
     return 0 if prof["status"] == "ok" else 1
 
 
-def _confirm(config: RunConfig, predicted: int | None, args, memory_bytes: int | None, console) -> dict[str, Any]:
+def _confirm(config: RunConfig, predicted: int | None, args, memory_bytes: int | None, console,
+             bytes_per_sample: float | None = None) -> dict[str, Any]:
     """Confirm the prediction (None under --confirm-only: the given answers) with real training
-    steps (GPU only), under the allocator setting asked for; what was confirmed, or why nothing was."""
+    steps (GPU only), under the allocator setting asked for; what was confirmed, or why nothing was.
+    `bytes_per_sample` (the fitted line's, with its headroom) lets a failing probe's shortfall set
+    the next probe (max_batch.search)."""
     import os
 
     from tbd import registry
@@ -183,7 +188,8 @@ def _confirm(config: RunConfig, predicted: int | None, args, memory_bytes: int |
         if known:
             told = (f"batch {b} {'trains' if o == max_batch.FITS else 'runs out of memory'}" for b, o in sorted(known.items()))
             console.print("given from an earlier search: " + ", ".join(told))
-        result = max_batch.confirm(config, predicted, deadline_s=args.confirm_time, on_probe=show, known=known, on_start=show_start)
+        result = max_batch.confirm(config, predicted, deadline_s=args.confirm_time, on_probe=show, known=known, on_start=show_start,
+                                       bytes_per_sample=bytes_per_sample)
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -71,15 +71,24 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
            clock: Callable[[], float] = time.monotonic,
            on_probe: Callable[[dict[str, Any]], None] | None = None,
            known: dict[int, str] | None = None,
-           on_start: Callable[[int], None] | None = None) -> SearchResult:
+           on_start: Callable[[int], None] | None = None,
+           bytes_per_sample: float | None = None) -> SearchResult:
     """Largest batch in [lower, upper] for which `probe` says 'fits', starting at `start` and
     moving by `first_step` (a fraction; 1.0 doubles from the start: no prediction to trust).
     `on_probe` is given each probe's dict as soon as it is known: a search stopped from outside
     (a killed process) has said what it found so far; `on_start` is given each batch as its probe
     begins, so a search stopped mid-probe can say how long that probe ran. `known` maps batches
-    to outcomes ('fits' or 'oom') from an earlier search: the search starts at the prediction where it lies above the
-    largest batch known to fit (and no failure is given), else next to the answers (a step above the
-    largest known to fit, or below the smallest known to fail; between the two where both are given)."""
+    to outcomes ('fits' or 'oom') from an earlier search: the search starts at the prediction
+    where it lies above the largest batch known to fit (and no failure is given), else next to
+    the answers (a step above the largest known to fit, or below the smallest known to fail;
+    between the two where both are given).
+    With `bytes_per_sample` (the fitted line's), a failing probe whose message says how much it
+    lacked (tried to allocate - free) sets the next probe at least that many samples lower, and
+    within the bracket no higher than the batch that would close it with one fitting probe: a
+    failing probe takes a minute or two, a fitting one up to five, so the search walks down on
+    cheap failures instead of bisecting up on dear fits. Where such a probe fits, the next is 2%
+    above it (a failure there closes the bracket); where it fails, the next is the plain
+    bisection's, so a shortfall that understates the need costs at most every other probe."""
     began = clock()
     known = dict(known or {})
     if any(outcome not in (FITS, OOM) for outcome in known.values()):
@@ -99,6 +108,15 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
             if on_probe is not None:
                 on_probe(result.probes[-1])
         return seen[batch]
+
+    def lacking_samples(batch: int) -> int | None:
+        """Samples' worth of memory the failing probe at `batch` lacked, from its message; None
+        where it did not say (a batch given as failing, a message without figures) or no line is known."""
+        why = next((p.get("error", "") for p in reversed(result.probes) if p["batch_size"] == batch), "")
+        facts = oom_facts(why)
+        if not bytes_per_sample or not {"tried", "free"} <= facts.keys():
+            return None
+        return math.ceil(max(0, facts["tried"] - facts["free"]) / bytes_per_sample)
 
     def out_of_time() -> bool:
         if deadline_s is not None and clock() - began >= deadline_s:
@@ -120,6 +138,7 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
         start = min(fails - 1, math.ceil(fails * (1 - first_step)))
     batch = max(lower, min(start, upper or start))
     move = first_step
+    placed: set[int] = set()  # batches a failing probe's shortfall chose
     # 1. bracket: walk from the start until a fitting batch lies below a failing one
     while fits is None or fails is None:
         outcome = ask(batch)
@@ -141,7 +160,11 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
             if batch <= lower:
                 result.stopped = f"even batch {lower} runs out of memory"
                 break
-            batch = max(lower, min(batch - 1, math.ceil(batch * (1 - min(move, 0.5)))))
+            down = math.ceil(batch * (1 - min(move, 0.5)))
+            if (short := lacking_samples(batch)) is not None and batch - short < down:
+                down = batch - short
+                placed.add(max(lower, min(batch - 1, down)))
+            batch = max(lower, min(batch - 1, down))
         move = min(move * 2, 1.0)
         if out_of_time():
             break
@@ -149,6 +172,17 @@ def search(probe: Callable[[int], str | tuple[str, str]], start: int, *, upper: 
     if fits is not None and fails is not None and not result.stopped:
         while fails - fits > max(1, fits * tolerance_pct / 100.0) and not out_of_time():
             middle = (fits + fails) // 2
+            last = result.probes[-1] if result.probes else {}
+            last_guided = last.get("outcome") if last.get("batch_size") in placed else None
+            just_above = max(fits + 1, math.floor(fits * (1 + tolerance_pct / 100.0)))
+            if last_guided == FITS and just_above < fails:
+                middle = just_above  # the shortfall put the boundary here: a (cheap) failure 2% up closes the bracket
+            elif last_guided != OOM and (short := lacking_samples(fails)) is not None:
+                closing = math.ceil(fails / (1 + tolerance_pct / 100.0))  # a fit there closes the bracket
+                guess = min(fails - short, closing)
+                if fits < guess < fails:
+                    middle = guess
+                    placed.add(guess)
             outcome = ask(middle)
             if outcome == FITS:
                 fits = middle
@@ -217,10 +251,11 @@ def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: 
             launch: Callable | None = None, upper: int | None = None,
             on_probe: Callable[[dict[str, Any]], None] | None = None,
             known: dict[int, str] | None = None,
-            on_start: Callable[[int], None] | None = None) -> SearchResult:
+            on_start: Callable[[int], None] | None = None,
+            bytes_per_sample: float | None = None) -> SearchResult:
     """Confirm the largest batch of `config` with real training steps, each probe a child
     process of `steps` steps (so an out-of-memory cannot poison the next probe); `on_probe`,
-    `known` and `on_start` as in `search`."""
+    `known`, `on_start` and `bytes_per_sample` as in `search`."""
     import contextlib
     import dataclasses
 
@@ -243,4 +278,4 @@ def confirm(config, predicted: int | None, *, deadline_s: float = 600.0, steps: 
     warm = default_launch is launch and world_size(config) == 1 and config.python is None
     with launcher_module.warm_children(config.framework) if warm else contextlib.nullcontext():
         return search(probe, predicted or config.batch_size, upper=upper, deadline_s=deadline_s, predicted=predicted,
-                      on_probe=on_probe, known=known, on_start=on_start)
+                      on_probe=on_probe, known=known, on_start=on_start, bytes_per_sample=bytes_per_sample)
