@@ -184,6 +184,25 @@ def test_an_out_of_memory_message_is_summed_up_in_its_figures(text, summary):
     assert max_batch.oom_summary(text) == summary
 
 
+def test_confirm_hands_the_lines_bytes_per_sample_to_the_search():
+    """Through the real probe path (a record's PyTorch message, its summary): a failing prediction
+    of 30 lacking 10 samples' worth sends the next probe to 20, and 2% above it closes the bracket."""
+    config = RunConfig("resnet50", batch_size=8).validated()
+    per_sample = 100 * 2**20
+
+    def launch(cfg):
+        if cfg.batch_size <= 20:
+            return RunRecord.for_run(cfg).succeed()
+        lacked_mib = (cfg.batch_size - 20) * 100
+        return RunRecord.oom(cfg, f"CUDA out of memory. Tried to allocate {lacked_mib + 1024:.2f} MiB. GPU 0 has a total "
+                                  f"capacity of 79.19 GiB of which 1024.00 MiB is free.")
+
+    result = max_batch.confirm(config, 30, launch=launch, bytes_per_sample=per_sample)
+    assert [p["batch_size"] for p in result.probes] == [30, 20, 21]
+    plain = max_batch.confirm(config, 30, launch=launch)
+    assert (plain.largest_fitting, plain.smallest_failing) == (20, 21) and len(plain.probes) > 3
+
+
 def test_a_failing_probe_says_what_the_allocator_held(monkeypatch):
     """The figures past the message's first 300 characters (fragmentation) come from the traceback."""
     config = RunConfig("resnet50", batch_size=8).validated()
