@@ -29,12 +29,15 @@ PER_SAMPLE = 57.2 * 2**20
 KNOWN_FIT, PREDICTED = 1794, 2478
 
 
-def device(true_max: int, unseen_samples: int, calls: list[int]):
+def device(true_max: int, unseen_samples: int, calls: list[int], bytes_per_sample: float = PER_SAMPLE):
+    """A probe of a device where memory grows by `bytes_per_sample` a sample (the calls kept in
+    `calls`): a failing probe says what it lacked as PyTorch does (tried to allocate, free),
+    short by `unseen_samples` where later allocations of the step would have needed more."""
     def probe(batch: int):
         calls.append(batch)
         if batch <= true_max:
             return max_batch.FITS
-        lacked = max(1, batch - true_max - unseen_samples) * PER_SAMPLE
+        lacked = max(1, batch - true_max - unseen_samples) * bytes_per_sample
         return max_batch.OOM, f"tried to allocate {(lacked + 2**30) / 2**20:.2f} MiB, 1024.00 MiB free"
     return probe
 

@@ -159,3 +159,44 @@ def test_the_search_simulation_prints_both_searches_and_the_replay(capsys, load_
     assert float(exact[2].split()[0].replace(",", "")) < float(exact[3].split()[0].replace(",", ""))  # an exact shortfall saves time
     sim.replay(Path(__file__).resolve().parents[2] / "docs" / "data")
     assert "| transformer fp32 | 143,528 | 1.24 GiB | 142,241 |" in capsys.readouterr().out
+
+
+def test_a_failing_probes_shortfall_places_the_next_probe(load_bench):
+    from tbd.memory import max_batch
+
+    sim = load_bench("max_batch_search_sim")
+    per_sample = 57.2 * 2**20  # wgan fp32's line on an H200, with its headroom
+    # 1794 known to train, the prediction 2478 fails lacking 178 samples' worth: the next probe is
+    # there, and where it fits, 2% above it closes the bracket. Bisection took five probes, three fitting.
+    calls: list[int] = []
+    result = max_batch.search(sim.device(2300, 0, calls, per_sample), 2478, predicted=2478, known={1794: max_batch.FITS},
+                              bytes_per_sample=per_sample)
+    assert calls == [2478, 2300, 2346] and (result.largest_fitting, result.smallest_failing) == (2300, 2346)
+    plain: list[int] = []
+    max_batch.search(sim.device(2300, 0, plain, per_sample), 2478, predicted=2478, known={1794: max_batch.FITS})
+    assert len(plain) == 5 and sum(b <= 2300 for b in plain) == 3
+    # with no fit known, the walk down from a failing prediction jumps by the shortfall (gpt: 171 predicted, 136 trains)
+    calls = []
+    result = max_batch.search(sim.device(136, 0, calls, 2**30), 171, predicted=171, bytes_per_sample=2**30)
+    assert calls == [171, 136, 138] and (result.largest_fitting, result.smallest_failing) == (136, 138)
+
+
+@pytest.mark.parametrize("unseen_samples", [0, 20, 150, 600])
+@pytest.mark.parametrize("true_max", [1800, 2100, 2440])
+def test_a_shortfall_that_understates_the_need_still_brackets_the_boundary(true_max, unseen_samples, load_bench):
+    from tbd.memory import max_batch
+
+    sim = load_bench("max_batch_search_sim")
+    per_sample = 57.2 * 2**20
+    calls: list[int] = []
+    result = max_batch.search(sim.device(true_max, unseen_samples, calls, per_sample), 2478, predicted=2478,
+                              known={1794: max_batch.FITS}, bytes_per_sample=per_sample)
+    fits, fails = result.largest_fitting, result.smallest_failing
+    assert fits <= true_max < fails and fails - fits <= 0.02 * fits and result.stopped == "bracket within 2%"
+    assert len(calls) == len(set(calls)) <= 10
+    # a message without figures (or no line to read it with) leaves the plain bisection
+    with_line, without = [], []
+    max_batch.search(lambda b: with_line.append(b) or (max_batch.FITS if b <= true_max else max_batch.OOM), 2478, predicted=2478,
+                     known={1794: max_batch.FITS}, bytes_per_sample=per_sample)
+    max_batch.search(sim.device(true_max, unseen_samples, without, per_sample), 2478, predicted=2478, known={1794: max_batch.FITS})
+    assert with_line == without

@@ -75,53 +75,6 @@ def test_search_goes_on_from_an_earlier_searchs_answers_without_asking_again(kno
         assert result.prediction_error_pct == pytest.approx((predicted - fits) / fits * 100)  # still the prediction's error
 
 
-def shortfall(true_max: int, bytes_per_sample: float, calls: list[int], unseen_samples: int = 0):
-    """A device where memory grows by `bytes_per_sample` a sample: a failing probe says what it
-    lacked as PyTorch does (tried to allocate, free), short by `unseen_samples` where later
-    allocations of the step would have needed more."""
-    def probe(batch: int):
-        calls.append(batch)
-        if batch <= true_max:
-            return max_batch.FITS
-        lacked = max(1, batch - true_max - unseen_samples) * bytes_per_sample
-        return max_batch.OOM, f"tried to allocate {(lacked + 2**30) / 2**20:.2f} MiB, 1024.00 MiB free, 5.64 GiB reserved but unallocated"
-    return probe
-
-
-def test_a_failing_probes_shortfall_places_the_next_probe():
-    per_sample = 57.2 * 2**20  # wgan fp32's line on an H200, with its headroom
-    # 1794 known to train, the prediction 2478 fails lacking 178 samples' worth: the next probe is
-    # there, and where it fits, 2% above it closes the bracket. Bisection took five probes, three fitting.
-    calls: list[int] = []
-    result = max_batch.search(shortfall(2300, per_sample, calls), 2478, predicted=2478, known={1794: max_batch.FITS},
-                              bytes_per_sample=per_sample)
-    assert calls == [2478, 2300, 2346] and (result.largest_fitting, result.smallest_failing) == (2300, 2346)
-    plain: list[int] = []
-    max_batch.search(boundary(2300, plain), 2478, predicted=2478, known={1794: max_batch.FITS})
-    assert len(plain) == 5 and sum(b <= 2300 for b in plain) == 3
-    # with no fit known, the walk down from a failing prediction jumps by the shortfall (gpt: 171 predicted, 136 trains)
-    calls = []
-    result = max_batch.search(shortfall(136, 2**30, calls), 171, predicted=171, bytes_per_sample=2**30)
-    assert calls == [171, 136, 138] and (result.largest_fitting, result.smallest_failing) == (136, 138)
-
-
-@pytest.mark.parametrize("unseen_samples", [0, 20, 150, 600])
-@pytest.mark.parametrize("true_max", [1800, 2100, 2440])
-def test_a_shortfall_that_understates_the_need_still_brackets_the_boundary(true_max, unseen_samples):
-    per_sample = 57.2 * 2**20
-    calls: list[int] = []
-    result = max_batch.search(shortfall(true_max, per_sample, calls, unseen_samples), 2478, predicted=2478,
-                              known={1794: max_batch.FITS}, bytes_per_sample=per_sample)
-    fits, fails = result.largest_fitting, result.smallest_failing
-    assert fits <= true_max < fails and fails - fits <= 0.02 * fits and result.stopped == "bracket within 2%"
-    assert len(calls) == len(set(calls)) <= 10
-    # a message without figures (or no line to read it with) leaves the plain bisection
-    with_line, without = [], []
-    max_batch.search(boundary(true_max, with_line), 2478, predicted=2478, known={1794: max_batch.FITS}, bytes_per_sample=per_sample)
-    max_batch.search(boundary(true_max, without), 2478, predicted=2478, known={1794: max_batch.FITS})
-    assert with_line == without
-
-
 def test_search_refuses_answers_that_contradict_each_other():
     with pytest.raises(ValueError, match="give a failing batch above the fitting one"):
         max_batch.search(boundary(10, []), 10, known={20: max_batch.FITS, 15: max_batch.OOM})
