@@ -9,7 +9,6 @@ batch-one tests of the mxnet pairs run inside that environment too (the Makefile
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 from pathlib import Path
@@ -75,19 +74,3 @@ def test_gluon_models_have_torchvisions_parameter_counts():
         "print(json.dumps(out))")
     # torchvision: resnet50() and inception_v3(aux_logits=False, init_weights=False), 1000 classes
     assert counts == {"resnet50": 25_557_032, "inception_v3": 23_834_568}
-
-
-def test_resnet50_tiny_trains_and_lowers_the_loss():
-    losses = in_mxnet_env(
-        "import json\n"
-        "from tbd.config import RunConfig\n"
-        "from tbd.harness.runner import losses_on_fixed_batch\n"
-        "config = RunConfig(workload='resnet50', framework='mxnet', flavor='tiny', device='cpu', isolate=False).validated()\n"
-        "print(json.dumps(losses_on_fixed_batch(config, 30)))")
-    first, later = losses[0], losses[5:]
-    assert all(math.isfinite(x) for x in losses), losses
-    # It memorizes its one batch: most later steps near zero. With BatchNorm over 4 images (1x1 maps
-    # in the last stage) it then spikes now and then, more often in MXNet than in torch (seed 0: a
-    # few steps above 100), so the check is how often it has learned the batch, not the last steps.
-    assert sum(x < 0.1 * first for x in later) >= len(later) // 3, losses
-    assert min(later) < 0.01 * first, losses

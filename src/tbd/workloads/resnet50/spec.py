@@ -15,8 +15,12 @@ FLAVORS = {
     "tiny": Flavor(
         "tiny",
         batch_size=4,
-        description="32 px, 10 classes: a CPU step in well under a second",
-        hparams=dict(image_size=32, num_classes=10, lr=0.1, momentum=0.9, weight_decay=1e-4),
+        description="32 px, 10 classes, SGD lr 0.003: a CPU step in well under a second",
+        # Not the paper's lr 0.1: on 4 images of 32 px (1x1 maps in the last stage, so BatchNorm
+        # normalizes 4 values a channel) it sends the loss to 30-280 and back in every framework,
+        # and whether 30 steps on one batch end low depends on the seed. At 0.003 a fixed batch
+        # is learned in about 10 steps in torch, JAX, TensorFlow and MXNet (seeds 0-3, 2026-12-01).
+        hparams=dict(image_size=32, num_classes=10, lr=0.003, momentum=0.9, weight_decay=1e-4),
         min_batch=2,
         min_batch_note="BatchNorm needs more than one value per channel, and the tiny images leave a 1x1 map at the last stage",
     ),
