@@ -268,6 +268,19 @@ def test_cli_writes_table_json_png_and_a_stored_record(tbd_home, capsys, monkeyp
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_an_unusable_fit_names_larger_fit_batches_than_those_measured(tbd_home, capsys):
+    """ResNet-50's tiny step on the CPU peaks in the optimizer, where no activation is held: a line
+    through batches 2 and 4 grows by the input alone, and the advice is batches 4x those, not a list
+    the user may already have given."""
+    from tbd.cli import main
+
+    code = main(["memory", "resnet50", "--device", "cpu", "--batch-size", "2", "--max-batch", "--memory", "4GiB", "--fit-batches", "2,4"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0, out
+    assert "no prediction: the fitted line adds" in out and "e.g. --fit-batches 8,16" in out, out
+    assert "predicted largest batch" not in out
+
+
 @pytest.mark.parametrize("args,words", [
     (["memory", "resnet5"], "unknown workload 'resnet5'"),
     (["memory", "resnet50", "--max-batch", "--memory", "80XB"], "cannot read memory size"),

@@ -125,9 +125,13 @@ def memory(args) -> int:
         model, fitted = _guarded(profiler.fit_batch_model, config, fit_batches, args.warmup, known={config.batch_size: prof},
                                  budget_bytes=extend)
         profiles += [p for p in fitted if p is not prof]
-        why = profiler.unusable_fit(model, fitted) if model is not None else "fewer than two of the fit batches ran; give smaller --fit-batches"
+        if model is None:
+            why = "fewer than two of the fit batches ran; give smaller --fit-batches"
+        elif why := profiler.unusable_fit(model, fitted):
+            # The peaks did not grow with the batch: batches a few times larger may reach the activations.
+            why += f"; measure larger batches, e.g. --fit-batches {','.join(str(4 * b) for b in fit_batches)}"
         if why:
-            prof["batch_model"] = {"error": f"no prediction: {why}; measure larger batches with --fit-batches (e.g. 8,16,32)",
+            prof["batch_model"] = {"error": f"no prediction: {why}",
                                    **(model.to_dict() if model else {})}
             console.print(f"[red]{prof['batch_model']['error']}[/]")
         else:
