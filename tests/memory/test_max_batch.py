@@ -260,6 +260,24 @@ def test_a_line_that_grows_by_the_input_alone_predicts_nothing():
     assert "off the fitted line" in unusable_fit(off_the_line, profiles)
 
 
+def test_default_fit_batches_are_widened_only_while_their_feature_maps_fit():
+    """A line through the input alone asks for batches 4x as large, unless the largest of them,
+    at the feature maps a sample costs in the per-layer table, would not fit beside the peak."""
+    from tbd.memory.profiler import widened_fit_batches
+
+    image, peak = 32 * 32 * 3 * 4, 376_000_000
+    layers = [{"layer": "layer1.0.relu", "type": "ReLU", "bytes": 2 * 2**20 * 8}]  # 2 MiB a sample at batch 8
+    profiles = [{"status": "ok", "batch_size": b, "layers": layers if b == 8 else [],
+                 "peak": {"categories": {"input_batch": image * b}, "allocated_bytes": peak}} for b in (2, 4, 8)]
+    by_input = BatchModel(fixed_bytes=peak, per_sample_bytes=float(image), points=[(2, 1), (4, 2), (8, 3)], max_residual_pct=0.0)
+    assert widened_fit_batches(by_input, profiles, [2, 4, 8], budget_bytes=16 * 2**30) == [8, 16, 32]
+    assert widened_fit_batches(by_input, profiles, [2, 4, 8], budget_bytes=peak + 32 * 2 * 2**20 - 1) is None  # 32 would not fit
+    assert widened_fit_batches(by_input, [{**p, "layers": []} for p in profiles], [2, 4, 8], 16 * 2**30) is None  # cost unknown
+    with_activations = BatchModel(fixed_bytes=peak, per_sample_bytes=40.0 * image, points=[(2, 1), (4, 2), (8, 3)], max_residual_pct=1.0)
+    assert widened_fit_batches(with_activations, profiles, [2, 4, 8], 16 * 2**30) is None
+    assert widened_fit_batches(None, profiles, [2, 4, 8], 16 * 2**30) is None
+
+
 def test_confirm_only_goes_on_from_the_given_answers_without_a_fit(tbd_home, capsys):
     """`--confirm-only` skips the fit (on a GPU the search then goes on from --known-fit/--known-oom;
     on the CPU nothing is confirmed, and says so) and stores the record without a prediction."""

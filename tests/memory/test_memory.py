@@ -281,6 +281,23 @@ def test_an_unusable_fit_names_larger_fit_batches_than_those_measured(tbd_home, 
     assert "predicted largest batch" not in out
 
 
+def test_the_readmes_max_batch_on_the_cpu_widens_its_default_fit_until_a_line_predicts(tbd_home, capsys):
+    """`tbd memory resnet50 --max-batch --memory 16GiB` (the README's line): the default batches 2,
+    4, 8 of the tiny flavor all peak in the optimizer step, so the fit widens to 8-32, then 32-128,
+    where the feature maps make the peaks, and predicts; every batch measured is stored."""
+    from tbd.cli import main
+    from tbd.results.store import Store
+
+    assert main(["memory", "resnet50", "--device", "cpu", "--max-batch", "--memory", "16GiB"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "fitting on batches 8, 16, 32" in out and "fitting on batches 32, 64, 128" in out, out
+    assert "batch-size model from batches 32, 64, 128" in out and "predicted largest batch that fits" in out, out
+    prof = Store(tbd_home).list()[0]["memory_profile"]
+    assert prof["batch_model"]["max_batch"] > 128
+    saved = json.loads(open(prof["files"]["json"]).read())
+    assert sorted(p["batch_size"] for p in saved["other_batches"]) == [2, 8, 16, 32, 64, 128]  # 4 is the profile itself
+
+
 @pytest.mark.parametrize("args,words", [
     (["memory", "resnet5"], "unknown workload 'resnet5'"),
     (["memory", "resnet50", "--max-batch", "--memory", "80XB"], "cannot read memory size"),

@@ -106,20 +106,54 @@ def fit_batch_model(
     return model, profiles
 
 
+def _input_bytes_per_sample(profiles: list[dict[str, Any]]) -> float:
+    inputs = [p["peak"]["categories"].get("input_batch", 0) / p["batch_size"] for p in profiles if p["status"] == "ok" and p["batch_size"]]
+    return min(inputs) if inputs else 0
+
+
+def grows_by_input_alone(model: BatchModel, profiles: list[dict[str, Any]]) -> bool:
+    """Whether the fitted line adds no more a sample than the sample's own input: the measured
+    peaks hold no activation (a small model's CPU step peaks in its optimizer step)."""
+    return model.per_sample_bytes <= 1.1 * _input_bytes_per_sample(profiles)
+
+
 def unusable_fit(model: BatchModel, profiles: list[dict[str, Any]]) -> str | None:
     """Why a fitted line cannot predict a batch (None when it can): each sample must cost more
     than its own input bytes, and the line must pass near the measured points. A line that grows
     by the input alone comes from peaks where no activation is held (small batches on the CPU
     peak in the optimizer step): larger batches peak elsewhere, and the prediction is absurd
     ('12.0 KiB per sample ... 1366558' for resnet50 tiny)."""
-    inputs = [p["peak"]["categories"].get("input_batch", 0) / p["batch_size"] for p in profiles if p["status"] == "ok" and p["batch_size"]]
-    per_input = min(inputs) if inputs else 0
-    if model.per_sample_bytes <= 1.1 * per_input:
+    if grows_by_input_alone(model, profiles):
         return (f"the fitted line adds {fmt_bytes(model.per_sample_bytes)} per sample, no more than one sample's input "
-                f"({fmt_bytes(per_input)}): the measured peaks do not hold the batch's activations, so larger batches peak elsewhere")
+                f"({fmt_bytes(_input_bytes_per_sample(profiles))}): the measured peaks do not hold the batch's activations, "
+                "so larger batches peak elsewhere")
     if model.max_residual_pct > 20:
         return f"the measured peaks lie up to {model.max_residual_pct:.0f}% off the fitted line"
     return None
+
+
+# How many times the default fit batches are made 4x larger where their peaks hold no activation.
+MAX_WIDENINGS = 2
+
+
+def widened_fit_batches(model: BatchModel | None, profiles: list[dict[str, Any]], batches: list[int],
+                        budget_bytes: float) -> list[int] | None:
+    """Batches 4x `batches` where the line through them grew by the input alone, so that the
+    step's feature maps, not its optimizer, make the peaks; None where the line is usable, or
+    where the largest new batch's feature maps (per sample, from the per-layer table of the
+    largest batch measured) beside that batch's peak would not fit in `budget_bytes`, or where no
+    per-layer table says what they cost."""
+    if model is None or not grows_by_input_alone(model, profiles):
+        return None
+    measured = [p for p in profiles if p["status"] == "ok" and p.get("layers")]
+    if not measured:
+        return None
+    largest = max(measured, key=lambda p: p["batch_size"])
+    feature_maps_per_sample = sum(layer["bytes"] for layer in largest["layers"]) / largest["batch_size"]
+    wider = [4 * b for b in batches]
+    if largest["peak"]["allocated_bytes"] + wider[-1] * feature_maps_per_sample > budget_bytes:
+        return None
+    return wider
 
 
 def budget(prof: dict[str, Any], memory_bytes: int | None) -> tuple[int, str]:
