@@ -95,6 +95,8 @@ def test_measure_a_toy_step_with_given_flops(tbd_home):
     assert r.record.method["peak_flops"]["source"] == "given by the caller (peak_tflops)"
     assert r.record.method["warmup"]["excluded_steps"][0] == 0
     assert r.metrics["cpu_util_pct"] is not None or "window too short" in r.metrics["cpu_util_note"]
+    # a CPU run has no energy counter: blank, and the record says why
+    assert r.metrics["energy_j_per_sample"] is None and r.metrics["energy_note"].startswith("not measurable here"), r.metrics
     stored = Store(tbd_home).get(r.id)
     assert stored["config"]["workload"] == "custom:toy" and stored["metrics"]["mfu_pct"] == r.mfu_pct
     assert [x.id for x in tbd.results(workload="custom:toy")] == [r.id]

@@ -361,4 +361,6 @@ def _window_readings(m: Measurement, steady_start: int, cores: int, timed_sample
         out["gpu_power_w_mean"] = joules / window_s
     else:
         out["energy_j_per_sample"] = None
+        if begin.energy_mj is None or end.energy_mj is None:
+            out["energy_note"] = "not measurable here: tbd reads NVML's GPU energy counter, and this run's device has none"
     return out
