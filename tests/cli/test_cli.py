@@ -178,5 +178,6 @@ def test_a_stalled_run_fails_with_where_it_stalled(monkeypatch):
     config = RunConfig(workload="resnet50", framework="torch", flavor="tiny", device="cpu").validated()
     record = run_isolated(config, timeout_s=3)
     assert record["status"] == "failed" and record["error"]["kind"] == "timeout"
-    assert "stalled in" in record["error"]["message"] and "launcher.py" in record["error"]["message"]
+    assert "stalled in" in record["error"]["message"] and "runner.py" in record["error"]["message"]
+    assert "in hang_for_tests" in record["error"]["message"]  # the innermost frame: where it sleeps
     assert "_child" in record["error"]["stacks"]

@@ -32,11 +32,12 @@ def start(args: list[str], tmp_path, **env) -> tuple[subprocess.Popen, list[psut
     returns once the run's process exists, with that process and the temp folder it was given."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir(exist_ok=True)
-    full_env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": SRC, "TMPDIR": str(tmpdir), "TBD_INJECT_FAULT": "hang", **env}
+    ready = tmp_path / "run-is-hanging"
+    full_env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": SRC, "TMPDIR": str(tmpdir), "TBD_INJECT_FAULT": "hang",
+                "TBD_TEST_READY_FILE": str(ready), **env}
     proc = subprocess.Popen([sys.executable, "-m", "tbd.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
-    kids = wait_for(lambda: [p for p in descendants(proc.pid) if "spawn_main" in " ".join(_cmdline(p))], 60)
-    assert kids, f"no run process appeared: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}"
-    time.sleep(2.0)  # the run's process is past its start-up, asleep in its run
+    # the run's process touches the file where it hangs: past its start-up, however slow the machine
+    assert wait_for(ready.exists, 180), f"the run did not reach its hang: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}"
     return proc, descendants(proc.pid), tmpdir
 
 
@@ -90,7 +91,8 @@ def test_sigkill_of_tbd_leaves_no_training_process_and_no_file(command, tmp_path
 def test_sigkill_of_tbd_stops_torchrun_and_its_workers(tmp_path):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": SRC, "TMPDIR": str(tmpdir),
+    ready = tmp_path / "rank-0-is-hanging"
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": SRC, "TMPDIR": str(tmpdir), "TBD_TEST_READY_FILE": str(ready),
            "TBD_TEST_KILL_RANK": "0", "TBD_TEST_KILL_AFTER_STEPS": "0", "TBD_TEST_KILL_MODE": "hang"}  # rank 0 hangs, rank 1 waits for it
     proc = subprocess.Popen([sys.executable, "-m", "tbd.cli", *RUN, "--nproc-per-node", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
@@ -102,7 +104,7 @@ def test_sigkill_of_tbd_stops_torchrun_and_its_workers(tmp_path):
     kids = []
     try:
         assert len(workers) == 2, proc.communicate(timeout=5) if proc.poll() is not None else "no workers"
-        time.sleep(5.0)  # the workers are past their imports, in the run
+        assert wait_for(ready.exists, 180), "rank 0 did not reach its hang"  # past its imports, in the run
         kids = descendants(proc.pid)
         proc.kill()
         proc.wait(timeout=30)
@@ -115,17 +117,19 @@ def test_sigkill_of_tbd_stops_torchrun_and_its_workers(tmp_path):
 # ---- a killed run's process: out of memory only on evidence ------------------------------
 
 
-def test_a_run_killed_by_sigkill_is_not_called_out_of_memory_without_evidence(monkeypatch):
+def test_a_run_killed_by_sigkill_is_not_called_out_of_memory_without_evidence(monkeypatch, tmp_path):
     from tbd.harness.launcher import run_isolated
     from tbd.sweep.engine import is_oom
 
+    ready = tmp_path / "run-is-hanging"
     monkeypatch.setenv("TBD_INJECT_FAULT", "hang")
+    monkeypatch.setenv("TBD_TEST_READY_FILE", str(ready))
     config = RunConfig(workload="resnet50", framework="torch", flavor="tiny", device="cpu").validated()
     me = psutil.Process()
 
-    def kill_the_run():  # as a user or a job scheduler would
-        run = wait_for(lambda: [p for p in me.children() if "spawn_main" in " ".join(_cmdline(p))], 60)
-        time.sleep(1.0)
+    def kill_the_run():  # as a user or a job scheduler would, once the run is in its hang
+        wait_for(ready.exists, 180)
+        run = [p for p in me.children() if "spawn_main" in " ".join(_cmdline(p))]
         for p in run:
             p.send_signal(signal.SIGKILL)
 

@@ -34,7 +34,7 @@ from tbd.errors import RunFailure
 from tbd.frameworks.base import StepTimes
 from tbd.harness import lifeline, stats
 from tbd.harness.measure import measure
-from tbd.harness.runner import classify, fill_measurement, split_peaks
+from tbd.harness.runner import classify, fill_measurement, hang_for_tests, split_peaks
 from tbd.metrics.devices import gpu_info
 from tbd.metrics.sampling import Probe
 from tbd.results import environment
@@ -70,7 +70,7 @@ class SyncedSession:
             if os.environ.get("TBD_TEST_KILL_MODE") == "raise":  # a failure the rank reports itself
                 raise RuntimeError(f"injected failure on rank {self.comm.rank} (TBD_TEST_KILL_MODE)")
             if os.environ.get("TBD_TEST_KILL_MODE") == "hang":  # the others must time out, not wait forever
-                time.sleep(3600)
+                hang_for_tests()
             print(f"rank {self.comm.rank}: exiting on purpose (TBD_TEST_KILL_RANK)", file=sys.stderr, flush=True)
             os._exit(17)
         if self.started is not None:  # the first chunk (compilation) does not count, as in measure

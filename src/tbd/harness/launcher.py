@@ -18,13 +18,12 @@ import multiprocessing as mp
 import os
 import queue
 import signal
-import time
 from collections.abc import Callable
 
 from tbd.config import RunConfig
 from tbd.harness import lifeline, oom_evidence
 from tbd.harness.distributed import launch_distributed
-from tbd.harness.runner import execute
+from tbd.harness.runner import execute, hang_for_tests
 from tbd.topology import world_size
 from tbd.results.record import RunRecord, new_run_id
 
@@ -40,8 +39,8 @@ def _child(config_dict: dict, run_id: str, out: "mp.Queue", stacks=None, parent_
         if stacks is not None and hasattr(signal, "SIGUSR1"):
             _stacks_pipe = stacks
             faulthandler.register(signal.SIGUSR1, file=stacks.fileno(), all_threads=True)
-        if os.environ.get("TBD_INJECT_FAULT") == "hang":  # test hook: a run that never reports
-            time.sleep(3600)
+        if os.environ.get("TBD_INJECT_FAULT") == "hang":
+            hang_for_tests()
         config = RunConfig(**config_dict)
         record = execute(config, progress=lambda p: out.put(("progress", p)), run_id=run_id)
         out.put(("record", record))

@@ -105,6 +105,16 @@ def _inject_fault() -> None:
         raise RuntimeError("injected failure")
 
 
+def hang_for_tests() -> None:
+    """Test hook: a run that never reports. It touches TBD_TEST_READY_FILE first (where set), so
+    a test that signals or kills it waits for this point, however slow the machine, instead of a
+    fixed time."""
+    if ready := os.environ.get("TBD_TEST_READY_FILE"):
+        with open(ready, "a"):
+            pass
+    time.sleep(3600)
+
+
 # What allocation failures say: CUDA and XLA devices, and the host (PyTorch's CPU allocator,
 # NumPy, C++ new). An allocation failure at a large batch is out of memory wherever it happens.
 OOM_TEXT = re.compile(r"out of memory|RESOURCE_EXHAUSTED|can't allocate memory|not enough memory|Cannot allocate memory"
