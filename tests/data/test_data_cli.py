@@ -11,7 +11,11 @@ def test_make_check_bench(tmp_path, capsys):
     assert main(["data", "make", "deepspeech2", "--out", str(out), "--size", "8"]) == 0
     assert "librispeech" in capsys.readouterr().out and len(list(out.rglob("*.wav"))) == 8
     assert main(["data", "make", "deepspeech2", "--out", str(out)]) == 2  # not over an existing dataset
-    assert "not empty" in capsys.readouterr().err
+    assert "not an empty folder" in capsys.readouterr().err
+    for unusable in (next(out.rglob("*.wav")), "/proc/tbd-cannot-be-made"):  # a file; a folder that cannot be created
+        assert main(["data", "make", "deepspeech2", "--out", str(unusable)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--out" in err, err
     assert main(["data", "check", "deepspeech2", "--data", str(out), "--device", "cpu", "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["format"] == "librispeech" and facts["samples"] == 8 and facts["batches_per_epoch"] == 2
@@ -24,6 +28,8 @@ def test_make_check_bench(tmp_path, capsys):
 def test_resize(datasets, tmp_path, capsys):
     assert main(["data", "resize", "--data", datasets["resnet50"], "--side", "40", "--out", str(tmp_path / "small"), "--limit", "8"]) == 0
     assert "wrote 8 images in 4 classes" in capsys.readouterr().out
+    assert main(["data", "resize", "--data", datasets["resnet50"], "--side", "40", "--out", "/proc/tbd-cannot-be-made"]) == 2
+    assert "cannot create /proc/tbd-cannot-be-made" in capsys.readouterr().err
 
 
 def test_sweep_file_data_key(datasets):

@@ -83,14 +83,9 @@ def make_cmd(args) -> int:
 
 
 def resize_cmd(args) -> int:
-    from pathlib import Path
-
     from tbd.data.images import resized_copy
 
-    out = Path(args.out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} is not empty; give a new folder to --out")
-    made = resized_copy(args.data, out, args.side, args.limit)
+    made = resized_copy(args.data, args.out, args.side, args.limit)
     print(f"wrote {made['images']:,} images in {made['classes']} classes at a shorter side of at most {args.side} px to {made['path']}")
     return 0
 

@@ -85,6 +85,18 @@ def existing_dir(path: str | Path, workload: str, layout: str) -> Path:
     return p
 
 
+def new_output_dir(out: str | Path) -> Path:
+    """The folder `--out` names, created: it must be new or empty, and creatable here."""
+    p = Path(out).expanduser()
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise UsageError(f"{p} is not an empty folder; give a new folder to --out")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {p} ({exc.strerror or exc}); give --out a folder you can write") from None
+    return p
+
+
 class Dataset(ABC):
     """A dataset on disk; subclasses give `__len__`, `load`, `name_of` and `collate` (and may
     replace `plan`)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tbd.data.base import Dataset, bad_data, existing_dir, spread
+from tbd.data.base import Dataset, bad_data, existing_dir, new_output_dir, spread
 from tbd.errors import UsageError
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -252,7 +252,7 @@ def resized_copy(path: str | Path, out: str | Path, side: int, limit: int | None
     """A copy of an ImageNet-style folder with every image's shorter side at most `side` px
     (JPEG quality 90), the same classes; `limit` images at most, taken evenly from the classes."""
     root, classes, per_class = class_folders(path, "resize")
-    out = Path(out).expanduser()
+    out = new_output_dir(out)
     jobs = []
     per = None if limit is None else max(1, limit // len(classes))
     for name, files in zip(classes, per_class):

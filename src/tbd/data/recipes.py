@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tbd.data import images, speech, text, voc
-from tbd.data.base import Dataset
+from tbd.data.base import Dataset, new_output_dir
 from tbd.errors import UsageError
 
 DECODES = ("cpu", "gpu")
@@ -105,10 +105,7 @@ def checked(spec, path: str | Path, hparams: dict[str, Any], batch_size: int, se
 def make(spec, out: str | Path, size: int, hparams: dict[str, Any], seed: int = 0, audio: str = "wav", text_format: str = "bin") -> dict[str, Any]:
     """Write `size` generated samples of `spec`'s format under `out`; what was written."""
     require(spec)
-    out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} is not empty; give a new folder to --out")
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_output_dir(out)
     rng = np.random.default_rng(seed)
     fmt = spec.data_format
     if fmt == "imagenet":
