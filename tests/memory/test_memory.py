@@ -298,6 +298,19 @@ def test_the_readmes_max_batch_on_the_cpu_widens_its_default_fit_until_a_line_pr
     assert sorted(p["batch_size"] for p in saved["other_batches"]) == [2, 8, 16, 32, 64, 128]  # 4 is the profile itself
 
 
+def test_a_host_allocation_failure_is_one_line_that_names_the_batch_size(tbd_home, capsys, monkeypatch):
+    from tbd.cli import main
+
+    def host_out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 51999999480 bytes.")
+
+    monkeypatch.setattr(profiler, "profile", host_out_of_memory)
+    assert main(["memory", "gpt", "--device", "cpu", "--batch-size", "99999999"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith("nothing was stored; try a smaller --batch-size"), err
+    assert not (tbd_home / "memory").exists()
+
+
 @pytest.mark.parametrize("args,words", [
     (["memory", "resnet5"], "unknown workload 'resnet5'"),
     (["memory", "resnet50", "--max-batch", "--memory", "80XB"], "cannot read memory size"),

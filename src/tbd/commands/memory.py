@@ -227,8 +227,12 @@ def _guarded(fn, *args, **kwargs):
     except TbdError:
         raise
     except Exception as exc:
+        from tbd.harness.runner import OOM_TEXT
+
         first = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
-        raise RunFailure(f"the training step failed ({first}); nothing was stored") from None
+        # The host's allocator failing (a batch far too large for a CPU) is not a device's out-of-memory result.
+        hint = "; try a smaller --batch-size" if OOM_TEXT.search(str(exc)) else ""
+        raise RunFailure(f"the training step failed ({first}); nothing was stored{hint}") from None
 
 
 def _store(store, config: RunConfig, prof: dict[str, Any], profiles: list[dict[str, Any]]) -> dict[str, Any]:
