@@ -29,7 +29,11 @@ class Parser(argparse.ArgumentParser):
             flags = [w for w in words if w.startswith("-")]
             bad = (flags or words)[0].split("=")[0]
             prog, options = self._command_options()
-            message = f"unknown option '{bad}'{closest(bad, options)}; see '{prog} --help'"
+            if bad.startswith("-"):
+                message = f"unknown option '{bad}'{closest(bad, options)}; see '{prog} --help'"
+            else:  # a word no argument takes: most often a file given without its flag
+                as_file = "--file" in options and (bad.endswith(".toml") or os.path.isfile(bad))
+                message = f"unexpected argument '{bad}'" + (f"; a file goes with --file: {prog} --file {bad}" if as_file else f"; see '{prog} --help'")
         else:
             message = f"{message}; see '{self.prog} --help'"
         sys.stderr.write(f"tbd: error: {message}\n")

@@ -46,6 +46,8 @@ def test_help_everywhere_with_examples(command):
         (("run", "gpt", "--framework", "tf", "--option", "execution=eager", "--compile"), "--compile needs TensorFlow option execution=graph"),
         (("results", "show", "nope"), "no runs stored"),
         (("frobnicate",), "invalid choice"),
+        (("sweep", "my-sweep.toml"), "a file goes with --file: tbd sweep --file my-sweep.toml"),
+        (("run", "resnet50", "extra"), "unexpected argument 'extra'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, expected, tbd_home):
