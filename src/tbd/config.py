@@ -122,6 +122,11 @@ class RunConfig:
                 raise UsageError(f"{what} must be a finite positive number, got {value}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed}; e.g. --seed 0")
+        if "seq_len" in self.hparams and "seq_len" not in flavor.hparams:
+            if not spec.sequence_hparam:
+                with_one = "hf:MODEL and gpt (its context, block_size)"
+                raise UsageError(f"{self.workload} has no sequence length to set; --seq-len (seq_len) goes with {with_one}")
+            self.hparams = {spec.sequence_hparam if k == "seq_len" else k: v for k, v in self.hparams.items()}
         unknown_hp = [k for k in self.hparams if k not in flavor.hparams]
         if unknown_hp:
             raise unknown(f"hyperparameter of {self.workload}", unknown_hp[0], flavor.hparams)
@@ -193,6 +198,12 @@ class RunConfig:
     def resolved_hparams(self) -> dict[str, Any]:
         flavor = registry.get_spec(self.workload).flavor(self.flavor)
         return {**flavor.hparams, **self.hparams}
+
+    def resolved_flavor(self):
+        """The flavor with this run's hyperparameter overrides (--seq-len, an API's hparams, the
+        longest inputs of a max-batch probe): what its units and FLOPs per sample are counted on."""
+        flavor = registry.get_spec(self.workload).flavor(self.flavor)
+        return dataclasses.replace(flavor, hparams=self.resolved_hparams())
 
 
 def _finite(value: int | float) -> bool:

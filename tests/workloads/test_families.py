@@ -88,7 +88,7 @@ def test_cli_runs_hf_with_its_options_and_rejects_bad_names(tbd_home):
     ("hf:gpt2", {"hf_config": {"n_layer": 2, "n_embd": 64}}, "divisible by num_heads"),
     ("hf:gpt2", {"hf_config": {"n_layers": 2}}, "unknown --hf-config field of GPT2Config 'n_layers' (did you mean: n_layer"),
     ("hf:gpt2", {"seq_len": 4096}, "has 1024 positions; use --seq-len 1024 or less"),
-    ("resnet50", {"seq_len": 32}, "unknown hyperparameter of resnet50 'seq_len'"),
+    ("resnet50", {"seq_len": 32}, "resnet50 has no sequence length to set; --seq-len"),
     ("timm:", {}, "names no model; e.g. timm:resnet18"),
 ])
 def test_bad_model_settings_are_one_line(workload, hparams, message):

@@ -70,8 +70,9 @@ def add_workload_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BA
     p.add_argument("--batch-size", "-b", type=positive_int, help=batch_help)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, tf32, bf16 or fp16 (default: fp32)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for convolutional models")
-    # Model settings of the hf:MODEL workloads (their hyperparameters seq_len and hf_config).
-    p.add_argument("--seq-len", type=positive_int, help="hf:MODEL: tokens per sequence (default: 64 in tiny, the model's maximum up to 1024 in paper)")
+    # Model settings: the sequence length (hf:MODEL's seq_len, gpt's block_size) and hf:MODEL's config.
+    p.add_argument("--seq-len", type=positive_int,
+                   help="tokens per sequence: hf:MODEL (default: 64 in tiny, the model's maximum up to 1024 in paper) and gpt (its context, block_size)")
     p.add_argument("--hf-config", metavar="KEY=VALUE,...", help="hf:MODEL: override fields of the model's config, e.g. n_layer=2,n_embd=64,n_head=4")
 
 

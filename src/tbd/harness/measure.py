@@ -252,7 +252,7 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     if counted_flops is not None:
         flops_per_sample, flops_note = counted_flops
     else:
-        flops_per_sample = spec.train_flops_per_sample(spec.flavor(config.flavor))
+        flops_per_sample = spec.train_flops_per_sample(config.resolved_flavor())
     achieved = float(flops_per_sample) * samples_med if flops_per_sample is not None else None
     metrics["model_flops_per_sample"] = float(flops_per_sample) if flops_per_sample is not None else None
     metrics["model_tflops_per_s"] = achieved / 1e12 if achieved is not None else None

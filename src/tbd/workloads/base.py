@@ -89,6 +89,9 @@ class WorkloadSpec:
     # "voc", ...); "" where the workload has none, and why (`data_note`).
     data_format: str = ""
     data_note: str = ""
+    # The hyperparameter that `--seq-len` (`seq_len`) sets where the workload names its
+    # sequence length otherwise (gpt's context, "block_size"); "" where it has no such name.
+    sequence_hparam: str = ""
 
     @property
     def batch_counts(self) -> str:

@@ -171,7 +171,7 @@ class JaxSession:
                 self.batches = [jax.device_put(task.make_batch(k, self.device), self.device) for k in keys]
                 data_method = synthetic_data_method(config, spec)
         self.num_parameters = int(sum(x.size for x in jax.tree_util.tree_leaves(self.state.params)))
-        per_sample = spec.units_per_sample(spec.flavor(config.flavor))
+        per_sample = spec.units_per_sample(config.resolved_flavor())
         units_fn, samples_fn, n = task.units, task.samples, ctx.batch_size  # not `task`: it is dropped below
         self._units_of = (lambda b: float(units_fn(b))) if units_fn else (lambda b: n * per_sample)
         self._samples_of = (lambda b: float(samples_fn(b))) if samples_fn else (lambda b: float(n))

@@ -62,7 +62,7 @@ class MxnetSession:
         self.num_parameters = int(sum(p.data().size for p in params.values() if p.grad_req != "null"))
         self.trainer = gluon.Trainer(params, task.optimizer, task.optimizer_params)
         self.batch_size = ctx.batch_size
-        per_sample = spec.units_per_sample(spec.flavor(config.flavor))
+        per_sample = spec.units_per_sample(config.resolved_flavor())
         self._units = [ctx.batch_size * per_sample] * len(self.batches)
         self._samples = [float(ctx.batch_size)] * len(self.batches)
         self._next = 0

@@ -148,7 +148,7 @@ class TfSession:
             raise UsageError(f"{config.workload} in TensorFlow has data-dependent shapes that XLA cannot compile; drop --compile")
         self.variables = list(task.variables if task.variables is not None else self.model.trainable_variables)
         self.num_parameters = int(sum(int(np.prod(v.shape)) for v in self.model.trainable_variables))
-        per_sample = spec.units_per_sample(spec.flavor(config.flavor))
+        per_sample = spec.units_per_sample(config.resolved_flavor())
         units_fn, samples_fn, n = task.units, task.samples, ctx.batch_size
         self._units_of = (lambda b: float(units_fn(b))) if units_fn else (lambda b: n * per_sample)
         self._samples_of = (lambda b: float(samples_fn(b))) if samples_fn else (lambda b: float(n))

@@ -172,7 +172,7 @@ class TorchSession:
         # synthetic batches made once and kept on the device.
         self.feed = None
         self.data_skipped: list[str] = []  # corrupt files the loader skipped (and replaced)
-        self._per_sample = spec.units_per_sample(spec.flavor(config.flavor))
+        self._per_sample = spec.units_per_sample(config.resolved_flavor())
         self._batch_size = ctx.batch_size
         if config.data:
             from tbd.frameworks.torch.data import open_feed

@@ -69,6 +69,7 @@ SPEC = WorkloadSpec(
     unit="tokens",
     batch_unit="sequences",
     units_per_sample=lambda flavor: float(flavor["block_size"]),
+    sequence_hparam="block_size",  # --seq-len sets the context
     train_flops_per_sample=lambda flavor: flavor["block_size"] * train_flops_per_token(flavor.hparams),
     flops_note="6N + 12LdT per token (N: matmul weights incl. the tied output layer; PaLM appendix B, "
                "nanoGPT estimate_mfu), forward + backward",
