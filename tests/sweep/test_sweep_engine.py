@@ -70,6 +70,27 @@ def test_max_batch_bisects_to_the_largest_batch_that_fits(tbd_home):
     assert list(summary["max_batch"].values()) == [37]
 
 
+def test_a_cpu_max_batch_search_does_not_run_a_probe_the_hosts_free_memory_cannot_hold(tbd_home, monkeypatch):
+    """The fake's probes peak at 1 GiB + 1 MiB a sample; with 4 GiB free (80% of it usable), a batch
+    whose scaled estimate passes 3.2 GiB is answered 'out of memory' without running, and the
+    answer says it was bounded by the host, not by an OOM."""
+    import types
+
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=4 * 2**30))
+    store = Store()
+    fake = FakeLauncher()
+    result = SweepRunner(make_plan(batch_sizes=[4], max_batch=65536), store, launch=fake).run()
+    tried = [c.batch_size for c in fake.calls]
+    assert tried[:9] == [4, 8, 16, 32, 64, 128, 256, 512, 1024] and max(tried) < 2048, tried
+    (label, found), = result.max_batch.items()
+    assert 1024 <= found < 2048
+    assert result.max_batch_notes[label].startswith("bounded by the host's free memory, not by an out-of-memory: batch ")
+    assert "of host memory" in result.max_batch_notes[label] and "4.0 GiB free" in result.max_batch_notes[label]
+    assert len(store.list()) == len(tried)  # a probe not run stores nothing
+
+
 def test_max_batch_probes_variable_length_workloads_at_their_longest_inputs(tbd_home):
     # as `tbd memory --max-batch` sizes them: every pair at the flavor's longest, so the answer
     # holds for any draw (a probe of drawn batches finds the boundary of the lengths it drew)

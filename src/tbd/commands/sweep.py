@@ -143,6 +143,8 @@ def run(args) -> int:
                   + (f", {len(loose)} of them not converged (raise --max-time)" if loose else ""))
     for label, batch in result.max_batch.items():
         console.print(f"largest batch that fits, {escape(label)}: [bold]{batch if batch else 'none (even the smallest failed)'}[/]")
+        if label in result.max_batch_notes:
+            console.print(f"  {escape(result.max_batch_notes[label])}")
     console.print(f"next: tbd report {name}   |   tbd compare {name} OTHER")
     # Out-of-memory is an outcome a sweep expects; other failures make the exit status 1.
     broken = [r for r in result.records if r["status"] == "failed" and (r.get("error") or {}).get("kind") not in ("oom",)]

@@ -58,6 +58,30 @@ class SweepResult:
     skipped: int = 0
     failed: int = 0
     max_batch: dict[str, int | None] = field(default_factory=dict)  # line label -> largest batch that fits
+    max_batch_notes: dict[str, str] = field(default_factory=dict)  # line label -> how its search was bounded, where not by an OOM
+
+
+# Share of the host's free memory a CPU max-batch probe may be expected to use.
+HOST_MEMORY_SHARE = 0.8
+
+
+def beyond_host_memory(batch: int, host_rss: dict[int, int], available: int | None = None) -> str:
+    """Why a CPU probe at `batch` is not run ('' where it may be): the peak resident memory of the
+    largest probe that fit, scaled by the batch (an overestimate: the framework's own memory does
+    not grow with it), above HOST_MEMORY_SHARE of the memory free now."""
+    if not host_rss:
+        return ""
+    import psutil
+
+    from tbd.results.memory_profile import fmt_bytes
+
+    largest = max(host_rss)
+    needed = host_rss[largest] * batch / largest
+    free = psutil.virtual_memory().available if available is None else available
+    if needed <= HOST_MEMORY_SHARE * free:
+        return ""
+    return (f"batch {batch} not run: about {fmt_bytes(needed)} of host memory (batch {largest} peaked at {fmt_bytes(host_rss[largest])}) "
+            f"against {fmt_bytes(free)} free")
 
 
 class SweepRunner:
@@ -125,7 +149,8 @@ class SweepRunner:
             if len(pending) == before:  # every line left is held by another runner
                 time.sleep(self.poll_s)
         self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(),
-                              self.summary(max_batch=self.result.max_batch, points=len(self.result.records), ran=self.result.ran))
+                              self.summary(max_batch=self.result.max_batch, max_batch_notes=self.result.max_batch_notes,
+                                           points=len(self.result.records), ran=self.result.ran))
         return self.result
 
     def _line(self, line: Line) -> None:
@@ -153,13 +178,27 @@ class SweepRunner:
             base = RunConfig(**line.base)
             short["hparams"] = {**base.hparams, **longest(base.resolved_hparams())}
 
-        def probe(batch: int) -> str:
+        # On the CPU a probe that runs out of host memory meets the OOM killer, which may take other
+        # processes with it: a batch whose probe would need more than the host has free is not run.
+        host_rss: dict[int, int] = {}  # batch -> peak resident memory of its probe that fit (CPU lines)
+        not_run: list[str] = []
+
+        def probe(batch: int) -> str | tuple[str, str]:
+            if line.base["device"] == "cpu" and (why := beyond_host_memory(batch, host_rss)):
+                not_run.append(why)
+                return max_batch.OOM, why
             record = self._point(line, line.config(batch, **short), probe=True)
-            return max_batch.FITS if has_result(record) else max_batch.OOM if is_oom(record) else max_batch.ERROR
+            if has_result(record):
+                if rss := (record.get("memory") or {}).get("host_peak_rss_bytes"):
+                    host_rss[batch] = rss
+                return max_batch.FITS
+            return max_batch.OOM if is_oom(record) else max_batch.ERROR
 
         found = max_batch.search(probe, min(line.batches[0], bound), upper=bound, first_step=1.0)
         failed = "other than memory" in found.stopped  # says nothing about memory: no figure
         self.result.max_batch[line.label] = None if failed else found.largest_fitting
+        if not_run and not failed:
+            self.result.max_batch_notes[line.label] = f"bounded by the host's free memory, not by an out-of-memory: {not_run[-1]}"
 
     # -- one point ------------------------------------------------------------------------
     def _point(self, line: Line, config: RunConfig, probe: bool = False) -> dict[str, Any]:
