@@ -278,6 +278,22 @@ def test_default_fit_batches_are_widened_only_while_their_feature_maps_fit():
     assert widened_fit_batches(None, profiles, [2, 4, 8], 16 * 2**30) is None
 
 
+def test_a_line_through_optimizer_peaks_and_backward_peaks_is_bent_and_widened():
+    """resnet50 tiny on the CPU, 2026-12-01: 32 and 64 peak in the optimizer step (flat, 360 MiB),
+    128 in the backward pass; the least-squares slope (0.96 MiB) was below the feature maps' 1.7."""
+    from tbd.memory.profiler import mixed_peaks, widened_fit_batches
+
+    phases = {32: "optimizer", 64: "optimizer", 128: "backward"}
+    profiles = [{"status": "ok", "batch_size": b, "layers": [{"bytes": int(1.7 * 2**20) * b}],
+                 "peak": {"phase": phase, "categories": {"input_batch": 12288 * b}, "allocated_bytes": 377_000_000}}
+                for b, phase in phases.items()]
+    bent = BatchModel(fixed_bytes=330e6, per_sample_bytes=0.96 * 2**20, points=[(32, 377e6), (64, 377.5e6), (128, 467e6)], max_residual_pct=5.0)
+    assert "batches 32, 64 lie in the optimizer step" in mixed_peaks(bent, profiles)
+    assert widened_fit_batches(bent, profiles, [32, 64, 128], budget_bytes=16 * 2**30) == [128, 256, 512]
+    backward = [{**p, "peak": {**p["peak"], "phase": "backward"}} for p in profiles]
+    assert mixed_peaks(bent, backward) is None and widened_fit_batches(bent, backward, [32, 64, 128], 16 * 2**30) is None
+
+
 def test_confirm_only_goes_on_from_the_given_answers_without_a_fit(tbd_home, capsys):
     """`--confirm-only` skips the fit (on a GPU the search then goes on from --known-fit/--known-oom;
     on the CPU nothing is confirmed, and says so) and stores the record without a prediction."""

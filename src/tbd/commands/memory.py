@@ -125,13 +125,13 @@ def memory(args) -> int:
         model, fitted = _guarded(profiler.fit_batch_model, config, fit_batches, args.warmup, known={config.batch_size: prof},
                                  budget_bytes=extend)
         profiles += [p for p in fitted if all(p is not q for q in profiles)]
-        # The default batches of a small model can all peak in its optimizer step, where no
-        # activation is held (resnet50 tiny on the CPU): fit again on batches 4x as large, while
-        # their feature maps fit. Batches the user chose are kept, with advice.
-        for _ in range(0 if args.fit_batches else profiler.MAX_WIDENINGS):
+        # Without that extension (the CPU), the default batches of a small model can peak in its
+        # optimizer step, where no activation is held (resnet50 tiny): fit again on batches 4x as
+        # large, while their feature maps fit. Batches the user chose are kept, with advice.
+        for _ in range(0 if args.fit_batches or extend else profiler.MAX_WIDENINGS):
             if not (wider := profiler.widened_fit_batches(model, fitted, fit_batches, limit)):
                 break
-            console.print(f"the peaks did not grow with the batch (none holds the activations); fitting on batches {', '.join(map(str, wider))} ...")
+            console.print(f"not every peak holds the activations (a small step peaks in its optimizer); fitting on batches {', '.join(map(str, wider))} ...")
             measured = {p["batch_size"]: p for p in profiles if p["status"] == "ok"}
             wider_model, wider_fitted = _guarded(profiler.fit_batch_model, config, wider, args.warmup, known=measured, budget_bytes=extend)
             profiles += [p for p in wider_fitted if all(p is not q for q in profiles)]
@@ -140,7 +140,7 @@ def memory(args) -> int:
             model, fitted, fit_batches = wider_model, wider_fitted, wider
         if model is None:
             why = "fewer than two of the fit batches ran; give smaller --fit-batches"
-        elif why := profiler.unusable_fit(model, fitted):
+        elif why := profiler.unusable_fit(model, fitted) or (None if extend else profiler.mixed_peaks(model, fitted)):
             # The peaks did not grow with the batch: batches a few times larger may reach the activations.
             why += f"; measure larger batches, e.g. --fit-batches {','.join(str(4 * b) for b in fit_batches)}"
         if why:
