@@ -281,14 +281,16 @@ def test_an_unusable_fit_names_larger_fit_batches_than_those_measured(tbd_home, 
     assert "predicted largest batch" not in out
 
 
-def test_the_readmes_max_batch_on_the_cpu_widens_its_default_fit_until_a_line_predicts(tbd_home, capsys):
+def test_the_readmes_max_batch_on_the_cpu_widens_its_default_fit_until_a_line_predicts(tbd_home, capsys, monkeypatch):
     """`tbd memory resnet50 --max-batch --memory 16GiB` (the README's line): the tiny flavor's step
     peaks in the optimizer up to batch 64 on the CPU, so the default fit (2, 4, 8) widens to 8-32,
     32-128 (128 alone peaks in the backward pass: a bent line) and 128-512, where every peak holds
     the feature maps; the line's slope is then their cost a sample, and every batch is stored."""
     from tbd.cli import main
+    from tbd.commands import memory as memory_command
     from tbd.results.store import Store
 
+    monkeypatch.setattr(memory_command, "WIDENING_ROUND_LIMIT_S", 1e9)  # a slow machine widens as far as a fast one
     assert main(["memory", "resnet50", "--device", "cpu", "--max-batch", "--memory", "16GiB"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     for batches in ("8, 16, 32", "32, 64, 128", "128, 256, 512"):
@@ -301,6 +303,20 @@ def test_the_readmes_max_batch_on_the_cpu_widens_its_default_fit_until_a_line_pr
     feature_maps = sum(layer["bytes"] for layer in largest["layers"]) / largest["batch_size"]
     assert 0.8 * feature_maps < prof["batch_model"]["per_sample_bytes"] < 1.5 * feature_maps  # the slope is the activations'
     assert {p["peak"]["phase"] for p in saved["other_batches"] if p["batch_size"] >= 256} == {"backward"}
+
+
+def test_widening_stops_where_the_next_round_would_take_too_long(tbd_home, capsys, monkeypatch):
+    """A round of 4x the batches takes about 4x the time: past the limit the fit is not widened,
+    and the output says so and what the larger batches would have cost (faster_rcnn tiny's 64-256
+    would take about 74 s on 2 cores)."""
+    from tbd.cli import main
+    from tbd.commands import memory as memory_command
+
+    monkeypatch.setattr(memory_command, "WIDENING_ROUND_LIMIT_S", 0.0)
+    assert main(["memory", "resnet50", "--device", "cpu", "--max-batch", "--memory", "16GiB"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not fitting on batches 8, 16, 32: about" in out and "s of profiling here" in out, out
+    assert "no prediction:" in out and "e.g. --fit-batches 8,16,32" in out, out
 
 
 def test_a_host_allocation_failure_is_one_line_that_names_the_batch_size(tbd_home, capsys, monkeypatch):

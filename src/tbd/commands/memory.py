@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import time
 from typing import Any
 
 from tbd.commands import EXAMPLES, add_home
@@ -50,6 +51,9 @@ def register(sub) -> None:
     add_home(p)
     p.set_defaults(func=memory)
 
+
+# Seconds a round of wider fit batches may be expected to take (4x the round before) on the CPU.
+WIDENING_ROUND_LIMIT_S = 60.0
 
 # Kept with each fit batch: the largest tensor and where the step made it (the headroom's facts),
 # and the peak's op, its in-op scratch and the tensors' own peak (what the line was fitted on).
@@ -122,18 +126,27 @@ def memory(args) -> int:
         # On a GPU larger batches are added until the line is not extrapolated far (its allocator
         # is not linear at scale); on the CPU the prediction is only a rough guide.
         extend = limit if device == "cuda" and prof["status"] == "ok" else None
+        began = time.monotonic()
         model, fitted = _guarded(profiler.fit_batch_model, config, fit_batches, args.warmup, known={config.batch_size: prof},
                                  budget_bytes=extend)
+        round_s = time.monotonic() - began
         profiles += [p for p in fitted if all(p is not q for q in profiles)]
         # Without that extension (the CPU), the default batches of a small model can peak in its
         # optimizer step, where no activation is held (resnet50 tiny): fit again on batches 4x as
-        # large, while their feature maps fit. Batches the user chose are kept, with advice.
+        # large, while their feature maps fit and the round would not take long (a round of 4x
+        # the batches takes about 4x the time). Batches the user chose are kept, with advice.
         for _ in range(0 if args.fit_batches or extend else profiler.MAX_WIDENINGS):
             if not (wider := profiler.widened_fit_batches(model, fitted, fit_batches, limit)):
                 break
+            if 4 * round_s > WIDENING_ROUND_LIMIT_S:
+                console.print(f"not fitting on batches {', '.join(map(str, wider))}: about {4 * round_s:.0f} s of profiling here "
+                              f"(the last batches took {round_s:.0f} s)")
+                break
             console.print(f"not every peak holds the activations (a small step peaks in its optimizer); fitting on batches {', '.join(map(str, wider))} ...")
             measured = {p["batch_size"]: p for p in profiles if p["status"] == "ok"}
+            began = time.monotonic()
             wider_model, wider_fitted = _guarded(profiler.fit_batch_model, config, wider, args.warmup, known=measured, budget_bytes=extend)
+            round_s = time.monotonic() - began
             profiles += [p for p in wider_fitted if all(p is not q for q in profiles)]
             if wider_model is None:  # the larger batches did not run: the smaller ones' line and advice stand
                 break

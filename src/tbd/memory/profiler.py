@@ -148,8 +148,8 @@ def mixed_peaks(model: BatchModel, profiles: list[dict[str, Any]]) -> str | None
     flat = optimizer_peaks(model, profiles)
     if not flat or len(flat) == len(model.points):
         return None
-    return (f"the peaks of batches {', '.join(map(str, flat))} lie in the optimizer step, where no activation is held, "
-            "and the others' do not: the points do not lie on one line")
+    which = f"the peaks of batches {', '.join(map(str, flat))} lie" if len(flat) > 1 else f"the peak of batch {flat[0]} lies"
+    return f"{which} in the optimizer step, where no activation is held, and the others' do not: the points do not lie on one line"
 
 
 # How many times the default fit batches are made 4x larger where their peaks hold no activation.
