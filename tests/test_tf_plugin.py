@@ -70,6 +70,16 @@ def test_memory_profile_sizes_the_variables_exactly():
     assert cats["weights"] == cats["gradients"] == 4 * params  # fp32; gpt has no non-trainable variables
     assert 2 * 4 * params <= cats["optimizer_state"] <= 2 * 4 * params + 64  # AdamW's two moments and its counters
     assert any("not measurable here" in note for note in prof["method"]["estimated"])  # CPU: no allocator peak
+    assert "not measurable here" in prof["peak"]["not_measured"]
+
+
+def test_max_batch_on_the_cpu_says_the_peak_is_not_measurable_instead_of_asking_for_larger_batches(tmp_path):
+    # a line through the exact categories alone grows by the input: larger batches would say no more
+    out = run_cli("memory", "gpt", "--framework", "tf", "--device", "cpu", "--max-batch", "--memory", "4GiB", env={"TBD_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    said = " ".join(out.stdout.split())
+    assert "no prediction: TensorFlow reports no allocator statistics for the CPU" in said and "run on a GPU" in said, said
+    assert "--fit-batches" not in said and "fitting on batches 8" not in said, said
 
 
 def test_profiled_run_is_analyzed(tmp_path):

@@ -151,7 +151,10 @@ def memory(args) -> int:
             if wider_model is None:  # the larger batches did not run: the smaller ones' line and advice stand
                 break
             model, fitted, fit_batches = wider_model, wider_fitted, wider
-        if model is None:
+        unmeasured = next((p["peak"]["not_measured"] for p in fitted if p["status"] == "ok" and p["peak"].get("not_measured")), "")
+        if unmeasured:  # no batches would help: the framework does not say what the step held
+            why = f"{unmeasured}; run on a GPU (or another framework here) for a prediction"
+        elif model is None:
             why = "fewer than two of the fit batches ran; give smaller --fit-batches"
         elif why := profiler.unusable_fit(model, fitted) or (None if extend else profiler.mixed_peaks(model, fitted)):
             # The peaks did not grow with the batch: batches a few times larger may reach the activations.

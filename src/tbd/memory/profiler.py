@@ -166,6 +166,8 @@ def widened_fit_batches(model: BatchModel | None, profiles: list[dict[str, Any]]
     per-layer table says what they cost."""
     if model is None or not (grows_by_input_alone(model, profiles) or optimizer_peaks(model, profiles)):
         return None
+    if any(p["peak"].get("not_measured") for p in profiles if p["status"] == "ok"):  # larger batches would say no more
+        return None
     measured = [p for p in profiles if p["status"] == "ok" and p.get("layers")]
     if not measured:
         return None
