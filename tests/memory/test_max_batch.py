@@ -60,8 +60,8 @@ def test_search_stops_on_a_failure_that_is_not_memory():
     ({1600: max_batch.FITS}, 1500, 1632),  # 2% above the batch known to train
     ({1600: max_batch.FITS}, 1700, 1700),  # a prediction above it is asked first: a failing probe is cheap
     ({1600: max_batch.FITS}, None, 1632),  # --confirm-only: no prediction
-    ({1700: max_batch.OOM}, 1500, 1666),  # 2% below the one known to fail
-    ({1700: max_batch.OOM}, 2724, 1666),
+    ({1700: max_batch.OOM}, 1500, 1667),  # 2% below the one known to fail
+    ({1700: max_batch.OOM}, 2724, 1667),
     ({1600: max_batch.FITS, 1700: max_batch.OOM}, 2724, 1650),  # the middle of the given bracket
 ])
 def test_search_goes_on_from_an_earlier_searchs_answers_without_asking_again(known, predicted, first_probe):
@@ -73,6 +73,14 @@ def test_search_goes_on_from_an_earlier_searchs_answers_without_asking_again(kno
     assert result.known == known and len(result.probes) == len(calls)
     if predicted:
         assert result.prediction_error_pct == pytest.approx((predicted - fits) / fits * 100)  # still the prediction's error
+
+
+@pytest.mark.parametrize("fails", [2478, 1700, 131, 51, 3])
+def test_a_fit_just_below_a_known_failure_closes_the_bracket_in_one_probe(fails):
+    calls: list[int] = []
+    result = max_batch.search(boundary(fails - 1, calls), 64, known={fails: max_batch.OOM})
+    assert len(calls) == 1 and result.stopped == "bracket within 2%"
+    assert result.smallest_failing - result.largest_fitting <= max(1, 0.02 * result.largest_fitting)
 
 
 def test_search_refuses_answers_that_contradict_each_other():
