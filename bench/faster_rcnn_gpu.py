@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -129,18 +130,24 @@ def interleaved(config: RunConfig, hp: dict, pairs: int, window_s: float, cudnn_
         plain_window(10)  # warm-up: first steps, algorithm choices, allocator growth
         tbd_window()  # its first pass (autotuning each padded shape), discarded
         steps = max(4, round(window_s * plain_window(10) / config.batch_size))
-        rows = []
+        rows, stopped = [], None
         for k in range(pairs):
             order = ("plain", "tbd") if k % 2 == 0 else ("tbd", "plain")
-            rates = {side: plain_window(steps) if side == "plain" else tbd_window() for side in order}
+            try:
+                rates = {side: plain_window(steps) if side == "plain" else tbd_window() for side in order}
+            except Exception as e:  # noqa: BLE001 - a failed window (a loss gone NaN) ends the pairs; those measured are kept
+                stopped = f"pair {k + 1}: {type(e).__name__}: {e}"
+                print(f"stopped at {stopped}", flush=True)
+                break
             rows.append({"first": order[0], "plain_images_per_s": rates["plain"], "tbd_images_per_s": rates["tbd"],
                          "x_plain": rates["tbd"] / rates["plain"]})
             print(f"pair {k + 1} ({order[0]} first): plain {rates['plain']:.2f} img/s, tbd {rates['tbd']:.2f} img/s, "
                   f"tbd / plain {rows[-1]['x_plain']:.3f}x", flush=True)
     finally:
         session.close()
-    ratio, low, high = median_ci([r["x_plain"] for r in rows])
-    return {"pairs": rows, "window_s": window_s, "plain_steps_per_window": steps, "x_plain_median": ratio, "x_plain_ci95": [low, high],
+    ratio, low, high = median_ci([r["x_plain"] for r in rows]) if rows else (None, None, None)
+    return {"pairs": rows, **({"stopped": stopped} if stopped else {}),
+            "window_s": window_s, "plain_steps_per_window": steps, "x_plain_median": ratio, "x_plain_ci95": [low, high],
             "method": interleaved.__doc__.split("\n\n")[0].replace("\n", " ")}
 
 
@@ -192,12 +199,13 @@ def main() -> None:
         result = interleaved(config, hp, args.interleave, 1.0 if args.smoke else args.window, cudnn_tf32=args.precision == "tf32")
         out["interleaved"] = result
         low, high = result["x_plain_ci95"]
-        print(f"tbd / plain over {len(result['pairs'])} interleaved pairs: median {result['x_plain_median']:.3f}x "
-              f"(95% CI {low:.3f}-{high:.3f}x)")
+        if result["pairs"]:
+            print(f"tbd / plain over {len(result['pairs'])} interleaved pairs: median {result['x_plain_median']:.3f}x "
+                  f"(95% CI {low:.3f}-{high:.3f}x)")
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"faster_rcnn_gpu_{args.precision}_interleaved.json").write_text(json.dumps(out, indent=1))
-        return
+        sys.exit(1 if result.get("stopped") else 0)
     out["rounds"] = []
     for _ in range(args.rounds):
         plain = plain_loop(hp, device, warmup=3 if args.smoke else 10, steps=4 if args.smoke else 40, batch=batch,
