@@ -28,7 +28,8 @@ subsets drawn by `top_k` of uniform keys instead of `randperm`. NMS keeps exactl
 torchvision's greedy NMS keeps (tiled, a fixed-point loop per tile). What differs: the order in
 which the 7x7x256 RoI features are flattened into the box head (NHWC, torch CHW) and the random
 streams; sizes that would shrink an image are refused (the raw image must fit the padded canvas).
-Implementations: PyTorch's is torchvision's own model. TensorFlow has no maintained equivalent
+Implementations: PyTorch's is torchvision's own model, its frozen BatchNorm layers swapped for
+one multiply-add each with the affine computed once (`torch_impl.FrozenAffine`). TensorFlow has no maintained equivalent
 with torchvision's design, so `tf_impl.py` writes it with TensorFlow ops, RoIAlign included
 (`tf.image.crop_and_resize` at roi_align's sample points, averaged; it reads zeros past the
 image border where roi_align clamps); the parameters are torchvision's.
