@@ -167,3 +167,18 @@ def test_real_torch_profiler_trace_of_a_tiny_cpu_run(tmp_path):
     assert host["optimizer_kind"] == "foreach"
     assert host["ops_per_step"] > 10
     assert sum(r["share_pct"] for r in classes.values()) == pytest.approx(100.0)
+
+
+def test_facts_share_the_kernels_by_class_in_count_as_well_as_in_time(tmp_path):
+    """The calibration log keeps both: where the host paces a step, launches count, not their time."""
+    from tbd.analysis.analyze import facts
+    from tbd.analysis.verify import CALIBRATION_FACTS
+
+    s = summarize(load_trace(_write(tmp_path / "t.json.gz", kineto_gpu_trace())), steps=1)
+    record = {"id": "r1", "status": "ok", "metrics": {}, "environment": {}, "memory": {},
+              "config": {"workload": "resnet50", "framework": "torch", "flavor": "paper", "device": "cuda", "precision": "bf16", "batch_size": 32}}
+    f = facts(record, s, {}, None)
+    # a GEMM of 300 us, an add of 200 us, an optimizer kernel of 100 us and a copy of 10 us: a quarter of the launches each
+    assert f["class_count_share"] == pytest.approx(dict.fromkeys(("matmul/conv", "elementwise", "optimizer", "memcpy/memset"), 25.0))
+    assert f["class_share"]["matmul/conv"] == pytest.approx(300 / 610 * 100)  # in time: the copy counts too
+    assert "class_count_share" in CALIBRATION_FACTS

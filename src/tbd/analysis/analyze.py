@@ -126,6 +126,7 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
                       "launches_per_step": host.get("launches_per_step"),
                       "mean_kernel_us": dev["kernel_time_ms"] * 1e3 / dev["kernels"] if dev.get("kernels") else None,
                       "gpu_util_trace_pct": dev["gpu_util_trace_pct"], "class_share": {k: v["share_pct"] for k, v in dev["classes"].items()},
+                      "class_count_share": _count_shares(dev["classes"]),
                       "tensor_core_share_pct": dev["tensor_core_share_pct"], "layout_transpose_share_pct": dev["layout_transpose_share_pct"],
                       "exposed_comm_pct": dev["exposed_comm_pct"], "optimizer_kind": dev["optimizer_kind"],
                       "kernel_fill_share_pct": dev.get("kernel_fill_share_pct"),
@@ -135,6 +136,13 @@ def facts(record: dict[str, Any], summary: dict | None, stability: dict, ncu: di
         f.update({"ncu_tensor_pipe_pct": ncu.get("tensor_pipe_pct"), "ncu_fma_pipe_pct": ncu.get("fma_pipe_pct"),
                   "ncu_dram_pct": ncu.get("dram_throughput_pct")})
     return f
+
+
+def _count_shares(classes: dict[str, dict[str, Any]]) -> dict[str, float] | None:
+    """Share of the kernels (launches) by class, %: where the host paces a step its launches
+    count as well as their time: the calibration log keeps both (docs/analysis.md)."""
+    total = sum(v.get("count", 0) for v in classes.values())
+    return {k: v.get("count", 0) / total * 100.0 for k, v in classes.items()} if total else None
 
 
 def _spec_flag(workload: str, name: str) -> bool:

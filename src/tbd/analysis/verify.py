@@ -133,7 +133,10 @@ CALIBRATION_FACTS = ("gpu_util_trace_pct", "gpu_util_nvml_pct", "host_busy_pct",
                      # before, pairs carried no fill and their "now" fell back to full kernels)
                      "kernel_fill_share_pct",
                      # whether the model is a recurrence (the compile estimate reads it; from the spec for older pairs)
-                     "recurrent")
+                     "recurrent",
+                     # share of the kernels by class, by count (logged since 2026-12-01): where the host paces a step,
+                     # torch.compile's gain follows the launches it fuses away, which time shares do not show
+                     "class_count_share")
 
 
 def log_calibration(store, record: dict[str, Any], result: dict[str, Any], facts: dict[str, Any] | None = None) -> None:
