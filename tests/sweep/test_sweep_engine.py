@@ -72,8 +72,10 @@ def test_max_batch_bisects_to_the_largest_batch_that_fits(tbd_home):
 
 def test_a_cpu_max_batch_search_does_not_run_a_probe_the_hosts_free_memory_cannot_hold(tbd_home, monkeypatch):
     """The fake's probes peak at 1 GiB + 1 MiB a sample; with 4 GiB free (80% of it usable), a batch
-    whose scaled estimate passes 3.2 GiB is answered 'out of memory' without running, and the
-    answer says it was bounded by the host, not by an OOM."""
+    whose estimate passes 3.2 GiB is answered 'out of memory' without running, and the answer
+    says it was bounded by the host, not by an OOM. The estimate follows the line through the
+    largest two probes that fit: 2,252 samples reach 3.2 GiB (scaling 1,024's peak by the batch
+    would have stopped below 2,048)."""
     import types
 
     import psutil
@@ -83,12 +85,25 @@ def test_a_cpu_max_batch_search_does_not_run_a_probe_the_hosts_free_memory_canno
     fake = FakeLauncher()
     result = SweepRunner(make_plan(batch_sizes=[4], max_batch=65536), store, launch=fake).run()
     tried = [c.batch_size for c in fake.calls]
-    assert tried[:9] == [4, 8, 16, 32, 64, 128, 256, 512, 1024] and max(tried) < 2048, tried
+    assert tried[:10] == [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048] and max(tried) <= 2252, tried
     (label, found), = result.max_batch.items()
-    assert 1024 <= found < 2048
+    assert 2252 / 1.02 <= found <= 2252
     assert result.max_batch_notes[label].startswith("bounded by the host's free memory, not by an out-of-memory: batch ")
     assert "of host memory" in result.max_batch_notes[label] and "4.0 GiB free" in result.max_batch_notes[label]
     assert len(store.list()) == len(tried)  # a probe not run stores nothing
+
+
+def test_the_host_memory_estimate_is_proportional_from_one_probe_and_linear_from_two():
+    from tbd.sweep.engine import beyond_host_memory
+
+    gib, mib = 2**30, 2**20
+    one = {1024: 2 * gib}  # 2 GiB at 1,024: 4 GiB at 2,048, past 80% of 4 GiB
+    assert beyond_host_memory(2048, one, available=4 * gib).startswith("batch 2048 not run: about 4.0 GiB")
+    two = {512: gib + 512 * mib, 1024: 2 * gib}  # 1 GiB + 1 MiB a sample: 3 GiB at 2,048
+    assert beyond_host_memory(2048, two, available=4 * gib) == ""
+    assert beyond_host_memory(2300, two, available=4 * gib).startswith("batch 2300 not run")
+    flat = {512: 2 * gib, 1024: 2 * gib}  # peaks that did not grow say nothing of the slope: proportional
+    assert beyond_host_memory(2048, flat, available=4 * gib) != ""
 
 
 def test_max_batch_probes_variable_length_workloads_at_their_longest_inputs(tbd_home):

@@ -66,17 +66,22 @@ HOST_MEMORY_SHARE = 0.8
 
 
 def beyond_host_memory(batch: int, host_rss: dict[int, int], available: int | None = None) -> str:
-    """Why a CPU probe at `batch` is not run ('' where it may be): the peak resident memory of the
-    largest probe that fit, scaled by the batch (an overestimate: the framework's own memory does
-    not grow with it), above HOST_MEMORY_SHARE of the memory free now."""
+    """Why a CPU probe at `batch` is not run ('' where it may be): its peak resident memory,
+    extrapolated from the probes that fit, above HOST_MEMORY_SHARE of the memory free now. With
+    two probes, along the line through the two largest (the framework's own memory does not grow
+    with the batch); with one, that probe's peak scaled by the batch (an overestimate)."""
     if not host_rss:
         return ""
     import psutil
 
     from tbd.results.memory_profile import fmt_bytes
 
-    largest = max(host_rss)
-    needed = host_rss[largest] * batch / largest
+    *_, below, largest = [None, *sorted(host_rss)]
+    if below is not None and host_rss[largest] > host_rss[below]:
+        per_sample = (host_rss[largest] - host_rss[below]) / (largest - below)
+        needed = host_rss[largest] + per_sample * (batch - largest)
+    else:  # one probe, or peaks that did not grow: proportional, on the safe side
+        needed = host_rss[largest] * batch / largest
     free = psutil.virtual_memory().available if available is None else available
     if needed <= HOST_MEMORY_SHARE * free:
         return ""
