@@ -305,6 +305,34 @@ def test_the_readmes_max_batch_on_the_cpu_widens_its_default_fit_until_a_line_pr
     assert {p["peak"]["phase"] for p in saved["other_batches"] if p["batch_size"] >= 256} == {"backward"}
 
 
+def test_a_budget_below_the_smallest_batchs_need_says_no_batch_fits_and_exits_1(tbd_home, capsys):
+    """`--memory 1KiB`: batch 1 alone needs more, so no fit batches could help (the output used to
+    ask for larger ones); the profile is still stored."""
+    from tbd.cli import main
+    from tbd.results.store import Store
+
+    assert main(["memory", "gpt", "--device", "cpu", "--max-batch", "--memory", "1KiB"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no prediction: batch 1 alone needed" in out and "more than the budget of 1.0 KiB, so no batch fits; give a larger --memory" in out, out
+    assert "--fit-batches" not in out and "fitting on batches 4, 8, 16" not in out
+    assert len(Store(tbd_home).list()) == 1
+
+
+def test_widening_is_bounded_by_the_hosts_free_memory_as_well_as_the_budget(tbd_home, capsys, monkeypatch):
+    """The fit's profiles run here: with --memory a GPU's 80 GiB on a host of little free memory,
+    batches whose feature maps would not fit in the host are not profiled."""
+    import types
+
+    import psutil
+
+    from tbd.cli import main
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=64 * 2**20, total=2**34))
+    main(["memory", "resnet50", "--device", "cpu", "--max-batch", "--memory", "80GiB"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "fitting the batch-size model on batches 2, 4, 8" in out and "fitting on batches" not in out, out
+
+
 def test_widening_stops_where_the_next_round_would_take_too_long(tbd_home, capsys, monkeypatch):
     """A round of 4x the batches takes about 4x the time: past the limit the fit is not widened,
     and the output says so and what the larger batches would have cost (faster_rcnn tiny's 64-256

@@ -101,7 +101,8 @@ def memory(args) -> int:
 
     from rich.markup import escape
 
-    from tbd.memory import profiler, render
+    from tbd.memory import max_batch, profiler, render
+    from tbd.results.memory_profile import fmt_bytes
     from tbd.report.tables import make_console
     from tbd.results.store import Store
 
@@ -115,6 +116,7 @@ def memory(args) -> int:
     prof = _guarded(profiler.profile, config, args.warmup)
     render.print_profile(prof, console, args.layers)
     profiles = [prof]
+    over = False  # the budget below what the smallest measured batch needed (--max-batch)
     if args.max_batch and args.confirm_only:
         # A long search stopped by its time limit goes on without refitting: on a GPU the fit of a
         # large model (wgan fp32: four profiles, 265 s) can take as long as a probe.
@@ -131,12 +133,18 @@ def memory(args) -> int:
                                  budget_bytes=extend)
         round_s = time.monotonic() - began
         profiles += [p for p in fitted if all(p is not q for q in profiles)]
+        # A budget below what the smallest batch measured already needed: no batch fits, and
+        # larger fit batches cannot change that.
+        smallest = min((p for p in profiles if p["status"] == "ok"), key=lambda p: p["batch_size"], default=None)
+        over = smallest is not None and profiler.model_bytes(smallest) > limit
         # Without that extension (the CPU), the default batches of a small model can peak in its
         # optimizer step, where no activation is held (resnet50 tiny): fit again on batches 4x as
-        # large, while their feature maps fit and the round would not take long (a round of 4x
-        # the batches takes about 4x the time). Batches the user chose are kept, with advice.
-        for _ in range(0 if args.fit_batches or extend else profiler.MAX_WIDENINGS):
-            if not (wider := profiler.widened_fit_batches(model, fitted, fit_batches, limit)):
+        # large, while their feature maps fit (in the budget, and in the host's free memory,
+        # where these profiles run) and the round would not take long (a round of 4x the
+        # batches takes about 4x the time). Batches the user chose are kept, with advice.
+        room = min(limit, max_batch.HOST_MEMORY_SHARE * _host_free_bytes())
+        for _ in range(0 if args.fit_batches or extend or over else profiler.MAX_WIDENINGS):
+            if not (wider := profiler.widened_fit_batches(model, fitted, fit_batches, room)):
                 break
             if 4 * round_s > WIDENING_ROUND_LIMIT_S:
                 console.print(f"not fitting on batches {', '.join(map(str, wider))}: about {4 * round_s:.0f} s of profiling here "
@@ -154,6 +162,9 @@ def memory(args) -> int:
         unmeasured = next((p["peak"]["not_measured"] for p in fitted if p["status"] == "ok" and p["peak"].get("not_measured")), "")
         if unmeasured:  # no batches would help: the framework does not say what the step held
             why = f"{unmeasured}; run on a GPU (or another framework here) for a prediction"
+        elif over:
+            why = (f"batch {smallest['batch_size']} alone needed {fmt_bytes(profiler.model_bytes(smallest))}, "
+                   f"more than the budget of {fmt_bytes(limit)}, so no batch fits" + ("; give a larger --memory" if memory_bytes is not None else ""))
         elif model is None:
             why = "fewer than two of the fit batches ran; give smaller --fit-batches"
         elif why := profiler.unusable_fit(model, fitted) or (None if extend else profiler.mixed_peaks(model, fitted)):
@@ -175,7 +186,14 @@ def memory(args) -> int:
     files = prof["files"]
     console.print(f"stored as [bold]{record['id']}[/] in {escape(str(store.home))}; profile {escape(files['json'])}"
                   + (f", plot {escape(files['png'])}" if files["png"] else ""))
-    return 0 if prof["status"] == "ok" else 1
+    impossible = args.max_batch and not args.confirm_only and over
+    return 0 if prof["status"] == "ok" and not impossible else 1
+
+
+def _host_free_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 def _confirm(config: RunConfig, predicted: int | None, args, memory_bytes: int | None, console,

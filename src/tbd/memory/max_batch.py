@@ -36,6 +36,9 @@ FIRST_STEP = TOLERANCE_PCT / 100.0
 # Steps of a probe: the first allocates the optimizer state and meets cuDNN's autotuner, the
 # second is a steady step with everything allocated.
 PROBE_STEPS = 2
+# Share of the host's free memory that a step run on the CPU to size a batch (a sweep's probe, a
+# profile fitting the batch-size model) may be expected to use: past it the OOM killer is near.
+HOST_MEMORY_SHARE = 0.8
 
 
 @dataclass

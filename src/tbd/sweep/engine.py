@@ -61,8 +61,7 @@ class SweepResult:
     max_batch_notes: dict[str, str] = field(default_factory=dict)  # line label -> how its search was bounded, where not by an OOM
 
 
-# Share of the host's free memory a CPU max-batch probe may be expected to use.
-HOST_MEMORY_SHARE = 0.8
+HOST_MEMORY_SHARE = max_batch.HOST_MEMORY_SHARE
 
 
 def beyond_host_memory(batch: int, host_rss: dict[int, int], available: int | None = None) -> str:
