@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,9 @@ class RunConfig:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= MAX_BATCH:
             raise UsageError(f"batch size must be a positive integer up to {MAX_BATCH:,} ({spec.batch_counts}), got {self.batch_size}; "
                              f"try --batch-size {flavor.batch_size}")
+        if (limit := spec.host_batch_limit()) is not None and self.batch_size > limit:
+            raise UsageError(f"{self.workload}'s batch counts {spec.batch_counts} on this host's {os.cpu_count() or 1} cores: {self.batch_size:,} is more "
+                             f"than {limit // (os.cpu_count() or 1)} a core, where they only take turns; use --batch-size {limit} or less")
         if self.batch_size < flavor.min_batch:
             raise UsageError(f"{self.workload} {self.flavor} trains at batch {flavor.min_batch} or more ({flavor.min_batch_note}); "
                              f"use --batch-size {flavor.min_batch} or a larger flavor")

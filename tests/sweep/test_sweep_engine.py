@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from sweep_fakes import FakeLauncher, fake_record
 
 from tbd.config import RunConfig
@@ -134,3 +136,24 @@ def test_store_made_before_sweeps_gains_the_column(tmp_path):
     store.save(new)
     assert {r["id"] for r in store.list()} == {old["id"], new["id"]}
     assert [r["id"] for r in store.list(sweep="abc")] == [new["id"]]
+
+
+def test_a_batch_of_more_actors_than_the_host_can_run_is_refused_in_one_line(monkeypatch):
+    """a3c's batch is actor processes on this host's cores: `tbd run a3c --batch-size 100000` ended in
+    "Too many open files" after starting thousands; past 32 a core it is refused before a run, and a
+    sweep's max-batch search stops there."""
+    import os
+
+    from tbd import registry
+    from tbd.config import RunConfig
+    from tbd.errors import UsageError
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert registry.get_spec("a3c").host_batch_limit() == 64 and registry.get_spec("resnet50").host_batch_limit() is None
+    assert RunConfig("a3c", batch_size=64).validated().batch_size == 64
+    with pytest.raises(UsageError, match=r"a3c's batch counts actor processes on this host's 2 cores: 100,000 is more than 32 a core.*--batch-size 64 or less"):
+        RunConfig("a3c", batch_size=100_000).validated()
+    fake = FakeLauncher()  # every batch fits
+    plan = sweep_spec.plan(sweep_spec.SweepSpec(name="a", workloads=["a3c"], frameworks=["torch"], devices=["cpu"], batch_sizes=[2], max_batch=65536))
+    result = SweepRunner(plan, Store(), launch=fake).run()
+    assert max(c.batch_size for c in fake.calls) == 64 and list(result.max_batch.values()) == [64]

@@ -183,3 +183,4 @@ def test_only_the_first_reset_is_seeded_and_episodes_stay_reproducible():
     assert seeds == [7, None, None]
     assert all((a == b).all() for a, b in zip(*screens))
     assert games[0].frame_number == 2 * 30 * 4  # frames over every episode, not since the last reset
+

@@ -175,9 +175,10 @@ class SweepRunner:
         whatever lengths come, not only those a probe happened to draw."""
         from tbd import registry
 
-        bound = self.plan.spec.max_batch
+        spec = registry.get_spec(line.base["workload"])
+        bound = min(self.plan.spec.max_batch, spec.host_batch_limit() or self.plan.spec.max_batch)  # a3c: actors on this host's cores
         short: dict[str, Any] = dict(max_steps=min(max_batch.PROBE_STEPS, line.base["max_steps"]), min_timed_steps=1)
-        longest = registry.get_spec(line.base["workload"]).longest_inputs
+        longest = spec.longest_inputs
         if longest is not None:
             base = RunConfig(**line.base)
             short["hparams"] = {**base.hparams, **longest(base.resolved_hparams())}

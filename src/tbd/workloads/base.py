@@ -7,6 +7,7 @@ costs (an analytic count, so MFU needs no profiler). Framework files build the m
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,12 @@ class Flavor:
 
     def __getitem__(self, key: str) -> Any:
         return self.hparams[key]
+
+
+# Where a batch is processes on the host's cores (a3c's actors): past this many a core they
+# only take turns, and thousands of them meet the host's process and open-file limits
+# (`tbd run a3c --batch-size 100000` ended in "Too many open files").
+MAX_HOST_PROCESSES_PER_CORE = 32
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,11 @@ class WorkloadSpec:
     @property
     def batch_counts(self) -> str:
         return self.batch_unit or self.sample_unit
+
+    def host_batch_limit(self) -> int | None:
+        """The largest batch this host can run where the batch counts processes on its cores
+        (`batch_on_host_cores`); None where the batch is not processes."""
+        return MAX_HOST_PROCESSES_PER_CORE * (os.cpu_count() or 1) if self.batch_on_host_cores else None
 
     def flavor(self, name: str) -> Flavor:
         if name not in self.flavors:
