@@ -119,3 +119,15 @@ def test_a_sweep_across_environments_and_the_report_section_comparing_them(regis
     assert report.returncode == 0, report.stderr
     page = (tmp_path / "report.html").read_text()
     assert "Environments compared" in page and "second / current" in page and registered_second["python"] in page
+
+
+def test_a_failed_install_names_pips_error_not_its_progress_lines():
+    """`tbd env create x --framework nope==1` printed pip's last progress lines ("Preparing editable
+    metadata ... done"), which came after its error on the other stream."""
+    stdout = "Obtaining file:///work/main\n  Preparing editable metadata (pyproject.toml): finished with status 'done'\n"
+    stderr = ("WARNING: Location 'file:///opt/pypi/simple/nope/' is ignored: it is neither a file nor a directory.\n"
+              "ERROR: Could not find a version that satisfies the requirement nope==1 (from versions: 0.1.0)\n"
+              "ERROR: No matching distribution found for nope==1\n")
+    assert envs.failure_lines(stdout, stderr) == ["ERROR: Could not find a version that satisfies the requirement nope==1 (from versions: 0.1.0)",
+                                                  "ERROR: No matching distribution found for nope==1"]
+    assert envs.failure_lines("a\nb\nc\nd\n", "") == ["b", "c", "d"]  # no ERROR line: the last three

@@ -145,8 +145,14 @@ def _run(cmd: list[str], what: str, say: Callable[[str], None]) -> None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"{what} failed ({exc}); check the command above") from None
     if done.returncode != 0:
-        lines = [x for x in (done.stderr + done.stdout).splitlines() if x.strip() and not x.startswith("WARNING: Location")]
-        raise UsageError(f"{what} failed (exit {done.returncode}): {' | '.join(lines[-3:])[:600]}")
+        raise UsageError(f"{what} failed (exit {done.returncode}): {' | '.join(failure_lines(done.stdout, done.stderr))[:600]}")
+
+
+def failure_lines(stdout: str, stderr: str) -> list[str]:
+    """What a failed pip or venv said of its failure: its ERROR lines where it printed any (pip's
+    progress lines come last on stdout, after the error on stderr), else its last three lines."""
+    lines = [x.strip() for x in (stderr + "\n" + stdout).splitlines() if x.strip() and not x.startswith("WARNING: Location")]
+    return [x for x in lines if x.startswith(("ERROR:", "error:"))][-3:] or lines[-3:]
 
 
 def create(name: str, requirements: list[str], home: str | Path | None = None, base_python: str | None = None,
