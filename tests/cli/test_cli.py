@@ -101,6 +101,8 @@ def test_run_results_show_export(one_run, tbd_home, tmp_path):
     assert json.loads(shown.stdout)["id"] == record["id"]
     listed = run_cli("results")
     assert record["id"][:15] in listed.stdout  # ids are shortened to what tells the listed runs apart
+    none = " ".join(run_cli("results", "list", "--workload", "gpt").stdout.split())
+    assert "no stored run matches --workload gpt" in none and "no runs stored" not in none  # one is, of another workload
 
     csv_text = run_cli("export", "--format", "csv").stdout
     header, row = csv_text.strip().splitlines()

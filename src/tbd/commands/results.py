@@ -61,7 +61,11 @@ def results(args) -> int:
         print(json.dumps([headline(r) for r in records], indent=1, default=str))
         return 0
     if not records:
-        console.print(f"no runs stored in {escape(str(store.home))}; try 'tbd run resnet50'")
+        filters = " ".join(f"--{name} {value}" for name, value in (("workload", args.workload), ("framework", args.framework)) if value)
+        if filters and store.list(limit=1):  # runs there are, but none of these
+            console.print(f"no stored run matches {escape(filters)} in {escape(str(store.home))}; 'tbd results' lists them all")
+        else:
+            console.print(f"no runs stored in {escape(str(store.home))}; try 'tbd run resnet50'")
         return 0
     print_records(records, title=escape(f"tbd results ({store.home})"), console=console, wide=args.wide)
     return 0
