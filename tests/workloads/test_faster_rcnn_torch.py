@@ -1,5 +1,6 @@
 """faster_rcnn in PyTorch: the frozen BatchNorm's affine is computed once (FrozenAffine), not at
-every forward as torchvision's FrozenBatchNorm2d does, with the same result and fewer ops."""
+every forward as torchvision's FrozenBatchNorm2d does, and the anchors once per padded shape
+(CachedAnchors), with the same result and fewer ops."""
 
 import copy
 
@@ -60,3 +61,21 @@ def test_the_task_precomputes_every_frozen_batch_norm_and_a_step_runs_fewer_ops(
     assert forward[0] - forward[1] == 6 * layers  # seven ops of each layer's forward become one
     # addcmul's backward takes one op more than the multiply's, in the trained stages only
     assert forward[1] + backward[1] <= forward[0] + backward[0] - 5 * layers
+
+
+def test_anchors_are_kept_per_padded_shape_with_the_same_loss_and_fewer_ops():
+    hp = dict(registry.get_spec("faster_rcnn").flavor("tiny").hparams)
+    cached = torch_impl.build(BuildContext(hparams=hp, batch_size=2, device="cpu", precision="fp32", seed=0, flavor="tiny")).model.train()
+    plain = copy.deepcopy(cached)
+    plain.rpn.anchor_generator = plain.rpn.anchor_generator.generator  # torchvision's AnchorGenerator
+    images, targets = torch_impl.make_images(torch.Generator().manual_seed(0), torch.device("cpu"), hp, 2)
+    counts, losses = {}, {}
+    for name, model in (("plain", plain), ("cached", cached)):
+        for _ in range(2):  # the first step fills the cache
+            torch.manual_seed(0)
+            with OpCount() as count:
+                loss = sum(model(images, targets).values())
+            counts[name], losses[name] = count.ops, loss.detach()
+    torch.testing.assert_close(losses["cached"], losses["plain"])
+    assert counts["plain"] - counts["cached"] >= 50  # the aranges, grids and concatenations of five levels
+    assert len(cached.rpn.anchor_generator.anchors) == 1  # one padded shape, one entry

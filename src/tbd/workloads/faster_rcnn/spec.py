@@ -29,7 +29,8 @@ torchvision's greedy NMS keeps (tiled, a fixed-point loop per tile). What differ
 which the 7x7x256 RoI features are flattened into the box head (NHWC, torch CHW) and the random
 streams; sizes that would shrink an image are refused (the raw image must fit the padded canvas).
 Implementations: PyTorch's is torchvision's own model, its frozen BatchNorm layers swapped for
-one multiply-add each with the affine computed once (`torch_impl.FrozenAffine`). TensorFlow has no maintained equivalent
+one multiply-add each with the affine computed once (`torch_impl.FrozenAffine`) and its anchors
+kept per padded shape (`torch_impl.CachedAnchors`). TensorFlow has no maintained equivalent
 with torchvision's design, so `tf_impl.py` writes it with TensorFlow ops, RoIAlign included
 (`tf.image.crop_and_resize` at roi_align's sample points, averaged; it reads zeros past the
 image border where roi_align clamps); the parameters are torchvision's.
