@@ -237,6 +237,26 @@ def test_memory_command_prints_each_probe_on_one_line_as_it_ends(monkeypatch, ca
     assert failed[0].endswith("): CUDA error: an illegal memory access was encountered Compile with TORCH_USE_CUDA_DSA")
 
 
+def test_a_search_stopped_by_its_time_limit_says_how_to_go_on_from_its_answers(monkeypatch, capsys):
+    import dataclasses
+    import functools
+    from types import SimpleNamespace
+
+    from tbd.commands import memory
+    from tbd.report.tables import make_console
+
+    ticks = iter(range(0, 10_000, 50))  # each probe reads the clock twice: 100 s a probe, of a 150 s limit
+    monkeypatch.setattr(max_batch, "search", functools.partial(max_batch.search, clock=lambda: next(ticks)))
+    launch = lambda cfg: RunRecord.for_run(cfg).succeed() if cfg.batch_size <= 1640 else RunRecord.oom(cfg, "out of memory")  # noqa: E731
+    monkeypatch.setattr(max_batch, "confirm", functools.partial(max_batch.confirm, launch=launch))
+    config = dataclasses.replace(RunConfig("resnet50", batch_size=8).validated(), device="cuda")
+    args = SimpleNamespace(no_confirm=False, expandable_segments=False, confirm_time=150.0, known_fit=1600, known_oom=None)
+    memory._confirm(config, 1800, args, None, make_console())
+    out = " ".join(capsys.readouterr().out.split())
+    assert "time limit of 150 s reached" in out
+    assert "to go on from here: the same command with --known-fit 1600 --known-oom 1800 --confirm-only" in out, out
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--max-batch", "--memory", "16"], "memory size '16' has no unit; write it like 16GiB"),
     (["--no-confirm"], "go with --max-batch"),

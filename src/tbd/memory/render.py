@@ -258,3 +258,7 @@ def print_confirmed(result: dict[str, Any], console) -> None:
     console.print(line)
     given = f" (and {len(result['known'])} given from an earlier search)" if result.get("known") else ""
     console.print(f"search: {len(result['probes'])} probes{given}, {result['stopped']}; allocator: {result['allocator_setting']}")
+    known = " ".join(f"--known-{kind} {batch}" for kind, batch in (("fit", fits), ("oom", fails)) if batch is not None)
+    if result.get("bounded_by_time") and known:  # a search cut short goes on from its answers, not from the start
+        console.print(f"to go on from here: the same command with {known} --confirm-only "
+                      "(the fit is skipped; a longer --confirm-time leaves room for more probes)")
