@@ -99,6 +99,23 @@ def plain_loop(hp: dict, device: str, warmup: int, steps: int, batch: int, cudnn
             "warmup_peak_allocated_bytes": warmup_peak, "steps": steps, "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_tf32": cudnn_tf32}
 
 
+def kernels_per_step(run, steps: int = 5) -> float | None:
+    """GPU events (kernels, copies) per step over `steps` steps of `run(steps)`, from torch.profiler:
+    what the host launched, the work of a step paced by its launches. None off a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    try:  # a count for the record; a profiler that fails here must not cost the call its pairs
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run(steps)
+            torch.cuda.synchronize()
+        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / steps
+    except Exception as e:  # noqa: BLE001
+        print(f"kernels per step not counted: {type(e).__name__}: {e}", flush=True)
+        return None
+
+
 def interleaved(config: RunConfig, hp: dict, pairs: int, window_s: float, cudnn_tf32: bool) -> dict:
     """tbd and the plain loop in one process, in alternating windows of about `window_s` each
     (plain-tbd, then tbd-plain, ...), so that a change in the host's speed during the call falls on
@@ -130,6 +147,14 @@ def interleaved(config: RunConfig, hp: dict, pairs: int, window_s: float, cudnn_
         plain_window(10)  # warm-up: first steps, algorithm choices, allocator growth
         tbd_window()  # its first pass (autotuning each padded shape), discarded
         steps = max(4, round(window_s * plain_window(10) / config.batch_size))
+
+        def tbd_steps(n: int) -> None:
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tbd_flags
+            session.run_steps(n)
+
+        launched = {"plain": kernels_per_step(plain.window), "tbd": kernels_per_step(tbd_steps)}
+        if launched["plain"]:
+            print(f"GPU kernels and copies per step: plain {launched['plain']:.0f}, tbd {launched['tbd']:.0f}", flush=True)
         rows, stopped = [], None
         for k in range(pairs):
             order = ("plain", "tbd") if k % 2 == 0 else ("tbd", "plain")
@@ -146,7 +171,7 @@ def interleaved(config: RunConfig, hp: dict, pairs: int, window_s: float, cudnn_
     finally:
         session.close()
     ratio, low, high = median_ci([r["x_plain"] for r in rows]) if rows else (None, None, None)
-    return {"pairs": rows, **({"stopped": stopped} if stopped else {}),
+    return {"pairs": rows, **({"stopped": stopped} if stopped else {}), "gpu_events_per_step": launched,
             "window_s": window_s, "plain_steps_per_window": steps, "x_plain_median": ratio, "x_plain_ci95": [low, high],
             "method": interleaved.__doc__.split("\n\n")[0].replace("\n", " ")}
 
