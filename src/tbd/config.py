@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tbd import registry, topology
+from tbd.workloads.base import MAX_HOST_PROCESSES_PER_CORE
 from tbd.errors import UsageError, unknown
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -96,7 +97,7 @@ class RunConfig:
                              f"try --batch-size {flavor.batch_size}")
         if (limit := spec.host_batch_limit()) is not None and self.batch_size > limit:
             raise UsageError(f"{self.workload}'s batch counts {spec.batch_counts} on this host's {os.cpu_count() or 1} cores: {self.batch_size:,} is more "
-                             f"than {limit // (os.cpu_count() or 1)} a core, where they only take turns; use --batch-size {limit} or less")
+                             f"than {MAX_HOST_PROCESSES_PER_CORE} a core, where they only take turns; use --batch-size {limit} or less")
         if self.batch_size < flavor.min_batch:
             raise UsageError(f"{self.workload} {self.flavor} trains at batch {flavor.min_batch} or more ({flavor.min_batch_note}); "
                              f"use --batch-size {flavor.min_batch} or a larger flavor")

@@ -142,7 +142,7 @@ def memory(args) -> int:
         # large, while their feature maps fit (in the budget, and in the host's free memory,
         # where these profiles run) and the round would not take long (a round of 4x the
         # batches takes about 4x the time). Batches the user chose are kept, with advice.
-        room = min(limit, max_batch.HOST_MEMORY_SHARE * _host_free_bytes())
+        room = min(limit, max_batch.host_room_bytes())
         for _ in range(0 if args.fit_batches or extend or over else profiler.MAX_WIDENINGS):
             if not (wider := profiler.widened_fit_batches(model, fitted, fit_batches, room)):
                 break
@@ -188,12 +188,6 @@ def memory(args) -> int:
                   + (f", plot {escape(files['png'])}" if files["png"] else ""))
     impossible = args.max_batch and not args.confirm_only and over
     return 0 if prof["status"] == "ok" and not impossible else 1
-
-
-def _host_free_bytes() -> int:
-    import psutil
-
-    return psutil.virtual_memory().available
 
 
 def _confirm(config: RunConfig, predicted: int | None, args, memory_bytes: int | None, console,

@@ -41,6 +41,15 @@ PROBE_STEPS = 2
 HOST_MEMORY_SHARE = 0.8
 
 
+def host_room_bytes(available: int | None = None) -> float:
+    """HOST_MEMORY_SHARE of the host's free memory (`available`, or psutil's figure now)."""
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    return HOST_MEMORY_SHARE * available
+
+
 @dataclass
 class SearchResult:
     predicted: int | None

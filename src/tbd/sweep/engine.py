@@ -61,12 +61,9 @@ class SweepResult:
     max_batch_notes: dict[str, str] = field(default_factory=dict)  # line label -> how its search was bounded, where not by an OOM
 
 
-HOST_MEMORY_SHARE = max_batch.HOST_MEMORY_SHARE
-
-
 def beyond_host_memory(batch: int, host_rss: dict[int, int], available: int | None = None) -> str:
     """Why a CPU probe at `batch` is not run ('' where it may be): its peak resident memory,
-    extrapolated from the probes that fit, above HOST_MEMORY_SHARE of the memory free now. With
+    extrapolated from the probes that fit, above max_batch.HOST_MEMORY_SHARE of the memory free now. With
     two probes, along the line through the two largest (the framework's own memory does not grow
     with the batch); with one, that probe's peak scaled by the batch (an overestimate)."""
     if not host_rss:
@@ -75,14 +72,15 @@ def beyond_host_memory(batch: int, host_rss: dict[int, int], available: int | No
 
     from tbd.results.memory_profile import fmt_bytes
 
-    *_, below, largest = [None, *sorted(host_rss)]
+    batches = sorted(host_rss)
+    largest, below = batches[-1], (batches[-2] if len(batches) > 1 else None)
     if below is not None and host_rss[largest] > host_rss[below]:
         per_sample = (host_rss[largest] - host_rss[below]) / (largest - below)
         needed = host_rss[largest] + per_sample * (batch - largest)
     else:  # one probe, or peaks that did not grow: proportional, on the safe side
         needed = host_rss[largest] * batch / largest
     free = psutil.virtual_memory().available if available is None else available
-    if needed <= HOST_MEMORY_SHARE * free:
+    if needed <= max_batch.host_room_bytes(free):
         return ""
     return (f"batch {batch} not run: about {fmt_bytes(needed)} of host memory (batch {largest} peaked at {fmt_bytes(host_rss[largest])}) "
             f"against {fmt_bytes(free)} free")
