@@ -104,6 +104,31 @@ def test_one_timed_step_is_insufficient_and_has_no_ci(monkeypatch):
     assert method["convergence"]["status"] == "insufficient"
     assert metrics["throughput_ci95_half_width_pct"] is None  # never "±0.0%"
     assert metrics["compile_time_s"] == 204.3 and metrics["timed_steps"] == 1
+    assert all(metrics[f"{name}_per_s_ci95_{end}"] is None for name in ("images", "samples") for end in ("low", "high"))
+
+
+def test_steps_too_few_for_a_steady_window_never_count_the_compilation(monkeypatch):
+    """A compiling session's first pass covers both resident batches (gpt in JAX, --max-steps 2):
+    no steady step is left, and the throughput is the step after step 0, not their average."""
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(measure_mod.time, "perf_counter", lambda: clock.now)
+    session = ScriptedSession([1.6, 0.008], clock)
+    session.compile_count = 1
+    config = RunConfig("resnet50", batch_size=8, max_steps=2)
+    m = measure(session, config)
+    metrics, method = derive_metrics(m, config, registry.get_spec("resnet50"), "cpu", 2)
+    assert method["convergence"]["status"] == "insufficient" and metrics["timed_steps"] == 1
+    assert metrics["images_per_s"] == 8 / 0.008 and method["warmup"]["excluded_steps"] == [0]
+
+
+def test_a_window_rate_interval_never_reaches_below_zero(monkeypatch):
+    # Wildly varying steps of two sizes: the delta method's normal interval spans more than the rate.
+    rng = np.random.default_rng(0)
+    units = [1000.0 if i % 2 else 3000.0 for i in range(12)]
+    times = [0.01 * np.exp(2.5 * rng.standard_normal()) for _ in units]  # the interval's normal form: 42,684 -3,124 .. 88,492
+    metrics, method = _run(times, monkeypatch, units=units, max_steps=12, min_timed_steps=4, max_time_s=1e308)  # (a budget int() cannot hold)
+    assert "different sizes" in method["throughput"] and method["convergence"]["status"] == "unconverged"
+    assert metrics["images_per_s_ci95_low"] >= 0 and metrics["samples_per_s_ci95_low"] >= 0
 
 
 def test_the_time_budget_is_for_steady_steps_not_warm_up(monkeypatch):

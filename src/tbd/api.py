@@ -26,8 +26,8 @@ from typing import Any
 
 from tbd import registry
 from tbd.commands.options import key_values
-from tbd.config import RunConfig
-from tbd.errors import RunFailure, UsageError
+from tbd.config import DEVICES, MIN_MAX_STEPS, PRECISIONS, RunConfig
+from tbd.errors import RunFailure, UsageError, unknown
 from tbd.frameworks.base import SessionInfo, StepTimes
 from tbd.harness.child_process import run_in_fresh_interpreter
 from tbd.harness.distributed import launch_distributed
@@ -134,13 +134,14 @@ class RunResult:
         return self.record.to_dict()
 
     def __repr__(self) -> str:
-        if not self.ok:
+        if not self.measured:
             return f"RunResult({self.workload}, {self.status}: {(self.error or {}).get('message')}, id={self.id})"
         if self.throughput is None:  # a memory profile, or a run with no timed step
             return f"RunResult({self.workload}, {self.record.kind} {self.status}, id={self.id})"
-        ci = f" ±{self.ci_pct:.2g}%" if self.ci_pct is not None else ""
+        ci = f" ±{self.ci_pct:.2g}%" if self.ci_pct is not None else " (no CI)"
         mfu = f", MFU {self.mfu_pct:.3g}%" if self.mfu_pct is not None else ""
-        return f"RunResult({self.workload}, {self.throughput:.4g} {self.unit}/s{ci}{mfu}, id={self.id})"
+        status = "" if self.ok else f", {self.status}"  # measured, but the CI missed its target or could not be computed
+        return f"RunResult({self.workload}, {self.throughput:.4g} {self.unit}/s{ci}{mfu}{status}, id={self.id})"
 
 
 def _result(record: RunRecord | dict, store: bool, home: str | Path | None) -> RunResult:
@@ -297,8 +298,11 @@ def measure(step: Callable[[], Any], *, samples_per_step: int, unit: str = "samp
     for label, value in (("flops_per_step", flops_per_step), ("units_per_step", units_per_step), ("peak_tflops", peak_tflops)):
         if value is not None and not value > 0:
             raise UsageError(f"{label} must be a positive number, got {value!r}")
+    if unit == "samples" and units_per_step is not None and units_per_step != samples_per_step:
+        raise UsageError("units_per_step counts another unit than samples: name it, e.g. unit='tokens'")
     plugin = framework_of_step(framework)
     device = device or best_device()
+    check_device_and_precision(device, precision)
     name = name or getattr(step, "__name__", "step").strip("<>") or "step"
     units = float(units_per_step if units_per_step is not None else samples_per_step)
     config = RunConfig(workload=f"custom:{name}", framework=plugin.name, flavor=CUSTOM_FLAVOR, device=device, batch_size=samples_per_step,
@@ -336,8 +340,23 @@ def measure(step: Callable[[], Any], *, samples_per_step: int, unit: str = "samp
     return _result(record, store, home)
 
 
+def check_device_and_precision(device: str, precision: str) -> None:
+    """The checks `tbd.run` makes through RunConfig.validated, for a step tbd does not build."""
+    if device not in DEVICES:
+        raise unknown("device", device, DEVICES)
+    if precision not in PRECISIONS:
+        raise unknown("precision", precision, PRECISIONS)
+    if device == "cpu" and precision in ("tf32", "fp16"):
+        raise UsageError(f"precision {precision} needs a GPU; on the CPU use fp32 or bf16")
+    if device == "cuda":
+        from tbd.metrics.devices import cuda_available
+
+        if not cuda_available():
+            raise UsageError("device cuda was asked for but no NVIDIA GPU is visible here; use device='cpu'")
+
+
 def _check_budget(config: RunConfig) -> None:
-    for label, low in (("max_steps", 1), ("min_timed_steps", 1)):
+    for label, low in (("max_steps", MIN_MAX_STEPS), ("min_timed_steps", 1)):
         if getattr(config, label) < low:
             raise UsageError(f"{label} must be at least {low}, got {getattr(config, label)}")
     for label in ("max_time_s", "target_ci_pct"):
@@ -401,6 +420,8 @@ def results(limit: int | None = None, *, as_frame: bool = False, home: str | Pat
     """Stored runs, newest first: a list of RunResult, or with as_frame=True a pandas DataFrame of
     their headline numbers (pandas must be installed). `filters`: workload, framework, flavor,
     device, precision, status (equality)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"limit must be a positive integer (runs to return) or None for all, got {limit!r}")
     bad = [k for k in filters if k not in RESULT_FILTERS]
     if bad:
         raise UsageError(f"unknown results filter '{bad[0]}'; valid: {', '.join(RESULT_FILTERS)}")

@@ -20,6 +20,7 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 DEVICES = ("cpu", "cuda")
 MAX_BATCH = 2**31 - 1  # beyond any device's memory; stops overflowing sizes before a run starts
 MAX_SEED = 2**32 - 1  # what every framework's and NumPy's generators take
+MIN_MAX_STEPS = 2  # step 0 compiles and is never timed: one step measures nothing
 
 
 @dataclass
@@ -111,9 +112,10 @@ class RunConfig:
             raise UsageError(f"--channels-last applies to convolutional workloads, not {self.workload}; drop the flag")
         if spec.precisions is not None and self.precision not in spec.precisions:
             raise UsageError(f"{self.workload} runs in {' or '.join(spec.precisions)} only ({spec.precisions_note}); drop --precision {self.precision}")
-        for name, low in (("max_steps", 1), ("min_timed_steps", 1), ("data_pool", 1)):
+        for name, low in (("max_steps", MIN_MAX_STEPS), ("min_timed_steps", 1), ("data_pool", 1)):
             if getattr(self, name) < low:
-                raise UsageError(f"{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+                why = " (step 0 compiles and is never timed)" if name == "max_steps" else ""
+                raise UsageError(f"{name.replace('_', '-')} must be at least {low}{why}, got {getattr(self, name)}")
         if self.profile_steps is not None and (isinstance(self.profile_steps, bool) or not isinstance(self.profile_steps, int) or self.profile_steps < 1):
             raise UsageError(f"profile-steps must be a positive integer, got {self.profile_steps!r}; e.g. --profile-steps 5")
         for name in ("profile_max_s", "profile_min_rate"):
@@ -135,6 +137,8 @@ class RunConfig:
         unknown_hp = [k for k in self.hparams if k not in flavor.hparams]
         if unknown_hp:
             raise unknown(f"hyperparameter of {self.workload}", unknown_hp[0], flavor.hparams)
+        for name, value in self.hparams.items():
+            check_hparam(self.workload, name, value, flavor.hparams[name])
         plugin.check(self, spec)
         if self.python is not None:  # the other interpreter has the framework, not necessarily this one
             self._check_other_interpreter()
@@ -209,6 +213,28 @@ class RunConfig:
         longest inputs of a max-batch probe): what its units and FLOPs per sample are counted on."""
         flavor = registry.get_spec(self.workload).flavor(self.flavor)
         return dataclasses.replace(flavor, hparams=self.resolved_hparams())
+
+
+# Counts that may be 0 where their default is not (no warm-up; a frozen backbone).
+ZERO_COUNT_HPARAMS = ("warmup_steps", "trainable_layers")
+
+
+def check_hparam(workload: str, name: str, value: Any, default: Any) -> None:
+    """An override has its default's type, and a size or count stays positive: a number the
+    model cannot be built with is one line here, not a failed run (tbd.run, sweep files)."""
+    if isinstance(default, bool) or isinstance(default, str):
+        if type(value) is not type(default):
+            raise UsageError(f"{workload} hyperparameter {name} takes a {type(default).__name__} (default {default!r}), got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{workload} hyperparameter {name} takes an integer (default {default}), got {value!r}")
+        low = 0 if default < 1 or name in ZERO_COUNT_HPARAMS else 1
+        if value < low:
+            raise UsageError(f"{workload} hyperparameter {name} must be at least {low} (default {default}), got {value}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or (default >= 0 and value < 0):
+            raise UsageError(f"{workload} hyperparameter {name} takes a finite number{' of 0 or more' if default >= 0 else ''} "
+                             f"(default {default:g}), got {value!r}")
 
 
 def _finite(value: int | float) -> bool:

@@ -63,6 +63,25 @@ def test_run_rejects_bad_input_with_one_line():
         tbd.run("gtp", device="cpu")
 
 
+def test_run_checks_hyperparameter_overrides_before_running(tbd_home):
+    for hparams, message in (({"layers": -1}, "layers must be at least 1"), ({"layers": 0}, "layers must be at least 1"),
+                             ({"lr": "abc"}, "lr takes a finite number"), ({"d_model": 2.5}, "d_model takes an integer"),
+                             ({"lr": float("nan")}, "lr takes a finite number")):
+        with pytest.raises(UsageError, match=message):
+            tbd.run("gpt", device="cpu", hparams=hparams)
+    with pytest.raises(UsageError, match="block_size must be at least 1"):
+        tbd.run("gpt", device="cpu", seq_len=0)  # as the CLI's --seq-len 0
+    with pytest.raises(UsageError, match="max-steps must be at least 2"):
+        tbd.run("gpt", device="cpu", max_steps=1)  # step 0 compiles: one step measures nothing
+    assert Store(tbd_home).list() == []  # nothing ran, nothing stored
+
+
+def test_a_measured_but_unconverged_result_shows_its_throughput():
+    r = tbd.run("gpt", device="cpu", max_steps=4, isolate=False, store=False)
+    assert r.measured and not r.ok  # 3 timed steps at most: no CI target reached
+    assert f"{r.throughput:.4g} tokens/s" in repr(r) and r.status in repr(r)
+
+
 def _toy_step(width: int = 64, batch: int = 8):
     import torch
 
@@ -124,6 +143,24 @@ def test_measure_failures():
     assert r.status == "failed" and "shapes do not match" in r.error["message"]
     r = tbd.measure(lambda: float("nan"), samples_per_step=1, framework="torch", store=False, **FAST)
     assert r.status == "failed" and r.error["kind"] == "nan"
+    # what tbd.run refuses, tbd.measure refuses too, in one line and before stepping
+    with pytest.raises(UsageError, match="name it, e.g. unit='tokens'"):
+        tbd.measure(_toy_step(), samples_per_step=1, units_per_step=5, framework="torch")
+    with pytest.raises(UsageError, match="precision fp16 needs a GPU"):
+        tbd.measure(_toy_step(), samples_per_step=1, framework="torch", device="cpu", precision="fp16")
+    with pytest.raises(UsageError, match="unknown device 'tpu'"):
+        tbd.measure(_toy_step(), samples_per_step=1, framework="torch", device="tpu")
+    with pytest.raises(UsageError, match="max_steps must be at least 2"):
+        tbd.measure(_toy_step(), samples_per_step=1, framework="torch", device="cpu", max_steps=1)
+    if not tbd_cuda_available():
+        with pytest.raises(UsageError, match="no NVIDIA GPU is visible"):
+            tbd.measure(_toy_step(), samples_per_step=1, framework="torch", device="cuda")
+
+
+def tbd_cuda_available() -> bool:
+    from tbd.metrics.devices import cuda_available
+
+    return cuda_available()
 
 
 def test_results_list_and_frame(tbd_home):
@@ -131,6 +168,10 @@ def test_results_list_and_frame(tbd_home):
     assert [r.workload for r in tbd.results()] == ["custom:a"]
     with pytest.raises(UsageError, match="unknown results filter"):
         tbd.results(model="x")
+    for limit in (0, -5, 1.5):
+        with pytest.raises(UsageError, match="limit must be a positive integer"):
+            tbd.results(limit)
+    assert len(tbd.results(1)) == 1
     pandas = pytest.importorskip("pandas")
     frame = tbd.results(as_frame=True)
     assert isinstance(frame, pandas.DataFrame) and list(frame["workload"]) == ["custom:a"] and frame["throughput"][0] > 0

@@ -133,7 +133,8 @@ def _loop(m: Measurement, session, config, progress, probe) -> None:
         recent = sorted(m.step_s[-5:])[len(m.step_s[-5:]) // 2]
         chunk = max(1, min(MAX_CHUNK, int(CHUNK_TARGET_S / max(recent, 1e-6)), config.max_steps - len(m.step_s)))
         left_s = min(config.max_time_s - window_s, cap_s - elapsed)
-        chunk = min(chunk, max(1, int(left_s / max(recent, 1e-6))))
+        per_step = max(recent, 1e-6)
+        chunk = min(chunk, max(1, int(min(left_s, MAX_CHUNK * per_step) / per_step)))  # (a budget of 1e308 s would overflow int())
 
 
 def mark_steady_memory(session) -> dict[str, Any] | None:
@@ -218,9 +219,11 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     timed_units = m.units[steady.start :]
     timed_samples = m.samples[steady.start :]
     no_steady = not timed_s
-    if no_steady:  # too few steps: report what there is rather than nothing
-        steady = stats.SteadyState(0, "no step left after warm-up; all steps used")
-        timed_s, timed_units, timed_samples = m.step_s, m.units, m.samples
+    if no_steady:  # too few steps: report what there is rather than nothing, but never step 0's compilation
+        first = 1 if len(m.step_s) > 1 else 0
+        steady = stats.SteadyState(first, "no step left after warm-up; every step after step 0 used" if first
+                                   else "one step only: its time includes the compilation")
+        timed_s, timed_units, timed_samples = m.step_s[first:], m.units[first:], m.samples[first:]
     window_rate = window_rated(m)
     summary = stats.summarize_steps(timed_s, timed_units, window_rate=window_rate)
     # Samples over the same whole rotations as the units (a batch's sample count may not vary where its tokens do).
@@ -245,8 +248,13 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
         "steady_window_s": float(sum(timed_s)),
     }
     verdict = convergence(0 if no_steady else len(timed_s), metrics["throughput_ci95_half_width_pct"], config)
+    bounds = [f"{name}_per_s_ci95_{end}" for name in ("samples", unit) for end in ("low", "high")]
     if verdict["status"] == "insufficient":  # a CI from one or two steps (or none) would only mislead
         metrics["throughput_ci95_half_width_pct"] = None
+        metrics.update(dict.fromkeys(bounds))
+    for name in bounds[::2]:  # the window rate's normal interval can reach below 0, which no throughput does
+        if metrics[name] is not None:
+            metrics[name] = max(0.0, metrics[name])
     # FLOPs and MFU: model FLOPs per sample (analytic, or counted) x samples per second / peak.
     flops_note = spec.flops_note
     if counted_flops is not None:
@@ -259,7 +267,7 @@ def derive_metrics(m: Measurement, config, spec, device_name: str, cores: int, c
     peak, peak_source = peak or peak_flops(device_name if config.device == "cuda" else None, config.precision)
     metrics["mfu_pct"] = achieved / peak * 100.0 if peak and achieved is not None else None
     metrics.update(_window_readings(m, steady.start, cores, sum(timed_samples)))
-    metrics.update(input_metrics(m, 0 if no_steady else steady.start))
+    metrics.update(input_metrics(m, steady.start))
     # From a dataset on disk, batches of a new length bucket keep arriving and each compiles once:
     # counting compilations after "the first pass" of a resident pool does not apply.
     recompiled = None if getattr(config, "data", None) else recompilations(m, config.data_pool)

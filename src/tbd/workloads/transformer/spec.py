@@ -29,6 +29,9 @@ from tbd.workloads.text_data import expected_tokens_per_pair, expected_train_flo
 # German slightly longer, a long tail cut at 256 tokens (tensor2tensor's max_length).
 WMT16_LENGTHS = dict(mean_src_len=28.0, len_sigma=0.6, tgt_ratio=1.05, tgt_ratio_sigma=0.2, min_len=2, max_len=256)
 
+# A batch holds whole pairs, at least one: a budget under the longest side would be exceeded.
+ONE_PAIR_NOTE = "the batch counts tokens and holds whole sentence pairs, so it must fit one pair at the longest length, max_len tokens"
+
 FLAVORS = {
     "tiny": Flavor(
         "tiny",
@@ -39,6 +42,8 @@ FLAVORS = {
             lr_scale=0.2, warmup_steps=5, betas=(0.9, 0.98), eps=1e-9,
             mean_src_len=8.0, len_sigma=0.4, tgt_ratio=1.05, tgt_ratio_sigma=0.2, min_len=2, max_len=16,
         ),
+        min_batch=16,
+        min_batch_note=ONE_PAIR_NOTE,
     ),
     "paper": Flavor(
         "paper",
@@ -50,6 +55,8 @@ FLAVORS = {
             vocab=32768, d_model=512, heads=8, ff=2048, enc_layers=6, dec_layers=6, dropout=0.1, label_smoothing=0.1,
             lr_scale=1.0, warmup_steps=4000, betas=(0.9, 0.98), eps=1e-9, **WMT16_LENGTHS,
         ),
+        min_batch=WMT16_LENGTHS["max_len"],
+        min_batch_note=ONE_PAIR_NOTE,
     ),
 }
 
