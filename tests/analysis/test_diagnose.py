@@ -335,6 +335,27 @@ def test_verify_repeated_pairs_each_change_with_a_fresh_unchanged_run(monkeypatc
     failed = verify_mod.verify(record, analysis, store, repeat=2)[0]
     assert failed["measured_gain_pct"] is None and failed["error"] == "died (the unchanged rerun)"
 
+
+def test_verify_neither_shows_nor_logs_a_gain_from_a_run_without_a_ci(monkeypatch, tmp_path):
+    """gpt tiny on 2 cores, --max-time 5, torch.compile: the compiled rerun spent its budget compiling,
+    kept 6 steady steps and read 289 tokens/s against 95,355: "measured -99.7%" was the compilation."""
+    from tbd.analysis import verify as verify_mod
+    from tbd.results.store import Store
+
+    def short_run(config, progress=None):
+        return {"id": "short", "created_at": "2026-01-01T00:00:00+00:00", "status": "insufficient", "config": config.to_dict(),
+                "metrics": {"samples_per_s": 2.9, "timed_steps": 6}, "method": {"convergence": {"min_timed_steps": 20}}, "error": None}
+
+    monkeypatch.setattr(verify_mod, "launch", short_run)
+    record = {"id": "old", "status": "ok", "config": {"workload": "gpt", "framework": "torch", "flavor": "tiny", "device": "cpu",
+                                                      "batch_size": 4, "precision": "fp32", "profile": True}, "metrics": {"samples_per_s": 950.0}}
+    analysis = {"recommendations": [{"action": "torch.compile", "expected_gain_pct": 118.0, "apply": {"compile": True}}]}
+    store = Store(tmp_path / "home")
+    out = verify_mod.verify(record, analysis, store)[0]
+    assert out["measured_gain_pct"] is None
+    assert out["not_measurable"] == "not measurable in this budget: run short had 6 steady step(s), a CI needs 20; analyze a run with a longer --max-time"
+    assert not verify_mod.calibration_path(store).exists()  # nothing logged
+
 def test_calibration_re_estimates_each_pair_with_the_current_model(tmp_path):
     """A pair logged under an older model is estimated again from its run's stored facts, so a
     revised model is judged on the same pairs (tbd analyze --calibration: column "now")."""

@@ -232,6 +232,7 @@ def _utilization(record: dict[str, Any], summary: dict | None, ncu: dict | None,
         "cpu_cores_busy": met.get("cpu_cores_busy"),
         "cpu_util_note": met.get("cpu_util_note"),
         "cpu_util_trace_window_pct": trace.get("window_cpu_util_pct"),
+        "cpu_util_trace_window_note": trace.get("window_cpu_note"),
         "host_busy_trace_pct": (summary or {}).get("host", {}).get("busy_pct"),
     }
 

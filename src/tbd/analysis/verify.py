@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tbd.analysis.levers import apply_change
+from tbd.analysis.tune import steps_for_ci, timed_steps
 from tbd.config import RunConfig
 from tbd.harness.launcher import launch
 from tbd.results.record import has_result, throughput_of
@@ -83,6 +84,12 @@ def _verify_one(record: dict[str, Any], rec: dict[str, Any], store, progress, fa
         failed = next((r for r in ((before_record, new) if unchanged is not None else (new,)) if not has_result(r)), None)
         if failed is not None:
             out["error"] = (failed.get("error") or {}).get("message", "failed") + (" (the unchanged rerun)" if failed is not new else "")
+            out["measured_gain_pct"] = None
+            return out
+        short = next((r for r in (before_record, new) if r.get("status") == "insufficient"), None)
+        if short is not None:  # a gain from a window with no CI is noise (a compile inside the budget): neither shown nor logged
+            out["not_measurable"] = (f"not measurable in this budget: run {short['id']} had {timed_steps(short)} steady step(s), "
+                                     f"a CI needs {steps_for_ci(short)}; analyze a run with a longer --max-time")
             out["measured_gain_pct"] = None
             return out
         befores.append(throughput_of(before_record))

@@ -149,8 +149,9 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
         t.add_row("tensor / FMA pipe (ncu)", f"{_pct(u['ncu_tensor_pipe_pct'])} / {_pct(u['ncu_fma_pipe_pct'])}", "hardware counters, weighted by kernel time")
     cpu_busy = f"; {fmt_num(u['cpu_cores_busy'])} cores busy" if u.get("cpu_cores_busy") is not None else ""
     t.add_row("CPU utilization (process)", u.get("cpu_util_note") or _pct(u["cpu_util_pct"]), f"CPU time / (cores x steady window){cpu_busy}")
-    if u.get("cpu_util_trace_window_pct") is not None:
-        t.add_row("CPU utilization (profiled window)", _pct(u["cpu_util_trace_window_pct"]), "same, over the traced steps (profiler overhead included)")
+    if u.get("cpu_util_trace_window_pct") is not None or u.get("cpu_util_trace_window_note"):
+        t.add_row("CPU utilization (profiled window)", u.get("cpu_util_trace_window_note") or _pct(u["cpu_util_trace_window_pct"]),
+                  "same, over the traced steps (profiler overhead included)")
     facts = a.get("facts") or {}
     if facts.get("input_wait_how"):  # a run on a dataset on disk (docs/data.md)
         t.add_row("waiting for input", _pct(facts.get("input_wait_pct")), f"{facts['input_wait_how']}, share of the steady window (measured every step)")
@@ -220,6 +221,8 @@ def print_analysis(record: dict[str, Any], a: dict[str, Any], console: Console, 
                     if spread else "")
             console.print(f"[bold]verify[/]: {escape(v['action'])}: expected +{v['expected_gain_pct']:.0f}%, measured {v['measured_gain_pct']:+.1f}% "
                           f"({runs}{fmt_num(v['throughput_before'])} -> {fmt_num(v['throughput_after'])} {v['unit'].replace('_', ' ')}/s, run {v['run_id']})")
+        elif v.get("not_measurable"):
+            console.print(f"[bold]verify[/]: {escape(v['action'])}: {escape(v['not_measurable'])}")
         else:
             console.print(f"[bold]verify[/]: {escape(v['action'])}: rerun {v['run_id']} failed: {escape(str(v.get('error')))}")
         if v.get("note"):

@@ -189,8 +189,11 @@ class HostMeter:
         wall = time.perf_counter() - self._t0
         cpu = t.user + t.system - self._cpu0
         cores = os.cpu_count() or 1
-        self.result = {"wall_s": wall, "cpu_s": cpu, "cpu_cores_busy": cpu / wall if wall else None,
-                       "cpu_util_pct": cpu / (wall * cores) * 100.0 if wall else None, "cores": cores}
+        cpu_note = cpu_window_note(wall)  # a few clock ticks cannot give a share (18 ms read as 109% of 2 cores)
+        measurable = wall and not cpu_note
+        self.result = {"wall_s": wall, "cpu_s": cpu, "cpu_cores_busy": cpu / wall if measurable else None,
+                       "cpu_util_pct": cpu / (wall * cores) * 100.0 if measurable else None, "cores": cores,
+                       **({"cpu_note": cpu_note} if cpu_note else {})}
         if self.sampler:
             util, _ = self.sampler.drain()
             self.sampler.stop()
