@@ -142,3 +142,13 @@ def test_verify_with_nothing_to_verify_says_so_and_exits_0(tbd_home, capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["verify"] == [] and err.strip().startswith("nothing to verify:") and err.count("\n") == 1
     assert [r["id"] for r in store.list()] == [record["id"]]  # nothing was rerun
+
+
+def test_a_memory_profile_is_not_analyzed_as_a_timed_run(tmp_path):
+    """`tbd analyze` on a `tbd memory` record printed "on cpu ()" and a host-bound diagnosis of a window it never had."""
+    from tbd.analysis.analyze import analyze
+    from tbd.errors import UsageError
+
+    record = {"id": "20261201-000000-aaaaaa", "kind": "memory", "status": "ok", "config": {"workload": "gpt", "device": "cpu"}}
+    with pytest.raises(UsageError, match="is a memory profile .* no timed steps to analyze"):
+        analyze(record, tmp_path)

@@ -26,6 +26,9 @@ REPORT_VERSION = 1
 
 
 def analyze(record: dict[str, Any], home: str | Path) -> dict[str, Any]:
+    if record.get("kind", "run") == "memory":  # one profiled step, no timed window: nothing for a time diagnosis
+        raise UsageError(f"run {record['id']} is a memory profile (tbd memory), with no timed steps to analyze; "
+                         f"see it with 'tbd results show {record['id']}', or analyze a 'tbd run ... --profile'")
     if not has_result(record):
         msg = (record.get("error") or {}).get("message", "no result")
         raise UsageError(f"run {record['id']} failed ({msg[:120]}); there is nothing to analyze, see 'tbd results show {record['id']}'")
