@@ -91,6 +91,7 @@ def test_cli_runs_hf_with_its_options_and_rejects_bad_names(tbd_home):
     ("hf:gpt2", {"hf_config": {"n_layer": "abc"}}, "--hf-config n_layer of GPT2Config is a size: a positive integer (default 12), got 'abc'"),
     ("hf:gpt2", {"hf_config": {**GPT2_TINY, "n_layer": -1}}, "--hf-config n_layer of GPT2Config is a size: a positive integer"),
     ("hf:gpt2", {"hf_config": {**GPT2_TINY, "n_head": 0}}, "n_head of GPT2Config is a size: a positive integer (default 12), got 0"),
+    ("hf:gpt2", {"hf_config": GPT2_TINY, "seq_len": 1}, "--seq-len must be at least 2 for hf:gpt2, a causal LM"),
     ("hf:gpt2", {"hf_config": {"layer_norm_epsilon": "abc"}}, "--hf-config layer_norm_epsilon='abc' is refused by GPT2Config: "),
     ("hf:gpt2", {"hf_config": {**GPT2_TINY, "activation_function": "foo"}}, "unknown name 'foo'; fix --hf-config"),
     ("resnet50", {"seq_len": 32}, "resnet50 has no sequence length to set; --seq-len"),

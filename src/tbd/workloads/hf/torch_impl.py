@@ -38,6 +38,7 @@ ORGS = ("openai-community/", "google-bert/", "google-t5/", "distilbert/")
 DEFAULT_MAX_POSITIONS = 512
 MAX_DEFAULT_SEQ = 1024
 MASKED_FRACTION = 0.15  # BERT's share of predicted positions
+MIN_CAUSAL_SEQ = 2  # a causal LM shifts its labels by one: one token leaves nothing to predict (a nan loss)
 # transformers 5 checks a field's type when it is set (huggingface_hub's strict dataclasses); 4.x sets anything.
 FIELD_REJECTED = (TypeError, ValueError, getattr(huggingface_hub.errors, "StrictDataclassError", TypeError))
 # Words of the config fields that count or measure something (n_layer, num_attention_heads, hidden_size,
@@ -134,7 +135,10 @@ def check(config) -> None:
     task = task_of(cfg, hp["task"])
     if cfg.model_type not in MAPPINGS[task]:
         raise UsageError(f"hf:{hp['model']} ({cfg.model_type}) has no {task} LM head in transformers; try another task or model")
-    seq_len(cfg, hp)
+    length = seq_len(cfg, hp)
+    if task == "causal" and length < MIN_CAUSAL_SEQ:
+        raise UsageError(f"--seq-len must be at least {MIN_CAUSAL_SEQ} for hf:{hp['model']}, a causal LM (each token is predicted "
+                         f"from the ones before it), got {length}; e.g. --seq-len 64")
     try:  # the model builds from this config: shapes only, on the meta device (no memory, no time)
         with torch.device("meta"):
             MODEL_CLASSES[task].from_config(cfg)
