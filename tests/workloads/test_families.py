@@ -95,6 +95,8 @@ def test_cli_runs_hf_with_its_options_and_rejects_bad_names(tbd_home):
     ("hf:gpt2", {"hf_config": {"layer_norm_epsilon": "abc"}}, "--hf-config layer_norm_epsilon='abc' is refused by GPT2Config: "),
     ("hf:gpt2", {"hf_config": {**GPT2_TINY, "activation_function": "foo"}}, "unknown name 'foo'; fix --hf-config"),
     ("resnet50", {"seq_len": 32}, "resnet50 has no sequence length to set; --seq-len"),
+    ("resnet50", {"hf_config": {"n_layer": 2}}, "resnet50 has no Hugging Face config to set; --hf-config (hf_config) goes with hf:MODEL"),
+    ("gpt", {"hf_config": {"n_layer": 2}}, "gpt has no Hugging Face config to set; --hf-config (hf_config) goes with hf:MODEL"),
     ("timm:", {}, "names no model; e.g. timm:resnet18"),
 ])
 def test_bad_model_settings_are_one_line(workload, hparams, message):
