@@ -134,6 +134,9 @@ class RunConfig:
                 with_one = "hf:MODEL and gpt (its context, block_size)"
                 raise UsageError(f"{self.workload} has no sequence length to set; --seq-len (seq_len) goes with {with_one}")
             self.hparams = {spec.sequence_hparam if k == "seq_len" else k: v for k, v in self.hparams.items()}
+        if "hf_config" in self.hparams and "hf_config" not in flavor.hparams:
+            raise UsageError(f"{self.workload} has no Hugging Face config to set; --hf-config (hf_config) goes with hf:MODEL workloads, "
+                             f"e.g. hf:gpt2 --hf-config n_layer=2")
         unknown_hp = [k for k in self.hparams if k not in flavor.hparams]
         if unknown_hp:
             raise unknown(f"hyperparameter of {self.workload}", unknown_hp[0], flavor.hparams)

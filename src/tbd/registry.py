@@ -148,7 +148,7 @@ def _from_path(name: str) -> Workload:
     path, _, attr = name.rpartition(":") if not name.endswith(".py") else (name, "", "")
     if not os.path.isfile(path):
         raise UsageError(f"workload file {path} not found; give a path to a .py file and an object in it, like ./my_workloads.py:MyNet")
-    path = os.path.abspath(path)
+    given, path = path, os.path.abspath(path)
     module_name = "tbd_workload_file_" + hashlib.sha1(path.encode()).hexdigest()[:12]
     module = sys.modules.get(module_name)
     if module is None:
@@ -160,20 +160,38 @@ def _from_path(name: str) -> Workload:
         except Exception as exc:
             del sys.modules[module_name]
             raise UsageError(f"workload file {path} fails to import: {type(exc).__name__}: {exc}") from None
-    obj = module
-    if attr:
-        if not hasattr(module, attr):
-            names = [n for n in vars(module) if not n.startswith("_")]
-            raise unknown(f"object in {path}", attr, names)
-        obj = getattr(module, attr)
-    return _from_object(f"{path}:{attr}" if attr else path, obj, path)
+    if not attr:
+        if _spec_of(module) is not None:  # the file itself is the plugin: a module-level `spec`
+            return _from_object(path, module, path)
+        raise _name_the_object(given, module)
+    if not hasattr(module, attr):
+        names = [n for n in vars(module) if not n.startswith("_")]
+        raise unknown(f"object in {path}", attr, names)
+    return _from_object(f"{path}:{attr}", getattr(module, attr), path)
+
+
+def _spec_of(obj: Any) -> WorkloadSpec | None:
+    spec = getattr(obj, "spec", None) or getattr(obj, "SPEC", None)
+    return spec if isinstance(spec, WorkloadSpec) else None
+
+
+def _name_the_object(path: str, module: ModuleType) -> UsageError:
+    """A file given without `:OBJECT`: which of its objects are workloads, or that none is."""
+    workloads = [n for n, obj in vars(module).items()
+                 if not n.startswith("_") and not isinstance(obj, ModuleType) and _spec_of(obj) is not None]
+    if not workloads:
+        return UsageError(f"workload file {path} has no workload object (one with a `spec`, a tbd.workloads.base.WorkloadSpec); "
+                          f"docs/api.md shows the shape of a plugin")
+    return UsageError(f"name the workload object in the file: {path}:OBJECT (objects here: {', '.join(workloads)})")
 
 
 def _from_object(name: str, obj: Any, source: str) -> Workload:
-    if isinstance(obj, ModuleType) and importlib.util.find_spec(f"{obj.__name__}.spec") is not None:
+    # Only a package (a module with __path__) can hold a `spec` submodule; a module loaded from a file cannot.
+    is_package = isinstance(obj, ModuleType) and hasattr(obj, "__path__")
+    if is_package and importlib.util.find_spec(f"{obj.__name__}.spec") is not None:
         return Workload(name, importlib.import_module(f"{obj.__name__}.spec").SPEC, source, package=obj.__name__)
-    spec = getattr(obj, "spec", None) or getattr(obj, "SPEC", None)
-    if not isinstance(spec, WorkloadSpec):
+    spec = _spec_of(obj)
+    if spec is None:
         raise UsageError(f"workload '{name}' ({source}) has no `spec` (a tbd.workloads.base.WorkloadSpec); docs/api.md shows the shape of a plugin")
     return Workload(name, spec, source, obj=obj)
 

@@ -61,6 +61,8 @@ def test_run_rejects_bad_input_with_one_line():
         tbd.run("gpt", device="cpu", max_stepz=3)
     with pytest.raises(UsageError, match="unknown workload 'gtp'"):
         tbd.run("gtp", device="cpu")
+    with pytest.raises(UsageError, match="gpt has no Hugging Face config to set; --hf-config .* goes with hf:MODEL"):
+        tbd.run("gpt", device="cpu", hf_config={"n_layer": 2})
 
 
 def test_run_checks_hyperparameter_overrides_before_running(tbd_home):

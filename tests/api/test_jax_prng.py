@@ -35,11 +35,14 @@ def test_rbg_keys_train_reproducibly_with_their_own_dropout_masks():
     assert rbg[0] != threefry[0] and rbg[0] == pytest.approx(threefry[0], rel=0.05)
 
 
-def test_the_plugin_lists_the_session_impls():
-    from tbd.frameworks.jax import PLUGIN
-    from tbd.frameworks.jax.session import PRNG_IMPLS
+def test_every_prng_the_plugin_lists_makes_a_step_key():
+    import jax
 
-    assert PLUGIN.capabilities.option_values["prng"] == PRNG_IMPLS
+    from tbd.frameworks.jax import PLUGIN
+    from tbd.frameworks.jax.session import step_key_of
+
+    for impl in PLUGIN.capabilities.option_values["prng"]:
+        assert step_key_of(jax.random.PRNGKey(0), impl) is not None
 
 
 def test_unknown_prng_lists_the_valid_ones():

@@ -77,3 +77,22 @@ def test_path_plugins_in_process_and_their_errors(monkeypatch):
         registry.resolve("nowhere.py:Net")
     with pytest.raises(UsageError, match="no torch implementation|has no jax"):
         RunConfig(workload="my_workloads.py:TinyMLP", framework="jax").validated()
+
+
+def test_a_file_without_an_object_names_the_objects_to_choose_from(tbd_home, tmp_path, monkeypatch):
+    monkeypatch.chdir(PLUGINS)
+    for name in ("my_workloads.py", "my_workloads.py:"):
+        with pytest.raises(UsageError, match=r"name the workload object in the file: my_workloads\.py:OBJECT \(objects here: TinyMLP\)"):
+            registry.resolve(name)
+    (tmp_path / "empty.py").write_text("X = 1\n")
+    with pytest.raises(UsageError, match="empty.py has no workload object"):
+        registry.resolve(str(tmp_path / "empty.py"))
+    out = run_cli("run", "my_workloads.py", "--device", "cpu")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert not (tbd_home / "runs").exists() or not list((tbd_home / "runs").glob("*.json"))
+
+
+def test_a_file_whose_module_is_the_plugin_runs_without_naming_an_object(tmp_path):
+    (tmp_path / "module_plugin.py").write_text("from tests.plugins.my_workloads import TinyMLP\nspec = TinyMLP.spec\nbuild_torch = TinyMLP.build_torch\n")
+    workload = registry.resolve(str(tmp_path / "module_plugin.py"))
+    assert workload.spec.name == "tiny_mlp_file" and workload.has("torch")

@@ -44,6 +44,12 @@ def test_help_everywhere_with_examples(command):
         # A framework's option values are checked before a run, from its plugin (TensorFlow need not be installed).
         (("run", "gpt", "--framework", "tf", "--option", "execution=lazy"), "TensorFlow option execution=lazy is not one of graph, eager"),
         (("run", "gpt", "--framework", "tf", "--option", "execution=eager", "--compile"), "--compile needs TensorFlow option execution=graph"),
+        (("run", "resnet50", "--hf-config", "n_layer=2"), "resnet50 has no Hugging Face config to set; --hf-config (hf_config) goes with hf:MODEL"),
+        # JAX and MXNet always compile: a "+c" run would measure the same configuration again.
+        (("run", "gpt", "--framework", "jax", "--compile"), "--compile has nothing to switch on for JAX: XLA jit"),
+        (("run", "resnet50", "--framework", "mxnet", "--compile"), "--compile has nothing to switch on for MXNet"),
+        (("run", "gpt", "--option", "sdpa_backend=foo"), "PyTorch option sdpa_backend=foo is not one of auto, cudnn, flash"),
+        (("run", "gpt", "--framework", "jax", "--option", "attention=foo"), "JAX option attention=foo is not one of auto, cudnn, xla"),
         (("results", "show", "nope"), "no runs stored"),
         (("frobnicate",), "invalid choice"),
         (("sweep", "my-sweep.toml"), "a file goes with --file: tbd sweep --file my-sweep.toml"),

@@ -347,6 +347,24 @@ def test_results_check_lists_and_quarantines_unreadable_rows(tbd_home, capsys):
     assert "no problems found" in capsys.readouterr().out
 
 
+def test_results_check_rewrites_an_unreadable_file_copy_from_its_row_and_lists_one_without(tbd_home, capsys):
+    kept, orphan = stored_runs(tbd_home, 2)
+    (tbd_home / "runs" / f"{kept['id']}.json").write_text('{"broken":')
+    with sqlite3.connect(tbd_home / "tbd.sqlite") as conn:
+        conn.execute("DELETE FROM runs WHERE id = ?", (orphan["id"],))
+    (tbd_home / "runs" / f"{orphan['id']}.json").write_text("{")
+    assert tbd_cli.main(["results", "--check"]) == 1  # the file without a row stays a problem
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert f"rewrote the unreadable file copy {tbd_home / 'runs' / kept['id']}.json (not JSON" in out and "from its database row" in out, out
+    assert f"unreadable file {tbd_home / 'runs' / orphan['id']}.json" in out and "the database has no row of this run" in out, out
+    assert json.loads((tbd_home / "runs" / f"{kept['id']}.json").read_text())["id"] == kept["id"]
+    # The rebuild that --quarantine makes of the files keeps the run whose copy was rewritten.
+    (tbd_home / "tbd.sqlite").unlink()
+    assert tbd_cli.main(["results", "--check", "--quarantine"]) == 0
+    assert "rebuilt the database from 1 run file(s)" in capsys.readouterr().out
+    assert [r["id"] for r in Store().list()] == [kept["id"]]
+
+
 @pytest.mark.parametrize("command", [["results"], ["results", "show", "latest"], ["report"], ["compare", "A", "B"], ["export"]])
 def test_a_damaged_database_is_one_line_naming_the_fix(command, tbd_home):
     records = stored_runs(tbd_home, 3)

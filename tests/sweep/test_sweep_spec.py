@@ -111,3 +111,12 @@ def test_flag_lists_are_validated():
     assert sweep_spec.parse_bool_list("off,on", "--compile") == [False, True]
     with pytest.raises(UsageError, match="--batch-sizes"):
         sweep_spec.parse_int_list("4,x", "--batch-sizes")
+
+
+def test_a_compile_axis_leaves_out_the_frameworks_that_always_compile():
+    pytest.importorskip("jax")
+    spec = sweep_spec.SweepSpec(workloads=["gpt"], frameworks=["torch", "jax"], flavors=["tiny"], devices=["cpu"], compile=[False, True])
+    plan = sweep_spec.plan(spec)
+    assert [(line.base["framework"], line.base["compile"]) for line in plan.lines] == [("torch", False), ("torch", True), ("jax", False)]
+    assert [n.split(":")[0] for n in plan.notes] == ["gpt/jax/tiny cpu fp32 +compile"]
+    assert "--compile has nothing to switch on for JAX" in plan.notes[0]

@@ -88,13 +88,27 @@ def test_cli_runs_hf_with_its_options_and_rejects_bad_names(tbd_home):
     ("hf:gpt2", {"hf_config": {"n_layer": 2, "n_embd": 64}}, "divisible by num_heads"),
     ("hf:gpt2", {"hf_config": {"n_layers": 2}}, "unknown --hf-config field of GPT2Config 'n_layers' (did you mean: n_layer"),
     ("hf:gpt2", {"seq_len": 4096}, "has 1024 positions; use --seq-len 1024 or less"),
+    ("hf:gpt2", {"hf_config": {"n_layer": "abc"}}, "--hf-config n_layer of GPT2Config is a size: a positive integer (default 12), got 'abc'"),
+    ("hf:gpt2", {"hf_config": {**GPT2_TINY, "n_layer": -1}}, "--hf-config n_layer of GPT2Config is a size: a positive integer"),
+    ("hf:gpt2", {"hf_config": {**GPT2_TINY, "n_head": 0}}, "n_head of GPT2Config is a size: a positive integer (default 12), got 0"),
+    ("hf:gpt2", {"hf_config": GPT2_TINY, "seq_len": 1}, "--seq-len must be at least 2 for hf:gpt2, a causal LM"),
+    ("hf:gpt2", {"hf_config": {"layer_norm_epsilon": "abc"}}, "--hf-config layer_norm_epsilon='abc' is refused by GPT2Config: "),
+    ("hf:gpt2", {"hf_config": {**GPT2_TINY, "activation_function": "foo"}}, "unknown name 'foo'; fix --hf-config"),
     ("resnet50", {"seq_len": 32}, "resnet50 has no sequence length to set; --seq-len"),
+    ("resnet50", {"hf_config": {"n_layer": 2}}, "resnet50 has no Hugging Face config to set; --hf-config (hf_config) goes with hf:MODEL"),
+    ("gpt", {"hf_config": {"n_layer": 2}}, "gpt has no Hugging Face config to set; --hf-config (hf_config) goes with hf:MODEL"),
     ("timm:", {}, "names no model; e.g. timm:resnet18"),
 ])
 def test_bad_model_settings_are_one_line(workload, hparams, message):
     with pytest.raises(UsageError) as err:
         RunConfig(workload=workload, device="cpu", hparams=hparams).validated()
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_refuses_a_bad_hf_config_value_in_one_line_and_stores_nothing(tbd_home):
+    out = run_cli("run", "hf:gpt2", "--device", "cpu", "--hf-config", "n_layer=abc")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "n_layer" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not list(tbd_home.glob("runs/*.json"))
 
 
 def test_sweeps_take_family_names():

@@ -79,14 +79,16 @@ def check(store: Store, console, quarantine: bool) -> int:
     console.print(f"results store {home}: database {escape(database)}, {report['runs']} run(s)")
     for run_id, why in report["unreadable"].items():
         console.print(f"  [red]unreadable[/] run {escape(run_id)}: {escape(why)}")
+    for name, why in report["unreadable_files"].items():
+        console.print(f"  [red]unreadable file[/] {escape(str(store.runs_dir / name))}: {escape(why)}")
     for name in report["pending"]:
         console.print(f"  [yellow]half-written[/] {escape(name)} (finished or removed when tbd next stores a run)")
     for action in report["actions"]:
         console.print(f"  [green]done:[/] {escape(action)}")
-    problems = report["database"] not in ("ok", "missing") or report["unreadable"] or report["pending"]
+    problems = report["database"] not in ("ok", "missing") or report["unreadable"] or report["unreadable_files"] or report["pending"]
     if problems and not quarantine:
         console.print("'tbd results --check --quarantine' moves unreadable runs aside (or rebuilds a damaged database from the run files)")
         return 1
     if not problems:
-        console.print("[green]no problems found[/]")
+        console.print("[green]no problems left[/]" if report["actions"] else "[green]no problems found[/]")
     return 0

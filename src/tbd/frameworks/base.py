@@ -314,6 +314,9 @@ class FrameworkPlugin:
             raise UsageError(f"precision {config.precision} is not supported for {self.title}{note}; use --precision {' or '.join(caps.precisions)}")
         if config.parallel not in caps.parallel:
             raise UsageError(f"--parallel {config.parallel} is not available for {self.title}; use --parallel {' or '.join(caps.parallel)}")
+        if config.compile and not caps.compile:  # a run labelled "+c" would be the same configuration as without
+            how = caps.always_compiled or "it has no optional compiler in tbd"
+            raise UsageError(f"--compile has nothing to switch on for {self.title}: {how}; drop --compile")
         if config.profile and not caps.trace:
             raise UsageError(f"--profile has no trace capture for {self.title} yet; drop --profile")
         if config.ncu and not caps.ncu:

@@ -222,12 +222,7 @@ class Store:
         return done
 
     def _import_file(self, conn: sqlite3.Connection, path: Path) -> str:
-        try:
-            record, why = _parse(path.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            record, why = None, _why(exc)
-        if record is not None and record["id"] != path.name[: -len(".json")]:
-            record, why = None, f"its id is {record['id']!r}"
+        record, why = _read_copy(path)
         if record is None:
             target = self._move_aside(path, path.name)
             return f"moved the unreadable file {path.name} ({why}) to {target}"
@@ -403,9 +398,11 @@ class Store:
         """What is wrong with the store, and with `quarantine`, fix it: unreadable rows are
         restored from their file copy or moved to quarantine/, a damaged database file is moved
         there and rebuilt from runs/*.json, half-written saves are finished.
-        Returns {database, runs, unreadable: {id: why}, pending: [...], actions: [...]}."""
+        A file copy in runs/ that cannot be read is rewritten from its run's readable row (without
+        --quarantine too: the row is the same record, so nothing is lost); the others are listed.
+        Returns {database, runs, unreadable: {id: why}, unreadable_files: {name: why}, pending: [...], actions: [...]}."""
         self._check_folder()
-        report: dict[str, Any] = {"database": "missing", "runs": 0, "unreadable": {}, "pending": [], "actions": []}
+        report: dict[str, Any] = {"database": "missing", "runs": 0, "unreadable": {}, "unreadable_files": {}, "pending": [], "actions": []}
         if self.runs_dir.is_dir():
             report["pending"] = sorted(p.name for p in self.runs_dir.iterdir() if p.name.endswith(".tmp"))
         if not self.db_path.exists():
@@ -435,13 +432,11 @@ class Store:
             return report
         report["database"] = "ok"
         report["runs"] = len(rows)
-        ids = {r[0] for r in rows}
         for run_id, text in rows:
             if _parse(text)[0] is None:
                 report["unreadable"][run_id] = _parse(text)[1]
         if self.runs_dir.is_dir():
-            report["pending"] += sorted(p.name for p in self.runs_dir.glob("*.json")
-                                        if not p.name.startswith(".") and p.name[: -len(".json")] not in ids)
+            self._check_copies(dict(rows), report)
         if quarantine:
             with self._connection(write=True) as conn:
                 for run_id, why in report["unreadable"].items():
@@ -449,12 +444,30 @@ class Store:
                 report["actions"] += self._repair(conn)
         return report
 
+    def _check_copies(self, row_texts: dict[str, str], report: dict[str, Any]) -> None:
+        """The JSON copies in runs/: an unreadable one is rewritten from its run's readable row or
+        listed; a readable one without a row is a save cut short (pending)."""
+        for path in sorted(p for p in self.runs_dir.glob("*.json") if not p.name.startswith(".")):
+            run_id = path.name[: -len(".json")]
+            record, why = _read_copy(path)
+            if record is not None:
+                if run_id not in row_texts:
+                    report["pending"].append(path.name)
+                continue
+            if run_id in row_texts and run_id not in report["unreadable"]:
+                try:
+                    _write_replace(path, row_texts[run_id])
+                except OSError as exc:
+                    report["unreadable_files"][path.name] = f"{why}; rewriting it from its database row failed: {_why(exc)}"
+                else:
+                    report["actions"].append(f"rewrote the unreadable file copy {path} ({why}) from its database row")
+                continue
+            report["unreadable_files"][path.name] = why + ("" if run_id in row_texts else "; the database has no row of this run")
+
     def _fix_row(self, conn: sqlite3.Connection, run_id: str, why: str) -> str:
         copy = self.runs_dir / f"{run_id}.json"
-        record = None
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            record = _parse(copy.read_text())[0] if copy.exists() else None
-        if record is not None and record["id"] == run_id:
+        record = _read_copy(copy)[0] if copy.exists() else None
+        if record is not None:
             with _transaction(conn):
                 conn.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}, sweep, record) VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})",
                              _row(record, _dumps(record)))
@@ -542,6 +555,17 @@ def _parse(text: Any) -> tuple[dict[str, Any] | None, str]:
     if record.get("status") not in STATUSES or not isinstance(record.get("created_at"), str) or not isinstance(record["id"], str):
         return None, "no valid status, id or created_at"
     return record, ""
+
+
+def _read_copy(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(record, '') when a file of runs/ holds the readable record of the run it is named after, else (None, why)."""
+    try:
+        record, why = _parse(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, _why(exc)
+    if record is not None and record["id"] != path.name[: -len(".json")]:
+        return None, f"its id is {record['id']!r}"
+    return record, why
 
 
 def _finite(value: Any) -> Any:

@@ -146,7 +146,7 @@ def plan(spec: SweepSpec, home: str | Path | None = None) -> Plan:
                                 checked = RunConfig(**base, batch_size=batches[0]).validated()
                             except UsageError as exc:
                                 where = "" if python is None else f" @{envs.label(python)}"
-                                notes.append(f"{w}/{fw}/{flavor} {device} {precision}{where}: {exc}")
+                                notes.append(f"{w}/{fw}/{flavor} {device} {precision}{' +compile' if comp else ''}{where}: {exc}")
                                 continue
                             if data:  # the dataset's absolute path and the loader's default workers, as checked
                                 base.update(data=checked.data, workers=checked.workers)

@@ -7,6 +7,11 @@ buffer assignment). Importing this package imports no jax.
 
 from tbd.frameworks.base import Capabilities, FrameworkPlugin
 
+# Values of the options, here so that checking them imports no jax; their users import them.
+ATTENTION_IMPLEMENTATIONS = ("auto", "cudnn", "xla")  # workloads/gpt/jax_impl.py
+GPT_LOSSES = ("bf16_logits", "fp32_logits", "fused", "chunked", "fused_linear")  # workloads/gpt/jax_impl.py
+PRNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")  # session.py
+
 PLUGIN = FrameworkPlugin(
     name="jax",
     title="JAX",
@@ -33,8 +38,6 @@ PLUGIN = FrameworkPlugin(
             "prng": "random bits of the train step (dropout masks, sampling): threefry (default, JAX's), rbg or unsafe_rbg "
                     "(XLA's RngBitGenerator, cheaper on a GPU); parameters and data keep threefry",
         },
-        # gpt's jax_impl.LOSSES and session.PRNG_IMPLS (not imported: this package imports no jax)
-        option_values={"loss": ("bf16_logits", "fp32_logits", "fused", "chunked", "fused_linear"),
-                       "prng": ("threefry", "rbg", "unsafe_rbg")},
+        option_values={"attention": ATTENTION_IMPLEMENTATIONS, "loss": GPT_LOSSES, "prng": PRNG_IMPLS},
     ),
 )

@@ -127,9 +127,6 @@ def _device(kind: str):
         ) from None
 
 
-PRNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")
-
-
 def step_key_of(key: jax.Array, impl: str) -> jax.Array:
     """The key the train step splits for its random numbers (dropout masks, sampling), by
     `--option prng`: threefry, JAX's default, as split from the run's seed; or a typed key of

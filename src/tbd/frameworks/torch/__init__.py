@@ -10,6 +10,7 @@ from tbd.frameworks.base import Capabilities, FrameworkPlugin, Tunable
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPTIMIZER_KERNELS = ("auto", "fused", "foreach", "for-loop")
+SDPA_BACKENDS = ("auto", "cudnn", "flash")  # gpt's attention kernel (workloads/gpt/torch_impl.py)
 
 
 def _fewer_threads(config) -> tuple[str, ...]:
@@ -58,6 +59,7 @@ PLUGIN = FrameworkPlugin(
         option_values={
             "compile_mode": COMPILE_MODES,
             "optimizer": OPTIMIZER_KERNELS,
+            "sdpa_backend": SDPA_BACKENDS,
             "allocator": ("default", "expandable_segments"),
             "cudnn_benchmark": ("auto", "on", "off"),
             "layer_norm": ("group_norm", "ops"),

@@ -44,12 +44,12 @@ import optax
 
 from tbd.errors import UsageError
 from tbd.frameworks.base import BuildContext
+from tbd.frameworks.jax import ATTENTION_IMPLEMENTATIONS as ATTENTION
+from tbd.frameworks.jax import GPT_LOSSES as LOSSES
 from tbd.frameworks.jax.session import JaxTask, compute_dtype
 from tbd.workloads.common_jax import host_generator, torch_like_init, zipf_tokens
 from tbd.workloads.gpt.spec import GPT2_VOCAB
 
-ATTENTION = ("auto", "cudnn", "xla")
-LOSSES = ("bf16_logits", "fp32_logits", "fused", "chunked", "fused_linear")
 DEFAULT_LOSS_CHUNK = 4096  # tokens per chunk of the `chunked` and `fused_linear` losses
 
 

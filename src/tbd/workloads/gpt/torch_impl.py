@@ -31,12 +31,10 @@ from torch import nn
 
 from tbd.errors import unknown
 from tbd.frameworks.base import BuildContext
+from tbd.frameworks.torch import SDPA_BACKENDS
 from tbd.frameworks.torch.session import TorchTask
 from tbd.workloads.gpt.spec import GPT2_VOCAB
 from tbd.workloads.text_torch import zipf_tokens
-
-SDPA_BACKENDS = ("auto", "cudnn", "flash")
-
 
 def _attention_context(backend: str):
     """A context manager choosing the SDPA kernel, or None for PyTorch's own choice."""

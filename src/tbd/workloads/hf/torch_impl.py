@@ -10,6 +10,7 @@ naming the fix.
 
 from __future__ import annotations
 
+import huggingface_hub.errors
 import torch
 import transformers
 from transformers.models.auto import modeling_auto
@@ -37,6 +38,13 @@ ORGS = ("openai-community/", "google-bert/", "google-t5/", "distilbert/")
 DEFAULT_MAX_POSITIONS = 512
 MAX_DEFAULT_SEQ = 1024
 MASKED_FRACTION = 0.15  # BERT's share of predicted positions
+MIN_CAUSAL_SEQ = 2  # a causal LM shifts its labels by one: one token leaves nothing to predict (a nan loss)
+# transformers 5 checks a field's type when it is set (huggingface_hub's strict dataclasses); 4.x sets anything.
+FIELD_REJECTED = (TypeError, ValueError, getattr(huggingface_hub.errors, "StrictDataclassError", TypeError))
+# Words of the config fields that count or measure something (n_layer, num_attention_heads, hidden_size,
+# d_model, max_position_embeddings): such a field must stay a positive integer, which configs do not check.
+SIZE_WORDS = frozenset({"layer", "layers", "head", "heads", "embd", "dim", "size", "positions", "embeddings", "model", "ff", "kv",
+                        "inner", "ctx", "buckets"})
 
 
 def model_config(hp):
@@ -60,12 +68,28 @@ def model_config(hp):
         if not hasattr(config, key):
             fields = [k for k in config.to_dict() if not k.startswith("_")]
             raise unknown(f"--hf-config field of {type(config).__name__}", key, fields)
-        setattr(config, key, value)
+        _check_size(config, key, value)
+        try:
+            setattr(config, key, value)
+        except FIELD_REJECTED as exc:
+            reason = str(exc).strip().splitlines()[-1].strip()  # strict dataclasses: "TypeError: Field 'n_layer' expected int, ..."
+            raise UsageError(f"--hf-config {key}={value!r} is refused by {type(config).__name__}: {reason}; fix --hf-config") from None
     if getattr(config, "is_encoder_decoder", False) and getattr(config, "decoder_start_token_id", None) is None:
         # The decoder's inputs are the labels shifted right behind this token; T5 starts with its
         # pad token, and some default configs leave the field out.
         config.decoder_start_token_id = getattr(config, "pad_token_id", None) or 0
     return config
+
+
+def _check_size(config, key: str, value) -> None:
+    """A size field (its default a positive integer, its name a count or dimension) stays one: a
+    negative or zero layer count builds an empty model that fails only mid-run."""
+    default = getattr(config, key)
+    is_size = (isinstance(default, int) and not isinstance(default, bool) and default > 0
+               and not key.endswith("_id") and not SIZE_WORDS.isdisjoint(key.split("_")))
+    if is_size and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise UsageError(f"--hf-config {key} of {type(config).__name__} is a size: a positive integer (default {default}), got {value!r}; "
+                         f"fix --hf-config")
 
 
 def task_of(config, task: str) -> str:
@@ -111,14 +135,18 @@ def check(config) -> None:
     task = task_of(cfg, hp["task"])
     if cfg.model_type not in MAPPINGS[task]:
         raise UsageError(f"hf:{hp['model']} ({cfg.model_type}) has no {task} LM head in transformers; try another task or model")
-    seq_len(cfg, hp)
+    length = seq_len(cfg, hp)
+    if task == "causal" and length < MIN_CAUSAL_SEQ:
+        raise UsageError(f"--seq-len must be at least {MIN_CAUSAL_SEQ} for hf:{hp['model']}, a causal LM (each token is predicted "
+                         f"from the ones before it), got {length}; e.g. --seq-len 64")
     try:  # the model builds from this config: shapes only, on the meta device (no memory, no time)
         with torch.device("meta"):
             MODEL_CLASSES[task].from_config(cfg)
-    except (ValueError, TypeError, AttributeError, AssertionError) as exc:
+    except (ValueError, TypeError, AttributeError, AssertionError, KeyError) as exc:  # KeyError: an unknown activation name
         overrides = ",".join(f"{k}={v}" for k, v in hp["hf_config"].items())
+        reason = f"unknown name {exc}" if isinstance(exc, KeyError) else str(exc).strip().splitlines()[0]
         raise UsageError(f"hf:{hp['model']} does not build{f' with --hf-config {overrides}' if overrides else ''}: "
-                         f"{str(exc).strip().splitlines()[0]}; fix --hf-config") from None
+                         f"{reason}; fix --hf-config") from None
 
 
 def build(ctx: BuildContext) -> TorchTask:
