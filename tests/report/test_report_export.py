@@ -114,3 +114,13 @@ def test_the_documented_schema_is_the_schema():
     doc = (Path(__file__).parents[2] / "docs" / "output.md").read_text()
     rows = [line for line in doc.split("<!-- export-columns")[1].splitlines() if line.startswith("| `")]
     assert rows == [f"| `{n}` | {t} | {m} |" for n, t, m in COLUMNS]
+
+
+def test_export_help_names_the_doc_that_lists_the_columns(capsys):
+    from pathlib import Path
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "docs/output.md lists them" in help_text and "docs/results.md" not in help_text
+    assert "<!-- export-columns" in (Path(__file__).parents[2] / "docs" / "output.md").read_text()

@@ -1,6 +1,6 @@
 """`tbd export --format csv|parquet|markdown|json`: stored runs for other tools and for people.
 
-CSV, Parquet and Markdown have the fixed columns of `tbd.results.export.COLUMNS` (docs/results.md);
+CSV, Parquet and Markdown have the fixed columns of `tbd.results.export.COLUMNS` (docs/output.md);
 JSON has the whole records.
 """
 
@@ -19,7 +19,7 @@ from tbd.sweep.engine import sweep_records
 def register(sub) -> None:
     e = sub.add_parser("export", help="export stored runs as CSV, Parquet, Markdown or JSON", formatter_class=EXAMPLES,
                        description="Export stored runs. CSV and Parquet have one row per run with a fixed set of columns "
-                                   "(the same whatever the runs; docs/results.md lists them; Parquet typed); Markdown is a "
+                                   "(the same whatever the runs; docs/output.md lists them; Parquet typed); Markdown is a "
                                    "short table for a pull request; JSON has the whole records.",
                        epilog="examples:\n  tbd export --format csv\n  tbd export --format parquet --output runs.parquet --sweep nightly\n"
                               "  tbd export --format markdown --sweep nightly\n  tbd export --format json --output runs.json --workload resnet50")

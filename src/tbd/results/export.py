@@ -1,7 +1,7 @@
 """Run records as rows with a fixed schema (CSV, Parquet, Markdown), or whole as JSON.
 
 `COLUMNS` is the schema: the same columns in the same order whatever the rows hold, each with
-its type and meaning (docs/results.md prints the table from it). Throughput is one column,
+its type and meaning (docs/output.md prints the table from it). Throughput is one column,
 `throughput`, with its unit in `throughput_unit` ("images/s", "tokens/s"), not a column per unit.
 A value a run does not have is empty (CSV) or null (Parquet). Parquet columns are typed from the
 schema: `created_at` a UTC timestamp, numbers numeric even when every value is null.
