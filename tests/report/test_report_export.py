@@ -124,3 +124,27 @@ def test_export_help_names_the_doc_that_lists_the_columns(capsys):
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "docs/output.md lists them" in help_text and "docs/results.md" not in help_text
     assert "<!-- export-columns" in (Path(__file__).parents[2] / "docs" / "output.md").read_text()
+
+
+def test_export_says_which_statistic_the_throughput_is(tbd_home, tmp_path, capsys):
+    """Runs whose steps carry different work (transformer, seq2seq, ...) store the window rate: the
+    CSV names the statistic per row and the Markdown footer does not call every figure a median."""
+    import csv as csvmod
+
+    windowed = fake_record(RunConfig("transformer", batch_size=160))
+    windowed["method"] = {"throughput_statistic": "window"}
+    median = fake_record(RunConfig("resnet50", batch_size=4))
+    median["method"] = {"throughput_statistic": "median"}
+    for r in (windowed, median):
+        Store().save(r)
+    out = tmp_path / "x.csv"
+    assert main(["export", "--output", str(out)]) == 0
+    rows = {r["workload"]: r for r in csvmod.DictReader(out.open())}
+    assert rows["transformer"]["throughput_statistic"] == "window" and rows["resnet50"]["throughput_statistic"] == "median"
+    capsys.readouterr()
+    assert main(["export", "--format", "markdown"]) == 0
+    text = capsys.readouterr().out
+    [transformer] = [line for line in text.splitlines() if line.startswith("| transformer")]
+    [resnet] = [line for line in text.splitlines() if line.startswith("| resnet50")]
+    assert "(window)" in transformer and "(window)" not in resnet
+    assert "median throughput" not in text and "window rate" in text.splitlines()[-1]

@@ -42,12 +42,13 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("data", "string", "the dataset on disk the run read (empty: synthetic data)"),
     ("workers", "int", "its loader's worker processes"),
     ("decode", "string", "where its JPEGs were decoded: cpu or gpu"),
-    ("throughput", "float", "median throughput over steady steps"),
+    ("throughput", "float", "median step throughput over the steady steps, or the window rate where `throughput_statistic` is 'window'"),
     ("throughput_unit", "string", "its unit, e.g. images/s"),
-    ("throughput_ci95_low", "float", "95% CI of the median, low end"),
-    ("throughput_ci95_high", "float", "95% CI of the median, high end"),
-    ("throughput_ci95_half_width_pct", "float", "half-width of that CI, percent of the median (empty when insufficient)"),
-    ("samples_per_s", "float", "median samples per second"),
+    ("throughput_statistic", "string", "median or window (`method.throughput_statistic`, docs/metrics.md; empty in records older than it)"),
+    ("throughput_ci95_low", "float", "95% CI of the throughput, low end"),
+    ("throughput_ci95_high", "float", "95% CI of the throughput, high end"),
+    ("throughput_ci95_half_width_pct", "float", "half-width of that CI, percent of the throughput (empty when insufficient)"),
+    ("samples_per_s", "float", "samples per second, in the same statistic"),
     ("step_time_ms_p50", "float", "median step time, ms"),
     ("step_time_ms_p90", "float", "90th percentile step time, ms"),
     ("step_time_cv_pct", "float", "coefficient of variation of steady step times, percent"),
@@ -78,6 +79,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("error_message", "string", "what went wrong, one line"),
 )
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
+# What the Markdown table's throughput and CI are (docs/metrics.md: which runs use the window rate).
+THROUGHPUT_NOTE = ("throughput: the median step throughput, or the window rate (the steady window's units over its time) "
+                   "where marked (window); 95% CI of that figure")
 MARKDOWN_COLUMNS = ("workload", "framework", "device", "batch_size", "precision", "throughput", "throughput_ci95_half_width_pct", "status")
 
 
@@ -97,6 +101,7 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
         **{k: cfg.get(k) for k in ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last", "seed")},
         "nproc": h["nproc"], "batch_unit": h["batch_unit"],
         "throughput": h["throughput"], "throughput_unit": f"{h['unit']}/s" if measured else None,
+        "throughput_statistic": (record.get("method") or {}).get("throughput_statistic") if measured else None,
         "throughput_ci95_low": met.get(f"{h['unit']}_per_s_ci95_low"), "throughput_ci95_high": met.get(f"{h['unit']}_per_s_ci95_high"),
         **{k: met.get(k) for k in ("throughput_ci95_half_width_pct", "samples_per_s", "step_time_ms_p50", "step_time_ms_p90",
                                    "step_time_cv_pct", "timed_steps", "warmup_steps", "compile_time_s", "warmup_time_s", "mfu_pct",
@@ -160,14 +165,15 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     for r in records:
         row = flat_row(r)
         thr = f"{row['throughput']:,.4g} {row['throughput_unit']}" if row["throughput"] is not None and row["throughput_unit"] else "-"
+        thr += " (window)" if row["throughput_statistic"] == "window" and thr != "-" else ""
         ci = f"±{row['throughput_ci95_half_width_pct']:.1f}%" if row["throughput_ci95_half_width_pct"] is not None and row["throughput"] else "-"
         status = row["status"] + (f" ({row['error_kind']})" if row["status"] == "failed" and row["error_kind"] else "")
         run = f"{row['workload']}/{row['framework']}" + (" +compile" if row["compile"] else "") + (f" x{row['nproc']}" if (row["nproc"] or 1) > 1 else "")
         lines.append(f"| {_md(run)} | {_md(row['device'])} | {row['batch_size']} | {_md(row['precision'])} | {thr} | {ci} | {_md(status)} |")
     revisions = sorted({str(flat_row(r)["code_revision"])[:10] for r in records if (r.get("environment") or {}).get("source")})
-    if revisions:
+    if records:
         lines.append("")
-        lines.append(f"tbd code revision: {', '.join(revisions)}; 95% CI of the median throughput; status 'ok' = CI within its target.")
+        lines.append((f"tbd code revision: {', '.join(revisions)}; " if revisions else "") + f"{THROUGHPUT_NOTE}; status 'ok' = CI within its target.")
     return "\n".join(lines) + "\n"
 
 
