@@ -102,8 +102,24 @@ def test_markdown_export_for_a_pull_request(tbd_home, capsys):
     _store_two_sweeps()
     assert main(["export", "--format", "markdown", "--sweep", "s1"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("| run | device | batch |") and len([line for line in out if line.startswith("| resnet50")]) == 2
+    assert out[0].startswith("| run | flavor | device | batch |") and len([line for line in out if line.startswith("| resnet50")]) == 2
     assert "images/s" in out[2] and "±2.0%" in out[2]
+
+
+def test_markdown_numbers_read_like_the_results_table(tbd_home, capsys):
+    """Thousands separated as `tbd results` writes them (never 6.796e+04), the flavor, and the batch
+    with its unit, so a tiny run and a paper run do not look the same."""
+    from tbd.report.fmt import fmt_num
+
+    for flavor, rate in (("tiny", 1353.2), ("paper", 67960.4)):
+        r = fake_record(RunConfig("transformer", flavor=flavor, batch_size=4096))
+        r["workload"].update(unit="tokens", batch_unit="tokens")
+        r["metrics"]["tokens_per_s"] = rate
+        Store().save(r)
+    assert main(["export", "--format", "markdown"]) == 0
+    rows = {line.split("|")[2].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| transformer")}
+    assert "| 4096 tokens |" in rows["paper"] and "| 67,960 tokens/s |" in rows["paper"] and fmt_num(67960.4) == "67,960"
+    assert "| 1,353 tokens/s |" in rows["tiny"] and "e+" not in "".join(rows.values())
 
 
 def test_the_documented_schema_is_the_schema():

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tbd.commands import EXAMPLES, add_home
 from tbd.errors import UsageError
-from tbd.results.export import to_csv, to_json, to_markdown, to_parquet
+from tbd.report.markdown import to_markdown
+from tbd.results.export import to_csv, to_json, to_parquet
 from tbd.results.store import Store
 from tbd.sweep.engine import sweep_records
 

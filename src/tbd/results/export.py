@@ -6,7 +6,7 @@ its type and meaning (docs/output.md prints the table from it). Throughput is on
 A value a run does not have is empty (CSV) or null (Parquet). Parquet columns are typed from the
 schema: `created_at` a UTC timestamp, numbers numeric even when every value is null.
 
-Markdown (`MARKDOWN_COLUMNS`) is for people: a short table for a pull request.
+The Markdown table for people (a pull request) is `tbd.report.markdown`, built from these rows.
 """
 
 from __future__ import annotations
@@ -79,10 +79,6 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("error_message", "string", "what went wrong, one line"),
 )
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
-# What the Markdown table's throughput and CI are (docs/metrics.md: which runs use the window rate).
-THROUGHPUT_NOTE = ("throughput: the median step throughput, or the window rate (the steady window's units over its time) "
-                   "where marked (window); 95% CI of that figure")
-MARKDOWN_COLUMNS = ("workload", "framework", "device", "batch_size", "precision", "throughput", "throughput_ci95_half_width_pct", "status")
 
 
 def flat_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -157,28 +153,6 @@ def to_csv(records: list[dict[str, Any]]) -> str:
 
 def to_json(records: list[dict[str, Any]]) -> str:
     return json.dumps(records, indent=1)
-
-
-def to_markdown(records: list[dict[str, Any]]) -> str:
-    """A GitHub-flavoured Markdown table for a pull request: one row per run, throughput with its CI."""
-    lines = ["| run | device | batch | precision | throughput | 95% CI | status |", "|---|---|---:|---|---:|---:|---|"]
-    for r in records:
-        row = flat_row(r)
-        thr = f"{row['throughput']:,.4g} {row['throughput_unit']}" if row["throughput"] is not None and row["throughput_unit"] else "-"
-        thr += " (window)" if row["throughput_statistic"] == "window" and thr != "-" else ""
-        ci = f"±{row['throughput_ci95_half_width_pct']:.1f}%" if row["throughput_ci95_half_width_pct"] is not None and row["throughput"] else "-"
-        status = row["status"] + (f" ({row['error_kind']})" if row["status"] == "failed" and row["error_kind"] else "")
-        run = f"{row['workload']}/{row['framework']}" + (" +compile" if row["compile"] else "") + (f" x{row['nproc']}" if (row["nproc"] or 1) > 1 else "")
-        lines.append(f"| {_md(run)} | {_md(row['device'])} | {row['batch_size']} | {_md(row['precision'])} | {thr} | {ci} | {_md(status)} |")
-    revisions = sorted({str(flat_row(r)["code_revision"])[:10] for r in records if (r.get("environment") or {}).get("source")})
-    if records:
-        lines.append("")
-        lines.append((f"tbd code revision: {', '.join(revisions)}; " if revisions else "") + f"{THROUGHPUT_NOTE}; status 'ok' = CI within its target.")
-    return "\n".join(lines) + "\n"
-
-
-def _md(value: Any) -> str:
-    return str(value if value is not None else "-").replace("|", "\\|").replace("\n", " ")
 
 
 def to_parquet(records: list[dict[str, Any]], path) -> None:
