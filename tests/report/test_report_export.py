@@ -53,7 +53,7 @@ def test_parquet_export_round_trips(tbd_home, tmp_path):
 
 
 def test_export_has_a_fixed_schema_whatever_the_rows(tbd_home, tmp_path):
-    """The same columns in the same order for a GPU run, a CPU run, a failed run and no run at all;
+    """The same columns in the same order for a GPU run, a CPU run and a failed run, whichever are exported;
     throughput with its unit (not a column per unit); sweep name, code revision and host."""
     from tbd.results.export import COLUMN_NAMES
 
@@ -64,19 +64,12 @@ def test_export_has_a_fixed_schema_whatever_the_rows(tbd_home, tmp_path):
     gpt["sweep"] = {"id": "id-n", "name": "nightly", "point": 1}
     for r in (fake_record(RunConfig("resnet50", batch_size=4)), gpt, fake_record(RunConfig("resnet50", batch_size=64), oom_above=8)):
         store.save(r)
-    header_empty = None
-    for args in ([], ["--workload", "nope"]):
-        out = tmp_path / "x.csv"
-        assert main(["export", *args, "--output", str(out)]) == 0
-        lines = out.read_text().splitlines()
-        header = lines[0].split(",")
-        header_empty = header_empty or header
-        assert tuple(header) == COLUMN_NAMES and header == header_empty
     import csv as csvmod
 
-    rows = list(csvmod.DictReader(out.open()))  # the empty export: header only
-    assert rows == []
-    assert main(["export", "--output", str(out)]) == 0
+    for args in (["--workload", "gpt"], ["--workload", "resnet50"], []):  # a tokens run alone, image runs alone, all
+        out = tmp_path / "x.csv"
+        assert main(["export", *args, "--output", str(out)]) == 0
+        assert tuple(out.read_text().splitlines()[0].split(",")) == COLUMN_NAMES
     rows = {r["workload"] + r["batch_size"]: r for r in csvmod.DictReader(out.open())}
     assert rows["gpt2"]["throughput_unit"] == "tokens/s" and rows["resnet504"]["throughput_unit"] == "images/s"
     assert rows["gpt2"]["sweep_name"] == "nightly" and rows["gpt2"]["code_revision"] == "abc" and rows["gpt2"]["host"] == "host-a"
@@ -164,3 +157,18 @@ def test_export_says_which_statistic_the_throughput_is(tbd_home, tmp_path, capsy
     [resnet] = [line for line in text.splitlines() if line.startswith("| resnet50")]
     assert "(window)" in transformer and "(window)" not in resnet
     assert "median throughput" not in text and "window rate" in text.splitlines()[-1]
+
+
+def test_export_of_no_matching_run_says_so_and_writes_nothing(tbd_home, tmp_path, capsys):
+    """As `tbd results --workload nope` says, in one line; exit 2 and no (header-only) file."""
+    out = tmp_path / "x.csv"
+    assert main(["export", "--output", str(out)]) == 2  # an empty store
+    assert capsys.readouterr().err.strip() == f"tbd: error: no runs stored in {tbd_home}; try 'tbd run resnet50'"
+    Store().save(fake_record(RunConfig("resnet50", batch_size=4)))
+    for args in (["--workload", "nope"], ["--format", "markdown", "--framework", "jax"], ["--format", "parquet", "--workload", "nope"]):
+        assert main(["export", *args, "--output", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"tbd: error: no stored run matches --{args[-2].lstrip('-')} {args[-1]} in ") and "\n" not in err
+        assert not out.exists()
+    assert main(["results", "--workload", "nope"]) == 0
+    assert "no stored run matches --workload nope in " in capsys.readouterr().out

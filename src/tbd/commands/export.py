@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tbd.commands import EXAMPLES, add_home
+from tbd.commands.results import no_runs
 from tbd.errors import UsageError
 from tbd.report.markdown import to_markdown
 from tbd.results.export import to_csv, to_json, to_parquet
@@ -21,7 +22,8 @@ def register(sub) -> None:
     e = sub.add_parser("export", help="export stored runs as CSV, Parquet, Markdown or JSON", formatter_class=EXAMPLES,
                        description="Export stored runs. CSV and Parquet have one row per run with a fixed set of columns "
                                    "(the same whatever the runs; docs/output.md lists them; Parquet typed); Markdown is a "
-                                   "short table for a pull request; JSON has the whole records.",
+                                   "short table for a pull request; JSON has the whole records. Where no stored run matches, "
+                                   "it says so and writes nothing (exit 2).",
                        epilog="examples:\n  tbd export --format csv\n  tbd export --format parquet --output runs.parquet --sweep nightly\n"
                               "  tbd export --format markdown --sweep nightly\n  tbd export --format json --output runs.json --workload resnet50")
     e.add_argument("--format", default="csv", choices=("csv", "parquet", "markdown", "json"),
@@ -44,6 +46,8 @@ def export(args) -> int:
                    and (args.framework in (None, r["config"]["framework"]))]
     else:
         records = store.list(workload=args.workload, framework=args.framework)
+    if not records:  # nothing to export: say so (as `tbd results` does) rather than write an empty file
+        raise UsageError(no_runs(store, sweep=args.sweep, workload=args.workload, framework=args.framework))
     if args.format == "parquet":
         if not args.output:
             raise UsageError("parquet is a binary format; give a file: --output runs.parquet")
