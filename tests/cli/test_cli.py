@@ -48,6 +48,7 @@ def test_help_everywhere_with_examples(command):
         (("frobnicate",), "invalid choice"),
         (("sweep", "my-sweep.toml"), "a file goes with --file: tbd sweep --file my-sweep.toml"),
         (("run", "resnet50", "extra"), "unexpected argument 'extra'"),
+        (("results", "list", "show"), "unexpected argument 'show'; usage: tbd results [list] [--workload W]"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, expected, tbd_home):

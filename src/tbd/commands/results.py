@@ -42,6 +42,9 @@ def register(sub) -> None:
 def results(args) -> int:
     store = Store(args.home)
     console = make_console(args.wide)
+    if args.action == "list" and args.run_id:  # `tbd results list show`: a word list does not take
+        raise UsageError(f"unexpected argument '{args.run_id}'; usage: tbd results [list] [--workload W] [--framework F] [--limit N], "
+                         "or tbd results show RUN")
     if args.quarantine and not args.check:
         raise UsageError("--quarantine goes with --check: tbd results --check --quarantine")
     if args.check:
