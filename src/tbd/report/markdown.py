@@ -25,7 +25,8 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
         thr += " (window)" if row["throughput_statistic"] == "window" and thr != "-" else ""
         ci = f"±{row['throughput_ci95_half_width_pct']:.1f}%" if row["throughput_ci95_half_width_pct"] is not None and row["throughput"] else "-"
         status = row["status"] + (f" ({row['error_kind']})" if row["status"] == "failed" and row["error_kind"] else "")
-        run = f"{row['workload']}/{row['framework']}" + (" +compile" if row["compile"] else "") + (f" x{row['nproc']}" if (row["nproc"] or 1) > 1 else "")
+        run = f"{row['workload']}/{row['framework']}" + (" +compile" if row["compile"] else "") + (" +channels_last" if row["channels_last"] else "")
+        run += f" x{row['nproc']}" if (row["nproc"] or 1) > 1 else ""
         batch = f"{row['batch_size']} {row['batch_unit']}" if row["batch_unit"] else row["batch_size"]
         lines.append(f"| {_md(run)} | {_md(row['flavor'])} | {_md(row['device'])} | {_md(batch)} | {_md(row['precision'])} | {_md(thr)} | {ci} "
                      f"| {_md(status)} |")
