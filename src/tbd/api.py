@@ -36,6 +36,7 @@ from tbd.harness.measure import measure as measure_loop
 from tbd.harness.runner import classify, execute
 from tbd.metrics.devices import best_device, gpu_info
 from tbd.metrics.sampling import Probe
+from tbd.report.fmt import fmt_num
 from tbd.results import environment
 from tbd.results.record import RunRecord, has_result, headline
 from tbd.results.store import Store
@@ -140,7 +141,7 @@ class RunResult:
             return f"RunResult({self.workload}, {self.record.kind} {self.status}, id={self.id})"
         ci = f" ±{self.ci_pct:.2g}%" if self.ci_pct is not None else ""
         mfu = f", MFU {self.mfu_pct:.3g}%" if self.mfu_pct is not None else ""
-        return f"RunResult({self.workload}, {self.throughput:.4g} {self.unit}/s{ci}{mfu}, id={self.id})"
+        return f"RunResult({self.workload}, {fmt_num(self.throughput)} {self.unit}/s{ci}{mfu}, id={self.id})"
 
 
 def _result(record: RunRecord | dict, store: bool, home: str | Path | None) -> RunResult:
