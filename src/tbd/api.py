@@ -36,6 +36,7 @@ from tbd.harness.measure import measure as measure_loop
 from tbd.harness.runner import classify, execute
 from tbd.metrics.devices import best_device, gpu_info
 from tbd.metrics.sampling import Probe
+from tbd.report.fmt import fmt_num
 from tbd.results import environment
 from tbd.results.record import RunRecord, has_result, headline
 from tbd.results.store import Store
@@ -141,7 +142,7 @@ class RunResult:
         ci = f" ±{self.ci_pct:.2g}%" if self.ci_pct is not None else " (no CI)"
         mfu = f", MFU {self.mfu_pct:.3g}%" if self.mfu_pct is not None else ""
         status = "" if self.ok else f", {self.status}"  # measured, but the CI missed its target or could not be computed
-        return f"RunResult({self.workload}, {self.throughput:.4g} {self.unit}/s{ci}{mfu}{status}, id={self.id})"
+        return f"RunResult({self.workload}, {fmt_num(self.throughput)} {self.unit}/s{ci}{mfu}{status}, id={self.id})"
 
 
 def _result(record: RunRecord | dict, store: bool, home: str | Path | None) -> RunResult:

@@ -1,7 +1,9 @@
 """The `tbd` command line: `tbd list | run | results | export | demo` (and later commands).
 
 Each command lives in `tbd/commands/<name>.py` with `register(subparsers)`; this file holds the
-parser that turns bad input into one line naming the fix (exit code 2, no traceback).
+parser that turns bad input into one line naming the fix (exit code 2, no traceback). An option
+that another command has points there (`tbd run --json`: the stored record is `tbd results show
+latest --json`) rather than at this command's nearest spellings.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from tbd.errors import TbdError, Terminated, closest
 from tbd.results.store import one_warning
 from tbd.version import __version__
 
+# An option of other commands given to one without it: where what was meant is, by (option, command);
+# command None for any other. Options without an entry name the commands that take them.
+ELSEWHERE = {
+    ("--json", "export"): "the whole records: tbd export --format json",
+    ("--json", None): "the stored record: tbd results show latest --json",
+}
 COMMAND_MODULES = ("listing", "run", "demo", "results", "export", "sweep", "compare", "report", "memory", "analyze", "scale", "tune", "env", "data")
 
 
@@ -30,7 +38,7 @@ class Parser(argparse.ArgumentParser):
             bad = (flags or words)[0].split("=")[0]
             prog, options = self._command_options()
             if bad.startswith("-"):
-                message = f"unknown option '{bad}'{closest(bad, options)}; see '{prog} --help'"
+                message = self._unknown_option(bad, prog, options)
             else:  # a word no argument takes: most often a file given without its flag
                 as_file = "--file" in options and (bad.endswith(".toml") or os.path.isfile(bad))
                 message = f"unexpected argument '{bad}'" + (f"; a file goes with --file: {prog} --file {bad}" if as_file else f"; see '{prog} --help'")
@@ -39,16 +47,38 @@ class Parser(argparse.ArgumentParser):
         sys.stderr.write(f"tbd: error: {message}\n")
         sys.exit(2)
 
-    def _command_options(self) -> tuple[str, list[str]]:
-        """(prog, option strings) of the subcommand named on the command line, else of this parser."""
-        options = [o for action in self._actions for o in action.option_strings]
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)  # the words, for error(): main(argv) is not sys.argv
+        return super().parse_known_args(args, namespace)
+
+    def _unknown_option(self, bad: str, prog: str, options: list[str]) -> str:
+        """The line for an option this command lacks: where another command has it, point there
+        (its near misses here only when very near, e.g. --batch-size for sweep's --batch-sizes)."""
+        command = prog.removeprefix(f"{self.prog} ") if prog != self.prog else None
+        others = [name for name, sub in self._subcommands().items() if name != command and bad in _options_of(sub)]
+        if not others:
+            return f"unknown option '{bad}'{closest(bad, options)}; see '{prog} --help'"
+        takers = ", ".join(f"{self.prog} {name}" for name in others) + (" takes it" if len(others) == 1 else " take it")
+        where = ELSEWHERE.get((bad, command)) or ELSEWHERE.get((bad, None)) or takers
+        return f"{prog} has no {bad}{closest(bad, options, cutoff=0.8)}; {where}"
+
+    def _subcommands(self) -> dict[str, argparse.ArgumentParser]:
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
-                for word in sys.argv[1:]:
-                    if word in action.choices:
-                        sub = action.choices[word]
-                        return sub.prog, [o for a in sub._actions for o in a.option_strings]
-        return self.prog, options
+                return dict(action.choices)
+        return {}
+
+    def _command_options(self) -> tuple[str, list[str]]:
+        """(prog, option strings) of the subcommand named on the command line, else of this parser."""
+        subcommands = self._subcommands()
+        for word in getattr(self, "_argv", sys.argv[1:]):
+            if word in subcommands:
+                return subcommands[word].prog, _options_of(subcommands[word])
+        return self.prog, _options_of(self)
+
+
+def _options_of(parser: argparse.ArgumentParser) -> list[str]:
+    return [o for action in parser._actions for o in action.option_strings]
 
 
 def build_parser() -> Parser:

@@ -41,9 +41,9 @@ class RunFailure(TbdError):
         self.kind = kind
 
 
-def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
+def closest(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5) -> str:
     """' (did you mean: a, b?)' for the nearest valid names, or '' when none is near."""
-    matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=cutoff)
     return f" (did you mean: {', '.join(matches)}?)" if matches else ""
 
 

@@ -81,7 +81,9 @@ def test_run_checks_hyperparameter_overrides_before_running(tbd_home):
 def test_a_measured_but_unconverged_result_shows_its_throughput():
     r = tbd.run("gpt", device="cpu", max_steps=4, isolate=False, store=False)
     assert r.measured and not r.ok  # 3 timed steps at most: no CI target reached
-    assert f"{r.throughput:.4g} tokens/s" in repr(r) and r.status in repr(r)
+    from tbd.report.fmt import fmt_num
+
+    assert f"{fmt_num(r.throughput)} tokens/s" in repr(r) and r.status in repr(r)
 
 
 def _toy_step(width: int = 64, batch: int = 8):
@@ -195,3 +197,17 @@ def test_subpackages_stay_modules_and_api_functions():
 
     assert tbd.results.store.Store is Store and callable(tbd.results) and callable(tbd.sweep) and callable(tbd.memory)
     assert {"run", "measure", "sweep", "memory", "results", "RunResult"} <= set(dir(tbd))
+
+
+def test_run_result_repr_writes_numbers_like_the_results_table():
+    """Thousands separated as `tbd results` writes them (README's example), never 2.909e+05."""
+    from tbd.api import RunResult
+    from tbd.report.fmt import fmt_num
+    from tbd.results.record import RunRecord
+
+    record = RunRecord(id="20261201-0101-abc", config={"workload": "custom:step"}, status="ok", workload={"unit": "samples"},
+                       metrics={"samples_per_s": 290912.4, "throughput_ci95_half_width_pct": 0.6, "mfu_pct": 41.0})
+    text = repr(RunResult(record))
+    assert "290,912 samples/s" in text and fmt_num(290912.4) == "290,912" and "e+" not in text
+    record.metrics["samples_per_s"] = 54.23
+    assert "54.2 samples/s" in repr(RunResult(record))

@@ -54,6 +54,10 @@ def test_help_everywhere_with_examples(command):
         (("frobnicate",), "invalid choice"),
         (("sweep", "my-sweep.toml"), "a file goes with --file: tbd sweep --file my-sweep.toml"),
         (("run", "resnet50", "extra"), "unexpected argument 'extra'"),
+        (("run", "gpt", "--json"), "tbd run has no --json; the stored record: tbd results show latest --json"),
+        (("export", "--json"), "tbd export has no --json; the whole records: tbd export --format json"),
+        (("run", "resnet50", "--quarantine"), "tbd run has no --quarantine; tbd results takes it"),
+        (("results", "list", "show"), "unexpected argument 'show'; usage: tbd results [list] [--workload W]"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, expected, tbd_home):
@@ -63,6 +67,20 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, expected, tbd_hom
     assert len(lines) == 1 and lines[0].startswith("tbd: error:"), out.stderr
     assert expected in lines[0]
     assert "Traceback" not in out.stderr
+    assert not tbd_home.exists()
+
+
+def test_an_option_of_another_command_points_there_in_process(capsys, tbd_home):
+    """cli.main(argv) as the API and tests call it: the command is read from argv, not sys.argv;
+    near misses are named only when very near (not --precision for --json)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "gpt", "--json"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err == "tbd: error: tbd run has no --json; the stored record: tbd results show latest --json"
+    with pytest.raises(SystemExit):
+        cli.main(["memory", "resnet50", "--compile"])
+    err = capsys.readouterr().err.strip()
+    assert err == "tbd: error: tbd memory has no --compile; tbd run, tbd sweep, tbd scale, tbd tune take it"
     assert not tbd_home.exists()
 
 

@@ -65,6 +65,23 @@ def test_wide_shows_everything_and_json_lists(stored, capsys):
     assert len(rows) == 2 and {"id", "status", "throughput", "unit", "ci_pct", "converged"} <= set(rows[0])
 
 
+@pytest.mark.parametrize("columns", [80, 120])
+def test_channels_last_and_compile_are_marked_in_the_run_label(tbd_home, capsys, monkeypatch, columns):
+    """Runs that differ only in --channels-last (or --compile) must not look the same (docs/output.md)."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    for i, flags in enumerate(({}, {"channels_last": True}, {"compile": True, "channels_last": True})):
+        r = fake_record(RunConfig("resnet50", batch_size=4, **flags), seed=i)
+        r["id"] = f"20261129-0101{i:02d}-abcde{i}"
+        Store().save(r)
+    for argv in (["results"], ["results", "--wide"]):
+        assert main(argv) == 0
+        rows = {line.split()[0][:15]: line for line in capsys.readouterr().out.splitlines() if line.startswith("2026")}
+        assert "+c" not in rows["20261129-010100"] and "resnet50/torch +cl " in rows["20261129-010101"]
+        assert "resnet50/torch +c +cl " in rows["20261129-010102"]
+    assert main(["export", "--format", "markdown"]) == 0
+    assert "| resnet50/torch +compile +channels_last |" in capsys.readouterr().out
+
+
 def test_version_and_closed_pipe(stored, tbd_home):
     env = {**os.environ, "TBD_HOME": str(tbd_home), "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-m", "tbd.cli", "--version"], capture_output=True, text=True, env=env)

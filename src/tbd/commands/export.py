@@ -1,6 +1,6 @@
 """`tbd export --format csv|parquet|markdown|json`: stored runs for other tools and for people.
 
-CSV, Parquet and Markdown have the fixed columns of `tbd.results.export.COLUMNS` (docs/results.md);
+CSV, Parquet and Markdown have the fixed columns of `tbd.results.export.COLUMNS` (docs/output.md);
 JSON has the whole records.
 """
 
@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 from tbd.commands import EXAMPLES, add_home
+from tbd.commands.results import no_runs
 from tbd.errors import UsageError
-from tbd.results.export import to_csv, to_json, to_markdown, to_parquet
+from tbd.report.markdown import to_markdown
+from tbd.results.export import to_csv, to_json, to_parquet
 from tbd.results.store import Store
 from tbd.sweep.engine import sweep_records
 
@@ -19,8 +21,9 @@ from tbd.sweep.engine import sweep_records
 def register(sub) -> None:
     e = sub.add_parser("export", help="export stored runs as CSV, Parquet, Markdown or JSON", formatter_class=EXAMPLES,
                        description="Export stored runs. CSV and Parquet have one row per run with a fixed set of columns "
-                                   "(the same whatever the runs; docs/results.md lists them; Parquet typed); Markdown is a "
-                                   "short table for a pull request; JSON has the whole records.",
+                                   "(the same whatever the runs; docs/output.md lists them; Parquet typed); Markdown is a "
+                                   "short table for a pull request; JSON has the whole records. Where no stored run matches, "
+                                   "it says so and writes nothing (exit 2).",
                        epilog="examples:\n  tbd export --format csv\n  tbd export --format parquet --output runs.parquet --sweep nightly\n"
                               "  tbd export --format markdown --sweep nightly\n  tbd export --format json --output runs.json --workload resnet50")
     e.add_argument("--format", default="csv", choices=("csv", "parquet", "markdown", "json"),
@@ -43,6 +46,8 @@ def export(args) -> int:
                    and (args.framework in (None, r["config"]["framework"]))]
     else:
         records = store.list(workload=args.workload, framework=args.framework)
+    if not records:  # nothing to export: say so (as `tbd results` does) rather than write an empty file
+        raise UsageError(no_runs(store, sweep=args.sweep, workload=args.workload, framework=args.framework))
     if args.format == "parquet":
         if not args.output:
             raise UsageError("parquet is a binary format; give a file: --output runs.parquet")

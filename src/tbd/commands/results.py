@@ -42,6 +42,9 @@ def register(sub) -> None:
 def results(args) -> int:
     store = Store(args.home)
     console = make_console(args.wide)
+    if args.action == "list" and args.run_id:  # `tbd results list show`: a word list does not take
+        raise UsageError(f"unexpected argument '{args.run_id}'; usage: tbd results [list] [--workload W] [--framework F] [--limit N], "
+                         "or tbd results show RUN")
     if args.quarantine and not args.check:
         raise UsageError("--quarantine goes with --check: tbd results --check --quarantine")
     if args.check:
@@ -61,14 +64,18 @@ def results(args) -> int:
         print(json.dumps([headline(r) for r in records], indent=1, default=str))
         return 0
     if not records:
-        filters = " ".join(f"--{name} {value}" for name, value in (("workload", args.workload), ("framework", args.framework)) if value)
-        if filters and store.list(limit=1):  # runs there are, but none of these
-            console.print(f"no stored run matches {escape(filters)} in {escape(str(store.home))}; 'tbd results' lists them all")
-        else:
-            console.print(f"no runs stored in {escape(str(store.home))}; try 'tbd run resnet50'")
+        console.print(escape(no_runs(store, workload=args.workload, framework=args.framework)))
         return 0
     print_records(records, title=escape(f"tbd results ({store.home})"), console=console, wide=args.wide)
     return 0
+
+
+def no_runs(store: Store, **filters: str | None) -> str:
+    """The line for a query that found no run: none matches the filters given, or none is stored."""
+    given = " ".join(f"--{name} {value}" for name, value in filters.items() if value)
+    if given and store.list(limit=1):  # runs there are, but none of these
+        return f"no stored run matches {given} in {store.home}; 'tbd results' lists them all"
+    return f"no runs stored in {store.home}; try 'tbd run resnet50'"
 
 
 def check(store: Store, console, quarantine: bool) -> int:

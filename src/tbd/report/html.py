@@ -104,7 +104,8 @@ def runs_table(records: list[dict[str, Any]]) -> str:
     for r in sorted(records, key=lambda r: (r["config"]["workload"], r["config"]["framework"], r["config"]["precision"], r["config"]["batch_size"])):
         h = headline(r)
         ci = f" ±{h['ci_pct']:.1f}%" if h["ci_pct"] is not None and has_result(r) else ""
-        rows.append([e(r["id"]), e(h["workload"]), e(h["framework"] + (" +compile" if h["compile"] else "")), e(h["flavor"]), e(h["device"]),
+        framework = h["framework"] + (" +compile" if h["compile"] else "") + (" +channels_last" if h["channels_last"] else "")
+        rows.append([e(r["id"]), e(h["workload"]), e(framework), e(h["flavor"]), e(h["device"]),
                      e(h["batch_size"]), e(h["precision"]), f"{fmt_num(h['throughput'])} {e(h['unit'])}/s{ci}" if h["throughput"] else "-",
                      e(fmt_num(h["step_time_ms_p50"])), e(fmt_bytes(h["peak_bytes"])), status_cell(r)])
     return table(["id", "workload", "framework", "flavor", "device", "batch", "precision", "throughput (±95% CI)", "step p50 ms",

@@ -6,7 +6,7 @@ honours `NO_COLOR` and drops colour when output is not a terminal.
 
 The results table keeps what tells runs apart: a short id (the shortest prefix, at least the
 date and time, that tells the listed runs apart; `tbd results show` takes any unique prefix), the
-run (workload/framework, `+c` for compiled, `xN` for N processes), batch, precision, throughput
+run (workload/framework, `+c` for compiled, `+cl` for channels-last, `xN` for N processes), batch, precision, throughput
 with its 95% CI, and the status. Columns with one value for every row (flavor, device) move to
 the caption; columns with no value (MFU on a CPU) are left out; error messages go below the table
 so the rows stay one line each.
@@ -80,7 +80,8 @@ def ci_cell(h: dict[str, Any]) -> str:
 
 def run_label(h: dict[str, Any]) -> str:
     # every stored string is escaped: a name is never read as markup
-    return (escape(f"{h['workload']}/{h['framework']}") + (" +c" if h["compile"] else "") + (f" x{h['nproc']}" if h["nproc"] > 1 else "")
+    return (escape(f"{h['workload']}/{h['framework']}") + (" +c" if h["compile"] else "") + (" +cl" if h.get("channels_last") else "")
+            + (f" x{h['nproc']}" if h["nproc"] > 1 else "")
             + (" (tuned)" if h["kind"] == "tune" else "")
             + (escape(f" @{h['env']}") if h.get("env") else ""))
 

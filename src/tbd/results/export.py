@@ -1,12 +1,12 @@
 """Run records as rows with a fixed schema (CSV, Parquet, Markdown), or whole as JSON.
 
 `COLUMNS` is the schema: the same columns in the same order whatever the rows hold, each with
-its type and meaning (docs/results.md prints the table from it). Throughput is one column,
+its type and meaning (docs/output.md prints the table from it). Throughput is one column,
 `throughput`, with its unit in `throughput_unit` ("images/s", "tokens/s"), not a column per unit.
 A value a run does not have is empty (CSV) or null (Parquet). Parquet columns are typed from the
 schema: `created_at` a UTC timestamp, numbers numeric even when every value is null.
 
-Markdown (`MARKDOWN_COLUMNS`) is for people: a short table for a pull request.
+The Markdown table for people (a pull request) is `tbd.report.markdown`, built from these rows.
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("data", "string", "the dataset on disk the run read (empty: synthetic data)"),
     ("workers", "int", "its loader's worker processes"),
     ("decode", "string", "where its JPEGs were decoded: cpu or gpu"),
-    ("throughput", "float", "median throughput over steady steps"),
+    ("throughput", "float", "median step throughput over the steady steps, or the window rate where `throughput_statistic` is 'window'"),
     ("throughput_unit", "string", "its unit, e.g. images/s"),
-    ("throughput_ci95_low", "float", "95% CI of the median, low end"),
-    ("throughput_ci95_high", "float", "95% CI of the median, high end"),
-    ("throughput_ci95_half_width_pct", "float", "half-width of that CI, percent of the median (empty when insufficient)"),
-    ("samples_per_s", "float", "median samples per second"),
+    ("throughput_statistic", "string", "median or window (`method.throughput_statistic`, docs/metrics.md; empty in records older than it)"),
+    ("throughput_ci95_low", "float", "95% CI of the throughput, low end"),
+    ("throughput_ci95_high", "float", "95% CI of the throughput, high end"),
+    ("throughput_ci95_half_width_pct", "float", "half-width of that CI, percent of the throughput (empty when insufficient)"),
+    ("samples_per_s", "float", "samples per second, in the same statistic"),
     ("step_time_ms_p50", "float", "median step time, ms"),
     ("step_time_ms_p90", "float", "90th percentile step time, ms"),
     ("step_time_cv_pct", "float", "coefficient of variation of steady step times, percent"),
@@ -78,7 +79,6 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("error_message", "string", "what went wrong, one line"),
 )
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
-MARKDOWN_COLUMNS = ("workload", "framework", "device", "batch_size", "precision", "throughput", "throughput_ci95_half_width_pct", "status")
 
 
 def flat_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +97,7 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
         **{k: cfg.get(k) for k in ("workload", "framework", "flavor", "device", "batch_size", "precision", "compile", "channels_last", "seed")},
         "nproc": h["nproc"], "batch_unit": h["batch_unit"],
         "throughput": h["throughput"], "throughput_unit": f"{h['unit']}/s" if measured else None,
+        "throughput_statistic": (record.get("method") or {}).get("throughput_statistic") if measured else None,
         "throughput_ci95_low": met.get(f"{h['unit']}_per_s_ci95_low"), "throughput_ci95_high": met.get(f"{h['unit']}_per_s_ci95_high"),
         **{k: met.get(k) for k in ("throughput_ci95_half_width_pct", "samples_per_s", "step_time_ms_p50", "step_time_ms_p90",
                                    "step_time_cv_pct", "timed_steps", "warmup_steps", "compile_time_s", "warmup_time_s", "mfu_pct",
@@ -152,27 +153,6 @@ def to_csv(records: list[dict[str, Any]]) -> str:
 
 def to_json(records: list[dict[str, Any]]) -> str:
     return json.dumps(records, indent=1)
-
-
-def to_markdown(records: list[dict[str, Any]]) -> str:
-    """A GitHub-flavoured Markdown table for a pull request: one row per run, throughput with its CI."""
-    lines = ["| run | device | batch | precision | throughput | 95% CI | status |", "|---|---|---:|---|---:|---:|---|"]
-    for r in records:
-        row = flat_row(r)
-        thr = f"{row['throughput']:,.4g} {row['throughput_unit']}" if row["throughput"] is not None and row["throughput_unit"] else "-"
-        ci = f"±{row['throughput_ci95_half_width_pct']:.1f}%" if row["throughput_ci95_half_width_pct"] is not None and row["throughput"] else "-"
-        status = row["status"] + (f" ({row['error_kind']})" if row["status"] == "failed" and row["error_kind"] else "")
-        run = f"{row['workload']}/{row['framework']}" + (" +compile" if row["compile"] else "") + (f" x{row['nproc']}" if (row["nproc"] or 1) > 1 else "")
-        lines.append(f"| {_md(run)} | {_md(row['device'])} | {row['batch_size']} | {_md(row['precision'])} | {thr} | {ci} | {_md(status)} |")
-    revisions = sorted({str(flat_row(r)["code_revision"])[:10] for r in records if (r.get("environment") or {}).get("source")})
-    if revisions:
-        lines.append("")
-        lines.append(f"tbd code revision: {', '.join(revisions)}; 95% CI of the median throughput; status 'ok' = CI within its target.")
-    return "\n".join(lines) + "\n"
-
-
-def _md(value: Any) -> str:
-    return str(value if value is not None else "-").replace("|", "\\|").replace("\n", " ")
 
 
 def to_parquet(records: list[dict[str, Any]], path) -> None:

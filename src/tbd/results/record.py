@@ -249,6 +249,7 @@ def headline(record: RunRecord | dict[str, Any]) -> dict[str, Any]:
         "batch_unit": workload.get("batch_unit") or workload.get("sample_unit") or "samples",
         "precision": cfg["precision"],
         "compile": cfg["compile"],
+        "channels_last": bool(cfg.get("channels_last")),
         "status": record["status"],
         "converged": record["status"] == "ok",
         "kind": record.get("kind", "run"),
