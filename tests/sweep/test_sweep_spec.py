@@ -61,6 +61,19 @@ def test_bad_files_name_file_line_and_key(tmp_path, text, line, key):
         assert "not valid TOML" in msg and "line" in msg
 
 
+@pytest.mark.parametrize("text,line", [
+    ('workloads = ["gpt"]\n[budget]\nmax_time = ', 3),  # cut off: tomllib says "at end of document", without a line
+    ('workloads = ["gpt"]\n[budget]\nmax_time = \n', 3),
+    ('workloads = ["gpt"]\nframeworks ["torch"]\n', 2),  # tomllib says the line in its message
+])
+def test_a_toml_syntax_error_names_its_line(tmp_path, text, line):
+    path = tmp_path / "cut.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as err:
+        sweep_spec.load_file(path)
+    assert str(err.value).startswith(f"{path}:{line}: not valid TOML (") and str(err.value).endswith("; fix the syntax at that line")
+
+
 def test_unknown_key_suggests_the_nearest():
     with pytest.raises(UsageError, match=r"did you mean: precisions"):
         sweep_spec.parse_text('precison = ["fp32"]\n', "x.toml")
