@@ -52,6 +52,14 @@ def test_bad_sweep_file_is_one_line_exit_2(tbd_home, tmp_path, capsys):
     assert "cannot read sweep file" in capsys.readouterr().err
 
 
+def test_a_misspelled_axis_value_is_one_line_exit_2_before_anything_runs(tbd_home, capsys):
+    for flag, value in (("--precisions", "fp32,fp46"), ("--devices", "cpu,tpu"), ("--flavors", "tiny,tinyy")):
+        assert main(["sweep", "--workloads", "gpt", "--frameworks", "torch", "--devices", "cpu", flag, value]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("tbd: error: unknown ") and "; valid: " in err and err.count("\n") == 1
+    assert Store().sweeps() == [] and Store().list() == []
+
+
 # A sweep in a child interpreter whose launcher is a slow fake, so it can be killed mid-point.
 CHILD = textwrap.dedent("""
     import sys, time

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from tbd import registry
-from tbd.config import MAX_BATCH, MAX_SEED, RunConfig
-from tbd.errors import UsageError, closest
+from tbd.config import DEVICES, MAX_BATCH, MAX_SEED, PRECISIONS, RunConfig
+from tbd.errors import UsageError, closest, unknown
 from tbd.results import envs, interpreters
 
 PRESETS = ("quick", "paper", "frameworks")
@@ -114,6 +114,8 @@ def plan(spec: SweepSpec, home: str | Path | None = None) -> Plan:
     """The sweep's lines; `home` is where environment names of the `python` axis are looked up."""
     from tbd.metrics.devices import best_device
 
+    if (problem := spec_problem(spec)) is not None:
+        raise UsageError(problem[2])
     lines: list[Line] = []
     notes: list[str] = []
     workloads = registry.workload_names() if "*" in spec.workloads else spec.workloads
@@ -158,6 +160,36 @@ def plan(spec: SweepSpec, home: str | Path | None = None) -> Plan:
     name = spec.name or f"sweep-{plan_hash}"
     ident = identity(sorted({line.base["framework"] for line in lines}), sorted({line.base["python"] for line in lines} - {None}))
     return Plan(spec, lines, notes, _hash([plan_hash, name, ident]), name, plan_hash, ident)
+
+
+def spec_problem(spec: SweepSpec) -> tuple[str | None, str, str] | None:
+    """(table, key, message) for the first name in the spec that is valid nowhere: a misspelled
+    workload, framework, flavor, device, precision or option is bad input, refused before anything
+    runs. Names valid only in some combinations (fp16 on the CPU, a flavor one workload lacks, a
+    torch option in a jax line) are not problems here: they become the plan's 'not run' notes."""
+    try:
+        workloads = registry.workload_names() if "*" in spec.workloads else [registry.resolve(w).name for w in spec.workloads]
+    except UsageError as exc:
+        return None, "workloads", str(exc)
+    try:
+        frameworks = registry.framework_names() if "*" in spec.frameworks else spec.frameworks
+        plugins = [registry.framework(f) for f in frameworks]
+    except UsageError as exc:
+        return None, "frameworks", str(exc)
+    flavors = {flavor for w in workloads for flavor in registry.get_spec(w).flavors}
+    for key, kind, valid in (("flavors", "flavor", flavors), ("devices", "device", (*DEVICES, "auto")), ("precisions", "precision", PRECISIONS)):
+        for name in getattr(spec, key):
+            if name not in valid:
+                return None, key, str(unknown(kind, name, valid))
+    options = {key: [p.capabilities.option_values.get(key) for p in plugins if key in p.capabilities.options] for key in spec.options}
+    for key, value in spec.options.items():
+        if not options[key]:
+            valid = sorted({k for p in plugins for k in p.capabilities.options})
+            return "options", key, str(unknown(f"{'/'.join(frameworks)} option", key, valid))
+        allowed = [v for values in options[key] for v in (values or ())]
+        if all(options[key]) and value not in allowed:  # every framework with the option lists its values
+            return "options", key, f"{key} = '{value}' is not one of {', '.join(dict.fromkeys(allowed))}"
+    return None
 
 
 def _hash(value: Any) -> str:
@@ -344,6 +376,12 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
                     what = f"an integer from 0 to {MAX_SEED}" if bk == "seed" else f"a finite positive {'integer' if typ is int else 'number'}"
                     raise fail("budget", bk, f"must be {what}, got {bv!r}")
                 spec.budget[bk] = typ(bv)
+    for table, key, path in [(None, "data", spec.data)] + [("data", w, p) for w, p in spec.data_per_workload.items()]:
+        if path and not Path(path).expanduser().exists():
+            raise fail(table, key, f"names {path}, which does not exist (from {Path.cwd()}); give the dataset's path")
+    if (problem := spec_problem(spec)) is not None:
+        table, key, message = problem
+        raise UsageError(f"{where}:{find_line(text, table, key) or '?'}: key '{f'{table}.{key}' if table else key}': {message}")
     return spec
 
 
