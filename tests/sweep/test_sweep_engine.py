@@ -55,6 +55,20 @@ def test_running_the_same_sweep_again_resumes(tbd_home):
     assert len(bigger.calls) == 4
 
 
+def test_running_a_stored_sweep_keeps_its_definition(tbd_home):
+    """The engine (and so tbd.sweep) writes a sweep's definition once: the same plan described
+    otherwise (here its batch size given, not taken from the flavor) does not replace it."""
+    store = Store()
+    plan = make_plan()
+    SweepRunner(plan, store, launch=FakeLauncher()).run()
+    [before] = store.sweeps(plan.sweep_id)
+    again = make_plan(batch_sizes=[plan.lines[0].batches[0]])
+    assert again.sweep_id == plan.sweep_id and again.spec.to_dict() != plan.spec.to_dict()
+    SweepRunner(again, store, launch=FakeLauncher()).run()
+    [after] = store.sweeps(plan.sweep_id)
+    assert after["spec"] == before["spec"] and after["summary"]["updated_at"] != before["summary"]["updated_at"]
+
+
 def test_max_batch_bisects_to_the_largest_batch_that_fits(tbd_home):
     store = Store()
     plan = make_plan(batch_sizes=[4], max_batch=1000)

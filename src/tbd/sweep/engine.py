@@ -122,7 +122,10 @@ class SweepRunner:
                 "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(), **more}
 
     def run(self) -> SweepResult:
-        self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(), self.summary())
+        # A sweep's definition is written once: resuming it (or running it again) never replaces it.
+        stored = [s for s in self.store.sweeps(self.plan.sweep_id) if s["id"] == self.plan.sweep_id]
+        definition = stored[0]["spec"] if stored and stored[0]["spec"] else self.plan.spec.to_dict()
+        self.store.save_sweep(self.plan.sweep_id, self.plan.name, definition, self.summary())
         if self.rerun:  # measure every point again: what this sweep stored before is not loaded
             self.known_ids |= self.store.ids(sweep=self.plan.sweep_id)
         self._load_done(retry=self.retry_failed)
@@ -150,7 +153,7 @@ class SweepRunner:
                 pending.remove(line)
             if len(pending) == before:  # every line left is held by another runner
                 time.sleep(self.poll_s)
-        self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(),
+        self.store.save_sweep(self.plan.sweep_id, self.plan.name, definition,
                               self.summary(max_batch=self.result.max_batch, max_batch_notes=self.result.max_batch_notes,
                                            points=len(self.result.records), ran=self.result.ran))
         return self.result

@@ -73,6 +73,25 @@ class SweepSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SweepSpec":
+        """A stored definition (`to_dict`, as the store's sweeps table keeps it); fields an older
+        tbd did not store take their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        spec = cls(**{k: v for k, v in data.items() if k in names})
+        spec.budget = {**DEFAULT_BUDGET, **spec.budget}
+        return spec
+
+    def differences(self, other: "SweepSpec") -> list[str]:
+        """The fields of what is measured that differ from `other`'s: not the name, nor how points
+        are launched (isolate) or where the definition came from."""
+        def measured(spec: SweepSpec) -> dict[str, Any]:
+            data = json.loads(json.dumps(spec.to_dict(), default=str))  # as stored: tuples are lists
+            return {k: v for k, v in data.items() if k not in ("name", "isolate", "source")}
+
+        mine, theirs = measured(self), measured(other)
+        return [k for k in mine if mine[k] != theirs.get(k)]
+
 
 @dataclass
 class Line:
