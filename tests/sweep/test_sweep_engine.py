@@ -82,6 +82,8 @@ def test_max_batch_bisects_to_the_largest_batch_that_fits(tbd_home):
     # The bound is respected when nothing runs out of memory.
     result = SweepRunner(make_plan(batch_sizes=[4], max_batch=20), store, launch=FakeLauncher()).run()
     assert list(result.max_batch.values()) == [20]
+    assert list(result.max_batch_bound.values()) == [20]  # the bound stopped it, not memory: larger may fit
+    assert not SweepRunner(make_plan(batch_sizes=[4], max_batch=64), store, launch=FakeLauncher(oom_above=37)).run().max_batch_bound
     summary = store.sweeps(plan.sweep_id)[0]["summary"]
     assert list(summary["max_batch"].values()) == [37]
 

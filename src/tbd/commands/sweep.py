@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tbd.commands import EXAMPLES, add_home
 from tbd.commands.options import positive_float, positive_int, seed_int
 from tbd.errors import UsageError
-from tbd.report.tables import fmt_num, make_console, print_records, status_text
+from tbd.report.tables import fmt_bytes, fmt_num, make_console, print_records, status_text
 from tbd.results.record import has_result, headline
 from tbd.results.store import Store
 from tbd.sweep import spec as sweep_spec
@@ -149,11 +149,23 @@ def run(args) -> int:
     result = execute(plan, store, console, retry_failed=args.retry_failed, rerun=args.rerun, wide=args.wide)
     measured = [r for r in result.records if has_result(r)]
     loose = [r for r in measured if r["status"] != "ok"]
-    console.print(f"sweep [bold]{escape(plan.name)}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
-                  f"{result.failed} failed; {len(measured)} points with results"
-                  + (f", {len(loose)} of them not converged (raise --max-time)" if loose else ""))
+    if plan.spec.max_batch:  # probes answer "fits?": how fast they ran is no measurement (a few steps)
+        ooms = sum(1 for r in result.records if r["status"] == "failed" and (r.get("error") or {}).get("kind") == "oom")
+        console.print(f"sweep [bold]{escape(plan.name)}[/]: {result.ran} probes run, {result.resumed} already done; {len(measured)} fit, "
+                      f"{ooms} out of memory, {result.failed - ooms} failed otherwise")
+    else:
+        console.print(f"sweep [bold]{escape(plan.name)}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
+                      f"{result.failed} failed; {len(measured)} points with results"
+                      + (f", {len(loose)} of them not converged (raise --max-time)" if loose else ""))
     for label, batch in result.max_batch.items():
-        console.print(f"largest batch that fits, {escape(label)}: [bold]{batch if batch else 'none (even the smallest failed)'}[/]")
+        bound = result.max_batch_bound.get(label)
+        if bound is not None:  # the bound stopped the search, not memory
+            flag = "--max-batch" if args.max_batch else "max_batch ="
+            by = f"{flag} {bound}" if bound == plan.spec.max_batch else f"{bound} actors, the most this host's cores run"
+            answer = f"{batch} or more (bounded by {by})"
+        else:
+            answer = str(batch) if batch else "none (even the smallest failed)"
+        console.print(f"largest batch that fits, {escape(label)}: [bold]{escape(answer)}[/]")
         if label in result.max_batch_notes:
             console.print(f"  {escape(result.max_batch_notes[label])}")
     console.print(f"next: tbd report {name}   |   tbd compare {name} OTHER")
@@ -252,7 +264,7 @@ def execute(plan, store: Store, console, retry_failed: bool = False, launch=None
 
         runner = SweepRunner(plan, store, launch=launch, retry_failed=retry_failed, rerun=rerun, on_point=on_point, on_step=on_step)
         result = runner.run()
-    if result.records:
+    if result.records and not plan.spec.max_batch:  # a probe's line already said whether it fit
         print_records([r for r in result.records if r["status"] != "skipped"][-40:], title=escape(f"sweep {plan.name}"), console=console, wide=wide)
     return result
 
@@ -260,7 +272,9 @@ def execute(plan, store: Store, console, retry_failed: bool = False, launch=None
 def _point_line(event: str, record: dict, info: dict) -> str:
     h = headline(record)
     tag = {"resumed": "[dim]done before[/]", "skipped": "[yellow]skipped[/]"}.get(event, "")
-    if has_result(record):
+    if has_result(record) and info.get("probe"):  # a few steps: whether the batch fits, not how fast it trains
+        body = "[green]fits[/]" + (f" (peak {fmt_bytes(h['peak_bytes'])})" if h["peak_bytes"] else "")
+    elif has_result(record):
         ci = f" ±{h['ci_pct']:.1f}%" if h["ci_pct"] is not None else ""
         body = f"{fmt_num(h['throughput'])} {h['unit']}/s{ci} {status_text(h['status'])}"
     elif record["status"] == "skipped":
