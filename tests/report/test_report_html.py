@@ -68,6 +68,19 @@ def test_report_marks_unconverged_runs_and_shows_conditions(tmp_path):
         assert row in text, row
 
 
+def test_the_summary_never_picks_a_best_batch_from_runs_too_short_for_a_ci(tmp_path):
+    records = report_records()[:4]  # resnet50 fp32 at 4, 8, 16 and an OOM at 32
+    records[2]["status"] = "insufficient"  # the fastest, from one steady step: not rankable
+    text = write_report(records, tmp_path / "r.html", "t").read_text()
+    summary = text.split("<section id='summary'>")[1].split("</section>")[0]
+    assert "<td class='num'>16</td>" not in summary and "(insufficient)" not in summary and "images/s" in summary
+    for r in records[:3]:
+        r["status"] = "insufficient"
+    records[0]["sweep"] = records[1]["sweep"] = records[2]["sweep"] = {"probe": True}
+    summary = write_report(records, tmp_path / "r.html", "t").read_text().split("<section id='summary'>")[1].split("</section>")[0]
+    assert "not measurable" in summary and "max-batch probe(s)" in summary and "images/s" not in summary
+
+
 def test_plots_draw_bars_for_one_batch_size_and_start_at_zero():
     from tbd.report import plots
 

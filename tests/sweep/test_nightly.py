@@ -88,3 +88,37 @@ def test_a_name_stored_only_in_its_runs_still_resolves(nightly, capsys):
     assert store.sweeps("s1") == []
     assert tbd("compare", "s1", "s2") == 0
     assert "A = sweep s1" in capsys.readouterr().out
+
+
+def test_resume_alone_continues_the_stored_plan_and_never_replaces_it(nightly, capsys):
+    """`--resume ID` with no plan options ran the default plan (every workload x framework) under
+    the stored id and wrote that plan over the stored definition."""
+    from tbd.results.store import Store
+
+    tbd, fake, revision = nightly
+    assert tbd("sweep", "--file", "FILE", "--name", "n", "--in-process") == 0
+    first = capsys.readouterr().out.split("(id ")[1].split(")")[0]
+    [before] = Store().sweeps(first)
+    revision["commit"] = "b" * 40  # new code: --resume still continues the old sweep
+    assert tbd("sweep", "--resume", first[:6], "--in-process") == 0
+    out = capsys.readouterr().out
+    assert "sweep n (id " + first in out and "0 run, 2 already done" in out and len(fake.calls) == 2
+    assert "another plan" not in out and "expands into other points" not in out and "with jax" not in out
+    # the same plan given again is the same sweep; another plan or name is refused in one line
+    assert tbd("sweep", "--file", "FILE", "--resume", first[:6], "--in-process") == 0
+    capsys.readouterr()
+    for extra in (["--workloads", "gpt"], ["--max-time", "9"], ["--file", "FILE", "--batch-sizes", "4"], ["--name", "other"]):
+        assert tbd("sweep", "--resume", first[:6], *extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "give a new --name to start a new sweep" in err
+    [after] = Store().sweeps(first)
+    assert after["spec"] == before["spec"] and after["name"] == "n" and len(fake.calls) == 2
+
+
+def test_a_library_only_one_plan_uses_is_not_reported_as_changed():
+    from tbd.commands.sweep import _identity_change
+
+    source = {"commit": "a" * 40, "dirty": False}
+    old = {"source": source, "libraries": {"numpy": "2.4.6", "torch": "2.14.1"}}
+    assert _identity_change(old, {"source": source, "libraries": {"numpy": "2.4.6", "torch": "2.14.1", "jax": "0.8.1", "flax": "0.12"}}) == ""
+    assert _identity_change(old, {"source": source, "libraries": {"numpy": "2.5.0", "torch": "2.14.1"}}) == "with numpy 2.4.6"

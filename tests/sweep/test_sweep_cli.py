@@ -52,6 +52,33 @@ def test_bad_sweep_file_is_one_line_exit_2(tbd_home, tmp_path, capsys):
     assert "cannot read sweep file" in capsys.readouterr().err
 
 
+def test_a_misspelled_axis_value_is_one_line_exit_2_before_anything_runs(tbd_home, capsys):
+    for flag, value in (("--precisions", "fp32,fp46"), ("--devices", "cpu,tpu"), ("--flavors", "tiny,tinyy")):
+        assert main(["sweep", "--workloads", "gpt", "--frameworks", "torch", "--devices", "cpu", flag, value]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("tbd: error: unknown ") and "; valid: " in err and err.count("\n") == 1
+    assert Store().sweeps() == [] and Store().list() == []
+
+
+def test_max_batch_probes_say_whether_they_fit_and_the_bound_is_not_a_memory_limit(tbd_home, capsys, monkeypatch):
+    """A probe's few steps say whether a batch fits, not how fast it trains: no throughput on its
+    line; where --max-batch stopped the search, the answer says so."""
+    from sweep_fakes import FakeLauncher
+
+    from tbd.harness import launcher
+
+    monkeypatch.setattr(launcher, "launch", FakeLauncher(oom_above=20))
+    argv = ["sweep", "--workloads", "resnet50", "--frameworks", "torch", "--devices", "cpu", "--batch-sizes", "4", "--in-process"]
+    assert main([*argv, "--max-batch", "64", "--name", "oom"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 8 (max-batch probe): fits (peak 1.0 GiB)" in out and "batch 32 (max-batch probe): oom: out of memory" in out
+    assert "images/s" not in out and "largest batch that fits, resnet50/torch/tiny cpu fp32: 20\n" in out
+    monkeypatch.setattr(launcher, "launch", FakeLauncher())
+    assert main([*argv, "--max-batch", "16", "--name", "bound"]) == 0
+    out = capsys.readouterr().out
+    assert "largest batch that fits, resnet50/torch/tiny cpu fp32: 16 or more (bounded by --max-batch 16)" in out and "images/s" not in out
+
+
 # A sweep in a child interpreter whose launcher is a slow fake, so it can be killed mid-point.
 CHILD = textwrap.dedent("""
     import sys, time

@@ -55,6 +55,20 @@ def test_running_the_same_sweep_again_resumes(tbd_home):
     assert len(bigger.calls) == 4
 
 
+def test_running_a_stored_sweep_keeps_its_definition(tbd_home):
+    """The engine (and so tbd.sweep) writes a sweep's definition once: the same plan described
+    otherwise (here its batch size given, not taken from the flavor) does not replace it."""
+    store = Store()
+    plan = make_plan()
+    SweepRunner(plan, store, launch=FakeLauncher()).run()
+    [before] = store.sweeps(plan.sweep_id)
+    again = make_plan(batch_sizes=[plan.lines[0].batches[0]])
+    assert again.sweep_id == plan.sweep_id and again.spec.to_dict() != plan.spec.to_dict()
+    SweepRunner(again, store, launch=FakeLauncher()).run()
+    [after] = store.sweeps(plan.sweep_id)
+    assert after["spec"] == before["spec"] and after["summary"]["updated_at"] != before["summary"]["updated_at"]
+
+
 def test_max_batch_bisects_to_the_largest_batch_that_fits(tbd_home):
     store = Store()
     plan = make_plan(batch_sizes=[4], max_batch=1000)
@@ -68,6 +82,8 @@ def test_max_batch_bisects_to_the_largest_batch_that_fits(tbd_home):
     # The bound is respected when nothing runs out of memory.
     result = SweepRunner(make_plan(batch_sizes=[4], max_batch=20), store, launch=FakeLauncher()).run()
     assert list(result.max_batch.values()) == [20]
+    assert list(result.max_batch_bound.values()) == [20]  # the bound stopped it, not memory: larger may fit
+    assert not SweepRunner(make_plan(batch_sizes=[4], max_batch=64), store, launch=FakeLauncher(oom_above=37)).run().max_batch_bound
     summary = store.sweeps(plan.sweep_id)[0]["summary"]
     assert list(summary["max_batch"].values()) == [37]
 

@@ -61,6 +61,63 @@ def test_bad_files_name_file_line_and_key(tmp_path, text, line, key):
         assert "not valid TOML" in msg and "line" in msg
 
 
+@pytest.mark.parametrize("text,line", [
+    ('workloads = ["gpt"]\n[budget]\nmax_time = ', 3),  # cut off: tomllib says "at end of document", without a line
+    ('workloads = ["gpt"]\n[budget]\nmax_time = \n', 3),
+    ('workloads = ["gpt"]\nframeworks ["torch"]\n', 2),  # tomllib says the line in its message
+])
+def test_a_toml_syntax_error_names_its_line(tmp_path, text, line):
+    path = tmp_path / "cut.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as err:
+        sweep_spec.load_file(path)
+    assert str(err.value).startswith(f"{path}:{line}: not valid TOML (") and str(err.value).endswith("; fix the syntax at that line")
+
+
+@pytest.mark.parametrize("axis,value,message", [
+    ("precisions", ["fp32", "fp46"], "unknown precision 'fp46' (did you mean: fp16"),
+    ("devices", ["cpu", "tpu"], "unknown device 'tpu' (did you mean: cpu?); valid: auto, cpu, cuda"),
+    ("flavors", ["tiny", "tinyy"], "unknown flavor 'tinyy' (did you mean: tiny?); valid: "),
+    ("workloads", ["gtp"], "unknown workload 'gtp' (did you mean: gpt?)"),
+])
+def test_a_name_valid_nowhere_is_refused_before_anything_runs(tmp_path, axis, value, message):
+    """Flags and tbd.sweep reach plan(); a file names itself, the line and the key."""
+    spec = sweep_spec.SweepSpec(workloads=["gpt"], frameworks=["torch"], devices=["cpu"])
+    setattr(spec, axis, value)
+    with pytest.raises(UsageError) as err:
+        sweep_spec.plan(spec)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    path = tmp_path / "typo.toml"
+    path.write_text(f'frameworks = ["torch"]\n{axis} = {value!r}\ndevices = ["cpu"]\n'.replace("'", '"') if axis != "devices"
+                    else f'frameworks = ["torch"]\ndevices = {value!r}\n'.replace("'", '"'))
+    with pytest.raises(UsageError) as err:
+        sweep_spec.load_file(path)
+    assert str(err.value).startswith(f"{path}:2: key '{axis}': {message}")
+
+
+def test_names_valid_only_in_some_combinations_stay_not_run_notes():
+    plan = sweep_spec.plan(sweep_spec.SweepSpec(workloads=["gpt", "a3c"], frameworks=["torch"], flavors=["tiny", "1.3b"],
+                                                devices=["cpu"], precisions=["fp32", "fp16"]))
+    assert any("fp16 needs a GPU" in n for n in plan.notes) and any("a3c has no flavor '1.3b'" in n for n in plan.notes)
+    assert plan.lines
+
+
+@pytest.mark.parametrize("text,line,key,message", [
+    ('[data]\nresnet50 = "./nonexist"\n', 4, "data.resnet50", "names ./nonexist, which does not exist"),
+    ('data = "./nonexist"\n', 3, "data", "names ./nonexist, which does not exist"),
+    ('[options]\ncompile_mod = "max-autotune"\n', 4, "options.compile_mod", ": unknown torch option 'compile_mod' (did you mean: compile_mode?)"),
+    ('[options]\ncompile_mode = "max-autotun"\n', 4, "options.compile_mode", ": compile_mode = 'max-autotun' is not one of default"),
+])
+def test_a_files_missing_dataset_or_misspelled_option_is_one_line_naming_the_key(tmp_path, monkeypatch, text, line, key, message):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.toml"
+    path.write_text('workloads = ["resnet50"]\nframeworks = ["torch"]\n' + text)
+    with pytest.raises(UsageError) as err:
+        sweep_spec.load_file(path)
+    assert str(err.value).startswith(f"{path}:{line}: key '{key}'{'' if message.startswith(':') else ' '}{message}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_unknown_key_suggests_the_nearest():
     with pytest.raises(UsageError, match=r"did you mean: precisions"):
         sweep_spec.parse_text('precison = ["fp32"]\n', "x.toml")

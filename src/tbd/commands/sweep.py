@@ -11,11 +11,13 @@ steps, and an ETA from the mean time of the points run so far.
 Resuming: the same sweep (same plan, name, code revision and library versions) run again runs
 only its missing points. Another --name, a new commit, uncommitted edits or new library
 versions start a new sweep that measures every point. `--resume ID` continues a given sweep
-whatever the code; `--rerun` measures every point again.
+whatever the code, with its own stored plan and name (other plan options are refused); `--rerun`
+measures every point again.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from rich.markup import escape
@@ -24,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tbd.commands import EXAMPLES, add_home
 from tbd.commands.options import positive_float, positive_int, seed_int
 from tbd.errors import UsageError
-from tbd.report.tables import fmt_num, make_console, print_records, status_text
+from tbd.report.tables import fmt_bytes, fmt_num, make_console, print_records, status_text
 from tbd.results.record import has_result, headline
 from tbd.results.store import Store
 from tbd.sweep import spec as sweep_spec
@@ -71,20 +73,27 @@ def register(sub) -> None:
     p.add_argument("--retry-failed", action="store_true", help="on resume, run again the points that failed (other than OOM)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--rerun", action="store_true", help="measure every point again, even those this sweep already has")
-    again.add_argument("--resume", metavar="ID", help="continue the sweep with this id (or id prefix), even if the code or libraries changed")
+    again.add_argument("--resume", metavar="ID", help="continue the sweep with this id (or id prefix): its own plan and name, even if the code or libraries "
+                                                     "changed (other plan options are refused)")
     p.add_argument("--dry-run", action="store_true", help="list the points and exit")
     p.add_argument("--wide", action="store_true", help="the final table with every column and full ids")
     add_home(p)
     p.set_defaults(func=run)
 
 
-def spec_from_args(args) -> sweep_spec.SweepSpec:
+PLAN_FLAGS = ("file", "preset", "workloads", "frameworks", "flavors", "devices", "precisions", "python", "batch_sizes", "compile",
+              "channels_last", "max_batch", "max_steps", "max_time", "target_ci", "min_timed_steps", "seed")
+
+
+def spec_from_args(args, base: sweep_spec.SweepSpec | None = None) -> sweep_spec.SweepSpec:
+    """The sweep the flags describe: over the file, the preset, `base` (a resumed sweep's own
+    definition) or the defaults."""
     if args.file:
         spec = sweep_spec.load_file(args.file)
     elif args.preset:
         spec = sweep_spec.load_preset(args.preset)
     else:
-        spec = sweep_spec.SweepSpec()
+        spec = copy.deepcopy(base) if base else sweep_spec.SweepSpec()  # the flags change a copy: base stays as stored
     names = sweep_spec.split_names
     for key in ("workloads", "frameworks", "flavors", "devices", "precisions", "python"):
         value = getattr(args, key)
@@ -115,10 +124,12 @@ def spec_from_args(args) -> sweep_spec.SweepSpec:
 def run(args) -> int:
     store = Store(args.home)
     console = make_console(args.wide)
-    plan = sweep_spec.plan(spec_from_args(args), home=args.home)
     if args.resume:
-        plan = _resumed(store, plan, args.resume, console, named=bool(args.name))
+        old = _stored_sweep(store, args.resume)
+        plan = sweep_spec.plan(_resumed_spec(old, args), home=args.home)
+        plan = _resumed(old, plan, console)
     else:
+        plan = sweep_spec.plan(spec_from_args(args), home=args.home)
         _say_if_measured_before(store, plan, console)
     for note in plan.notes:
         console.print(f"[dim]not run: {escape(note)}[/]")
@@ -138,11 +149,23 @@ def run(args) -> int:
     result = execute(plan, store, console, retry_failed=args.retry_failed, rerun=args.rerun, wide=args.wide)
     measured = [r for r in result.records if has_result(r)]
     loose = [r for r in measured if r["status"] != "ok"]
-    console.print(f"sweep [bold]{escape(plan.name)}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
-                  f"{result.failed} failed; {len(measured)} points with results"
-                  + (f", {len(loose)} of them not converged (raise --max-time)" if loose else ""))
+    if plan.spec.max_batch:  # probes answer "fits?": how fast they ran is no measurement (a few steps)
+        ooms = sum(1 for r in result.records if r["status"] == "failed" and (r.get("error") or {}).get("kind") == "oom")
+        console.print(f"sweep [bold]{escape(plan.name)}[/]: {result.ran} probes run, {result.resumed} already done; {len(measured)} fit, "
+                      f"{ooms} out of memory, {result.failed - ooms} failed otherwise")
+    else:
+        console.print(f"sweep [bold]{escape(plan.name)}[/]: {result.ran} run, {result.resumed} already done, {result.skipped} skipped, "
+                      f"{result.failed} failed; {len(measured)} points with results"
+                      + (f", {len(loose)} of them not converged (raise --max-time)" if loose else ""))
     for label, batch in result.max_batch.items():
-        console.print(f"largest batch that fits, {escape(label)}: [bold]{batch if batch else 'none (even the smallest failed)'}[/]")
+        bound = result.max_batch_bound.get(label)
+        if bound is not None:  # the bound stopped the search, not memory
+            flag = "--max-batch" if args.max_batch else "max_batch ="
+            by = f"{flag} {bound}" if bound == plan.spec.max_batch else f"{bound} actors, the most this host's cores run"
+            answer = f"{batch} or more (bounded by {by})"
+        else:
+            answer = str(batch) if batch else "none (even the smallest failed)"
+        console.print(f"largest batch that fits, {escape(label)}: [bold]{escape(answer)}[/]")
         if label in result.max_batch_notes:
             console.print(f"  {escape(result.max_batch_notes[label])}")
     console.print(f"next: tbd report {name}   |   tbd compare {name} OTHER")
@@ -155,12 +178,14 @@ def _say_if_measured_before(store: Store, plan, console) -> None:
     """A sweep of this name measured with other code or libraries: say that this one starts afresh."""
     older = [s for s in store.sweeps(plan.name) if s["name"] == plan.name and s["id"] != plan.sweep_id]
     if older:
-        what = _identity_change((older[0].get("summary") or {}).get("identity") or {}, plan.identity)
+        what = _identity_change((older[0].get("summary") or {}).get("identity") or {}, plan.identity) or "with another plan"
         console.print(f"[dim]sweep {plan.name} was measured before (id {older[0]['id']}) {what}: measuring every point again; "
                       f"'--resume {older[0]['id']}' continues that one instead[/]")
 
 
 def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """How the code or the libraries changed between two identities; '' where they did not. A
+    library on one side only came with a framework of one plan, not with an upgrade."""
     if not old:
         return "by an older tbd"
     changes = []
@@ -168,26 +193,50 @@ def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     if src_old != src_new:
         changes.append(f"at code {str(src_old.get('commit'))[:8]}{'+dirty' if src_old.get('dirty') else ''}")
     libs_old, libs_new = old.get("libraries") or {}, new.get("libraries") or {}
-    changes += [f"with {k} {libs_old.get(k, '-')}" for k in sorted(set(libs_old) | set(libs_new)) if libs_old.get(k) != libs_new.get(k)]
-    return ", ".join(changes) or "with another plan"
+    changes += [f"with {k} {libs_old[k]}" for k in sorted(set(libs_old) & set(libs_new)) if libs_old[k] != libs_new[k]]
+    return ", ".join(changes)
 
 
-def _resumed(store: Store, plan, target: str, console, named: bool):
-    """The plan, continuing the stored sweep `target` (an id or id prefix) instead of a new one."""
+def _stored_sweep(store: Store, target: str) -> dict[str, Any]:
+    """The stored sweep `--resume` names (an id or id prefix)."""
     found = [s for s in store.sweeps(target) if s["id"].startswith(target)]
     if len(found) != 1:
         raise UsageError(f"no sweep with id '{target}' in {store.home}" if not found else
                          f"sweep id '{target}' is ambiguous ({len(found)} sweeps start with it); give more characters")
-    old = found[0]
+    return found[0]
+
+
+def _resumed_spec(old: dict[str, Any], args) -> sweep_spec.SweepSpec:
+    """What `--resume` runs: the stored sweep's own definition. Plan options given with it must
+    describe that same sweep: a resumed sweep never takes another plan (nor another name)."""
+    stored = sweep_spec.SweepSpec.from_dict(old["spec"]) if old.get("spec") else None
+    given = [flag for flag in PLAN_FLAGS if getattr(args, flag) not in (None, False)]
+    if stored is None and not given:  # a row an older tbd wrote without its definition
+        raise UsageError(f"sweep {old['id']} has no stored definition (an older tbd made it); give its plan with --resume "
+                         f"(the --file or flags it ran with)")
+    new_sweep = "leave out --resume and give a new --name to start a new sweep"
+    if args.name and args.name != old["name"]:
+        raise UsageError(f"sweep {old['id']} is named '{old['name']}' and keeps that name; drop --name to continue it, or {new_sweep} "
+                         f"named '{args.name}'")
+    spec = spec_from_args(args, base=stored)
+    differ = stored.differences(spec) if stored is not None else []
+    if differ:
+        raise UsageError(f"sweep {old['id']} ({old['name']}) was defined with other {', '.join(differ)}; '--resume {old['id']}' alone "
+                         f"continues its own plan, or {new_sweep} with this one")
+    spec.name = old["name"]
+    return spec
+
+
+def _resumed(old: dict[str, Any], plan, console):
+    """The plan, continuing the stored sweep `old` instead of a new one."""
     summary = old.get("summary") or {}
-    if summary.get("plan_hash") and summary["plan_hash"] != plan.plan_hash:
-        console.print(f"[yellow]warning:[/] sweep {old['id']} had another plan; points not in it are run, its other points are kept")
+    if summary.get("plan_hash") and summary["plan_hash"] != plan.plan_hash:  # same definition, expanded by other code or on another machine
+        console.print(f"[yellow]warning:[/] sweep {old['id']} expands into other points here (new code or another device); "
+                      f"points not in it are run, its other points are kept")
     change = _identity_change(summary.get("identity") or {}, plan.identity)
-    if (summary.get("identity") or {}) != plan.identity:
+    if change:
         console.print(f"[yellow]warning:[/] resuming sweep {old['id']}, measured {change}; its points and the new ones may differ for that reason")
     plan.sweep_id = old["id"]
-    if not named:
-        plan.name = old["name"]
     return plan
 
 
@@ -215,7 +264,7 @@ def execute(plan, store: Store, console, retry_failed: bool = False, launch=None
 
         runner = SweepRunner(plan, store, launch=launch, retry_failed=retry_failed, rerun=rerun, on_point=on_point, on_step=on_step)
         result = runner.run()
-    if result.records:
+    if result.records and not plan.spec.max_batch:  # a probe's line already said whether it fit
         print_records([r for r in result.records if r["status"] != "skipped"][-40:], title=escape(f"sweep {plan.name}"), console=console, wide=wide)
     return result
 
@@ -223,7 +272,9 @@ def execute(plan, store: Store, console, retry_failed: bool = False, launch=None
 def _point_line(event: str, record: dict, info: dict) -> str:
     h = headline(record)
     tag = {"resumed": "[dim]done before[/]", "skipped": "[yellow]skipped[/]"}.get(event, "")
-    if has_result(record):
+    if has_result(record) and info.get("probe"):  # a few steps: whether the batch fits, not how fast it trains
+        body = "[green]fits[/]" + (f" (peak {fmt_bytes(h['peak_bytes'])})" if h["peak_bytes"] else "")
+    elif has_result(record):
         ci = f" ±{h['ci_pct']:.1f}%" if h["ci_pct"] is not None else ""
         body = f"{fmt_num(h['throughput'])} {h['unit']}/s{ci} {status_text(h['status'])}"
     elif record["status"] == "skipped":

@@ -24,7 +24,6 @@ from typing import Any
 from tbd.report import plots
 from tbd.report.compare import environment_facts
 from tbd.report.fmt import fmt_bytes, fmt_num
-from tbd.results import envs
 from tbd.results.record import has_result, headline
 
 CSS = """
@@ -82,19 +81,22 @@ def status_cell(r: dict[str, Any]) -> str:
 
 
 def summary(records: list[dict[str, Any]]) -> str:
-    best: dict[str, dict] = {}
-    for r in records:
-        if plots.measured(r):
-            k = f"{r['config']['workload']}/{r['config']['framework']} {r['config']['precision']} {r['config']['device']}{envs.tag(r)}"
-            if k not in best or headline(r)["throughput"] > headline(best[k])["throughput"]:
-                best[k] = r
+    best = plots.fastest(records, plots.config_key)
     counts = defaultdict(int)
     for r in records:
         counts[r["status"]] += 1
     text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    rows = [[e(k), e(r["config"]["batch_size"]), f"{fmt_num(headline(r)['throughput'])} {e(headline(r)['unit'])}/s"
-             + ("" if r["status"] == "ok" else f" <span class='{e(r['status'])}'>({e(r['status'])})</span>"),
-             e(fmt_num(headline(r)["mfu_pct"])), e(fmt_bytes(headline(r)["peak_bytes"]))] for k, r in sorted(best.items())]
+    rows = []
+    for k, r in sorted(best.items()):
+        if r is None:  # no run long enough for a CI: which batch is fastest is not measurable
+            short = [x for x in records if plots.measured(x) and plots.config_key(x) == k]
+            why = (f"{len(short)} max-batch probe(s): they say which batch fits" if all((x.get("sweep") or {}).get("probe") for x in short)
+                   else f"{len(short)} run(s) too short for a CI; raise --max-time")
+            rows.append([e(k), "-", f"not measurable <span class='note'>({e(why)})</span>", "-", "-"])
+            continue
+        rows.append([e(k), e(r["config"]["batch_size"]), f"{fmt_num(headline(r)['throughput'])} {e(headline(r)['unit'])}/s"
+                     + ("" if r["status"] == "ok" else f" <span class='{e(r['status'])}'>({e(r['status'])})</span>"),
+                     e(fmt_num(headline(r)["mfu_pct"])), e(fmt_bytes(headline(r)["peak_bytes"]))])
     return (f"<p>{len(records)} runs: {e(text)}.</p>"
             + table(["configuration", "best batch", "throughput (median)", "MFU %", "peak memory"], rows, {1, 2, 3, 4}))
 

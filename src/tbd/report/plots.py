@@ -50,6 +50,20 @@ def measured(r: dict[str, Any]) -> bool:
     return has_result(r) and headline(r)["throughput"] is not None
 
 
+def fastest(records: list[dict[str, Any]], key) -> dict[str, dict[str, Any] | None]:
+    """Per configuration (`key(record)`), its fastest measured run; None where every run it has
+    is too short for a CI (status insufficient): their medians cannot be ranked."""
+    best: dict[str, dict[str, Any] | None] = {}
+    for r in records:
+        if not measured(r):
+            continue
+        k = key(r)
+        best.setdefault(k, None)
+        if r["status"] != "insufficient" and (best[k] is None or headline(r)["throughput"] > headline(best[k])["throughput"]):
+            best[k] = r
+    return best
+
+
 def throughput_vs_batch(records: list[dict[str, Any]]):
     """One panel per workload: median throughput (with its 95% CI) against batch size, a line
     per framework/precision/device; an x where a batch size ran out of memory. Points whose
@@ -149,16 +163,19 @@ def find_number(data: Any, must: tuple[str, ...], avoid: tuple[str, ...] = ()) -
     return None
 
 
+def config_key(r: dict[str, Any]) -> str:
+    """What a summary row stands for: workload/framework, precision, device (and interpreter)."""
+    c = r["config"]
+    return f"{c['workload']}/{c['framework']} {c['precision']} {c['device']}{envs.tag(r)}"
+
+
 def utilization_rows(records: list[dict[str, Any]]) -> list[tuple[str, dict[str, float | None]]]:
     """Per workload x framework x precision x device: the utilizations of its fastest run."""
-    best: dict[str, dict] = {}
-    for r in records:
-        if not has_result(r):
-            continue
-        c = r["config"]
-        key = f"{c['workload']}/{c['framework']} {c['precision']} {c['device']}{envs.tag(r)}"
-        if key not in best or (headline(r)["throughput"] or 0) > (headline(best[key])["throughput"] or 0):
-            best[key] = r
+    newest: dict[str, dict] = {}
+    for r in sorted((r for r in records if has_result(r)), key=lambda r: r["created_at"]):
+        newest[config_key(r)] = r
+    # a configuration with only runs too short to rank: its newest run
+    best = {k: r or newest[k] for k, r in fastest([r for r in records if has_result(r)], config_key).items()}
     rows = []
     for key, r in best.items():
         m, a = r.get("metrics") or {}, r.get("analysis") or {}

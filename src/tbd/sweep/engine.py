@@ -59,6 +59,8 @@ class SweepResult:
     failed: int = 0
     max_batch: dict[str, int | None] = field(default_factory=dict)  # line label -> largest batch that fits
     max_batch_notes: dict[str, str] = field(default_factory=dict)  # line label -> how its search was bounded, where not by an OOM
+    # line label -> the search's upper bound, where that bound fitted: larger batches may fit too
+    max_batch_bound: dict[str, int] = field(default_factory=dict)
 
 
 def beyond_host_memory(batch: int, host_rss: dict[int, int], available: int | None = None) -> str:
@@ -122,7 +124,10 @@ class SweepRunner:
                 "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(), **more}
 
     def run(self) -> SweepResult:
-        self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(), self.summary())
+        # A sweep's definition is written once: resuming it (or running it again) never replaces it.
+        stored = [s for s in self.store.sweeps(self.plan.sweep_id) if s["id"] == self.plan.sweep_id]
+        definition = stored[0]["spec"] if stored and stored[0]["spec"] else self.plan.spec.to_dict()
+        self.store.save_sweep(self.plan.sweep_id, self.plan.name, definition, self.summary())
         if self.rerun:  # measure every point again: what this sweep stored before is not loaded
             self.known_ids |= self.store.ids(sweep=self.plan.sweep_id)
         self._load_done(retry=self.retry_failed)
@@ -150,8 +155,9 @@ class SweepRunner:
                 pending.remove(line)
             if len(pending) == before:  # every line left is held by another runner
                 time.sleep(self.poll_s)
-        self.store.save_sweep(self.plan.sweep_id, self.plan.name, self.plan.spec.to_dict(),
+        self.store.save_sweep(self.plan.sweep_id, self.plan.name, definition,
                               self.summary(max_batch=self.result.max_batch, max_batch_notes=self.result.max_batch_notes,
+                                           max_batch_bound=self.result.max_batch_bound,
                                            points=len(self.result.records), ran=self.result.ran))
         return self.result
 
@@ -200,6 +206,8 @@ class SweepRunner:
         found = max_batch.search(probe, min(line.batches[0], bound), upper=bound, first_step=1.0)
         failed = "other than memory" in found.stopped  # says nothing about memory: no figure
         self.result.max_batch[line.label] = None if failed else found.largest_fitting
+        if not failed and found.largest_fitting is not None and found.largest_fitting >= bound:
+            self.result.max_batch_bound[line.label] = bound
         if not_run and not failed:
             self.result.max_batch_notes[line.label] = f"bounded by the host's free memory, not by an out-of-memory: {not_run[-1]}"
 
@@ -208,7 +216,7 @@ class SweepRunner:
         key = point_key(config.to_dict(), probe)
         self.index += 1
         info = {"index": self.index, "label": f"{line.label} batch {config.batch_size}" + (" (max-batch probe)" if probe else ""),
-                "eta_s": self.eta_s()}
+                "eta_s": self.eta_s(), "probe": probe}
         if key in self.done:
             record = self.done[key]
             self.result.resumed += 1

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from tbd import registry
-from tbd.config import MAX_BATCH, MAX_SEED, RunConfig
-from tbd.errors import UsageError, closest
+from tbd.config import DEVICES, MAX_BATCH, MAX_SEED, PRECISIONS, RunConfig
+from tbd.errors import UsageError, closest, unknown
 from tbd.results import envs, interpreters
 
 PRESETS = ("quick", "paper", "frameworks")
@@ -72,6 +72,25 @@ class SweepSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SweepSpec":
+        """A stored definition (`to_dict`, as the store's sweeps table keeps it); fields an older
+        tbd did not store take their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        spec = cls(**{k: v for k, v in data.items() if k in names})
+        spec.budget = {**DEFAULT_BUDGET, **spec.budget}
+        return spec
+
+    def differences(self, other: "SweepSpec") -> list[str]:
+        """The fields of what is measured that differ from `other`'s: not the name, nor how points
+        are launched (isolate) or where the definition came from."""
+        def measured(spec: SweepSpec) -> dict[str, Any]:
+            data = json.loads(json.dumps(spec.to_dict(), default=str))  # as stored: tuples are lists
+            return {k: v for k, v in data.items() if k not in ("name", "isolate", "source")}
+
+        mine, theirs = measured(self), measured(other)
+        return [k for k in mine if mine[k] != theirs.get(k)]
 
 
 @dataclass
@@ -114,6 +133,8 @@ def plan(spec: SweepSpec, home: str | Path | None = None) -> Plan:
     """The sweep's lines; `home` is where environment names of the `python` axis are looked up."""
     from tbd.metrics.devices import best_device
 
+    if (problem := spec_problem(spec)) is not None:
+        raise UsageError(problem[2])
     lines: list[Line] = []
     notes: list[str] = []
     workloads = registry.workload_names() if "*" in spec.workloads else spec.workloads
@@ -158,6 +179,36 @@ def plan(spec: SweepSpec, home: str | Path | None = None) -> Plan:
     name = spec.name or f"sweep-{plan_hash}"
     ident = identity(sorted({line.base["framework"] for line in lines}), sorted({line.base["python"] for line in lines} - {None}))
     return Plan(spec, lines, notes, _hash([plan_hash, name, ident]), name, plan_hash, ident)
+
+
+def spec_problem(spec: SweepSpec) -> tuple[str | None, str, str] | None:
+    """(table, key, message) for the first name in the spec that is valid nowhere: a misspelled
+    workload, framework, flavor, device, precision or option is bad input, refused before anything
+    runs. Names valid only in some combinations (fp16 on the CPU, a flavor one workload lacks, a
+    torch option in a jax line) are not problems here: they become the plan's 'not run' notes."""
+    try:
+        workloads = registry.workload_names() if "*" in spec.workloads else [registry.resolve(w).name for w in spec.workloads]
+    except UsageError as exc:
+        return None, "workloads", str(exc)
+    try:
+        frameworks = registry.framework_names() if "*" in spec.frameworks else spec.frameworks
+        plugins = [registry.framework(f) for f in frameworks]
+    except UsageError as exc:
+        return None, "frameworks", str(exc)
+    flavors = {flavor for w in workloads for flavor in registry.get_spec(w).flavors}
+    for key, kind, valid in (("flavors", "flavor", flavors), ("devices", "device", (*DEVICES, "auto")), ("precisions", "precision", PRECISIONS)):
+        for name in getattr(spec, key):
+            if name not in valid:
+                return None, key, str(unknown(kind, name, valid))
+    options = {key: [p.capabilities.option_values.get(key) for p in plugins if key in p.capabilities.options] for key in spec.options}
+    for key, value in spec.options.items():
+        if not options[key]:
+            valid = sorted({k for p in plugins for k in p.capabilities.options})
+            return "options", key, str(unknown(f"{'/'.join(frameworks)} option", key, valid))
+        allowed = [v for values in options[key] for v in (values or ())]
+        if all(options[key]) and value not in allowed:  # every framework with the option lists its values
+            return "options", key, f"{key} = '{value}' is not one of {', '.join(dict.fromkeys(allowed))}"
+    return None
 
 
 def _hash(value: Any) -> str:
@@ -257,7 +308,7 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{where}: not valid TOML ({exc}); fix the syntax at that line") from None
+        raise UsageError(f"{where}:{_syntax_error_line(exc, text)}: not valid TOML ({exc}); fix the syntax at that line") from None
     except RecursionError:
         raise UsageError(f"{where}: nested too deeply to read; a sweep file needs at most a few levels of tables") from None
     spec = SweepSpec(source=where)
@@ -344,7 +395,22 @@ def parse_text(text: str, where: str, lenient_workloads: bool = False) -> SweepS
                     what = f"an integer from 0 to {MAX_SEED}" if bk == "seed" else f"a finite positive {'integer' if typ is int else 'number'}"
                     raise fail("budget", bk, f"must be {what}, got {bv!r}")
                 spec.budget[bk] = typ(bv)
+    for table, key, path in [(None, "data", spec.data)] + [("data", w, p) for w, p in spec.data_per_workload.items()]:
+        if path and not Path(path).expanduser().exists():
+            raise fail(table, key, f"names {path}, which does not exist (from {Path.cwd()}); give the dataset's path")
+    if (problem := spec_problem(spec)) is not None:
+        table, key, message = problem
+        raise UsageError(f"{where}:{find_line(text, table, key) or '?'}: key '{f'{table}.{key}' if table else key}': {message}")
     return spec
+
+
+def _syntax_error_line(exc: tomllib.TOMLDecodeError, text: str) -> int:
+    """The line of a TOML syntax error: tomllib says it in the message ("at line 3, column 7"; an
+    attribute from Python 3.14), except at the end of the document, which is the last line."""
+    if getattr(exc, "lineno", None):
+        return exc.lineno
+    found = re.search(r"at line (\d+)", str(exc))
+    return int(found.group(1)) if found else max(1, len(text.splitlines()))
 
 
 def _finite(value: int | float) -> bool:
