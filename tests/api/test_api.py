@@ -79,10 +79,10 @@ def test_run_checks_hyperparameter_overrides_before_running(tbd_home):
 
 
 def test_a_measured_but_unconverged_result_shows_its_throughput():
-    r = tbd.run("gpt", device="cpu", max_steps=4, isolate=False, store=False)
-    assert r.measured and not r.ok  # 3 timed steps at most: no CI target reached
     from tbd.report.fmt import fmt_num
 
+    r = tbd.run("gpt", device="cpu", max_steps=4, isolate=False, store=False)
+    assert r.measured and not r.ok  # 3 timed steps at most: no CI target reached
     assert f"{fmt_num(r.throughput)} tokens/s" in repr(r) and r.status in repr(r)
 
 
