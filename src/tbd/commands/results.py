@@ -7,6 +7,7 @@ record, or a check of the store itself.
 
 from __future__ import annotations
 
+import functools
 import json
 
 from rich.markup import escape
@@ -81,21 +82,22 @@ def no_runs(store: Store, **filters: str | None) -> str:
 def check(store: Store, console, quarantine: bool) -> int:
     """Exit 0 when the store is sound (or was made so), 1 when problems remain."""
     report = store.check(quarantine=quarantine)
+    say = functools.partial(console.print, soft_wrap=True)  # whole lines: the paths in them stay copyable
     home = escape(str(store.home))
     database = "not created yet" if report["database"] == "missing" else report["database"]
-    console.print(f"results store {home}: database {escape(database)}, {report['runs']} run(s)")
+    say(f"results store {home}: database {escape(database)}, {report['runs']} run(s)")
     for run_id, why in report["unreadable"].items():
-        console.print(f"  [red]unreadable[/] run {escape(run_id)}: {escape(why)}")
+        say(f"  [red]unreadable[/] run {escape(run_id)}: {escape(why)}")
     for name, why in report["unreadable_files"].items():
-        console.print(f"  [red]unreadable file[/] {escape(str(store.runs_dir / name))}: {escape(why)}")
+        say(f"  [red]unreadable file[/] {escape(str(store.runs_dir / name))}: {escape(why)}")
     for name in report["pending"]:
-        console.print(f"  [yellow]half-written[/] {escape(name)} (finished or removed when tbd next stores a run)")
+        say(f"  [yellow]half-written[/] {escape(name)} (finished or removed when tbd next stores a run)")
     for action in report["actions"]:
-        console.print(f"  [green]done:[/] {escape(action)}")
+        say(f"  [green]done:[/] {escape(action)}")
     problems = report["database"] not in ("ok", "missing") or report["unreadable"] or report["unreadable_files"] or report["pending"]
     if problems and not quarantine:
-        console.print("'tbd results --check --quarantine' moves unreadable runs aside (or rebuilds a damaged database from the run files)")
+        say("'tbd results --check --quarantine' moves unreadable runs aside (or rebuilds a damaged database from the run files)")
         return 1
     if not problems:
-        console.print("[green]no problems left[/]" if report["actions"] else "[green]no problems found[/]")
+        say("[green]no problems left[/]" if report["actions"] else "[green]no problems found[/]")
     return 0

@@ -260,7 +260,7 @@ def execute(plan, store: Store, console, retry_failed: bool = False, launch=None
                 bar.update(task, current=escape(f"{info['label']}: {info.get('note') or 'starting'}"), eta=eta)
                 return
             bar.update(task, advance=1, eta=eta)
-            console.print(_point_line(event, record, info))
+            console.print(_point_line(event, record, info), soft_wrap=True)  # one line a point, however narrow the console
 
         runner = SweepRunner(plan, store, launch=launch, retry_failed=retry_failed, rerun=rerun, on_point=on_point, on_step=on_step)
         result = runner.run()
