@@ -96,7 +96,7 @@ def add_run_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BATCH_H
     p.add_argument("--profile-steps", type=positive_int, help="with --profile: steps to trace (default: 3 s of steps on a GPU, at most 200; a few on a CPU)")
     p.add_argument("--ncu", action="store_true", help="with --profile: also read tensor/FMA pipe utilization with Nsight Compute (needs ncu)")
     # Scale-out (docs/distributed.md): torchrun starts nproc-per-node x nnodes ranks; SLURM's environment fills these when absent.
-    p.add_argument("--nproc-per-node", type=positive_int, help="processes (ranks) on this machine, one per GPU (default: 1)")
+    p.add_argument("--nproc-per-node", type=positive_int, help="processes (ranks) on this machine, one per GPU; on the CPU at most 2 a core (default: 1)")
     p.add_argument("--nnodes", type=positive_int, help="machines taking part (default: 1)")
     p.add_argument("--node-rank", type=int, help="this machine's rank, 0..nnodes-1 (node 0 hosts the rendezvous)")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, for --nnodes > 1")

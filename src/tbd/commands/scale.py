@@ -78,6 +78,10 @@ def scale(args) -> int:
     store = Store(args.home)
     console = make_console(args.wide)
     base = config_from_args(args, args.workload)  # validates everything but the process counts
+    if base.device == "cpu":  # before any run, in the flag's name scale users gave
+        from tbd.topology import check_cpu_ranks
+
+        check_cpu_ranks(max(counts), "--nproc")
     configs = []
     for n in counts:
         batch = base.batch_size * n if args.scaling == "weak" else base.batch_size
