@@ -304,6 +304,9 @@ def test_scale_rejects_topology_flags_and_bad_counts():
     assert out.returncode == 2 and "comma-separated integers" in out.stderr
     out = run_cli("scale", "resnet50", "--nproc-per-node", "2", "--device", "cpu")
     assert out.returncode == 2 and "sets the process count itself" in out.stderr
+    shown = run_cli("scale", "--help").stdout  # what scale refuses, its help does not offer
+    assert not [flag for flag in ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint") if flag in shown], shown
+    assert "--parallel" in shown and "--nproc-per-node" in run_cli("run", "--help").stdout
 
 
 def test_cpu_ranks_far_beyond_the_cores_are_refused_before_anything_runs(tbd_home, monkeypatch, capsys):

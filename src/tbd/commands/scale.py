@@ -44,7 +44,7 @@ def register(sub) -> None:
     p.add_argument("--scaling", choices=("weak", "strong"), default="weak",
                    help="weak (default): --batch-size is per process, the global batch grows with n; strong: --batch-size is the global batch, split n ways")
     add_run_options(p, batch_help="with --scaling weak (default): the batch per process, so n processes train n x this; "
-                                  "with --scaling strong: the global batch, split n ways (default: the flavor's)")
+                                  "with --scaling strong: the global batch, split n ways (default: the flavor's)", placement=False)
     p.set_defaults(func=scale)
 
 
