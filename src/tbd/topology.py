@@ -20,6 +20,30 @@ RDZV_TIMEOUT_S = 300  # how long node 0 waits for the other machines to join
 DEFAULT_TIMEOUT_S = 60.0  # collectives (TBD_DIST_TIMEOUT_S overrides)
 COMPILE_TIMEOUT_S = 300.0
 STARTUP_GRACE_S = 300  # imports, model build and the first (compiling) step before any progress
+# Ranks on the CPU, per core of this machine. Far below a3c's MAX_HOST_PROCESSES_PER_CORE (32, for
+# its light actor processes): each rank is a full training process, with its own interpreter,
+# framework, model copy, optimizer state and batch, and the compute of a whole step. Past one a
+# core the ranks only take turns, so throughput per process says nothing about scaling; 2 leaves
+# room to see that happen; far more runs out of memory (64 ranks of gpt's tiny flavor on 2 cores
+# and 23.5 GiB were killed by the kernel's OOM killer).
+MAX_CPU_RANKS_PER_CORE = 2
+
+
+def host_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_cpu_ranks(nproc: int, flag: str = "--nproc-per-node") -> None:
+    """Refuse more training processes on this machine's CPU than MAX_CPU_RANKS_PER_CORE a core."""
+    cores = host_cores()
+    limit = MAX_CPU_RANKS_PER_CORE * cores
+    if nproc > limit:
+        raise UsageError(f"{flag} {nproc} starts {nproc} training processes on the {cores} core(s) of this machine, each with its own model copy; "
+                         f"past {MAX_CPU_RANKS_PER_CORE} a core they only take turns, and many run out of memory: use at most {limit}")
 
 
 def world_size(config) -> int:
@@ -137,6 +161,8 @@ def validate_topology(config) -> None:
     world = world_size(config)
     if world > 1 and importlib.util.find_spec("torch") is None:
         raise UsageError("several processes start through PyTorch's torchrun, also for JAX; install torch: pip install 'tbd[torch]'")
+    if world > 1 and config.device == "cpu":
+        check_cpu_ranks(config.nproc_per_node)
     if world > 1:
         local_share(config.batch_size, world)
     if world > 1 and config.device == "cuda":

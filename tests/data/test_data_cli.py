@@ -1,6 +1,7 @@
 """`tbd data make | check | bench | resize`, and the `data` key of sweep files."""
 
 import json
+from pathlib import Path
 
 from tbd.cli import main
 from tbd.sweep.spec import parse_text, plan
@@ -30,6 +31,45 @@ def test_resize(datasets, tmp_path, capsys):
     assert "wrote 8 images in 4 classes" in capsys.readouterr().out
     assert main(["data", "resize", "--data", datasets["resnet50"], "--side", "40", "--out", "/proc/tbd-cannot-be-made"]) == 2
     assert "cannot create /proc/tbd-cannot-be-made" in capsys.readouterr().err
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tbd: error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_resize_of_a_corrupt_image_names_it_and_leaves_nothing(datasets, tmp_path, capsys):
+    """One file that does not decode: one line naming it, and no half-copy to block the rerun."""
+    import shutil
+
+    root = Path(shutil.copytree(datasets["resnet50"], tmp_path / "bad"))
+    victim = sorted(root.rglob("*.JPEG"))[9]
+    victim.write_bytes(victim.read_bytes()[:100])
+    out = tmp_path / "small"
+    assert main(["data", "resize", "--data", str(root), "--side", "16", "--out", str(out), "--limit", "16"]) == 2
+    err = one_line_error(capsys)
+    assert str(victim) in err and "remove or replace" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]  # neither --out nor the hidden folder it was written in
+    (tmp_path / "empty").mkdir()  # an empty --out given by the user stays, empty
+    assert main(["data", "resize", "--data", str(root), "--side", "16", "--out", str(tmp_path / "empty")]) == 2
+    assert not any((tmp_path / "empty").iterdir())
+    victim.unlink()
+    assert main(["data", "resize", "--data", str(root), "--side", "16", "--out", str(out)]) == 0
+    assert len(list(out.rglob("*.JPEG"))) == 15 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_data_errors_name_real_commands(tmp_path, capsys):
+    assert main(["data", "resize", "--data", str(tmp_path / "none"), "--side", "16", "--out", str(tmp_path / "x")]) == 2
+    assert "'tbd data make resnet50 --out DIR' writes one" in one_line_error(capsys)
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "resize", "--data", str(tmp_path / "empty"), "--side", "16", "--out", str(tmp_path / "x")]) == 2
+    err = one_line_error(capsys)
+    assert "tbd data resize reads an ImageNet-style folder" in err and "tbd data make resnet50" in err
+    assert main(["data", "make", "a3c", "--out", str(tmp_path / "x")]) == 2
+    err = one_line_error(capsys)
+    assert "--data" not in err and "none to make" in err and "resnet50" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_sweep_file_data_key(datasets):

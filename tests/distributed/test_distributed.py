@@ -261,7 +261,8 @@ def test_the_rank_that_failed_first_is_named():
     tail = ["Root Cause (first observed failure):", "[0]:", "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 5)"]
     peer = [{"rank": 0, "kind": "error", "message": "Connection closed by peer", "peer_lost": True}]
     kind, message = distributed._explain(1, peer, tail)
-    assert kind == "crash" and message.startswith("rank 1 was killed by signal 9 without reporting an error")
+    assert kind == "crash" and message.startswith("rank 1 was killed by signal 9 (SIGKILL: the kernel's out-of-memory killer, most likely) "
+                                                  "without reporting an error")
     assert "rank 0 then saw: Connection closed by peer" in message
     timeout = [{"rank": 0, "kind": "error", "message": "Timed out waiting 5000ms for recv", "peer_lost": True}]
     tail_term = tail[:-1] + ["  exitcode  : -15 (pid: 5)"]
@@ -287,6 +288,7 @@ def test_scale_computes_efficiency_draws_and_records(tbd_home, monkeypatch):
         return record
 
     monkeypatch.setattr(run_command, "launch", fake_launch)
+    monkeypatch.setattr(topology, "host_cores", lambda: 4)  # 4 ranks allowed on any test machine
     assert cli.main(["scale", "resnet50", "--nproc", "4,1,2", "--device", "cpu"]) == 0
     records = {r["config"]["nproc_per_node"]: r for r in Store(tbd_home).list()}
     assert {n: r["config"]["batch_size"] for n, r in records.items()} == {1: 4, 2: 8, 4: 16}  # weak scaling
@@ -302,6 +304,32 @@ def test_scale_rejects_topology_flags_and_bad_counts():
     assert out.returncode == 2 and "comma-separated integers" in out.stderr
     out = run_cli("scale", "resnet50", "--nproc-per-node", "2", "--device", "cpu")
     assert out.returncode == 2 and "sets the process count itself" in out.stderr
+    shown = run_cli("scale", "--help").stdout  # what scale refuses, its help does not offer
+    assert not [flag for flag in ("--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint") if flag in shown], shown
+    assert "--parallel" in shown and "--nproc-per-node" in run_cli("run", "--help").stdout
+
+
+def test_cpu_ranks_far_beyond_the_cores_are_refused_before_anything_runs(tbd_home, monkeypatch, capsys):
+    """64 ranks on 2 cores were killed by the OOM killer: run and scale refuse past 2 a core."""
+    from tbd import cli
+    from tbd.commands import run as run_command
+
+    monkeypatch.setattr(topology, "host_cores", lambda: 2)
+    monkeypatch.setattr(run_command, "launch", lambda *a, **k: pytest.fail("nothing may run"))
+    for argv, flag in ((["scale", "gpt", "--flavor", "tiny", "--device", "cpu", "--nproc", "1,64"], "--nproc 64"),
+                       (["run", "gpt", "--flavor", "tiny", "--device", "cpu", "--nproc-per-node", "5", "-b", "10"], "--nproc-per-node 5")):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"tbd: error: {flag} starts") and "use at most 4" in err, err
+    assert Store(tbd_home).list() == []
+    RunConfig(workload="gpt", flavor="tiny", device="cpu", nproc_per_node=4, batch_size=4).validated()  # 2 a core: allowed
+
+
+def test_a_failed_rank_record_carries_the_workloads_unit():
+    """A failure no rank reported (killed by the kernel) still reads in the workload's unit."""
+    config = RunConfig(workload="gpt", flavor="tiny", device="cpu", nproc_per_node=2, batch_size=4).validated()
+    record = distributed._failed(config, "r1", "crash", "rank 1 was killed by signal 9", [])
+    assert record["workload"]["unit"] == "tokens" and record["status"] == "failed"
 
 
 def test_merged_comm_is_the_transfer_and_waiting_is_reported_apart():

@@ -111,6 +111,48 @@ def test_saved_baseline_compares_like_the_sweep(tbd_home, tmp_path, capsys):
     assert main(["compare", "nothing-like-this", "cand"]) == 2
 
 
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tbd: error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_save_baseline_keeps_an_existing_file_and_saves_one_thing(tbd_home, tmp_path, capsys):
+    store = Store()
+    _save_sweep(store, "s1", rate=100)
+    _save_sweep(store, "s2", rate=90)
+    path = tmp_path / "b.json"
+    assert main(["compare", "--save-baseline", str(path), "s1", "s2"]) == 2  # s2 would be ignored
+    assert "drop 's2'" in one_error(capsys) and not path.exists()
+    assert main(["compare", "--save-baseline", str(path), "s1"]) == 0
+    saved = path.read_text()
+    assert main(["compare", "--save-baseline", str(path), "s2"]) == 2
+    assert "--force" in one_error(capsys) and path.read_text() == saved  # the old baseline is intact
+    assert main(["compare", "--save-baseline", str(path), "s2", "--force"]) == 0
+    assert json.loads(path.read_text())["source"].startswith("sweep s2")
+    assert main(["compare", "s1", "s2", "--force"]) == 2
+    assert "only applies to --save-baseline" in one_error(capsys)
+
+
+def test_fail_if_slower_is_a_percentage_below_100(tbd_home, capsys):
+    store = Store()
+    _save_sweep(store, "old", rate=100)
+    _save_sweep(store, "new", rate=1)
+    for pct in ("100", "150"):
+        assert main(["compare", "old", "new", "--fail-if-slower", pct]) == 2
+        assert "below 100" in one_error(capsys)
+    assert main(["compare", "old", "new", "--fail-if-slower", "98"]) == 1  # 99% slower is a regression
+
+
+def test_libraries_only_one_side_used_are_not_differences():
+    a = [fake_record(RunConfig("resnet50", batch_size=4))]
+    b = [fake_record(RunConfig("resnet50", batch_size=4))]
+    a[0]["environment"]["libraries"] = {**a[0]["environment"]["libraries"], "jax": "0.10.2"}
+    assert not [w for w in cmp.environment_warnings(a, b) if "jax" in w]
+    b[0]["environment"]["libraries"] = {**b[0]["environment"]["libraries"], "jax": "0.10.3"}
+    assert "library jax differs: A 0.10.2 vs B 0.10.3" in cmp.environment_warnings(a, b)
+
+
 def test_no_significance_on_unconverged_pairs_unless_asked(tbd_home, capsys, monkeypatch):
     """B is clearly faster, but one side did not converge: no "faster" verdict until --allow-unconverged."""
     monkeypatch.setenv("COLUMNS", "200")  # the verdicts whole on one line (pytest-xdist sets 80)

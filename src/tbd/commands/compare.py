@@ -5,8 +5,9 @@
     tbd compare --save-baseline base.json my-sweep      # later: tbd compare base.json my-sweep
 
 Exit status: 0, or 1 when `--fail-if-slower PCT` finds a point of B slower than A by more than
-PCT percent (the median ratio B/A below 1 - PCT/100), or 2 for bad input. Pairs where a side
-did not converge get no "faster/slower" verdict unless `--allow-unconverged`.
+PCT percent (the median ratio B/A below 1 - PCT/100; so PCT is below 100), or 2 for bad input.
+Pairs where a side did not converge get no "faster/slower" verdict unless `--allow-unconverged`.
+`--save-baseline FILE A` saves one thing, A, and replaces an existing FILE only with `--force`.
 """
 
 from __future__ import annotations
@@ -42,22 +43,36 @@ def register(sub) -> None:
     p.add_argument("a", metavar="A", help="baseline: run id or prefix, sweep name or id, or a baseline file")
     p.add_argument("b", metavar="B", nargs="?", help="candidate: same kinds as A")
     p.add_argument("--fail-if-slower", type=positive_float, metavar="PCT",
-                   help="exit 1 if any point of B is more than PCT%% slower than A")
+                   help="exit 1 if any point of B is more than PCT%% slower than A (B/A below 1 - PCT/100; 0 < PCT < 100)")
     p.add_argument("--allow-unconverged", action="store_true",
                    help="call differences significant even where a side did not converge (status unconverged or insufficient)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON (pairs, ratios, CIs, verdicts) instead of a table")
     p.add_argument("--wide", action="store_true", help="full-width table whatever the terminal")
-    p.add_argument("--save-baseline", metavar="FILE", help="write A's records to FILE (JSON) for later comparisons, and exit")
+    p.add_argument("--save-baseline", metavar="FILE", help="write A's records to FILE (JSON) for later comparisons, and exit (give A only)")
+    p.add_argument("--force", action="store_true", help="with --save-baseline: replace FILE if it exists")
     add_home(p)
     p.set_defaults(func=run)
 
 
+def _check_args(args) -> None:
+    """Refuse what cannot mean anything before reading or writing anything."""
+    if args.fail_if_slower is not None and args.fail_if_slower >= 100:
+        # "PCT% slower" is B/A below 1 - PCT/100: at 100 or more no throughput could be that slow
+        raise UsageError(f"--fail-if-slower takes a percentage below 100 (B/A below 1 - PCT/100), got {args.fail_if_slower:g}; "
+                         "e.g. --fail-if-slower 5")
+    if args.save_baseline and args.b:
+        raise UsageError(f"--save-baseline saves one run or sweep, A; drop '{args.b}' (save each to its own file)")
+    if args.force and not args.save_baseline:
+        raise UsageError("--force only applies to --save-baseline FILE; drop it")
+
+
 def run(args) -> int:
+    _check_args(args)
     store = Store(args.home)
     console = make_console(args.wide)
     desc_a, recs_a = cmp.resolve(store, args.a)
     if args.save_baseline:
-        path = cmp.save_baseline(args.save_baseline, desc_a, recs_a)
+        path = cmp.save_baseline(args.save_baseline, desc_a, recs_a, replace=args.force)
         console.print(escape(f"saved {len(recs_a)} run(s) of {desc_a} as baseline {path}; compare with 'tbd compare {path} NEW'"))
         return 0
     if not args.b:

@@ -76,8 +76,10 @@ def add_workload_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BA
     p.add_argument("--hf-config", metavar="KEY=VALUE,...", help="hf:MODEL: override fields of the model's config, e.g. n_layer=2,n_embd=64,n_head=4")
 
 
-def add_run_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BATCH_HELP) -> None:
-    """Every option of a measured run (tbd run, tbd scale)."""
+def add_run_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BATCH_HELP, placement: bool = True) -> None:
+    """Every option of a measured run (tbd run, tbd scale). `placement=False` (tbd scale, which
+    places the processes itself) keeps the rank-placement flags out of the help; they are still
+    parsed, so the command can refuse them with a line that says why."""
     add_workload_options(p, batch_help)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (JAX always jit-compiles)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
@@ -96,10 +98,14 @@ def add_run_options(p: argparse.ArgumentParser, batch_help: str = GLOBAL_BATCH_H
     p.add_argument("--profile-steps", type=positive_int, help="with --profile: steps to trace (default: 3 s of steps on a GPU, at most 200; a few on a CPU)")
     p.add_argument("--ncu", action="store_true", help="with --profile: also read tensor/FMA pipe utilization with Nsight Compute (needs ncu)")
     # Scale-out (docs/distributed.md): torchrun starts nproc-per-node x nnodes ranks; SLURM's environment fills these when absent.
-    p.add_argument("--nproc-per-node", type=positive_int, help="processes (ranks) on this machine, one per GPU (default: 1)")
-    p.add_argument("--nnodes", type=positive_int, help="machines taking part (default: 1)")
-    p.add_argument("--node-rank", type=int, help="this machine's rank, 0..nnodes-1 (node 0 hosts the rendezvous)")
-    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, for --nnodes > 1")
+    def shown(text: str) -> str:
+        return text if placement else argparse.SUPPRESS
+
+    p.add_argument("--nproc-per-node", type=positive_int,
+                   help=shown("processes (ranks) on this machine, one per GPU; on the CPU at most 2 a core (default: 1)"))
+    p.add_argument("--nnodes", type=positive_int, help=shown("machines taking part (default: 1)"))
+    p.add_argument("--node-rank", type=int, help=shown("this machine's rank, 0..nnodes-1 (node 0 hosts the rendezvous)"))
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help=shown("node 0's address and a free port, for --nnodes > 1"))
     p.add_argument("--parallel", choices=("ddp", "fsdp2"), help="ddp (default) or fsdp2 (PyTorch: shards parameters, for large models)")
     p.add_argument("--ddp-bucket-mb", type=positive_float, help="DDP gradient bucket size in MiB (default 25): larger buckets, fewer all-reduces")
     add_data_options(p)

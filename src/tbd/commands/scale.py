@@ -44,7 +44,7 @@ def register(sub) -> None:
     p.add_argument("--scaling", choices=("weak", "strong"), default="weak",
                    help="weak (default): --batch-size is per process, the global batch grows with n; strong: --batch-size is the global batch, split n ways")
     add_run_options(p, batch_help="with --scaling weak (default): the batch per process, so n processes train n x this; "
-                                  "with --scaling strong: the global batch, split n ways (default: the flavor's)")
+                                  "with --scaling strong: the global batch, split n ways (default: the flavor's)", placement=False)
     p.set_defaults(func=scale)
 
 
@@ -78,6 +78,10 @@ def scale(args) -> int:
     store = Store(args.home)
     console = make_console(args.wide)
     base = config_from_args(args, args.workload)  # validates everything but the process counts
+    if base.device == "cpu":  # before any run, in the flag's name scale users gave
+        from tbd.topology import check_cpu_ranks
+
+        check_cpu_ranks(max(counts), "--nproc")
     configs = []
     for n in counts:
         batch = base.batch_size * n if args.scaling == "weak" else base.batch_size

@@ -76,12 +76,14 @@ def spread(n: int, k: int | None = None) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
-def existing_dir(path: str | Path, workload: str, layout: str) -> Path:
+def existing_dir(path: str | Path, workload: str, layout: str, reader: str | None = None) -> Path:
+    """The folder --data names. `workload` is the one whose format it holds ('tbd data make
+    WORKLOAD' writes one); `reader` what reads it, when not the workload ('resize')."""
     p = Path(path).expanduser()
     if not p.exists():
         raise UsageError(f"--data {path}: no such file or folder; give the path of {layout} ('tbd data make {workload} --out DIR' writes one)")
     if not p.is_dir():
-        raise bad_data(p, f"is a file, but {workload} reads a folder", f"give the folder of {layout}")
+        raise bad_data(p, f"is a file, but {reader or workload} reads a folder", f"give the folder of {layout}")
     return p
 
 

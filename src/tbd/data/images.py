@@ -85,17 +85,20 @@ def crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, in
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def class_folders(path: str | Path, workload: str) -> tuple[Path, list[str], list[list[str]]]:
-    """(root, class names, files per class) of an ImageNet-style folder; one-line errors."""
+def class_folders(path: str | Path, workload: str, command: str | None = None) -> tuple[Path, list[str], list[list[str]]]:
+    """(root, class names, files per class) of an ImageNet-style folder; one-line errors.
+    `workload` makes the format ('tbd data make WORKLOAD'); `command` names the reader when it is
+    not the workload itself ('tbd data resize')."""
     layout = "an ImageNet-style folder of JPEGs (DIR/CLASS/IMAGE.JPEG)"
-    root = existing_dir(path, workload, layout)
+    reader = command or workload
+    root = existing_dir(path, workload, layout, reader)
     if (root / "train").is_dir():
         root = root / "train"
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         loose = [e.name for e in os.scandir(root) if e.name.lower().endswith(IMAGE_SUFFIXES)]
         problem = f"holds {len(loose)} images but no class folders" if loose else "is empty (no class folders)"
-        raise bad_data(root, problem, f"{workload} reads {layout}")
+        raise bad_data(root, problem, f"{reader} reads {layout} ('tbd data make {workload} --out DIR' writes one)")
     files = []
     for name in classes:
         found = sorted(e.name for e in os.scandir(root / name) if e.is_file() and e.name.lower().endswith(JPEG_SUFFIXES))
@@ -240,29 +243,58 @@ def make_image_folder(out: Path, size: int, rng: np.random.Generator, mean_size:
 
 def _resize_one(job: tuple[str, str, int]) -> int:
     source, target, side = job
-    img = read_rgb(source)
+    try:
+        img = read_rgb(source)
+    except UsageError:
+        raise
+    except Exception as exc:  # one bad file stops the copy, named so it can be removed or replaced
+        raise bad_data(source, f"does not decode ({type(exc).__name__}: {exc})",
+                       "remove or replace the file, then rerun") from None
     scale = side / min(img.size)
     if scale < 1:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), _pil().Resampling.BILINEAR)
-    img.save(target, "JPEG", quality=90)
+    try:
+        img.save(target, "JPEG", quality=90)
+    except OSError as exc:
+        raise UsageError(f"cannot write the resized copy of {source} ({exc.strerror or exc}); give --out a folder on a disk with room") from None
     return 1
 
 
 def resized_copy(path: str | Path, out: str | Path, side: int, limit: int | None = None, workers: int | None = None) -> dict[str, Any]:
     """A copy of an ImageNet-style folder with every image's shorter side at most `side` px
-    (JPEG quality 90), the same classes; `limit` images at most, taken evenly from the classes."""
-    root, classes, per_class = class_folders(path, "resize")
-    out = new_output_dir(out)
-    jobs = []
-    per = None if limit is None else max(1, limit // len(classes))
-    for name, files in zip(classes, per_class):
-        (out / name).mkdir(parents=True, exist_ok=True)
-        jobs += [(str(root / name / f), str(out / name / f), side) for f in files[:per]]
+    (JPEG quality 90), the same classes; `limit` images at most, taken evenly from the classes.
+    All or nothing: the copy is written into a hidden folder beside `out` and renamed to `out`
+    once every image is in it, so a failure leaves no half-copy to block a rerun."""
+    import shutil
+    import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
-    # Threads, not processes: Pillow lets go of the GIL while it decodes, resizes and encodes, and
-    # a forked pool can deadlock in a process whose libraries run threads of their own (JAX's:
-    # a CI run hung 600 s in the pool's join with JAX loaded beside it).
-    with ThreadPoolExecutor(workers or max(1, len(os.sched_getaffinity(0)))) as pool:
-        done = sum(pool.map(_resize_one, jobs))
+    root, classes, per_class = class_folders(path, "resnet50", command="tbd data resize")
+    existed = Path(out).expanduser().is_dir()
+    out = new_output_dir(out)
+    try:
+        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as exc:
+        raise UsageError(f"cannot write beside {out} ({exc.strerror or exc}); give --out a folder you can write") from None
+    try:
+        jobs = []
+        per = None if limit is None else max(1, limit // len(classes))
+        for name, files in zip(classes, per_class):
+            (partial / name).mkdir()
+            jobs += [(str(root / name / f), str(partial / name / f), side) for f in files[:per]]
+        # Threads, not processes: Pillow lets go of the GIL while it decodes, resizes and encodes, and
+        # a forked pool can deadlock in a process whose libraries run threads of their own (JAX's:
+        # a CI run hung 600 s in the pool's join with JAX loaded beside it).
+        with ThreadPoolExecutor(workers or max(1, len(os.sched_getaffinity(0)))) as pool:
+            try:
+                done = sum(pool.map(_resize_one, jobs))
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # the first bad file ends the copy: skip the images still queued
+                raise
+        partial.replace(out)  # onto the empty folder new_output_dir made (rename(2) replaces an empty directory)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not existed:
+            out.rmdir()  # new_output_dir made it, empty
+        raise
     return {"images": done, "classes": len(classes), "side": side, "path": str(out)}

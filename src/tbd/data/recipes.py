@@ -69,14 +69,22 @@ def supports(spec) -> bool:
     return spec.data_format in FORMATS
 
 
+def readers() -> list[str]:
+    """The workloads that read a dataset from disk."""
+    from tbd import registry
+
+    return [name for name in registry.workload_names() if supports(registry.get_spec(name))]
+
+
 def layout(spec) -> str:
     return FORMATS[spec.data_format][1]
 
 
-def require(spec) -> None:
+def require(spec, fix: str = "drop --data") -> None:
+    """Refuse a workload without a dataset format; `fix` is what the caller's user should do."""
     if not supports(spec):
         why = spec.data_note or "it has no dataset format in tbd"
-        raise UsageError(f"{spec.name} cannot read a dataset from disk ({why}); drop --data")
+        raise UsageError(f"{spec.name} cannot read a dataset from disk ({why}); {fix}")
 
 
 def open_dataset(spec, path: str | Path, hparams: dict[str, Any], batch_size: int, seed: int = 0, decode: str = "cpu") -> Dataset:
@@ -104,7 +112,7 @@ def checked(spec, path: str | Path, hparams: dict[str, Any], batch_size: int, se
 
 def make(spec, out: str | Path, size: int, hparams: dict[str, Any], seed: int = 0, audio: str = "wav", text_format: str = "bin") -> dict[str, Any]:
     """Write `size` generated samples of `spec`'s format under `out`; what was written."""
-    require(spec)
+    require(spec, f"there is none to make for it: pick a workload that reads one ({', '.join(readers())})")
     out = new_output_dir(out)
     rng = np.random.default_rng(seed)
     fmt = spec.data_format

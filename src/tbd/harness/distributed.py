@@ -182,6 +182,8 @@ def _explain(rc: int, errors: list[dict], tail) -> tuple[str, str]:
             # Stopped by torchrun after a peer timed out waiting for it: it hung, it did not crash.
             return "timeout", f"rank {r} stopped responding (rank {seen.get('rank')}: {seen.get('message')}); torchrun then stopped it"
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if code == -9:  # no rank reported and torchrun stops ranks with SIGTERM: a SIGKILL of one rank is the kernel's, as a rule
+            how += " (SIGKILL: the kernel's out-of-memory killer, most likely)"
         tail_note = f" (rank {seen.get('rank')} then saw: {seen.get('message')})" if seen else ""
         return "crash", f"rank {r} {how} without reporting an error; torchrun stopped the other ranks{tail_note}"
     if errors:

@@ -33,8 +33,9 @@ _stacks_pipe = None  # the child's end of the stacks pipe, kept open for faultha
 
 def _child(config_dict: dict, run_id: str, out: "mp.Queue", stacks=None, parent_pid: int | None = None) -> None:
     global _stacks_pipe
-    if parent_pid is not None:
+    if parent_pid is not None:  # a process of its own (not a test calling this): Ctrl-C is the parent's until it exits
         lifeline.end_with_parent(parent_pid)
+        lifeline.ignore_interrupts()
     with lifeline.interrupts_left_to_parent():
         if stacks is not None and hasattr(signal, "SIGUSR1"):
             _stacks_pipe = stacks
@@ -52,8 +53,14 @@ def _warm_child(framework_module: str, out: "mp.Queue", stacks, parent_pid: int,
     import importlib
 
     lifeline.end_with_parent(parent_pid)
-    with lifeline.interrupts_left_to_parent(), contextlib.suppress(ImportError):
+    # Ctrl-C is the parent's for this process's whole life: while it imports, while it waits for a
+    # job (the parent closes the pipe on its way out: EOFError below), during the run and at exit.
+    lifeline.ignore_interrupts()
+    with contextlib.suppress(ImportError):
         importlib.import_module(framework_module)  # a failure shows again, in the run, where it is reported
+    if ready := os.environ.get("TBD_TEST_WARM_READY_FILE"):  # test hook: a line per child now waiting for its job
+        with open(ready, "a") as f:
+            f.write(f"{os.getpid()}\n")
     try:
         config_dict, run_id = jobs.recv()
     except EOFError:  # closed unused
@@ -74,7 +81,8 @@ class _Warm:
         # Not a daemon: a run may start processes of its own (loader workers, a3c's actors).
         self.process = ctx.Process(target=_warm_child, args=(module, self.out, stacks_writer, os.getpid(), jobs_reader),
                                    name=f"tbd-warm-{framework}")
-        self.process.start()
+        with lifeline.interrupts_held():
+            self.process.start()
         stacks_writer.close()
         jobs_reader.close()
 
@@ -152,7 +160,8 @@ def run_isolated(config: RunConfig, progress: Callable[[dict], None] | None = No
         out = ctx.Queue()
         stacks, stacks_writer = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_child, args=(config.to_dict(), run_id, out, stacks_writer, os.getpid()), name=f"tbd-{run_id}")
-        child.start()
+        with lifeline.interrupts_held():
+            child.start()
         stacks_writer.close()
     # Compilation can be slow; allow generous time beyond the measurement budget.
     deadline = timeout_s if timeout_s is not None else config.max_time_s * 3 + 600

@@ -34,11 +34,36 @@ def interrupts_left_to_parent():
     handler comes back on the way out, so running a child's entry point in a process of its own
     (a test, a tool) does not leave that process deaf to Ctrl-C, or its own children, which inherit
     an ignored SIGINT."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.getsignal(signal.SIGINT)
+    ignore_interrupts()
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def ignore_interrupts() -> None:
+    """SIGINT ignored from now on, and let go of where `interrupts_held` blocked it: a Ctrl-C
+    that arrived while this process started is dropped, not raised."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """SIGINT blocked in this thread while a child process is started: a Ctrl-C meanwhile waits and
+    reaches this process on the way out (not lost). The child inherits the block through its exec,
+    so its interpreter's start-up, before the child can ignore SIGINT (`ignore_interrupts`), cannot
+    turn a Ctrl-C into a KeyboardInterrupt traceback."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def set_parent_death_signal(sig: int) -> bool:

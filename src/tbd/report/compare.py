@@ -78,10 +78,14 @@ def resolve(store: Store, target: str) -> tuple[str, list[dict[str, Any]]]:
     return f"run {record['id']}", [record]
 
 
-def save_baseline(path: str | Path, source: str, records: list[dict[str, Any]]) -> Path:
+def save_baseline(path: str | Path, source: str, records: list[dict[str, Any]], replace: bool = False) -> Path:
+    """Write a baseline file; an existing file is replaced only when `replace` (a baseline is the
+    reference later runs are judged by: losing it silently loses that judgement)."""
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"--save-baseline {p} is a folder; name a file in it, e.g. {p / 'baseline.json'}")
+    if p.exists() and not replace:
+        raise UsageError(f"--save-baseline {p} exists; add --force to replace it, or name another file")
     if not p.parent.exists():
         raise UsageError(f"folder {p.parent} does not exist; create it or choose another baseline path")
     try:
@@ -317,6 +321,8 @@ def environment_warnings(a: list[dict], b: list[dict]) -> list[str]:
                 side.setdefault(k, set()).add(v)
     out = []
     for k in sorted(set(side_a) | set(side_b)):
+        if k.startswith("library ") and not (k in side_a and k in side_b):
+            continue  # a library only one side used (jax runs in A only) is no difference in what both ran
         va, vb = side_a.get(k, {"-"}), side_b.get(k, {"-"})
         if va != vb:
             out.append(f"{k} differs: A {', '.join(sorted(va))} vs B {', '.join(sorted(vb))}")

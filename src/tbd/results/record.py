@@ -59,6 +59,19 @@ def workload_facts(spec, config) -> dict[str, Any]:
     }
 
 
+def _facts_of(config) -> dict[str, Any]:
+    """The workload facts of a run that failed where no producer filled them in (a crashed child, a
+    failed rank): its unit above all, so the failure reads in the workload's unit, not 'samples'.
+    {} where the workload does not resolve: a failed record is always written."""
+    from tbd import registry
+
+    try:
+        facts = workload_facts(registry.get_spec(config.workload), config)
+    except Exception:
+        return {}
+    return json.loads(json.dumps(facts, default=str))  # as stored (tuples become lists): a record reads back equal
+
+
 @dataclass
 class RunRecord:
     id: str
@@ -93,7 +106,7 @@ class RunRecord:
     @classmethod
     def failed(cls, config, kind: str, message: str, run_id: str | None = None, **details: Any) -> "RunRecord":
         """A run that started (or was meant to) and failed: 'crash', 'timeout', 'nan', 'error'..."""
-        record = cls(id=run_id or new_run_id(), config=config.to_dict())
+        record = cls(id=run_id or new_run_id(), config=config.to_dict(), workload=_facts_of(config))
         record.fail(kind, message, **details)
         return record
 
