@@ -165,7 +165,7 @@ def run(args) -> int:
             answer = f"{batch} or more (bounded by {by})"
         else:
             answer = str(batch) if batch else "none (even the smallest failed)"
-        console.print(f"largest batch that fits, {escape(label)}: [bold]{escape(answer)}[/]")
+        console.print(f"largest batch that fits, {escape(label)}: [bold]{escape(answer)}[/]", soft_wrap=True)
         if label in result.max_batch_notes:
             console.print(f"  {escape(result.max_batch_notes[label])}")
     console.print(f"next: tbd report {name}   |   tbd compare {name} OTHER")
