@@ -72,6 +72,11 @@ def test_hf_tasks_follow_the_architecture():
     record = execute(RunConfig(workload="hf:t5-small", device="cpu", max_steps=3, isolate=False, hparams={"hf_config": t5}).validated())
     assert record.status in MEASURED, record.error
     assert record.metrics["tokens_per_s"] == pytest.approx(2 * 64 * record.metrics["samples_per_s"], rel=0.05)  # source + target
+    # A masked LM at one token a sequence: every row still predicts a position (no row without a loss term, no nan).
+    bert = dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    config = RunConfig(workload="hf:bert", device="cpu", batch_size=1, max_steps=3, isolate=False, hparams={"hf_config": bert, "seq_len": 1})
+    record = execute(config.validated())
+    assert record.status in MEASURED, record.error
 
 
 def test_cli_runs_hf_with_its_options_and_rejects_bad_names(tbd_home):

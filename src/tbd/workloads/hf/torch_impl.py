@@ -164,6 +164,8 @@ def build(ctx: BuildContext) -> TorchTask:
             return (ids, ids)
         if task == "masked":  # loss on a random 15% of positions (-100: ignored)
             chosen = torch.rand(n, T, generator=gen, device=device) < MASKED_FRACTION
+            # A row with no chosen position has no loss term; a batch of such rows (short --seq-len) would average to nan.
+            chosen[:, 0] |= ~chosen.any(dim=1)
             return (ids, torch.where(chosen, ids, torch.full_like(ids, -100)))
         return (ids, torch.randint(0, vocab, (n, T), generator=gen, device=device))
 
