@@ -131,3 +131,15 @@ def test_a_failed_install_names_pips_error_not_its_progress_lines():
     assert envs.failure_lines(stdout, stderr) == ["ERROR: Could not find a version that satisfies the requirement nope==1 (from versions: 0.1.0)",
                                                   "ERROR: No matching distribution found for nope==1"]
     assert envs.failure_lines("a\nb\nc\nd\n", "") == ["b", "c", "d"]  # no ERROR line: the last three
+
+
+def test_force_never_removes_a_folder_tbd_did_not_make(tmp_path):
+    """`tbd env create e --dir precious --force` deleted precious/, data and all: --dir named a folder
+    that was no environment, and the "exists; use --force" line led there."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.txt").write_text("important")
+    for force in (False, True):
+        with pytest.raises(UsageError, match="is not an environment tbd made"):
+            envs.create("e", ["torch"], home=tmp_path / "home", folder=precious, force=force, inherit=True)
+    assert (precious / "data.txt").read_text() == "important"

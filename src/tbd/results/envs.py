@@ -165,6 +165,8 @@ def create(name: str, requirements: list[str], home: str | Path | None = None, b
         raise UsageError("tbd env create needs --framework REQUIREMENT, e.g. --framework torch==2.11.0 or --framework mxnet==1.9.1")
     record_path = envs_dir(home) / f"{name}.json"
     venv = Path(folder).expanduser().resolve() if folder else envs_dir(home) / name
+    if venv.exists() and not (venv / ENV_FILE).is_file():  # --force removes environments tbd made, never other folders
+        raise UsageError(f"{venv} exists and is not an environment tbd made (no {ENV_FILE} in it); give --dir a new folder")
     if (record_path.exists() or venv.exists()) and not force:
         raise UsageError(f"environment '{name}' exists ({venv}); use --force to make it again, or another name")
     base = interpreters.resolve_path(base_python) if base_python else sys.executable
